@@ -1,0 +1,39 @@
+# Two commands do everything on a fresh machine (see README):
+#   make reproduce   set up, build, run the CPU length-generalization reproduction of addition
+#   make test        set up, build, run the tests
+# `make build` rebuilds the extension after a C++ change (incremental).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.deps-installed
+
+.PHONY: setup build reproduce test cuda-check native-check bench clean
+
+$(STAMP): requirements.txt
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -r requirements.txt
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# flock: concurrent rebuilds (several shells, helpers) share one build folder.
+build: $(STAMP)
+	flock /tmp/ssm-tools-build.lock $(PIP) install -q --no-build-isolation --no-deps -e .
+
+reproduce: build
+	$(VENV)/bin/ssm-tools reproduce addition --scale cpu
+
+test: build
+	$(PY) -m pytest -q tests
+
+# Compile every CUDA source with nvcc for sm_90 (compile only: no GPU needed).
+cuda-check:
+	bash .ci/cuda_compile.sh
+
+# C++ unit tests of the tools under AddressSanitizer + UBSan, and bounded fuzzing of the parser/tools.
+native-check: build
+	bash .ci/native_checks.sh
+
+clean:
+	rm -rf build $(VENV) python/ssm_tools/*.so
