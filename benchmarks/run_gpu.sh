@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Everything the CUDA kernels need on a GPU machine, in one command (the lead runs
+# `bash benchmarks/run_gpu.sh` there): build the package with CUDA, run tests/test_cuda.py, run one
+# small case of each kernel under compute-sanitizer memcheck and racecheck, run the benchmark.
+# Logs and results go to $OUT (default results/gpu/); copy the JSON into results/ afterwards.
+# Uses the machine's python3 (with a CUDA torch); no venv, no downloads. Leaves the built
+# python/ssm_tools/_C*.so behind (git-ignored).
+set -o pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-results/gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
+status=0
+step() {  # step NAME TIMEOUT_S COMMAND...: run with a time limit, log it, remember a failure
+  local name=$1 limit=$2; shift 2
+  echo "=== $name: $*"
+  local t0=$SECONDS
+  timeout "$limit" "$@" || { echo "=== $name FAILED (rc $?)"; status=1; }
+  echo "=== $name took $((SECONDS - t0)) s"
+}
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
+  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+  # Only the torch-op module: the kernels need nothing else, and a plain CMake build of one target
+  # is faster than a pip install and independent of the rest of the tree. Loaded via PYTHONPATH.
+  step configure 120 cmake -S . -B build/gpu -DCMAKE_BUILD_TYPE=Release -DSSM_TOOLS_CUDA=ON \
+    -DPython_EXECUTABLE="$(command -v python3)"
+  step build 300 cmake --build build/gpu --target _C
+  cp build/gpu/_C*.so python/ssm_tools/ || status=1
+  export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
+  step tests 150 python3 -m pytest -q -rf --durations=8 -p no:cacheprovider tests/test_cuda.py
+  for tool in memcheck racecheck; do
+    step "sanitizer-$tool" 60 compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 \
+      --log-file "$OUT/sanitizer_$tool.txt" python3 tests/cuda_sanitize_case.py
+    tail -3 "$OUT/sanitizer_$tool.txt"
+  done
+  step bench 150 python3 benchmarks/bench_selective_scan_cuda.py --out "$OUT/bench_selective_scan_cuda.json"
+  echo "=== run_gpu.sh status $status"
+  exit $status  # the block runs in a subshell (it feeds tee); pipefail passes this on
+} 2>&1 | tee "$OUT/log.txt"

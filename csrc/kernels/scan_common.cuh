@@ -1,0 +1,136 @@
+// Device helpers shared by the selective-scan kernels: element conversion, vectorised chunk
+// loads/stores, the block-wide scan of affine maps (x -> a*x + b) and small activations.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/selective_scan_params.h"
+
+namespace ssm_tools_cuda {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr unsigned kFullMask = 0xffffffffu;
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+
+template <typename T> __device__ __forceinline__ T from_float(float v);
+template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
+template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half(v); }
+
+__device__ __forceinline__ bool is_aligned16(const void* p) {
+  return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
+}
+
+__device__ __forceinline__ float sigmoid(float v) { return 1.f / (1.f + __expf(-v)); }
+
+// softplus with the same threshold as torch.nn.functional.softplus (linear above 20).
+__device__ __forceinline__ float softplus(float v) { return v > 20.f ? v : log1pf(__expf(v)); }
+
+// Loads row[first .. first + kItems) as float; positions at or past `end` read as 0. When the whole
+// run is in range and `aligned` (row is 16-byte aligned; `first` is a multiple of the vector width
+// because every thread starts at a multiple of kItems), it uses 128-bit loads.
+template <typename T, int kItems>
+__device__ __forceinline__ void load_items(const T* row, int first, int end, bool aligned, float (&v)[kItems]) {
+  constexpr int kVec = 16 / sizeof(T);
+  static_assert(kItems % kVec == 0, "kItems must be a multiple of the 128-bit vector width");
+  if (aligned && first + kItems <= end) {
+    uint4 raw[kItems / kVec];
+    const uint4* src = reinterpret_cast<const uint4*>(row + first);
+#pragma unroll
+    for (int j = 0; j < kItems / kVec; ++j) raw[j] = __ldg(src + j);
+#pragma unroll
+    for (int j = 0; j < kItems / kVec; ++j) {
+      const T* e = reinterpret_cast<const T*>(&raw[j]);
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) v[j * kVec + k] = to_float(e[k]);
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) v[i] = first + i < end ? to_float(row[first + i]) : 0.f;
+  }
+}
+
+// Stores v to row[first .. first + kItems), skipping positions at or past `end`.
+template <typename T, int kItems>
+__device__ __forceinline__ void store_items(T* row, int first, int end, bool aligned, const float (&v)[kItems]) {
+  constexpr int kVec = 16 / sizeof(T);
+  if (aligned && first + kItems <= end) {
+    uint4* dst = reinterpret_cast<uint4*>(row + first);
+#pragma unroll
+    for (int j = 0; j < kItems / kVec; ++j) {
+      uint4 raw;
+      T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) e[k] = from_float<T>(v[j * kVec + k]);
+      dst[j] = raw;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < kItems; ++i)
+      if (first + i < end) row[first + i] = from_float<T>(v[i]);
+  }
+}
+
+// An affine map x -> a*x + b, stored as float2 {a, b}. compose(first, then) applies `first`, then
+// `then`: the recurrence x_t = a_t x_{t-1} + b_t is a left-to-right composition of such maps.
+__device__ __forceinline__ float2 compose(float2 first, float2 then) {
+  return make_float2(then.x * first.x, fmaf(then.x, first.y, then.y));
+}
+
+// Block-wide exclusive scan of one affine map per thread, in thread order (kReverse: from the last
+// thread to the first, for the adjoint recurrence that runs backwards in time). Returns the value
+// entering this thread's first item: the maps of all threads before it applied to `carry`.
+// `smem` holds kThreads / 32 float2. Callers alternate between two such buffers so that back-to-back
+// calls need only the one barrier inside: a buffer is rewritten two calls later, after every thread
+// has passed the intermediate call's barrier and so finished reading it.
+template <int kThreads, bool kReverse>
+__device__ __forceinline__ float block_scan_affine(float2 map, float carry, float2* smem) {
+  constexpr int kWarps = kThreads / 32;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  float2 incl = map;
+#pragma unroll
+  for (int off = 1; off < 32; off *= 2) {
+    const float oa = kReverse ? __shfl_down_sync(kFullMask, incl.x, off) : __shfl_up_sync(kFullMask, incl.x, off);
+    const float ob = kReverse ? __shfl_down_sync(kFullMask, incl.y, off) : __shfl_up_sync(kFullMask, incl.y, off);
+    if (kReverse ? lane + off < 32 : lane >= off) incl = compose(make_float2(oa, ob), incl);
+  }
+  const float ea = kReverse ? __shfl_down_sync(kFullMask, incl.x, 1) : __shfl_up_sync(kFullMask, incl.x, 1);
+  const float eb = kReverse ? __shfl_down_sync(kFullMask, incl.y, 1) : __shfl_up_sync(kFullMask, incl.y, 1);
+  const bool first_lane = kReverse ? lane == 31 : lane == 0;
+  if (kReverse ? lane == 0 : lane == 31) smem[warp] = incl;  // the whole warp's map
+  __syncthreads();
+  float x = carry;
+  if (kReverse) {
+    for (int w = kWarps - 1; w > warp; --w) x = fmaf(smem[w].x, x, smem[w].y);
+  } else {
+    for (int w = 0; w < warp; ++w) x = fmaf(smem[w].x, x, smem[w].y);
+  }
+  return first_lane ? x : fmaf(ea, x, eb);
+}
+
+// Sum over the warp, result in every lane.
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(kFullMask, v, off);
+  return v;
+}
+
+// Calls f(T{}) with T the C++ type of `type`; returns f's cudaError_t as an int.
+template <typename F>
+int dispatch_input_type(ScanInputType type, F&& f) {
+  switch (type) {
+    case ScanInputType::kFloat32: return f(float{});
+    case ScanInputType::kBFloat16: return f(__nv_bfloat16{});
+    case ScanInputType::kFloat16: return f(__half{});
+  }
+  return static_cast<int>(cudaErrorInvalidValue);
+}
+
+}  // namespace ssm_tools_cuda

@@ -1,0 +1,240 @@
+// Torch-free CPU kernels of the selective scan, one (batch, dim) channel at a time:
+//   x_t = exp(dt_t A) * x_{t-1} + dt_t B_t u_t,   y_t = <C_t, x_t> + D u_t,   out_t = y_t silu(z_t)
+// The callers (selective_scan_cpu.cpp, selective_state_update_cpu.cpp) convert tensors, spread the
+// channels over threads and reduce the per-channel gradient sums.
+//
+// Speed: the inner loops run over dstate with unit stride (B/C are handed over time-major), compute
+// one exp per (t, n) and are auto-vectorised (`omp simd`). Each entry point is compiled twice
+// (target_clones): for x86-64-v3 (AVX2 + FMA) and a baseline picked at load time when the CPU lacks
+// them, so one wheel runs everywhere.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "kernels/selective_scan_params.h"  // kScanChunk, shared with the CUDA kernels
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SSM_CPU_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define SSM_CPU_MULTIVERSION
+#endif
+
+// Comparisons may not raise FP exceptions here, so GCC can turn the clamps of exp2_vectorizable into
+// vector min/max instead of branches that stop vectorisation. Scoped to this header.
+#pragma GCC push_options
+#pragma GCC optimize("no-trapping-math")
+
+namespace ssm_tools_cpu {
+
+constexpr double kLog2e = 1.4426950408889634;
+
+// 2^x in a form the compiler vectorises. libm's exp2f is a scalar call without -ffast-math, and it
+// would dominate the scan. x = k + f (k integer, |f| <= 1/2); 2^f by a degree-6 minimax polynomial
+// (relative error < 1e-7, float32 rounding); k is added to the exponent bits. Inputs are clamped to
+// [-126, 126] so the result stays a normal float (2^-126 ~ 1.2e-38 stands in for anything smaller).
+inline float exp2_vectorizable(float x) {
+  x = x > -126.0f ? x : -126.0f;
+  x = x < 126.0f ? x : 126.0f;
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: x + kRound holds round(x) in its low bits
+  const float shifted = x + kRound;
+  const float f = x - (shifted - kRound);
+  float p = 1.535336188319500e-4f;
+  p = p * f + 1.339887440266574e-3f;
+  p = p * f + 9.618437357674640e-3f;
+  p = p * f + 5.550332471162809e-2f;
+  p = p * f + 2.402264791363012e-1f;
+  p = p * f + 6.931472028550421e-1f;
+  p = p * f + 1.0f;
+  const int32_t k = __builtin_bit_cast(int32_t, shifted) - __builtin_bit_cast(int32_t, kRound);
+  return __builtin_bit_cast(float, __builtin_bit_cast(int32_t, p) + (k * (1 << 23)));
+}
+// float64 is the accuracy (gradcheck) path: keep libm.
+inline double exp2_vectorizable(double x) { return std::exp2(x); }
+
+template <typename T> inline T sigmoid(T v) { return T(1) / (T(1) + std::exp(-v)); }
+// Same threshold as torch.nn.functional.softplus: linear above 20.
+template <typename T> inline T softplus(T v) { return v > T(20) ? v : std::log1p(std::exp(v)); }
+template <typename T> inline T softplus_grad(T v) { return v > T(20) ? T(1) : sigmoid(v); }
+
+// What the scan of one channel reads. B at position t is B + t * B_step: B_step = dstate for
+// input-dependent B (a time-major copy), 0 for a constant B row; likewise C.
+template <typename T>
+struct ScanChannel {
+  int64_t seqlen = 0, dstate = 0;
+  const T* u = nullptr;
+  const T* delta = nullptr;
+  const T* z = nullptr;  // null without z
+  const T* A = nullptr;  // (dstate,)
+  const T* B = nullptr;
+  const T* C = nullptr;
+  int64_t B_step = 0, C_step = 0;
+  T D = 0, delta_bias = 0;
+  bool softplus = false;
+
+  T dt(int64_t t) const {
+    const T v = delta[t] + delta_bias;
+    return softplus ? ssm_tools_cpu::softplus(v) : v;
+  }
+};
+
+// Where the backward of one channel writes. du, ddelta, dz are (seqlen,) and written once; the
+// others are accumulated (+=), dB/dC with the same step convention as B/C.
+template <typename T>
+struct ChannelGrads {
+  const T* dout = nullptr;
+  const T* dlast_state = nullptr;  // null when the loss does not use the last state
+  T* du = nullptr;
+  T* ddelta = nullptr;
+  T* dz = nullptr;
+  T* dA = nullptr;
+  T* dB = nullptr;
+  T* dC = nullptr;
+  int64_t dB_step = 0, dC_step = 0;
+  T* dD = nullptr;
+  T* ddelta_bias = nullptr;
+};
+
+// Per-thread working memory: state vectors and, for the backward (`record`), one chunk of
+// recomputed states, decays, dt and y.
+template <typename T>
+struct ScanScratch {
+  std::vector<T> x, A2, adjoint, states, decays, dt, y;
+  ScanScratch(int64_t dstate, bool record)
+      : x(dstate), A2(dstate), adjoint(dstate), states(record ? kScanChunk * dstate : 0),
+        decays(record ? kScanChunk * dstate : 0), dt(record ? kScanChunk : 0), y(record ? kScanChunk : 0) {}
+};
+
+// Advances the state x over positions [t0, t1). Without kRecord it writes out[t]; with kRecord it
+// keeps what the backward needs in `s` (indexed from t0) instead. A2 = A * log2(e).
+template <typename T, bool kRecord>
+__attribute__((always_inline)) inline void scan_positions(const ScanChannel<T>& c, const T* __restrict A2,
+                                                          int64_t t0, int64_t t1, T* __restrict x, T* out,
+                                                          ScanScratch<T>& s) {
+  const int64_t N = c.dstate;
+  for (int64_t t = t0; t < t1; ++t) {
+    const T dt = c.dt(t);
+    const T dtu = dt * c.u[t];
+    const T* __restrict Bt = c.B + t * c.B_step;
+    const T* __restrict Ct = c.C + t * c.C_step;
+    T* __restrict decays = s.decays.data() + (t - t0) * N;
+    T* __restrict states = s.states.data() + (t - t0) * N;
+    T y = 0;
+#pragma omp simd reduction(+ : y)
+    for (int64_t n = 0; n < N; ++n) {
+      const T a = exp2_vectorizable(dt * A2[n]);
+      x[n] = a * x[n] + dtu * Bt[n];
+      y += Ct[n] * x[n];
+      if constexpr (kRecord) {
+        decays[n] = a;
+        states[n] = x[n];
+      }
+    }
+    y += c.D * c.u[t];
+    if constexpr (kRecord) {
+      s.dt[t - t0] = dt;
+      s.y[t - t0] = y;
+    } else {
+      out[t] = c.z ? y * c.z[t] * sigmoid(c.z[t]) : y;
+    }
+  }
+}
+
+template <typename T>
+inline void scale_A(const ScanChannel<T>& c, T* A2) {
+  for (int64_t n = 0; n < c.dstate; ++n) A2[n] = c.A[n] * T(kLog2e);
+}
+
+// Forward of one channel: out (seqlen,), last_state (dstate,), saved (n_chunks, dstate) = the state
+// entering each chunk of kScanChunk positions.
+template <typename T>
+SSM_CPU_MULTIVERSION void scan_forward_channel(const ScanChannel<T>& c, T* out, T* last_state, T* saved,
+                                               ScanScratch<T>& s) {
+  const int64_t N = c.dstate;
+  scale_A(c, s.A2.data());
+  std::fill(s.x.begin(), s.x.end(), T(0));
+  for (int64_t t0 = 0; t0 < c.seqlen; t0 += kScanChunk) {
+    std::copy(s.x.begin(), s.x.end(), saved + (t0 / kScanChunk) * N);
+    scan_positions<T, false>(c, s.A2.data(), t0, std::min<int64_t>(c.seqlen, t0 + kScanChunk), s.x.data(), out, s);
+  }
+  std::copy(s.x.begin(), s.x.end(), last_state);
+}
+
+// Backward of one channel. Walks the chunks from last to first: recomputes the chunk's states from
+// `saved`, then runs the adjoint h_t = dL/dx_t backwards through it:
+//   h_t = exp(dt_{t+1} A) h_{t+1} + dy_t C_t,  starting from dlast_state at t = seqlen - 1.
+template <typename T>
+SSM_CPU_MULTIVERSION void scan_backward_channel(const ScanChannel<T>& c, const T* saved, const ChannelGrads<T>& g,
+                                                ScanScratch<T>& s) {
+  const int64_t N = c.dstate;
+  scale_A(c, s.A2.data());
+  T* __restrict h = s.adjoint.data();
+  for (int64_t n = 0; n < N; ++n) h[n] = g.dlast_state ? g.dlast_state[n] : T(0);
+  T* __restrict dA = g.dA;
+  T dD = 0, ddelta_bias = 0;
+  const int64_t n_chunks = (c.seqlen + kScanChunk - 1) / kScanChunk;
+  for (int64_t k = n_chunks - 1; k >= 0; --k) {
+    const int64_t t0 = k * kScanChunk, t1 = std::min<int64_t>(c.seqlen, t0 + kScanChunk);
+    const T* entry = saved + k * N;
+    std::copy(entry, entry + N, s.x.begin());
+    scan_positions<T, true>(c, s.A2.data(), t0, t1, s.x.data(), nullptr, s);
+    for (int64_t t = t1 - 1; t >= t0; --t) {
+      const int64_t i = t - t0;
+      const T dt = s.dt[i], u = c.u[t];
+      T dy = g.dout[t];
+      if (c.z) {
+        const T zt = c.z[t], sz = sigmoid(zt);
+        g.dz[t] = dy * s.y[i] * sz * (T(1) + zt * (T(1) - sz));
+        dy *= zt * sz;
+      }
+      dD += dy * u;
+      const T* __restrict x_prev = i > 0 ? s.states.data() + (i - 1) * N : entry;
+      const T* __restrict x_t = s.states.data() + i * N;
+      const T* __restrict a = s.decays.data() + i * N;
+      const T* __restrict Bt = c.B + t * c.B_step;
+      const T* __restrict Ct = c.C + t * c.C_step;
+      T* __restrict dBt = g.dB + t * g.dB_step;
+      T* __restrict dCt = g.dC + t * g.dC_step;
+      const T dtu = dt * u;
+      T ddt = 0, hB = 0;
+#pragma omp simd reduction(+ : ddt, hB)
+      for (int64_t n = 0; n < N; ++n) {
+        const T hn = h[n] + dy * Ct[n];
+        dCt[n] += dy * x_t[n];
+        dBt[n] += hn * dtu;
+        const T decay_grad = hn * x_prev[n] * a[n];  // dL/d(dt A_n)
+        ddt += decay_grad * c.A[n] + hn * Bt[n] * u;
+        dA[n] += decay_grad * dt;
+        hB += hn * Bt[n];
+        h[n] = hn * a[n];
+      }
+      g.du[t] = dy * c.D + hB * dt;
+      const T ddelta = c.softplus ? ddt * softplus_grad(c.delta[t] + c.delta_bias) : ddt;
+      g.ddelta[t] = ddelta;
+      ddelta_bias += ddelta;
+    }
+  }
+  *g.dD += dD;
+  *g.ddelta_bias += ddelta_bias;
+}
+
+// One decode step of one channel: updates state (dstate,) in place and returns y before the z gate.
+template <typename T>
+SSM_CPU_MULTIVERSION T state_update_channel(T* __restrict state, const T* __restrict A, const T* __restrict B,
+                                            const T* __restrict C, int64_t dstate, T x, T dt, T D) {
+  const T dtx = dt * x;
+  T y = 0;
+#pragma omp simd reduction(+ : y)
+  for (int64_t n = 0; n < dstate; ++n) {
+    // Same rounding as the scan (dt * (A log2 e)), so stepping reproduces it.
+    state[n] = exp2_vectorizable(dt * (A[n] * T(kLog2e))) * state[n] + dtx * B[n];
+    y += C[n] * state[n];
+  }
+  return y + D * x;
+}
+
+}  // namespace ssm_tools_cpu
+
+#pragma GCC pop_options

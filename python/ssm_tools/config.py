@@ -1,0 +1,72 @@
+"""Experiment configs: one TOML file per experiment under tasks/.
+
+    [task]                      # validated here
+    name = "addition"           # a name of ssm_tools.tasks.TASKS
+    mode = "interactive"        # one of the task's modes
+    options = {}                # the task's options (e.g. second_digits, variant, add_weight)
+    [sizes]                     # validated here
+    train = [1, 5]              # training sizes: min, max (e.g. operand digits uniform in 1..5)
+    test = [5, 10, 100, 1000]   # sizes evaluated, each >= the task's minimum
+    [model] / [train] / ...     # other sections pass through untouched (the trainer validates them)
+
+`load_config(path)` returns the whole file as a dict with [task] and [sizes] checked and defaults
+filled in; `make_task(config)` builds the task. Errors are ValueErrors naming the file and field.
+"""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from .tasks import TASKS, Task, get_task
+
+_TASK_KEYS = {"name", "mode", "options"}
+_SIZES_KEYS = {"train", "test"}
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def validate(config: dict, where: str = "config") -> dict:
+    """Check [task] and [sizes] of a parsed config (defaults filled in); other sections untouched."""
+    for section, keys in (("task", _TASK_KEYS), ("sizes", _SIZES_KEYS)):
+        if not isinstance(config.get(section), dict):
+            raise ValueError(f"{where}: missing section [{section}] (a table with keys {sorted(keys)})")
+        unknown = set(config[section]) - keys
+        if unknown:
+            raise ValueError(f"{where}: [{section}] has unknown keys {sorted(unknown)}; allowed: {sorted(keys)}")
+    task = {"mode": "interactive", "options": {}, **config["task"]}
+    if task.get("name") not in TASKS:
+        raise ValueError(f"{where}: [task] name must be one of {sorted(TASKS)}, got {task.get('name')!r}")
+    if not isinstance(task["options"], dict):
+        raise ValueError(f"{where}: [task] options must be a table, got {task['options']!r}")
+    try:
+        built = get_task(task["name"], task["mode"], **task["options"])
+    except ValueError as e:
+        raise ValueError(f"{where}: [task] {e}") from None
+    sizes = config["sizes"]
+    train = sizes.get("train")
+    if not (isinstance(train, list) and len(train) == 2 and all(map(_is_int, train))
+            and built.min_size <= train[0] <= train[1]):
+        raise ValueError(f"{where}: [sizes] train must be [min, max] with {built.min_size} <= min <= max "
+                         f"({built.size_name}), got {train!r}")
+    test = sizes.get("test")
+    if not (isinstance(test, list) and test and all(_is_int(s) and s >= built.min_size for s in test)):
+        raise ValueError(f"{where}: [sizes] test must be a non-empty list of integers >= {built.min_size} "
+                         f"({built.size_name}), got {test!r}")
+    return {**config, "task": task, "sizes": {"train": list(train), "test": list(test)}}
+
+
+def load_config(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            config = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: not valid TOML: {e}") from None
+    return validate(config, str(path))
+
+
+def make_task(config: dict) -> Task:
+    task = config["task"]
+    return get_task(task["name"], task["mode"], **task["options"])

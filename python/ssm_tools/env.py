@@ -1,0 +1,267 @@
+"""Episodes of tool use: the batched dispatch loop (C++ core in csrc/tools/env.{h,cpp}).
+
+Protocol (token ids in ``ssm_tools.vocab``; the grammar is also in csrc/tools/vocab.h)
+-------------------------------------------------------------------------------------
+* An episode is one token stream. The model consumes it token by token; each token is either *forced*
+  (the prompt, a tool's answer) or *generated* by the model. The prompt is forced, token by token.
+* Memory = the prompt, then every generated token that is a thought or output: a character, '\\n',
+  ``[ANS]`` (thoughts before it, outputs after it) or ``[EOS]``. Commands, call text, write symbols and
+  forced answers never enter memory. Every tool observes the memory tokens in order.
+* Pointer commands are one generated token (``pointer_cmd(p, op)``). ``read`` is answered by one forced
+  token: the cell under the pointer, ``[BLANK]`` one past the end of memory, ``[ERR]`` for a pointer the
+  tool does not have. ``left``/``right`` are answered by nothing, or ``[ERR]`` (pointer unchanged) when
+  moving left of cell 0 or right of one-past-the-end. ``write`` (TapeMemory) is followed by one
+  generated symbol token (a character or ``[BLANK]``) and is answered like a move. Pointers start on
+  cell 0, the first prompt token.
+* A text call is ``[CALL] <command> <args> [/CALL]`` (generated; characters and '\\n' only, at most
+  ``max_call_tokens``). It goes to the first tool that accepts it and is answered by the forced
+  ``[RESULT] <text> [/RESULT]``. Errors: ``[RESULT] [ERR] <message> [/RESULT]`` (unknown command, a call
+  that is too long, a non-character token inside the call, a tool's own usage errors). Commands:
+  ``find <x>`` (SearchMemory: every memory line containing x as a whole word, joined by '\\n'),
+  ``add <a> <b>`` (Calculator), ``ls``, ``cat <file>``, ``edit <file>\\n<content>``, ``run`` (CodeSandbox).
+* Any other protocol token generated out of place (``[PAD] [BOS] [ERR] [BLANK] [/CALL] [RESULT]
+  [/RESULT]``) is answered by a forced ``[ERR]`` and not stored.
+* ``[EOS]`` (generated, in any state) ends the episode; so does reaching ``max_len`` tokens. Done
+  episodes emit ``[PAD]``.
+
+Training data: ``Transcript.tokens[:, j]`` is predicted from ``tokens[:, :j]`` where
+``loss_mask[:, j]`` (the generated tokens); prompt, forced answers and padding are masked out.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Sequence, Union
+
+import numpy as np
+import torch
+
+from . import _tools
+from .tools import Tool
+from .vocab import (ANS, CALL, CALL_END, EOS, ERR, PAD, POINTER_OPS, RESULT, RESULT_END, VOCAB_SIZE, decode,
+                    encode, is_char, is_pointer_cmd, pointer_cmd, token_name)
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A C++ tool by name with its options, e.g. ``ToolSpec("pointer_memory", num_pointers=2)``.
+    Names: ``ssm_tools.tools.registered_tools()``; unknown names or options raise ValueError."""
+
+    name: str
+    options: dict = field(default_factory=dict)
+
+    def __init__(self, name: str, **options):
+        if not isinstance(name, str):
+            raise TypeError(f"ToolSpec name must be a str, got {type(name).__name__}")
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "options", dict(options))
+
+
+ToolLike = Union[ToolSpec, Callable[[], Tool]]
+
+
+@dataclass
+class Transcript:
+    """Episodes as the model consumed them (generated and ground-truth trajectories alike)."""
+
+    tokens: torch.Tensor     # (B, T) int64, PAD after each episode's end
+    loss_mask: torch.Tensor  # (B, T) bool, True where the model generated the token
+    lengths: torch.Tensor    # (B,) int64
+    done: torch.Tensor       # (B,) bool: ended by [EOS] or max_len
+
+    def episode(self, i: int) -> tuple[list[int], list[bool]]:
+        n = int(self.lengths[i])
+        return self.tokens[i, :n].tolist(), self.loss_mask[i, :n].tolist()
+
+    def text(self, i: int) -> str:
+        return decode(self.episode(i)[0])
+
+    @classmethod
+    def _from_arrays(cls, arrays) -> "Transcript":
+        tokens, mask, lengths, done = arrays
+        return cls(torch.from_numpy(tokens).long(), torch.from_numpy(mask), torch.from_numpy(lengths),
+                   torch.from_numpy(done))
+
+
+def _as_int_array(x, what: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x)
+    if x.dtype.kind not in "iu":
+        raise TypeError(f"{what}: expected integer token ids, got dtype {x.dtype}")
+    return x
+
+
+class Env:
+    """``batch_size`` episodes, each with its own instances of ``tools`` (``ToolSpec``: C++ instances
+    built in C++; a callable: called once per episode, e.g. a Python ``Tool`` subclass (slower: the loop
+    takes the GIL for each of its calls, and runs on one thread)). ``num_threads=0``: all cores."""
+
+    def __init__(self, tools: Sequence[ToolLike], batch_size: int, max_len: int = 1 << 16,
+                 num_threads: int = 0, max_call_tokens: int = 4096, max_answer_tokens: int = 1 << 16):
+        items = []
+        for j, t in enumerate(tools):
+            if isinstance(t, ToolSpec):
+                items.append((t.name, t.options))
+            elif callable(t):
+                items.append(t)
+            else:
+                raise TypeError(f"tools[{j}]: expected a ToolSpec or a callable returning a Tool, got {t!r}")
+        self._env = _tools.Env(items, batch_size, max_len, num_threads, max_call_tokens, max_answer_tokens)
+        self.batch_size = batch_size
+        self.max_len = max_len
+
+    @property
+    def num_threads(self) -> int:
+        return self._env.num_threads
+
+    def reset(self, prompts: Sequence[Sequence[int]], seed: int = 0) -> np.ndarray:
+        """Start every episode; returns each episode's first input token, (B,) int32."""
+        return self._env.reset(_as_prompts(prompts), seed)
+
+    def step(self, sampled) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One token per episode: (next_tokens (B,) int32, forced (B,) bool, done (B,) bool)."""
+        return self._env.step(_as_int_array(sampled, "sampled"))
+
+    def transcript(self) -> Transcript:
+        """Everything consumed since reset."""
+        return Transcript._from_arrays(self._env.transcript())
+
+    def dump(self, i: int) -> list[str]:
+        """The dump() of each tool of episode i."""
+        return self._env.dump(i)
+
+
+def _as_prompts(prompts) -> list[list[int]]:
+    if isinstance(prompts, torch.Tensor):
+        raise TypeError("prompts: expected a list of token lists (prompts differ in length), got a Tensor")
+    return [list(map(int, p)) for p in prompts]
+
+
+def rollout(model_step: Callable[[torch.Tensor], torch.Tensor], env: Env, prompts: Sequence[Sequence[int]],
+            max_steps: int, seed: int = 0) -> Transcript:
+    """Run the model in the loop: ``model_step(input (B,) LongTensor) -> sampled (B,) LongTensor`` is
+    called once per step (it keeps its own recurrent state), at most ``max_steps`` times, stopping
+    early when every episode is done. The C++ loop releases the GIL between calls."""
+
+    def step_numpy(inputs: np.ndarray) -> np.ndarray:
+        return _as_int_array(model_step(torch.from_numpy(inputs).long()), "model_step output")
+
+    env._env.rollout(step_numpy, _as_prompts(prompts), max_steps, seed)
+    return env.transcript()
+
+
+def replay(env: Env, prompts: Sequence[Sequence[int]], model_tokens: Sequence[Sequence[int]],
+           seed: int = 0) -> Transcript:
+    """Scripted policy in C++: episode i emits ``model_tokens[i]`` in order whenever no forced token is
+    queued, until [EOS], max_len or the script runs out. Turns an oracle's actions into a training
+    trajectory through the real loop."""
+    env._env.replay(_as_prompts(prompts), [list(map(int, s)) for s in model_tokens], seed)
+    return env.transcript()
+
+
+class _ReferenceParser:
+    """The protocol of one episode in plain Python: the reference the C++ ProtocolParser is tested
+    against, and the parser of the benchmark's pure-Python baseline loop."""
+
+    def __init__(self, tools: list[Tool], max_call_tokens: int, max_answer_tokens: int):
+        self.tools, self.max_call_tokens, self.max_answer_tokens = tools, max_call_tokens, max_answer_tokens
+        self.state, self.call, self.pending_write = "text", [], 0
+
+    def reset(self, prompt: list[int], seed: int) -> None:
+        for j, tool in enumerate(self.tools):
+            tool.reset(_tools.mix_seed(seed, j))
+        self.state, self.call = "text", []
+        for t in prompt:
+            self._observe(t)
+
+    def _observe(self, t: int) -> None:
+        for tool in self.tools:
+            tool.observe(t)
+
+    def _route(self, command: list[int], unrouted: list[int] | None) -> list[int]:
+        """The answer of the first tool that accepts `command`, else `unrouted` (None: an unknown
+        command of a text call)."""
+        tool = next((tool for tool in self.tools if tool.accepts(command)), None)
+        if tool is None:
+            return unrouted if unrouted is not None else self._unknown(command)
+        out = tool.call(command)
+        if len(out) > self.max_answer_tokens or any(not 0 <= t < VOCAB_SIZE for t in out):
+            return [ERR] + encode(f"invalid answer from tool {tool.name()}")
+        return out
+
+    def _unknown(self, call: list[int]) -> list[int]:
+        word = "".join(map(token_name, call)).split(" ")[0][:32]
+        return [ERR] + encode(f"unknown command: {word}")
+
+    def _text_answer(self, body: list[int]) -> list[int]:
+        return [RESULT, *body, RESULT_END]
+
+    def feed(self, t: int) -> tuple[list[int], bool]:
+        """(forced answer, episode ended) for one generated token."""
+        if t == EOS:
+            self._observe(t)
+            self.state = "text"
+            return [], True
+        if self.state == "symbol":
+            self.state = "text"
+            return self._route([self.pending_write, t], [ERR]), False
+        if self.state == "call":
+            if t == CALL_END:
+                self.state = "text"
+                return self._text_answer(self._route(self.call, None)), False
+            if not is_char(t):
+                self.state = "text"
+                return self._text_answer([ERR] + encode(f"malformed call: {token_name(t)} inside [CALL]")), False
+            if len(self.call) >= self.max_call_tokens:
+                self.state = "text"
+                return self._text_answer([ERR] + encode(f"call too long (max {self.max_call_tokens} tokens)")), False
+            self.call.append(t)
+            return [], False
+        if is_pointer_cmd(t) and (t - pointer_cmd(0, "read")) % len(POINTER_OPS) == POINTER_OPS.index("write"):
+            self.state, self.pending_write = "symbol", t
+            return [], False
+        if is_pointer_cmd(t):
+            return self._route([t], [ERR]), False
+        if t == CALL:
+            self.state, self.call = "call", []
+            return [], False
+        if is_char(t) or t in (ANS, EOS):
+            self._observe(t)
+            return [], False
+        return [ERR], False
+
+
+def replay_reference(make_tools: Callable[[], list[Tool]], prompts: Sequence[Sequence[int]],
+                     model_tokens: Sequence[Sequence[int]], seed: int = 0, max_len: int = 1 << 16,
+                     max_call_tokens: int = 4096, max_answer_tokens: int = 1 << 16) -> Transcript:
+    """``replay`` written plainly in Python, one episode at a time (``make_tools()`` gives one
+    episode's tools): the reference for tests and the baseline of benchmarks/bench_dispatch.py."""
+    episodes = []
+    for i, (prompt, script) in enumerate(zip(prompts, model_tokens)):
+        parser = _ReferenceParser(make_tools(), max_call_tokens, max_answer_tokens)
+        parser.reset(list(prompt), _tools.mix_seed(seed, i))
+        tokens, mask, queue, used, done = [prompt[0]], [False], deque(prompt[1:]), 0, max_len <= 1
+        while not done:
+            if queue:
+                tokens.append(queue.popleft())
+                mask.append(False)
+            elif used < len(script):
+                t = script[used]
+                used += 1
+                answer, done = parser.feed(t)
+                queue.extend(answer)
+                tokens.append(t)
+                mask.append(True)
+            else:
+                break
+            done = done or len(tokens) >= max_len
+        episodes.append((tokens, mask, done))
+    width = max(len(e[0]) for e in episodes)
+    out_tokens = torch.full((len(episodes), width), PAD, dtype=torch.long)
+    out_mask = torch.zeros((len(episodes), width), dtype=torch.bool)
+    for i, (tokens, mask, _) in enumerate(episodes):
+        out_tokens[i, :len(tokens)] = torch.tensor(tokens)
+        out_mask[i, :len(mask)] = torch.tensor(mask)
+    return Transcript(out_tokens, out_mask, torch.tensor([len(e[0]) for e in episodes]),
+                      torch.tensor([e[2] for e in episodes]))

@@ -1,0 +1,75 @@
+"""What every model shares: token embedding, final norm, LM head and input validation.
+
+A model is a stack of sequence mixers between an embedding and a head. Subclasses implement the
+body twice: `body(x)` over a whole (B, T, d) sequence (training, teacher forcing) and
+`body_step(x, state)` for one (B, d) position (interactive decoding), and `init_state`. The two
+must agree exactly; tests/test_models.py checks that for every model.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def check_tokens(tokens: torch.Tensor, vocab_size: int, ndim: int, name: str = "tokens") -> None:
+    shape = "(batch, seqlen)" if ndim == 2 else "(batch,)"
+    if not isinstance(tokens, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {shape}, got {type(tokens).__name__}")
+    if tokens.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{name} must be an integer tensor (int64 or int32), got {tokens.dtype}")
+    if tokens.dim() != ndim or tokens.shape[0] == 0 or (ndim == 2 and tokens.shape[1] == 0):
+        raise ValueError(f"{name} must have non-empty shape {shape}, got {tuple(tokens.shape)}")
+    lo, hi = int(tokens.min()), int(tokens.max())
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"{name} must hold ids in [0, {vocab_size}), got values in [{lo}, {hi}]")
+
+
+class LanguageModel(nn.Module):
+    """Embedding -> body -> RMSNorm -> head (optionally tied to the embedding)."""
+
+    def __init__(self, vocab_size: int, d_model: int, tie_embeddings: bool = True):
+        super().__init__()
+        check_positive(vocab_size=vocab_size, d_model=d_model)
+        self.vocab_size, self.d_model = vocab_size, d_model
+        self.embedding = nn.Embedding(vocab_size, d_model)
+        # GPT/mamba_ssm scale: N(0, 1) embeddings tied to the head start with huge logits.
+        nn.init.normal_(self.embedding.weight, std=0.02)
+        self.norm_f = nn.RMSNorm(d_model)
+        self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
+        if tie_embeddings:
+            self.lm_head.weight = self.embedding.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, T) -> logits (B, T, vocab_size)."""
+        check_tokens(tokens, self.vocab_size, 2)
+        return self.lm_head(self.norm_f(self.body(self.embedding(tokens.long()))))
+
+    def step(self, tokens: torch.Tensor, state):
+        """One token per sequence: tokens (B,) -> (logits (B, vocab_size), state).
+
+        The state returned may share storage with the one passed in (it is updated in place where
+        that is cheaper); keep using the returned one.
+        """
+        check_tokens(tokens, self.vocab_size, 1)
+        h, state = self.body_step(self.embedding(tokens.long()), state)
+        return self.lm_head(self.norm_f(h)), state
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def body_step(self, x: torch.Tensor, state):
+        raise NotImplementedError
+
+    def init_state(self, batch_size: int, device=None):
+        raise NotImplementedError
+
+    def _state_tensor(self, *shape: int, device=None) -> torch.Tensor:
+        """A zero state tensor in the parameters' dtype (float64 models decode in float64)."""
+        w = self.embedding.weight
+        return torch.zeros(*shape, dtype=w.dtype, device=w.device if device is None else device)
+
+
+def check_positive(**values) -> None:
+    for arg, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{arg} must be a positive int, got {value!r}")

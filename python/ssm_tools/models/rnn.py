@@ -1,0 +1,31 @@
+"""LSTM and GRU language models (the paper's recurrent baselines: a fixed-size state, like Mamba)."""
+from __future__ import annotations
+
+from torch import nn
+
+from .base import LanguageModel, check_positive
+
+CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
+
+
+class RNN(LanguageModel):
+    def __init__(self, vocab_size: int, cell: str = "lstm", d_model: int = 64, n_layers: int = 2,
+                 tie_embeddings: bool = True):
+        super().__init__(vocab_size, d_model, tie_embeddings)
+        if cell not in CELLS:
+            raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cell!r}")
+        check_positive(n_layers=n_layers)
+        self.cell, self.n_layers = cell, n_layers
+        self.rnn = CELLS[cell](d_model, d_model, n_layers, batch_first=True)
+
+    def body(self, x):
+        return self.rnn(x)[0]
+
+    def body_step(self, x, state):
+        out, state = self.rnn(x.unsqueeze(1), state)
+        return out[:, 0], state
+
+    def init_state(self, batch_size: int, device=None):
+        check_positive(batch_size=batch_size)
+        h = self._state_tensor(self.n_layers, batch_size, self.d_model, device=device)
+        return (h, h.clone()) if self.cell == "lstm" else h

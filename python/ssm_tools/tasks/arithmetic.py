@@ -1,0 +1,96 @@
+"""What addition and multiplication share: operands, prompts, and the pointer walks around the
+digit loop.
+
+Prompt: [BOS] a <op> b = (digits as tokens). Memory layout of the thoughts: results are written
+least significant digit first as (carry, digit) pairs -- the carry first so that reading the pairs
+back from the right, two cells at a time, lands on the cell before the first pair (a non-digit:
+'=' or '#') and stops there.
+
+Every decision of the policies is local: it depends on the last few tokens (mostly the last
+observation), never on a count or a phase remembered from far back. Pointer roles:
+  p2 ("B") walks first to one past the end ([BLANK]) and back two cells: the last digit of b;
+  p1 ("A") walks to the operator and back one cell: the last digit of a. p2 does the read-back walk
+  to [ANS] later: that walk passes '=' like its first one and, like it, keeps walking there, while
+  the first walk alone meets [BLANK] -- so no observation means two different things.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import vocab as V
+from .base import CHAR, CMD, DIGIT_VALUE, DIGITS, FORCED, Task, number, text
+
+RD1, LT1, RT1 = CMD[1, "read"], CMD[1, "left"], CMD[1, "right"]
+RD2, LT2, RT2 = CMD[2, "read"], CMD[2, "left"], CMD[2, "right"]
+EQUALS = CHAR["="]
+ANS_F, BLANK_F, BOS_F = V.ANS + FORCED, V.BLANK + FORCED, V.BOS + FORCED
+DIGITS_F = [t + FORCED for t in DIGITS]
+
+
+@dataclass(frozen=True)
+class Operands:
+    a: str  # decimal digits, no leading zeros
+    op: str  # "+" or "*"
+    b: str
+
+    @property
+    def result(self) -> int:
+        return int(self.a) + int(self.b) if self.op == "+" else int(self.a) * int(self.b)
+
+
+def random_number(rng: np.random.Generator, digits: int, allow_zero: bool = True) -> str:
+    """A uniformly random number of exactly `digits` digits (0 included for one digit if allowed)."""
+    first = int(rng.integers(0 if (digits == 1 and allow_zero) else 1, 10))
+    rest = rng.integers(0, 10, size=digits - 1)
+    return str(first) + "".join(map(str, rest.tolist()))
+
+
+def operands_prompt(x: Operands) -> list[int]:
+    return [V.BOS, *number(x.a), CHAR[x.op], *number(x.b), EQUALS]
+
+
+def position_pointers(memory: list[int], op_cell: int) -> list[int]:
+    """Script that brings p2 to the last digit of b (via [BLANK]) and p1 to the last digit of a (via
+    the operator at `op_cell`). `memory` is the prompt; both pointers start on cell 0."""
+    walk_b = [t for x in memory[1:] for t in (RT2, RD2, x + FORCED)]
+    walk_a = [t for x in memory[1:op_cell + 1] for t in (RT1, RD1, x + FORCED)]
+    return walk_b + [RT2, RD2, BLANK_F, LT2, LT2] + walk_a + [LT1]
+
+
+def read_back(memory: list[int], start: int) -> list[int]:
+    """Script of the answer phase; `memory` ends with [ANS], p2 sits on cell `start`. p2 walks right
+    to [ANS], then left over the (carry, digit) pairs, outputting each digit and skipping each carry,
+    until it reads the non-digit before the first pair; then [EOS]."""
+    script = [t for x in memory[start + 1:] for t in (RT2, RD2, x + FORCED)]
+    j = len(memory) - 2
+    script += (LT2, RD2, memory[j] + FORCED)
+    while memory[j] in DIGIT_VALUE:
+        script.append(memory[j])
+        j -= 2
+        script += (LT2, LT2, RD2, memory[j] + FORCED)
+    script.append(V.EOS)
+    return script
+
+
+class ArithmeticTask(Task):
+    """Operand tasks: answers are decimal numbers; the calculator mode is single_turn."""
+
+    size_name = "digits"
+    aliases = {"calculator": "single_turn"}
+
+    def __init__(self, mode: str = "interactive"):
+        super().__init__(self.aliases.get(mode, mode))
+
+    def prompt(self, x: Operands) -> list[int]:
+        return operands_prompt(x)
+
+    def answer(self, x: Operands) -> list[int]:
+        return number(str(x.result))
+
+    def calculator_script(self, left: int, right: int, result: int) -> list[int]:
+        """One `add left right` call, then the answer copied from the result."""
+        call = [V.CALL, *text(f"add {left} {right}"), V.CALL_END]
+        out = number(str(result))
+        return call + [V.RESULT + FORCED, *(t + FORCED for t in out), V.RESULT_END + FORCED, V.ANS, *out, V.EOS]

@@ -1,0 +1,225 @@
+"""The Task interface every task implements, and what all tasks share.
+
+A task turns an *instance* (sampled at a size) into a prompt, the tokens an ideal policy emits
+(`oracle`), the tools of the episode, and a grader of the output stream.
+
+Oracles are written as *scripts*: the whole expected token stream after the prompt, model tokens as
+they are and forced tokens (tool answers) marked with `forced()` (id + FORCED). Writing down the
+answers the oracle expects buys three things: `oracle()` is the script's model tokens; the "cot"
+mode is derived from it (the model predicts the observations itself, no tool); and the tests check
+that the real loop (`replay`) produced exactly the stream the oracle expected.
+
+Sizes: `sample(rng, size)` draws a test instance of exactly this size (e.g. two operands of exactly
+`size` digits); `sample_train(rng, max_size)` draws the paper's training distribution up to
+`max_size` (e.g. operand lengths uniform in 1..max_size).
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .. import vocab as V
+from ..env import Env, replay
+
+FORCED = 1 << 10  # marks a forced token inside a script; above every token id
+assert FORCED > V.VOCAB_SIZE
+
+# Character tokens, by character (the vocabulary maps printable ASCII one to one).
+CHAR = {chr(c): V.encode(chr(c))[0] for c in range(32, 127)}
+CHAR["\n"] = V.encode("\n")[0]
+CHAR_OF = {t: c for c, t in CHAR.items()}
+DIGITS = [CHAR[str(d)] for d in range(10)]
+DIGIT_VALUE = {t: d for d, t in enumerate(DIGITS)}
+# Pointer commands by (pointer 1-based, op), e.g. CMD[1, "read"].
+CMD = {(p + 1, op): V.pointer_cmd(p, op) for p in range(4) for op in ("read", "left", "right", "write")}
+_COMMANDS = frozenset(CMD.values())
+_READS = frozenset(CMD[p, "read"] for p in range(1, 5))
+_WRITES = frozenset(CMD[p, "write"] for p in range(1, 5))
+_CHARS = frozenset(CHAR.values())
+# A CoT model has no tool; a control-token observation ([BOS], [BLANK]) is not a valid thought
+# (the parser answers [ERR]), so the CoT script writes it as a character.
+# A text answer becomes the lines it holds, ended by '\n'.
+_COT_CHAR = {V.BOS: CHAR["^"], V.BLANK: CHAR["_"], V.RESULT_END: CHAR["\n"]}
+
+
+def forced(tokens: Sequence[int]) -> list[int]:
+    """Mark tokens as forced (a tool's answer) inside a script."""
+    return [t + FORCED for t in tokens]
+
+
+def text(s: str) -> list[int]:
+    return [CHAR[c] for c in s]
+
+
+def number(digits: str) -> list[int]:
+    return [DIGITS[ord(c) - 48] for c in digits]
+
+
+def model_tokens(script: Sequence[int]) -> list[int]:
+    return [t for t in script if t < FORCED]
+
+
+def expected_stream(script: Sequence[int]) -> list[int]:
+    """The token stream the real loop produces for this script (forced marks removed)."""
+    return [t % FORCED for t in script]
+
+
+def cot_script(script: Sequence[int], answer: Sequence[int]) -> list[int]:
+    """The CoT ablation of an interactive script: commands and tool calls dropped, every observation
+    before [ANS] written by the model as a thought, then [ANS], the answer and [EOS] (what the
+    interactive policy reads back after [ANS] has no tool to come from)."""
+    out: list[int] = []
+    in_call = False
+    for t in script:
+        if t == V.ANS:
+            break
+        if t == V.CALL or t == V.CALL_END:
+            in_call = t == V.CALL
+        elif t >= FORCED:
+            u = t - FORCED
+            if u != V.RESULT:
+                out.append(_COT_CHAR.get(u, u))
+        elif not in_call and t not in _COMMANDS:
+            out.append(t)
+    return out + [V.ANS, *answer, V.EOS]
+
+
+def _grammar_mask(tokens: Sequence[int]) -> list[bool]:
+    """Which tokens the model emitted, recovered from the grammar alone: a read's one answer token
+    and [RESULT]..[/RESULT] spans are forced (a move's [ERR] answer is never an output either way)."""
+    mask = []
+    after_read = in_result = False
+    for t in tokens:
+        t = int(t)
+        model = not (after_read or in_result or t == V.RESULT)
+        mask.append(model)
+        in_result = (in_result or t == V.RESULT) and t != V.RESULT_END
+        after_read = model and t in _READS
+    return mask
+
+
+def output_stream(tokens: Sequence[int], mask: Sequence[bool] | None = None) -> tuple[list[int], bool]:
+    """(the output stream, whether the model ended the episode with [EOS]).
+
+    Outputs are what the model's tokens after its first [ANS] put into memory: characters (and later
+    [ANS]s), not commands, a write's symbol, or anything inside [CALL]..[/CALL]. `mask` (True where
+    the model emitted the token, as in Transcript.loss_mask) defaults to what the grammar implies."""
+    if mask is None:
+        mask = _grammar_mask(tokens)
+    outputs: list[int] = []
+    seen_ans = in_call = after_write = False
+    for t, model in zip(tokens, mask):
+        t = int(t)
+        if not model:
+            continue
+        if t == V.EOS:
+            return outputs, True
+        if after_write:
+            after_write = False
+        elif in_call or t == V.CALL:
+            in_call = t != V.CALL_END
+        elif t in _COMMANDS:
+            after_write = t in _WRITES
+        elif seen_ans and (t in _CHARS or t == V.ANS):
+            outputs.append(t)
+        else:
+            seen_ans = seen_ans or t == V.ANS
+    return outputs, False
+
+
+class Task(ABC):
+    """One task of the paper in one mode. Subclasses set name, modes, size_name, min_size and
+    implement sample, sample_train, prompt, answer, tools, max_steps and `_script` (the script of
+    every mode but "cot", which is derived)."""
+
+    name: str
+    modes: tuple[str, ...]
+    size_name: str
+    min_size: int = 1
+
+    def __init__(self, mode: str = "interactive"):
+        if mode not in self.modes:
+            raise ValueError(f"{self.name}: mode must be one of {self.modes}, got {mode!r}")
+        self.mode = mode
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(mode={self.mode!r})"
+
+    # -- what each task defines --------------------------------------------------------------------
+    @abstractmethod
+    def sample(self, rng: np.random.Generator, size: int) -> Any: ...
+
+    @abstractmethod
+    def sample_train(self, rng: np.random.Generator, max_size: int) -> Any: ...
+
+    @abstractmethod
+    def prompt(self, inst) -> list[int]: ...
+
+    @abstractmethod
+    def answer(self, inst) -> list[int]: ...
+
+    @abstractmethod
+    def tools(self) -> list: ...
+
+    @abstractmethod
+    def max_steps(self, size: int) -> int: ...
+
+    @abstractmethod
+    def _script(self, inst) -> list[int]:
+        """The script of this mode (never called for "cot")."""
+
+    # -- shared ------------------------------------------------------------------------------------
+    def check_size(self, size: int, what: str = "size") -> int:
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < self.min_size:
+            raise ValueError(f"{self.name}: {what} ({self.size_name}) must be an integer >= {self.min_size}, "
+                             f"got {size!r}")
+        return int(size)
+
+    def script(self, inst) -> list[int]:
+        if self.mode == "cot":
+            return cot_script(self._interactive_script(inst), self.answer(inst))
+        return self._script(inst)
+
+    def _interactive_script(self, inst) -> list[int]:
+        mode, self.mode = self.mode, "interactive"
+        try:
+            return self._script(inst)
+        finally:
+            self.mode = mode
+
+    def oracle(self, inst) -> list[int]:
+        return model_tokens(self.script(inst))
+
+    def grade(self, inst, tokens: Sequence[int], mask: Sequence[bool] | None = None) -> bool:
+        outputs, finished = output_stream(tokens, mask)
+        return finished and outputs == self.answer(inst)
+
+    def token_accuracy(self, inst, tokens: Sequence[int], mask: Sequence[bool] | None = None) -> float:
+        """Fraction of answer positions the output stream gets right (a missing or extra output
+        token counts as wrong)."""
+        outputs, _ = output_stream(tokens, mask)
+        answer = self.answer(inst)
+        hits = sum(o == a for o, a in zip(outputs, answer))
+        return hits / max(len(answer), len(outputs), 1)
+
+    def budget(self, worst_case_inst) -> int:
+        """Step budget from the longest instance of a size: its whole trajectory plus 10%."""
+        n = len(self.prompt(worst_case_inst)) + len(self.script(worst_case_inst))
+        return math.ceil(1.1 * n) + 16
+
+    def trajectories(self, rng: np.random.Generator, sizes: Sequence[int], train: bool = False,
+                     num_threads: int = 0):
+        """(Transcript, instances): one instance per entry of `sizes` (drawn by `sample`, or by
+        `sample_train` with the entry as max_size when train=True), its oracle played through the
+        real loop (`replay`)."""
+        draw = self.sample_train if train else self.sample
+        insts = [draw(rng, s) for s in sizes]
+        env = Env(self.tools(), batch_size=len(insts), max_len=max(self.max_steps(s) for s in sizes),
+                  num_threads=num_threads)
+        seed = int(rng.integers(1 << 31))
+        transcript = replay(env, [self.prompt(i) for i in insts], [self.oracle(i) for i in insts], seed=seed)
+        return transcript, insts

@@ -1,0 +1,185 @@
+"""Logical graph with the search memory: evaluate a random boolean circuit written as Python code.
+
+A DAG of n gates over 3 inputs; each gate is the AND or OR of one or two earlier variables, each
+possibly negated ("v88 = v12 and not v630", "v5 = not v88"); the last gate is the output. Labels
+are distinct random "v<0..9999>". Prompt: the code, inputs first, one assignment per line, then
+"print(<output>)".
+
+Interactive policy (depth-first search with `find`, memory as the stack): the current node's
+definition is the last `find` result that holds it.
+  * for each operand x of the current node in order: [CALL] find x [/CALL]; x is known if the result
+    holds "x = True/False" (an input) or "x is True/False" (a logged value);
+  * at the first unknown operand, the thought line "x from <node>" logs the way back and x (whose
+    definition that same result holds) becomes the current node;
+  * once all operands are known the thought line "<node> is <value>" logs its value; then
+    [CALL] find <node> [/CALL] shows "<node> from <parent>" and [CALL] find <parent> [/CALL] its
+    definition; the parent is current again. The output has no parent: [ANS] <value> [EOS].
+The search answers (all lines holding the word, joined by '\n') are forced tokens the oracle
+predicts; the tests check that the real SearchMemory answers exactly that.
+Modes: interactive, cot. Sizes: n gates exactly (training: 1..max_size).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import vocab as V
+from ..env import ToolSpec
+from .base import FORCED, Task, text
+
+NUM_INPUTS = 3
+LABELS = 10_000
+MAX_RESPONSE_TOKENS = 1 << 14
+WORD = re.compile(r"\w+", re.ASCII)
+
+
+@dataclass(frozen=True)
+class Gate:
+    target: str
+    operands: tuple[tuple[str, bool], ...]  # (variable, negated), one or two
+    op: str  # "and" / "or"
+
+    def line(self) -> str:
+        terms = [("not " if neg else "") + v for v, neg in self.operands]
+        return f"{self.target} = " + f" {self.op} ".join(terms)
+
+    def value(self, values: dict[str, bool]) -> bool:
+        terms = [values[v] != neg for v, neg in self.operands]
+        return all(terms) if self.op == "and" else any(terms)
+
+
+@dataclass(frozen=True)
+class Circuit:
+    inputs: tuple[tuple[str, bool], ...]
+    gates: tuple[Gate, ...]
+
+    @property
+    def output(self) -> str:
+        return self.gates[-1].target
+
+    def code(self) -> str:
+        lines = [f"{v} = {b}" for v, b in self.inputs] + [g.line() for g in self.gates]
+        return "\n".join(lines) + f"\nprint({self.output})\n"
+
+    def evaluate(self) -> bool:
+        values = dict(self.inputs)
+        for g in self.gates:
+            values[g.target] = g.value(values)
+        return values[self.output]
+
+
+def random_circuit(rng: np.random.Generator, n: int) -> Circuit:
+    labels = [f"v{i}" for i in rng.choice(LABELS, NUM_INPUTS + n, replace=False).tolist()]
+    inputs = tuple((v, bool(b)) for v, b in zip(labels, rng.integers(0, 2, NUM_INPUTS).tolist()))
+    gates = []
+    unused = list(range(NUM_INPUTS))  # variables no gate reads yet
+    for i in range(n):
+        earlier = NUM_INPUTS + i
+        # Operands come first from the unused variables, so (nearly) every gate feeds the output and
+        # the search has the whole circuit to walk, not a small cone.
+        picks = []
+        for _ in range(int(rng.integers(1, 3))):
+            pool = unused or [j for j in range(earlier) if j not in picks]
+            if not pool:
+                break
+            j = pool[int(rng.integers(len(pool)))]
+            picks.append(j)
+            if j in unused:
+                unused.remove(j)
+        unused.append(earlier)
+        operands = tuple((labels[j], bool(rng.integers(0, 2))) for j in picks)
+        gates.append(Gate(labels[earlier], operands, "and" if rng.integers(0, 2) else "or"))
+    return Circuit(inputs, tuple(gates))
+
+
+class _Search:
+    """The oracle's view of the search memory: its lines, indexed by word, and `find` as a script.
+    Labels are whole words ([A-Za-z0-9_]+), so a word index answers like the tool's whole-word scan."""
+
+    def __init__(self, code: str):
+        self.lines: list[str] = []
+        self.index: dict[str, list[int]] = {}
+        for line in code.split("\n")[:-1]:
+            self.add(line)
+        self.script: list[int] = []
+
+    def add(self, line: str) -> None:
+        for word in set(WORD.findall(line)):
+            self.index.setdefault(word, []).append(len(self.lines))
+        self.lines.append(line)
+
+    def find(self, word: str) -> None:
+        hits = self.index.get(word, [])
+        # The first line starts with the prompt's [BOS], which the search memory keeps.
+        answer = [t for i in hits for t in ([V.NEWLINE] if i != hits[0] else []) + ([V.BOS] if i == 0 else [])
+                  + text(self.lines[i])]
+        self.script += [V.CALL, *text(f"find {word}"), V.CALL_END, V.RESULT + FORCED]
+        self.script += [t + FORCED for t in answer] + [V.RESULT_END + FORCED]
+
+    def write(self, line: str) -> None:
+        self.add(line)
+        self.script += text(line + "\n")
+
+
+def dfs_script(x: Circuit) -> list[int]:
+    defs = {g.target: g for g in x.gates}
+    values = dict(x.inputs)
+    parent: dict[str, str] = {}
+    search = _Search(x.code())
+    node = x.output
+    search.find(node)
+    while True:
+        unknown = None
+        for v, _ in defs[node].operands:
+            search.find(v)
+            if v not in values:
+                unknown = v
+                break
+        if unknown is not None:
+            search.write(f"{unknown} from {node}")
+            parent[unknown], node = node, unknown
+            continue
+        values[node] = defs[node].value(values)
+        search.write(f"{node} is {values[node]}")
+        if node == x.output:
+            return search.script + [V.ANS, *text(str(values[node])), V.EOS]
+        search.find(node)
+        node = parent[node]
+        search.find(node)
+
+
+class LogicalGraph(Task):
+    name = "logical_graph"
+    modes = ("interactive", "cot")
+    size_name = "gates"
+
+    def sample(self, rng: np.random.Generator, size: int) -> Circuit:
+        n = self.check_size(size)
+        if n > LABELS - NUM_INPUTS:
+            raise ValueError(f"logical_graph: size (gates) must be <= {LABELS - NUM_INPUTS}, got {n}")
+        return random_circuit(rng, n)
+
+    def sample_train(self, rng: np.random.Generator, max_size: int) -> Circuit:
+        return self.sample(rng, int(rng.integers(1, self.check_size(max_size, "max_size") + 1)))
+
+    def prompt(self, x: Circuit) -> list[int]:
+        return [V.BOS, *text(x.code())]
+
+    def answer(self, x: Circuit) -> list[int]:
+        return text(str(x.evaluate()))
+
+    def tools(self) -> list[ToolSpec]:
+        if self.mode == "cot":
+            return []
+        return [ToolSpec("search_memory", max_response_tokens=MAX_RESPONSE_TOKENS)]
+
+    def _script(self, x: Circuit) -> list[int]:
+        return dfs_script(x)
+
+    def max_steps(self, size: int) -> int:
+        # Measured: about 500 tokens per gate at 1,000 gates, growing with log n (a variable's
+        # `find` answer lists its uses); this bound leaves a factor of 2-3.
+        n = self.check_size(size)
+        return 2000 + int(n * (800 + 100 * np.log(n + NUM_INPUTS)))

@@ -1,0 +1,192 @@
+"""Training loop: oracle trajectories streamed from a task, teacher forcing on the model's own tokens.
+
+Each step draws `batch_size` instances from the task's training distribution up to
+`train_max_size` (`task.sample_train`: for addition each operand's length uniform in 1..max), turns
+the task's oracle into trajectories through the real dispatch loop (`task.trajectories`), and minimises cross-entropy
+of tokens[:, j] given tokens[:, :j] wherever loss_mask[:, j] (prompt and tool answers are inputs, not
+targets). AdamW, linear warmup then cosine decay, bf16 autocast on CUDA. Checkpoints hold everything
+needed to continue bit-for-bit (model, optimizer, scheduler, step, every RNG) and are written
+atomically, so `resume=True` after a kill continues exactly where the last checkpoint stopped.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .models import build_model
+
+CHECKPOINT = "checkpoint.pt"
+LOG = "log.csv"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 400
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    warmup: int = 40
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0
+    seed: int = 0
+    train_max_size: int = 5
+    ckpt_every: int = 100
+    eval_every: int = 0  # 0: no evaluation during training
+    eval_sizes: list[int] = field(default_factory=lambda: [10])
+    eval_n: int = 32
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "train_max_size", "ckpt_every", "eval_n"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        for name in ("warmup", "eval_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {getattr(self, name)!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not (0 <= self.weight_decay and 0 <= self.min_lr_ratio <= 1 and self.grad_clip > 0):
+            raise ValueError("weight_decay must be >= 0, min_lr_ratio in [0, 1], grad_clip > 0")
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to 1, then cosine down to min_lr_ratio at the last step."""
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def masked_loss(model, tokens: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of tokens[:, j] from tokens[:, :j] over positions where loss_mask[:, j]."""
+    logits = model(tokens[:, :-1])
+    target, mask = tokens[:, 1:], loss_mask[:, 1:]
+    if not mask.any():
+        raise ValueError("loss_mask marks no model token to learn from (after the first position)")
+    return F.cross_entropy(logits[mask].float(), target[mask])
+
+
+def param_groups(model, weight_decay: float):
+    """No decay on norms, biases, embeddings and the SSM's A_log / D (as in mamba_ssm)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.dim() < 2 or getattr(p, "_no_weight_decay", False) or p is model.embedding.weight
+         else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Trainer:
+    """Owns a model, its optimizer and the data stream of one task; `run()` trains to cfg.steps."""
+
+    def __init__(self, task, model_name: str, model_cfg: dict, cfg: TrainConfig, out_dir, *,
+                 device: str = "cpu", task_spec: dict | None = None, progress: bool = True):
+        self.task, self.cfg, self.device, self.progress = task, cfg, torch.device(device), progress
+        self.out = Path(out_dir)
+        self.meta = {"model": model_name, "model_cfg": dict(model_cfg), "task": task_spec or {},
+                     "train": asdict(cfg)}
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(model_name, **model_cfg).to(self.device)
+        self.opt = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
+                                     betas=(0.9, 0.95))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, cfg))
+        self.rng = np.random.default_rng(cfg.seed)
+        self.step = 0
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {**self.meta, "step": self.step, "model_state": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
+
+    def save(self) -> Path:
+        self.out.mkdir(parents=True, exist_ok=True)
+        path, tmp = self.out / CHECKPOINT, self.out / (CHECKPOINT + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint intact
+        return path
+
+    def load(self, path) -> None:
+        ck = torch.load(path, map_location=self.device, weights_only=False)
+        if (ck["model"], ck["model_cfg"]) != (self.meta["model"], self.meta["model_cfg"]):
+            raise ValueError(f"checkpoint {path} holds model {ck['model']} {ck['model_cfg']}, "
+                             f"not {self.meta['model']} {self.meta['model_cfg']}")
+        self.model.load_state_dict(ck["model_state"])
+        self.opt.load_state_dict(ck["optimizer"])
+        self.sched.load_state_dict(ck["scheduler"])
+        self.step = ck["step"]
+        self.rng.bit_generator.state = ck["rng"]["numpy"]
+        torch.set_rng_state(ck["rng"]["torch"])
+        if ck["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
+
+    # -- training ------------------------------------------------------------------------------
+    def batch(self):
+        sizes = [self.cfg.train_max_size] * self.cfg.batch_size
+        transcript, _ = self.task.trajectories(self.rng, sizes, train=True)
+        return transcript.tokens.to(self.device), transcript.loss_mask.to(self.device)
+
+    def train_step(self) -> tuple[float, int]:
+        tokens, mask = self.batch()
+        self.model.train()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            loss = masked_loss(self.model, tokens, mask)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.step += 1
+        return loss.item(), int(tokens.numel())
+
+    def run(self, stop_at: int | None = None) -> dict:
+        """Train until cfg.steps (or `stop_at`, to simulate an interruption); returns the last log row."""
+        from .evaluate import evaluate  # evaluate imports models; keep the import graph one-way
+
+        stop = self.cfg.steps if stop_at is None else min(stop_at, self.cfg.steps)
+        self.out.mkdir(parents=True, exist_ok=True)
+        log_path = self.out / LOG
+        new_log = not log_path.exists() or self.step == 0
+        row: dict = {}
+        with open(log_path, "w" if new_log else "a", newline="") as f, \
+                tqdm(total=self.cfg.steps, initial=self.step, disable=not self.progress,
+                     desc=f"train {self.meta['model']}", dynamic_ncols=True) as bar:
+            writer = csv.writer(f)
+            if new_log:
+                writer.writerow(["step", "loss", "lr", "tokens_per_s", "eval"])
+            while self.step < stop:
+                t0 = time.perf_counter()
+                loss, ntok = self.train_step()
+                tps = ntok / (time.perf_counter() - t0)
+                row = {"step": self.step, "loss": loss, "lr": self.sched.get_last_lr()[0], "tokens_per_s": tps}
+                if self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
+                    row["eval"] = evaluate(self.model, self.task, self.cfg.eval_sizes, self.cfg.eval_n,
+                                           seed=self.cfg.seed, device=self.device)["accuracy"]
+                writer.writerow([row["step"], f"{loss:.5f}", f"{row['lr']:.3e}", f"{tps:.0f}", row.get("eval", "")])
+                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:.0f}", **({"acc": row["eval"]} if "eval" in row else {}))
+                bar.update(1)
+                if self.step % self.cfg.ckpt_every == 0 or self.step == stop:
+                    f.flush()
+                    self.save()
+        return row
+
+
+def load_checkpoint(path, device: str = "cpu"):
+    """(model in eval mode, checkpoint metadata) from a checkpoint file or a run folder."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    ck = torch.load(path, map_location=device, weights_only=False)
+    model = build_model(ck["model"], **ck["model_cfg"]).to(device)
+    model.load_state_dict(ck["model_state"])
+    return model.eval(), {k: ck[k] for k in ("model", "model_cfg", "task", "train", "step")}

@@ -1,0 +1,223 @@
+"""CUDA kernels of selective_scan_fwd / selective_scan_bwd / selective_state_update against the
+PyTorch reference (ssm_tools.reference) computed in float64 on the same, upcast inputs.
+
+Every output the kernels must write in full is allocated NaN-filled (SSM_TOOLS_CUDA_POISON=1), so an
+element a kernel never writes shows up as NaN and fails the comparison. Inputs are fresh random draws.
+Runs on the device machine (benchmarks/run_gpu.sh); skipped where torch sees no GPU.
+"""
+import pytest
+import torch
+
+import ssm_tools
+import ssm_tools._C  # noqa: F401  (registers the ops and their CUDA kernels)
+from ssm_tools.reference import selective_scan_ref, selective_state_update_ref
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+OPS = torch.ops.ssm_tools
+TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs(monkeypatch):
+    monkeypatch.setenv("SSM_TOOLS_CUDA_POISON", "1")
+
+
+def rel_err(got, ref):
+    got, ref = got.double(), ref.double()
+    assert got.shape == ref.shape, (got.shape, ref.shape)
+    assert torch.isfinite(got).all(), "non-finite values (unwritten or overflowed elements)"
+    return ((got - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def make_inputs(batch, dim, seqlen, dstate, dtype, *, variable_B=True, variable_C=True, groups=1, D=True,
+                z=True, delta_bias=True, softplus=True):
+    """Fresh random inputs in mamba's ranges: negative real A, small positive step sizes."""
+    dev = "cuda"
+    g = torch.Generator(device=dev).manual_seed(torch.randint(0, 2**31, ()).item())
+
+    def rnd(*shape, dt=dtype, scale=1.0, shift=0.0):
+        return (torch.randn(*shape, device=dev, generator=g) * scale + shift).to(dt)
+
+    def state_input(variable):
+        return rnd(batch, groups, dstate, seqlen) if variable else rnd(dim, dstate, dt=torch.float32)
+
+    delta = rnd(batch, dim, seqlen, scale=0.5, shift=-1.0) if softplus else \
+        (torch.rand(batch, dim, seqlen, device=dev, generator=g) * 0.2 + 0.01).to(dtype)
+    return dict(
+        u=rnd(batch, dim, seqlen),
+        delta=delta,
+        A=-(torch.rand(dim, dstate, device=dev, generator=g) + 0.5),
+        B=state_input(variable_B),
+        C=state_input(variable_C),
+        D=rnd(dim, dt=torch.float32) if D else None,
+        z=rnd(batch, dim, seqlen) if z else None,
+        # Without softplus the step must stay positive (else states grow without bound).
+        delta_bias=(rnd(dim, dt=torch.float32, scale=0.3) if softplus else
+                    torch.rand(dim, device=dev, generator=g) * 0.1) if delta_bias else None,
+        delta_softplus=softplus,
+    )
+
+
+def upcast(inputs, requires_grad=True):
+    return {k: (v.detach().double().requires_grad_(requires_grad) if torch.is_tensor(v) else v)
+            for k, v in inputs.items()}
+
+
+def reference(inputs):
+    """float64 out and last state, with autograd on the upcast inputs."""
+    ref_in = upcast(inputs)
+    out, last = selective_scan_ref(ref_in["u"], ref_in["delta"], ref_in["A"], ref_in["B"], ref_in["C"],
+                                   D=ref_in["D"], z=ref_in["z"], delta_bias=ref_in["delta_bias"],
+                                   delta_softplus=ref_in["delta_softplus"], return_last_state=True)
+    return ref_in, out, last
+
+
+def fwd(inputs):
+    i = inputs
+    return OPS.selective_scan_fwd(i["u"], i["delta"], i["A"], i["B"], i["C"], i["D"], i["z"], i["delta_bias"],
+                                  i["delta_softplus"])
+
+
+# (batch, dim, seqlen, dstate, options): odd shapes, chunk boundaries (2048) and every option.
+CASES = [
+    (2, 3, 1, 16, dict()),
+    (1, 3, 7, 5, dict(variable_B=False, variable_C=False, z=False)),
+    (2, 130, 7, 16, dict(groups=2, D=False, delta_bias=False, softplus=False)),
+    (1, 130, 2049, 16, dict(variable_B=False, groups=5)),
+    (2, 3, 2049, 4, dict(variable_C=False, z=False, softplus=False)),
+    (1, 6, 8193, 8, dict(groups=3)),
+    (1, 4, 100, 256, dict()),
+]
+CASE_IDS = [f"b{b}-d{d}-l{l}-n{n}-" + ("-".join(f"{k}={v}" for k, v in o.items()) or "all")
+            for b, d, l, n, o in CASES]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_forward_and_backward_match_float64_reference(case, dtype):
+    batch, dim, seqlen, dstate, options = case
+    inputs = make_inputs(batch, dim, seqlen, dstate, dtype, **options)
+    ref_in, ref_out, ref_last = reference(inputs)
+    out, last, saved = fwd(inputs)
+    tol = TOL[dtype]
+    assert out.dtype == dtype and last.dtype == torch.float32
+    assert saved.shape == (batch, dim, (seqlen + 2047) // 2048, dstate)
+    assert rel_err(out, ref_out) < tol
+    assert rel_err(last, ref_last) < tol
+
+    dout = torch.randn_like(out)
+    dlast = torch.randn_like(last)
+    ref_grads = torch.autograd.grad(
+        (ref_out * dout.double()).sum() + (ref_last * dlast.double()).sum(),
+        [ref_in[k] for k in GRAD_NAMES if ref_in[k] is not None])
+    i = inputs
+    grads = OPS.selective_scan_bwd(dout, dlast, i["u"], i["delta"], i["A"], i["B"], i["C"], i["D"], i["z"],
+                                   i["delta_bias"], i["delta_softplus"], saved)
+    present = [(name, got) for name, got in zip(GRAD_NAMES, grads) if inputs[name] is not None]
+    for name, got in zip(GRAD_NAMES, grads):
+        if inputs[name] is None:
+            assert got.numel() == 0, f"grad of absent {name} must be empty"
+    for (name, got), want in zip(present, ref_grads):
+        assert got.dtype == inputs[name].dtype, name
+        assert rel_err(got, want) < tol, f"d{name}: {rel_err(got, want):.2e}"
+
+
+def test_backward_without_dlast_state_matches_reference():
+    inputs = make_inputs(2, 5, 300, 16, torch.float32, groups=5)
+    ref_in, ref_out, _ = reference(inputs)
+    out, _, saved = fwd(inputs)
+    dout = torch.randn_like(out)
+    ref_grads = torch.autograd.grad((ref_out * dout.double()).sum(), [ref_in[k] for k in GRAD_NAMES])
+    i = inputs
+    grads = OPS.selective_scan_bwd(dout, None, i["u"], i["delta"], i["A"], i["B"], i["C"], i["D"], i["z"],
+                                   i["delta_bias"], i["delta_softplus"], saved)
+    for name, got, want in zip(GRAD_NAMES, grads, ref_grads):
+        assert rel_err(got, want) < 1e-5, name
+
+
+def test_autograd_through_python_face_matches_reference():
+    inputs = make_inputs(2, 8, 2500, 16, torch.float32)
+    ref_in, ref_out, ref_last = reference(inputs)
+    leaves = {k: (v.detach().clone().requires_grad_() if torch.is_tensor(v) else v) for k, v in inputs.items()}
+    out, last = ssm_tools.selective_scan(leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"],
+                                         D=leaves["D"], z=leaves["z"], delta_bias=leaves["delta_bias"],
+                                         delta_softplus=True, return_last_state=True)
+    dout, dlast = torch.randn_like(out), torch.randn_like(last)
+    got = torch.autograd.grad((out * dout).sum() + (last * dlast).sum(), [leaves[k] for k in GRAD_NAMES])
+    want = torch.autograd.grad((ref_out * dout.double()).sum() + (ref_last * dlast.double()).sum(),
+                               [ref_in[k] for k in GRAD_NAMES])
+    for name, g, w in zip(GRAD_NAMES, got, want):
+        assert rel_err(g, w) < 1e-5, name
+
+
+def decode_inputs(batch, dim, dstate, dtype, groups):
+    i = make_inputs(batch, dim, 1, dstate, dtype, groups=groups)
+    return dict(x=i["u"][..., 0], dt=i["delta"][..., 0], A=i["A"], B=i["B"][..., 0], C=i["C"][..., 0], D=i["D"],
+                z=i["z"][..., 0], dt_bias=i["delta_bias"], dt_softplus=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("batch,dim,dstate,groups", [(1, 3, 16, 1), (7, 130, 5, 2), (8192, 64, 16, 4),
+                                                     (3, 8, 256, 1), (2, 4, 40, 1)])
+def test_decode_step_matches_reference(batch, dim, dstate, groups, dtype):
+    inputs = decode_inputs(batch, dim, dstate, dtype, groups)
+    state = torch.randn(batch, dim, dstate, device="cuda")
+    ref_state = state.double()
+    ref_y = selective_state_update_ref(ref_state, **upcast(inputs, requires_grad=False))
+    y = OPS.selective_state_update(state, inputs["x"], inputs["dt"], inputs["A"], inputs["B"], inputs["C"],
+                                   inputs["D"], inputs["z"], inputs["dt_bias"], True)
+    assert y.dtype == dtype
+    assert rel_err(y, ref_y) < TOL[dtype]
+    assert rel_err(state, ref_state) < 1e-5  # the state is float32 whatever the input type
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_decode_steps_over_a_sequence_equal_the_scan(dtype):
+    batch, dim, seqlen, dstate, groups = 3, 10, 37, 16, 2
+    i = make_inputs(batch, dim, seqlen, dstate, dtype, groups=groups)
+    out, last, _ = fwd(i)
+    state = torch.zeros(batch, dim, dstate, device="cuda")  # the scan starts from the zero state
+    ys = [OPS.selective_state_update(state, i["u"][..., t], i["delta"][..., t], i["A"], i["B"][..., t],
+                                     i["C"][..., t], i["D"], i["z"][..., t], i["delta_bias"], True)
+          for t in range(seqlen)]
+    assert rel_err(torch.stack(ys, dim=-1), out.float()) < TOL[dtype]
+    assert rel_err(state, last) < 1e-5
+
+
+def test_misaligned_and_non_contiguous_inputs_match_aligned():
+    """u starting 2 bytes past a 16-byte boundary takes the scalar-load path, a transposed delta is
+    copied to contiguous: both must give exactly what the vectorised path gives."""
+    i = make_inputs(2, 6, 520, 8, torch.bfloat16)
+    misaligned_u = torch.empty(i["u"].numel() + 1, dtype=torch.bfloat16, device="cuda")[1:].view_as(i["u"])
+    misaligned_u.copy_(i["u"])
+    transposed_delta = i["delta"].transpose(1, 2).contiguous().transpose(1, 2)
+    assert misaligned_u.data_ptr() % 16 != 0 and not transposed_delta.is_contiguous()
+    for a, b in zip(fwd(i), fwd(dict(i, u=misaligned_u, delta=transposed_delta))):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(u=lambda i: i["u"].double()), "u must be float32, bfloat16 or float16"),
+    (dict(A=lambda i: torch.randn(4, 257, device="cuda")), "dstate"),
+    (dict(B=lambda i: torch.randn(1, 3, 8, 33, device="cuda")), "groups"),
+    (dict(delta=lambda i: i["delta"][..., :-1]), "delta must have shape"),
+    (dict(D=lambda i: i["D"].cpu()), "D must be on cuda"),
+])
+def test_bad_input_raises_naming_the_argument(change, message):
+    i = make_inputs(1, 4, 33, 8, torch.float32)
+    for k, f in change.items():
+        i[k] = f(i)
+    with pytest.raises(RuntimeError, match=message):
+        fwd(i)
+
+
+def test_decode_rejects_a_non_float32_state():
+    i = decode_inputs(2, 4, 8, torch.float32, 1)
+    state = torch.randn(2, 4, 8, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="state must be a contiguous float32"):
+        OPS.selective_state_update(state, i["x"], i["dt"], i["A"], i["B"], i["C"], None, None, None, False)

@@ -1,0 +1,120 @@
+"""Every model: the parallel forward and step-by-step decoding give the same logits (float64), shapes,
+and precise errors on bad input."""
+import pytest
+import torch
+
+from ssm_tools.models import MODELS, build_model, preset
+
+
+V = 40
+SMALL = {
+    "mamba": dict(d_model=16, n_layers=2, d_state=4),
+    "lstm": dict(d_model=16, n_layers=2),
+    "gru": dict(d_model=16, n_layers=2),
+    "pythia": dict(d_model=16, n_layers=2, n_heads=2),
+    "mistral": dict(d_model=16, n_layers=2, n_heads=2, window=5),
+}
+
+
+def make(name, dtype=torch.float64, seed=0, **over):
+    torch.manual_seed(seed)
+    return build_model(name, vocab_size=V, **{**SMALL[name], **over}).to(dtype).eval()
+
+
+def decode(model, tokens):
+    state = model.init_state(tokens.shape[0])
+    out = []
+    for t in range(tokens.shape[1]):
+        logits, state = model.step(tokens[:, t], state)
+        out.append(logits)
+    return torch.stack(out, dim=1)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("T", [1, 9, 70])  # 70 > INITIAL_CACHE: the Pythia cache grows while decoding
+def test_step_matches_parallel_forward(name, T):
+    model = make(name)
+    tokens = torch.randint(1, V, (3, T))
+    with torch.no_grad():
+        full, stepped = model(tokens), decode(model, tokens)
+    assert full.shape == (3, T, V)
+    torch.testing.assert_close(stepped, full, rtol=1e-9, atol=1e-9)
+
+
+def test_sliding_window_forgets_beyond_window():
+    # Mistral-style: a token more than `window` positions back cannot influence the logits; with a
+    # growing cache (Pythia-style) it does.
+    tokens = torch.randint(1, V, (2, 12))
+    changed = tokens.clone()
+    changed[:, 0] = (changed[:, 0] % (V - 1)) + 1
+    for name, influences in (("mistral", False), ("pythia", True)):
+        model = make(name)
+        with torch.no_grad():
+            a, b = model(tokens)[:, -1], model(changed)[:, -1]
+        assert (not torch.allclose(a, b)) == influences, name
+
+
+def test_mistral_cache_is_bounded():
+    model = make("mistral")
+    state = model.init_state(2)
+    for _ in range(23):
+        _, state = model.step(torch.randint(1, V, (2,)), state)
+    assert all(k.shape[2] == 5 and v.shape[2] == 5 for k, v in state[1])
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_gradients_reach_every_parameter(name):
+    model = make(name, dtype=torch.float32).train()
+    loss = model(torch.randint(1, V, (2, 8))).logsumexp(-1).mean()
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing
+
+
+def test_untied_embeddings_have_their_own_head():
+    tied, untied = make("mamba"), make("mamba", tie_embeddings=False)
+    assert tied.lm_head.weight is tied.embedding.weight
+    assert untied.lm_head.weight is not untied.embedding.weight
+    assert sum(p.numel() for p in untied.parameters()) == sum(p.numel() for p in tied.parameters()) + V * 16
+
+
+@pytest.mark.parametrize("bad, error, words", [
+    (torch.randint(0, V, (4,)), ValueError, "(batch, seqlen)"),
+    (torch.rand(2, 3), TypeError, "integer"),
+    (torch.full((2, 3), V), ValueError, f"[0, {V})"),
+    (torch.full((2, 3), -1), ValueError, f"[0, {V})"),
+    (torch.zeros(2, 0, dtype=torch.long), ValueError, "non-empty"),
+    ([[1, 2]], TypeError, "torch.Tensor"),
+])
+def test_forward_rejects_bad_tokens(bad, error, words):
+    with pytest.raises(error, match="tokens") as e:
+        make("mamba")(bad)
+    assert words in str(e.value)
+
+
+def test_step_rejects_a_sequence():
+    model = make("gru")
+    with pytest.raises(ValueError, match=r"tokens must have non-empty shape \(batch,\)"):
+        model.step(torch.randint(1, V, (2, 3)), model.init_state(2))
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    (dict(name="bert", vocab_size=V), ValueError, "model must be one of"),
+    (dict(name="mamba", vocab_size=0), ValueError, "vocab_size must be a positive int"),
+    (dict(name="mamba", vocab_size=V, n_layers=0), ValueError, "n_layers must be a positive int"),
+    (dict(name="mamba", vocab_size=V, n_heads=2), TypeError, "n_heads"),
+    (dict(name="pythia", vocab_size=V, d_model=30, n_heads=4), ValueError, "divisible by n_heads"),
+    (dict(name="mistral", vocab_size=V, window=0), ValueError, "window must be a positive int"),
+    (dict(name="lstm", vocab_size=V, cell="rnn"), ValueError, "cell must be one of"),
+])
+def test_build_model_rejects_bad_config(kwargs, error, words):
+    with pytest.raises(error, match=words):
+        build_model(**kwargs)
+
+
+def test_presets_build_and_reject_unknown_scale():
+    for name in MODELS:
+        assert build_model(name, vocab_size=V, **preset(name, "tiny"))(torch.ones(1, 2, dtype=torch.long)).shape == (1, 2, V)
+    assert preset("mamba", "paper")["n_layers"] == 24 and preset("lstm", "paper")["d_model"] == 1536
+    with pytest.raises(ValueError, match="scale must be one of"):
+        preset("mamba", "huge")

@@ -1,0 +1,280 @@
+"""Task generators, oracles and checkers: every oracle runs through the real loop (replay) and is
+checked against an answer computed independently (Python integers, exec of the circuit's code, a
+recursive Hanoi solver)."""
+import glob
+import re
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+from ssm_tools import vocab as V
+from ssm_tools.config import load_config, make_task, validate
+from ssm_tools.tasks import TASKS, get_task
+from ssm_tools.tasks.base import FORCED, expected_stream
+from ssm_tools.tasks.hanoi import Hanoi
+
+# (name, mode, options): every task and mode of this package (coding is tested on its own).
+CASES = [("addition", m, {}) for m in ("interactive", "cot", "single_turn", "direct", "direct_reversed")]
+CASES += [("multiplication", m, {"second_digits": k}) for m in ("interactive", "cot", "single_turn") for k in (1, 2)]
+CASES += [("mixture", "interactive", {"add_weight": 0.5})]
+CASES += [("hanoi", m, {"variant": v}) for m in ("interactive", "cot") for v in ("iterative", "recursive")]
+CASES += [("logical_graph", m, {}) for m in ("interactive", "cot")]
+
+
+def case_id(case):
+    name, mode, options = case
+    return "-".join([name, mode, *map(str, options.values())])
+
+
+def rng():
+    return np.random.default_rng(np.random.SeedSequence().entropy)  # fresh inputs every run
+
+
+def independent_answer(task, x) -> str:
+    """The answer text computed without the task's own code paths."""
+    if task.name in ("addition", "multiplication", "mixture"):
+        a, b = int(x.a), int(x.b)
+        result = str(a + b if x.op == "+" else a * b)
+        return result[::-1] if task.mode == "direct_reversed" else result
+    if task.name == "logical_graph":
+        printed = []
+        exec(x.code(), {"print": printed.append})  # the prompt is valid Python; run it
+        return str(printed[0])
+    return hanoi_reference(task, x.sizes)
+
+
+def hanoi_moves(n_disks: int, sizes, src="A", dst="C", via="B"):
+    """Direct recursive solver: the moves of the n smallest disks (labels from `sizes`)."""
+    if n_disks == 0:
+        return []
+    disk = sizes[len(sizes) - n_disks]
+    return hanoi_moves(n_disks - 1, sizes, src, via, dst) + [(disk, src, dst)] + hanoi_moves(n_disks - 1, sizes, via, dst, src)
+
+
+def hanoi_reference(task, sizes) -> str:
+    fmt = lambda moves: "".join(f"({d}){s}{t}" for d, s, t in moves)  # noqa: E731
+    if task.variant == "recursive":
+        return "#" + "#".join(fmt(hanoi_moves(k, sizes[len(sizes) - k:])) for k in range(1, len(sizes) + 1))
+    rods = {"A": list(sizes), "B": [], "C": []}
+    out, flag = [], "o" if len(sizes) % 2 else "e"
+    for d, s, t in hanoi_moves(len(sizes), sizes):
+        assert rods[s][-1] == d and (not rods[t] or rods[t][-1] > d)  # a legal move
+        rods[t].append(rods[s].pop())
+        flag = flag.swapcase()
+        out.append(f"({d}){s}{t}{flag}" + "".join(r + "".join(f"({v})" for v in rods[r]) for r in "ABC") + "$")
+    assert rods["C"] == list(sizes)
+    return "".join(out)
+
+
+def check_transcript(task, transcript, insts, sizes):
+    for i, (x, size) in enumerate(zip(insts, sizes)):
+        tokens, mask = transcript.episode(i)
+        script = task.script(x)
+        prompt = task.prompt(x)
+        # The loop produced exactly the stream the oracle expected, forced where it expected.
+        assert tokens == prompt + expected_stream(script)
+        assert mask == [False] * len(prompt) + [t < FORCED for t in script]
+        assert bool(transcript.done[i]) and tokens[-1] == V.EOS
+        assert V.ERR not in tokens  # no command the tools rejected
+        assert len(tokens) <= task.max_steps(size)
+        assert task.grade(x, tokens, mask) and task.grade(x, tokens)
+        assert task.token_accuracy(x, tokens, mask) == 1.0
+        assert V.decode(task.answer(x), readable=False) == independent_answer(task, x)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_oracle_through_real_loop_small_sizes(case):
+    name, mode, options = case
+    task = get_task(name, mode, **options)
+    sizes = [1, 2, 3, 4, 6] if name == "hanoi" else [1, 1, 2, 3, 5, 8, 13]
+    for train in (False, True):
+        transcript, insts = task.trajectories(rng(), sizes, train=train)
+        check_transcript(task, transcript, insts, sizes)
+
+
+@pytest.mark.parametrize("name,options,size", [
+    ("addition", {}, 1000),
+    ("multiplication", {"second_digits": 1}, 1000),
+    ("multiplication", {"second_digits": 2}, 1000),
+    ("logical_graph", {}, 1000),
+    ("hanoi", {"variant": "iterative"}, 14),  # 16,383 moves, ~5M tokens
+    ("hanoi", {"variant": "recursive"}, 11),  # 2 copies of 2^k-move lists per k: kept to 11 disks for time
+], ids=lambda v: str(v))
+def test_oracle_through_real_loop_large_sizes(name, options, size):
+    task = get_task(name, **options)
+    transcript, insts = task.trajectories(rng(), [size])
+    check_transcript(task, transcript, insts, [size])
+
+
+def test_mixture_draws_both_operations_by_weight():
+    r = rng()
+    ops = [get_task("mixture", add_weight=0.3).sample(r, 4).op for _ in range(2000)]
+    assert abs(ops.count("+") / len(ops) - 0.3) < 0.05
+    assert {get_task("mixture", add_weight=w).sample(r, 4).op for _ in range(50) for w in [0.0]} == {"*"}
+
+
+@pytest.mark.parametrize("name,options,k", [("addition", {}, 9), ("multiplication", {"second_digits": 2}, 12)])
+def test_arithmetic_decisions_are_local(name, options, k):
+    """Learnability: every model token is a function of the last k tokens of the stream (across many
+    instances and lengths, the same context never precedes two different model tokens)."""
+    task = get_task(name, **options)
+    r = rng()
+    seen = defaultdict(set)
+    for size in [1, 2, 3, 5, 9, 17] * 20:
+        x = task.sample_train(r, size)
+        stream = task.prompt(x) + task.script(x)
+        for j, t in enumerate(stream):
+            if j >= len(task.prompt(x)) and t < FORCED:
+                seen[tuple(u % FORCED for u in stream[max(0, j - k):j])].add(t)
+    ambiguous = {ctx: nxt for ctx, nxt in seen.items() if len(nxt) > 1}
+    assert not ambiguous, list(ambiguous.items())[:3]
+
+
+def test_addition_train_and_test_distributions():
+    task, r = get_task("addition"), rng()
+    x = task.sample(r, 7)
+    assert len(x.a) == len(x.b) == 7 and x.a[0] != "0" and x.b[0] != "0"
+    lengths = {(len(y.a), len(y.b)) for y in (task.sample_train(r, 5) for _ in range(500))}
+    assert lengths == {(i, j) for i in range(1, 6) for j in range(1, 6)}
+
+
+def test_hanoi_disks_drawn_without_replacement_largest_first():
+    x = get_task("hanoi").sample(rng(), 30)
+    assert len(set(x.sizes)) == 30 and list(x.sizes) == sorted(x.sizes, reverse=True)
+    assert all(1 <= d <= 100 for d in x.sizes)
+
+
+def test_tool_bounds_respected():
+    """Oracles only use the pointers their tools have, and stay within memory and answer bounds."""
+    r = rng()
+    for name, mode, options in CASES:
+        task = get_task(name, mode, **options)
+        specs = task.tools()
+        pointers = max([s.options.get("num_pointers", 0) for s in specs], default=0)
+        for size in (1, 4, 9):
+            x = task.sample(r, size)
+            model = task.oracle(x)
+            used = {(t - V.pointer_cmd(0, "read")) // 4 for t in model if V.is_pointer_cmd(t)}
+            assert all(p < pointers for p in used), (name, used, pointers)
+            if mode == "cot" or mode == "direct":
+                assert not any(V.is_pointer_cmd(t) or t == V.CALL for t in model)
+            script = task.script(x)
+            for spec in specs:  # answers and memory within the configured bounds
+                if "max_cells" in spec.options:
+                    assert len(task.prompt(x)) + sum(t < FORCED and not V.is_pointer_cmd(t) for t in script) \
+                        <= spec.options["max_cells"]
+                if "max_response_tokens" in spec.options:
+                    assert max(map(len, V.decode(expected_stream(script)).split("[RESULT]"))) \
+                        <= spec.options["max_response_tokens"] + 16
+
+
+def test_grade_rejects_wrong_or_unfinished_outputs():
+    task, r = get_task("addition"), rng()
+    transcript, (x,) = task.trajectories(r, [6])
+    tokens, mask = transcript.episode(0)
+    last_output = len(tokens) - 2  # the digit before [EOS]
+    wrong = list(tokens)
+    wrong[last_output] = V.encode(str((int(V.token_name(tokens[last_output])) + 1) % 10))[0]
+    assert not task.grade(x, wrong, mask)
+    assert task.token_accuracy(x, wrong, mask) == pytest.approx(1 - 1 / len(task.answer(x)))
+    assert not task.grade(x, tokens[:-1], mask[:-1])  # no [EOS]
+    assert not task.grade(x, tokens[:-2] + tokens[-1:], mask[:-2] + mask[-1:])  # a digit missing
+
+
+def test_seeding_is_reproducible():
+    for name, mode, options in CASES:
+        task = get_task(name, mode, **options)
+        seed = int(rng().integers(1 << 30))
+        t1, x1 = task.trajectories(np.random.default_rng(seed), [3, 4])
+        t2, x2 = task.trajectories(np.random.default_rng(seed), [3, 4])
+        assert x1 == x2 and t1.tokens.equal(t2.tokens)
+    draws = {get_task("logical_graph").sample(np.random.default_rng(s), 5) for s in range(5)}
+    assert len(draws) == 5
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: get_task("division"), "task name must be one of"),
+    (lambda: get_task("addition", mode="tree"), r"mode must be one of \('interactive'"),
+    (lambda: get_task("hanoi", mode="single_turn"), "mode must be one of"),
+    (lambda: get_task("addition", digits=3), "bad option"),
+    (lambda: get_task("multiplication", second_digits=3), "second_digits must be 1 or 2"),
+    (lambda: get_task("hanoi", variant="fast"), r"variant must be one of \('iterative', 'recursive'\)"),
+    (lambda: get_task("mixture", add_weight=1.5), r"add_weight must be a number in \[0, 1\]"),
+    (lambda: get_task("addition").sample(rng(), 0), r"size \(digits\) must be an integer >= 1"),
+    (lambda: get_task("addition").sample(rng(), 2.5), r"size \(digits\) must be an integer"),
+    (lambda: get_task("addition").sample(rng(), True), r"size \(digits\) must be an integer"),
+    (lambda: get_task("hanoi").sample(rng(), 101), r"size \(disks\) must be <= 100"),
+    (lambda: get_task("logical_graph").sample_train(rng(), -3), r"max_size \(gates\) must be an integer >= 1"),
+    (lambda: get_task("multiplication").max_steps(0), r"size \(digits\)"),
+])
+def test_bad_input_raises_naming_the_field(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_every_config_loads_and_builds_its_task():
+    files = sorted(glob.glob("tasks/*.toml"))
+    assert len(files) >= 10
+    for f in files:
+        config = load_config(f)
+        task = make_task(config)
+        assert task.name in TASKS and config["sizes"]["train"][0] <= config["sizes"]["train"][1]
+
+
+GOOD = {"task": {"name": "addition"}, "sizes": {"train": [1, 5], "test": [10]}, "model": {"d_model": 64}}
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"task": None}, r"missing section \[task\]"),
+    ({"task": {"name": "addition", "digits": 3}}, r"\[task\] has unknown keys \['digits'\]"),
+    ({"task": {"name": "sorting"}}, r"\[task\] name must be one of"),
+    ({"task": {"name": "addition", "mode": "fast"}}, r"\[task\] addition: mode must be one of"),
+    ({"task": {"name": "hanoi", "options": {"variant": 2}}}, r"\[task\] hanoi: variant must be one of"),
+    ({"task": {"name": "addition", "options": 3}}, r"\[task\] options must be a table"),
+    ({"sizes": {"train": [5, 1], "test": [10]}}, r"\[sizes\] train must be \[min, max\]"),
+    ({"sizes": {"train": [0, 5], "test": [10]}}, r"\[sizes\] train must be \[min, max\] with 1 <= min"),
+    ({"sizes": {"train": [1, 5], "test": []}}, r"\[sizes\] test must be a non-empty list"),
+    ({"sizes": {"train": [1, 5], "test": [10, "x"]}}, r"\[sizes\] test must be a non-empty list of integers"),
+    ({"sizes": {"train": [1, 5], "test": [3], "eval": [4]}}, r"\[sizes\] has unknown keys \['eval'\]"),
+])
+def test_malformed_config_raises_naming_the_field(change, match):
+    config = {**GOOD, **change}
+    config = {k: v for k, v in config.items() if v is not None}
+    with pytest.raises(ValueError, match=match):
+        validate(config, "exp.toml")
+
+
+def test_config_passes_other_sections_through(tmp_path):
+    path = tmp_path / "exp.toml"
+    path.write_text('[task]\nname = "hanoi"\noptions = { variant = "recursive" }\n'
+                    '[sizes]\ntrain = [1, 7]\ntest = [8]\n[model]\nd_model = 64\n[train]\nlr = 1e-3\n')
+    config = load_config(path)
+    assert config["model"] == {"d_model": 64} and config["train"] == {"lr": 1e-3}
+    assert config["task"] == {"name": "hanoi", "mode": "interactive", "options": {"variant": "recursive"}}
+    path.write_text("[task\nname=")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        load_config(path)
+
+
+def test_show_prints_a_readable_trajectory(capsys):
+    from ssm_tools.tasks.__main__ import main
+
+    main(["show", "addition", "--size", "3", "--seed", "1"])
+    out = capsys.readouterr().out
+    assert out.startswith("«[BOS]") and "[p1.read]«" in out and out.rstrip().endswith("forced)")
+    n = int(re.search(r"size 3: (\d+) tokens", out).group(1))
+    x = get_task("addition").sample(np.random.default_rng(1), 3)
+    assert n == len(get_task("addition").prompt(x)) + len(get_task("addition").script(x))
+    with pytest.raises(SystemExit):
+        main(["show", "hanoi", "--size", "0"])
+    assert "size (disks) must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_hanoi_iterative_rule_matches_recursive_solver():
+    from ssm_tools.tasks.hanoi import solve_iterative
+
+    for n in range(1, 12):
+        sizes = list(range(n, 0, -1))  # label = rank: disk index d is label d + 1
+        assert [(d + 1, s, t) for d, s, t in solve_iterative(n)] == hanoi_moves(n, sizes)
+    assert isinstance(get_task("hanoi"), Hanoi)
