@@ -9,7 +9,9 @@ Measures, with CUDA events (warm-up, median of repeats):
   - the PyTorch reference (ssm_tools.reference) on the same GPU: it materialises
     (batch, dim, seqlen, dstate) tensors and loops over positions in Python, so it runs at batch 1
     (recorded as reference_batch) and the ratio compares both at that batch;
-  - decode step latency (selective_state_update) at batch 1/64/1024/8192, dim 2048, dstate 16.
+  - decode step latency (selective_state_update) at batch 1/64/1024/8192, dim 2048, dstate 16: one
+    eager call from Python (host overhead included) and the kernel alone (replayed CUDA graph),
+    with its bandwidth (state read and written once).
 Writes JSON (with the exact command) to --out.
 """
 import argparse
@@ -127,14 +129,23 @@ def bench_decode(batch, copy_rate, reps):
     B, C = (torch.randn(batch, DSTATE, device=dev).to(dtype) for _ in range(2))
     D, dt_bias = torch.randn(DIM, device=dev), torch.randn(DIM, device=dev) * 0.3
     step = lambda: OPS.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, True)  # noqa: E731
-    ms = time_ms(step, 5, reps)
+    ms = time_ms(step, 5, reps)  # one eager call from Python: host overhead included
+    # The kernel alone: steps captured in a CUDA graph and replayed, as a decode loop would.
+    graph, steps = torch.cuda.CUDAGraph(), 20
+    step()
+    torch.cuda.synchronize()
+    with torch.cuda.graph(graph):
+        for _ in range(steps):
+            step()
+    graph_ms = time_ms(graph.replay, 3, max(5, reps // 10)) / steps
     ref_state = state.clone()
     ref_ms = time_ms(lambda: selective_state_update_ref(ref_state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias,
                                                         dt_softplus=True), 3, max(5, reps // 4))
     # The state read and written; inputs read; y (shaped like x) written.
     nbytes = 2 * state.numel() * 4 + sum(t.numel() * t.element_size() for t in (x, dt, z, A, B, C, D, dt_bias, x))
     return dict(batch=batch, dim=DIM, dstate=DSTATE, dtype="bfloat16", state_dtype="float32", step_us=ms * 1e3,
-                bandwidth_GBps=nbytes / (ms * 1e-3) / 1e9, fraction_of_copy_rate=nbytes / (ms * 1e-3) / copy_rate,
+                graph_step_us=graph_ms * 1e3, graph_bandwidth_GBps=nbytes / (graph_ms * 1e-3) / 1e9,
+                graph_fraction_of_copy_rate=nbytes / (graph_ms * 1e-3) / copy_rate,
                 reference_step_us=ref_ms * 1e3, speedup_vs_reference=ref_ms / ms)
 
 
@@ -174,10 +185,12 @@ def main():
     print(f"\n{'dtype':9} {'seqlen':>6} {'fwd ms':>8} {'fwd+bwd ms':>10} {'GB/s':>7} {'of copy':>7} {'x ref':>7}")
     for r in scans:
         print(f"{r['dtype']:9} {r['seqlen']:6d} {r['fwd_ms']:8.3f} {r['fwd_bwd_ms']:10.3f} "
-              f"{r['fwd_bandwidth_GBps']:7.0f} {r['fwd_fraction_of_copy_rate']:7.1%} {r['speedup_fwd_vs_reference']:7.1f}")
-    print(f"\n{'decode batch':>12} {'us/step':>8} {'GB/s':>7} {'x ref':>7}")
+              f"{r['fwd_bandwidth_GBps']:7.0f} {r['fwd_fraction_of_copy_rate']:7.1%} "
+              f"{r['speedup_fwd_vs_reference']:7.1f}")
+    print(f"\n{'decode batch':>12} {'us/step':>8} {'graph us':>8} {'GB/s':>7} {'of copy':>7} {'x ref':>7}")
     for r in decodes:
-        print(f"{r['batch']:12d} {r['step_us']:8.1f} {r['bandwidth_GBps']:7.0f} {r['speedup_vs_reference']:7.1f}")
+        print(f"{r['batch']:12d} {r['step_us']:8.1f} {r['graph_step_us']:8.1f} {r['graph_bandwidth_GBps']:7.0f} "
+              f"{r['graph_fraction_of_copy_rate']:7.1%} {r['speedup_vs_reference']:7.1f}")
     print(f"wrote {args.out}")
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything the CUDA kernels need on a GPU machine, in one command (the lead runs
 # `bash benchmarks/run_gpu.sh` there): build the package with CUDA, run tests/test_cuda.py, run one
-# small case of each kernel under compute-sanitizer memcheck and racecheck, run the benchmark.
+# small case of each kernel under compute-sanitizer memcheck and racecheck, profile the forward and
+# backward once with Nsight Compute, run the benchmark.
 # Logs and results go to $OUT (default results/gpu/); copy the JSON into results/ afterwards.
 # Uses the machine's python3 (with a CUDA torch); no venv, no downloads. Leaves the built
 # python/ssm_tools/_C*.so behind (git-ignored).
@@ -28,11 +29,21 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run with a time limit, log it, remem
   step build 300 cmake --build build/gpu --target _C
   cp build/gpu/_C*.so python/ssm_tools/ || status=1
   export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
-  step tests 150 python3 -m pytest -q -rf --durations=8 -p no:cacheprovider tests/test_cuda.py
+  # Two xdist workers: a crashing test is reported as such and the others still run.
+  step tests 150 python3 -m pytest -q -rf --durations=8 -p no:cacheprovider -n 2 tests/test_cuda.py
   for tool in memcheck racecheck; do
     step "sanitizer-$tool" 60 compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 \
       --log-file "$OUT/sanitizer_$tool.txt" python3 tests/cuda_sanitize_case.py
     tail -3 "$OUT/sanitizer_$tool.txt"
+  done
+  # One forward and one backward launch at the benchmark shape under Nsight Compute (clocks as found).
+  for kernel in fwd bwd; do
+    step "ncu-$kernel" 90 ncu --clock-control none --launch-count 1 --kernel-name "regex:selective_scan_$kernel" \
+      --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
+      --log-file "$OUT/ncu_$kernel.txt" python3 -c "import sys, torch; sys.path.insert(0, 'benchmarks')
+import bench_selective_scan_cuda as b
+i = b.scan_inputs(8, 8192, torch.bfloat16); b.fwd_bwd(i, torch.randn_like(i['u'])); torch.cuda.synchronize()"
+    grep -E "Duration|Memory Throughput|Compute \(SM\)|Achieved Occupancy|Registers Per" "$OUT/ncu_$kernel.txt"
   done
   step bench 150 python3 benchmarks/bench_selective_scan_cuda.py --out "$OUT/bench_selective_scan_cuda.json"
   echo "=== run_gpu.sh status $status"

@@ -217,7 +217,7 @@ def test_needs_v10_is_the_set_of_paths_to_foo():
 def test_oracle_fixes_codebases_through_the_real_loop(mode, n):
     task = get_task("coding", mode=mode)
     rng = fresh_rng()
-    transcript, insts = task.trajectories(rng, [n, n])
+    transcript, insts = task.trajectories(rng, [n, 4])  # two codebases in one batch: each its own
     for i, inst in enumerate(insts):
         tokens, mask = transcript.episode(i)
         assert bool(transcript.done[i]) and tokens[-1] == V.EOS

@@ -173,13 +173,15 @@ def test_grade_rejects_wrong_or_unfinished_outputs():
     task, r = get_task("addition"), rng()
     transcript, (x,) = task.trajectories(r, [6])
     tokens, mask = transcript.episode(0)
-    last_output = len(tokens) - 2  # the digit before [EOS]
+    digits = set(V.encode("0123456789"))
+    last_output = max(j for j, (t, m) in enumerate(zip(tokens, mask)) if m and t in digits)
     wrong = list(tokens)
     wrong[last_output] = V.encode(str((int(V.token_name(tokens[last_output])) + 1) % 10))[0]
     assert not task.grade(x, wrong, mask)
     assert task.token_accuracy(x, wrong, mask) == pytest.approx(1 - 1 / len(task.answer(x)))
     assert not task.grade(x, tokens[:-1], mask[:-1])  # no [EOS]
-    assert not task.grade(x, tokens[:-2] + tokens[-1:], mask[:-2] + mask[-1:])  # a digit missing
+    dropped = [t for j, t in enumerate(tokens) if j != last_output]
+    assert not task.grade(x, dropped, [m for j, m in enumerate(mask) if j != last_output])  # a digit missing
 
 
 def test_seeding_is_reproducible():

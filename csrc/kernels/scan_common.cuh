@@ -33,6 +33,11 @@ __device__ __forceinline__ float sigmoid(float v) { return 1.f / (1.f + __expf(-
 // softplus with the same threshold as torch.nn.functional.softplus (linear above 20).
 __device__ __forceinline__ float softplus(float v) { return v > 20.f ? v : log1pf(__expf(v)); }
 
+// The step size from the raw delta: delta + bias, through softplus if asked.
+__device__ __forceinline__ float step_size(float raw, float bias, bool use_softplus) {
+  return use_softplus ? softplus(raw + bias) : raw + bias;
+}
+
 // Loads row[first .. first + kItems) as float; positions at or past `end` read as 0. When the whole
 // run is in range and `aligned` (row is 16-byte aligned; `first` is a multiple of the vector width
 // because every thread starts at a multiple of kItems), it uses 128-bit loads.
@@ -76,6 +81,26 @@ __device__ __forceinline__ void store_items(T* row, int first, int end, bool ali
     for (int i = 0; i < kItems; ++i)
       if (first + i < end) row[first + i] = from_float<T>(v[i]);
   }
+}
+
+// Adds v to row[first .. first + kItems) with float32 atomics, skipping positions at or past `end`.
+// Hopper has 128-bit atomic adds: a quarter of the atomic operations when `aligned` (row 16-byte
+// aligned, first a multiple of 4), which is what bounds the backward's input-dependent dB/dC.
+template <int kItems>
+__device__ __forceinline__ void atomic_add_items(float* row, int first, int end, bool aligned,
+                                                 const float (&v)[kItems]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (aligned && first + kItems <= end) {
+    static_assert(kItems % 4 == 0, "kItems must be a multiple of 4");
+#pragma unroll
+    for (int j = 0; j < kItems; j += 4)
+      atomicAdd(reinterpret_cast<float4*>(row + first + j), make_float4(v[j], v[j + 1], v[j + 2], v[j + 3]));
+    return;
+  }
+#endif
+#pragma unroll
+  for (int i = 0; i < kItems; ++i)
+    if (first + i < end) atomicAdd(row + first + i, v[i]);
 }
 
 // An affine map x -> a*x + b, stored as float2 {a, b}. compose(first, then) applies `first`, then

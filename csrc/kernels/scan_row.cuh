@@ -65,10 +65,7 @@ struct ScanRow {
                                              float (&dt)[kItems]) const {
     load_items<T, kItems>(delta, first, p.seqlen, aligned, raw);
 #pragma unroll
-    for (int i = 0; i < kItems; ++i) {
-      const float v = raw[i] + bias;
-      dt[i] = first + i < p.seqlen ? (p.delta_softplus ? softplus(v) : v) : 0.f;
-    }
+    for (int i = 0; i < kItems; ++i) dt[i] = first + i < p.seqlen ? step_size(raw[i], bias, p.delta_softplus) : 0.f;
   }
 };
 

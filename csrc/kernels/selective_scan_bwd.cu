@@ -49,6 +49,8 @@ __global__ __launch_bounds__(kThreads) void selective_scan_bwd_kernel(SelectiveS
   float* dC_var = p.variable_C ? p.dC + group_offset : nullptr;
   const T* dout_row = static_cast<const T*>(p.dout) + r.row * p.seqlen;
   const float* saved = p.saved + r.row * p.n_chunks * p.dstate;
+  // dB/dC rows start at multiples of seqlen floats in zero-filled (aligned) buffers.
+  const bool atomics_aligned = p.seqlen % 4 == 0;
   float dD_sum = 0.f, dbias_sum = 0.f;
   int parity = 0;
 
@@ -102,7 +104,7 @@ __global__ __launch_bounds__(kThreads) void selective_scan_bwd_kernel(SelectiveS
       float g = block_scan_affine<kThreads, true>(map, adj_in, s_scan + parity * kWarps);
       parity ^= 1;
       // 3. gradients, walking the thread's positions backwards
-      float dA = 0.f, dB = 0.f, dC = 0.f;
+      float dA = 0.f, dB = 0.f, dC = 0.f, dBv[kItems], dCv[kItems];
 #pragma unroll
       for (int i = kItems - 1; i >= 0; --i) {
         g = fmaf(i + 1 < kItems ? a[i + 1] : a_next, g, Cv[i] * dy[i]);
@@ -113,12 +115,13 @@ __global__ __launch_bounds__(kThreads) void selective_scan_bwd_kernel(SelectiveS
         du[i] = fmaf(g * dt[i], Bv[i], du[i]);
         ddt[i] += g * Bv[i] * u[i] + An * g_decay;
         dA = fmaf(dt[i], g_decay, dA);
-        const int t = first + i;
-        if (dB_var && t < p.seqlen) atomicAdd(dB_var + static_cast<size_t>(n) * p.seqlen + t, dBi);
-        if (dC_var && t < p.seqlen) atomicAdd(dC_var + static_cast<size_t>(n) * p.seqlen + t, dCi);
+        dBv[i] = dBi;
+        dCv[i] = dCi;
         dB += dBi;
         dC += dCi;
       }
+      if (dB_var) atomic_add_items(dB_var + static_cast<size_t>(n) * p.seqlen, first, p.seqlen, atomics_aligned, dBv);
+      if (dC_var) atomic_add_items(dC_var + static_cast<size_t>(n) * p.seqlen, first, p.seqlen, atomics_aligned, dCv);
       // Positions past seqlen have dt = u = dy = 0, so they add nothing to dA, dB, dC.
       if (tid == 0) s_adj[n] = a[0] * g;  // what flows into the previous chunk's last position
       dA = warp_sum(dA);
@@ -167,7 +170,8 @@ __global__ __launch_bounds__(kThreads) void selective_scan_bwd_kernel(SelectiveS
 int selective_scan_bwd_launch(const SelectiveScanParams& p, ScanInputType type, void* stream) {
   using namespace ssm_tools_cuda;
   return dispatch_input_type(type, [&](auto tag) {
-    selective_scan_bwd_kernel<decltype(tag)><<<dim3(p.dim, p.batch), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
+    auto s = static_cast<cudaStream_t>(stream);
+    selective_scan_bwd_kernel<decltype(tag)><<<dim3(p.dim, p.batch), kThreads, 0, s>>>(p);
     return static_cast<int>(cudaGetLastError());
   });
 }

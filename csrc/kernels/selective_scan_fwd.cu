@@ -1,72 +1,193 @@
-// Forward selective scan. One thread block per (batch, dim) row walks the sequence in chunks of
-// kScanChunk = kThreads * kItems positions; each thread owns kItems consecutive positions. For each
-// state n the chunk is one block-wide scan of the affine maps x -> exp(delta A_n) x + delta B_n u,
-// started from the state carried out of the previous chunk (kept in shared memory), which is also
-// what `saved` records for the backward. Templated on the input type only; options are run-time.
-#include "kernels/scan_row.cuh"
+// Forward selective scan, sequential in time and parallel over (dim, state).
+//
+// A block owns kRows dims of one batch entry, all in the same group of B/C, and walks the sequence
+// in tiles of kTile positions. Each tile's u and delta are loaded once (128-bit loads), turned into
+// delta and delta*u, and kept in shared memory; the tile of input-dependent B/C is loaded once per
+// block and read by all kRows dims from shared memory (a broadcast). kSplit threads share a dim,
+// each carrying kStates states in registers through the tile: per position and state one exp2, two
+// FMAs, and no block-wide scan or barrier. States beyond kSplit * kStates (dstate up to 256) are
+// done in further passes over the same tile; states live in shared memory between passes and tiles.
+// The forward is bounded by its exponentials (one per position and state) at least as much as by
+// memory; see benchmarks/bench_selective_scan_cuda.py.
+#include "kernels/scan_common.cuh"
 
 namespace ssm_tools_cuda {
 namespace {
 
-constexpr int kThreads = 128;
-constexpr int kItems = 16;
-static_assert(kThreads * kItems == kScanChunk, "one block iteration covers one saved chunk");
+constexpr int kRows = 32;                    // dims per block
+constexpr int kSplit = 4;                    // threads per dim
+constexpr int kStates = 4;                   // states per thread and pass
+constexpr int kPass = kSplit * kStates;      // states per pass
+constexpr int kThreads = kRows * kSplit;
+constexpr int kTile = 64;                    // positions per tile
+// Blocks per multiprocessor to keep resident: caps registers at 65536 / (kMinBlocks * kThreads) = 102
+// (ptxas: 96, a few bytes spilled); unbounded it takes 108, which fits only 4 blocks. More warps
+// hide the shared-memory and shuffle latencies of the time loop.
+constexpr int kMinBlocks = 5;
+constexpr int kStride = kTile + 1;           // padded row of a per-dim tile (no bank conflicts)
+constexpr int kRowItems = kRows * kTile / kThreads;    // positions of one dim each thread loads
+constexpr int kStateItems = kPass * kTile / kThreads;  // positions of one state each thread loads
+static_assert(kScanChunk % kTile == 0, "saved chunks start at tile starts");
+static_assert(kTile % kSplit == 0 && (kSplit & (kSplit - 1)) == 0 && kStates == 4, "layout assumptions");
+
+// Shared-memory layout, in floats: per-dim tiles of delta, delta*u and y; the B and C tiles of one
+// pass ([position][state], so a thread reads its kStates states as one float4); the states.
+constexpr int kDtOff = 0, kDuOff = kRows * kStride, kYOff = 2 * kRows * kStride;
+constexpr int kBOff = 3 * kRows * kStride, kCOff = kBOff + kTile * kPass, kXOff = kCOff + kTile * kPass;
+static_assert(kBOff % 4 == 0 && kCOff % 4 == 0, "B/C tiles are read as float4");
+size_t smem_bytes(int dstate) { return (kXOff + static_cast<size_t>(kRows) * dstate) * sizeof(float); }
 
 template <typename T>
-__global__ __launch_bounds__(kThreads) void selective_scan_fwd_kernel(SelectiveScanParams p) {
-  constexpr int kWarps = kThreads / 32;
-  __shared__ float s_state[kMaxDstate];
-  __shared__ float2 s_scan[2 * kWarps];
-  const ScanRow<T> r(p);
-  const int tid = threadIdx.x;
-  for (int n = tid; n < p.dstate; n += kThreads) s_state[n] = 0.f;
-  float* saved = p.saved + r.row * p.n_chunks * p.dstate;
-  int parity = 0;
+__global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_fwd_kernel(SelectiveScanParams p,
+                                                                          int blocks_per_group) {
+  extern __shared__ float4 smem4[];
+  float* smem = reinterpret_cast<float*>(smem4);
+  float *s_dt = smem + kDtOff, *s_du = smem + kDuOff, *s_y = smem + kYOff, *s_B = smem + kBOff,
+        *s_C = smem + kCOff, *s_x = smem + kXOff;
+  const int tid = threadIdx.x, b = blockIdx.y, N = p.dstate;
+  const int dims_per_group = p.dim / p.n_groups, group = blockIdx.x / blocks_per_group;
+  const int d0 = group * dims_per_group + (blockIdx.x % blocks_per_group) * kRows;
+  const int rows = min(kRows, (group + 1) * dims_per_group - d0);
+  const size_t row0 = static_cast<size_t>(b) * p.dim + d0;
 
-  for (int c = 0; c < p.n_chunks; ++c) {
-    __syncthreads();  // the previous chunk's final states are in s_state
-    for (int n = tid; n < p.dstate; n += kThreads) saved[c * p.dstate + n] = s_state[n];
-    const int first = c * kScanChunk + tid * kItems;
-    float u[kItems], raw[kItems], dt[kItems], y[kItems];
-    load_items<T, kItems>(r.u, first, p.seqlen, r.aligned, u);
-    r.load_delta(p, first, raw, dt);
-#pragma unroll
-    for (int i = 0; i < kItems; ++i) {
-      y[i] = r.D * u[i];
-      u[i] *= dt[i];  // from here on u holds delta * u
+  // Loading role: dim lr, positions lt .. lt + kRowItems of each tile.
+  const int lr = tid / (kTile / kRowItems), lt = tid % (kTile / kRowItems) * kRowItems;
+  const bool load_row = lr < rows;
+  const size_t load_offset = (row0 + lr) * p.seqlen;
+  const float D = load_row && p.D ? p.D[d0 + lr] : 0.f;
+  const float bias = load_row && p.delta_bias ? p.delta_bias[d0 + lr] : 0.f;
+  // B/C loading role: state ln of the pass, positions ls .. ls + kStateItems.
+  const int ln = tid / (kTile / kStateItems), ls = tid % (kTile / kStateItems) * kStateItems;
+  const size_t group_offset = (static_cast<size_t>(b) * p.n_groups + group) * N * p.seqlen;
+  const T* B_var = p.variable_B ? static_cast<const T*>(p.B) + group_offset : nullptr;
+  const T* C_var = p.variable_C ? static_cast<const T*>(p.C) + group_offset : nullptr;
+  // Compute role: dim r (threads past `rows` run on zero inputs and write nothing), states
+  // split * kStates + j of each pass.
+  const int r = tid / kSplit, split = tid % kSplit;
+  const size_t param_row = static_cast<size_t>(d0 + min(r, rows - 1)) * N;
+
+  auto ok = [](const void* ptr) { return !ptr || is_aligned16(ptr); };
+  const bool aligned = (p.seqlen * sizeof(T)) % 16 == 0 && ok(p.u) && ok(p.delta) && ok(p.z) && ok(p.out) &&
+                       ok(B_var) && ok(C_var);
+
+  for (int i = tid; i < kRows * N; i += kThreads) s_x[i] = 0.f;
+  const int n_tiles = (p.seqlen + kTile - 1) / kTile, n_passes = (N + kPass - 1) / kPass;
+  for (int tile = 0; tile < n_tiles; ++tile) {
+    const int t0 = tile * kTile;
+    __syncthreads();  // the previous tile is done with s_dt, s_du, s_y and has written s_x
+    if (t0 % kScanChunk == 0) {
+      for (int i = tid; i < rows * N; i += kThreads)
+        p.saved[((row0 + i / N) * p.n_chunks + t0 / kScanChunk) * N + i % N] = s_x[i];
     }
-    for (int n = 0; n < p.dstate; ++n) {
-      const float A2 = r.A[n] * kLog2e;
-      float Bv[kItems], Cv[kItems], a[kItems], bx[kItems];
-      r.load_state_input(r.B_var, r.B_const, n, p.seqlen, first, Bv);
-      r.load_state_input(r.C_var, r.C_const, n, p.seqlen, first, Cv);
-      float2 map = make_float2(1.f, 0.f);
-#pragma unroll
-      for (int i = 0; i < kItems; ++i) {
-        a[i] = exp2f(dt[i] * A2);
-        bx[i] = u[i] * Bv[i];
-        map = compose(map, make_float2(a[i], bx[i]));
+    {
+      float u[kRowItems], raw[kRowItems];
+      if (load_row) {
+        load_items<T, kRowItems>(static_cast<const T*>(p.u) + load_offset, t0 + lt, p.seqlen, aligned, u);
+        load_items<T, kRowItems>(static_cast<const T*>(p.delta) + load_offset, t0 + lt, p.seqlen, aligned, raw);
       }
-      float x = block_scan_affine<kThreads, false>(map, s_state[n], s_scan + parity * kWarps);
-      parity ^= 1;
 #pragma unroll
-      for (int i = 0; i < kItems; ++i) {
-        x = fmaf(a[i], x, bx[i]);
-        y[i] = fmaf(Cv[i], x, y[i]);
+      for (int i = 0; i < kRowItems; ++i) {
+        const bool in = load_row && t0 + lt + i < p.seqlen;
+        const float dt = in ? step_size(raw[i], bias, p.delta_softplus) : 0.f;
+        const float uv = in ? u[i] : 0.f;
+        s_dt[lr * kStride + lt + i] = dt;  // 0 past the end: identity steps
+        s_du[lr * kStride + lt + i] = dt * uv;
+        s_y[lr * kStride + lt + i] = D * uv;
       }
-      // Every thread read s_state[n] before the scan's barrier, so the last thread may overwrite it.
-      if (tid == kThreads - 1) s_state[n] = x;
     }
-    if (r.z) {
-      float z[kItems];
-      load_items<T, kItems>(r.z, first, p.seqlen, r.aligned, z);
+    for (int pass = 0; pass < n_passes; ++pass) {
+      const int n0 = pass * kPass;
+      __syncthreads();  // tiles written; the previous pass is done with s_B, s_C
+      for (int m = 0; m < 2; ++m) {
+        const T* var = m == 0 ? B_var : C_var;
+        if (!var) continue;
+        float v[kStateItems];
+        if (n0 + ln < N) {
+          load_items<T, kStateItems>(var + static_cast<size_t>(n0 + ln) * p.seqlen, t0 + ls, p.seqlen, aligned, v);
+        } else {
 #pragma unroll
-      for (int i = 0; i < kItems; ++i) y[i] *= z[i] * sigmoid(z[i]);
+          for (int i = 0; i < kStateItems; ++i) v[i] = 0.f;
+        }
+        float* dst = m == 0 ? s_B : s_C;
+#pragma unroll
+        for (int i = 0; i < kStateItems; ++i) dst[(ls + i) * kPass + ln] = v[i];
+      }
+      __syncthreads();
+      float x[kStates], A2[kStates], Bc[kStates], Cc[kStates];
+#pragma unroll
+      for (int j = 0; j < kStates; ++j) {
+        const int n = n0 + split * kStates + j;
+        const bool in = n < N;
+        x[j] = in ? s_x[r * N + n] : 0.f;
+        A2[j] = in ? p.A[param_row + n] * kLog2e : 0.f;
+        Bc[j] = in && !B_var ? static_cast<const float*>(p.B)[param_row + n] : 0.f;
+        Cc[j] = in && !C_var ? static_cast<const float*>(p.C)[param_row + n] : 0.f;
+      }
+      const float4* sB4 = reinterpret_cast<const float4*>(s_B);
+      const float4* sC4 = reinterpret_cast<const float4*>(s_C);
+      for (int tq = 0; tq < kTile; tq += kSplit) {
+        float y[kSplit];  // this thread's share of y at positions tq .. tq + kSplit
+#pragma unroll
+        for (int k = 0; k < kSplit; ++k) {
+          const int t = tq + k;
+          const float dt = s_dt[r * kStride + t], du = s_du[r * kStride + t];
+          float Bv[kStates], Cv[kStates];
+          if (B_var) {
+            const float4 q = sB4[t * kSplit + split];
+            Bv[0] = q.x, Bv[1] = q.y, Bv[2] = q.z, Bv[3] = q.w;
+          } else {
+#pragma unroll
+            for (int j = 0; j < kStates; ++j) Bv[j] = Bc[j];
+          }
+          if (C_var) {
+            const float4 q = sC4[t * kSplit + split];
+            Cv[0] = q.x, Cv[1] = q.y, Cv[2] = q.z, Cv[3] = q.w;
+          } else {
+#pragma unroll
+            for (int j = 0; j < kStates; ++j) Cv[j] = Cc[j];
+          }
+          y[k] = 0.f;
+#pragma unroll
+          for (int j = 0; j < kStates; ++j) {
+            x[j] = fmaf(exp2f(dt * A2[j]), x[j], du * Bv[j]);
+            y[k] = fmaf(Cv[j], x[j], y[k]);
+          }
+        }
+        // Reduce-scatter over the kSplit threads of this dim (lanes split ^ half): afterwards y[0]
+        // holds the full y of position tq + split. kSplit - 1 shuffles for kSplit positions.
+#pragma unroll
+        for (int half = kSplit / 2; half >= 1; half /= 2) {
+          const bool upper = split & half;
+#pragma unroll
+          for (int k = 0; k < half; ++k) {
+            const float send = upper ? y[k] : y[k + half];
+            y[k] = (upper ? y[k + half] : y[k]) + __shfl_xor_sync(kFullMask, send, half);
+          }
+        }
+        s_y[r * kStride + tq + split] += y[0];
+      }
+#pragma unroll
+      for (int j = 0; j < kStates; ++j) {
+        const int n = n0 + split * kStates + j;
+        if (n < N) s_x[r * N + n] = x[j];
+      }
     }
-    store_items<T, kItems>(static_cast<T*>(p.out) + r.row * p.seqlen, first, p.seqlen, r.aligned, y);
+    __syncthreads();  // s_y complete
+    if (load_row) {
+      float y[kRowItems];
+#pragma unroll
+      for (int i = 0; i < kRowItems; ++i) y[i] = s_y[lr * kStride + lt + i];
+      if (p.z) {
+        float z[kRowItems];
+        load_items<T, kRowItems>(static_cast<const T*>(p.z) + load_offset, t0 + lt, p.seqlen, aligned, z);
+#pragma unroll
+        for (int i = 0; i < kRowItems; ++i) y[i] *= z[i] * sigmoid(z[i]);
+      }
+      store_items<T, kRowItems>(static_cast<T*>(p.out) + load_offset, t0 + lt, p.seqlen, aligned, y);
+    }
   }
   __syncthreads();
-  for (int n = tid; n < p.dstate; n += kThreads) p.last_state[r.row * p.dstate + n] = s_state[n];
+  for (int i = tid; i < rows * N; i += kThreads) p.last_state[(row0 + i / N) * N + i % N] = s_x[i];
 }
 
 }  // namespace
@@ -74,8 +195,17 @@ __global__ __launch_bounds__(kThreads) void selective_scan_fwd_kernel(SelectiveS
 
 int selective_scan_fwd_launch(const SelectiveScanParams& p, ScanInputType type, void* stream) {
   using namespace ssm_tools_cuda;
+  const int blocks_per_group = (p.dim / p.n_groups + kRows - 1) / kRows;
+  const size_t smem = smem_bytes(p.dstate);
   return dispatch_input_type(type, [&](auto tag) {
-    selective_scan_fwd_kernel<decltype(tag)><<<dim3(p.dim, p.batch), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
+    auto kernel = selective_scan_fwd_kernel<decltype(tag)>;
+    if (smem > 48 * 1024) {
+      const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                   static_cast<int>(smem));
+      if (err != cudaSuccess) return static_cast<int>(err);
+    }
+    kernel<<<dim3(p.n_groups * blocks_per_group, p.batch), kThreads, smem, static_cast<cudaStream_t>(stream)>>>(
+        p, blocks_per_group);
     return static_cast<int>(cudaGetLastError());
   });
 }

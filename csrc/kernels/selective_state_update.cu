@@ -25,8 +25,7 @@ __global__ __launch_bounds__(kThreads) void selective_state_update_kernel(Select
   const size_t b = row / p.dim;
   const size_t group = (b * p.n_groups + d / (p.dim / p.n_groups)) * p.dstate;
   const float x = to_float(static_cast<const T*>(p.x)[row]);
-  float dt = to_float(static_cast<const T*>(p.dt)[row]) + (p.dt_bias ? p.dt_bias[d] : 0.f);
-  if (p.dt_softplus) dt = softplus(dt);
+  const float dt = step_size(to_float(static_cast<const T*>(p.dt)[row]), p.dt_bias ? p.dt_bias[d] : 0.f, p.dt_softplus);
   const float dtx = dt * x;
   const T* B = static_cast<const T*>(p.B) + group;
   const T* C = static_cast<const T*>(p.C) + group;
@@ -84,7 +83,8 @@ int selective_state_update_launch(const SelectiveStateUpdateParams& p, ScanInput
   const size_t threads = (static_cast<size_t>(p.batch) * p.dim) << team_log2;
   const unsigned blocks = static_cast<unsigned>((threads + kThreads - 1) / kThreads);
   return dispatch_input_type(type, [&](auto tag) {
-    selective_state_update_kernel<decltype(tag)><<<blocks, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p, team_log2, vectorized);
+    auto s = static_cast<cudaStream_t>(stream);
+    selective_state_update_kernel<decltype(tag)><<<blocks, kThreads, 0, s>>>(p, team_log2, vectorized);
     return static_cast<int>(cudaGetLastError());
   });
 }

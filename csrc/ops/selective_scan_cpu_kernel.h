@@ -54,91 +54,74 @@ inline float exp2_vectorizable(float x) {
 // float64 is the accuracy (gradcheck) path: keep libm.
 inline double exp2_vectorizable(double x) { return std::exp2(x); }
 
-template <typename T> inline T sigmoid(T v) { return T(1) / (T(1) + std::exp(-v)); }
-// Same threshold as torch.nn.functional.softplus: linear above 20.
-template <typename T> inline T softplus(T v) { return v > T(20) ? v : std::log1p(std::exp(v)); }
-template <typename T> inline T softplus_grad(T v) { return v > T(20) ? T(1) : sigmoid(v); }
-
-// What the scan of one channel reads. B at position t is B + t * B_step: B_step = dstate for
+// What the scan of one channel reads. dt is the step size (delta + delta_bias, after softplus: the
+// callers apply those, and D and the z gate, with vectorised ATen ops, so the kernels keep no scalar
+// transcendental per position). B at position t is B + t * B_step: B_step = dstate for
 // input-dependent B (a time-major copy), 0 for a constant B row; likewise C.
 template <typename T>
 struct ScanChannel {
   int64_t seqlen = 0, dstate = 0;
   const T* u = nullptr;
-  const T* delta = nullptr;
-  const T* z = nullptr;  // null without z
+  const T* dt = nullptr;
   const T* A = nullptr;  // (dstate,)
   const T* B = nullptr;
   const T* C = nullptr;
   int64_t B_step = 0, C_step = 0;
-  T D = 0, delta_bias = 0;
-  bool softplus = false;
-
-  T dt(int64_t t) const {
-    const T v = delta[t] + delta_bias;
-    return softplus ? ssm_tools_cpu::softplus(v) : v;
-  }
 };
 
-// Where the backward of one channel writes. du, ddelta, dz are (seqlen,) and written once; the
-// others are accumulated (+=), dB/dC with the same step convention as B/C.
+// What the backward of one channel reads and writes. dy is dL/dy for y_t = <C_t, x_t>. du, ddt and
+// (when non-null) y are (seqlen,) and written once; dA, dB, dC are accumulated (+=), dB/dC with the
+// same step convention as B/C.
 template <typename T>
 struct ChannelGrads {
-  const T* dout = nullptr;
+  const T* dy = nullptr;
   const T* dlast_state = nullptr;  // null when the loss does not use the last state
   T* du = nullptr;
-  T* ddelta = nullptr;
-  T* dz = nullptr;
+  T* ddt = nullptr;
+  T* y = nullptr;  // the recomputed y, for the z gate's gradient; null if not needed
   T* dA = nullptr;
   T* dB = nullptr;
   T* dC = nullptr;
   int64_t dB_step = 0, dC_step = 0;
-  T* dD = nullptr;
-  T* ddelta_bias = nullptr;
 };
 
 // Per-thread working memory: state vectors and, for the backward (`record`), one chunk of
-// recomputed states, decays, dt and y.
+// recomputed states and decays.
 template <typename T>
 struct ScanScratch {
-  std::vector<T> x, A2, adjoint, states, decays, dt, y;
+  std::vector<T> x, A2, adjoint, states, decays;
   ScanScratch(int64_t dstate, bool record)
       : x(dstate), A2(dstate), adjoint(dstate), states(record ? kScanChunk * dstate : 0),
-        decays(record ? kScanChunk * dstate : 0), dt(record ? kScanChunk : 0), y(record ? kScanChunk : 0) {}
+        decays(record ? kScanChunk * dstate : 0) {}
 };
 
-// Advances the state x over positions [t0, t1). Without kRecord it writes out[t]; with kRecord it
-// keeps what the backward needs in `s` (indexed from t0) instead. A2 = A * log2(e).
+// Advances the state x over positions [t0, t1), writing y[t] (when y is non-null). With kRecord it
+// also keeps each position's state and decay in `s` (indexed from t0) for the backward.
+// A2 = A * log2(e).
 template <typename T, bool kRecord>
 __attribute__((always_inline)) inline void scan_positions(const ScanChannel<T>& c, const T* __restrict A2,
-                                                          int64_t t0, int64_t t1, T* __restrict x, T* out,
+                                                          int64_t t0, int64_t t1, T* __restrict x, T* y,
                                                           ScanScratch<T>& s) {
   const int64_t N = c.dstate;
   for (int64_t t = t0; t < t1; ++t) {
-    const T dt = c.dt(t);
+    const T dt = c.dt[t];
     const T dtu = dt * c.u[t];
     const T* __restrict Bt = c.B + t * c.B_step;
     const T* __restrict Ct = c.C + t * c.C_step;
     T* __restrict decays = s.decays.data() + (t - t0) * N;
     T* __restrict states = s.states.data() + (t - t0) * N;
-    T y = 0;
-#pragma omp simd reduction(+ : y)
+    T yt = 0;
+#pragma omp simd reduction(+ : yt)
     for (int64_t n = 0; n < N; ++n) {
       const T a = exp2_vectorizable(dt * A2[n]);
       x[n] = a * x[n] + dtu * Bt[n];
-      y += Ct[n] * x[n];
+      yt += Ct[n] * x[n];
       if constexpr (kRecord) {
         decays[n] = a;
         states[n] = x[n];
       }
     }
-    y += c.D * c.u[t];
-    if constexpr (kRecord) {
-      s.dt[t - t0] = dt;
-      s.y[t - t0] = y;
-    } else {
-      out[t] = c.z ? y * c.z[t] * sigmoid(c.z[t]) : y;
-    }
+    if (y) y[t] = yt;
   }
 }
 
@@ -147,17 +130,17 @@ inline void scale_A(const ScanChannel<T>& c, T* A2) {
   for (int64_t n = 0; n < c.dstate; ++n) A2[n] = c.A[n] * T(kLog2e);
 }
 
-// Forward of one channel: out (seqlen,), last_state (dstate,), saved (n_chunks, dstate) = the state
+// Forward of one channel: y (seqlen,), last_state (dstate,), saved (n_chunks, dstate) = the state
 // entering each chunk of kScanChunk positions.
 template <typename T>
-SSM_CPU_MULTIVERSION void scan_forward_channel(const ScanChannel<T>& c, T* out, T* last_state, T* saved,
+SSM_CPU_MULTIVERSION void scan_forward_channel(const ScanChannel<T>& c, T* y, T* last_state, T* saved,
                                                ScanScratch<T>& s) {
   const int64_t N = c.dstate;
   scale_A(c, s.A2.data());
   std::fill(s.x.begin(), s.x.end(), T(0));
   for (int64_t t0 = 0; t0 < c.seqlen; t0 += kScanChunk) {
     std::copy(s.x.begin(), s.x.end(), saved + (t0 / kScanChunk) * N);
-    scan_positions<T, false>(c, s.A2.data(), t0, std::min<int64_t>(c.seqlen, t0 + kScanChunk), s.x.data(), out, s);
+    scan_positions<T, false>(c, s.A2.data(), t0, std::min<int64_t>(c.seqlen, t0 + kScanChunk), s.x.data(), y, s);
   }
   std::copy(s.x.begin(), s.x.end(), last_state);
 }
@@ -173,23 +156,15 @@ SSM_CPU_MULTIVERSION void scan_backward_channel(const ScanChannel<T>& c, const T
   T* __restrict h = s.adjoint.data();
   for (int64_t n = 0; n < N; ++n) h[n] = g.dlast_state ? g.dlast_state[n] : T(0);
   T* __restrict dA = g.dA;
-  T dD = 0, ddelta_bias = 0;
   const int64_t n_chunks = (c.seqlen + kScanChunk - 1) / kScanChunk;
   for (int64_t k = n_chunks - 1; k >= 0; --k) {
     const int64_t t0 = k * kScanChunk, t1 = std::min<int64_t>(c.seqlen, t0 + kScanChunk);
     const T* entry = saved + k * N;
     std::copy(entry, entry + N, s.x.begin());
-    scan_positions<T, true>(c, s.A2.data(), t0, t1, s.x.data(), nullptr, s);
+    scan_positions<T, true>(c, s.A2.data(), t0, t1, s.x.data(), g.y, s);
     for (int64_t t = t1 - 1; t >= t0; --t) {
       const int64_t i = t - t0;
-      const T dt = s.dt[i], u = c.u[t];
-      T dy = g.dout[t];
-      if (c.z) {
-        const T zt = c.z[t], sz = sigmoid(zt);
-        g.dz[t] = dy * s.y[i] * sz * (T(1) + zt * (T(1) - sz));
-        dy *= zt * sz;
-      }
-      dD += dy * u;
+      const T dt = c.dt[t], u = c.u[t], dy = g.dy[t];
       const T* __restrict x_prev = i > 0 ? s.states.data() + (i - 1) * N : entry;
       const T* __restrict x_t = s.states.data() + i * N;
       const T* __restrict a = s.decays.data() + i * N;
@@ -205,25 +180,21 @@ SSM_CPU_MULTIVERSION void scan_backward_channel(const ScanChannel<T>& c, const T
         dCt[n] += dy * x_t[n];
         dBt[n] += hn * dtu;
         const T decay_grad = hn * x_prev[n] * a[n];  // dL/d(dt A_n)
-        ddt += decay_grad * c.A[n] + hn * Bt[n] * u;
+        ddt += decay_grad * c.A[n];
         dA[n] += decay_grad * dt;
         hB += hn * Bt[n];
         h[n] = hn * a[n];
       }
-      g.du[t] = dy * c.D + hB * dt;
-      const T ddelta = c.softplus ? ddt * softplus_grad(c.delta[t] + c.delta_bias) : ddt;
-      g.ddelta[t] = ddelta;
-      ddelta_bias += ddelta;
+      g.du[t] = hB * dt;
+      g.ddt[t] = ddt + hB * u;
     }
   }
-  *g.dD += dD;
-  *g.ddelta_bias += ddelta_bias;
 }
 
-// One decode step of one channel: updates state (dstate,) in place and returns y before the z gate.
+// One decode step of one channel: updates state (dstate,) in place and returns <C, state>.
 template <typename T>
 SSM_CPU_MULTIVERSION T state_update_channel(T* __restrict state, const T* __restrict A, const T* __restrict B,
-                                            const T* __restrict C, int64_t dstate, T x, T dt, T D) {
+                                            const T* __restrict C, int64_t dstate, T x, T dt) {
   const T dtx = dt * x;
   T y = 0;
 #pragma omp simd reduction(+ : y)
@@ -232,7 +203,7 @@ SSM_CPU_MULTIVERSION T state_update_channel(T* __restrict state, const T* __rest
     state[n] = exp2_vectorizable(dt * (A[n] * T(kLog2e))) * state[n] + dtx * B[n];
     y += C[n] * state[n];
   }
-  return y + D * x;
+  return y;
 }
 
 }  // namespace ssm_tools_cpu

@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <limits>
 #include <optional>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -40,24 +41,36 @@ ScanInputType input_type(const at::Tensor& t, const char* op, const char* name) 
     case at::kBFloat16: return ScanInputType::kBFloat16;
     case at::kHalf: return ScanInputType::kFloat16;
     default:
-      TORCH_CHECK(false, op, ": ", name, " must be float32, bfloat16 or float16 on CUDA, got ", t.scalar_type());
+      TORCH_CHECK(false, op, ": ", name, " must be float32, bfloat16 or float16 on CUDA, got ",
+                  c10::toString(t.scalar_type()));
   }
 }
 
 // The device of `t`, which must be a CUDA tensor (the other inputs must be on it too).
 at::Device cuda_device(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got one on ", t.device());
+  TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got one on ", t.device().str());
   return t.device();
 }
 
+// Message text for numbers and shapes, formatted without std::ostream: on the GPU machine (gcc 13
+// there, a different libstdc++ inside torch) streaming an integer into c10::str's ostringstream from
+// this library crashed (std::num_put through a foreign locale), while strings stream fine.
+std::string text(int64_t v) { return std::to_string(v); }
+std::string text(at::IntArrayRef sizes) {
+  std::string out = "[";
+  for (size_t i = 0; i < sizes.size(); ++i) out += (i ? ", " : "") + std::to_string(sizes[i]);
+  return out + "]";
+}
+
 void check_on(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* name) {
-  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " must be on ", ref.device(), " like the other inputs, got ",
-              t.device());
-  TORCH_CHECK(t.is_floating_point(), op, ": ", name, " must be a floating-point tensor, got ", t.scalar_type());
+  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " must be on ", ref.device().str(),
+              " like the other inputs, got ", t.device().str());
+  TORCH_CHECK(t.is_floating_point(), op, ": ", name, " must be a floating-point tensor, got ",
+              c10::toString(t.scalar_type()));
 }
 
 void check_sizes(const at::Tensor& t, at::IntArrayRef expected, const char* op, const char* name) {
-  TORCH_CHECK(t.sizes() == expected, op, ": ", name, " must have shape ", expected, ", got ", t.sizes());
+  TORCH_CHECK(t.sizes() == expected, op, ": ", name, " must have shape ", text(expected), ", got ", text(t.sizes()));
 }
 
 // Contiguous float32 copy (or the tensor itself when it already is one).
@@ -106,9 +119,9 @@ at::Tensor prepare_state_input(const at::Tensor& t, const at::Tensor& u, int64_t
   }
   TORCH_CHECK(t.dim() == 3 || t.dim() == 4, op, ": ", name,
               " must be (dim, dstate), (batch, dstate, seqlen) or (batch, groups, dstate, seqlen), got shape ",
-              t.sizes());
+              text(t.sizes()));
   const int64_t g = t.dim() == 4 ? t.size(1) : 1;
-  TORCH_CHECK(g >= 1 && dim % g == 0, op, ": ", name, "'s groups (", g, ") must divide dim (", dim, ")");
+  TORCH_CHECK(g >= 1 && dim % g == 0, op, ": ", name, "'s groups (", text(g), ") must divide dim (", text(dim), ")");
   if (t.dim() == 4) check_sizes(t, {batch, g, dstate, seqlen}, op, name);
   else check_sizes(t, {batch, dstate, seqlen}, op, name);
   variable = true;
@@ -121,19 +134,20 @@ ScanInputs prepare_scan(const at::Tensor& u, const at::Tensor& delta, const at::
                         bool delta_softplus, const char* op) {
   ScanInputs s;
   s.type = input_type(u, op, "u");
-  TORCH_CHECK(u.dim() == 3, op, ": u must be (batch, dim, seqlen), got shape ", u.sizes());
-  TORCH_CHECK(u.numel() > 0, op, ": u must be non-empty, got shape ", u.sizes());
+  TORCH_CHECK(u.dim() == 3, op, ": u must be (batch, dim, seqlen), got shape ", text(u.sizes()));
+  TORCH_CHECK(u.numel() > 0, op, ": u must be non-empty, got shape ", text(u.sizes()));
   const int64_t batch = u.size(0), dim = u.size(1), seqlen = u.size(2);
-  TORCH_CHECK(batch <= 65535, op, ": batch must be at most 65535 on CUDA, got ", batch);
+  TORCH_CHECK(batch <= 65535, op, ": batch must be at most 65535 on CUDA, got ", text(batch));
   TORCH_CHECK(seqlen <= std::numeric_limits<int>::max() - kScanChunk && dim <= std::numeric_limits<int>::max(), op,
-              ": seqlen and dim must fit in int32, got ", u.sizes());
+              ": seqlen and dim must fit in int32, got ", text(u.sizes()));
   check_on(delta, u, op, "delta");
   check_sizes(delta, u.sizes(), op, "delta");
   check_on(A, u, op, "A");
-  TORCH_CHECK(A.dim() == 2 && A.size(0) == dim, op, ": A must be (dim=", dim, ", dstate), got shape ", A.sizes());
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == dim, op, ": A must be (dim=", text(dim), ", dstate), got shape ",
+              text(A.sizes()));
   const int64_t dstate = A.size(1);
-  TORCH_CHECK(dstate >= 1 && dstate <= kMaxDstate, op, ": dstate (A.shape[1]) must be in 1..", kMaxDstate,
-              " on CUDA, got ", dstate);
+  TORCH_CHECK(dstate >= 1 && dstate <= kMaxDstate, op, ": dstate (A.shape[1]) must be in 1..", text(kMaxDstate),
+              " on CUDA, got ", text(dstate));
   s.u = u.contiguous();
   s.delta = delta.to(u.scalar_type()).contiguous();
   s.A = as_float(A);
@@ -148,7 +162,7 @@ ScanInputs prepare_scan(const at::Tensor& u, const at::Tensor& delta, const at::
   s.B = prepare_state_input(B, u, dstate, op, "B", p.variable_B, groups_B);
   s.C = prepare_state_input(C, u, dstate, op, "C", p.variable_C, groups_C);
   TORCH_CHECK(!(p.variable_B && p.variable_C) || groups_B == groups_C, op, ": B and C must have the same groups, got ",
-              groups_B, " and ", groups_C);
+              text(groups_B), " and ", text(groups_C));
   p.n_groups = p.variable_B ? groups_B : groups_C;
   s.D = per_dim_input(D, u, dim, op, "D");
   s.delta_bias = per_dim_input(delta_bias, u, dim, op, "delta_bias");
@@ -248,16 +262,18 @@ at::Tensor selective_state_update_cuda(const at::Tensor& state, const at::Tensor
   constexpr const char* op = "selective_state_update";
   const c10::cuda::CUDAGuard guard(cuda_device(x, op, "x"));
   const ScanInputType type = input_type(x, op, "x");
-  TORCH_CHECK(x.dim() == 2 && x.numel() > 0, op, ": x must be a non-empty (batch, dim), got shape ", x.sizes());
+  TORCH_CHECK(x.dim() == 2 && x.numel() > 0, op, ": x must be a non-empty (batch, dim), got shape ", text(x.sizes()));
   const int64_t batch = x.size(0), dim = x.size(1);
   check_on(A, x, op, "A");
-  TORCH_CHECK(A.dim() == 2 && A.size(0) == dim, op, ": A must be (dim=", dim, ", dstate), got shape ", A.sizes());
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == dim, op, ": A must be (dim=", text(dim), ", dstate), got shape ",
+              text(A.sizes()));
   const int64_t dstate = A.size(1);
-  TORCH_CHECK(dstate >= 1, op, ": dstate (A.shape[1]) must be at least 1, got ", dstate);
+  TORCH_CHECK(dstate >= 1, op, ": dstate (A.shape[1]) must be at least 1, got ", text(dstate));
   check_on(state, x, op, "state");
   check_sizes(state, {batch, dim, dstate}, op, "state");
   TORCH_CHECK(state.scalar_type() == at::kFloat && state.is_contiguous(), op,
-              ": state must be a contiguous float32 tensor (it is updated in place), got ", state.scalar_type(),
+              ": state must be a contiguous float32 tensor (it is updated in place), got ",
+              c10::toString(state.scalar_type()),
               state.is_contiguous() ? "" : " (non-contiguous)");
   check_on(dt, x, op, "dt");
   check_sizes(dt, x.sizes(), op, "dt");
@@ -269,16 +285,17 @@ at::Tensor selective_state_update_cuda(const at::Tensor& state, const at::Tensor
   const auto group_input = [&](const at::Tensor& t, const char* name) {
     check_on(t, x, op, name);
     TORCH_CHECK(t.dim() == 2 || t.dim() == 3, op, ": ", name,
-                " must be (batch, dstate) or (batch, groups, dstate), got shape ", t.sizes());
+                " must be (batch, dstate) or (batch, groups, dstate), got shape ", text(t.sizes()));
     const int64_t g = t.dim() == 3 ? t.size(1) : 1;
-    TORCH_CHECK(g >= 1 && dim % g == 0, op, ": ", name, "'s groups (", g, ") must divide dim (", dim, ")");
+    TORCH_CHECK(g >= 1 && dim % g == 0, op, ": ", name, "'s groups (", text(g), ") must divide dim (", text(dim), ")");
     if (t.dim() == 3) check_sizes(t, {batch, g, dstate}, op, name);
     else check_sizes(t, {batch, dstate}, op, name);
     return std::make_pair(t.to(x.scalar_type()).contiguous(), static_cast<int>(g));
   };
   const auto [B_c, groups_B] = group_input(B, "B");
   const auto [C_c, groups_C] = group_input(C, "C");
-  TORCH_CHECK(groups_B == groups_C, op, ": B and C must have the same groups, got ", groups_B, " and ", groups_C);
+  TORCH_CHECK(groups_B == groups_C, op, ": B and C must have the same groups, got ", text(groups_B), " and ",
+              text(groups_C));
   p.n_groups = groups_B;
   const at::Tensor x_c = x.contiguous(), dt_c = dt.to(x.scalar_type()).contiguous(), A_c = as_float(A);
   const at::Tensor D_c = per_dim_input(D, x, dim, op, "D"), bias_c = per_dim_input(dt_bias, x, dim, op, "dt_bias");

@@ -53,6 +53,10 @@ Tensor selective_state_update_cpu(const Tensor& state, const Tensor& x, const Te
   const Tensor B_c = grouped(B, batch, dim, dstate, dtype, "B"), C_c = grouped(C, batch, dim, dstate, dtype, "C");
   const Tensor D_c = optional_input(D, {dim}, dtype, "D"), bias_c = optional_input(dt_bias, {dim}, dtype, "dt_bias");
   const Tensor z_c = optional_input(z, {batch, dim}, dtype, "z");
+  // Elementwise parts as vectorised ATen ops; the kernel runs the recurrence.
+  Tensor step = bias_c.defined() ? dt_c + bias_c : dt_c;
+  if (dt_softplus) step = at::softplus(step);
+  step = step.contiguous();
   // The kernel writes through a contiguous view; a strided state is updated via a copy.
   Tensor st = state.contiguous();
   Tensor y = at::empty({batch, dim}, x_c.options());
@@ -64,16 +68,14 @@ Tensor selective_state_update_cpu(const Tensor& state, const Tensor& x, const Te
         const auto group_row = [&](const Tensor& t) {
           return t.data_ptr<T>() + (b * t.size(1) + d / (dim / t.size(1))) * dstate;
         };
-        T step = dt_c.data_ptr<T>()[row] + (bias_c.defined() ? bias_c.data_ptr<T>()[d] : T(0));
-        if (dt_softplus) step = softplus(step);
-        T out = state_update_channel(st.data_ptr<T>() + row * dstate, A_c.data_ptr<T>() + d * dstate, group_row(B_c),
-                                     group_row(C_c), dstate, x_c.data_ptr<T>()[row], step,
-                                     D_c.defined() ? D_c.data_ptr<T>()[d] : T(0));
-        if (z_c.defined()) out *= z_c.data_ptr<T>()[row] * sigmoid(z_c.data_ptr<T>()[row]);
-        y.data_ptr<T>()[row] = out;
+        y.data_ptr<T>()[row] = state_update_channel(st.data_ptr<T>() + row * dstate, A_c.data_ptr<T>() + d * dstate,
+                                                    group_row(B_c), group_row(C_c), dstate, x_c.data_ptr<T>()[row],
+                                                    step.data_ptr<T>()[row]);
       }
     });
   });
+  if (D_c.defined()) y += D_c * x_c;
+  if (z_c.defined()) y *= at::silu(z_c);
   if (!st.is_same(state)) state.copy_(st);
   return y.to(x.scalar_type());
 }

@@ -206,7 +206,8 @@ int remaining_ms(Clock::time_point deadline) {
 // group has been killed.
 bool leader_exited(pid_t pid) {
   siginfo_t info{};
-  return waitid(P_PID, pid, &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid == pid;
+  if (waitid(P_PID, pid, &info, WEXITED | WNOHANG | WNOWAIT) == 0) return info.si_pid == pid;
+  return errno == ECHILD;  // a host that ignores SIGCHLD has it reaped already: nothing to wait for
 }
 
 // Collects the program's output until it has exited, or the deadline passes; true if it exited in
@@ -247,6 +248,16 @@ std::string missing_prompt_codebase(const std::string& line) {
 void replace_all(std::string* text, const std::string& from, const std::string& to) {
   for (size_t pos = text->find(from); pos != std::string::npos; pos = text->find(from, pos + to.size()))
     text->replace(pos, from.size(), to);
+}
+
+// How a program that ended in time ended. SIGKILL can only be RLIMIT_CPU's hard limit here: the
+// sandbox's own SIGKILL comes after the exit (or with the timeout).
+std::string status_text(bool reaped, int status, int64_t cpu_seconds) {
+  if (!reaped) return "sandbox error: the exit status was lost (SIGCHLD ignored by the host?)";
+  if (WIFEXITED(status)) return "exit " + std::to_string(WEXITSTATUS(status));
+  const int sig = WTERMSIG(status);
+  if (sig == SIGXCPU || sig == SIGKILL) return "killed: CPU time limit (" + seconds_text(cpu_seconds) + ")";
+  return "killed by signal " + std::to_string(sig) + " (" + strsignal(sig) + ")";
 }
 
 // The last whole lines of `text` that fit in `budget` characters (the end of one line if none fits).
@@ -423,24 +434,16 @@ RunOutcome CodeSandbox::run_program() const {
   close(pipe_fds[0]);
   kill(-pid, SIGKILL);  // the program on timeout, and anything it left running in every case
   int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  pid_t reaped;
+  while ((reaped = waitpid(pid, &status, 0)) < 0 && errno == EINTR) {
   }
 
-  RunOutcome outcome;
-  outcome.output = output.str();
+  RunOutcome outcome{in_time ? status_text(reaped == pid, status, options_.cpu_seconds)
+                             : "timeout: killed after " + seconds_text(options_.wall_ms / 1000.0) + " (wall clock)",
+                     output.str()};
   // The run directory's name is random noise: paths in it become relative, the directory itself ".".
   replace_all(&outcome.output, dir.path() + "/", "");
   replace_all(&outcome.output, dir.path(), ".");
-  if (!in_time) {
-    outcome.status = "timeout: killed after " + seconds_text(options_.wall_ms / 1000.0) + " (wall clock)";
-  } else if (WIFSIGNALED(status)) {
-    const int sig = WTERMSIG(status);
-    outcome.status = sig == SIGXCPU || sig == SIGKILL
-                         ? "killed: CPU time limit (" + seconds_text(options_.cpu_seconds) + ")"
-                         : "killed by signal " + std::to_string(sig) + " (" + strsignal(sig) + ")";
-  } else {
-    outcome.status = "exit " + std::to_string(WEXITSTATUS(status));
-  }
   return outcome;
 }
 

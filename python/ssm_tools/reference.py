@@ -43,9 +43,11 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     inject = (delta * u)[..., None] * B
     x = u.new_zeros(batch, dim, A.shape[1])
     ys = []
-    for t in range(seqlen):
-        x = decay[:, :, t] * x + inject[:, :, t]
-        ys.append((x * C[..., t, :]).sum(-1))
+    # unbind, not indexing per step: the backward of unbind is one stack, that of x[:, :, t] a
+    # full-size scatter per step.
+    for decay_t, inject_t, C_t in zip(decay.unbind(2), inject.unbind(2), C.unbind(-2)):
+        x = decay_t * x + inject_t
+        ys.append((x * C_t).sum(-1))
     y = torch.stack(ys, dim=-1)
     if D is not None:
         y = y + D.to(dtype)[:, None] * u

@@ -15,42 +15,57 @@ uniformly in 1..m (the paper: 1..5).
 """
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 
 from .. import vocab as V
-from ..env import ToolSpec
 from .arithmetic import (BOS_F, DIGITS_F, LT1, LT2, RD1, RD2, ArithmeticTask, Operands, position_pointers,
                          random_number, read_back)
 from .base import CHAR, DIGITS, FORCED, number
 
 
+def _column_steps() -> list[tuple[tuple[int, ...], tuple[int, ...], int]]:
+    """Every step of the digit loop, precomputed (oracles are built at training-data speed):
+    index (x + 1) * 22 + (y + 1) * 2 + carry_in for digits x, y (-1: the pointer reads a non-digit)
+    -> (script tokens, thoughts, carry out); carry out -1 means the step ends the loop with [ANS]."""
+    steps = []
+    for x in range(-1, 10):
+        for y in range(-1, 10):
+            for carry in (0, 1):
+                reads = ((RD1, DIGITS_F[x], LT1) if x >= 0 else (RD1, BOS_F)) + \
+                        ((RD2, DIGITS_F[y], LT2) if y >= 0 else (RD2, PLUS_F))
+                if x < 0 and y < 0 and carry == 0:
+                    steps.append((reads + (V.ANS,), (V.ANS,), -1))
+                    continue
+                total = max(x, 0) + max(y, 0) + carry
+                thoughts = (DIGITS[total // 10], DIGITS[total % 10])
+                steps.append((reads + thoughts, thoughts, total // 10))
+    return steps
+
+
+PLUS_F = CHAR["+"] + FORCED
+_STEPS = _column_steps()
+
+
 def addition_script(x: Operands) -> list[int]:
     memory = [V.BOS, *number(x.a), CHAR["+"], *number(x.b), CHAR["="]]
     script = position_pointers(memory, len(x.a) + 1)
-    a = [int(c) for c in reversed(x.a)]
-    b = [int(c) for c in reversed(x.b)]
-    plus_f = CHAR["+"] + FORCED
+    n = max(len(x.a), len(x.b)) + 2  # the loop ends within n steps
+    a = [ord(c) - 48 for c in reversed(x.a)] + [-1] * (n - len(x.a))
+    b = [ord(c) - 48 for c in reversed(x.b)] + [-1] * (n - len(x.b))
     carry = 0
-    for i in itertools.count():
-        script += (RD1, DIGITS_F[a[i]], LT1) if i < len(a) else (RD1, BOS_F)
-        script += (RD2, DIGITS_F[b[i]], LT2) if i < len(b) else (RD2, plus_f)
-        if i >= len(a) and i >= len(b) and carry == 0:
-            break
-        total = (a[i] if i < len(a) else 0) + (b[i] if i < len(b) else 0) + carry
-        carry = total // 10
-        thoughts = (DIGITS[carry], DIGITS[total % 10])
-        script += thoughts
+    for i in range(n):
+        tokens, thoughts, carry = _STEPS[(a[i] + 1) * 22 + (b[i] + 1) * 2 + carry]
+        script += tokens
         memory += thoughts
-    script.append(V.ANS)
-    memory.append(V.ANS)
+        if carry < 0:
+            break
     return script + read_back(memory, len(x.a) + 1)
 
 
 class Addition(ArithmeticTask):
     name = "addition"
     modes = ("interactive", "cot", "single_turn", "direct", "direct_reversed")
+    num_pointers = 2
 
     def sample(self, rng: np.random.Generator, size: int) -> Operands:
         n = self.check_size(size)
@@ -64,11 +79,6 @@ class Addition(ArithmeticTask):
     def answer(self, x: Operands) -> list[int]:
         digits = number(str(x.result))
         return digits[::-1] if self.mode == "direct_reversed" else digits
-
-    def tools(self) -> list[ToolSpec]:
-        if self.mode == "interactive":
-            return [ToolSpec("pointer_memory", num_pointers=2)]
-        return [ToolSpec("calculator")] if self.mode == "single_turn" else []
 
     def _script(self, x: Operands) -> list[int]:
         if self.mode == "interactive":

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import vocab as V
-from .base import CHAR, CMD, DIGIT_VALUE, DIGITS, FORCED, Task, number, text
+from ..env import ToolSpec
+from .base import CHAR, CMD, DIGIT_VALUE, DIGITS, FORCED, Task, number, text, walk
 
 RD1, LT1, RT1 = CMD[1, "read"], CMD[1, "left"], CMD[1, "right"]
 RD2, LT2, RT2 = CMD[2, "read"], CMD[2, "left"], CMD[2, "right"]
@@ -42,9 +43,10 @@ class Operands:
 
 def random_number(rng: np.random.Generator, digits: int, allow_zero: bool = True) -> str:
     """A uniformly random number of exactly `digits` digits (0 included for one digit if allowed)."""
-    first = int(rng.integers(0 if (digits == 1 and allow_zero) else 1, 10))
-    rest = rng.integers(0, 10, size=digits - 1)
-    return str(first) + "".join(map(str, rest.tolist()))
+    d = rng.integers(0, 10, size=digits, dtype=np.uint8)
+    if d[0] == 0 and (digits > 1 or not allow_zero):
+        d[0] = rng.integers(1, 10)
+    return (d + 48).tobytes().decode()
 
 
 def operands_prompt(x: Operands) -> list[int]:
@@ -54,8 +56,8 @@ def operands_prompt(x: Operands) -> list[int]:
 def position_pointers(memory: list[int], op_cell: int) -> list[int]:
     """Script that brings p2 to the last digit of b (via [BLANK]) and p1 to the last digit of a (via
     the operator at `op_cell`). `memory` is the prompt; both pointers start on cell 0."""
-    walk_b = [t for x in memory[1:] for t in (RT2, RD2, x + FORCED)]
-    walk_a = [t for x in memory[1:op_cell + 1] for t in (RT1, RD1, x + FORCED)]
+    walk_b = walk(2, "right", memory[1:])
+    walk_a = walk(1, "right", memory[1:op_cell + 1])
     return walk_b + [RT2, RD2, BLANK_F, LT2, LT2] + walk_a + [LT1]
 
 
@@ -63,7 +65,7 @@ def read_back(memory: list[int], start: int) -> list[int]:
     """Script of the answer phase; `memory` ends with [ANS], p2 sits on cell `start`. p2 walks right
     to [ANS], then left over the (carry, digit) pairs, outputting each digit and skipping each carry,
     until it reads the non-digit before the first pair; then [EOS]."""
-    script = [t for x in memory[start + 1:] for t in (RT2, RD2, x + FORCED)]
+    script = walk(2, "right", memory[start + 1:])
     j = len(memory) - 2
     script += (LT2, RD2, memory[j] + FORCED)
     while memory[j] in DIGIT_VALUE:
@@ -79,6 +81,12 @@ class ArithmeticTask(Task):
 
     size_name = "digits"
     aliases = {"calculator": "single_turn"}
+    num_pointers: int  # of the interactive policy
+
+    def tools(self) -> list[ToolSpec]:
+        if self.mode == "interactive":
+            return [ToolSpec("pointer_memory", num_pointers=self.num_pointers)]
+        return [ToolSpec("calculator")] if self.mode == "single_turn" else []
 
     def __init__(self, mode: str = "interactive"):
         super().__init__(self.aliases.get(mode, mode))

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -63,6 +64,17 @@ def model_tokens(script: Sequence[int]) -> list[int]:
     return [t for t in script if t < FORCED]
 
 
+# (pointer, "left"/"right") -> token id -> the script of one step of a walk: move, read, the answer.
+_STEPS = {(p, d): [(CMD[p, d], CMD[p, "read"], t + FORCED) for t in range(V.VOCAB_SIZE)]
+          for p in range(1, 5) for d in ("left", "right")}
+
+
+def walk(pointer: int, direction: str, cells: Iterable[int]) -> list[int]:
+    """Script of pointer `pointer` (1-based) stepping over `cells` ("left" or "right"): each step a
+    move and a read, answered by the cell. (Table lookups: oracles run at training-data speed.)"""
+    return list(chain.from_iterable(map(_STEPS[pointer, direction].__getitem__, cells)))
+
+
 def expected_stream(script: Sequence[int]) -> list[int]:
     """The token stream the real loop produces for this script (forced marks removed)."""
     return [t % FORCED for t in script]
@@ -94,7 +106,6 @@ def _grammar_mask(tokens: Sequence[int]) -> list[bool]:
     mask = []
     after_read = in_result = False
     for t in tokens:
-        t = int(t)
         model = not (after_read or in_result or t == V.RESULT)
         mask.append(model)
         in_result = (in_result or t == V.RESULT) and t != V.RESULT_END
@@ -108,12 +119,12 @@ def output_stream(tokens: Sequence[int], mask: Sequence[bool] | None = None) -> 
     Outputs are what the model's tokens after its first [ANS] put into memory: characters (and later
     [ANS]s), not commands, a write's symbol, or anything inside [CALL]..[/CALL]. `mask` (True where
     the model emitted the token, as in Transcript.loss_mask) defaults to what the grammar implies."""
+    tokens = tokens.tolist() if hasattr(tokens, "tolist") else tokens
     if mask is None:
         mask = _grammar_mask(tokens)
     outputs: list[int] = []
     seen_ans = in_call = after_write = False
     for t, model in zip(tokens, mask):
-        t = int(t)
         if not model:
             continue
         if t == V.EOS:
@@ -207,9 +218,13 @@ class Task(ABC):
         return hits / max(len(answer), len(outputs), 1)
 
     def budget(self, worst_case_inst) -> int:
-        """Step budget from the longest instance of a size: its whole trajectory plus 10%."""
-        n = len(self.prompt(worst_case_inst)) + len(self.script(worst_case_inst))
-        return math.ceil(1.1 * n) + 16
+        """Step budget from the longest instance of a size: its whole trajectory plus 10% (cached:
+        a long trajectory takes seconds to build)."""
+        cache = self.__dict__.setdefault("_budgets", {})
+        if worst_case_inst not in cache:
+            n = len(self.prompt(worst_case_inst)) + len(self.script(worst_case_inst))
+            cache[worst_case_inst] = math.ceil(1.1 * n) + 16
+        return cache[worst_case_inst]
 
     def trajectories(self, rng: np.random.Generator, sizes: Sequence[int], train: bool = False,
                      num_threads: int = 0):

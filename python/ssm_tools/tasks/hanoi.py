@@ -34,7 +34,7 @@ import numpy as np
 
 from .. import vocab as V
 from ..env import ToolSpec
-from .base import CHAR, CHAR_OF, CMD, FORCED, Task, text
+from .base import CHAR, CHAR_OF, CMD, FORCED, Task, text, walk
 
 RD1, LT1, RT1 = CMD[1, "read"], CMD[1, "left"], CMD[1, "right"]
 RD2, LT2, RT2 = CMD[2, "read"], CMD[2, "left"], CMD[2, "right"]
@@ -89,8 +89,8 @@ def iterative_script(x: Disks) -> list[int]:
     states = iterative_answer_text(x)
     first_state = states[:states.index("$") + 1]
     # parity pass: right to '=', back left to [BOS], right again copying the disks
-    script = [t for c in prompt[1:] for t in (RT1, RD1, c + FORCED)]
-    script += [t for c in reversed(prompt[:-1]) for t in (LT1, RD1, c + FORCED)]
+    script = walk(1, "right", prompt[1:])
+    script += walk(1, "left", reversed(prompt[:-1]))
     script += text(first_state[:2])  # the flag, 'A'
     for c, written in zip(prompt[1:], _copied(prompt[1:], None, None)):
         script += (RT1, RD1, c + FORCED, *written)
@@ -100,7 +100,7 @@ def iterative_script(x: Disks) -> list[int]:
     for block in states[len(first_state):].split("$")[:-1]:
         cut = block.index(")") + 3
         move, new_state = block[:cut], block[cut:] + "$"
-        script += [t for c in memory[pos + 1:state_start + 1] for t in (RT1, RD1, c + FORCED)]
+        script += walk(1, "right", memory[pos + 1:state_start + 1])
         script += text(move)
         memory += text(move)
         pos = memory.index(CHAR["$"], state_start)
@@ -151,19 +151,19 @@ def recursive_answer_text(x: Disks) -> str:
 
 def recursive_script(x: Disks) -> list[int]:
     prompt = hanoi_prompt(x)
-    script = [t for c in prompt[1:] for t in (RT1, RD1, c + FORCED)]
+    script = walk(1, "right", prompt[1:])
     script += [V.ANS, LT1, RD1, CHAR[")"] + FORCED, HASH]
     memory = prompt + [V.ANS, HASH]
-    script += [t for c in memory[1:len(prompt) + 1] for t in (RT2, RD2, c + FORCED)] + [RT2]
+    script += walk(2, "right", memory[1:len(prompt) + 1]) + [RT2]
     start = len(prompt) + 1  # S_0 starts (and, empty, ends) here
     for k, d in enumerate(reversed(x.sizes), start=1):
         end = memory.index(HASH, start)
         previous = memory[start:end + 1]
         script += _copy_list(previous, SWAP_BC)
         label = text(str(d))
-        script += [t for c in [*reversed(label), CHAR["("]] for t in (LT1, RD1, c + FORCED)]
+        script += walk(1, "left", [*reversed(label), CHAR["("]])
         script += text(f"({d})AC")
-        script += [t for c in reversed(memory[start - 1:end]) for t in (LT2, RD2, c + FORCED)] + [RT2]
+        script += walk(2, "left", reversed(memory[start - 1:end])) + [RT2]
         script += _copy_list(previous, SWAP_AB)
         memory += [SWAP_BC.get(c, c) for c in previous[:-1]] + text(f"({d})AC")
         memory += [SWAP_AB.get(c, c) for c in previous[:-1]]

@@ -26,11 +26,10 @@ import itertools
 import numpy as np
 
 from .. import vocab as V
-from ..env import ToolSpec
 from .addition import Addition, addition_script
-from .arithmetic import (BOS_F, DIGITS_F, LT1, LT2, RD1, RD2, RT1, ArithmeticTask, Operands,
+from .arithmetic import (BOS_F, DIGITS_F, LT1, LT2, RD1, RD2, ArithmeticTask, Operands,
                          position_pointers, random_number, read_back)
-from .base import CHAR, CMD, DIGITS, FORCED, number
+from .base import CHAR, CMD, DIGITS, FORCED, number, walk
 
 RD3, RT3 = CMD[3, "read"], CMD[3, "right"]
 HASH = CHAR["#"]
@@ -75,8 +74,8 @@ def _next_row(memory: list[int], op_cell: int, first_digit: int) -> list[int]:
     p1 back to a's last digit. Extends `memory` with the thoughts."""
     memory += (HASH, HASH)
     row_start = memory.index(CHAR["="]) + 1
-    walk_p3 = [t for cell in memory[1:row_start] for t in (RT3, RD3, cell + FORCED)]
-    walk_p1 = [t for cell in memory[1:op_cell + 1] for t in (RT1, RD1, cell + FORCED)]
+    walk_p3 = walk(3, "right", memory[1:row_start])
+    walk_p1 = walk(1, "right", memory[1:op_cell + 1])
     copy = (DIGITS[0], DIGITS[first_digit])
     memory += copy
     return [HASH, HASH, *walk_p3, RT3, RT3, RD3, DIGITS_F[first_digit], *copy, RT3, RT3, *walk_p1, LT1]
@@ -85,6 +84,7 @@ def _next_row(memory: list[int], op_cell: int, first_digit: int) -> list[int]:
 class Multiplication(ArithmeticTask):
     name = "multiplication"
     modes = ("interactive", "cot", "single_turn")
+    num_pointers = 3
 
     def __init__(self, mode: str = "interactive", second_digits: int = 1):
         super().__init__(mode)
@@ -106,11 +106,6 @@ class Multiplication(ArithmeticTask):
         return Operands(random_number(rng, n, allow_zero=False), "*",
                         random_number(rng, self.second_digits, allow_zero=False))
 
-    def tools(self) -> list[ToolSpec]:
-        if self.mode == "interactive":
-            return [ToolSpec("pointer_memory", num_pointers=3)]
-        return [ToolSpec("calculator")] if self.mode == "single_turn" else []
-
     def _script(self, x: Operands) -> list[int]:
         if self.mode == "single_turn":
             a, b = int(x.a), x.b.rjust(2, "0")
@@ -126,6 +121,7 @@ class Mixture(ArithmeticTask):
 
     name = "mixture"
     modes = ("interactive",)
+    num_pointers = 3  # multiplication's; addition uses the first two
 
     def __init__(self, mode: str = "interactive", add_weight: float = 0.5):
         super().__init__(mode)
@@ -145,9 +141,6 @@ class Mixture(ArithmeticTask):
 
     def sample_train(self, rng: np.random.Generator, max_size: int) -> Operands:
         return self._part(rng).sample_train(rng, max_size)
-
-    def tools(self) -> list[ToolSpec]:
-        return self.parts[1].tools()  # 3 pointers; addition uses the first two
 
     def _script(self, x: Operands) -> list[int]:
         return addition_script(x) if x.op == "+" else multiplication_script(x)

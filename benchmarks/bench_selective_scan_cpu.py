@@ -1,0 +1,107 @@
+"""Benchmark of the CPU selective scan against the plain-PyTorch reference, measured in one run.
+
+At (batch 2, dim 512, dstate 16, seqlen 2048), float32, input-dependent B/C (1 group), D, z,
+delta_bias, softplus: median wall time of
+  - forward:            ssm_tools.selective_scan vs ssm_tools.reference.selective_scan_ref
+  - forward + backward: both through autograd, gradients of every input (the reference's backward
+                        is PyTorch autograd through its loop)
+and the forward's state updates per second (batch * dim * dstate * seqlen / time). Prints the
+ratios; writes JSON (with the exact command, torch version and thread count) to --out.
+
+    .venv/bin/python benchmarks/bench_selective_scan_cpu.py
+"""
+import argparse
+import json
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import ssm_tools
+from ssm_tools.reference import selective_scan_ref
+
+
+def median_s(fn, reps, warmup=1):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def make_inputs(batch, dim, dstate, seqlen):
+    return dict(
+        u=torch.randn(batch, dim, seqlen),
+        delta=torch.randn(batch, dim, seqlen) * 0.5 - 1.0,
+        A=-(torch.rand(dim, dstate) + 0.5),
+        B=torch.randn(batch, 1, dstate, seqlen),
+        C=torch.randn(batch, 1, dstate, seqlen),
+        D=torch.randn(dim),
+        z=torch.randn(batch, dim, seqlen),
+        delta_bias=torch.randn(dim) * 0.3,
+    )
+
+
+def forward(fn, inputs):
+    with torch.no_grad():
+        return fn(**inputs, delta_softplus=True)
+
+
+def forward_backward(fn, inputs, dout):
+    leaves = {k: v.detach().requires_grad_() for k, v in inputs.items()}
+    out = fn(**leaves, delta_softplus=True)
+    return torch.autograd.grad(out, list(leaves.values()), dout)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--dstate", type=int, default=16)
+    parser.add_argument("--seqlen", type=int, default=2048)
+    parser.add_argument("--reps", type=int, default=5, help="timed repeats of the op (median)")
+    parser.add_argument("--ref-reps", type=int, default=3, help="timed repeats of the reference (median)")
+    parser.add_argument("--out", type=Path, default=Path("results/bench_selective_scan_cpu.json"))
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    inputs = make_inputs(args.batch, args.dim, args.dstate, args.seqlen)
+    dout = torch.randn(args.batch, args.dim, args.seqlen)
+    updates = args.batch * args.dim * args.dstate * args.seqlen
+
+    fwd_s = median_s(lambda: forward(ssm_tools.selective_scan, inputs), args.reps)
+    ref_fwd_s = median_s(lambda: forward(selective_scan_ref, inputs), args.ref_reps)
+    fwd_bwd_s = median_s(lambda: forward_backward(ssm_tools.selective_scan, inputs, dout), args.reps)
+    ref_fwd_bwd_s = median_s(lambda: forward_backward(selective_scan_ref, inputs, dout), args.ref_reps)
+
+    result = dict(
+        command=" ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
+        torch_version=torch.__version__,
+        threads=torch.get_num_threads(),
+        shape=dict(batch=args.batch, dim=args.dim, dstate=args.dstate, seqlen=args.seqlen),
+        dtype="float32", B_C="input-dependent, 1 group", options="D, z, delta_bias, delta_softplus",
+        fwd_ms=fwd_s * 1e3, reference_fwd_ms=ref_fwd_s * 1e3, speedup_fwd=ref_fwd_s / fwd_s,
+        fwd_bwd_ms=fwd_bwd_s * 1e3, reference_fwd_bwd_ms=ref_fwd_bwd_s * 1e3,
+        speedup_fwd_bwd=ref_fwd_bwd_s / fwd_bwd_s,
+        fwd_state_updates_per_s=updates / fwd_s,
+        fwd_bwd_state_updates_per_s=updates / fwd_bwd_s,
+    )
+    print(f"threads {result['threads']}, (batch, dim, dstate, seqlen) = "
+          f"({args.batch}, {args.dim}, {args.dstate}, {args.seqlen}) float32")
+    print(f"forward          {result['fwd_ms']:8.1f} ms   reference {result['reference_fwd_ms']:8.1f} ms   "
+          f"x{result['speedup_fwd']:.1f}   {result['fwd_state_updates_per_s']:.3g} state updates/s")
+    print(f"forward+backward {result['fwd_bwd_ms']:8.1f} ms   reference {result['reference_fwd_bwd_ms']:8.1f} ms   "
+          f"x{result['speedup_fwd_bwd']:.1f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
