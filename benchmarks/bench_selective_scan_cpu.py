@@ -5,13 +5,16 @@ delta_bias, softplus: median wall time of
   - forward:            ssm_tools.selective_scan vs ssm_tools.reference.selective_scan_ref
   - forward + backward: both through autograd, gradients of every input (the reference's backward
                         is PyTorch autograd through its loop)
-and the forward's state updates per second (batch * dim * dstate * seqlen / time). Prints the
-ratios; writes JSON (with the exact command, torch version and thread count) to --out.
+and the forward's state updates per second (batch * dim * dstate * seqlen / time), also per
+CPU-second of the process (all threads), which is less sensitive to other processes sharing the
+cores; the load average is recorded for the same reason. Prints the ratios; writes JSON (with the
+exact command, torch version and thread count) to --out.
 
     .venv/bin/python benchmarks/bench_selective_scan_cpu.py
 """
 import argparse
 import json
+import os
 import shlex
 import statistics
 import sys
@@ -25,14 +28,16 @@ from ssm_tools.reference import selective_scan_ref
 
 
 def median_s(fn, reps, warmup=1):
+    """Median wall seconds and median process CPU seconds (all threads) of fn()."""
     for _ in range(warmup):
         fn()
-    times = []
+    wall, cpu = [], []
     for _ in range(reps):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def make_inputs(batch, dim, dstate, seqlen):
@@ -75,27 +80,32 @@ def main():
     dout = torch.randn(args.batch, args.dim, args.seqlen)
     updates = args.batch * args.dim * args.dstate * args.seqlen
 
-    fwd_s = median_s(lambda: forward(ssm_tools.selective_scan, inputs), args.reps)
-    ref_fwd_s = median_s(lambda: forward(selective_scan_ref, inputs), args.ref_reps)
-    fwd_bwd_s = median_s(lambda: forward_backward(ssm_tools.selective_scan, inputs, dout), args.reps)
-    ref_fwd_bwd_s = median_s(lambda: forward_backward(selective_scan_ref, inputs, dout), args.ref_reps)
+    load_before = os.getloadavg()[0]
+    fwd_s, fwd_cpu_s = median_s(lambda: forward(ssm_tools.selective_scan, inputs), args.reps)
+    ref_fwd_s, _ = median_s(lambda: forward(selective_scan_ref, inputs), args.ref_reps)
+    fwd_bwd_s, _ = median_s(lambda: forward_backward(ssm_tools.selective_scan, inputs, dout), args.reps)
+    ref_fwd_bwd_s, _ = median_s(lambda: forward_backward(selective_scan_ref, inputs, dout), args.ref_reps)
 
     result = dict(
         command=" ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
         torch_version=torch.__version__,
         threads=torch.get_num_threads(),
+        cpu_count=os.cpu_count(),
+        load_average_1min=dict(before=load_before, after=os.getloadavg()[0]),
         shape=dict(batch=args.batch, dim=args.dim, dstate=args.dstate, seqlen=args.seqlen),
         dtype="float32", B_C="input-dependent, 1 group", options="D, z, delta_bias, delta_softplus",
         fwd_ms=fwd_s * 1e3, reference_fwd_ms=ref_fwd_s * 1e3, speedup_fwd=ref_fwd_s / fwd_s,
         fwd_bwd_ms=fwd_bwd_s * 1e3, reference_fwd_bwd_ms=ref_fwd_bwd_s * 1e3,
         speedup_fwd_bwd=ref_fwd_bwd_s / fwd_bwd_s,
         fwd_state_updates_per_s=updates / fwd_s,
+        fwd_state_updates_per_cpu_s=updates / fwd_cpu_s,
         fwd_bwd_state_updates_per_s=updates / fwd_bwd_s,
     )
-    print(f"threads {result['threads']}, (batch, dim, dstate, seqlen) = "
+    print(f"threads {result['threads']}, load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}, (batch, dim, dstate, seqlen) = "
           f"({args.batch}, {args.dim}, {args.dstate}, {args.seqlen}) float32")
     print(f"forward          {result['fwd_ms']:8.1f} ms   reference {result['reference_fwd_ms']:8.1f} ms   "
-          f"x{result['speedup_fwd']:.1f}   {result['fwd_state_updates_per_s']:.3g} state updates/s")
+          f"x{result['speedup_fwd']:.1f}   {result['fwd_state_updates_per_s']:.3g} state updates/s "
+          f"({result['fwd_state_updates_per_cpu_s']:.3g} per CPU-second)")
     print(f"forward+backward {result['fwd_bwd_ms']:8.1f} ms   reference {result['reference_fwd_bwd_ms']:8.1f} ms   "
           f"x{result['speedup_fwd_bwd']:.1f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

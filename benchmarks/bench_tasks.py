@@ -84,7 +84,8 @@ def main():
     with open(args.out, "w") as f:
         json.dump({
             "command": " ".join(shlex.quote(a) for a in [os.path.relpath(sys.executable), *sys.argv]),
-            "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
+            "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+                        "load_average_1_5_15min": os.getloadavg()},  # the machine is shared: read rates with it
             "note": "best of repeats; trajectories/s of task.trajectories (oracle + C++ replay, all cores) vs "
                     "the plain-Python replay_reference loop on the same kind of episodes",
             "rows": rows,

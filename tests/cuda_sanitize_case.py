@@ -23,8 +23,8 @@ def main():
         out, last, saved = OPS.selective_scan_fwd(u, delta, A, B, C, D, z, bias, True)
         grads = OPS.selective_scan_bwd(dout, torch.randn_like(last), u, delta, A, B, C, D, z, bias, True, saved)
         state = torch.randn(batch, dim, dstate, device=dev)
-        y = OPS.selective_state_update(state, u[..., 0], delta[..., 0], A, torch.randn(batch, groups, dstate, device=dev),
-                                       torch.randn(batch, groups, dstate, device=dev), D, z[..., 0], bias, True)
+        B_step, C_step = (torch.randn(batch, groups, dstate, device=dev) for _ in range(2))
+        y = OPS.selective_state_update(state, u[..., 0], delta[..., 0], A, B_step, C_step, D, z[..., 0], bias, True)
         torch.cuda.synchronize()
         for t in (out, last, saved, y, state, *grads):
             assert torch.isfinite(t.float()).all()

@@ -1,6 +1,6 @@
 """The coding task: the C++ CodeSandbox (commands, limits, cleanup) and the bug-fixing task (generator,
 independent expected output, oracles through the real loop, grader)."""
-import os
+import ast
 import re
 import sys
 import time
@@ -128,7 +128,7 @@ def test_environment_is_path_only_and_files_are_removed(tmp_path, monkeypatch):
     status, output = sb.run_program()
     env_line, path_line = output.splitlines()
     assert status == "exit 0"
-    assert set(eval(env_line)) <= {"PATH", "LC_CTYPE"}  # LC_CTYPE: Python's own locale coercion
+    assert set(ast.literal_eval(env_line)) <= {"PATH", "LC_CTYPE"}  # LC_CTYPE: Python's own locale coercion
     assert path_line == "main.py"  # the random run directory is shown as "."
     assert list(tmp_path.iterdir()) == []  # the run directory is gone
 
@@ -169,6 +169,13 @@ def test_codebase_from_prompt_through_the_loop():
         in transcript.text(1)
     with pytest.raises(ValueError, match="already names another codebase"):
         register_codebase(key, {"main.py": "print(0)\n"})
+
+
+def test_tool_spec_options_are_checked():
+    with pytest.raises(ValueError, match="wall_ms must be > 0"):
+        Env([ToolSpec("code_sandbox", wall_ms=0)], batch_size=1)
+    with pytest.raises(ValueError, match="wall_seconds"):
+        Env([ToolSpec("code_sandbox", wall_seconds=3)], batch_size=1)
 
 
 # ------------------------------------------------------------------------------------- the task

@@ -127,6 +127,20 @@ def test_forward_and_backward_match_float64_reference(case, dtype):
         assert rel_err(got, want) < tol, f"d{name}: {rel_err(got, want):.2e}"
 
 
+def test_saved_holds_the_state_entering_each_chunk():
+    """saved[:, :, c] is the state after the first c * 2048 positions (zeros for c = 0)."""
+    inputs = make_inputs(2, 6, 4100, 8, torch.float32, groups=3)
+    _, _, saved = fwd(inputs)
+    assert saved.shape == (2, 6, 3, 8)
+    assert torch.equal(saved[:, :, 0], torch.zeros_like(saved[:, :, 0]))
+    for c in (1, 2):
+        n = c * 2048
+        prefix = {k: (v[..., :n] if k in ("u", "delta", "z", "B", "C") and v is not None else v)
+                  for k, v in inputs.items()}
+        _, _, ref_last = reference(prefix)
+        assert rel_err(saved[:, :, c], ref_last) < 1e-5, c
+
+
 def test_backward_without_dlast_state_matches_reference():
     inputs = make_inputs(2, 5, 300, 16, torch.float32, groups=5)
     ref_in, ref_out, _ = reference(inputs)

@@ -62,11 +62,18 @@ register_codebase() filed under the first line of the episode's prompt.)doc")
            "Set the codebase (file name -> content) that every episode starts from")
       .def("files", &CodeSandbox::files, "The current codebase (file name -> content)")
       .def(
+          "call",
+          [](CodeSandbox& self, const Tokens& command) {
+            py::gil_scoped_release release;  // `run` takes up to wall_ms: let other threads go on
+            return self.call(command);
+          },
+          py::arg("command"), "Answer a command (the tokens between [CALL] and [/CALL])")
+      .def(
           "run_program",
           [](const CodeSandbox& self) {
             RunOutcome outcome;
             {
-              py::gil_scoped_release release;  // a run takes up to wall_ms: let other threads go on
+              py::gil_scoped_release release;  // as in call()
               outcome = self.run_program();
             }
             return py::make_tuple(outcome.status, outcome.output);

@@ -1,5 +1,5 @@
-// The (batch, dim) row that one thread block of the forward or backward scan owns: its slices of
-// every tensor, and loads of B/C for one state whether they are constant or input-dependent.
+// The (batch, dim) row that one thread block of the backward scan owns: its slices of every
+// tensor, and loads of B/C for one state whether they are constant or input-dependent.
 #pragma once
 
 #include "kernels/scan_common.cuh"
@@ -38,8 +38,7 @@ struct ScanRow {
     D = p.D ? p.D[d] : 0.f;
     bias = p.delta_bias ? p.delta_bias[d] : 0.f;
     // Rows start at multiples of seqlen elements, so alignment holds for all rows or none; the
-    // group slices of B/C start at multiples of seqlen too.
-    // Null pointers (absent tensors) count as aligned.
+    // group slices of B/C start at multiples of seqlen too. Absent tensors (null) count as aligned.
     auto ok = [](const void* ptr) { return !ptr || is_aligned16(ptr); };
     aligned = (p.seqlen * sizeof(T)) % 16 == 0 && ok(p.u) && ok(p.delta) && ok(p.z) && ok(p.out) &&
               ok(p.dout) && ok(p.du) && ok(p.ddelta) && ok(p.dz) && (!p.variable_B || ok(p.B)) &&

@@ -20,15 +20,11 @@ constexpr int kStates = 4;                   // states per thread and pass
 constexpr int kPass = kSplit * kStates;      // states per pass
 constexpr int kThreads = kRows * kSplit;
 constexpr int kTile = 64;                    // positions per tile
-// Blocks per multiprocessor to keep resident: caps registers at 65536 / (kMinBlocks * kThreads) = 102
-// (ptxas: 96, a few bytes spilled); unbounded it takes 108, which fits only 4 blocks. More warps
-// hide the shared-memory and shuffle latencies of the time loop.
-constexpr int kMinBlocks = 5;
 constexpr int kStride = kTile + 1;           // padded row of a per-dim tile (no bank conflicts)
 constexpr int kRowItems = kRows * kTile / kThreads;    // positions of one dim each thread loads
 constexpr int kStateItems = kPass * kTile / kThreads;  // positions of one state each thread loads
 static_assert(kScanChunk % kTile == 0, "saved chunks start at tile starts");
-static_assert(kTile % kSplit == 0 && (kSplit & (kSplit - 1)) == 0 && kStates == 4, "layout assumptions");
+static_assert(kSplit == 4 && kStates == 4, "the time loop reads float4s of states and shuffles over 4 lanes");
 
 // Shared-memory layout, in floats: per-dim tiles of delta, delta*u and y; the B and C tiles of one
 // pass ([position][state], so a thread reads its kStates states as one float4); the states.
@@ -38,8 +34,7 @@ static_assert(kBOff % 4 == 0 && kCOff % 4 == 0, "B/C tiles are read as float4");
 size_t smem_bytes(int dstate) { return (kXOff + static_cast<size_t>(kRows) * dstate) * sizeof(float); }
 
 template <typename T>
-__global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_fwd_kernel(SelectiveScanParams p,
-                                                                          int blocks_per_group) {
+__global__ __launch_bounds__(kThreads) void selective_scan_fwd_kernel(SelectiveScanParams p, int blocks_per_group) {
   extern __shared__ float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
   float *s_dt = smem + kDtOff, *s_du = smem + kDuOff, *s_y = smem + kYOff, *s_B = smem + kBOff,
@@ -125,46 +120,34 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_fwd_kerne
       }
       const float4* sB4 = reinterpret_cast<const float4*>(s_B);
       const float4* sC4 = reinterpret_cast<const float4*>(s_C);
-      for (int tq = 0; tq < kTile; tq += kSplit) {
-        float y[kSplit];  // this thread's share of y at positions tq .. tq + kSplit
+#pragma unroll 4
+      for (int t = 0; t < kTile; ++t) {
+        const float dt = s_dt[r * kStride + t], du = s_du[r * kStride + t];
+        float Bv[kStates], Cv[kStates];
+        if (B_var) {
+          const float4 q = sB4[t * kSplit + split];
+          Bv[0] = q.x, Bv[1] = q.y, Bv[2] = q.z, Bv[3] = q.w;
+        } else {
 #pragma unroll
-        for (int k = 0; k < kSplit; ++k) {
-          const int t = tq + k;
-          const float dt = s_dt[r * kStride + t], du = s_du[r * kStride + t];
-          float Bv[kStates], Cv[kStates];
-          if (B_var) {
-            const float4 q = sB4[t * kSplit + split];
-            Bv[0] = q.x, Bv[1] = q.y, Bv[2] = q.z, Bv[3] = q.w;
-          } else {
-#pragma unroll
-            for (int j = 0; j < kStates; ++j) Bv[j] = Bc[j];
-          }
-          if (C_var) {
-            const float4 q = sC4[t * kSplit + split];
-            Cv[0] = q.x, Cv[1] = q.y, Cv[2] = q.z, Cv[3] = q.w;
-          } else {
-#pragma unroll
-            for (int j = 0; j < kStates; ++j) Cv[j] = Cc[j];
-          }
-          y[k] = 0.f;
-#pragma unroll
-          for (int j = 0; j < kStates; ++j) {
-            x[j] = fmaf(exp2f(dt * A2[j]), x[j], du * Bv[j]);
-            y[k] = fmaf(Cv[j], x[j], y[k]);
-          }
+          for (int j = 0; j < kStates; ++j) Bv[j] = Bc[j];
         }
-        // Reduce-scatter over the kSplit threads of this dim (lanes split ^ half): afterwards y[0]
-        // holds the full y of position tq + split. kSplit - 1 shuffles for kSplit positions.
+        if (C_var) {
+          const float4 q = sC4[t * kSplit + split];
+          Cv[0] = q.x, Cv[1] = q.y, Cv[2] = q.z, Cv[3] = q.w;
+        } else {
 #pragma unroll
-        for (int half = kSplit / 2; half >= 1; half /= 2) {
-          const bool upper = split & half;
-#pragma unroll
-          for (int k = 0; k < half; ++k) {
-            const float send = upper ? y[k] : y[k + half];
-            y[k] = (upper ? y[k + half] : y[k]) + __shfl_xor_sync(kFullMask, send, half);
-          }
+          for (int j = 0; j < kStates; ++j) Cv[j] = Cc[j];
         }
-        s_y[r * kStride + tq + split] += y[0];
+        float y = 0.f;
+#pragma unroll
+        for (int j = 0; j < kStates; ++j) {
+          x[j] = fmaf(exp2f(dt * A2[j]), x[j], du * Bv[j]);
+          y = fmaf(Cv[j], x[j], y);
+        }
+        // Sum over the kSplit threads of this dim; one of them (in turn) adds it to the tile.
+        y += __shfl_xor_sync(kFullMask, y, 1);
+        y += __shfl_xor_sync(kFullMask, y, 2);
+        if (t % kSplit == split) s_y[r * kStride + t] += y;
       }
 #pragma unroll
       for (int j = 0; j < kStates; ++j) {

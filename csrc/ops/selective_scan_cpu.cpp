@@ -135,14 +135,16 @@ std::tuple<Tensor, Tensor, Tensor> selective_scan_fwd_cpu(const Tensor& u, const
   Tensor last_state = at::empty({in.batch, in.dim, in.dstate}, opts);
   Tensor saved = at::empty({in.batch, in.dim, in.n_chunks, in.dstate}, opts);
   AT_DISPATCH_FLOATING_TYPES(in.u.scalar_type(), "selective_scan_fwd_cpu", [&] {
-    at::parallel_for(0, in.batch * in.dim, 1, [&](int64_t begin, int64_t end) {
-      ScanScratch<scalar_t> scratch(in.dstate, /*record=*/false);
-      for (int64_t row = begin; row < end; ++row) {
-        scan_forward_channel(in.channel<scalar_t>(row / in.dim, row % in.dim),
-                             y.data_ptr<scalar_t>() + row * in.seqlen,
-                             last_state.data_ptr<scalar_t>() + row * in.dstate,
-                             saved.data_ptr<scalar_t>() + row * in.n_chunks * in.dstate, scratch);
-      }
+    dispatch_dstate(in.dstate, [&](auto kN) {
+      at::parallel_for(0, in.batch * in.dim, 1, [&](int64_t begin, int64_t end) {
+        ScanScratch<scalar_t> scratch(in.dstate, /*record=*/false);
+        for (int64_t row = begin; row < end; ++row) {
+          scan_forward_channel<scalar_t, decltype(kN)::value>(
+              in.channel<scalar_t>(row / in.dim, row % in.dim), y.data_ptr<scalar_t>() + row * in.seqlen,
+              last_state.data_ptr<scalar_t>() + row * in.dstate,
+              saved.data_ptr<scalar_t>() + row * in.n_chunks * in.dstate, scratch);
+        }
+      });
     });
   });
   Tensor out = in.with_skip(y);
@@ -194,33 +196,35 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> selec
       ptr = s.variable ? buf.data_ptr<T>() + item * in.seqlen * in.dstate : buf.data_ptr<T>() + row * in.dstate;
       step = s.variable ? in.dstate : 0;
     };
-    at::parallel_for(0, in.batch * in.groups * slices, 1, [&](int64_t begin, int64_t end) {
-      ScanScratch<T> scratch(in.dstate, /*record=*/true);
-      for (int64_t item = begin; item < end; ++item) {
-        const int64_t b = item / (in.groups * slices), g = item / slices % in.groups, s = item % slices;
-        const int64_t d0 = g * dims_per_group + s * kChannelsPerSlice;
-        const int64_t d1 = std::min(d0 + kChannelsPerSlice, (g + 1) * dims_per_group);
-        for (int64_t d = d0; d < d1; ++d) {
-          const int64_t row = b * in.dim + d;
-          ChannelGrads<T> grads;
-          grads.dy = dy.data_ptr<T>() + row * in.seqlen;
-          grads.dlast_state = dlast_c.defined() ? dlast_c.data_ptr<T>() + row * in.dstate : nullptr;
-          grads.du = du.data_ptr<T>() + row * in.seqlen;
-          grads.ddt = ddt.data_ptr<T>() + row * in.seqlen;
-          grads.y = y.defined() ? y.data_ptr<T>() + row * in.seqlen : nullptr;
-          grads.dA = dA.data_ptr<T>() + row * in.dstate;
-          grad_row(in.B, dB, item, row, grads.dB, grads.dB_step);
-          grad_row(in.C, dC, item, row, grads.dC, grads.dC_step);
-          scan_backward_channel(in.channel<T>(b, d), saved_c.data_ptr<T>() + row * in.n_chunks * in.dstate, grads,
-                                scratch);
+    dispatch_dstate(in.dstate, [&](auto kN) {
+      at::parallel_for(0, in.batch * in.groups * slices, 1, [&](int64_t begin, int64_t end) {
+        ScanScratch<T> scratch(in.dstate, /*record=*/true);
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t b = item / (in.groups * slices), g = item / slices % in.groups, s = item % slices;
+          const int64_t d0 = g * dims_per_group + s * kChannelsPerSlice;
+          const int64_t d1 = std::min(d0 + kChannelsPerSlice, (g + 1) * dims_per_group);
+          for (int64_t d = d0; d < d1; ++d) {
+            const int64_t row = b * in.dim + d;
+            ChannelGrads<T> grads;
+            grads.dy = dy.data_ptr<T>() + row * in.seqlen;
+            grads.dlast_state = dlast_c.defined() ? dlast_c.data_ptr<T>() + row * in.dstate : nullptr;
+            grads.du = du.data_ptr<T>() + row * in.seqlen;
+            grads.ddt = ddt.data_ptr<T>() + row * in.seqlen;
+            grads.y = y.defined() ? y.data_ptr<T>() + row * in.seqlen : nullptr;
+            grads.dA = dA.data_ptr<T>() + row * in.dstate;
+            grad_row(in.B, dB, item, row, grads.dB, grads.dB_step);
+            grad_row(in.C, dC, item, row, grads.dC, grads.dC_step);
+            scan_backward_channel<T, decltype(kN)::value>(
+                in.channel<T>(b, d), saved_c.data_ptr<T>() + row * in.n_chunks * in.dstate, grads, scratch);
+          }
         }
-      }
+      });
     });
   });
 
   // The elementwise parts: D's skip connection, the z gate, delta_bias and the softplus.
   if (in.D.defined()) du += dy * in.D;
-  const Tensor dD = in.D.defined() ? (dy * in.u).sum({0, 2}) : Tensor();
+  const Tensor dD = in.D.defined() ? (dy * in.u).sum(at::IntArrayRef{0, 2}) : Tensor();
   const Tensor dz = in.z.defined() ? at::silu_backward(dout_c * in.with_skip(y), in.z) : Tensor();
   const Tensor ddelta = in.softplus ? at::softplus_backward(ddt, in.delta_biased, 1, 20) : ddt;
   // Back to the inputs' layouts: sum the slices and restore (batch, groups, dstate, seqlen), or sum
@@ -236,7 +240,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> selec
           reduce_state_grad(in.C, dC, C),
           grad_for(dD, D, u),
           grad_for(dz, z, u),
-          grad_for(delta_bias ? ddelta.sum({0, 2}) : Tensor(), delta_bias, u)};
+          grad_for(delta_bias ? ddelta.sum(at::IntArrayRef{0, 2}) : Tensor(), delta_bias, u)};
 }
 
 }  // namespace

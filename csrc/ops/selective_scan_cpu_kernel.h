@@ -1,6 +1,7 @@
-// Torch-free CPU kernels of the selective scan, one (batch, dim) channel at a time:
-//   x_t = exp(dt_t A) * x_{t-1} + dt_t B_t u_t,   y_t = <C_t, x_t> + D u_t,   out_t = y_t silu(z_t)
-// The callers (selective_scan_cpu.cpp, selective_state_update_cpu.cpp) convert tensors, spread the
+// Torch-free CPU kernels of the selective scan's recurrence, one (batch, dim) channel at a time:
+//   x_t = exp(dt_t A) * x_{t-1} + dt_t B_t u_t,   y_t = <C_t, x_t>
+// and its backward. The callers (selective_scan_cpu.cpp, selective_state_update_cpu.cpp) convert
+// tensors, do the elementwise rest (delta_bias, softplus, D u, the z gate) with ATen, spread the
 // channels over threads and reduce the per-channel gradient sums.
 //
 // Speed: the inner loops run over dstate with unit stride (B/C are handed over time-major), compute
@@ -12,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/selective_scan_params.h"  // kScanChunk, shared with the CUDA kernels
@@ -22,25 +24,27 @@
 #define SSM_CPU_MULTIVERSION
 #endif
 
-// Comparisons may not raise FP exceptions here, so GCC can turn the clamps of exp2_vectorizable into
-// vector min/max instead of branches that stop vectorisation. Scoped to this header.
+// Scoped to this header: comparisons may not raise FP exceptions (so the clamps of
+// exp2_vectorizable vectorise instead of branching), and sums may be reassociated (so the dot
+// products over dstate reduce as a tree, not lane by lane). No code here relies on rounding order.
 #pragma GCC push_options
-#pragma GCC optimize("no-trapping-math")
+#pragma GCC optimize("no-trapping-math", "no-signed-zeros", "associative-math")
 
 namespace ssm_tools_cpu {
 
 constexpr double kLog2e = 1.4426950408889634;
 
 // 2^x in a form the compiler vectorises. libm's exp2f is a scalar call without -ffast-math, and it
-// would dominate the scan. x = k + f (k integer, |f| <= 1/2); 2^f by a degree-6 minimax polynomial
-// (relative error < 1e-7, float32 rounding); k is added to the exponent bits. Inputs are clamped to
-// [-126, 126] so the result stays a normal float (2^-126 ~ 1.2e-38 stands in for anything smaller).
+// would dominate the scan. x = k + f (k = round(x), |f| <= 1/2); 2^f by a degree-6 minimax
+// polynomial (relative error < 1e-7, float32 rounding); k is added to the exponent bits. Inputs are
+// clamped to [-126, 126] so the result stays a normal float (2^-126 ~ 1.2e-38 stands in for
+// anything smaller). __builtin_floorf, not std::floor: the latter is defined outside this pragma
+// region, and GCC does not inline across differing optimize options.
 inline float exp2_vectorizable(float x) {
   x = x > -126.0f ? x : -126.0f;
   x = x < 126.0f ? x : 126.0f;
-  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: x + kRound holds round(x) in its low bits
-  const float shifted = x + kRound;
-  const float f = x - (shifted - kRound);
+  const float k = __builtin_floorf(x + 0.5f);
+  const float f = x - k;
   float p = 1.535336188319500e-4f;
   p = p * f + 1.339887440266574e-3f;
   p = p * f + 9.618437357674640e-3f;
@@ -48,8 +52,7 @@ inline float exp2_vectorizable(float x) {
   p = p * f + 2.402264791363012e-1f;
   p = p * f + 6.931472028550421e-1f;
   p = p * f + 1.0f;
-  const int32_t k = __builtin_bit_cast(int32_t, shifted) - __builtin_bit_cast(int32_t, kRound);
-  return __builtin_bit_cast(float, __builtin_bit_cast(int32_t, p) + (k * (1 << 23)));
+  return __builtin_bit_cast(float, __builtin_bit_cast(int32_t, p) + static_cast<int32_t>(k) * (1 << 23));
 }
 // float64 is the accuracy (gradcheck) path: keep libm.
 inline double exp2_vectorizable(double x) { return std::exp2(x); }
@@ -95,14 +98,28 @@ struct ScanScratch {
         decays(record ? kScanChunk * dstate : 0) {}
 };
 
+// The channel kernels take the state size as kN, a compile-time constant for the common dstate
+// (kCommonDstate: fully unrolled inner loops without remainder handling), or 0 for any other,
+// read from ScanChannel::dstate at run time. dispatch_dstate calls fn with the right one.
+constexpr int kCommonDstate = 16;
+
+template <typename Fn>
+inline void dispatch_dstate(int64_t dstate, Fn&& fn) {
+  if (dstate == kCommonDstate) {
+    fn(std::integral_constant<int, kCommonDstate>());
+  } else {
+    fn(std::integral_constant<int, 0>());
+  }
+}
+
 // Advances the state x over positions [t0, t1), writing y[t] (when y is non-null). With kRecord it
 // also keeps each position's state and decay in `s` (indexed from t0) for the backward.
 // A2 = A * log2(e).
-template <typename T, bool kRecord>
+template <typename T, int kN, bool kRecord>
 __attribute__((always_inline)) inline void scan_positions(const ScanChannel<T>& c, const T* __restrict A2,
                                                           int64_t t0, int64_t t1, T* __restrict x, T* y,
                                                           ScanScratch<T>& s) {
-  const int64_t N = c.dstate;
+  const int64_t N = kN ? kN : c.dstate;
   for (int64_t t = t0; t < t1; ++t) {
     const T dt = c.dt[t];
     const T dtu = dt * c.u[t];
@@ -132,7 +149,7 @@ inline void scale_A(const ScanChannel<T>& c, T* A2) {
 
 // Forward of one channel: y (seqlen,), last_state (dstate,), saved (n_chunks, dstate) = the state
 // entering each chunk of kScanChunk positions.
-template <typename T>
+template <typename T, int kN>
 SSM_CPU_MULTIVERSION void scan_forward_channel(const ScanChannel<T>& c, T* y, T* last_state, T* saved,
                                                ScanScratch<T>& s) {
   const int64_t N = c.dstate;
@@ -140,7 +157,7 @@ SSM_CPU_MULTIVERSION void scan_forward_channel(const ScanChannel<T>& c, T* y, T*
   std::fill(s.x.begin(), s.x.end(), T(0));
   for (int64_t t0 = 0; t0 < c.seqlen; t0 += kScanChunk) {
     std::copy(s.x.begin(), s.x.end(), saved + (t0 / kScanChunk) * N);
-    scan_positions<T, false>(c, s.A2.data(), t0, std::min<int64_t>(c.seqlen, t0 + kScanChunk), s.x.data(), y, s);
+    scan_positions<T, kN, false>(c, s.A2.data(), t0, std::min<int64_t>(c.seqlen, t0 + kScanChunk), s.x.data(), y, s);
   }
   std::copy(s.x.begin(), s.x.end(), last_state);
 }
@@ -148,10 +165,10 @@ SSM_CPU_MULTIVERSION void scan_forward_channel(const ScanChannel<T>& c, T* y, T*
 // Backward of one channel. Walks the chunks from last to first: recomputes the chunk's states from
 // `saved`, then runs the adjoint h_t = dL/dx_t backwards through it:
 //   h_t = exp(dt_{t+1} A) h_{t+1} + dy_t C_t,  starting from dlast_state at t = seqlen - 1.
-template <typename T>
+template <typename T, int kN>
 SSM_CPU_MULTIVERSION void scan_backward_channel(const ScanChannel<T>& c, const T* saved, const ChannelGrads<T>& g,
                                                 ScanScratch<T>& s) {
-  const int64_t N = c.dstate;
+  const int64_t N = kN ? kN : c.dstate;
   scale_A(c, s.A2.data());
   T* __restrict h = s.adjoint.data();
   for (int64_t n = 0; n < N; ++n) h[n] = g.dlast_state ? g.dlast_state[n] : T(0);
@@ -161,7 +178,7 @@ SSM_CPU_MULTIVERSION void scan_backward_channel(const ScanChannel<T>& c, const T
     const int64_t t0 = k * kScanChunk, t1 = std::min<int64_t>(c.seqlen, t0 + kScanChunk);
     const T* entry = saved + k * N;
     std::copy(entry, entry + N, s.x.begin());
-    scan_positions<T, true>(c, s.A2.data(), t0, t1, s.x.data(), g.y, s);
+    scan_positions<T, kN, true>(c, s.A2.data(), t0, t1, s.x.data(), g.y, s);
     for (int64_t t = t1 - 1; t >= t0; --t) {
       const int64_t i = t - t0;
       const T dt = c.dt[t], u = c.u[t], dy = g.dy[t];

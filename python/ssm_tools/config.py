@@ -7,7 +7,7 @@
     [sizes]                     # validated here
     train = [1, 5]              # training sizes: min, max (e.g. operand digits uniform in 1..5)
     test = [5, 10, 100, 1000]   # sizes evaluated, each >= the task's minimum
-    [model] / [train] / ...     # other sections pass through untouched (the trainer validates them)
+    [model] / [train] / [eval]  # checked by validate_run_sections (below): names and types only
 
 `load_config(path)` returns the whole file as a dict with [task] and [sizes] checked and defaults
 filled in; `make_task(config)` builds the task. Errors are ValueErrors naming the file and field.
@@ -54,6 +54,7 @@ def validate(config: dict, where: str = "config") -> dict:
     if not (isinstance(test, list) and test and all(_is_int(s) and s >= built.min_size for s in test)):
         raise ValueError(f"{where}: [sizes] test must be a non-empty list of integers >= {built.min_size} "
                          f"({built.size_name}), got {test!r}")
+    validate_run_sections(config, where)
     return {**config, "task": task, "sizes": {"train": list(train), "test": list(test)}}
 
 
@@ -70,3 +71,39 @@ def load_config(path: str | Path) -> dict:
 def make_task(config: dict) -> Task:
     task = config["task"]
     return get_task(task["name"], task["mode"], **task["options"])
+
+
+# -- [model] / [train] / [eval]: the training engineer's sections ------------------------------------
+#   [model]  name = "mamba" (a name of ssm_tools.models.MODELS), scale = "tiny" | "paper" (a size
+#            preset), any other key overrides the preset (d_model, n_layers, ...)
+#   [train]  fields of ssm_tools.train.TrainConfig (steps, lr, batch_size, ...)
+#   [eval]   n (episodes per size), sizes (default: [sizes] test)
+# All optional; the values themselves are checked where they are used (build_model, TrainConfig).
+
+def validate_run_sections(config: dict, where: str = "config") -> None:
+    from dataclasses import fields
+
+    from .models import MODELS, PRESETS
+    from .train import TrainConfig
+
+    model = config.get("model", {})
+    if not isinstance(model, dict):
+        raise ValueError(f"{where}: [model] must be a table")
+    if model.get("name", "mamba") not in MODELS:
+        raise ValueError(f"{where}: [model] name must be one of {sorted(MODELS)}, got {model['name']!r}")
+    if model.get("scale", "tiny") not in PRESETS:
+        raise ValueError(f"{where}: [model] scale must be one of {sorted(PRESETS)}, got {model['scale']!r}")
+    allowed = {"train": {f.name for f in fields(TrainConfig)}, "eval": {"n", "sizes"}}
+    for section, keys in allowed.items():
+        table = config.get(section, {})
+        if not isinstance(table, dict):
+            raise ValueError(f"{where}: [{section}] must be a table")
+        unknown = set(table) - keys
+        if unknown:
+            raise ValueError(f"{where}: [{section}] has unknown keys {sorted(unknown)}; allowed: {sorted(keys)}")
+    n = config.get("eval", {}).get("n", 1)
+    if not (_is_int(n) and n > 0):
+        raise ValueError(f"{where}: [eval] n must be a positive integer, got {n!r}")
+    sizes = config.get("eval", {}).get("sizes", [1])
+    if not (isinstance(sizes, list) and sizes and all(_is_int(s) and s > 0 for s in sizes)):
+        raise ValueError(f"{where}: [eval] sizes must be a non-empty list of positive integers, got {sizes!r}")

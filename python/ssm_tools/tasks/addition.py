@@ -80,10 +80,10 @@ class Addition(ArithmeticTask):
         digits = number(str(x.result))
         return digits[::-1] if self.mode == "direct_reversed" else digits
 
-    def _script(self, x: Operands) -> list[int]:
-        if self.mode == "interactive":
+    def _script(self, x: Operands, mode: str) -> list[int]:
+        if mode == "interactive":
             return addition_script(x)
-        if self.mode == "single_turn":
+        if mode == "single_turn":
             return self.calculator_script(int(x.a), int(x.b), x.result)
         return [V.ANS, *self.answer(x), V.EOS]
 

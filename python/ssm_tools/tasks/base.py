@@ -26,8 +26,11 @@ import numpy as np
 from .. import vocab as V
 from ..env import Env, replay
 
-FORCED = 1 << 10  # marks a forced token inside a script; above every token id
-assert FORCED > V.VOCAB_SIZE
+# Marks a forced token inside a script (id + FORCED). Scripts then hold values below 256, so bytes
+# operations filter them at C speed (oracles are built at training-data rates).
+FORCED = V.VOCAB_SIZE
+assert 2 * FORCED <= 256
+_FORCED_IDS = bytes(range(FORCED, 2 * FORCED))
 
 # Character tokens, by character (the vocabulary maps printable ASCII one to one).
 CHAR = {chr(c): V.encode(chr(c))[0] for c in range(32, 127)}
@@ -61,7 +64,7 @@ def number(digits: str) -> list[int]:
 
 
 def model_tokens(script: Sequence[int]) -> list[int]:
-    return [t for t in script if t < FORCED]
+    return list(bytes(script).translate(None, _FORCED_IDS))
 
 
 # (pointer, "left"/"right") -> token id -> the script of one step of a walk: move, read, the answer.
@@ -180,8 +183,8 @@ class Task(ABC):
     def max_steps(self, size: int) -> int: ...
 
     @abstractmethod
-    def _script(self, inst) -> list[int]:
-        """The script of this mode (never called for "cot")."""
+    def _script(self, inst, mode: str) -> list[int]:
+        """The script of `mode` (any mode but "cot", which is derived from "interactive")."""
 
     # -- shared ------------------------------------------------------------------------------------
     def check_size(self, size: int, what: str = "size") -> int:
@@ -192,15 +195,8 @@ class Task(ABC):
 
     def script(self, inst) -> list[int]:
         if self.mode == "cot":
-            return cot_script(self._interactive_script(inst), self.answer(inst))
-        return self._script(inst)
-
-    def _interactive_script(self, inst) -> list[int]:
-        mode, self.mode = self.mode, "interactive"
-        try:
-            return self._script(inst)
-        finally:
-            self.mode = mode
+            return cot_script(self._script(inst, "interactive"), self.answer(inst))
+        return self._script(inst, self.mode)
 
     def oracle(self, inst) -> list[int]:
         return model_tokens(self.script(inst))

@@ -364,8 +364,8 @@ class Coding(Task):
         base, per_function = (2000, 1000) if self.mode == "interactive" else (600, 300)
         return base + per_function * self.check_size(size)
 
-    def _script(self, inst: Instance) -> list[int]:
-        return SCRIPTS[self.mode](inst.codebase, self.sandbox())
+    def _script(self, inst: Instance, mode: str) -> list[int]:
+        return SCRIPTS[mode](inst.codebase, self.sandbox())
 
     def grade(self, inst: Instance, tokens: Sequence[int], mask: Sequence[bool] | None = None) -> bool:
         """The episode's edits make main.py exit 0 printing the expected value (whatever the fix)."""

@@ -220,7 +220,7 @@ class Hanoi(Task):
         # Trajectories reach millions of tokens (14 disks iterative: ~1.3M memory cells).
         return [ToolSpec("pointer_memory", num_pointers=1 if self.variant == "iterative" else 2, max_cells=1 << 25)]
 
-    def _script(self, x: Disks) -> list[int]:
+    def _script(self, x: Disks, mode: str) -> list[int]:
         return iterative_script(x) if self.variant == "iterative" else recursive_script(x)
 
     def max_steps(self, size: int) -> int:

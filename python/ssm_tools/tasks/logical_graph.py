@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import vocab as V
 from ..env import ToolSpec
-from .base import FORCED, Task, text
+from .base import Task, forced, text
 
 NUM_INPUTS = 3
 LABELS = 10_000
@@ -115,8 +115,7 @@ class _Search:
         # The first line starts with the prompt's [BOS], which the search memory keeps.
         answer = [t for i in hits for t in ([V.NEWLINE] if i != hits[0] else []) + ([V.BOS] if i == 0 else [])
                   + text(self.lines[i])]
-        self.script += [V.CALL, *text(f"find {word}"), V.CALL_END, V.RESULT + FORCED]
-        self.script += [t + FORCED for t in answer] + [V.RESULT_END + FORCED]
+        self.script += [V.CALL, *text(f"find {word}"), V.CALL_END, *forced([V.RESULT, *answer, V.RESULT_END])]
 
     def write(self, line: str) -> None:
         self.add(line)
@@ -175,7 +174,7 @@ class LogicalGraph(Task):
             return []
         return [ToolSpec("search_memory", max_response_tokens=MAX_RESPONSE_TOKENS)]
 
-    def _script(self, x: Circuit) -> list[int]:
+    def _script(self, x: Circuit, mode: str) -> list[int]:
         return dfs_script(x)
 
     def max_steps(self, size: int) -> int:

@@ -106,8 +106,8 @@ class Multiplication(ArithmeticTask):
         return Operands(random_number(rng, n, allow_zero=False), "*",
                         random_number(rng, self.second_digits, allow_zero=False))
 
-    def _script(self, x: Operands) -> list[int]:
-        if self.mode == "single_turn":
+    def _script(self, x: Operands, mode: str) -> list[int]:
+        if mode == "single_turn":
             a, b = int(x.a), x.b.rjust(2, "0")
             return self.calculator_script(a * int(b[1]), a * int(b[0]) * 10, x.result)
         return multiplication_script(x)
@@ -142,7 +142,7 @@ class Mixture(ArithmeticTask):
     def sample_train(self, rng: np.random.Generator, max_size: int) -> Operands:
         return self._part(rng).sample_train(rng, max_size)
 
-    def _script(self, x: Operands) -> list[int]:
+    def _script(self, x: Operands, mode: str) -> list[int]:
         return addition_script(x) if x.op == "+" else multiplication_script(x)
 
     def max_steps(self, size: int) -> int:

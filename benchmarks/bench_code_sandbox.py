@@ -1,0 +1,118 @@
+"""Cost of the coding task's sandbox, each against a baseline measured in the same run:
+
+  1. one `run` of a fixed 16-function codebase: CodeSandbox.run_program (C++: mkdtemp, fork/exec with
+     rlimits, poll, kill the group, remove) vs the same in plain Python (tempfile + subprocess.run with
+     the same interpreter flags, environment and rlimits + shutil.rmtree);
+  2. oracle trajectories of the coding task through the real loop (`task.trajectories`: Python oracle
+     + C++ replay whose episodes run in parallel) on all cores vs on one thread.
+
+Prints the ratios; writes JSON (with the exact command) to --out.
+
+    .venv/bin/python benchmarks/bench_code_sandbox.py [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from ssm_tools.tasks import get_task
+from ssm_tools.tasks.coding import FixState, generate, render
+from ssm_tools.tools import CodeSandbox
+
+FLAGS = ["-E", "-S", "-B", "-u", "-X", "no_debug_ranges", "main.py"]  # as csrc/tools/code_sandbox.cpp
+
+
+def median_s(fns, reps: int) -> list[float]:
+    """Median wall time of each function; the functions take turns (the machine is shared: a slow
+    patch must hit both sides alike)."""
+    times = [[] for _ in fns]
+    for rep in range(reps + 1):  # the first round warms up
+        for fn, ts in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            if rep:
+                ts.append(time.perf_counter() - start)
+    return [statistics.median(ts) for ts in times]
+
+
+def python_run(files: dict[str, str]) -> tuple[int, str]:
+    """The baseline: what run_program does, with the standard library."""
+    opts = dict(cpu=2, memory=256 << 20)
+
+    def limit():
+        os.setpgid(0, 0)
+        resource.setrlimit(resource.RLIMIT_CPU, (opts["cpu"], opts["cpu"] + 1))
+        resource.setrlimit(resource.RLIMIT_AS, (opts["memory"], opts["memory"]))
+
+    root = tempfile.mkdtemp(prefix="ssm_bench_")
+    try:
+        for name, content in files.items():
+            with open(os.path.join(root, name), "w") as f:
+                f.write(content)
+        done = subprocess.run([sys.executable, *FLAGS], cwd=root, env={"PATH": os.environ.get("PATH", "")},
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              preexec_fn=limit, timeout=5)
+        return done.returncode, done.stdout.decode()
+    finally:
+        shutil.rmtree(root)
+
+
+def fixed_files(n: int) -> dict[str, str]:
+    codebase = generate(np.random.default_rng(0), n)
+    need = codebase.needs_v10()
+    return {fn.file: render(fn, FixState(fn.name in need and fn.name != "main", need.intersection(fn.callees)))
+            for fn in codebase.functions}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
+    parser.add_argument("--out", default="results/bench_code_sandbox.json")
+    args = parser.parse_args()
+    reps, batch = (5, 8) if args.quick else (30, 32)
+
+    files = fixed_files(16)
+    sandbox = CodeSandbox(python=sys.executable)
+    sandbox.load(files)
+    status, output = sandbox.run_program()
+    code, base_output = python_run(files)
+    assert status == "exit 0" and code == 0 and output == base_output, (status, output, base_output)
+    sandbox_s, python_s = median_s([sandbox.run_program, lambda: python_run(files)], reps)
+    print(f"run of a 16-function codebase: CodeSandbox {1e3 * sandbox_s:.1f} ms, Python subprocess "
+          f"{1e3 * python_s:.1f} ms  (x{python_s / sandbox_s:.2f})")
+
+    task = get_task("coding", "interactive")
+    sizes = [8] * batch
+    seconds = median_s([lambda threads=threads: task.trajectories(np.random.default_rng(1), sizes, num_threads=threads)
+                        for threads in (0, 1)], 1)
+    rates = {threads: batch / s for threads, s in zip((0, 1), seconds)}
+    print(f"interactive trajectories at 8 functions, batch {batch}: {rates[0]:.1f}/s on all cores, "
+          f"{rates[1]:.1f}/s on one thread  (x{rates[0] / rates[1]:.2f})")
+
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump({
+            "command": " ".join(shlex.quote(a) for a in [os.path.relpath(sys.executable), *sys.argv]),
+            "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+            "run_ms": {"code_sandbox": 1e3 * sandbox_s, "python_subprocess": 1e3 * python_s,
+                       "speedup": python_s / sandbox_s, "repetitions": reps},
+            "trajectories_per_s": {"all_cores": rates[0], "one_thread": rates[1], "speedup": rates[0] / rates[1],
+                                   "functions": 8, "batch": batch, "mode": "interactive"},
+        }, f, indent=2)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""The `ssm-tools` command: train, evaluate, reproduce, bench, show.
+
+Bad arguments or missing files end with one line `ssm-tools: error: ...` and exit status 2, never a
+traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated non-negative integers, got {text!r}")
+    return values
+
+
+def _command() -> str:
+    return shlex.join(["ssm-tools", *sys.argv[1:]])
+
+
+def cmd_train(args) -> None:
+    from .config import load_config, make_task
+    from .models import preset
+    from .train import TrainConfig, Trainer
+
+    config = load_config(args.config)
+    model_section = dict(config.get("model", {}))
+    name = args.model or model_section.pop("name", "mamba")
+    model_section.pop("name", None)
+    scale = args.scale or model_section.pop("scale", "tiny")
+    model_section.pop("scale", None)
+    model_cfg = {"vocab_size": 128, **preset(name, scale), **model_section}
+    overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("batch_size", args.batch_size),
+                                   ("seed", args.seed)) if v is not None}
+    train = {"train_max_size": config["sizes"]["train"][1], **config.get("train", {}), **overrides}
+    out = args.out or f"runs/{Path(args.config).stem}-{name}"
+    trainer = Trainer(make_task(config), name, model_cfg, TrainConfig(**train), out, device=args.device,
+                      task_spec=config["task"], progress=not args.quiet)
+    checkpoint = Path(out) / "checkpoint.pt"
+    if args.resume:
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint}")
+        trainer.load(checkpoint)
+    row = trainer.run()
+    print(json.dumps({"checkpoint": str(checkpoint), "step": trainer.step, "loss": row.get("loss")}))
+
+
+def cmd_evaluate(args) -> None:
+    from .evaluate import evaluate
+    from .tasks import get_task
+    from .train import load_checkpoint
+
+    model, meta = load_checkpoint(args.checkpoint, args.device)
+    spec = meta["task"]
+    task = get_task(spec["name"], spec.get("mode", "interactive"), **spec.get("options", {}))
+    result = evaluate(model, task, args.sizes, args.n, device=args.device)
+    report = {"checkpoint": str(args.checkpoint), "task": spec, "model": meta["model"], "step": meta["step"],
+              "n": args.n, "accuracy": {str(s): a for s, a in result["accuracy"].items()},
+              "per_size": {str(s): r for s, r in result["per_size"].items()}, "command": _command()}
+    text = json.dumps(report, indent=1)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    print(text)
+
+
+def cmd_reproduce(args) -> None:
+    from .reproduce import reproduce
+
+    out = args.out or f"results/{args.task}"
+    curve = reproduce(args.task, args.scale, args.seeds, out, device=args.device, command=_command())
+    print(f"wrote {out}/curve.json and {out}/curve.png ({len(curve['runs'])} runs)")
+
+
+def cmd_bench(args) -> None:
+    scripts = sorted((REPO / "benchmarks").glob("bench_*.py"))
+    names = {p.stem.removeprefix("bench_"): p for p in scripts}
+    if not args.names:
+        print("benchmarks: " + ", ".join(names))
+        return
+    unknown = [n for n in args.names if n not in names]
+    if unknown:
+        raise ValueError(f"unknown benchmark {unknown}; available: {sorted(names)}")
+    for n in args.names:
+        subprocess.run([sys.executable, str(names[n])], cwd=REPO, check=True)
+
+
+def cmd_show(args) -> None:
+    subprocess.run([sys.executable, "-m", "ssm_tools.tasks", "show", *args.rest], check=True)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ssm-tools", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model on a task's oracle trajectories")
+    t.add_argument("--config", required=True, help="experiment config, e.g. tasks/addition.toml")
+    t.add_argument("--model", help="model name (mamba, lstm, gru, pythia, mistral); default: [model] name or mamba")
+    t.add_argument("--scale", choices=["tiny", "paper"], help="size preset (default: [model] scale or tiny)")
+    t.add_argument("--steps", type=int, help="optimizer steps")
+    t.add_argument("--lr", type=float, help="peak learning rate")
+    t.add_argument("--batch-size", type=int, help="trajectories per step")
+    t.add_argument("--seed", type=int, help="seed of the model init and the data stream")
+    t.add_argument("--out", help="run folder (checkpoint.pt, log.csv); default runs/<config>-<model>")
+    t.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    t.add_argument("--device", default="cpu", help="torch device (default cpu; cuda trains in bf16 autocast)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="run a checkpoint interactively at test sizes, exact-answer accuracy")
+    e.add_argument("--checkpoint", required=True, help="checkpoint.pt or its run folder")
+    e.add_argument("--sizes", type=_int_list, default=[5, 10, 50, 100], help="comma-separated sizes")
+    e.add_argument("--n", type=int, default=100, help="episodes per size (one batch)")
+    e.add_argument("--out", help="also write the JSON report here")
+    e.add_argument("--device", default="cpu", help="torch device")
+    e.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("reproduce", help="length-generalization curves: train, evaluate, plot")
+    r.add_argument("task", choices=["addition"], help="task (a tasks/<task>.toml config)")
+    r.add_argument("--scale", choices=["cpu", "paper"], default="cpu", help="cpu: minutes on a CPU; paper: paper sizes")
+    r.add_argument("--seeds", type=_int_list, help="comma-separated seeds (default: the scale's)")
+    r.add_argument("--out", help="output folder (default results/<task>)")
+    r.add_argument("--device", default="cpu", help="torch device")
+    r.set_defaults(func=cmd_reproduce)
+
+    b = sub.add_parser("bench", help="run benchmarks/bench_<name>.py scripts (no name: list them)")
+    b.add_argument("names", nargs="*", help="benchmark names")
+    b.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("show", help="print one task trajectory (python -m ssm_tools.tasks show ...)")
+    s.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of `python -m ssm_tools.tasks show`")
+    s.set_defaults(func=cmd_show)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    for name in ("steps", "batch_size", "n"):
+        if getattr(args, name, None) is not None and getattr(args, name) <= 0:
+            p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    try:
+        args.func(args)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        p.error(str(e))  # one line on stderr, exit status 2
+    except subprocess.CalledProcessError as e:
+        print(f"ssm-tools: error: {shlex.join(map(str, e.cmd))} failed with status {e.returncode}", file=sys.stderr)
+        return e.returncode
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
