@@ -25,8 +25,8 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
-def _command() -> str:
-    return shlex.join(["ssm-tools", *sys.argv[1:]])
+def _command(args) -> str:
+    return shlex.join(["ssm-tools", *args.argv])
 
 
 def cmd_train(args) -> None:
@@ -67,7 +67,7 @@ def cmd_evaluate(args) -> None:
     result = evaluate(model, task, args.sizes, args.n, device=args.device)
     report = {"checkpoint": str(args.checkpoint), "task": spec, "model": meta["model"], "step": meta["step"],
               "n": args.n, "accuracy": {str(s): a for s, a in result["accuracy"].items()},
-              "per_size": {str(s): r for s, r in result["per_size"].items()}, "command": _command()}
+              "per_size": {str(s): r for s, r in result["per_size"].items()}, "command": _command(args)}
     text = json.dumps(report, indent=1)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +79,7 @@ def cmd_reproduce(args) -> None:
     from .reproduce import reproduce
 
     out = args.out or f"results/{args.task}"
-    curve = reproduce(args.task, args.scale, args.seeds, out, device=args.device, command=_command())
+    curve = reproduce(args.task, args.scale, args.seeds, out, device=args.device, command=_command(args))
     print(f"wrote {out}/curve.json and {out}/curve.png ({len(curve['runs'])} runs)")
 
 
@@ -146,7 +146,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     p = parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
+    args.argv = argv
     for name in ("steps", "batch_size", "n"):
         if getattr(args, name, None) is not None and getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
