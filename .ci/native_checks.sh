@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Native checks of the tools (csrc/tools/), no GPU:
-#   1. the C++ unit tests (csrc/tools/tests/test_*.cpp) built with AddressSanitizer + UBSan and run;
+#   1. the C++ unit tests (csrc/tools/tests/test_*.cpp) built with AddressSanitizer + UBSan, and with
+#      ThreadSanitizer, and run;
 #   2. the C++ fuzz target (csrc/tools/tests/fuzz_protocol.cpp) under the same sanitizers: a libFuzzer
 #      build when clang is available, else its standalone structured-random driver;
 #   3. differential fuzzing of the C++ loop against the Python reference loop with atheris.
@@ -18,17 +19,23 @@ FLAGS="-std=c++17 -O1 -g $SAN -Icsrc -pthread"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1
 
 echo "== native-check: building csrc/tools with ASan+UBSan ($CXX)"
-objs=()
+objs=() pids=()
 for src in csrc/tools/*.cpp; do
   obj="$OUT/obj/$(basename "${src%.cpp}").o"
   $CXX $FLAGS -c "$src" -o "$obj" &
-  objs+=("$obj")
+  objs+=("$obj") pids+=($!)
 done
-wait
+for pid in "${pids[@]}"; do wait "$pid"; done  # a bare `wait` would hide a failed compile
 $CXX $FLAGS csrc/tools/tests/test_*.cpp csrc/tools/tests/run_tests.cpp "${objs[@]}" -o "$OUT/unit_tests"
 
-echo "== native-check: C++ unit tests"
+echo "== native-check: C++ unit tests (ASan+UBSan)"
 "$OUT/unit_tests"
+
+# The thread pool and the parallel Env under ThreadSanitizer (the unit tests run episodes on 4 threads).
+echo "== native-check: C++ unit tests (TSan)"
+$CXX -std=c++17 -O1 -g -fsanitize=thread -Icsrc -pthread csrc/tools/*.cpp csrc/tools/tests/test_*.cpp \
+  csrc/tools/tests/run_tests.cpp -o "$OUT/unit_tests_tsan"
+TSAN_OPTIONS=halt_on_error=1 "$OUT/unit_tests_tsan" | tail -1
 
 echo "== native-check: fuzz_protocol (C++) for ${FUZZ_SECONDS}s"
 if command -v clang++ >/dev/null; then

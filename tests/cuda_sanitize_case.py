@@ -1,7 +1,8 @@
 """One small case of each CUDA kernel (forward, backward, decode step), for compute-sanitizer's
-memcheck and racecheck (benchmarks/run_gpu.sh). Two chunks with a partial last one, input-dependent
-B with groups and constant C, every option on; then constant B, bf16, decode with groups. Exits non-zero
-if an output is not finite."""
+memcheck and racecheck (benchmarks/run_gpu.sh). Two chunks with a partial last one and 8 dims per
+group (the backward's cluster of 8 blocks pooling dB/dC), every option on: input-dependent B with
+constant C in float32, then constant B with input-dependent C in bf16; then decode with groups. Exits
+non-zero if an output is not finite."""
 import torch
 
 import ssm_tools._C  # noqa: F401  (registers the ops)
@@ -11,14 +12,15 @@ OPS = torch.ops.ssm_tools
 
 def main():
     dev = "cuda"
-    batch, dim, seqlen, dstate, groups = 2, 4, 2100, 8, 2
+    batch, dim, seqlen, dstate, groups = 1, 16, 2100, 8, 2
     for dtype, variable_B in ((torch.float32, True), (torch.bfloat16, False)):
         u, z, dout = (torch.randn(batch, dim, seqlen, device=dev).to(dtype) for _ in range(3))
         delta = (torch.randn(batch, dim, seqlen, device=dev) - 1).to(dtype)
         A = -(torch.rand(dim, dstate, device=dev) + 0.5)
         B = torch.randn(batch, groups, dstate, seqlen, device=dev).to(dtype) if variable_B else \
             torch.randn(dim, dstate, device=dev)
-        C = torch.randn(dim, dstate, device=dev)
+        C = torch.randn(dim, dstate, device=dev) if variable_B else \
+            torch.randn(batch, groups, dstate, seqlen, device=dev).to(dtype)
         D, bias = torch.randn(dim, device=dev), torch.randn(dim, device=dev)
         out, last, saved = OPS.selective_scan_fwd(u, delta, A, B, C, D, z, bias, True)
         grads = OPS.selective_scan_bwd(dout, torch.randn_like(last), u, delta, A, B, C, D, z, bias, True, saved)

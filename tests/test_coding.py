@@ -167,6 +167,7 @@ def test_codebase_from_prompt_through_the_loop():
     assert transcript.text(0).endswith("[CALL]run[/CALL][RESULT]exit 0\n42\n[/RESULT][EOS]")
     assert "[RESULT][ERR]no codebase registered for this episode's prompt line 'fix codebase unknown'" \
         in transcript.text(1)
+    register_codebase(key, {"main.py": "print(6 * 7)\n"})  # the same codebase again: fine
     with pytest.raises(ValueError, match="already names another codebase"):
         register_codebase(key, {"main.py": "print(0)\n"})
 

@@ -92,6 +92,9 @@ CASES = [
     (2, 3, 2049, 4, dict(variable_C=False, z=False, softplus=False)),
     (1, 6, 8193, 8, dict(groups=3)),
     (1, 4, 100, 256, dict()),
+    # 8 and 32 dims per group: the backward pools input-dependent dB/dC over clusters of 8 blocks.
+    (2, 16, 2049, 16, dict(groups=2)),
+    (1, 32, 300, 8, dict(variable_C=False, z=False)),
 ]
 CASE_IDS = [f"b{b}-d{d}-l{l}-n{n}-" + ("-".join(f"{k}={v}" for k, v in o.items()) or "all")
             for b, d, l, n, o in CASES]

@@ -1,7 +1,5 @@
 """Env, rollout, replay and Transcript: the three ways to drive episodes agree token by token, the
 Transcript format, Python tools in the loop, and precise errors for bad input."""
-import secrets
-
 import numpy as np
 import pytest
 import torch
@@ -11,13 +9,6 @@ from ssm_tools.tools import PointerMemory, Tool
 from ssm_tools.vocab import ANS, CALL, CALL_END, EOS, ERR, PAD, VOCAB_SIZE, encode, pointer_cmd
 
 TOOLS = [ToolSpec("pointer_memory", num_pointers=2), ToolSpec("search_memory"), ToolSpec("calculator")]
-
-
-@pytest.fixture
-def rng():
-    seed = secrets.randbits(32)
-    print(f"rng seed {seed}")
-    return np.random.default_rng(seed)
 
 
 def addition_episodes(rng, batch):
@@ -213,3 +204,23 @@ def test_bad_model_output_is_named():
         rollout(lambda x: x[:1], Env(TOOLS, batch_size=2), [[ANS], [ANS]], max_steps=3)
     with pytest.raises(ValueError, match="model_tokens: expected one script per prompt"):
         replay(Env(TOOLS, batch_size=2), [[ANS], [ANS]], [[EOS]])
+
+
+@pytest.mark.parametrize("prompts, error, match", [
+    ([[ANS, 2.5]], TypeError, "int token ids"),
+    ([["a"]], TypeError, "int token ids"),
+    (["ab"], TypeError, r"prompts\[0\]: expected a list of token ids, got str"),
+    ([np.array([1.0])], TypeError, r"prompts\[0\]: expected integer token ids"),
+    (7, TypeError, "prompts: expected a list of token lists"),
+])
+def test_bad_prompt_types_are_named(prompts, error, match):
+    with pytest.raises(error, match=match):
+        Env(TOOLS, batch_size=1).reset(prompts)
+
+
+def test_prompts_as_arrays_and_tensors():
+    prompts = [np.array(encode("ab")), torch.tensor(encode("cd"))]
+    first = Env(TOOLS, batch_size=2).reset(prompts)
+    assert first.tolist() == [encode("a")[0], encode("c")[0]]
+    t = replay(Env(TOOLS, batch_size=2), torch.tensor([encode("ab"), encode("cd")]), np.array([[EOS], [EOS]]))
+    assert t.done.all() and t.episode(1)[0] == [*encode("cd"), EOS]

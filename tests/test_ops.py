@@ -210,7 +210,7 @@ def test_torch_compile_fullgraph(gen):
     eager_args, compiled_args = leaves(dict(enumerate(args))), leaves(dict(enumerate(args)))
     eager = model(*eager_args.values())
     eager_grads = torch.autograd.grad(eager, [*model.parameters(), *eager_args.values()])
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")(*compiled_args.values())
+    compiled = torch.compile(model, fullgraph=True)(*compiled_args.values())
     compiled_grads = torch.autograd.grad(compiled, [*model.parameters(), *compiled_args.values()])
     torch.testing.assert_close(compiled, eager)
     for c, e in zip(compiled_grads, eager_grads):

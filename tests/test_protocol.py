@@ -1,26 +1,18 @@
 """The vocabulary and the protocol parser: encode/decode, a scripted episode checked token by token,
 error answers, [EOS]/max_len handling, and the C++ parser against the plain-Python reference."""
-import secrets
 import string
 
 import numpy as np
 import pytest
 
 from ssm_tools.env import Env, ToolSpec, replay, replay_reference
-from ssm_tools.tools import Calculator, PointerMemory, SearchMemory, TapeMemory
+from ssm_tools.tools import Calculator, PointerMemory, SearchMemory, TapeMemory, Tool
 from ssm_tools.vocab import (ANS, BLANK, BOS, CALL, CALL_END, EOS, ERR, NEWLINE, PAD, RESULT, RESULT_END,
                              VOCAB_SIZE, decode, encode, pointer_cmd, token_name)
 
 P1_READ, P1_LEFT, P1_RIGHT = (pointer_cmd(0, op) for op in ("read", "left", "right"))
 P2_READ, P2_RIGHT = pointer_cmd(1, "read"), pointer_cmd(1, "right")
 TOOLS = [ToolSpec("pointer_memory", num_pointers=2), ToolSpec("search_memory"), ToolSpec("calculator")]
-
-
-@pytest.fixture
-def rng():
-    seed = secrets.randbits(32)
-    print(f"rng seed {seed}")
-    return np.random.default_rng(seed)
 
 
 def run_one(prompt, script, tools=TOOLS, **env_kwargs):
@@ -189,3 +181,26 @@ def test_cpp_loop_matches_python_reference(rng):
     for i in range(batch):
         assert got.episode(i) == want.episode(i), (i, got.text(i), want.text(i))
     assert got.done.tolist() == want.done.tolist() and got.lengths.tolist() == want.lengths.tolist()
+
+
+def test_faulty_python_tool_answers_are_replaced_alike():
+    class Faulty(Tool):
+        """Answers every command with an id outside the vocabulary, or an overlong answer."""
+
+        def __init__(self, overlong):
+            super().__init__()
+            self.overlong = overlong
+
+        def name(self): return "faulty"
+        def reset(self, seed): pass
+        def accepts(self, command): return True
+        def call(self, command): return [encode("x")[0]] * 100 if self.overlong else [VOCAB_SIZE]
+        def dump(self): return "faulty"
+
+    script = [P1_READ, CALL, *encode("anything"), CALL_END, EOS]
+    for overlong in (False, True):
+        limits = dict(max_answer_tokens=16)
+        got = replay(Env([lambda: Faulty(overlong)], batch_size=1, **limits), [encode("a")], [script])
+        want = replay_reference(lambda: [Faulty(overlong)], [encode("a")], [script], **limits)
+        assert got.episode(0) == want.episode(0)
+        assert got.text(0) == "a[p1.read][ERR][CALL]anything[/CALL][RESULT][ERR]invalid answer from tool faulty[/RESULT][EOS]"

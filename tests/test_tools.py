@@ -1,6 +1,4 @@
 """Conformance suite run over every tool (C++ and a Python subclass), then each tool's own semantics."""
-import secrets
-
 import numpy as np
 import pytest
 
@@ -72,13 +70,6 @@ CASES = {
     "py_pointer_memory": (lambda: PyPointerMemory(num_pointers=2, max_cells=64), 1),
 }
 TEXT_WORDS = ["find", "add", "ls", "cat", "edit", "run", "frob", ""]
-
-
-@pytest.fixture
-def rng():
-    seed = secrets.randbits(32)
-    print(f"rng seed {seed}")  # shown when a test fails, to replay it
-    return np.random.default_rng(seed)
 
 
 def random_memory_token(rng):

@@ -56,7 +56,7 @@ def test_train_config_rejects_bad_values(field, value):
 def make_trainer(out, steps=6, seed=3):
     cfg = TrainConfig(steps=steps, batch_size=4, lr=3e-3, warmup=2, seed=seed, ckpt_every=2)
     return Trainer(get_task("addition"), "mamba", TINY, cfg, out, progress=False,
-                   task_spec={"name": "addition", "mode": "interactive", "options": {}})
+                   run_info={"task": {"name": "addition", "mode": "interactive", "options": {}}})
 
 
 def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
@@ -132,7 +132,7 @@ def test_cli_train_resume_evaluate(tmp_path, capsys):
     assert main(base + ["--steps", "2"]) == 0
     assert main(base + ["--steps", "4", "--resume"]) == 0
     model, meta = load_checkpoint(out)
-    assert meta["step"] == 4 and meta["model"] == "mamba" and meta["task"]["name"] == "addition"
+    assert meta["step"] == 4 and meta["model"] == "mamba" and meta["run"]["task"]["name"] == "addition"
     capsys.readouterr()
     report = tmp_path / "eval.json"
     assert main(["evaluate", "--checkpoint", str(out), "--sizes", "3,7", "--n", "5", "--out", str(report)]) == 0

@@ -5,8 +5,13 @@
 //      scan, started from the adjoint carried out of the next chunk (dlast_state for the last one),
 //   3. accumulates every gradient from (x_{t-1}, x_t, g_t).
 // So it stores nothing of size (batch, dim, seqlen, dstate). Per-row sums (dA, constant dB/dC)
-// collect in shared memory; sums over rows (dA, dD, ddelta_bias over batch, input-dependent dB/dC
-// over the dims of a group) use float32 atomics into zero-filled outputs.
+// collect in shared memory; sums over rows (dA, dD, ddelta_bias over batch) use float32 atomics into
+// zero-filled outputs. Input-dependent dB/dC are sums over the dims of a group at every position:
+// the blocks of up to 8 consecutive dims of one group form a thread-block cluster (Hopper) that adds
+// its partial sums through distributed shared memory, each block adding one slice of the chunk into
+// global memory, so a cluster of 8 issues an eighth of the atomics of one block per dim.
+#include <cooperative_groups.h>
+
 #include "kernels/scan_row.cuh"
 
 namespace ssm_tools_cuda {
@@ -14,7 +19,43 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kItems = 8;
+constexpr int kMaxCluster = 8;  // the portable cluster size limit
 static_assert(kThreads * kItems == kScanChunk, "one block iteration covers one saved chunk");
+static_assert(kScanChunk % (4 * kMaxCluster) == 0, "every cluster rank sums whole float4s of a chunk");
+
+// The cluster of blocks that pool their dB/dC partial sums. Before sm_90 (the PTX fallback) there are
+// no clusters: the launcher then uses clusters of one, and these reduce to the block alone.
+__device__ __forceinline__ unsigned cluster_rank() {
+#if __CUDA_ARCH__ >= 900
+  return cooperative_groups::this_cluster().block_rank();
+#else
+  return 0;
+#endif
+}
+__device__ __forceinline__ unsigned cluster_size() {
+#if __CUDA_ARCH__ >= 900
+  return cooperative_groups::this_cluster().num_blocks();
+#else
+  return 1;
+#endif
+}
+// Barrier over every thread of the cluster; orders shared-memory writes before it with reads after
+// it in any block of the cluster.
+__device__ __forceinline__ void cluster_barrier() {
+#if __CUDA_ARCH__ >= 900
+  cooperative_groups::this_cluster().sync();
+#else
+  __syncthreads();
+#endif
+}
+// `local` (an address in this block's shared memory) in the shared memory of cluster block `rank`.
+__device__ __forceinline__ const float* cluster_shared(float* local, unsigned rank) {
+#if __CUDA_ARCH__ >= 900
+  return cooperative_groups::this_cluster().map_shared_rank(local, rank);
+#else
+  return local;
+#endif
+}
 
 // Adds the block's sum of v into *out (one atomic per block).
 __device__ void block_sum_atomic(float v, float* s_red, float* out) {
@@ -29,14 +70,41 @@ __device__ void block_sum_atomic(float v, float* s_red, float* out) {
   __syncthreads();
 }
 
+// Input-dependent dB and dC of one state over chunk `c`: each block of the cluster has put its dims'
+// values in `parts` ([B or C][position in chunk], one array per input-dependent one); after the
+// barrier, this block sums its slice of the chunk over the cluster and adds it into dB/dC.
+__device__ void cluster_add_state_grads(float* parts, float* dB_state, float* dC_state, int c, int seqlen,
+                                        bool aligned) {
+  cluster_barrier();
+  const unsigned n_ranks = cluster_size(), rank = cluster_rank();
+  const int span = kScanChunk / static_cast<int>(n_ranks), quads = span / 4;
+  const int n_parts = (dB_state ? 1 : 0) + (dC_state ? 1 : 0);
+  for (int v = threadIdx.x; v < n_parts * quads; v += kThreads) {
+    const int part = v / quads, pos = static_cast<int>(rank) * span + v % quads * 4;
+    float* local = parts + part * kScanChunk + pos;
+    float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (unsigned k = 0; k < n_ranks; ++k) {
+      const float4 q = *reinterpret_cast<const float4*>(cluster_shared(local, k));
+      sum.x += q.x, sum.y += q.y, sum.z += q.z, sum.w += q.w;
+    }
+    const float s[4] = {sum.x, sum.y, sum.z, sum.w};
+    float* dst = part == 0 && dB_state ? dB_state : dC_state;
+    atomic_add_items<4>(dst, c * kScanChunk + pos, seqlen, aligned, s);
+  }
+}
+
+// Two blocks per SM (at most 128 registers): with one, the block scans' barriers left the SM idle.
 template <typename T>
-__global__ __launch_bounds__(kThreads) void selective_scan_bwd_kernel(SelectiveScanParams p) {
+__global__ __launch_bounds__(kThreads, 2) void selective_scan_bwd_kernel(SelectiveScanParams p) {
   constexpr int kWarps = kThreads / 32;
   __shared__ float s_adj[kMaxDstate];  // adjoint flowing into the current chunk from the right
   __shared__ float s_dA[kMaxDstate], s_dB[kMaxDstate], s_dC[kMaxDstate];
   __shared__ float s_a_first[kThreads];  // each thread's first decay, for its left neighbour
   __shared__ float2 s_scan[2 * kWarps];
   __shared__ float s_red[kWarps];
+  // Per-dim dB/dC of one state for the cluster's sum, two buffers used in turn (see below).
+  extern __shared__ float4 s_parts4[];
+  float* s_parts = reinterpret_cast<float*>(s_parts4);
   const ScanRow<T> r(p);
   const int tid = threadIdx.x, lane = tid % 32;
   const size_t state_row = r.row * p.dstate;
@@ -47,28 +115,37 @@ __global__ __launch_bounds__(kThreads) void selective_scan_bwd_kernel(SelectiveS
   const size_t group_offset = (r.row / p.dim * p.n_groups + r.d / (p.dim / p.n_groups)) * p.dstate * p.seqlen;
   float* dB_var = p.variable_B ? p.dB + group_offset : nullptr;
   float* dC_var = p.variable_C ? p.dC + group_offset : nullptr;
+  const int n_parts = (dB_var ? 1 : 0) + (dC_var ? 1 : 0);
   const T* dout_row = static_cast<const T*>(p.dout) + r.row * p.seqlen;
   const float* saved = p.saved + r.row * p.n_chunks * p.dstate;
   // dB/dC rows start at multiples of seqlen floats in zero-filled (aligned) buffers.
   const bool atomics_aligned = p.seqlen % 4 == 0;
   float dD_sum = 0.f, dbias_sum = 0.f;
-  int parity = 0;
+  int parity = 0, parts_parity = 0;
 
   for (int c = p.n_chunks - 1; c >= 0; --c) {
     __syncthreads();  // s_adj / s_dA of the previous chunk are complete
     const int first = c * kScanChunk + tid * kItems;
-    float u[kItems], raw[kItems], dt[kItems], dout[kItems], dy[kItems], z[kItems], y[kItems], du[kItems],
+    // Kept through the state loop: u, dt, dy = dL/dy before gating, the factors that turn the
+    // pre-gating y into dz and ddt into ddelta, and the accumulators y, du, ddt.
+    float u[kItems], dt[kItems], dy[kItems], dz_per_y[kItems], dsoftplus[kItems], y[kItems], du[kItems],
         ddt[kItems];
-    load_items<T, kItems>(r.u, first, p.seqlen, r.aligned, u);
-    r.load_delta(p, first, raw, dt);
-    load_items<T, kItems>(dout_row, first, p.seqlen, r.aligned, dout);
-    if (r.z) load_items<T, kItems>(r.z, first, p.seqlen, r.aligned, z);
+    {
+      float raw[kItems], dout[kItems], z[kItems];
+      load_items<T, kItems>(r.u, first, p.seqlen, r.aligned, u);
+      r.load_delta(p, first, raw, dt);
+      load_items<T, kItems>(dout_row, first, p.seqlen, r.aligned, dout);
+      if (r.z) load_items<T, kItems>(r.z, first, p.seqlen, r.aligned, z);
 #pragma unroll
-    for (int i = 0; i < kItems; ++i) {
-      dy[i] = r.z ? dout[i] * z[i] * sigmoid(z[i]) : dout[i];  // dL/dy before gating
-      y[i] = r.D * u[i];
-      du[i] = r.D * dy[i];
-      ddt[i] = 0.f;
+      for (int i = 0; i < kItems; ++i) {
+        const float s = r.z ? sigmoid(z[i]) : 1.f;
+        dy[i] = r.z ? dout[i] * z[i] * s : dout[i];
+        dz_per_y[i] = r.z ? dout[i] * s * (1.f + z[i] * (1.f - s)) : 0.f;
+        dsoftplus[i] = p.delta_softplus ? sigmoid(raw[i] + r.bias) : 1.f;
+        y[i] = r.D * u[i];
+        du[i] = r.D * dy[i];
+        ddt[i] = 0.f;
+      }
     }
     for (int n = 0; n < p.dstate; ++n) {
       const float An = r.A[n];
@@ -103,7 +180,11 @@ __global__ __launch_bounds__(kThreads) void selective_scan_bwd_kernel(SelectiveS
         map = compose(map, make_float2(i + 1 < kItems ? a[i + 1] : a_next, Cv[i] * dy[i]));
       float g = block_scan_affine<kThreads, true>(map, adj_in, s_scan + parity * kWarps);
       parity ^= 1;
-      // 3. gradients, walking the thread's positions backwards
+      // 3. gradients, walking the thread's positions backwards. dB/dC per position go to this
+      // block's half of s_parts in use for this state (B's array first when both are there).
+      float* parts = s_parts + parts_parity * n_parts * kScanChunk;
+      float4* dB_part = reinterpret_cast<float4*>(parts + tid * kItems);
+      float4* dC_part = reinterpret_cast<float4*>(parts + (dB_var ? kScanChunk : 0) + tid * kItems);
       float dA = 0.f, dB = 0.f, dC = 0.f, dBv[kItems], dCv[kItems];
 #pragma unroll
       for (int i = kItems - 1; i >= 0; --i) {
@@ -119,9 +200,11 @@ __global__ __launch_bounds__(kThreads) void selective_scan_bwd_kernel(SelectiveS
         dCv[i] = dCi;
         dB += dBi;
         dC += dCi;
+        if (i % 4 == 0) {  // positions i .. i + 3 are done: one 16-byte store each
+          if (dB_var) dB_part[i / 4] = make_float4(dBv[i], dBv[i + 1], dBv[i + 2], dBv[i + 3]);
+          if (dC_var) dC_part[i / 4] = make_float4(dCv[i], dCv[i + 1], dCv[i + 2], dCv[i + 3]);
+        }
       }
-      if (dB_var) atomic_add_items(dB_var + static_cast<size_t>(n) * p.seqlen, first, p.seqlen, atomics_aligned, dBv);
-      if (dC_var) atomic_add_items(dC_var + static_cast<size_t>(n) * p.seqlen, first, p.seqlen, atomics_aligned, dCv);
       // Positions past seqlen have dt = u = dy = 0, so they add nothing to dA, dB, dC.
       if (tid == 0) s_adj[n] = a[0] * g;  // what flows into the previous chunk's last position
       dA = warp_sum(dA);
@@ -132,18 +215,21 @@ __global__ __launch_bounds__(kThreads) void selective_scan_bwd_kernel(SelectiveS
         if (!dB_var) atomicAdd(&s_dB[n], dB);
         if (!dC_var) atomicAdd(&s_dC[n], dC);
       }
+      // The buffer written here is rewritten two states later, after every block of the cluster has
+      // passed the next state's barrier and so finished reading it.
+      if (n_parts) {
+        cluster_add_state_grads(parts, dB_var ? dB_var + static_cast<size_t>(n) * p.seqlen : nullptr,
+                                dC_var ? dC_var + static_cast<size_t>(n) * p.seqlen : nullptr, c, p.seqlen,
+                                atomics_aligned);
+        parts_parity ^= 1;
+      }
     }
     float dz[kItems], ddelta[kItems];
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
-      const bool valid = first + i < p.seqlen;
-      if (r.z) {
-        const float s = sigmoid(z[i]);
-        dz[i] = dout[i] * y[i] * s * (1.f + z[i] * (1.f - s));
-      }
-      const float v = raw[i] + r.bias;
-      ddelta[i] = p.delta_softplus ? ddt[i] * sigmoid(v) : ddt[i];
-      if (valid) {
+      dz[i] = dz_per_y[i] * y[i];
+      ddelta[i] = ddt[i] * dsoftplus[i];
+      if (first + i < p.seqlen) {
         dD_sum += dy[i] * u[i];
         dbias_sum += ddelta[i];
       }
@@ -162,6 +248,7 @@ __global__ __launch_bounds__(kThreads) void selective_scan_bwd_kernel(SelectiveS
     if (!dB_var) atomicAdd(p.dB + param_row + n, s_dB[n]);
     if (!dC_var) atomicAdd(p.dC + param_row + n, s_dC[n]);
   }
+  if (n_parts) cluster_barrier();  // no block leaves while another may still read its s_parts
 }
 
 }  // namespace
@@ -169,9 +256,30 @@ __global__ __launch_bounds__(kThreads) void selective_scan_bwd_kernel(SelectiveS
 
 int selective_scan_bwd_launch(const SelectiveScanParams& p, ScanInputType type, void* stream) {
   using namespace ssm_tools_cuda;
+  // Clusters: the largest power of two up to kMaxCluster that divides the dims of a group (so a
+  // cluster never spans two groups), on sm_90 and later; otherwise clusters of one.
+  int device = 0, major = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  if (err != cudaSuccess) return static_cast<int>(err);
+  const int dims_per_group = p.dim / p.n_groups;
+  int cluster = 1;
+  const bool pooled = p.variable_B || p.variable_C;
+  while (major >= 9 && pooled && cluster < kMaxCluster && dims_per_group % (2 * cluster) == 0) cluster *= 2;
+  const size_t smem = pooled ? 2 * ((p.variable_B ? 1 : 0) + (p.variable_C ? 1 : 0)) * kScanChunk * sizeof(float) : 0;
   return dispatch_input_type(type, [&](auto tag) {
-    auto s = static_cast<cudaStream_t>(stream);
-    selective_scan_bwd_kernel<decltype(tag)><<<dim3(p.dim, p.batch), kThreads, 0, s>>>(p);
-    return static_cast<int>(cudaGetLastError());
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(p.dim, p.batch);
+    config.blockDim = dim3(kThreads);
+    config.dynamicSmemBytes = smem;
+    config.stream = static_cast<cudaStream_t>(stream);
+    cudaLaunchAttribute attribute;
+    attribute.id = cudaLaunchAttributeClusterDimension;
+    attribute.val.clusterDim.x = cluster;
+    attribute.val.clusterDim.y = 1;
+    attribute.val.clusterDim.z = 1;
+    config.attrs = &attribute;
+    config.numAttrs = major >= 9 ? 1 : 0;
+    return static_cast<int>(cudaLaunchKernelEx(&config, selective_scan_bwd_kernel<decltype(tag)>, p));
   });
 }

@@ -14,7 +14,7 @@
 namespace ssm_tools_cuda {
 namespace {
 
-constexpr int kRows = 32;                    // dims per block
+constexpr int kRows = 16;                    // dims per block (16: 1024 blocks at batch 8, dim 2048)
 constexpr int kSplit = 4;                    // threads per dim
 constexpr int kStates = 4;                   // states per thread and pass
 constexpr int kPass = kSplit * kStates;      // states per pass
@@ -34,7 +34,7 @@ static_assert(kBOff % 4 == 0 && kCOff % 4 == 0, "B/C tiles are read as float4");
 size_t smem_bytes(int dstate) { return (kXOff + static_cast<size_t>(kRows) * dstate) * sizeof(float); }
 
 template <typename T>
-__global__ __launch_bounds__(kThreads) void selective_scan_fwd_kernel(SelectiveScanParams p, int blocks_per_group) {
+__global__ __launch_bounds__(kThreads, 8) void selective_scan_fwd_kernel(SelectiveScanParams p, int blocks_per_group) {
   extern __shared__ float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
   float *s_dt = smem + kDtOff, *s_du = smem + kDuOff, *s_y = smem + kYOff, *s_B = smem + kBOff,
@@ -120,34 +120,43 @@ __global__ __launch_bounds__(kThreads) void selective_scan_fwd_kernel(SelectiveS
       }
       const float4* sB4 = reinterpret_cast<const float4*>(s_B);
       const float4* sC4 = reinterpret_cast<const float4*>(s_C);
-#pragma unroll 4
-      for (int t = 0; t < kTile; ++t) {
-        const float dt = s_dt[r * kStride + t], du = s_du[r * kStride + t];
-        float Bv[kStates], Cv[kStates];
-        if (B_var) {
-          const float4 q = sB4[t * kSplit + split];
-          Bv[0] = q.x, Bv[1] = q.y, Bv[2] = q.z, Bv[3] = q.w;
-        } else {
+      for (int t0 = 0; t0 < kTile; t0 += kSplit) {
+        // kSplit positions, each thread with its partial y (its states) of every one of them.
+        float y[kSplit];
 #pragma unroll
-          for (int j = 0; j < kStates; ++j) Bv[j] = Bc[j];
-        }
-        if (C_var) {
-          const float4 q = sC4[t * kSplit + split];
-          Cv[0] = q.x, Cv[1] = q.y, Cv[2] = q.z, Cv[3] = q.w;
-        } else {
+        for (int q = 0; q < kSplit; ++q) {
+          const int t = t0 + q;
+          const float dt = s_dt[r * kStride + t], du = s_du[r * kStride + t];
+          float Bv[kStates], Cv[kStates];
+          if (B_var) {
+            const float4 v = sB4[t * kSplit + split];
+            Bv[0] = v.x, Bv[1] = v.y, Bv[2] = v.z, Bv[3] = v.w;
+          } else {
 #pragma unroll
-          for (int j = 0; j < kStates; ++j) Cv[j] = Cc[j];
-        }
-        float y = 0.f;
+            for (int j = 0; j < kStates; ++j) Bv[j] = Bc[j];
+          }
+          if (C_var) {
+            const float4 v = sC4[t * kSplit + split];
+            Cv[0] = v.x, Cv[1] = v.y, Cv[2] = v.z, Cv[3] = v.w;
+          } else {
 #pragma unroll
-        for (int j = 0; j < kStates; ++j) {
-          x[j] = fmaf(exp2f(dt * A2[j]), x[j], du * Bv[j]);
-          y = fmaf(Cv[j], x[j], y);
+            for (int j = 0; j < kStates; ++j) Cv[j] = Cc[j];
+          }
+          y[q] = 0.f;
+#pragma unroll
+          for (int j = 0; j < kStates; ++j) {
+            x[j] = fmaf(exp2f(dt * A2[j]), x[j], du * Bv[j]);
+            y[q] = fmaf(Cv[j], x[j], y[q]);
+          }
         }
-        // Sum over the kSplit threads of this dim; one of them (in turn) adds it to the tile.
-        y += __shfl_xor_sync(kFullMask, y, 1);
-        y += __shfl_xor_sync(kFullMask, y, 2);
-        if (t % kSplit == split) s_y[r * kStride + t] += y;
+        // Reduce-scatter over the kSplit threads of this dim: thread `split` ends with the full y
+        // of position t0 + split, in 3 shuffles (a sum to every thread would take 8).
+        const bool high = split & 2, odd = split & 1;
+        float keep0 = high ? y[2] : y[0], keep1 = high ? y[3] : y[1];  // positions 2*high + {0, 1}
+        keep0 += __shfl_xor_sync(kFullMask, high ? y[0] : y[2], 2);
+        keep1 += __shfl_xor_sync(kFullMask, high ? y[1] : y[3], 2);
+        const float mine = (odd ? keep1 : keep0) + __shfl_xor_sync(kFullMask, odd ? keep0 : keep1, 1);
+        s_y[r * kStride + t0 + split] += mine;
       }
 #pragma unroll
       for (int j = 0; j < kStates; ++j) {

@@ -1,9 +1,7 @@
 // CPU kernels of selective_scan_fwd / selective_scan_bwd (schemas in registration.cpp): converts
 // the tensors to the state dtype (float64 for float64 u, float32 otherwise, so bf16/fp16 inputs
 // accumulate in float32), lays input-dependent B/C out time-major for the kernels of
-// selective_scan_cpu_kernel.h, and spreads channels over threads with at::parallel_for. The
-// elementwise parts (delta_bias, softplus, D, the z gate and their gradients) are vectorised ATen
-// ops around the kernels, which only run the recurrence.
+// selective_scan_cpu_kernel.h, and spreads channels over threads with at::parallel_for.
 // python/ssm_tools/ops.py checks arguments with precise messages before calling here; the checks
 // below guard what the kernels index into, for callers of torch.ops.ssm_tools.* directly.
 #include <ATen/ATen.h>
@@ -58,9 +56,15 @@ StateInput prepare_state_input(const Tensor& t, int64_t batch, int64_t dim, int6
   return {t4.to(dtype).transpose(2, 3).contiguous(), true, groups};
 }
 
+Tensor optional_input(const OptTensor& t, at::IntArrayRef shape, at::ScalarType dtype, const char* name) {
+  if (!t) return Tensor();
+  check_shape(*t, shape, name);
+  return t->to(dtype).contiguous();
+}
+
 // The inputs shared by forward and backward, in the state dtype and the kernels' layout.
 struct ScanInputs {
-  Tensor u, delta_biased, dt, A, z, D;  // delta_biased = delta + delta_bias, before the softplus
+  Tensor u, delta, A, z, D, delta_bias;
   StateInput B, C;
   int64_t batch, dim, seqlen, dstate, n_chunks, groups;
   bool softplus;
@@ -77,22 +81,16 @@ struct ScanInputs {
     const at::ScalarType dtype = state_dtype(u_);
     check_shape(delta_, u_.sizes(), "delta");
     u = u_.to(dtype).contiguous();
-    delta_biased = delta_.to(dtype);
-    if (delta_bias_) {
-      check_shape(*delta_bias_, {dim}, "delta_bias");
-      delta_biased = delta_biased + delta_bias_->to(dtype).unsqueeze(-1);
-    }
-    dt = (softplus ? at::softplus(delta_biased) : delta_biased).contiguous();
+    delta = delta_.to(dtype).contiguous();
     A = A_.to(dtype).contiguous();
     B = prepare_state_input(B_, batch, dim, dstate, seqlen, dtype, "B");
     C = prepare_state_input(C_, batch, dim, dstate, seqlen, dtype, "C");
     TORCH_CHECK(!(B.variable && C.variable) || B.groups == C.groups,
                 "selective_scan: B and C must have the same groups, got ", B.groups, " and ", C.groups);
     groups = B.variable ? B.groups : C.groups;
-    if (z_) check_shape(*z_, u_.sizes(), "z");
-    z = z_ ? z_->to(dtype) : Tensor();
-    if (D_) check_shape(*D_, {dim}, "D");
-    D = D_ ? D_->to(dtype).unsqueeze(-1) : Tensor();  // (dim, 1), broadcasting over seqlen
+    z = optional_input(z_, u_.sizes(), dtype, "z");
+    D = optional_input(D_, {dim}, dtype, "D");
+    delta_bias = optional_input(delta_bias_, {dim}, dtype, "delta_bias");
   }
 
   template <typename T>
@@ -114,15 +112,16 @@ struct ScanInputs {
     c.seqlen = seqlen;
     c.dstate = dstate;
     c.u = u.data_ptr<T>() + row * seqlen;
-    c.dt = dt.data_ptr<T>() + row * seqlen;
+    c.delta = delta.data_ptr<T>() + row * seqlen;
+    c.z = z.defined() ? z.data_ptr<T>() + row * seqlen : nullptr;
     c.A = A.data_ptr<T>() + d * dstate;
     point_at(B, b, d, dim, seqlen, dstate, c.B, c.B_step);
     point_at(C, b, d, dim, seqlen, dstate, c.C, c.C_step);
+    c.D = D.defined() ? D.data_ptr<T>()[d] : T(0);
+    c.delta_bias = delta_bias.defined() ? delta_bias.data_ptr<T>()[d] : T(0);
+    c.softplus = softplus;
     return c;
   }
-
-  // y + D u: the scan's output before the z gate, from its state part y = <C, x>.
-  Tensor with_skip(const Tensor& y) const { return D.defined() ? y + D * u : y; }
 };
 
 std::tuple<Tensor, Tensor, Tensor> selective_scan_fwd_cpu(const Tensor& u, const Tensor& delta, const Tensor& A,
@@ -131,7 +130,7 @@ std::tuple<Tensor, Tensor, Tensor> selective_scan_fwd_cpu(const Tensor& u, const
                                                           bool delta_softplus) {
   const ScanInputs in(u, delta, A, B, C, D, z, delta_bias, delta_softplus);
   const auto opts = in.u.options();
-  Tensor y = at::empty({in.batch, in.dim, in.seqlen}, opts);
+  Tensor out = at::empty({in.batch, in.dim, in.seqlen}, opts);
   Tensor last_state = at::empty({in.batch, in.dim, in.dstate}, opts);
   Tensor saved = at::empty({in.batch, in.dim, in.n_chunks, in.dstate}, opts);
   AT_DISPATCH_FLOATING_TYPES(in.u.scalar_type(), "selective_scan_fwd_cpu", [&] {
@@ -140,15 +139,13 @@ std::tuple<Tensor, Tensor, Tensor> selective_scan_fwd_cpu(const Tensor& u, const
         ScanScratch<scalar_t> scratch(in.dstate, /*record=*/false);
         for (int64_t row = begin; row < end; ++row) {
           scan_forward_channel<scalar_t, decltype(kN)::value>(
-              in.channel<scalar_t>(row / in.dim, row % in.dim), y.data_ptr<scalar_t>() + row * in.seqlen,
+              in.channel<scalar_t>(row / in.dim, row % in.dim), out.data_ptr<scalar_t>() + row * in.seqlen,
               last_state.data_ptr<scalar_t>() + row * in.dstate,
               saved.data_ptr<scalar_t>() + row * in.n_chunks * in.dstate, scratch);
         }
       });
     });
   });
-  Tensor out = in.with_skip(y);
-  if (in.z.defined()) out = out * at::silu(in.z);
   return {out.to(u.scalar_type()), last_state, saved};
 }
 
@@ -166,20 +163,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> selec
   const at::ScalarType dtype = in.u.scalar_type();
   check_shape(dout, u.sizes(), "dout");
   check_shape(saved, {in.batch, in.dim, in.n_chunks, in.dstate}, "saved");
-  const Tensor dout_c = dout.to(dtype), saved_c = saved.to(dtype).contiguous();
+  const Tensor dout_c = dout.to(dtype).contiguous(), saved_c = saved.to(dtype).contiguous();
   Tensor dlast_c;
   if (dlast_state) {
     check_shape(*dlast_state, {in.batch, in.dim, in.dstate}, "dlast_state");
     dlast_c = dlast_state->to(dtype).contiguous();
   }
-  // dL/dy for the output before the gate; the kernel recomputes y for dz when there is a gate.
-  const Tensor dy = (in.z.defined() ? dout_c * at::silu(in.z) : dout_c).contiguous();
-  Tensor y = in.z.defined() ? at::empty({in.batch, in.dim, in.seqlen}, opts) : Tensor();
 
   Tensor du = at::empty({in.batch, in.dim, in.seqlen}, opts);
-  Tensor ddt = at::empty_like(du);
+  Tensor ddelta = at::empty_like(du);
+  Tensor dz = in.z.defined() ? at::empty_like(du) : Tensor();
   // Per-(batch, dim) sums, reduced over batch at the end so no two threads add into one place.
   Tensor dA = at::zeros({in.batch, in.dim, in.dstate}, opts);
+  Tensor dD = at::zeros({in.batch, in.dim}, opts);
+  Tensor ddelta_bias = at::zeros({in.batch, in.dim}, opts);
   const int64_t dims_per_group = in.dim / in.groups;
   const int64_t slices = (dims_per_group + kChannelsPerSlice - 1) / kChannelsPerSlice;
   // Input-dependent dB/dC: one time-major buffer per (batch, group, slice); constant: per (batch, dim).
@@ -206,12 +203,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> selec
           for (int64_t d = d0; d < d1; ++d) {
             const int64_t row = b * in.dim + d;
             ChannelGrads<T> grads;
-            grads.dy = dy.data_ptr<T>() + row * in.seqlen;
+            grads.dout = dout_c.data_ptr<T>() + row * in.seqlen;
             grads.dlast_state = dlast_c.defined() ? dlast_c.data_ptr<T>() + row * in.dstate : nullptr;
             grads.du = du.data_ptr<T>() + row * in.seqlen;
-            grads.ddt = ddt.data_ptr<T>() + row * in.seqlen;
-            grads.y = y.defined() ? y.data_ptr<T>() + row * in.seqlen : nullptr;
+            grads.ddelta = ddelta.data_ptr<T>() + row * in.seqlen;
+            grads.dz = dz.defined() ? dz.data_ptr<T>() + row * in.seqlen : nullptr;
             grads.dA = dA.data_ptr<T>() + row * in.dstate;
+            grads.dD = dD.data_ptr<T>() + row;
+            grads.ddelta_bias = ddelta_bias.data_ptr<T>() + row;
             grad_row(in.B, dB, item, row, grads.dB, grads.dB_step);
             grad_row(in.C, dC, item, row, grads.dC, grads.dC_step);
             scan_backward_channel<T, decltype(kN)::value>(
@@ -222,11 +221,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> selec
     });
   });
 
-  // The elementwise parts: D's skip connection, the z gate, delta_bias and the softplus.
-  if (in.D.defined()) du += dy * in.D;
-  const Tensor dD = in.D.defined() ? (dy * in.u).sum(at::IntArrayRef{0, 2}) : Tensor();
-  const Tensor dz = in.z.defined() ? at::silu_backward(dout_c * in.with_skip(y), in.z) : Tensor();
-  const Tensor ddelta = in.softplus ? at::softplus_backward(ddt, in.delta_biased, 1, 20) : ddt;
   // Back to the inputs' layouts: sum the slices and restore (batch, groups, dstate, seqlen), or sum
   // the constant rows over batch.
   const auto reduce_state_grad = [&](const StateInput& s, const Tensor& buf, const Tensor& input) {
@@ -238,9 +232,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> selec
           dA.sum(0).to(A.scalar_type()),
           reduce_state_grad(in.B, dB, B),
           reduce_state_grad(in.C, dC, C),
-          grad_for(dD, D, u),
+          grad_for(dD.sum(0), D, u),
           grad_for(dz, z, u),
-          grad_for(delta_bias ? ddelta.sum(at::IntArrayRef{0, 2}) : Tensor(), delta_bias, u)};
+          grad_for(ddelta_bias.sum(0), delta_bias, u)};
 }
 
 }  // namespace

@@ -1,8 +1,10 @@
-// Torch-free CPU kernels of the selective scan's recurrence, one (batch, dim) channel at a time:
-//   x_t = exp(dt_t A) * x_{t-1} + dt_t B_t u_t,   y_t = <C_t, x_t>
+// Torch-free CPU kernels of the selective scan, one (batch, dim) channel at a time:
+//   dt_t = softplus(delta_t + delta_bias),  x_t = exp(dt_t A) * x_{t-1} + dt_t B_t u_t,
+//   out_t = (<C_t, x_t> + D u_t) * silu(z_t)
 // and its backward. The callers (selective_scan_cpu.cpp, selective_state_update_cpu.cpp) convert
-// tensors, do the elementwise rest (delta_bias, softplus, D u, the z gate) with ATen, spread the
-// channels over threads and reduce the per-channel gradient sums.
+// tensors, spread the channels over threads and reduce the per-channel gradient sums. The
+// elementwise parts run as vectorised passes over a chunk of positions, inside the kernel: as
+// separate ATen ops they cost about as much as the scan itself (extra passes over memory).
 //
 // Speed: the inner loops run over dstate with unit stride (B/C are handed over time-major), compute
 // one exp per (t, n) and are auto-vectorised (`omp simd`). Each entry point is compiled twice
@@ -57,45 +59,80 @@ inline float exp2_vectorizable(float x) {
 // float64 is the accuracy (gradcheck) path: keep libm.
 inline double exp2_vectorizable(double x) { return std::exp2(x); }
 
-// What the scan of one channel reads. dt is the step size (delta + delta_bias, after softplus: the
-// callers apply those, and D and the z gate, with vectorised ATen ops, so the kernels keep no scalar
-// transcendental per position). B at position t is B + t * B_step: B_step = dstate for
+inline float exp_vectorizable(float x) { return exp2_vectorizable(x * static_cast<float>(kLog2e)); }
+inline double exp_vectorizable(double x) { return std::exp(x); }
+
+// log(1 + e) for e in [0, 1], as 2 atanh(s) with s = e / (2 + e) <= 1/3 by its odd series; the
+// first omitted term is below 1e-8.
+inline float log1p_unit(float e) {
+  const float s = e / (2.0f + e), s2 = s * s;
+  float p = 1.0f / 13;
+  p = p * s2 + 1.0f / 11;
+  p = p * s2 + 1.0f / 9;
+  p = p * s2 + 1.0f / 7;
+  p = p * s2 + 1.0f / 5;
+  p = p * s2 + 1.0f / 3;
+  p = p * s2 + 1.0f;
+  return 2.0f * s * p;
+}
+inline double log1p_unit(double e) { return std::log1p(e); }
+
+// The elementwise parts, vectorisable in loops over positions.
+template <typename T> inline T sigmoid(T v) { return T(1) / (T(1) + exp_vectorizable(-v)); }
+template <typename T> inline T silu(T v) { return v * sigmoid(v); }
+template <typename T> inline T silu_grad(T v) {
+  const T s = sigmoid(v);
+  return s * (T(1) + v * (T(1) - s));
+}
+// Same threshold as torch.nn.functional.softplus (linear above 20); log(1 + e^v) written as
+// max(v, 0) + log(1 + e^-|v|) so the exp never overflows.
+template <typename T> inline T softplus(T v) {
+  const T pos = v > T(0) ? v : T(0), minus_abs = v > T(0) ? -v : v;
+  return v > T(20) ? v : pos + log1p_unit(exp_vectorizable(minus_abs));
+}
+template <typename T> inline T softplus_grad(T v) { return v > T(20) ? T(1) : sigmoid(v); }
+
+// What the scan of one channel reads. B at position t is B + t * B_step: B_step = dstate for
 // input-dependent B (a time-major copy), 0 for a constant B row; likewise C.
 template <typename T>
 struct ScanChannel {
   int64_t seqlen = 0, dstate = 0;
   const T* u = nullptr;
-  const T* dt = nullptr;
+  const T* delta = nullptr;
+  const T* z = nullptr;  // null without the gate
   const T* A = nullptr;  // (dstate,)
   const T* B = nullptr;
   const T* C = nullptr;
   int64_t B_step = 0, C_step = 0;
+  T D = 0, delta_bias = 0;
+  bool softplus = false;
 };
 
-// What the backward of one channel reads and writes. dy is dL/dy for y_t = <C_t, x_t>. du, ddt and
-// (when non-null) y are (seqlen,) and written once; dA, dB, dC are accumulated (+=), dB/dC with the
-// same step convention as B/C.
+// Where the backward of one channel writes. du, ddelta, dz are (seqlen,) and written once; dA, dB,
+// dC, dD, ddelta_bias are accumulated (+=), dB/dC with the same step convention as B/C.
 template <typename T>
 struct ChannelGrads {
-  const T* dy = nullptr;
+  const T* dout = nullptr;
   const T* dlast_state = nullptr;  // null when the loss does not use the last state
   T* du = nullptr;
-  T* ddt = nullptr;
-  T* y = nullptr;  // the recomputed y, for the z gate's gradient; null if not needed
+  T* ddelta = nullptr;
+  T* dz = nullptr;  // null without the gate
   T* dA = nullptr;
   T* dB = nullptr;
   T* dC = nullptr;
   int64_t dB_step = 0, dC_step = 0;
+  T* dD = nullptr;
+  T* ddelta_bias = nullptr;
 };
 
-// Per-thread working memory: state vectors and, for the backward (`record`), one chunk of
-// recomputed states and decays.
+// Per-thread working memory: state vectors, one chunk of step sizes, y and dL/dy, and for the
+// backward (`record`) one chunk of recomputed states and decays.
 template <typename T>
 struct ScanScratch {
-  std::vector<T> x, A2, adjoint, states, decays;
+  std::vector<T> x, A2, adjoint, dt, y, dy, states, decays;
   ScanScratch(int64_t dstate, bool record)
-      : x(dstate), A2(dstate), adjoint(dstate), states(record ? kScanChunk * dstate : 0),
-        decays(record ? kScanChunk * dstate : 0) {}
+      : x(dstate), A2(dstate), adjoint(dstate), dt(kScanChunk), y(kScanChunk), dy(record ? kScanChunk : 0),
+        states(record ? kScanChunk * dstate : 0), decays(record ? kScanChunk * dstate : 0) {}
 };
 
 // The channel kernels take the state size as kN, a compile-time constant for the common dstate
@@ -112,21 +149,36 @@ inline void dispatch_dstate(int64_t dstate, Fn&& fn) {
   }
 }
 
-// Advances the state x over positions [t0, t1), writing y[t] (when y is non-null). With kRecord it
-// also keeps each position's state and decay in `s` (indexed from t0) for the backward.
-// A2 = A * log2(e).
+// Step sizes dt = delta + delta_bias (softplus'd if asked) of positions [t0, t1) into s.dt.
+template <typename T>
+inline void step_sizes(const ScanChannel<T>& c, int64_t t0, int64_t t1, ScanScratch<T>& s) {
+  const T* __restrict delta = c.delta + t0;
+  T* __restrict dt = s.dt.data();
+  const T bias = c.delta_bias;
+  if (c.softplus) {
+#pragma omp simd
+    for (int64_t i = 0; i < t1 - t0; ++i) dt[i] = softplus(delta[i] + bias);
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < t1 - t0; ++i) dt[i] = delta[i] + bias;
+  }
+}
+
+// Advances the state x over positions [t0, t1) given s.dt, writing y_t = <C_t, x_t> into s.y. With
+// kRecord it also keeps each position's state and decay in `s` for the backward. Scratch is
+// indexed from t0. A2 = A * log2(e).
 template <typename T, int kN, bool kRecord>
 __attribute__((always_inline)) inline void scan_positions(const ScanChannel<T>& c, const T* __restrict A2,
-                                                          int64_t t0, int64_t t1, T* __restrict x, T* y,
+                                                          int64_t t0, int64_t t1, T* __restrict x,
                                                           ScanScratch<T>& s) {
   const int64_t N = kN ? kN : c.dstate;
   for (int64_t t = t0; t < t1; ++t) {
-    const T dt = c.dt[t];
+    const T dt = s.dt[t - t0];
     const T dtu = dt * c.u[t];
     const T* __restrict Bt = c.B + t * c.B_step;
     const T* __restrict Ct = c.C + t * c.C_step;
-    T* __restrict decays = s.decays.data() + (t - t0) * N;
-    T* __restrict states = s.states.data() + (t - t0) * N;
+    T* __restrict decays = kRecord ? s.decays.data() + (t - t0) * N : nullptr;
+    T* __restrict states = kRecord ? s.states.data() + (t - t0) * N : nullptr;
     T yt = 0;
 #pragma omp simd reduction(+ : yt)
     for (int64_t n = 0; n < N; ++n) {
@@ -138,7 +190,7 @@ __attribute__((always_inline)) inline void scan_positions(const ScanChannel<T>& 
         states[n] = x[n];
       }
     }
-    if (y) y[t] = yt;
+    s.y[t - t0] = yt;
   }
 }
 
@@ -147,19 +199,80 @@ inline void scale_A(const ScanChannel<T>& c, T* A2) {
   for (int64_t n = 0; n < c.dstate; ++n) A2[n] = c.A[n] * T(kLog2e);
 }
 
-// Forward of one channel: y (seqlen,), last_state (dstate,), saved (n_chunks, dstate) = the state
+// Forward of one channel: out (seqlen,), last_state (dstate,), saved (n_chunks, dstate) = the state
 // entering each chunk of kScanChunk positions.
 template <typename T, int kN>
-SSM_CPU_MULTIVERSION void scan_forward_channel(const ScanChannel<T>& c, T* y, T* last_state, T* saved,
+SSM_CPU_MULTIVERSION void scan_forward_channel(const ScanChannel<T>& c, T* out, T* last_state, T* saved,
                                                ScanScratch<T>& s) {
   const int64_t N = c.dstate;
   scale_A(c, s.A2.data());
   std::fill(s.x.begin(), s.x.end(), T(0));
   for (int64_t t0 = 0; t0 < c.seqlen; t0 += kScanChunk) {
+    const int64_t t1 = std::min<int64_t>(c.seqlen, t0 + kScanChunk);
     std::copy(s.x.begin(), s.x.end(), saved + (t0 / kScanChunk) * N);
-    scan_positions<T, kN, false>(c, s.A2.data(), t0, std::min<int64_t>(c.seqlen, t0 + kScanChunk), s.x.data(), y, s);
+    step_sizes(c, t0, t1, s);
+    scan_positions<T, kN, false>(c, s.A2.data(), t0, t1, s.x.data(), s);
+    // out = (y + D u) * silu(z)
+    const T* __restrict y = s.y.data();
+    const T* __restrict u = c.u + t0;
+    T* __restrict o = out + t0;
+    const T D = c.D;
+    if (c.z) {
+      const T* __restrict z = c.z + t0;
+#pragma omp simd
+      for (int64_t i = 0; i < t1 - t0; ++i) o[i] = (y[i] + D * u[i]) * silu(z[i]);
+    } else {
+#pragma omp simd
+      for (int64_t i = 0; i < t1 - t0; ++i) o[i] = y[i] + D * u[i];
+    }
   }
   std::copy(s.x.begin(), s.x.end(), last_state);
+}
+
+// dL/dy of positions [t0, t1) into s.dy: dout through the gate.
+template <typename T>
+inline void gate_backward_input(const ScanChannel<T>& c, const ChannelGrads<T>& g, int64_t t0, int64_t t1,
+                                ScanScratch<T>& s) {
+  const T* __restrict dout = g.dout + t0;
+  T* __restrict dy = s.dy.data();
+  if (c.z) {
+    const T* __restrict z = c.z + t0;
+#pragma omp simd
+    for (int64_t i = 0; i < t1 - t0; ++i) dy[i] = dout[i] * silu(z[i]);
+  } else {
+    std::copy(dout, dout + (t1 - t0), dy);
+  }
+}
+
+// The elementwise gradients of positions [t0, t1) once the reverse walk has written du (state part)
+// and ddelta (as dL/d dt): adds D's skip term, applies the softplus, and sums dD, ddelta_bias.
+template <typename T>
+inline void elementwise_backward(const ScanChannel<T>& c, const ChannelGrads<T>& g, int64_t t0, int64_t t1,
+                                 const ScanScratch<T>& s) {
+  const T* __restrict dy = s.dy.data();
+  const T* __restrict y = s.y.data();
+  const T* __restrict u = c.u + t0;
+  const T* __restrict delta = c.delta + t0;
+  T* __restrict du = g.du + t0;
+  T* __restrict ddelta = g.ddelta + t0;
+  const T D = c.D, bias = c.delta_bias;
+  T dD = 0, dbias = 0;
+#pragma omp simd reduction(+ : dD, dbias)
+  for (int64_t i = 0; i < t1 - t0; ++i) {
+    du[i] += dy[i] * D;
+    dD += dy[i] * u[i];
+    if (c.softplus) ddelta[i] *= softplus_grad(delta[i] + bias);
+    dbias += ddelta[i];
+  }
+  *g.dD += dD;
+  *g.ddelta_bias += dbias;
+  if (c.z) {
+    const T* __restrict z = c.z + t0;
+    const T* __restrict dout = g.dout + t0;
+    T* __restrict dz = g.dz + t0;
+#pragma omp simd
+    for (int64_t i = 0; i < t1 - t0; ++i) dz[i] = dout[i] * (y[i] + D * u[i]) * silu_grad(z[i]);
+  }
 }
 
 // Backward of one channel. Walks the chunks from last to first: recomputes the chunk's states from
@@ -178,10 +291,12 @@ SSM_CPU_MULTIVERSION void scan_backward_channel(const ScanChannel<T>& c, const T
     const int64_t t0 = k * kScanChunk, t1 = std::min<int64_t>(c.seqlen, t0 + kScanChunk);
     const T* entry = saved + k * N;
     std::copy(entry, entry + N, s.x.begin());
-    scan_positions<T, kN, true>(c, s.A2.data(), t0, t1, s.x.data(), g.y, s);
+    step_sizes(c, t0, t1, s);
+    scan_positions<T, kN, true>(c, s.A2.data(), t0, t1, s.x.data(), s);
+    gate_backward_input(c, g, t0, t1, s);
     for (int64_t t = t1 - 1; t >= t0; --t) {
       const int64_t i = t - t0;
-      const T dt = c.dt[t], u = c.u[t], dy = g.dy[t];
+      const T dt = s.dt[i], u = c.u[t], dy = s.dy[i];
       const T* __restrict x_prev = i > 0 ? s.states.data() + (i - 1) * N : entry;
       const T* __restrict x_t = s.states.data() + i * N;
       const T* __restrict a = s.decays.data() + i * N;
@@ -203,8 +318,9 @@ SSM_CPU_MULTIVERSION void scan_backward_channel(const ScanChannel<T>& c, const T
         h[n] = hn * a[n];
       }
       g.du[t] = hB * dt;
-      g.ddt[t] = ddt + hB * u;
+      g.ddelta[t] = ddt + hB * u;
     }
+    elementwise_backward(c, g, t0, t1, s);
   }
 }
 

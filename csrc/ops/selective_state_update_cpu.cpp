@@ -53,29 +53,29 @@ Tensor selective_state_update_cpu(const Tensor& state, const Tensor& x, const Te
   const Tensor B_c = grouped(B, batch, dim, dstate, dtype, "B"), C_c = grouped(C, batch, dim, dstate, dtype, "C");
   const Tensor D_c = optional_input(D, {dim}, dtype, "D"), bias_c = optional_input(dt_bias, {dim}, dtype, "dt_bias");
   const Tensor z_c = optional_input(z, {batch, dim}, dtype, "z");
-  // Elementwise parts as vectorised ATen ops; the kernel runs the recurrence.
-  Tensor step = bias_c.defined() ? dt_c + bias_c : dt_c;
-  if (dt_softplus) step = at::softplus(step);
-  step = step.contiguous();
   // The kernel writes through a contiguous view; a strided state is updated via a copy.
   Tensor st = state.contiguous();
   Tensor y = at::empty({batch, dim}, x_c.options());
   AT_DISPATCH_FLOATING_TYPES(dtype, "selective_state_update_cpu", [&] {
     using T = scalar_t;
+    const auto value = [](const Tensor& t, int64_t i) { return t.defined() ? t.data_ptr<T>()[i] : T(0); };
     at::parallel_for(0, batch * dim, 64, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const int64_t b = row / dim, d = row % dim;
         const auto group_row = [&](const Tensor& t) {
           return t.data_ptr<T>() + (b * t.size(1) + d / (dim / t.size(1))) * dstate;
         };
-        y.data_ptr<T>()[row] = state_update_channel(st.data_ptr<T>() + row * dstate, A_c.data_ptr<T>() + d * dstate,
-                                                    group_row(B_c), group_row(C_c), dstate, x_c.data_ptr<T>()[row],
-                                                    step.data_ptr<T>()[row]);
+        T step = dt_c.data_ptr<T>()[row] + value(bias_c, d);
+        if (dt_softplus) step = softplus(step);
+        const T x_row = x_c.data_ptr<T>()[row];
+        T out = state_update_channel(st.data_ptr<T>() + row * dstate, A_c.data_ptr<T>() + d * dstate, group_row(B_c),
+                                     group_row(C_c), dstate, x_row, step) +
+                value(D_c, d) * x_row;
+        if (z_c.defined()) out *= silu(z_c.data_ptr<T>()[row]);
+        y.data_ptr<T>()[row] = out;
       }
     });
   });
-  if (D_c.defined()) y += D_c * x_c;
-  if (z_c.defined()) y *= at::silu(z_c);
   if (!st.is_same(state)) state.copy_(st);
   return y.to(x.scalar_type());
 }

@@ -12,10 +12,10 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
-#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <list>
 #include <mutex>
 #include <sstream>
 #include <stdexcept>
@@ -42,7 +42,7 @@ bool is_sandbox_file_name(const std::string& name) {
 
 namespace {
 
-constexpr size_t kMaxRegisteredCodebases = 1 << 16;
+constexpr size_t kMaxRegisteredCodebases = 1 << 14;  // far more than one batch registers before it starts
 constexpr size_t kMaxPromptLine = 256;
 constexpr size_t kMaxNameChars = 64;  // so that `ls` answers stay bounded
 
@@ -75,7 +75,8 @@ std::string codebase_problem(const Codebase& files, size_t max_files, size_t max
   return "";
 }
 
-// The codebases registered for codebase_from_prompt sandboxes, oldest dropped first.
+// The codebases registered for codebase_from_prompt sandboxes; the least recently registered goes
+// first when full (a small codebase can come back often: registering it again keeps it).
 class CodebaseRegistry {
  public:
   static CodebaseRegistry& instance() {
@@ -84,12 +85,13 @@ class CodebaseRegistry {
   }
   void add(const std::string& key, const Codebase& files) {
     std::lock_guard<std::mutex> lock(mu_);
-    auto [it, inserted] = entries_.emplace(key, files);
-    if (!inserted) {
-      if (it->second != files) throw std::invalid_argument("key: '" + key + "' already names another codebase");
+    const auto it = entries_.find(key);
+    if (it != entries_.end()) {
+      if (it->second.first != files) throw std::invalid_argument("key: '" + key + "' already names another codebase");
+      order_.splice(order_.end(), order_, it->second.second);
       return;
     }
-    order_.push_back(key);
+    entries_.emplace(key, std::make_pair(files, order_.insert(order_.end(), key)));
     if (order_.size() > kMaxRegisteredCodebases) {
       entries_.erase(order_.front());
       order_.pop_front();
@@ -99,14 +101,14 @@ class CodebaseRegistry {
     std::lock_guard<std::mutex> lock(mu_);
     const auto it = entries_.find(key);
     if (it == entries_.end()) return false;
-    *files = it->second;
+    *files = it->second.first;
     return true;
   }
 
  private:
   mutable std::mutex mu_;
-  std::unordered_map<std::string, Codebase> entries_;
-  std::deque<std::string> order_;
+  std::list<std::string> order_;  // keys, least recently registered first
+  std::unordered_map<std::string, std::pair<Codebase, std::list<std::string>::iterator>> entries_;
 };
 
 std::string find_on_path(const std::string& program) {

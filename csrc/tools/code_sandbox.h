@@ -14,7 +14,9 @@
 //     from plain options, each get their own codebase.
 // `run` writes the files to a mkdtemp directory and removes it afterwards; the program runs with
 // CPU-time and address-space limits, a wall-clock timeout that kills its whole process group, and an
-// environment of PATH only.
+// environment of PATH only. That contains the mistakes of model-written code (endless loops, memory
+// hogs, stray processes); it is not a wall against an attacker (no filesystem, network or
+// process-count isolation).
 #pragma once
 #include <cstdint>
 #include <map>
@@ -40,7 +42,7 @@ struct CodeSandboxOptions {
 };
 
 // Registers `files` under `key` for sandboxes with codebase_from_prompt (thread-safe, process-wide).
-// The oldest entries are dropped beyond a bound. Throws std::invalid_argument for a key holding a
+// The least recently registered are dropped beyond 16,384 codebases. Throws std::invalid_argument for a key holding a
 // newline or a different codebase already, and for files no sandbox could load.
 void register_codebase(const std::string& key, const Codebase& files);
 

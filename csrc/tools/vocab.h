@@ -8,15 +8,18 @@
 //   27..121  printable ASCII ' ' (32) .. '~' (126), one token per character
 //   122..127 reserved
 //
-// Grammar (docs/ in README "Protocol"):
+// Grammar (the full state machine: csrc/tools/protocol.h; for Python users: python/ssm_tools/env.py):
 //   * A pointer command is one model token; a read is answered by one forced observation token
 //     (the token under the pointer, [BLANK] past the end of memory, [ERR] on a bad command).
-//     Moves and writes are answered only on error ([ERR]).
-//   * A text tool call is  [CALL] <command> <args...> [/CALL]  emitted by the model; the answer is
-//     forced:  [RESULT] <text> [/RESULT] ; an error answer is  [RESULT] [ERR] <message> [/RESULT].
-//   * Everything else the model emits is a thought (before [ANS]) or an output (after [ANS]); both
-//     enter the episode's memory. Prompt tokens enter memory too. Commands and answers never do.
-//   * The model ends an episode with [EOS].
+//     Moves are answered only on error ([ERR]). A write is followed by one model token, the symbol
+//     (a character or [BLANK]), and is answered like a move.
+//   * A text tool call is  [CALL] <command> <args...> [/CALL]  emitted by the model (characters and
+//     '\n' only); the answer is forced:  [RESULT] <text> [/RESULT] ; an error answer is
+//     [RESULT] [ERR] <message> [/RESULT].
+//   * Characters, '\n' and [ANS] the model emits are thoughts (before [ANS]) or outputs (after [ANS]);
+//     they enter the episode's memory, as do prompt tokens. Commands, call text, write symbols and
+//     answers never do. Other control tokens emitted out of place are answered [ERR].
+//   * The model ends an episode with [EOS] (in any parser state; [EOS] enters memory too).
 #pragma once
 #include <cstdint>
 #include <string>

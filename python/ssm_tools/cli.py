@@ -46,7 +46,8 @@ def cmd_train(args) -> None:
     train = {"train_max_size": config["sizes"]["train"][1], **config.get("train", {}), **overrides}
     out = args.out or f"runs/{Path(args.config).stem}-{name}"
     trainer = Trainer(make_task(config), name, model_cfg, TrainConfig(**train), out, device=args.device,
-                      task_spec=config["task"], progress=not args.quiet)
+                      run_info={k: config.get(k, {}) for k in ("task", "sizes", "eval")},
+                      progress=not args.quiet)
     checkpoint = Path(out) / "checkpoint.pt"
     if args.resume:
         if not checkpoint.is_file():
@@ -62,11 +63,17 @@ def cmd_evaluate(args) -> None:
     from .train import load_checkpoint
 
     model, meta = load_checkpoint(args.checkpoint, args.device)
-    spec = meta["task"]
+    run = meta["run"]
+    spec = run["task"]
     task = get_task(spec["name"], spec.get("mode", "interactive"), **spec.get("options", {}))
-    result = evaluate(model, task, args.sizes, args.n, device=args.device)
+    # Defaults from the training config: [eval] sizes / n, else [sizes] test.
+    sizes = args.sizes or run.get("eval", {}).get("sizes") or run.get("sizes", {}).get("test")
+    n = args.n or run.get("eval", {}).get("n", 100)
+    if not sizes:
+        raise ValueError("--sizes is required: the checkpoint's config names no test sizes")
+    result = evaluate(model, task, sizes, n, device=args.device)
     report = {"checkpoint": str(args.checkpoint), "task": spec, "model": meta["model"], "step": meta["step"],
-              "n": args.n, "accuracy": {str(s): a for s, a in result["accuracy"].items()},
+              "n": n, "accuracy": {str(s): a for s, a in result["accuracy"].items()},
               "per_size": {str(s): r for s, r in result["per_size"].items()}, "command": _command(args)}
     text = json.dumps(report, indent=1)
     if args.out:
@@ -79,7 +86,11 @@ def cmd_reproduce(args) -> None:
     from .reproduce import reproduce
 
     out = args.out or f"results/{args.task}"
-    curve = reproduce(args.task, args.scale, args.seeds, out, device=args.device, command=_command(args))
+    only = None if args.runs is None else [tuple(r.split(":", 1)) for r in args.runs.split(",")]
+    if only is not None and any(len(r) != 2 for r in only):
+        raise ValueError(f"--runs must be model:mode pairs separated by commas, got {args.runs!r}")
+    curve = reproduce(args.task, args.scale, args.seeds, out, device=args.device, command=_command(args),
+                      only=only)
     print(f"wrote {out}/curve.json and {out}/curve.png ({len(curve['runs'])} runs)")
 
 
@@ -97,7 +108,10 @@ def cmd_bench(args) -> None:
 
 
 def cmd_show(args) -> None:
-    subprocess.run([sys.executable, "-m", "ssm_tools.tasks", "show", *args.rest], check=True)
+    # The task viewer reports its own errors (one line); pass its exit status on.
+    status = subprocess.run([sys.executable, "-m", "ssm_tools.tasks", "show", *args.rest]).returncode
+    if status:
+        raise SystemExit(status)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -120,8 +134,9 @@ def parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="run a checkpoint interactively at test sizes, exact-answer accuracy")
     e.add_argument("--checkpoint", required=True, help="checkpoint.pt or its run folder")
-    e.add_argument("--sizes", type=_int_list, default=[5, 10, 50, 100], help="comma-separated sizes")
-    e.add_argument("--n", type=int, default=100, help="episodes per size (one batch)")
+    e.add_argument("--sizes", type=_int_list,
+                   help="comma-separated sizes (default: the training config's [eval] sizes or [sizes] test)")
+    e.add_argument("--n", type=int, help="episodes per size, run as one batch (default: [eval] n or 100)")
     e.add_argument("--out", help="also write the JSON report here")
     e.add_argument("--device", default="cpu", help="torch device")
     e.set_defaults(func=cmd_evaluate)
@@ -130,6 +145,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("task", choices=["addition"], help="task (a tasks/<task>.toml config)")
     r.add_argument("--scale", choices=["cpu", "paper"], default="cpu", help="cpu: minutes on a CPU; paper: paper sizes")
     r.add_argument("--seeds", type=_int_list, help="comma-separated seeds (default: the scale's)")
+    r.add_argument("--runs", help="only these model:mode pairs, e.g. mamba:interactive,lstm:interactive")
     r.add_argument("--out", help="output folder (default results/<task>)")
     r.add_argument("--device", default="cpu", help="torch device")
     r.set_defaults(func=cmd_reproduce)

@@ -117,7 +117,7 @@ class Env:
 
     def reset(self, prompts: Sequence[Sequence[int]], seed: int = 0) -> np.ndarray:
         """Start every episode; returns each episode's first input token, (B,) int32."""
-        return self._env.reset(_as_prompts(prompts), seed)
+        return _call(self._env.reset, _as_token_lists(prompts, "prompts"), seed)
 
     def step(self, sampled) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One token per episode: (next_tokens (B,) int32, forced (B,) bool, done (B,) bool)."""
@@ -132,10 +132,34 @@ class Env:
         return self._env.dump(i)
 
 
-def _as_prompts(prompts) -> list[list[int]]:
-    if isinstance(prompts, torch.Tensor):
-        raise TypeError("prompts: expected a list of token lists (prompts differ in length), got a Tensor")
-    return [list(map(int, p)) for p in prompts]
+def _as_token_lists(lists, what: str) -> list:
+    """`lists` as a list of token sequences, checked cheaply here; the elements are converted in C++
+    (pybind11), far faster than int() per token in Python."""
+    if isinstance(lists, (torch.Tensor, np.ndarray)) and lists.ndim != 1:
+        lists = list(lists)
+    if not isinstance(lists, (list, tuple)):
+        raise TypeError(f"{what}: expected a list of token lists, got {type(lists).__name__}")
+    out = []
+    for i, seq in enumerate(lists):
+        if isinstance(seq, torch.Tensor):
+            seq = seq.tolist()
+        elif isinstance(seq, np.ndarray):
+            if seq.dtype.kind not in "iu":
+                raise TypeError(f"{what}[{i}]: expected integer token ids, got dtype {seq.dtype}")
+            seq = seq.tolist()
+        elif not isinstance(seq, (list, tuple)):
+            raise TypeError(f"{what}[{i}]: expected a list of token ids, got {type(seq).__name__}")
+        out.append(seq)
+    return out
+
+
+def _call(fn, *args):
+    try:
+        return fn(*args)
+    except TypeError as e:
+        if "incompatible function arguments" not in str(e):
+            raise
+        raise TypeError("prompts and model_tokens must hold int token ids (a non-integer element was found)") from None
 
 
 def rollout(model_step: Callable[[torch.Tensor], torch.Tensor], env: Env, prompts: Sequence[Sequence[int]],
@@ -147,7 +171,7 @@ def rollout(model_step: Callable[[torch.Tensor], torch.Tensor], env: Env, prompt
     def step_numpy(inputs: np.ndarray) -> np.ndarray:
         return _as_int_array(model_step(torch.from_numpy(inputs).long()), "model_step output")
 
-    env._env.rollout(step_numpy, _as_prompts(prompts), max_steps, seed)
+    _call(env._env.rollout, step_numpy, _as_token_lists(prompts, "prompts"), max_steps, seed)
     return env.transcript()
 
 
@@ -156,7 +180,7 @@ def replay(env: Env, prompts: Sequence[Sequence[int]], model_tokens: Sequence[Se
     """Scripted policy in C++: episode i emits ``model_tokens[i]`` in order whenever no forced token is
     queued, until [EOS], max_len or the script runs out. Turns an oracle's actions into a training
     trajectory through the real loop."""
-    env._env.replay(_as_prompts(prompts), [list(map(int, s)) for s in model_tokens], seed)
+    _call(env._env.replay, _as_token_lists(prompts, "prompts"), _as_token_lists(model_tokens, "model_tokens"), seed)
     return env.transcript()
 
 
@@ -179,20 +203,17 @@ class _ReferenceParser:
         for tool in self.tools:
             tool.observe(t)
 
-    def _route(self, command: list[int], unrouted: list[int] | None) -> list[int]:
-        """The answer of the first tool that accepts `command`, else `unrouted` (None: an unknown
-        command of a text call)."""
+    def _route(self, command: list[int], text: bool) -> list[int]:
+        """The forced answer to `command`. A text call's answer is wrapped in [RESULT]..[/RESULT] and
+        its errors carry a message; a pointer command's error is the lone [ERR]."""
         tool = next((tool for tool in self.tools if tool.accepts(command)), None)
         if tool is None:
-            return unrouted if unrouted is not None else self._unknown(command)
+            word = "".join(map(token_name, command)).split(" ")[0][:32]
+            return self._text_answer([ERR] + encode(f"unknown command: {word}")) if text else [ERR]
         out = tool.call(command)
         if len(out) > self.max_answer_tokens or any(not 0 <= t < VOCAB_SIZE for t in out):
-            return [ERR] + encode(f"invalid answer from tool {tool.name()}")
-        return out
-
-    def _unknown(self, call: list[int]) -> list[int]:
-        word = "".join(map(token_name, call)).split(" ")[0][:32]
-        return [ERR] + encode(f"unknown command: {word}")
+            return self._text_answer([ERR] + encode(f"invalid answer from tool {tool.name()}")) if text else [ERR]
+        return self._text_answer(out) if text else out
 
     def _text_answer(self, body: list[int]) -> list[int]:
         return [RESULT, *body, RESULT_END]
@@ -205,11 +226,11 @@ class _ReferenceParser:
             return [], True
         if self.state == "symbol":
             self.state = "text"
-            return self._route([self.pending_write, t], [ERR]), False
+            return self._route([self.pending_write, t], text=False), False
         if self.state == "call":
             if t == CALL_END:
                 self.state = "text"
-                return self._text_answer(self._route(self.call, None)), False
+                return self._route(self.call, text=True), False
             if not is_char(t):
                 self.state = "text"
                 return self._text_answer([ERR] + encode(f"malformed call: {token_name(t)} inside [CALL]")), False
@@ -222,7 +243,7 @@ class _ReferenceParser:
             self.state, self.pending_write = "symbol", t
             return [], False
         if is_pointer_cmd(t):
-            return self._route([t], [ERR]), False
+            return self._route([t], text=False), False
         if t == CALL:
             self.state, self.call = "call", []
             return [], False

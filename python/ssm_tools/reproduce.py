@@ -9,9 +9,15 @@ n per size, the training range, the exact command) and results/<task>/curve.png.
 from __future__ import annotations
 
 import json
+import os
 import time
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
+
+import torch
+from tqdm import tqdm
 
 from .config import load_config, make_task
 from .evaluate import evaluate
@@ -56,12 +62,16 @@ def task_config(task: str, mode: str) -> dict:
 
 
 def run_one(config: dict, model: str, model_scale: str, train: dict, seed: int, sizes: list[int], n: int,
-            out_dir: Path, device: str) -> dict:
+            out_dir: Path, device: str, threads: int | None = None, progress: bool = True) -> dict:
+    """Train one model on one task config with one seed, then evaluate it at `sizes`."""
+    if threads is not None:
+        torch.set_num_threads(threads)
     task = make_task(config)
     cfg = TrainConfig(**{**train, "seed": seed, "train_max_size": config["sizes"]["train"][1],
                          "ckpt_every": train["steps"]})
     model_cfg = {"vocab_size": 128, **preset(model, model_scale)}
-    trainer = Trainer(task, model, model_cfg, cfg, out_dir, device=device, task_spec=config["task"])
+    trainer = Trainer(task, model, model_cfg, cfg, out_dir, device=device, progress=progress,
+                      run_info={"task": config["task"], "sizes": config["sizes"]})
     t0 = time.perf_counter()
     last = trainer.run()
     train_s = time.perf_counter() - t0
@@ -71,21 +81,37 @@ def run_one(config: dict, model: str, model_scale: str, train: dict, seed: int, 
             "accuracy": {str(s): a for s, a in result["accuracy"].items()}}
 
 
+def run_parallel(jobs: list[tuple]) -> list[dict]:
+    """run_one over jobs, one single-threaded process per core (tiny models use threads badly: two
+    runs side by side beat one run on two threads). Results in job order; each printed when done."""
+    results: list = [None] * len(jobs)
+    workers = max(1, min(len(jobs), os.cpu_count() or 1))
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(run_one, *job, threads=1, progress=False): i for i, job in enumerate(jobs)}
+        for future in tqdm(as_completed(futures), total=len(jobs), desc="runs", dynamic_ncols=True):
+            results[futures[future]] = future.result()
+            tqdm.write(json.dumps(results[futures[future]]))
+    return results
+
+
 def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: str = "cpu",
-              command: str = "", runs_dir="runs") -> dict:
+              command: str = "", runs_dir="runs", only: list[tuple[str, str]] | None = None) -> dict:
+    """Train and evaluate every (model, mode) of the scale (or the subset `only`) for each seed."""
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {sorted(SCALES)}, got {scale!r}")
-    spec = SCALES[scale]
+    spec = dict(SCALES[scale])
     seeds = spec["seeds"] if seeds is None else seeds
+    if only is not None:
+        unknown = [r for r in only if r not in spec["runs"]]
+        if unknown:
+            raise ValueError(f"runs {unknown} are not in the {scale} scale; choose from {spec['runs']}")
+        spec["runs"] = only
     out_dir = Path(out_dir)
-    results = []
-    for model, mode in spec["runs"]:
-        config = task_config(task, mode)
-        for seed in seeds:
-            run_dir = Path(runs_dir) / f"reproduce-{task}-{scale}" / f"{model}-{mode}-seed{seed}"
-            results.append(run_one(config, model, spec["model_scale"], spec["train"], seed, spec["sizes"],
-                                   spec["n"], run_dir, device))
-            print(json.dumps(results[-1]), flush=True)
+    jobs = [(task_config(task, mode), model, spec["model_scale"], spec["train"], seed, spec["sizes"], spec["n"],
+             Path(runs_dir) / f"reproduce-{task}-{scale}" / f"{model}-{mode}-seed{seed}", device)
+            for model, mode in spec["runs"] for seed in seeds]
+    config = jobs[0][0]
+    results = run_parallel(jobs) if device == "cpu" else [run_one(*job) for job in jobs]
     curve = {"task": task, "scale": scale, "command": command, "device": device,
              "train_sizes": config["sizes"]["train"], "test_sizes": spec["sizes"], "n_per_size": spec["n"],
              "seeds": seeds, "train": asdict(TrainConfig(**spec["train"])),

@@ -87,10 +87,12 @@ class Trainer:
     """Owns a model, its optimizer and the data stream of one task; `run()` trains to cfg.steps."""
 
     def __init__(self, task, model_name: str, model_cfg: dict, cfg: TrainConfig, out_dir, *,
-                 device: str = "cpu", task_spec: dict | None = None, progress: bool = True):
+                 device: str = "cpu", run_info: dict | None = None, progress: bool = True):
+        """run_info: what evaluation needs later, stored in the checkpoint as "run": the config's
+        [task] table ("task"), and optionally its "sizes" and "eval" tables."""
         self.task, self.cfg, self.device, self.progress = task, cfg, torch.device(device), progress
         self.out = Path(out_dir)
-        self.meta = {"model": model_name, "model_cfg": dict(model_cfg), "task": task_spec or {},
+        self.meta = {"model": model_name, "model_cfg": dict(model_cfg), "run": run_info or {},
                      "train": asdict(cfg)}
         torch.manual_seed(cfg.seed)
         self.model = build_model(model_name, **model_cfg).to(self.device)
@@ -189,4 +191,4 @@ def load_checkpoint(path, device: str = "cpu"):
     ck = torch.load(path, map_location=device, weights_only=False)
     model = build_model(ck["model"], **ck["model_cfg"]).to(device)
     model.load_state_dict(ck["model_state"])
-    return model.eval(), {k: ck[k] for k in ("model", "model_cfg", "task", "train", "step")}
+    return model.eval(), {k: ck[k] for k in ("model", "model_cfg", "run", "train", "step")}
