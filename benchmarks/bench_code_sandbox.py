@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 from ssm_tools.tasks import get_task
-from ssm_tools.tasks.coding import FixState, generate, render
+from ssm_tools.tasks.coding import generate
 from ssm_tools.tools import CodeSandbox
 
 FLAGS = ["-E", "-S", "-B", "-u", "-X", "no_debug_ranges", "main.py"]  # as csrc/tools/code_sandbox.cpp
@@ -69,13 +69,6 @@ def python_run(files: dict[str, str]) -> tuple[int, str]:
         shutil.rmtree(root)
 
 
-def fixed_files(n: int) -> dict[str, str]:
-    codebase = generate(np.random.default_rng(0), n)
-    need = codebase.needs_v10()
-    return {fn.file: render(fn, FixState(fn.name in need and fn.name != "main", need.intersection(fn.callees)))
-            for fn in codebase.functions}
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
@@ -83,7 +76,7 @@ def main():
     args = parser.parse_args()
     reps, batch = (5, 8) if args.quick else (30, 32)
 
-    files = fixed_files(16)
+    files = generate(np.random.default_rng(0), 16).files(fixed=True)
     sandbox = CodeSandbox(python=sys.executable)
     sandbox.load(files)
     status, output = sandbox.run_program()

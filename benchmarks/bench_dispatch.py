@@ -100,6 +100,7 @@ def main():
         "threads": env.num_threads,
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "load_average_1min": os.getloadavg()[0],  # the CPU is shared: other work slows both loops
         "python_loop_s": t_python,
         "replay_s": t_replay,
         "rollout_s": t_rollout,

@@ -14,8 +14,7 @@ from ssm_tools._tools import register_codebase
 from ssm_tools.env import Env, ToolSpec, replay
 from ssm_tools.tasks import get_task
 from ssm_tools.tasks.base import expected_stream
-from ssm_tools.tasks.coding import (BUG_VAR, Codebase, FixState, call_commands, generate, parse_traceback,
-                                    render)
+from ssm_tools.tasks.coding import BUG_VAR, call_commands, generate, parse_traceback
 from ssm_tools.tools import CodeSandbox
 
 PY = sys.executable  # by path: PATH may lead to a slow shim
@@ -190,11 +189,8 @@ def test_generated_bug_and_fix(n):
     assert all(BUG_VAR not in files[f"{name}.py"] for name in names[1:-1])
     status, output = sandbox(files).run_program()
     assert status == "exit 1" and f"NameError: name '{BUG_VAR}' is not defined" in output
-    # The canonical fix, executed by Python, prints what the structures evaluate to.
-    need = codebase.needs_v10()
-    fixed = {fn.file: render(fn, FixState(fn.name in need and fn.name != "main", need.intersection(fn.callees)))
-             for fn in codebase.functions}
-    status, output = sandbox(fixed).run_program()
+    # The fix, executed by Python, prints what the structures evaluate to.
+    status, output = sandbox(codebase.files(fixed=True)).run_program()
     assert status == "exit 0" and int(output) == codebase.expected_output()
 
 

@@ -224,3 +224,23 @@ def test_prompts_as_arrays_and_tensors():
     assert first.tolist() == [encode("a")[0], encode("c")[0]]
     t = replay(Env(TOOLS, batch_size=2), torch.tensor([encode("ab"), encode("cd")]), np.array([[EOS], [EOS]]))
     assert t.done.all() and t.episode(1)[0] == [*encode("cd"), EOS]
+
+
+def test_replay_releases_the_gil():
+    """While C++ replays, other Python threads run: the longest pause of a ticking thread is a small
+    part of the replay (holding the GIL would pause it for the whole replay)."""
+    import threading
+    import time
+
+    batch, length = 512, 4000
+    env = Env(TOOLS, batch_size=batch, max_len=1 << 20)
+    prompts, scripts = [encode("12+34=")] * batch, [[pointer_cmd(0, "read")] * length] * batch
+    start = time.perf_counter()
+    worker = threading.Thread(target=replay, args=(env, prompts, scripts))
+    worker.start()
+    ticks = []
+    while worker.is_alive():
+        ticks.append(time.perf_counter())
+        time.sleep(0.001)
+    total = time.perf_counter() - start
+    assert len(ticks) > 2 and max(b - a for a, b in zip(ticks, ticks[1:])) < total / 2

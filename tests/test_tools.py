@@ -156,7 +156,7 @@ def test_dump_is_readable_and_bounded(case, rng):
     run_ops(tool, random_ops(rng, 2000))
     text = tool.dump()
     assert isinstance(text, str) and text.startswith(tool.name()) and len(text) < 4096
-    assert text.isprintable() or all(line.isprintable() for line in text.split("\n"))
+    assert all(line.isprintable() for line in text.split("\n"))
 
 
 # ---------------------------------------------------------------- pointer memories
@@ -292,3 +292,12 @@ def test_calculator_rejects_too_many_digits():
     assert calc.call(encode("add 12345678901 1"))[0] == ERR
     with pytest.raises(ValueError, match="max_digits"):
         Calculator(max_digits=0)
+
+
+def test_pointer_dump_shows_cells_around_each_pointer():
+    mem = PointerMemory(num_pointers=2)
+    observe_text(mem, "ab\ncd" + "x" * 30)
+    mem.call([pointer_cmd(1, "right")]), mem.call([pointer_cmd(1, "right")])
+    lines = mem.dump().split("\n")
+    assert lines[0] == "pointer_memory: 35 cells"
+    assert lines[1] == "  p1 @ 0: <a>b\\ncdxxxx..." and lines[2] == "  p2 @ 2: ab<\\n>cdxxxxxx..."  # 8 cells each side

@@ -84,7 +84,8 @@ std::string CellMemory::dump() const {
     out += "\n  p" + std::to_string(p + 1) + " @ " + std::to_string(pos) + ": ";
     if (pos - kRadius > 0) out += "...";
     for (int64_t i = std::max<int64_t>(0, pos - kRadius); i <= std::min(size, pos + kRadius); ++i) {
-      const std::string cell = i < size ? token_name(cells_[i]) : token_name(tok::BLANK);
+      const Token t = i < size ? cells_[i] : tok::BLANK;
+      const std::string cell = t == tok::NEWLINE ? "\\n" : token_name(t);  // one dump line per pointer
       out += i == pos ? "<" + cell + ">" : cell;
     }
     if (pos + kRadius < size) out += "...";

@@ -41,9 +41,9 @@ struct CodeSandboxOptions {
   bool codebase_from_prompt = false;  // take the codebase registered under the prompt's first line
 };
 
-// Registers `files` under `key` for sandboxes with codebase_from_prompt (thread-safe, process-wide).
-// The least recently registered are dropped beyond 16,384 codebases. Throws std::invalid_argument for a key holding a
-// newline or a different codebase already, and for files no sandbox could load.
+// Registers `files` under `key` for sandboxes with codebase_from_prompt (thread-safe, process-wide;
+// beyond 16,384 codebases the least recently registered go). Throws std::invalid_argument for a key
+// holding a newline or naming a different codebase already, and for files no sandbox could load.
 void register_codebase(const std::string& key, const Codebase& files);
 
 // What one `run` did, before it is written as an answer.

@@ -132,8 +132,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     """
     _check_scan(u, delta, A, B, C, D, z, delta_bias)
     B, C = (t.unsqueeze(1) if t.dim() == 3 else t for t in (B, C))
+    # B/C go as they are: each backend lays them out its own way (the CPU kernels want them
+    # time-major, which a (batch, seqlen, dstate) projection transposed to (batch, dstate, seqlen) is).
     out, last_state, _ = _ops.selective_scan_fwd(
-        u.contiguous(), delta.contiguous(), A.contiguous(), B.contiguous(), C.contiguous(),
+        u.contiguous(), delta.contiguous(), A.contiguous(), B, C,
         _contiguous(D), _contiguous(z), _contiguous(delta_bias), bool(delta_softplus))
     return (out, last_state) if return_last_state else out
 

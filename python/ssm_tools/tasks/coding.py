@@ -112,9 +112,15 @@ class Codebase:
                 reach.add(fn.name)
         return frozenset(reach)
 
-    def files(self) -> dict[str, str]:
-        """The codebase as generated: with the bug."""
-        return {fn.file: render(fn) for fn in self.functions}
+    def fix(self) -> dict[str, "FixState"]:
+        """The fix, per function: foo and its ancestors take v10, every call of one passes it."""
+        need = self.needs_v10()
+        return {fn.name: FixState(fn.name in need, need.intersection(fn.callees)) for fn in self.functions}
+
+    def files(self, fixed: bool = False) -> dict[str, str]:
+        """The codebase as generated (with the bug), or with the fix."""
+        states = self.fix() if fixed else {}
+        return {fn.file: render(fn, states.get(fn.name, FixState())) for fn in self.functions}
 
     def expected_output(self) -> int:
         """What the fixed main.py prints, computed from the structures (no Python source involved)."""
@@ -237,12 +243,11 @@ def single_turn_script(codebase: Codebase, sandbox: CodeSandbox) -> list[int]:
     files = session.call("ls").split("\n")
     for file in files:
         session.call(f"cat {file}")
-    need = codebase.needs_v10()
+    fix = codebase.fix()
     for file in files:
         fn = codebase.function(file[:-len(".py")])
-        state = FixState(fn.name in need and fn.name != "main", need.intersection(fn.callees))
-        if state != FixState():
-            session.edit(fn, state)
+        if fix[fn.name] != FixState():
+            session.edit(fn, fix[fn.name])
     return session.script + [V.EOS]
 
 
