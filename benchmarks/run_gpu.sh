@@ -39,11 +39,13 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run with a time limit, log it, remem
   # One forward and one backward launch at the benchmark shape under Nsight Compute (clocks as found).
   for kernel in fwd bwd; do
     step "ncu-$kernel" 90 ncu --clock-control none --launch-count 1 --kernel-name "regex:selective_scan_$kernel" \
-      --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
+      --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats \
+      --section LaunchStats --print-details all \
       --log-file "$OUT/ncu_$kernel.txt" python3 -c "import sys, torch; sys.path.insert(0, 'benchmarks')
 import bench_selective_scan_cuda as b
 i = b.scan_inputs(8, 8192, torch.bfloat16); b.fwd_bwd(i, torch.randn_like(i['u'])); torch.cuda.synchronize()"
-    grep -E "Duration|Memory Throughput|Compute \(SM\)|Achieved Occupancy|Registers Per" "$OUT/ncu_$kernel.txt"
+    grep -E "Duration|Memory Throughput|L1/TEX Cache|Compute \(SM\)|Achieved Occupancy|Registers Per|Warp Cycles Per Issued" \
+      "$OUT/ncu_$kernel.txt"
   done
   step bench 150 python3 benchmarks/bench_selective_scan_cuda.py --out "$OUT/bench_selective_scan_cuda.json"
   echo "=== run_gpu.sh status $status"

@@ -9,7 +9,10 @@
 // zero-filled outputs. Input-dependent dB/dC are sums over the dims of a group at every position:
 // the blocks of up to 8 consecutive dims of one group form a thread-block cluster (Hopper) that adds
 // its partial sums through distributed shared memory, each block adding one slice of the chunk into
-// global memory, so a cluster of 8 issues an eighth of the atomics of one block per dim.
+// global memory, so a cluster of 8 issues an eighth of the atomics of one block per dim. The cluster
+// barrier for state n is split: blocks arrive after writing their parts of state n and wait only one
+// state later, just before summing them, so no block idles while the slowest of its cluster catches up
+// (three buffers of parts rotate: see selective_scan_bwd_kernel).
 #include <cooperative_groups.h>
 
 #include "kernels/scan_row.cuh"
@@ -39,13 +42,19 @@ __device__ __forceinline__ unsigned cluster_size() {
   return 1;
 #endif
 }
-// Barrier over every thread of the cluster; orders shared-memory writes before it with reads after
-// it in any block of the cluster.
-__device__ __forceinline__ void cluster_barrier() {
+// The two halves of a barrier over every thread of the cluster: shared-memory writes before a
+// thread's arrive are visible to reads after any thread's matching wait, in any block of the cluster.
+// Each thread alternates arrive and wait. Without clusters, arrive is the block barrier and wait a no-op.
+__device__ __forceinline__ void cluster_arrive() {
 #if __CUDA_ARCH__ >= 900
-  cooperative_groups::this_cluster().sync();
+  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
 #else
   __syncthreads();
+#endif
+}
+__device__ __forceinline__ void cluster_wait() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
 #endif
 }
 // `local` (an address in this block's shared memory) in the shared memory of cluster block `rank`.
@@ -71,11 +80,12 @@ __device__ void block_sum_atomic(float v, float* s_red, float* out) {
 }
 
 // Input-dependent dB and dC of one state over chunk `c`: each block of the cluster has put its dims'
-// values in `parts` ([B or C][position in chunk], one array per input-dependent one); after the
-// barrier, this block sums its slice of the chunk over the cluster and adds it into dB/dC.
+// values in `parts` ([B or C][position in chunk], one array per input-dependent one) and arrived at
+// the cluster barrier; after waiting, this block sums its slice of the chunk over the cluster and adds
+// it into dB/dC (rows of state n, or null where that input is constant).
 __device__ void cluster_add_state_grads(float* parts, float* dB_state, float* dC_state, int c, int seqlen,
                                         bool aligned) {
-  cluster_barrier();
+  cluster_wait();
   const unsigned n_ranks = cluster_size(), rank = cluster_rank();
   const int span = kScanChunk / static_cast<int>(n_ranks), quads = span / 4;
   const int n_parts = (dB_state ? 1 : 0) + (dC_state ? 1 : 0);
@@ -83,9 +93,12 @@ __device__ void cluster_add_state_grads(float* parts, float* dB_state, float* dC
     const int part = v / quads, pos = static_cast<int>(rank) * span + v % quads * 4;
     float* local = parts + part * kScanChunk + pos;
     float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
-    for (unsigned k = 0; k < n_ranks; ++k) {
-      const float4 q = *reinterpret_cast<const float4*>(cluster_shared(local, k));
-      sum.x += q.x, sum.y += q.y, sum.z += q.z, sum.w += q.w;
+#pragma unroll
+    for (unsigned k = 0; k < kMaxCluster; ++k) {  // unrolled: all remote loads in flight at once
+      if (k < n_ranks) {
+        const float4 q = *reinterpret_cast<const float4*>(cluster_shared(local, k));
+        sum.x += q.x, sum.y += q.y, sum.z += q.z, sum.w += q.w;
+      }
     }
     const float s[4] = {sum.x, sum.y, sum.z, sum.w};
     float* dst = part == 0 && dB_state ? dB_state : dC_state;
@@ -102,7 +115,7 @@ __global__ __launch_bounds__(kThreads, 2) void selective_scan_bwd_kernel(Selecti
   __shared__ float s_a_first[kThreads];  // each thread's first decay, for its left neighbour
   __shared__ float2 s_scan[2 * kWarps];
   __shared__ float s_red[kWarps];
-  // Per-dim dB/dC of one state for the cluster's sum, two buffers used in turn (see below).
+  // Per-dim dB/dC of one state for the cluster's sum, three buffers used in turn (see below).
   extern __shared__ float4 s_parts4[];
   float* s_parts = reinterpret_cast<float*>(s_parts4);
   const ScanRow<T> r(p);
@@ -121,7 +134,15 @@ __global__ __launch_bounds__(kThreads, 2) void selective_scan_bwd_kernel(Selecti
   // dB/dC rows start at multiples of seqlen floats in zero-filled (aligned) buffers.
   const bool atomics_aligned = p.seqlen % 4 == 0;
   float dD_sum = 0.f, dbias_sum = 0.f;
-  int parity = 0, parts_parity = 0;
+  int parity = 0;
+  // The state whose parts await their sum (deferred by one state): its buffer, state and chunk.
+  int pending_buf = -1, pending_n = 0, pending_c = 0, next_buf = 0;
+  auto add_pending = [&] {
+    cluster_add_state_grads(s_parts + pending_buf * n_parts * kScanChunk,
+                            dB_var ? dB_var + static_cast<size_t>(pending_n) * p.seqlen : nullptr,
+                            dC_var ? dC_var + static_cast<size_t>(pending_n) * p.seqlen : nullptr, pending_c,
+                            p.seqlen, atomics_aligned);
+  };
 
   for (int c = p.n_chunks - 1; c >= 0; --c) {
     __syncthreads();  // s_adj / s_dA of the previous chunk are complete
@@ -182,7 +203,7 @@ __global__ __launch_bounds__(kThreads, 2) void selective_scan_bwd_kernel(Selecti
       parity ^= 1;
       // 3. gradients, walking the thread's positions backwards. dB/dC per position go to this
       // block's half of s_parts in use for this state (B's array first when both are there).
-      float* parts = s_parts + parts_parity * n_parts * kScanChunk;
+      float* parts = s_parts + next_buf * n_parts * kScanChunk;
       float4* dB_part = reinterpret_cast<float4*>(parts + tid * kItems);
       float4* dC_part = reinterpret_cast<float4*>(parts + (dB_var ? kScanChunk : 0) + tid * kItems);
       float dA = 0.f, dB = 0.f, dC = 0.f, dBv[kItems], dCv[kItems];
@@ -215,13 +236,15 @@ __global__ __launch_bounds__(kThreads, 2) void selective_scan_bwd_kernel(Selecti
         if (!dB_var) atomicAdd(&s_dB[n], dB);
         if (!dC_var) atomicAdd(&s_dC[n], dC);
       }
-      // The buffer written here is rewritten two states later, after every block of the cluster has
-      // passed the next state's barrier and so finished reading it.
+      // Sum the previous state's parts (its barrier has had a whole state to complete), then arrive
+      // for this one. The buffer written here is rewritten three states later: by then this block
+      // has waited on the barrier of the state after next, which every block of the cluster reaches
+      // only after summing this state's parts.
       if (n_parts) {
-        cluster_add_state_grads(parts, dB_var ? dB_var + static_cast<size_t>(n) * p.seqlen : nullptr,
-                                dC_var ? dC_var + static_cast<size_t>(n) * p.seqlen : nullptr, c, p.seqlen,
-                                atomics_aligned);
-        parts_parity ^= 1;
+        if (pending_buf >= 0) add_pending();
+        cluster_arrive();
+        pending_buf = next_buf, pending_n = n, pending_c = c;
+        next_buf = (next_buf + 1) % 3;
       }
     }
     float dz[kItems], ddelta[kItems];
@@ -248,7 +271,11 @@ __global__ __launch_bounds__(kThreads, 2) void selective_scan_bwd_kernel(Selecti
     if (!dB_var) atomicAdd(p.dB + param_row + n, s_dB[n]);
     if (!dC_var) atomicAdd(p.dC + param_row + n, s_dC[n]);
   }
-  if (n_parts) cluster_barrier();  // no block leaves while another may still read its s_parts
+  if (n_parts) {
+    add_pending();
+    cluster_arrive();  // no block leaves while another may still read its s_parts
+    cluster_wait();
+  }
 }
 
 }  // namespace
@@ -266,8 +293,12 @@ int selective_scan_bwd_launch(const SelectiveScanParams& p, ScanInputType type, 
   int cluster = 1;
   const bool pooled = p.variable_B || p.variable_C;
   while (major >= 9 && pooled && cluster < kMaxCluster && dims_per_group % (2 * cluster) == 0) cluster *= 2;
-  const size_t smem = pooled ? 2 * ((p.variable_B ? 1 : 0) + (p.variable_C ? 1 : 0)) * kScanChunk * sizeof(float) : 0;
+  const size_t smem = pooled ? 3 * ((p.variable_B ? 1 : 0) + (p.variable_C ? 1 : 0)) * kScanChunk * sizeof(float) : 0;
   return dispatch_input_type(type, [&](auto tag) {
+    auto kernel = selective_scan_bwd_kernel<decltype(tag)>;
+    const cudaError_t attr_err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                      static_cast<int>(smem));
+    if (attr_err != cudaSuccess) return static_cast<int>(attr_err);
     cudaLaunchConfig_t config = {};
     config.gridDim = dim3(p.dim, p.batch);
     config.blockDim = dim3(kThreads);
@@ -280,6 +311,6 @@ int selective_scan_bwd_launch(const SelectiveScanParams& p, ScanInputType type, 
     attribute.val.clusterDim.z = 1;
     config.attrs = &attribute;
     config.numAttrs = major >= 9 ? 1 : 0;
-    return static_cast<int>(cudaLaunchKernelEx(&config, selective_scan_bwd_kernel<decltype(tag)>, p));
+    return static_cast<int>(cudaLaunchKernelEx(&config, kernel, p));
   });
 }

@@ -20,7 +20,9 @@ constexpr int kStates = 4;                   // states per thread and pass
 constexpr int kPass = kSplit * kStates;      // states per pass
 constexpr int kThreads = kRows * kSplit;
 constexpr int kTile = 64;                    // positions per tile
-constexpr int kStride = kTile + 1;           // padded row of a per-dim tile (no bank conflicts)
+// Padded row of a per-dim tile: a multiple of 4 so that kSplit positions of delta and delta*u are one
+// float4 read, and 4 banks past the previous row so that the 8 dims of a warp read 32 distinct banks.
+constexpr int kStride = kTile + 4;
 constexpr int kRowItems = kRows * kTile / kThreads;    // positions of one dim each thread loads
 constexpr int kStateItems = kPass * kTile / kThreads;  // positions of one state each thread loads
 static_assert(kScanChunk % kTile == 0, "saved chunks start at tile starts");
@@ -30,7 +32,7 @@ static_assert(kSplit == 4 && kStates == 4, "the time loop reads float4s of state
 // pass ([position][state], so a thread reads its kStates states as one float4); the states.
 constexpr int kDtOff = 0, kDuOff = kRows * kStride, kYOff = 2 * kRows * kStride;
 constexpr int kBOff = 3 * kRows * kStride, kCOff = kBOff + kTile * kPass, kXOff = kCOff + kTile * kPass;
-static_assert(kBOff % 4 == 0 && kCOff % 4 == 0, "B/C tiles are read as float4");
+static_assert(kStride % 4 == 0 && kBOff % 4 == 0 && kCOff % 4 == 0, "tiles are read as float4");
 size_t smem_bytes(int dstate) { return (kXOff + static_cast<size_t>(kRows) * dstate) * sizeof(float); }
 
 template <typename T>
@@ -123,10 +125,13 @@ __global__ __launch_bounds__(kThreads, 8) void selective_scan_fwd_kernel(Selecti
       for (int t0 = 0; t0 < kTile; t0 += kSplit) {
         // kSplit positions, each thread with its partial y (its states) of every one of them.
         float y[kSplit];
+        const float4 dt4 = *reinterpret_cast<const float4*>(s_dt + r * kStride + t0);
+        const float4 du4 = *reinterpret_cast<const float4*>(s_du + r * kStride + t0);
+        const float dts[kSplit] = {dt4.x, dt4.y, dt4.z, dt4.w}, dus[kSplit] = {du4.x, du4.y, du4.z, du4.w};
 #pragma unroll
         for (int q = 0; q < kSplit; ++q) {
           const int t = t0 + q;
-          const float dt = s_dt[r * kStride + t], du = s_du[r * kStride + t];
+          const float dt = dts[q], du = dus[q];
           float Bv[kStates], Cv[kStates];
           if (B_var) {
             const float4 v = sB4[t * kSplit + split];

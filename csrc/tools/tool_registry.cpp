@@ -38,6 +38,12 @@ std::map<std::string, ToolBuilder> builtin_tools() {
   };
 }
 
+std::string join(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& name : names) out += (out.empty() ? "" : ", ") + name;
+  return out;
+}
+
 std::mutex& registry_mutex() {
   static std::mutex mu;
   return mu;
@@ -68,11 +74,8 @@ std::string ToolOptions::get_string(const std::string& key, const std::string& f
 
 void ToolOptions::finish() const {
   for (const auto& kv : values_)
-    if (std::find(used_.begin(), used_.end(), kv.first) == used_.end()) {
-      std::string known;
-      for (const auto& k : used_) known += (known.empty() ? "" : ", ") + k;
-      throw std::invalid_argument(tool_ + ": unknown option " + kv.first + " (options: " + known + ")");
-    }
+    if (std::find(used_.begin(), used_.end(), kv.first) == used_.end())
+      throw std::invalid_argument(tool_ + ": unknown option " + kv.first + " (options: " + join(used_) + ")");
 }
 
 void register_tool(const std::string& name, ToolBuilder builder) {
@@ -93,9 +96,9 @@ ToolFactory make_tool_factory(const std::string& name, const std::map<std::strin
     std::lock_guard<std::mutex> lock(registry_mutex());
     auto it = registry().find(name);
     if (it == registry().end()) {
-      std::string known;
-      for (const auto& kv : registry()) known += (known.empty() ? "" : ", ") + kv.first;
-      throw std::invalid_argument("unknown tool '" + name + "' (known: " + known + ")");
+      std::vector<std::string> known;
+      for (const auto& kv : registry()) known.push_back(kv.first);
+      throw std::invalid_argument("unknown tool '" + name + "' (known: " + join(known) + ")");
     }
     builder = it->second;
   }

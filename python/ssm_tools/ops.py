@@ -169,9 +169,8 @@ def _scan_setup_context(ctx, inputs, output):
 
 
 def _scan_backward(ctx, dout, dlast_state, _dsaved):
+    # Autograd materialises the grads of unused outputs as zeros, so dout and dlast_state are tensors.
     u, delta, A, B, C, D, z, delta_bias, saved = ctx.saved_tensors
-    if dout is None:
-        dout = torch.zeros_like(u)
     grads = _ops.selective_scan_bwd(dout.contiguous(), _contiguous(dlast_state), u, delta, A, B, C, D, z,
                                     delta_bias, ctx.delta_softplus, saved)
     inputs = (u, delta, A, B, C, D, z, delta_bias)
