@@ -63,10 +63,11 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
     whole = make_trainer(tmp_path / "whole")
     whole.run()
     interrupted = make_trainer(tmp_path / "cut")
-    interrupted.run(stop_at=3)  # "killed" after step 3: its last checkpoint is at step 3
+    interrupted.run(stop_at=3)  # "killed" after step 3: its last checkpoint is at step 2 (ckpt_every=2)
+    assert torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=False)["step"] == 2
     resumed = make_trainer(tmp_path / "cut", seed=99)  # a fresh process; state comes from the file
     resumed.load(tmp_path / "cut" / CHECKPOINT)
-    assert resumed.step == 3
+    assert resumed.step == 2
     resumed.run()
     for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name

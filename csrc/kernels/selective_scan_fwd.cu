@@ -7,8 +7,8 @@
 // each carrying kStates states in registers through the tile: per position and state one exp2, two
 // FMAs, and no block-wide scan or barrier. States beyond kSplit * kStates (dstate up to 256) are
 // done in further passes over the same tile; states live in shared memory between passes and tiles.
-// The forward is bounded by its exponentials (one per position and state) at least as much as by
-// memory; see benchmarks/bench_selective_scan_cuda.py.
+// Measured on the H100 (results/selective_scan_cuda_notes.md) it is bound by shared-memory
+// wavefronts, mostly the B/C tile reads, ahead of its exponentials (one per position and state).
 #include "kernels/scan_common.cuh"
 
 namespace ssm_tools_cuda {

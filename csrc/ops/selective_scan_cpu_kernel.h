@@ -36,26 +36,50 @@ namespace ssm_tools_cpu {
 
 constexpr double kLog2e = 1.4426950408889634;
 
-// 2^x in a form the compiler vectorises. libm's exp2f is a scalar call without -ffast-math, and it
-// would dominate the scan. x = k + f (k = round(x), |f| <= 1/2); 2^f by a degree-6 minimax
-// polynomial (relative error < 1e-7, float32 rounding); k is added to the exponent bits. Inputs are
-// clamped to [-126, 126] so the result stays a normal float (2^-126 ~ 1.2e-38 stands in for
-// anything smaller). __builtin_floorf, not std::floor: the latter is defined outside this pragma
-// region, and GCC does not inline across differing optimize options.
-inline float exp2_vectorizable(float x) {
-  x = x > -126.0f ? x : -126.0f;
-  x = x < 126.0f ? x : 126.0f;
-  const float k = __builtin_floorf(x + 0.5f);
-  const float f = x - k;
-  float p = 1.535336188319500e-4f;
+// Explicit 8-float vectors (GCC vector extensions): one AVX2 register in the x86-64-v3 clone, two SSE
+// registers in the baseline one. The multi-channel forward below is written with them so its hot loop
+// is vectorised by construction, not left to the auto-vectoriser.
+using Vec8 = float __attribute__((vector_size(32)));
+using Vec8i = int32_t __attribute__((vector_size(32)));
+// The Vec8 helpers must inline into each clone: a call would pass vectors in the baseline ABI.
+#define SSM_VEC_INLINE __attribute__((always_inline)) inline
+
+SSM_VEC_INLINE Vec8 load8(const float* p) {
+  Vec8 v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+SSM_VEC_INLINE void store8(float* p, Vec8 v) { __builtin_memcpy(p, &v, sizeof(v)); }
+
+// Float <-> int conversions (truncating) for scalars and Vec8 alike, so exp2_approx is written once.
+SSM_VEC_INLINE int32_t truncate_to_int(float x) { return static_cast<int32_t>(x); }
+SSM_VEC_INLINE Vec8i truncate_to_int(Vec8 x) { return __builtin_convertvector(x, Vec8i); }
+SSM_VEC_INLINE float int_to_float(int32_t k) { return static_cast<float>(k); }
+SSM_VEC_INLINE Vec8 int_to_float(Vec8i k) { return __builtin_convertvector(k, Vec8); }
+
+// 2^x for float or Vec8, in a form that vectorises (libm's exp2f is a scalar call without
+// -ffast-math, and it would dominate the scan). x = k + f (k = round(x), |f| <= 1/2); 2^f by a
+// degree-6 minimax polynomial (relative error < 1e-7, float32 rounding); k is added to the exponent
+// bits. Inputs are clamped to [-126, 126] so the result stays a normal float (2^-126 ~ 1.2e-38 stands
+// in for anything smaller). k = trunc(x + 127.5) - 127: the argument is positive after the clamp, so
+// truncation is floor, and it needs no SSE4.1 rounding instruction in the baseline clone.
+template <typename F>
+SSM_VEC_INLINE F exp2_approx(F x) {
+  const F lo = F{} - 126.0f, hi = F{} + 126.0f;
+  x = x > lo ? x : lo;
+  x = x < hi ? x : hi;
+  const auto k = truncate_to_int(x + 127.5f) - 127;
+  const F f = x - int_to_float(k);
+  F p = F{} + 1.535336188319500e-4f;
   p = p * f + 1.339887440266574e-3f;
   p = p * f + 9.618437357674640e-3f;
   p = p * f + 5.550332471162809e-2f;
   p = p * f + 2.402264791363012e-1f;
   p = p * f + 6.931472028550421e-1f;
   p = p * f + 1.0f;
-  return __builtin_bit_cast(float, __builtin_bit_cast(int32_t, p) + static_cast<int32_t>(k) * (1 << 23));
+  return __builtin_bit_cast(F, __builtin_bit_cast(decltype(k), p) + k * (1 << 23));
 }
+inline float exp2_vectorizable(float x) { return exp2_approx(x); }
 // float64 is the accuracy (gradcheck) path: keep libm.
 inline double exp2_vectorizable(double x) { return std::exp2(x); }
 
@@ -149,11 +173,10 @@ inline void dispatch_dstate(int64_t dstate, Fn&& fn) {
   }
 }
 
-// Step sizes dt = delta + delta_bias (softplus'd if asked) of positions [t0, t1) into s.dt.
+// Step sizes dt = delta + delta_bias (softplus'd if asked) of positions [t0, t1) into dt (indexed from t0).
 template <typename T>
-inline void step_sizes(const ScanChannel<T>& c, int64_t t0, int64_t t1, ScanScratch<T>& s) {
+inline void step_sizes(const ScanChannel<T>& c, int64_t t0, int64_t t1, T* __restrict dt) {
   const T* __restrict delta = c.delta + t0;
-  T* __restrict dt = s.dt.data();
   const T bias = c.delta_bias;
   if (c.softplus) {
 #pragma omp simd
@@ -199,6 +222,22 @@ inline void scale_A(const ScanChannel<T>& c, T* A2) {
   for (int64_t n = 0; n < c.dstate; ++n) A2[n] = c.A[n] * T(kLog2e);
 }
 
+// out = (y + D u) * silu(z) for positions [t0, t1), y indexed from t0.
+template <typename T>
+inline void gate_output(const ScanChannel<T>& c, const T* __restrict y, int64_t t0, int64_t t1, T* out) {
+  const T* __restrict u = c.u + t0;
+  T* __restrict o = out + t0;
+  const T D = c.D;
+  if (c.z) {
+    const T* __restrict z = c.z + t0;
+#pragma omp simd
+    for (int64_t i = 0; i < t1 - t0; ++i) o[i] = (y[i] + D * u[i]) * silu(z[i]);
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < t1 - t0; ++i) o[i] = y[i] + D * u[i];
+  }
+}
+
 // Forward of one channel: out (seqlen,), last_state (dstate,), saved (n_chunks, dstate) = the state
 // entering each chunk of kScanChunk positions.
 template <typename T, int kN>
@@ -210,23 +249,92 @@ SSM_CPU_MULTIVERSION void scan_forward_channel(const ScanChannel<T>& c, T* out, 
   for (int64_t t0 = 0; t0 < c.seqlen; t0 += kScanChunk) {
     const int64_t t1 = std::min<int64_t>(c.seqlen, t0 + kScanChunk);
     std::copy(s.x.begin(), s.x.end(), saved + (t0 / kScanChunk) * N);
-    step_sizes(c, t0, t1, s);
+    step_sizes(c, t0, t1, s.dt.data());
     scan_positions<T, kN, false>(c, s.A2.data(), t0, t1, s.x.data(), s);
-    // out = (y + D u) * silu(z)
-    const T* __restrict y = s.y.data();
-    const T* __restrict u = c.u + t0;
-    T* __restrict o = out + t0;
-    const T D = c.D;
-    if (c.z) {
-      const T* __restrict z = c.z + t0;
-#pragma omp simd
-      for (int64_t i = 0; i < t1 - t0; ++i) o[i] = (y[i] + D * u[i]) * silu(z[i]);
-    } else {
-#pragma omp simd
-      for (int64_t i = 0; i < t1 - t0; ++i) o[i] = y[i] + D * u[i];
-    }
+    gate_output(c, s.y.data(), t0, t1, out);
   }
   std::copy(s.x.begin(), s.x.end(), last_state);
+}
+
+// The float32 forward for dstate a multiple of 8, kLanes channels at a time. Per position and
+// channel the work is kN/8 exp vectors and three FMA vectors; the only dependency carried from one
+// position to the next is the state FMA (4 cycles of latency), so the kLanes independent channels'
+// recurrences interleave and the core stays busy. The states live in registers for the whole
+// sequence. y_t = <C_t, x_t> is not summed horizontally at every position: each position leaves one
+// vector of partial sums, and kTimeBlock = 8 of them are reduced together by a transpose-add tree
+// into one vector of 8 y's.
+constexpr int kScanLanes = 4;
+constexpr int kTimeBlock = 8;
+
+struct LaneScratch {
+  std::vector<float> dt, y;  // (kScanLanes, kScanChunk) each
+  LaneScratch() : dt(kScanLanes * kScanChunk), y(kScanLanes * kScanChunk) {}
+};
+
+// r[i] = sum of the 8 entries of w[i].
+SSM_VEC_INLINE Vec8 sum_each(const Vec8 (&w)[kTimeBlock]) {
+  Vec8 pair[4], quad[2];
+  for (int i = 0; i < 4; ++i) {  // [w0_01 w1_01 w0_23 w1_23 | w0_45 w1_45 w0_67 w1_67] for w = w[2i], w[2i+1]
+    pair[i] = __builtin_shufflevector(w[2 * i], w[2 * i + 1], 0, 8, 2, 10, 4, 12, 6, 14) +
+              __builtin_shufflevector(w[2 * i], w[2 * i + 1], 1, 9, 3, 11, 5, 13, 7, 15);
+  }
+  for (int i = 0; i < 2; ++i) {  // [w0_0-3 w1_0-3 w2_0-3 w3_0-3 | the same of entries 4-7]
+    quad[i] = __builtin_shufflevector(pair[2 * i], pair[2 * i + 1], 0, 1, 8, 9, 4, 5, 12, 13) +
+              __builtin_shufflevector(pair[2 * i], pair[2 * i + 1], 2, 3, 10, 11, 6, 7, 14, 15);
+  }
+  return __builtin_shufflevector(quad[0], quad[1], 0, 1, 2, 3, 8, 9, 10, 11) +
+         __builtin_shufflevector(quad[0], quad[1], 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
+// Same outputs as scan_forward_channel for channels c[0..kLanes), each with its own out, last_state
+// and saved.
+template <int kN, int kLanes>
+SSM_CPU_MULTIVERSION void scan_forward_lanes(const ScanChannel<float>* c, float* const* out,
+                                             float* const* last_state, float* const* saved, LaneScratch& s) {
+  static_assert(kN % 8 == 0 && kN > 0 && kLanes <= kScanLanes);
+  constexpr int kV = kN / 8;
+  const int64_t seqlen = c[0].seqlen;
+  Vec8 A2[kLanes][kV], x[kLanes][kV];
+  for (int l = 0; l < kLanes; ++l) {
+    for (int v = 0; v < kV; ++v) {
+      A2[l][v] = load8(c[l].A + 8 * v) * static_cast<float>(kLog2e);
+      x[l][v] = Vec8{};
+    }
+  }
+  for (int64_t t0 = 0; t0 < seqlen; t0 += kScanChunk) {
+    const int64_t t1 = std::min<int64_t>(seqlen, t0 + kScanChunk);
+    for (int l = 0; l < kLanes; ++l) {
+      for (int v = 0; v < kV; ++v) store8(saved[l] + (t0 / kScanChunk) * kN + 8 * v, x[l][v]);
+      step_sizes(c[l], t0, t1, s.dt.data() + l * kScanChunk);
+    }
+    for (int64_t tb = t0; tb < t1; tb += kTimeBlock) {
+      const int steps = static_cast<int>(std::min<int64_t>(kTimeBlock, t1 - tb));
+      Vec8 partial[kLanes][kTimeBlock] = {};  // per position, C_t * x_t folded to 8 lanes
+      for (int i = 0; i < steps; ++i) {
+        const int64_t t = tb + i;
+        // Fully unrolled, so that x and the partial sums stay in registers.
+#pragma GCC unroll 16
+        for (int l = 0; l < kLanes; ++l) {
+          const float dt = s.dt[l * kScanChunk + (t - t0)], dtu = dt * c[l].u[t];
+          const float* __restrict Bt = c[l].B + t * c[l].B_step;
+          const float* __restrict Ct = c[l].C + t * c[l].C_step;
+#pragma GCC unroll 16
+          for (int v = 0; v < kV; ++v) {
+            x[l][v] = exp2_approx(dt * A2[l][v]) * x[l][v] + dtu * load8(Bt + 8 * v);
+            partial[l][i] += load8(Ct + 8 * v) * x[l][v];
+          }
+        }
+      }
+      for (int l = 0; l < kLanes; ++l) {
+        const Vec8 y = sum_each(partial[l]);
+        __builtin_memcpy(s.y.data() + l * kScanChunk + (tb - t0), &y, steps * sizeof(float));
+      }
+    }
+    for (int l = 0; l < kLanes; ++l) gate_output(c[l], s.y.data() + l * kScanChunk, t0, t1, out[l]);
+  }
+  for (int l = 0; l < kLanes; ++l) {
+    for (int v = 0; v < kV; ++v) store8(last_state[l] + 8 * v, x[l][v]);
+  }
 }
 
 // dL/dy of positions [t0, t1) into s.dy: dout through the gate.
@@ -291,7 +399,7 @@ SSM_CPU_MULTIVERSION void scan_backward_channel(const ScanChannel<T>& c, const T
     const int64_t t0 = k * kScanChunk, t1 = std::min<int64_t>(c.seqlen, t0 + kScanChunk);
     const T* entry = saved + k * N;
     std::copy(entry, entry + N, s.x.begin());
-    step_sizes(c, t0, t1, s);
+    step_sizes(c, t0, t1, s.dt.data());
     scan_positions<T, kN, true>(c, s.A2.data(), t0, t1, s.x.data(), s);
     gate_backward_input(c, g, t0, t1, s);
     for (int64_t t = t1 - 1; t >= t0; --t) {

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .evaluate import evaluate
 from .models import build_model
 
 CHECKPOINT = "checkpoint.pt"
@@ -134,10 +135,12 @@ class Trainer:
     def batch(self):
         sizes = [self.cfg.train_max_size] * self.cfg.batch_size
         transcript, _ = self.task.trajectories(self.rng, sizes, train=True)
-        return transcript.tokens.to(self.device), transcript.loss_mask.to(self.device)
+        return (transcript.tokens.to(self.device), transcript.loss_mask.to(self.device),
+                int(transcript.lengths.sum()))
 
     def train_step(self) -> tuple[float, int]:
-        tokens, mask = self.batch()
+        """One optimizer step; returns (loss, tokens in the batch without padding)."""
+        tokens, mask, ntok = self.batch()
         self.model.train()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             loss = masked_loss(self.model, tokens, mask)
@@ -147,16 +150,20 @@ class Trainer:
         self.opt.step()
         self.sched.step()
         self.step += 1
-        return loss.item(), int(tokens.numel())
+        return loss.item(), ntok
 
     def run(self, stop_at: int | None = None) -> dict:
-        """Train until cfg.steps (or `stop_at`, to simulate an interruption); returns the last log row."""
-        from .evaluate import evaluate  # evaluate imports models; keep the import graph one-way
-
+        """Train until cfg.steps; returns the last log row. `stop_at` stops early like a kill would
+        (no checkpoint beyond the last periodic one), for the resume tests."""
         stop = self.cfg.steps if stop_at is None else min(stop_at, self.cfg.steps)
         self.out.mkdir(parents=True, exist_ok=True)
         log_path = self.out / LOG
         new_log = not log_path.exists() or self.step == 0
+        if not new_log:  # rows written after the checkpoint we resumed from are redone: drop them
+            with open(log_path, newline="") as f:
+                rows = list(csv.reader(f))
+            with open(log_path, "w", newline="") as f:
+                csv.writer(f).writerows([rows[0]] + [r for r in rows[1:] if int(r[0]) <= self.step])
         row: dict = {}
         with open(log_path, "w" if new_log else "a", newline="") as f, \
                 tqdm(total=self.cfg.steps, initial=self.step, disable=not self.progress,
@@ -171,11 +178,11 @@ class Trainer:
                 row = {"step": self.step, "loss": loss, "lr": self.sched.get_last_lr()[0], "tokens_per_s": tps}
                 if self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
                     row["eval"] = evaluate(self.model, self.task, self.cfg.eval_sizes, self.cfg.eval_n,
-                                           seed=self.cfg.seed, device=self.device)["accuracy"]
+                                           device=self.device)["accuracy"]
                 writer.writerow([row["step"], f"{loss:.5f}", f"{row['lr']:.3e}", f"{tps:.0f}", row.get("eval", "")])
                 bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:.0f}", **({"acc": row["eval"]} if "eval" in row else {}))
                 bar.update(1)
-                if self.step % self.cfg.ckpt_every == 0 or self.step == stop:
+                if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps:
                     f.flush()
                     self.save()
         return row
