@@ -1,14 +1,15 @@
 """Benchmark of the CPU selective scan against the plain-PyTorch reference, measured in one run.
 
 At (batch 2, dim 512, dstate 16, seqlen 2048), float32, input-dependent B/C (1 group), D, z,
-delta_bias, softplus: median wall time of
+delta_bias, softplus: wall time (min over repeats, the run least disturbed by other processes;
+the median is recorded too) of
   - forward:            ssm_tools.selective_scan vs ssm_tools.reference.selective_scan_ref
   - forward + backward: both through autograd, gradients of every input (the reference's backward
                         is PyTorch autograd through its loop)
 and the forward's state updates per second (batch * dim * dstate * seqlen / time), also per
-CPU-second of the process (all threads), which is less sensitive to other processes sharing the
-cores; the load average is recorded for the same reason. Prints the ratios; writes JSON (with the
-exact command, torch version and thread count) to --out.
+CPU-second of the process (all threads) and with one thread (per core), which are less sensitive to
+other processes sharing the cores; the load average is recorded for the same reason. Prints the
+ratios; writes JSON (with the exact command, torch version and thread count) to --out.
 
     .venv/bin/python benchmarks/bench_selective_scan_cpu.py
 """
@@ -27,8 +28,9 @@ import ssm_tools
 from ssm_tools.reference import selective_scan_ref
 
 
-def median_s(fn, reps, warmup=1):
-    """Median wall seconds and median process CPU seconds (all threads) of fn()."""
+def timings(fn, reps, warmup=1):
+    """Wall seconds of fn(): min and median over reps, and the min process CPU seconds (all threads).
+    The min is the run least disturbed by other processes on the shared cores."""
     for _ in range(warmup):
         fn()
     wall, cpu = [], []
@@ -37,7 +39,18 @@ def median_s(fn, reps, warmup=1):
         fn()
         wall.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
-    return statistics.median(wall), statistics.median(cpu)
+    return dict(min_s=min(wall), median_s=statistics.median(wall), min_cpu_s=min(cpu))
+
+
+def single_thread(fn):
+    """fn() with one intra-op thread: the per-core speed, which other processes disturb less than
+    the speed of both threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def make_inputs(batch, dim, dstate, seqlen):
@@ -70,8 +83,8 @@ def main():
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--dstate", type=int, default=16)
     parser.add_argument("--seqlen", type=int, default=2048)
-    parser.add_argument("--reps", type=int, default=5, help="timed repeats of the op (median)")
-    parser.add_argument("--ref-reps", type=int, default=3, help="timed repeats of the reference (median)")
+    parser.add_argument("--reps", type=int, default=7, help="timed repeats of the op")
+    parser.add_argument("--ref-reps", type=int, default=3, help="timed repeats of the reference")
     parser.add_argument("--out", type=Path, default=Path("results/bench_selective_scan_cpu.json"))
     args = parser.parse_args()
 
@@ -81,10 +94,11 @@ def main():
     updates = args.batch * args.dim * args.dstate * args.seqlen
 
     load_before = os.getloadavg()[0]
-    fwd_s, fwd_cpu_s = median_s(lambda: forward(ssm_tools.selective_scan, inputs), args.reps)
-    ref_fwd_s, _ = median_s(lambda: forward(selective_scan_ref, inputs), args.ref_reps)
-    fwd_bwd_s, _ = median_s(lambda: forward_backward(ssm_tools.selective_scan, inputs, dout), args.reps)
-    ref_fwd_bwd_s, _ = median_s(lambda: forward_backward(selective_scan_ref, inputs, dout), args.ref_reps)
+    fwd = timings(lambda: forward(ssm_tools.selective_scan, inputs), args.reps)
+    fwd_1t = single_thread(lambda: timings(lambda: forward(ssm_tools.selective_scan, inputs), args.reps))
+    ref_fwd = timings(lambda: forward(selective_scan_ref, inputs), args.ref_reps)
+    fwd_bwd = timings(lambda: forward_backward(ssm_tools.selective_scan, inputs, dout), args.reps)
+    ref_fwd_bwd = timings(lambda: forward_backward(selective_scan_ref, inputs, dout), args.ref_reps)
 
     result = dict(
         command=" ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
@@ -94,18 +108,25 @@ def main():
         load_average_1min=dict(before=load_before, after=os.getloadavg()[0]),
         shape=dict(batch=args.batch, dim=args.dim, dstate=args.dstate, seqlen=args.seqlen),
         dtype="float32", B_C="input-dependent, 1 group", options="D, z, delta_bias, delta_softplus",
-        fwd_ms=fwd_s * 1e3, reference_fwd_ms=ref_fwd_s * 1e3, speedup_fwd=ref_fwd_s / fwd_s,
-        fwd_bwd_ms=fwd_bwd_s * 1e3, reference_fwd_bwd_ms=ref_fwd_bwd_s * 1e3,
-        speedup_fwd_bwd=ref_fwd_bwd_s / fwd_bwd_s,
-        fwd_state_updates_per_s=updates / fwd_s,
-        fwd_state_updates_per_cpu_s=updates / fwd_cpu_s,
-        fwd_bwd_state_updates_per_s=updates / fwd_bwd_s,
+        timing="min over reps (median alongside); speedups compare mins",
+        fwd_ms=fwd["min_s"] * 1e3, fwd_median_ms=fwd["median_s"] * 1e3,
+        reference_fwd_ms=ref_fwd["min_s"] * 1e3, speedup_fwd=ref_fwd["min_s"] / fwd["min_s"],
+        fwd_bwd_ms=fwd_bwd["min_s"] * 1e3, fwd_bwd_median_ms=fwd_bwd["median_s"] * 1e3,
+        reference_fwd_bwd_ms=ref_fwd_bwd["min_s"] * 1e3,
+        speedup_fwd_bwd=ref_fwd_bwd["min_s"] / fwd_bwd["min_s"],
+        fwd_state_updates_per_s=updates / fwd["min_s"],
+        fwd_state_updates_per_cpu_s=updates / fwd["min_cpu_s"],
+        fwd_1thread_ms=fwd_1t["min_s"] * 1e3,
+        fwd_1thread_state_updates_per_s=updates / fwd_1t["min_s"],
+        fwd_bwd_state_updates_per_s=updates / fwd_bwd["min_s"],
     )
     print(f"threads {result['threads']}, load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}, (batch, dim, dstate, seqlen) = "
-          f"({args.batch}, {args.dim}, {args.dstate}, {args.seqlen}) float32")
+          f"({args.batch}, {args.dim}, {args.dstate}, {args.seqlen}) float32, min of repeats")
     print(f"forward          {result['fwd_ms']:8.1f} ms   reference {result['reference_fwd_ms']:8.1f} ms   "
           f"x{result['speedup_fwd']:.1f}   {result['fwd_state_updates_per_s']:.3g} state updates/s "
           f"({result['fwd_state_updates_per_cpu_s']:.3g} per CPU-second)")
+    print(f"forward, 1 thread {result['fwd_1thread_ms']:7.1f} ms   "
+          f"{result['fwd_1thread_state_updates_per_s']:.3g} state updates/s")
     print(f"forward+backward {result['fwd_bwd_ms']:8.1f} ms   reference {result['reference_fwd_bwd_ms']:8.1f} ms   "
           f"x{result['speedup_fwd_bwd']:.1f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

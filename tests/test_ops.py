@@ -141,16 +141,17 @@ def test_matches_reference(gen, dtype, shape):
     compare_with_reference(gen, scan_inputs(gen, *shape, dtype, groups=1), TOL[dtype])
 
 
-def test_extreme_values_and_fp16(gen):
+@pytest.mark.parametrize("dstate", [4, 16], ids=["generic", "vector"])  # 16: the float32 Vec8 kernel
+def test_extreme_values_and_fp16(gen, dstate):
     """exp(delta A) far below float32's range (the kernel's exp clamps), softplus inputs on both
     sides of its linear threshold (20) and far negative, and float16 inputs."""
-    compare_with_reference(gen, scan_inputs(gen, 2, 8, 33, 4, torch.float32, A_range=(100.0, 400.0),
+    compare_with_reference(gen, scan_inputs(gen, 2, 8, 33, dstate, torch.float32, A_range=(100.0, 400.0),
                                             softplus=False), TOL[torch.float32])
-    wide = scan_inputs(gen, 2, 8, 33, 4, torch.float32)
+    wide = scan_inputs(gen, 2, 8, 33, dstate, torch.float32)
     wide["delta"] = torch.randn(2, 8, 33, generator=gen) * 15
     assert (wide["delta"] > 25).any() and (wide["delta"] < -25).any()
     compare_with_reference(gen, wide, TOL[torch.float32])
-    compare_with_reference(gen, scan_inputs(gen, 2, 8, 33, 4, torch.float16), TOL[torch.bfloat16])
+    compare_with_reference(gen, scan_inputs(gen, 2, 8, 33, dstate, torch.float16), TOL[torch.bfloat16])
 
 
 def test_non_contiguous_inputs(gen):
