@@ -6,10 +6,14 @@
 // elementwise parts run as vectorised passes over a chunk of positions, inside the kernel: as
 // separate ATen ops they cost about as much as the scan itself (extra passes over memory).
 //
-// Speed: the inner loops run over dstate with unit stride (B/C are handed over time-major), compute
-// one exp per (t, n) and are auto-vectorised (`omp simd`). Each entry point is compiled twice
-// (target_clones): for x86-64-v3 (AVX2 + FMA) and a baseline picked at load time when the CPU lacks
-// them, so one wheel runs everywhere.
+// Speed: the inner loops run over dstate with unit stride (B/C are handed over time-major) and
+// compute one exp per (t, n). For float32 with dstate a multiple of 8 (the common 16), the forward
+// scan and the backward's recompute and reverse walk are written in explicit 8-float vectors
+// (advance_vec8, reverse_positions_vec8): state and adjoint stay in registers, the per-position dot
+// products are reduced 8 positions at a time, and the decay uses a cheaper exp (exp2_eighths).
+// Other types and sizes take the auto-vectorised (`omp simd`) loops. Each entry point is compiled
+// twice (target_clones): for x86-64-v3 (AVX2 + FMA) and a baseline picked at load time when the CPU
+// lacks them, so one wheel runs everywhere.
 #pragma once
 
 #include <algorithm>
@@ -37,8 +41,8 @@ namespace ssm_tools_cpu {
 constexpr double kLog2e = 1.4426950408889634;
 
 // Explicit 8-float vectors (GCC vector extensions): one AVX2 register in the x86-64-v3 clone, two SSE
-// registers in the baseline one. The multi-channel forward below is written with them so its hot loop
-// is vectorised by construction, not left to the auto-vectoriser.
+// registers in the baseline one. The float32 scan loops are written with them so they are
+// vectorised by construction, not left to the auto-vectoriser.
 using Vec8 = float __attribute__((vector_size(32)));
 using Vec8i = int32_t __attribute__((vector_size(32)));
 // The Vec8 helpers must inline into each clone: a call would pass vectors in the baseline ABI.
@@ -81,7 +85,7 @@ SSM_VEC_INLINE F exp2_approx(F x) {
 }
 inline float exp2_vectorizable(float x) { return exp2_approx(x); }
 
-// 2^(y/8) for Vec8, the multi-channel forward's decay: fewer multiply-adds than exp2_approx, which
+// 2^(y/8) for Vec8, the float32 scan loops' decay: fewer vector operations than exp2_approx, which
 // matters because that loop is bound by the multiply-add units. y = 8k + j + g (j in 0..7,
 // |g| <= 1/2): 2^(j/8) from an 8-entry table (one lane permute), 2^(g/8) by a degree-3 polynomial.
 // Relative error < 2e-7 in float32 (exp2_approx: 1e-7). With kClamp, y is clamped to +-1008 (2^(+-126),
