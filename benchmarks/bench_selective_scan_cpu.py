@@ -120,8 +120,9 @@ def main():
         fwd_1thread_state_updates_per_s=updates / fwd_1t["min_s"],
         fwd_bwd_state_updates_per_s=updates / fwd_bwd["min_s"],
     )
-    print(f"threads {result['threads']}, load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}, (batch, dim, dstate, seqlen) = "
-          f"({args.batch}, {args.dim}, {args.dstate}, {args.seqlen}) float32, min of repeats")
+    print(f"threads {result['threads']}, load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}, "
+          f"(batch, dim, dstate, seqlen) = ({args.batch}, {args.dim}, {args.dstate}, {args.seqlen}) float32, "
+          "min of repeats")
     print(f"forward          {result['fwd_ms']:8.1f} ms   reference {result['reference_fwd_ms']:8.1f} ms   "
           f"x{result['speedup_fwd']:.1f}   {result['fwd_state_updates_per_s']:.3g} state updates/s "
           f"({result['fwd_state_updates_per_cpu_s']:.3g} per CPU-second)")

@@ -4,8 +4,8 @@
 # small case of each kernel under compute-sanitizer memcheck and racecheck, profile the forward and
 # backward once with Nsight Compute, run the benchmark.
 # Logs and results go to $OUT (default results/gpu/); copy the JSON into results/ afterwards.
-# Uses the machine's python3 (with a CUDA torch); no venv, no downloads. Leaves the built
-# python/ssm_tools/_C*.so behind (git-ignored).
+# Uses the machine's python3 (with a CUDA torch); no venv, no downloads. Leaves
+# an editable install behind. NCU_KERNELS= (empty) skips the Nsight Compute step.
 set -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-results/gpu}
@@ -22,13 +22,11 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run with a time limit, log it, remem
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
   python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
-  # Only the torch-op module: the kernels need nothing else, and a plain CMake build of one target
-  # is faster than a pip install and independent of the rest of the tree. Loaded via PYTHONPATH.
-  step configure 120 cmake -S . -B build/gpu -DCMAKE_BUILD_TYPE=Release -DSSM_TOOLS_CUDA=ON \
-    -DPython_EXECUTABLE="$(command -v python3)"
-  step build 300 cmake --build build/gpu --target _C
-  cp build/gpu/_C*.so python/ssm_tools/ || status=1
-  export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
+  # The package as a user installs it on a GPU machine: both extension modules, CUDA kernels on.
+  step build 420 python3 -m pip install --no-build-isolation --no-deps -v -e . \
+    -C cmake.define.SSM_TOOLS_CUDA=ON -C build-dir=build/gpu
+  python3 -c 'import ssm_tools, torch; print("ssm_tools", ssm_tools.__file__, "CUDA kernel registered:",
+torch._C._dispatch_has_kernel_for_dispatch_key("ssm_tools::selective_scan_fwd", "CUDA"))' || status=1
   # Two xdist workers: a crashing test is reported as such and the others still run.
   step tests 150 python3 -m pytest -q -rf --durations=8 -p no:cacheprovider -n 2 tests/test_cuda.py
   for tool in memcheck racecheck; do
@@ -37,7 +35,7 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run with a time limit, log it, remem
     tail -3 "$OUT/sanitizer_$tool.txt"
   done
   # One forward and one backward launch at the benchmark shape under Nsight Compute (clocks as found).
-  for kernel in fwd bwd; do
+  for kernel in ${NCU_KERNELS-fwd bwd}; do
     step "ncu-$kernel" 90 ncu --clock-control none --launch-count 1 --kernel-name "regex:selective_scan_$kernel" \
       --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats \
       --section LaunchStats --print-details all \

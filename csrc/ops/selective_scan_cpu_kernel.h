@@ -85,12 +85,19 @@ SSM_VEC_INLINE F exp2_approx(F x) {
 }
 inline float exp2_vectorizable(float x) { return exp2_approx(x); }
 
+// float64 is the accuracy (gradcheck) path: keep libm.
+inline double exp2_vectorizable(double x) { return std::exp2(x); }
+
+inline float exp_vectorizable(float x) { return exp2_vectorizable(x * static_cast<float>(kLog2e)); }
+inline double exp_vectorizable(double x) { return std::exp(x); }
+
 // 2^(y/8) for Vec8, the float32 scan loops' decay: fewer vector operations than exp2_approx, which
-// matters because that loop is bound by the multiply-add units. y = 8k + j + g (j in 0..7,
-// |g| <= 1/2): 2^(j/8) from an 8-entry table (one lane permute), 2^(g/8) by a degree-3 polynomial.
-// Relative error < 2e-7 in float32 (exp2_approx: 1e-7). With kClamp, y is clamped to +-1008 (2^(+-126),
-// like exp2_approx); without, the caller guarantees |y| <= kEighthsRange (dropping the clamps
-// measured 4% faster on the whole forward). finite-math-only: so the clamps compile to min/max instructions.
+// matters because those loops are bound by vector-instruction throughput (the exp is over half of
+// the forward). y = 8k + j + g (j in 0..7, |g| <= 1/2): 2^(j/8) from an 8-entry table (one lane
+// permute), 2^(g/8) by a degree-3 polynomial. Relative error < 2e-7 in float32 (exp2_approx: 1e-7).
+// With kClamp, y is clamped to +-1008 (2^(+-126), like exp2_approx); without, the caller guarantees
+// |y| <= kEighthsRange (dropping the clamps measured 4% faster on the whole forward).
+// finite-math-only: so that the clamps compile to min/max instructions.
 constexpr float kEighthsRange = 1008.0f;
 
 template <bool kClamp>
@@ -111,11 +118,6 @@ __attribute__((optimize("finite-math-only"))) SSM_VEC_INLINE Vec8 exp2_eighths(V
   const Vec8 scaled = __builtin_shuffle(table, k8 & 7) * p;
   return __builtin_bit_cast(Vec8, __builtin_bit_cast(Vec8i, scaled) + (k8 >> 3) * (1 << 23));
 }
-// float64 is the accuracy (gradcheck) path: keep libm.
-inline double exp2_vectorizable(double x) { return std::exp2(x); }
-
-inline float exp_vectorizable(float x) { return exp2_vectorizable(x * static_cast<float>(kLog2e)); }
-inline double exp_vectorizable(double x) { return std::exp(x); }
 
 // log(1 + e) for e in [0, 1], as 2 atanh(s) with s = e / (2 + e) <= 1/3 by its odd series; the
 // first omitted term is below 1e-8.
@@ -233,11 +235,12 @@ SSM_VEC_INLINE Vec8 sum_each(const Vec8 (&w)[8]) {
          __builtin_shufflevector(quad[0], quad[1], 4, 5, 6, 7, 12, 13, 14, 15);
 }
 
-// The float32 scan's hot loop for dstate a multiple of 8, in explicit vectors. The state stays in registers over the chunk; the decay uses exp2_eighths. y_t = <C_t, x_t> is not
-// summed horizontally at every position: each position leaves one vector of partial sums, and 8
-// positions' vectors are reduced together by sum_each. (Interleaving several channels to hide the
-// state FMA's latency was measured slower: the loop is bound by vector throughput, and the extra
-// live registers spill.)
+// The float32 scan's hot loop for dstate a multiple of 8, in explicit vectors. The state stays in
+// registers over the chunk; the decay uses exp2_eighths. y_t = <C_t, x_t> is not summed
+// horizontally at every position: each position leaves one vector of partial sums, and 8 positions'
+// vectors are reduced together by sum_each. (Interleaving several channels to hide the state FMA's
+// latency was measured slower: the loop is bound by vector throughput, and the extra live registers
+// spill.)
 template <int kN, bool kRecord, bool kClamp>
 SSM_VEC_INLINE void advance_vec8(const ScanChannel<float>& c, const Vec8 (&A8)[kN / 8], int64_t t0, int64_t t1,
                                  Vec8 (&x)[kN / 8], ScanScratch<float>& s) {
