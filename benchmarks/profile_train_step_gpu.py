@@ -1,0 +1,38 @@
+"""Where the time of one paper-scale Mamba training step goes on a GPU (data, step, profiler table,
+decode step). Diagnostic, run on the device machine:
+    python3 benchmarks/profile_train_step_gpu.py > results/gpu/train_step_profile.txt
+results/gpu/train_step_profile.txt holds its output from 2026-11-25 (H100)."""
+import time, torch, numpy as np
+from ssm_tools.tasks import get_task
+from ssm_tools.models import preset, build_model
+from ssm_tools.train import masked_loss
+from ssm_tools import vocab as V
+task = get_task("addition")
+m = build_model("mamba", **dict(preset("mamba", "paper"), vocab_size=V.VOCAB_SIZE)).cuda()
+opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+rng = np.random.default_rng(0)
+def data():
+    tr, _ = task.trajectories(rng, [5] * 128, train=True)
+    return tr.tokens.cuda(), tr.loss_mask.cuda()
+def step(tok, mask):
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = masked_loss(m, tok, mask)
+    opt.zero_grad(); loss.backward(); opt.step()
+for _ in range(3): step(*data())
+torch.cuda.synchronize()
+t0 = time.perf_counter(); d = [data() for _ in range(5)]; t1 = time.perf_counter()
+print("data per step ms", (t1 - t0) / 5 * 1e3, "shape", d[0][0].shape)
+for x in d: step(*x)
+torch.cuda.synchronize(); t2 = time.perf_counter(); print("train step ms", (t2 - t1) / 5 * 1e3)
+from torch.profiler import profile, ProfilerActivity
+with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+    step(*d[0]); torch.cuda.synchronize()
+print(p.key_averages().table(sort_by="cuda_time_total", row_limit=15, max_name_column_width=60))
+# decode speed
+from ssm_tools.evaluate import greedy_policy
+pol = greedy_policy(m.eval(), 100, "cuda")
+tok = torch.ones(100, dtype=torch.long)
+for _ in range(5): pol(tok)
+torch.cuda.synchronize(); t0 = time.perf_counter()
+for _ in range(50): pol(tok)
+torch.cuda.synchronize(); print("decode step ms (batch 100)", (time.perf_counter() - t0) / 50 * 1e3)
