@@ -13,11 +13,8 @@ Prints the ratios; writes JSON (with the exact command) to --out.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import resource
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -30,6 +27,8 @@ import numpy as np
 from ssm_tools.tasks import get_task
 from ssm_tools.tasks.coding import generate
 from ssm_tools.tools import CodeSandbox
+
+from _results import write_result  # benchmarks/_results.py (run as a script: its folder is on sys.path)
 
 FLAGS = ["-E", "-S", "-B", "-u", "-X", "no_debug_ranges", "main.py"]  # as csrc/tools/code_sandbox.cpp
 
@@ -94,17 +93,12 @@ def main():
     print(f"interactive trajectories at 8 functions, batch {batch}: {rates[0]:.1f}/s on all cores, "
           f"{rates[1]:.1f}/s on one thread  (x{rates[0] / rates[1]:.2f})")
 
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({
-            "command": " ".join(shlex.quote(a) for a in [os.path.relpath(sys.executable), *sys.argv]),
-            "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
-            "run_ms": {"code_sandbox": 1e3 * sandbox_s, "python_subprocess": 1e3 * python_s,
-                       "speedup": python_s / sandbox_s, "repetitions": reps},
-            "trajectories_per_s": {"all_cores": rates[0], "one_thread": rates[1], "speedup": rates[0] / rates[1],
-                                   "functions": 8, "batch": batch, "mode": "interactive"},
-        }, f, indent=2)
-    print(f"wrote {args.out}")
+    write_result(args.out, {
+        "run_ms": {"code_sandbox": 1e3 * sandbox_s, "python_subprocess": 1e3 * python_s,
+                   "speedup": python_s / sandbox_s, "repetitions": reps},
+        "trajectories_per_s": {"all_cores": rates[0], "one_thread": rates[1], "speedup": rates[0] / rates[1],
+                               "functions": 8, "batch": batch, "mode": "interactive"},
+    })
 
 
 if __name__ == "__main__":

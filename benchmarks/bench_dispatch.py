@@ -9,14 +9,12 @@ transcript's next column, so all three loops produce the same transcript (checke
     python benchmarks/bench_dispatch.py [--episodes 4096] [--max-digits 20] [--out results/bench_dispatch.json]
 """
 import argparse
-import json
-import os
-import platform
-import sys
 import time
 
 import numpy as np
 import torch
+
+from _results import write_result
 
 from ssm_tools.env import Env, ToolSpec, replay, replay_reference, rollout
 from ssm_tools.tools import PointerMemory
@@ -92,15 +90,11 @@ def main():
     assert replayed.done.all()
     tokens = int(replayed.lengths.sum())
     result = {
-        "command": "python " + " ".join(sys.argv),
         "episodes": args.episodes,
         "max_digits": args.max_digits,
         "tokens": tokens,
         "rollout_steps": int(replayed.tokens.shape[1]) - 1,
         "threads": env.num_threads,
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "load_average_1min": os.getloadavg()[0],  # the CPU is shared: other work slows both loops
         "python_loop_s": t_python,
         "replay_s": t_replay,
         "rollout_s": t_rollout,
@@ -115,10 +109,7 @@ def main():
         print(f"  {name:12s} {result[name + '_s']:8.3f} s  {result[name + '_tokens_per_s'] / 1e6:8.2f} M tokens/s")
     print(f"  replay  vs python loop: {result['replay_speedup']:.1f}x")
     print(f"  rollout vs python loop: {result['rollout_speedup']:.1f}x")
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

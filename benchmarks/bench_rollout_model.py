@@ -8,10 +8,6 @@ for a fixed number of steps (throughput, not accuracy). Tokens/s and ratios; JSO
     python benchmarks/bench_rollout_model.py --device cuda [--episodes 4096 --steps 128 --scale tiny]
 """
 import argparse
-import json
-import os
-import platform
-import sys
 import time
 from collections import deque
 
@@ -24,6 +20,8 @@ from ssm_tools.evaluate import greedy_policy
 from ssm_tools.models import build_model, preset
 from ssm_tools.tasks import get_task
 from ssm_tools.tools import PointerMemory
+
+from _results import write_result  # benchmarks/_results.py (run as a script: its folder is on sys.path)
 
 
 def sync(device):
@@ -84,7 +82,8 @@ def main():
     rng = np.random.default_rng(0)
     prompts = [task.prompt(task.sample(rng, 20)) for _ in range(args.episodes)]
 
-    rollout(greedy_policy(model, 64, device), Env(task.tools(), batch_size=64), prompts[:64], max_steps=8)  # warm-up
+    warm = min(64, args.episodes)
+    rollout(greedy_policy(model, warm, device), Env(task.tools(), batch_size=warm), prompts[:warm], max_steps=8)  # warm-up
     cpp_s, tr = timed(lambda: rollout(greedy_policy(model, args.episodes, device), Env(task.tools(), batch_size=args.episodes),
                                       prompts, max_steps=args.steps), device)
     cpp_tokens = int(tr.lengths.sum())
@@ -93,9 +92,7 @@ def main():
     one_s, one_tokens = timed(lambda: sum(python_loop(model, [p], args.steps, device) for p in few), device)
     rates = {"rollout_cpp": cpp_tokens / cpp_s, "python_batched": py_tokens / py_s, "python_per_episode": one_tokens / one_s}
     result = {
-        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__, "model": {"name": "mamba", "scale": args.scale, **preset("mamba", args.scale)},
+        "device": str(device), "model": {"name": "mamba", "scale": args.scale, **preset("mamba", args.scale)},
         "episodes": args.episodes, "steps": args.steps, "per_episode_baseline_episodes": args.per_episode,
         "tokens_per_s": rates,
         "speedup_vs_python_batched": rates["rollout_cpp"] / rates["python_batched"],
@@ -105,9 +102,7 @@ def main():
         print(f"{k:<20} {v:>12.0f} tokens/s")
     print(f"rollout vs Python loop (batched model step): x{result['speedup_vs_python_batched']:.1f}; "
           f"vs one episode at a time: x{result['speedup_vs_python_per_episode']:.0f}")
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,8 @@ ratios; writes JSON (with the exact command, torch version and thread count) to 
     .venv/bin/python benchmarks/bench_selective_scan_cpu.py
 """
 import argparse
-import json
 import os
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -26,6 +23,8 @@ import torch
 
 import ssm_tools
 from ssm_tools.reference import selective_scan_ref
+
+from _results import write_result  # benchmarks/_results.py (run as a script: its folder is on sys.path)
 
 
 def timings(fn, reps, warmup=1):
@@ -101,10 +100,7 @@ def main():
     ref_fwd_bwd = timings(lambda: forward_backward(selective_scan_ref, inputs, dout), args.ref_reps)
 
     result = dict(
-        command=" ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
-        torch_version=torch.__version__,
         threads=torch.get_num_threads(),
-        cpu_count=os.cpu_count(),
         load_average_1min=dict(before=load_before, after=os.getloadavg()[0]),
         shape=dict(batch=args.batch, dim=args.dim, dstate=args.dstate, seqlen=args.seqlen),
         dtype="float32", B_C="input-dependent, 1 group", options="D, z, delta_bias, delta_softplus",
@@ -130,9 +126,7 @@ def main():
           f"{result['fwd_1thread_state_updates_per_s']:.3g} state updates/s")
     print(f"forward+backward {result['fwd_bwd_ms']:8.1f} ms   reference {result['reference_fwd_bwd_ms']:8.1f} ms   "
           f"x{result['speedup_fwd_bwd']:.1f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -7,19 +7,15 @@ by `replay_reference`, the plain-Python loop (same C++ tools). Writes results/be
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import shlex
-import sys
 import time
 
 import numpy as np
-import torch
 
 from ssm_tools import tools as T
 from ssm_tools.env import replay_reference
 from ssm_tools.tasks import get_task
+
+from _results import write_result  # benchmarks/_results.py (run as a script: its folder is on sys.path)
 
 # (name, mode, options, size, batch): the training-like sizes of each experiment.
 CASES = [
@@ -80,17 +76,11 @@ def main():
     args = parser.parse_args()
     repeats, baseline_episodes = (1, 4) if args.quick else (3, 16)
     rows = [bench(*case, repeats=repeats, baseline_episodes=baseline_episodes) for case in CASES]
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({
-            "command": " ".join(shlex.quote(a) for a in [os.path.relpath(sys.executable), *sys.argv]),
-            "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                        "load_average_1_5_15min": os.getloadavg()},  # the machine is shared: read rates with it
-            "note": "best of repeats; trajectories/s of task.trajectories (oracle + C++ replay, all cores) vs "
-                    "the plain-Python replay_reference loop on the same kind of episodes",
-            "rows": rows,
-        }, f, indent=2)
-    print(f"wrote {args.out}")
+    write_result(args.out, {
+        "note": "best of repeats; trajectories/s of task.trajectories (oracle + C++ replay, all cores) vs "
+                "the plain-Python replay_reference loop on the same kind of episodes",
+        "rows": rows,
+    })
 
 
 if __name__ == "__main__":
