@@ -9,6 +9,10 @@ Measures, with CUDA events (warm-up, median of repeats):
   - the PyTorch reference (ssm_tools.reference) on the same GPU: it materialises
     (batch, dim, seqlen, dstate) tensors and loops over positions in Python, so it runs at batch 1
     (recorded as reference_batch) and the ratio compares both at that batch;
+  - the same forward and forward+backward with mamba_ssm's CUDA kernel (benchmarks/mamba_ssm_baseline.py:
+    an installed mamba_ssm, or its sources from PyPI built here; set MAMBA_SSM_SRC), with the relative
+    difference of the two outputs as a check that both compute the same scan;
+  - one layer of the paper-scale training step (batch 128, dim 1536, seqlen 215, bf16);
   - decode step latency (selective_state_update) at batch 1/64/1024/8192, dim 2048, dstate 16: one
     eager call from Python (host overhead included) and the kernel alone (replayed CUDA graph),
     with its bandwidth (state read and written once).
@@ -25,6 +29,8 @@ import torch
 
 import ssm_tools._C  # noqa: F401  (registers the ops)
 from ssm_tools.reference import selective_scan_ref, selective_state_update_ref
+
+import mamba_ssm_baseline
 
 OPS = torch.ops.ssm_tools
 DIM, DSTATE, BATCH = 2048, 16, 8
@@ -52,17 +58,17 @@ def copy_rate_bytes_per_s(reps):
     return 2 * src.numel() * src.element_size() / (ms * 1e-3)
 
 
-def scan_inputs(batch, seqlen, dtype):
+def scan_inputs(batch, seqlen, dtype, dim=DIM):
     dev = "cuda"
     return dict(
-        u=torch.randn(batch, DIM, seqlen, device=dev).to(dtype),
-        delta=(torch.randn(batch, DIM, seqlen, device=dev) * 0.5 - 1.0).to(dtype),
-        A=-(torch.rand(DIM, DSTATE, device=dev) + 0.5),
+        u=torch.randn(batch, dim, seqlen, device=dev).to(dtype),
+        delta=(torch.randn(batch, dim, seqlen, device=dev) * 0.5 - 1.0).to(dtype),
+        A=-(torch.rand(dim, DSTATE, device=dev) + 0.5),
         B=torch.randn(batch, 1, DSTATE, seqlen, device=dev).to(dtype),
         C=torch.randn(batch, 1, DSTATE, seqlen, device=dev).to(dtype),
-        D=torch.randn(DIM, device=dev),
-        z=torch.randn(batch, DIM, seqlen, device=dev).to(dtype),
-        delta_bias=torch.randn(DIM, device=dev) * 0.3,
+        D=torch.randn(dim, device=dev),
+        z=torch.randn(batch, dim, seqlen, device=dev).to(dtype),
+        delta_bias=torch.randn(dim, device=dev) * 0.3,
     )
 
 
@@ -93,7 +99,19 @@ def forward_min_bytes(i, out, last, saved):
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def bench_scan(dtype, seqlen, copy_rate, reps, ref_reps, ref_bwd):
+def compare_mamba_ssm(row, mamba, i, dout, out, reps):
+    """mamba_ssm's kernel on the same inputs: its times, our speedup over it, and the outputs' difference."""
+    if mamba is None:
+        return
+    theirs = mamba_ssm_baseline.fwd(mamba, i)[2]  # the z-gated output
+    row["mamba_ssm_rel_diff"] = ((out.float() - theirs.float()).norm() / theirs.float().norm()).item()
+    row["mamba_ssm_fwd_ms"] = time_ms(lambda: mamba_ssm_baseline.fwd(mamba, i), 2, reps)
+    row["mamba_ssm_fwd_bwd_ms"] = time_ms(lambda: mamba_ssm_baseline.fwd_bwd(mamba, i, dout), 1, max(3, reps // 4))
+    row["speedup_fwd_vs_mamba_ssm"] = row["mamba_ssm_fwd_ms"] / row["fwd_ms"]
+    row["speedup_fwd_bwd_vs_mamba_ssm"] = row["mamba_ssm_fwd_bwd_ms"] / row["fwd_bwd_ms"]
+
+
+def bench_scan(dtype, seqlen, copy_rate, reps, ref_reps, ref_bwd, mamba):
     i = scan_inputs(BATCH, seqlen, dtype)
     out, last, saved = fwd(i)
     dout = torch.randn_like(out)
@@ -104,6 +122,7 @@ def bench_scan(dtype, seqlen, copy_rate, reps, ref_reps, ref_bwd):
                fwd_ms=fwd_ms, fwd_bwd_ms=fwd_bwd_ms, fwd_min_bytes=nbytes,
                fwd_bandwidth_GBps=nbytes / (fwd_ms * 1e-3) / 1e9,
                fwd_fraction_of_copy_rate=nbytes / (fwd_ms * 1e-3) / copy_rate)
+    compare_mamba_ssm(row, mamba, i, dout, out, reps)
     del i, out, last, saved, dout
     # The reference at batch 1 (see the module docstring), against our kernel at the same batch.
     small = scan_inputs(1, seqlen, dtype)
@@ -117,6 +136,23 @@ def bench_scan(dtype, seqlen, copy_rate, reps, ref_reps, ref_bwd):
         row["reference_fwd_bwd_ms"] = time_ms(lambda: ref_fwd_bwd(small, dout_small), 1, ref_reps)
         row["speedup_fwd_bwd_vs_reference"] = row["reference_fwd_bwd_ms"] / row["kernel_fwd_bwd_ms_at_reference_batch"]
     torch.cuda.empty_cache()
+    return row
+
+
+def bench_train_shape(reps, mamba, batch=128, dim=1536, seqlen=215):
+    """One layer of the paper-scale Mamba's training step (bf16, batch 128 trajectories of <= 5-digit
+    additions, padded to 215): the short-sequence case, where the backward runs its smallest block."""
+    i = scan_inputs(batch, seqlen, torch.bfloat16, dim)
+    dout = torch.randn_like(i["u"])
+    row = dict(dtype="bfloat16", batch=batch, dim=dim, dstate=DSTATE, seqlen=seqlen,
+               fwd_ms=time_ms(lambda: fwd(i), 2, reps), fwd_bwd_ms=time_ms(lambda: fwd_bwd(i, dout), 2, reps))
+    compare_mamba_ssm(row, mamba, i, dout, fwd(i)[0], reps)
+    small = scan_inputs(8, seqlen, torch.bfloat16, dim)  # the reference at batch 8 (it loops over positions)
+    dout_small = torch.randn_like(small["u"])
+    row["reference_batch"] = 8
+    row["kernel_fwd_bwd_ms_at_reference_batch"] = time_ms(lambda: fwd_bwd(small, dout_small), 2, reps)
+    row["reference_fwd_bwd_ms"] = time_ms(lambda: ref_fwd_bwd(small, dout_small), 1, 3)
+    row["speedup_fwd_bwd_vs_reference"] = row["reference_fwd_bwd_ms"] / row["kernel_fwd_bwd_ms_at_reference_batch"]
     return row
 
 
@@ -159,13 +195,17 @@ def main():
     torch.manual_seed(0)
     props = torch.cuda.get_device_properties(0)
     copy_rate = copy_rate_bytes_per_s(args.reps)
+    mamba = mamba_ssm_baseline.load()
+    print(f"mamba_ssm kernel: {mamba_ssm_baseline.version() if mamba else 'not available (set MAMBA_SSM_SRC)'}")
     print(f"{props.name}: device-to-device copy {copy_rate / 1e9:.0f} GB/s (read + write)", flush=True)
     scans = []
     for dtype in (torch.bfloat16, torch.float32):
         for seqlen in args.seqlens:
-            row = bench_scan(dtype, seqlen, copy_rate, args.reps, args.ref_reps, ref_bwd=seqlen == min(args.seqlens))
+            row = bench_scan(dtype, seqlen, copy_rate, args.reps, args.ref_reps, seqlen == min(args.seqlens), mamba)
             print(json.dumps(row), flush=True)
             scans.append(row)
+    train_shape = bench_train_shape(args.reps, mamba)
+    print(json.dumps(train_shape), flush=True)
     decodes = []
     for batch in (1, 64, 1024, 8192):
         row = bench_decode(batch, copy_rate, args.reps * 10)
@@ -174,19 +214,25 @@ def main():
     result = dict(
         command=" ".join(shlex.quote(a) for a in [sys.executable] + sys.argv),
         device=props.name, torch=torch.__version__, copy_rate_GBps=copy_rate / 1e9,
+        mamba_ssm=mamba_ssm_baseline.version() if mamba else None,
         notes=("Minimum forward bytes: u, delta, z, B, C, A, D, delta_bias read once; out, last_state, saved "
                "written once. The PyTorch reference runs at batch 1 (reference_batch): at batch 8 it "
                "materialises several (8, 2048, seqlen, 16) float32 tensors and is too slow to repeat; its ratio "
-               "compares both at batch 1. mamba_ssm is not installed on the GPU machine and nothing can be "
-               "downloaded there, so there is no side-by-side with it."),
-        scan=scans, decode=decodes)
+               "compares both at batch 1. mamba_ssm_*: mamba_ssm's selective_scan_cuda (version in "
+               "mamba_ssm) built from its PyPI sources for the same GPU, timed on the same inputs."),
+        scan=scans, train_shape=train_shape, decode=decodes)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n{'dtype':9} {'seqlen':>6} {'fwd ms':>8} {'fwd+bwd ms':>10} {'GB/s':>7} {'of copy':>7} {'x ref':>7}")
+    print(f"\n{'dtype':9} {'seqlen':>6} {'fwd ms':>8} {'fwd+bwd ms':>10} {'GB/s':>7} {'of copy':>7} {'x ref':>7} "
+          f"{'x mamba_ssm fwd':>15} {'fwd+bwd':>8}")
     for r in scans:
         print(f"{r['dtype']:9} {r['seqlen']:6d} {r['fwd_ms']:8.3f} {r['fwd_bwd_ms']:10.3f} "
               f"{r['fwd_bandwidth_GBps']:7.0f} {r['fwd_fraction_of_copy_rate']:7.1%} "
-              f"{r['speedup_fwd_vs_reference']:7.1f}")
+              f"{r['speedup_fwd_vs_reference']:7.1f} {r.get('speedup_fwd_vs_mamba_ssm', float('nan')):15.2f} "
+              f"{r.get('speedup_fwd_bwd_vs_mamba_ssm', float('nan')):8.2f}")
+    t = train_shape
+    print(f"\ntraining shape ({t['batch']}, {t['dim']}, {t['seqlen']}) bf16: fwd {t['fwd_ms']:.3f} ms, "
+          f"fwd+bwd {t['fwd_bwd_ms']:.3f} ms, {t['speedup_fwd_bwd_vs_reference']:.0f}x the reference at batch 8")
     print(f"\n{'decode batch':>12} {'us/step':>8} {'graph us':>8} {'GB/s':>7} {'of copy':>7} {'x ref':>7}")
     for r in decodes:
         print(f"{r['batch']:12d} {r['step_us']:8.1f} {r['graph_step_us']:8.1f} {r['graph_bandwidth_GBps']:7.0f} "

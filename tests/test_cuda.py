@@ -95,6 +95,13 @@ CASES = [
     # 8 and 32 dims per group: the backward pools input-dependent dB/dC over clusters of 8 blocks.
     (2, 16, 2049, 16, dict(groups=2)),
     (1, 32, 300, 8, dict(variable_C=False, z=False)),
+    # The backward's block size follows seqlen (tiles of 256, 512, 1024, 2048 positions): each size,
+    # at and just past a tile's end, with clusters pooling dB/dC.
+    (2, 16, 256, 16, dict(groups=2)),
+    (3, 8, 257, 16, dict()),
+    (2, 16, 512, 4, dict(variable_B=False)),
+    (1, 24, 1000, 16, dict(groups=3)),
+    (2, 8, 2048, 16, dict()),
 ]
 CASE_IDS = [f"b{b}-d{d}-l{l}-n{n}-" + ("-".join(f"{k}={v}" for k, v in o.items()) or "all")
             for b, d, l, n, o in CASES]

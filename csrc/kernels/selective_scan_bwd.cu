@@ -13,6 +13,11 @@
 // barrier for state n is split: blocks arrive after writing their parts of state n and wait only one
 // state later, just before summing them, so no block idles while the slowest of its cluster catches up
 // (three buffers of parts rotate: see selective_scan_bwd_kernel).
+//
+// A block covers a tile of kThreads * kItems positions of a chunk per pass. Long sequences use
+// 256 threads (a tile is a whole saved chunk); a sequence shorter than that runs on the smallest block
+// whose tile holds it (32, 64 or 128 threads), so that training on short trajectories (the paper's
+// batches are ~200 tokens) does not pay for 2048 positions per row and state.
 #include <cooperative_groups.h>
 
 #include "kernels/scan_row.cuh"
@@ -20,11 +25,10 @@
 namespace ssm_tools_cuda {
 namespace {
 
-constexpr int kThreads = 256;
 constexpr int kItems = 8;
-constexpr int kMaxCluster = 8;  // the portable cluster size limit
-static_assert(kThreads * kItems == kScanChunk, "one block iteration covers one saved chunk");
-static_assert(kScanChunk % (4 * kMaxCluster) == 0, "every cluster rank sums whole float4s of a chunk");
+constexpr int kMaxThreads = 256;  // the block of a long sequence: its tile is one saved chunk
+constexpr int kMaxCluster = 8;    // the portable cluster size limit
+static_assert(kMaxThreads * kItems == kScanChunk, "one block iteration of the largest block covers one saved chunk");
 
 // The cluster of blocks that pool their dB/dC partial sums. Before sm_90 (the PTX fallback) there are
 // no clusters: the launcher then uses clusters of one, and these reduce to the block alone.
@@ -67,6 +71,7 @@ __device__ __forceinline__ const float* cluster_shared(float* local, unsigned ra
 }
 
 // Adds the block's sum of v into *out (one atomic per block).
+template <int kThreads>
 __device__ void block_sum_atomic(float v, float* s_red, float* out) {
   v = warp_sum(v);
   if (threadIdx.x % 32 == 0) s_red[threadIdx.x / 32] = v;
@@ -79,19 +84,22 @@ __device__ void block_sum_atomic(float v, float* s_red, float* out) {
   __syncthreads();
 }
 
-// Input-dependent dB and dC of one state over chunk `c`: each block of the cluster has put its dims'
-// values in `parts` ([B or C][position in chunk], one array per input-dependent one) and arrived at
-// the cluster barrier; after waiting, this block sums its slice of the chunk over the cluster and adds
-// it into dB/dC (rows of state n, or null where that input is constant).
+// Input-dependent dB and dC of one state over the tile of chunk `c`: each block of the cluster has put
+// its dims' values in `parts` ([B or C][position in tile], one array per input-dependent one) and
+// arrived at the cluster barrier; after waiting, this block sums its slice of the tile over the
+// cluster and adds it into dB/dC (rows of state n, or null where that input is constant).
+template <int kThreads>
 __device__ void cluster_add_state_grads(float* parts, float* dB_state, float* dC_state, int c, int seqlen,
                                         bool aligned) {
+  constexpr int kTile = kThreads * kItems;
+  static_assert(kTile % (4 * kMaxCluster) == 0, "every cluster rank sums whole float4s of a tile");
   cluster_wait();
   const unsigned n_ranks = cluster_size(), rank = cluster_rank();
-  const int span = kScanChunk / static_cast<int>(n_ranks), quads = span / 4;
+  const int span = kTile / static_cast<int>(n_ranks), quads = span / 4;
   const int n_parts = (dB_state ? 1 : 0) + (dC_state ? 1 : 0);
   for (int v = threadIdx.x; v < n_parts * quads; v += kThreads) {
     const int part = v / quads, pos = static_cast<int>(rank) * span + v % quads * 4;
-    float* local = parts + part * kScanChunk + pos;
+    float* local = parts + part * kTile + pos;
     float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
     for (unsigned k = 0; k < kMaxCluster; ++k) {  // unrolled: all remote loads in flight at once
@@ -106,10 +114,12 @@ __device__ void cluster_add_state_grads(float* parts, float* dB_state, float* dC
   }
 }
 
-// Two blocks per SM (at most 128 registers): with one, the block scans' barriers left the SM idle.
-template <typename T>
-__global__ __launch_bounds__(kThreads, 2) void selective_scan_bwd_kernel(SelectiveScanParams p) {
+// 512 threads per SM (at most 128 registers): with one block of 256, the block scans' barriers left
+// the SM idle. A block with kThreads < kMaxThreads only runs sequences that fit one tile (one chunk).
+template <typename T, int kThreads>
+__global__ __launch_bounds__(kThreads, 512 / kThreads) void selective_scan_bwd_kernel(SelectiveScanParams p) {
   constexpr int kWarps = kThreads / 32;
+  constexpr int kTile = kThreads * kItems;
   __shared__ float s_adj[kMaxDstate];  // adjoint flowing into the current chunk from the right
   __shared__ float s_dA[kMaxDstate], s_dB[kMaxDstate], s_dC[kMaxDstate];
   __shared__ float s_a_first[kThreads];  // each thread's first decay, for its left neighbour
@@ -138,7 +148,7 @@ __global__ __launch_bounds__(kThreads, 2) void selective_scan_bwd_kernel(Selecti
   // The state whose parts await their sum (deferred by one state): its buffer, state and chunk.
   int pending_buf = -1, pending_n = 0, pending_c = 0, next_buf = 0;
   auto add_pending = [&] {
-    cluster_add_state_grads(s_parts + pending_buf * n_parts * kScanChunk,
+    cluster_add_state_grads<kThreads>(s_parts + pending_buf * n_parts * kTile,
                             dB_var ? dB_var + static_cast<size_t>(pending_n) * p.seqlen : nullptr,
                             dC_var ? dC_var + static_cast<size_t>(pending_n) * p.seqlen : nullptr, pending_c,
                             p.seqlen, atomics_aligned);
@@ -203,9 +213,9 @@ __global__ __launch_bounds__(kThreads, 2) void selective_scan_bwd_kernel(Selecti
       parity ^= 1;
       // 3. gradients, walking the thread's positions backwards. dB/dC per position go to this
       // block's half of s_parts in use for this state (B's array first when both are there).
-      float* parts = s_parts + next_buf * n_parts * kScanChunk;
+      float* parts = s_parts + next_buf * n_parts * kTile;
       float4* dB_part = reinterpret_cast<float4*>(parts + tid * kItems);
-      float4* dC_part = reinterpret_cast<float4*>(parts + (dB_var ? kScanChunk : 0) + tid * kItems);
+      float4* dC_part = reinterpret_cast<float4*>(parts + (dB_var ? kTile : 0) + tid * kItems);
       float dA = 0.f, dB = 0.f, dC = 0.f, dBv[kItems], dCv[kItems];
 #pragma unroll
       for (int i = kItems - 1; i >= 0; --i) {
@@ -262,8 +272,8 @@ __global__ __launch_bounds__(kThreads, 2) void selective_scan_bwd_kernel(Selecti
     store_items<T, kItems>(static_cast<T*>(p.ddelta) + offset, first, p.seqlen, r.aligned, ddelta);
     if (r.z) store_items<T, kItems>(static_cast<T*>(p.dz) + offset, first, p.seqlen, r.aligned, dz);
   }
-  if (p.dD) block_sum_atomic(dD_sum, s_red, p.dD + r.d);
-  if (p.ddelta_bias) block_sum_atomic(dbias_sum, s_red, p.ddelta_bias + r.d);
+  if (p.dD) block_sum_atomic<kThreads>(dD_sum, s_red, p.dD + r.d);
+  if (p.ddelta_bias) block_sum_atomic<kThreads>(dbias_sum, s_red, p.ddelta_bias + r.d);
   __syncthreads();
   const size_t param_row = static_cast<size_t>(r.d) * p.dstate;
   for (int n = tid; n < p.dstate; n += kThreads) {
@@ -293,15 +303,22 @@ int selective_scan_bwd_launch(const SelectiveScanParams& p, ScanInputType type, 
   int cluster = 1;
   const bool pooled = p.variable_B || p.variable_C;
   while (major >= 9 && pooled && cluster < kMaxCluster && dims_per_group % (2 * cluster) == 0) cluster *= 2;
-  const size_t smem = pooled ? 3 * ((p.variable_B ? 1 : 0) + (p.variable_C ? 1 : 0)) * kScanChunk * sizeof(float) : 0;
+  // The smallest block whose tile holds the whole sequence, else the chunk-sized one.
+  int threads = 32;
+  while (threads < kMaxThreads && threads * kItems < p.seqlen) threads *= 2;
+  const size_t smem = pooled ? 3 * ((p.variable_B ? 1 : 0) + (p.variable_C ? 1 : 0)) * threads * kItems * sizeof(float) : 0;
   return dispatch_input_type(type, [&](auto tag) {
-    auto kernel = selective_scan_bwd_kernel<decltype(tag)>;
+    using T = decltype(tag);
+    auto kernel = threads == 32    ? selective_scan_bwd_kernel<T, 32>
+                  : threads == 64  ? selective_scan_bwd_kernel<T, 64>
+                  : threads == 128 ? selective_scan_bwd_kernel<T, 128>
+                                   : selective_scan_bwd_kernel<T, kMaxThreads>;
     const cudaError_t attr_err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                       static_cast<int>(smem));
     if (attr_err != cudaSuccess) return static_cast<int>(attr_err);
     cudaLaunchConfig_t config = {};
     config.gridDim = dim3(p.dim, p.batch);
-    config.blockDim = dim3(kThreads);
+    config.blockDim = dim3(threads);
     config.dynamicSmemBytes = smem;
     config.stream = static_cast<cudaStream_t>(stream);
     cudaLaunchAttribute attribute;

@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch.utils._pytree import tree_flatten
 
 from .env import Env, rollout
+from .models.base import check_tokens
 
 TEST_SEED = 1234  # one test set per (size, n) for every model and training seed: curves compare
 
 
-def greedy_policy(model, batch_size: int, device):
-    """model_step for `rollout`: input tokens (B,) -> argmax next tokens (B,), state kept inside."""
+def greedy_policy(model, batch_size: int, device, cuda_graph: bool = True):
+    """model_step for `rollout`: input tokens (B,) -> argmax next tokens (B,), state kept inside.
+
+    On a GPU, a model with a fixed-size state decodes through one captured CUDA graph per step
+    (`GraphedGreedyStep`): a 24-layer Mamba step is hundreds of small kernels, whose launches from
+    Python otherwise take far longer than the kernels themselves."""
+    if cuda_graph and torch.device(device).type == "cuda" and model.fixed_size_state:
+        return GraphedGreedyStep(model, batch_size, device)
     state = model.init_state(batch_size, device)
 
     @torch.no_grad()
@@ -25,6 +33,45 @@ def greedy_policy(model, batch_size: int, device):
         return logits.argmax(-1).cpu()
 
     return model_step
+
+
+class GraphedGreedyStep:
+    """Greedy decoding of a fixed-size-state model as a replayed CUDA graph. The graph reads the
+    input tokens from a static buffer, runs the step, writes the new state back into the static
+    state tensors and argmaxes; the tokens are checked on the host instead of inside the step."""
+
+    def __init__(self, model, batch_size: int, device):
+        self.model = model
+        self.tokens = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.state = model.init_state(batch_size, device)
+        flat = tree_flatten(self.state)[0]
+        initial = [t.clone() for t in flat]
+
+        @torch.no_grad()
+        def body():
+            logits, new_state = model.step_unchecked(self.tokens, self.state)
+            for old, new in zip(flat, tree_flatten(new_state)[0]):
+                if new is not old:
+                    old.copy_(new)
+            return logits.argmax(-1)
+
+        side = torch.cuda.Stream(device)  # warm-up (lazy init, autotuning) must run off the capture
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                body()
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.next_tokens = body()
+        for t, t0 in zip(flat, initial):  # undo the warm-up steps
+            t.copy_(t0)
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        check_tokens(tokens, self.model.vocab_size, 1)
+        self.tokens.copy_(tokens)
+        self.graph.replay()
+        return self.next_tokens.cpu()
 
 
 def evaluate_size(model, task, size: int, n: int, seed: int = TEST_SEED, device="cpu") -> dict:

@@ -51,6 +51,11 @@ class LanguageModel(nn.Module):
         that is cheaper); keep using the returned one.
         """
         check_tokens(tokens, self.vocab_size, 1)
+        return self.step_unchecked(tokens, state)
+
+    def step_unchecked(self, tokens: torch.Tensor, state):
+        """`step` without the input check, which reads the tokens back to the host: for callers that
+        check the tokens on the host themselves (a decode loop replaying a captured CUDA graph)."""
         h, state = self.body_step(self.embedding(tokens.long()), state)
         return self.lm_head(self.norm_f(h)), state
 
@@ -62,6 +67,10 @@ class LanguageModel(nn.Module):
 
     def init_state(self, batch_size: int, device=None):
         raise NotImplementedError
+
+    # True when every state tensor keeps its shape from step to step (recurrent models), so a decode
+    # step can be captured once as a CUDA graph; a growing KV cache cannot.
+    fixed_size_state = False
 
     def _state_tensor(self, *shape: int, device=None) -> torch.Tensor:
         """A zero state tensor in the parameters' dtype (float64 models decode in float64)."""

@@ -69,6 +69,8 @@ class MambaMixer(nn.Module):
 
 
 class Mamba(LanguageModel):
+    fixed_size_state = True
+
     def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, d_state: int = 16,
                  d_conv: int = 4, expand: int = 2, dt_rank: int | None = None, tie_embeddings: bool = True):
         super().__init__(vocab_size, d_model, tie_embeddings)

@@ -9,6 +9,8 @@ CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 
 
 class RNN(LanguageModel):
+    fixed_size_state = True
+
     def __init__(self, vocab_size: int, cell: str = "lstm", d_model: int = 64, n_layers: int = 2,
                  tie_embeddings: bool = True):
         super().__init__(vocab_size, d_model, tie_embeddings)
