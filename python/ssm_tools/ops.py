@@ -59,7 +59,9 @@ def _check_groups(op, name, t, dim, device, shapes):
 
 def _check_finite_A(op, A):
     # A data-dependent check: skipped while tracing (torch.compile) and on meta/fake tensors.
-    if torch.compiler.is_compiling() or A.device.type == "meta" or isinstance(A, torch._subclasses.FakeTensor):
+    # Also skipped while a CUDA graph is being captured (a host read is not allowed there).
+    if (torch.compiler.is_compiling() or A.device.type == "meta" or isinstance(A, torch._subclasses.FakeTensor)
+            or (A.is_cuda and torch.cuda.is_current_stream_capturing())):
         return
     if not bool(torch.isfinite(A).all()):
         raise ValueError(f"{op}: A must be finite, got non-finite values")
