@@ -21,9 +21,8 @@ struct ScanRow {
   float D, bias;
   bool aligned;         // every per-position pointer is 16-byte aligned: vector loads allowed
 
-  __device__ explicit ScanRow(const SelectiveScanParams& p) {
-    d = blockIdx.x;
-    const int b = blockIdx.y;
+  __device__ ScanRow(const SelectiveScanParams& p, int d_, int b) {
+    d = d_;
     row = static_cast<size_t>(b) * p.dim + d;
     const size_t offset = row * p.seqlen;
     u = static_cast<const T*>(p.u) + offset;

@@ -12,7 +12,10 @@
 // global memory, so a cluster of 8 issues an eighth of the atomics of one block per dim. The cluster
 // barrier for state n is split: blocks arrive after writing their parts of state n and wait only one
 // state later, just before summing them, so no block idles while the slowest of its cluster catches up
-// (three buffers of parts rotate: see selective_scan_bwd_kernel).
+// (three buffers of parts rotate: see selective_scan_bwd_kernel). Where that pooling does not pay
+// (chunk-sized blocks, large batches; see selective_scan_bwd_launch), every block adds its own dB/dC
+// with float4 atomics instead, with the grid ordered so that the blocks running at once belong to
+// different batch entries and so to different dB/dC rows.
 //
 // A block covers a tile of kThreads * kItems positions of a chunk per pass. Long sequences use
 // 256 threads (a tile is a whole saved chunk); a sequence shorter than that runs on the smallest block
@@ -117,7 +120,7 @@ __device__ void cluster_add_state_grads(float* parts, float* dB_state, float* dC
 // 512 threads per SM (at most 128 registers): with one block of 256, the block scans' barriers left
 // the SM idle. A block with kThreads < kMaxThreads only runs sequences that fit one tile (one chunk).
 template <typename T, int kThreads>
-__global__ __launch_bounds__(kThreads, 512 / kThreads) void selective_scan_bwd_kernel(SelectiveScanParams p) {
+__global__ __launch_bounds__(kThreads, 512 / kThreads) void selective_scan_bwd_kernel(SelectiveScanParams p, bool pool) {
   constexpr int kWarps = kThreads / 32;
   constexpr int kTile = kThreads * kItems;
   __shared__ float s_adj[kMaxDstate];  // adjoint flowing into the current chunk from the right
@@ -128,7 +131,10 @@ __global__ __launch_bounds__(kThreads, 512 / kThreads) void selective_scan_bwd_k
   // Per-dim dB/dC of one state for the cluster's sum, three buffers used in turn (see below).
   extern __shared__ float4 s_parts4[];
   float* s_parts = reinterpret_cast<float*>(s_parts4);
-  const ScanRow<T> r(p);
+  // Pooling clusters are consecutive dims of one batch entry (grid x = dim). Without pooling, grid x
+  // is the batch entry, so that the blocks running at once belong to many batch entries and their
+  // atomics on dB/dC (whose rows are per batch entry) spread over many addresses.
+  const ScanRow<T> r(p, pool ? blockIdx.x : blockIdx.y, pool ? blockIdx.y : blockIdx.x);
   const int tid = threadIdx.x, lane = tid % 32;
   const size_t state_row = r.row * p.dstate;
   for (int n = tid; n < p.dstate; n += kThreads) {
@@ -138,7 +144,9 @@ __global__ __launch_bounds__(kThreads, 512 / kThreads) void selective_scan_bwd_k
   const size_t group_offset = (r.row / p.dim * p.n_groups + r.d / (p.dim / p.n_groups)) * p.dstate * p.seqlen;
   float* dB_var = p.variable_B ? p.dB + group_offset : nullptr;
   float* dC_var = p.variable_C ? p.dC + group_offset : nullptr;
-  const int n_parts = (dB_var ? 1 : 0) + (dC_var ? 1 : 0);
+  // pool: input-dependent dB/dC are summed over the cluster first (see above); otherwise every block
+  // adds its own into global memory with float4 atomics.
+  const int n_parts = pool ? (dB_var ? 1 : 0) + (dC_var ? 1 : 0) : 0;
   const T* dout_row = static_cast<const T*>(p.dout) + r.row * p.seqlen;
   const float* saved = p.saved + r.row * p.n_chunks * p.dstate;
   // dB/dC rows start at multiples of seqlen floats in zero-filled (aligned) buffers.
@@ -232,8 +240,15 @@ __global__ __launch_bounds__(kThreads, 512 / kThreads) void selective_scan_bwd_k
         dB += dBi;
         dC += dCi;
         if (i % 4 == 0) {  // positions i .. i + 3 are done: one 16-byte store each
-          if (dB_var) dB_part[i / 4] = make_float4(dBv[i], dBv[i + 1], dBv[i + 2], dBv[i + 3]);
-          if (dC_var) dC_part[i / 4] = make_float4(dCv[i], dCv[i + 1], dCv[i + 2], dCv[i + 3]);
+          if (n_parts) {
+            if (dB_var) dB_part[i / 4] = make_float4(dBv[i], dBv[i + 1], dBv[i + 2], dBv[i + 3]);
+            if (dC_var) dC_part[i / 4] = make_float4(dCv[i], dCv[i + 1], dCv[i + 2], dCv[i + 3]);
+          } else {
+            const float b4[4] = {dBv[i], dBv[i + 1], dBv[i + 2], dBv[i + 3]};
+            const float c4[4] = {dCv[i], dCv[i + 1], dCv[i + 2], dCv[i + 3]};
+            if (dB_var) atomic_add_items<4>(dB_var + static_cast<size_t>(n) * p.seqlen, first + i, p.seqlen, atomics_aligned, b4);
+            if (dC_var) atomic_add_items<4>(dC_var + static_cast<size_t>(n) * p.seqlen, first + i, p.seqlen, atomics_aligned, c4);
+          }
         }
       }
       // Positions past seqlen have dt = u = dy = 0, so they add nothing to dA, dB, dC.
@@ -300,12 +315,23 @@ int selective_scan_bwd_launch(const SelectiveScanParams& p, ScanInputType type, 
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
   if (err != cudaSuccess) return static_cast<int>(err);
   const int dims_per_group = p.dim / p.n_groups;
-  int cluster = 1;
-  const bool pooled = p.variable_B || p.variable_C;
-  while (major >= 9 && pooled && cluster < kMaxCluster && dims_per_group % (2 * cluster) == 0) cluster *= 2;
   // The smallest block whose tile holds the whole sequence, else the chunk-sized one.
   int threads = 32;
   while (threads < kMaxThreads && threads * kItems < p.seqlen) threads *= 2;
+  // Pool input-dependent dB/dC over clusters, or let every block add its own (grid x = batch entry)?
+  // Measured on the H100 (bf16, dstate 16; results/selective_scan_cuda_notes.md): direct atomics win
+  // for chunk-sized blocks (seqlen > 1024: 3.7 vs 4.7 ms at batch 8, seqlen 2048) and when few blocks
+  // of each batch entry run at once (batch 512, seqlen 100: 28 vs 40 ms); pooling wins for short
+  // sequences at small batch, where many resident blocks would hit the same dB/dC row (batch 128,
+  // seqlen 215: 11.6 vs 16.3 ms; batch 64, seqlen 637: 13.4 vs 24 ms).
+  int n_sms = 0;
+  if (cudaDeviceGetAttribute(&n_sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) n_sms = 1;
+  const long resident_per_batch = static_cast<long>(n_sms) * (512 / threads) / p.batch;
+  const bool pooled = (p.variable_B || p.variable_C) && major >= 9 && threads < kMaxThreads &&
+                      resident_per_batch > 8 && p.dim <= 65535;
+  int cluster = 1;
+  while (pooled && cluster < kMaxCluster && dims_per_group % (2 * cluster) == 0) cluster *= 2;
+  if (pooled ? p.batch > 65535 : p.dim > 65535) return static_cast<int>(cudaErrorInvalidConfiguration);
   const size_t smem = pooled ? 3 * ((p.variable_B ? 1 : 0) + (p.variable_C ? 1 : 0)) * threads * kItems * sizeof(float) : 0;
   return dispatch_input_type(type, [&](auto tag) {
     using T = decltype(tag);
@@ -317,7 +343,7 @@ int selective_scan_bwd_launch(const SelectiveScanParams& p, ScanInputType type, 
                                                       static_cast<int>(smem));
     if (attr_err != cudaSuccess) return static_cast<int>(attr_err);
     cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(p.dim, p.batch);
+    config.gridDim = pooled ? dim3(p.dim, p.batch) : dim3(p.batch, p.dim);
     config.blockDim = dim3(threads);
     config.dynamicSmemBytes = smem;
     config.stream = static_cast<cudaStream_t>(stream);
@@ -328,6 +354,6 @@ int selective_scan_bwd_launch(const SelectiveScanParams& p, ScanInputType type, 
     attribute.val.clusterDim.z = 1;
     config.attrs = &attribute;
     config.numAttrs = major >= 9 ? 1 : 0;
-    return static_cast<int>(cudaLaunchKernelEx(&config, kernel, p));
+    return static_cast<int>(cudaLaunchKernelEx(&config, kernel, p, pooled));
   });
 }
