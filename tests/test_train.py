@@ -79,6 +79,20 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
     assert [row.split(",")[0] for row in log] == ["step", "1", "2", "3", "4", "5", "6"]
 
 
+def test_time_budget_checkpoints_and_a_later_run_finishes_identically(tmp_path):
+    whole = make_trainer(tmp_path / "whole")
+    whole.run()
+    first = make_trainer(tmp_path / "budget")
+    row = first.run(max_seconds=0.0)  # out of time after the first step: checkpoint, stop
+    assert row["stopped"] and first.step == 1
+    assert torch.load(tmp_path / "budget" / CHECKPOINT, weights_only=False)["step"] == 1
+    later = make_trainer(tmp_path / "budget", seed=99)
+    later.load(tmp_path / "budget" / CHECKPOINT)
+    assert "stopped" not in later.run()
+    for (name, a), b in zip(whole.model.state_dict().items(), later.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
 class OracleModel:
     """A stand-in "model" that predicts, after each token of an episode, the next token of the
     oracle's expected stream (teacher forcing in reverse): driven through the real loop by

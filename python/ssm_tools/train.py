@@ -152,9 +152,13 @@ class Trainer:
         self.step += 1
         return loss.item(), ntok
 
-    def run(self, stop_at: int | None = None) -> dict:
+    def run(self, stop_at: int | None = None, max_seconds: float | None = None) -> dict:
         """Train until cfg.steps; returns the last log row. `stop_at` stops early like a kill would
-        (no checkpoint beyond the last periodic one), for the resume tests."""
+        (no checkpoint beyond the last periodic one), for the resume tests. `max_seconds` is a time
+        budget: once a step ends past it, a checkpoint is written and training stops ("stopped": True
+        in the row), to be resumed (`load`) by a later process, e.g. the next call on a GPU machine
+        whose calls are time-limited."""
+        started = time.perf_counter()
         stop = self.cfg.steps if stop_at is None else min(stop_at, self.cfg.steps)
         self.out.mkdir(parents=True, exist_ok=True)
         log_path = self.out / LOG
@@ -182,9 +186,12 @@ class Trainer:
                 writer.writerow([row["step"], f"{loss:.5f}", f"{row['lr']:.3e}", f"{tps:.0f}", row.get("eval", "")])
                 bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:.0f}", **({"acc": row["eval"]} if "eval" in row else {}))
                 bar.update(1)
-                if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps:
+                out_of_time = max_seconds is not None and time.perf_counter() - started > max_seconds
+                if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps or out_of_time:
                     f.flush()
                     self.save()
+                if out_of_time and self.step < stop:
+                    return {**row, "stopped": True}
         return row
 
 
