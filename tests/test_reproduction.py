@@ -1,8 +1,15 @@
-"""The paper's central claim at CPU scale: a tiny Mamba trained on 1..5-digit additions WITH the
-pointer-memory tool adds 50-digit numbers (10x the training length) exactly; the same model trained
-to answer directly (no tool) does not. Seeded; uses the `reproduce --scale cpu` recipe."""
+"""`ssm-tools reproduce`. The slow test is the paper's central claim at CPU scale: a tiny Mamba trained
+on 1..5-digit additions WITH the pointer-memory tool adds 50-digit numbers (10x the training length)
+exactly; the same model trained to answer directly (no tool) does not (seeded; the `reproduce --scale
+cpu` recipe). The others check the per-task settings, merging runs into one curve, the evaluation
+budget and the errors, with 1-step trainings."""
+import json
+import time
 import pytest
+import torch
 
+from ssm_tools import reproduce as R
+from ssm_tools.cli import main
 from ssm_tools.reproduce import SCALES, plot_curve, reproduce, run_parallel, task_config
 
 RECIPE = SCALES["cpu"]
@@ -37,3 +44,127 @@ def test_reproduce_rejects_unknown_scale_and_runs():
         reproduce("addition", "cpu", [0], "unused", only=[("mamba", "telepathy")])
     with pytest.raises(FileNotFoundError, match="no experiment config"):
         task_config("sorting", "interactive")
+
+
+# -- reproduce for every task: per-task sizes, merging runs into one curve, evaluation budgets ------
+QUICK = ["--steps", "1", "--n", "2", "--seeds", "0"]
+
+
+def in_process(jobs):
+    """run_parallel without the process pool (each spawned worker imports torch: seconds)."""
+    threads = torch.get_num_threads()
+    try:
+        return [R.run_one(*job, threads=1, progress=False) for job in jobs]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_cli_reproduce_multiplication_writes_curve_and_merges_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the runs' checkpoints go to ./runs
+    out = tmp_path / "curve"
+    base = ["reproduce", "multiplication_nx1", "--out", str(out), "--runs", "mamba:interactive"]
+    assert main(base + QUICK + ["--sizes", "10"]) == 0  # through the real process pool once
+    curve = json.loads((out / "curve.json").read_text())
+    assert {"task", "scale", "command", "commands", "device", "size_label", "train_sizes", "test_sizes",
+            "n_per_size", "seeds", "train", "models", "runs"} <= set(curve)
+    assert (curve["task"], curve["train_sizes"], curve["test_sizes"], curve["n_per_size"]) == \
+        ("multiplication_nx1", [1, 10], [10], 2)
+    assert curve["train"]["steps"] == 1 and curve["train"]["train_max_size"] == 10
+    run, = curve["runs"]
+    assert {"train_seconds", "eval_seconds", "eval_seconds_per_size", "test_sizes", "n", "command",
+            "skipped_sizes", "max_eval_seconds"} <= set(run)
+    assert (run["model"], run["mode"], run["seed"], run["test_sizes"], run["skipped_sizes"]) == \
+        ("mamba", "interactive", 0, [10], [])
+    assert 0 <= run["accuracy"]["10"] <= 1
+
+    monkeypatch.setattr(R, "run_parallel", in_process)
+    # Another model and seed join the curve, with larger sizes whose evaluation the budget skips.
+    assert main(base[:-1] + ["gru:interactive", "--merge", "--max-eval-seconds", "1e-9", "--sizes", "10,20,50"]
+                + QUICK[:-1] + ["1"]) == 0
+    # The first run again with another n: replaced in place, not added.
+    assert main(base + QUICK[:2] + ["--n", "3", "--seeds", "0", "--sizes", "10", "--merge"]) == 0
+    curve = json.loads((out / "curve.json").read_text())
+    assert [(r["model"], r["seed"], r["n"]) for r in curve["runs"]] == [("mamba", 0, 3), ("gru", 1, 2)]
+    assert curve["test_sizes"] == [10, 20, 50] and curve["seeds"] == [0, 1] and curve["n_per_size"] is None
+    gru = curve["runs"][1]
+    assert gru["accuracy"]["20"] is None and gru["accuracy"]["50"] is None and gru["skipped_sizes"] == [20, 50]
+    assert gru["eval_seconds_per_size"]["50"] is None and gru["accuracy"]["10"] is not None
+    assert set(curve["models"]) == {"mamba", "gru"} and len(curve["commands"]) == 3
+    assert (out / "command.txt").read_text().splitlines() == curve["commands"]
+    assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Another training recipe cannot join this curve; the check comes before any training.
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(base + ["--steps", "2", "--n", "2", "--seeds", "0", "--merge"])
+    assert "cannot merge into the existing curve: its train is" in capsys.readouterr().err
+    # Without --merge the curve is replaced.
+    assert main(base + QUICK + ["--sizes", "10"]) == 0
+    assert len(json.loads((out / "curve.json").read_text())["runs"]) == 1
+
+
+def test_reproduce_tasks_have_their_sizes_and_modes(tmp_path, monkeypatch):
+    assert R.TASKS["addition"]["sizes"]["cpu"] == [5, 10, 20, 50, 100]  # results/addition, the README
+    assert R.TASKS["multiplication_nx1"]["sizes"]["paper"][-1] == 1000
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(R, "run_parallel", lambda jobs: pytest.fail("should not train"))
+    with pytest.raises(ValueError, match=r"task must be one of \['addition', 'multiplication_nx1', "):
+        R.reproduce("sorting", "cpu", [0], "unused")
+    with pytest.raises(ValueError, match=r"scale must be one of \['cpu', 'paper'\], got 'gpu'"):
+        R.reproduce("multiplication_nx1", "gpu", [0], "unused")
+    # Multiplication has no "direct" mode: not in its runs.
+    with pytest.raises(ValueError, match=r"not in the paper scale for multiplication_nx1; choose from .*mistral"):
+        R.reproduce("multiplication_nx1", "paper", [0], "unused", only=[("mamba", "direct")])
+    with pytest.raises(ValueError, match=r"test size \(digits\) must be an integer >= 1"):
+        R.reproduce("multiplication_nx1", "cpu", [0], "unused", sizes=[0, 10])
+    with pytest.raises(ValueError, match="max_eval_seconds must be positive"):
+        R.reproduce("multiplication_nx1", "cpu", [0], "unused", max_eval_seconds=0)
+    (tmp_path / "add").mkdir()
+    (tmp_path / "add" / "curve.json").write_text((R.TASKS_DIR.parent / "results/addition/curve.json").read_text())
+    with pytest.raises(ValueError, match="its task is 'addition', this call's is 'multiplication_nx1'"):
+        R.reproduce("multiplication_nx1", "cpu", [0], tmp_path / "add", merge=True)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["reproduce", "multiplication_nx1", "--sizes", "0"], "test size (digits) must be an integer >= 1"),
+    (["reproduce", "multiplication_nx1", "--n", "0"], "--n must be positive"),
+    (["reproduce", "multiplication_nx1", "--runs", "mamba"], "model:mode pairs"),
+    (["reproduce", "multiplication_nx3"], "invalid choice"),
+])
+def test_cli_reproduce_errors_are_one_line(argv, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and words in err[-1] and "Traceback" not in "".join(err)
+
+
+def test_curves_written_before_per_run_sizes_merge_and_plot(tmp_path):
+    old = json.loads((R.TASKS_DIR.parent / "results/addition/curve.json").read_text())
+    header = {**{k: old[k] for k in ("task", "scale", "device", "train", "train_sizes", "models")},
+              "command": "ssm-tools reproduce addition --merge", "size_label": "digits per operand"}
+    curve = R.summarize(R.merge_curves(old, header))
+    assert curve["test_sizes"] == old["test_sizes"] and curve["n_per_size"] == old["n_per_size"]
+    assert [R.run_key(r) for r in curve["runs"]] == [R.run_key(r) for r in old["runs"]]
+    assert curve["commands"] == [old["command"], header["command"]]
+    R.plot_curve(curve, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").is_file()
+
+
+class Sleeper:
+    """A task whose episodes take 5 ms per size unit to evaluate (evaluate_size patched below)."""
+    def max_steps(self, size):
+        return size
+
+
+@pytest.mark.parametrize("fixed_state, evaluated", [(True, [10, 20]), (False, [10])])
+def test_eval_budget_skips_sizes_predicted_to_overrun(fixed_state, evaluated, monkeypatch):
+    monkeypatch.setattr(R, "evaluate_size", lambda model, task, size, n, device: (
+        time.sleep(0.005 * size), {"accuracy": 1.0})[1])
+    model = type("M", (), {"fixed_size_state": fixed_state})()
+    # 10: 0.05 s; 20 predicted 0.1 s (fixed state, total 0.15 <= 0.2) or 0.2 s (quadratic: over);
+    # 40 predicted 0.2 s after 0.15 spent: over.
+    result = R.evaluate_within(model, Sleeper(), [40, 10, 20], 1, "cpu", max_seconds=0.2)
+    assert [int(s) for s, a in result["accuracy"].items() if a is not None] == evaluated
+    assert result["skipped_sizes"] == [s for s in (10, 20, 40) if s not in evaluated]
+    assert all(result["accuracy"][str(s)] is None for s in result["skipped_sizes"])
+    assert R.evaluate_within(model, Sleeper(), [10, 20, 40], 1, "cpu")["skipped_sizes"] == []

@@ -90,7 +90,8 @@ def cmd_reproduce(args) -> None:
     if only is not None and any(len(r) != 2 for r in only):
         raise ValueError(f"--runs must be model:mode pairs separated by commas, got {args.runs!r}")
     curve = reproduce(args.task, args.scale, args.seeds, out, device=args.device, command=_command(args),
-                      only=only)
+                      only=only, sizes=args.sizes, n=args.n, steps=args.steps,
+                      max_eval_seconds=args.max_eval_seconds, merge=args.merge)
     print(f"wrote {out}/curve.json and {out}/curve.png ({len(curve['runs'])} runs)")
 
 
@@ -141,13 +142,22 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu", help="torch device")
     e.set_defaults(func=cmd_evaluate)
 
+    from .reproduce import SCALES, TASKS
+
     r = sub.add_parser("reproduce", help="length-generalization curves: train, evaluate, plot")
-    r.add_argument("task", choices=["addition"], help="task (a tasks/<task>.toml config)")
-    r.add_argument("--scale", choices=["cpu", "paper"], default="cpu", help="cpu: minutes on a CPU; paper: paper sizes")
+    r.add_argument("task", choices=sorted(TASKS), help="task (a tasks/<task>.toml config)")
+    r.add_argument("--scale", choices=sorted(SCALES), default="cpu", help="cpu: minutes on a CPU; paper: paper sizes")
     r.add_argument("--seeds", type=_int_list, help="comma-separated seeds (default: the scale's)")
     r.add_argument("--runs", help="only these model:mode pairs, e.g. mamba:interactive,lstm:interactive")
     r.add_argument("--out", help="output folder (default results/<task>)")
     r.add_argument("--device", default="cpu", help="torch device")
+    r.add_argument("--merge", action="store_true",
+                   help="add the runs to <out>/curve.json (replacing runs of the same model, mode and seed)")
+    r.add_argument("--sizes", type=_int_list, help="comma-separated test sizes (default: the task's at this scale)")
+    r.add_argument("--n", type=int, help="episodes per test size (default: the scale's)")
+    r.add_argument("--steps", type=int, help="training steps (default: the scale's)")
+    r.add_argument("--max-eval-seconds", type=float,
+                   help="evaluation budget per run: sizes that would take it past this are skipped (null)")
     r.set_defaults(func=cmd_reproduce)
 
     b = sub.add_parser("bench", help="run benchmarks/bench_<name>.py scripts (no name: list them)")

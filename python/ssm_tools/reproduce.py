@@ -2,9 +2,15 @@
 it interactively at sizes far beyond training, and plot exact-answer accuracy against size.
 
     ssm-tools reproduce addition --scale cpu --seeds 0,1
+    ssm-tools reproduce multiplication_nx2 --scale paper --device cuda --runs pythia:interactive \
+        --seeds 0 --out results/multiplication_nx2/gpu --merge --max-eval-seconds 300
 
 writes results/<task>/curve.json (accuracy per size for every model, mode and seed, the test sizes,
-n per size, the training range, the exact command) and results/<task>/curve.png.
+n per size, the training range, the exact commands) and results/<task>/curve.png. With `merge`, the
+runs join those already in <out>/curve.json (a run of the same model, mode and seed is replaced), so
+separate calls (one GPU run per call) build one curve. A size left out by `max_eval_seconds` is null
+in the run's accuracy and listed in its "skipped_sizes"; a size outside the run's own test sizes
+(`sizes`) is absent. Neither is plotted.
 """
 from __future__ import annotations
 
@@ -20,14 +26,14 @@ import torch
 from tqdm import tqdm
 
 from .config import load_config, make_task
-from .evaluate import evaluate
+from .evaluate import evaluate_size
 from .models import preset
 from .train import TrainConfig, Trainer
 
 TASKS_DIR = Path(__file__).resolve().parents[2] / "tasks"
 
-# What each scale runs. "cpu" finishes in minutes on 2 cores (tiny models, few steps, sizes up to
-# 100); "paper" uses the paper's model sizes and 2,000 steps (a GPU, bf16).
+# What each scale runs, for every task. "cpu" finishes in minutes on 2 cores (tiny models, few steps);
+# "paper" uses the paper's model sizes and 2,000 steps (a GPU, bf16).
 SCALES = {
     "cpu": {
         "model_scale": "tiny",
@@ -36,7 +42,6 @@ SCALES = {
         # Measured (results/addition): tiny Mamba seed 0 is exact to 100 digits, seed 1 80% at 50;
         # half the trajectories (or d_model 32) falls short at 50 digits (94% / 36%, seed 0).
         "train": dict(steps=400, batch_size=32, lr=1e-2, warmup=40),
-        "sizes": [5, 10, 20, 50, 100],
         "n": 50,
         "seeds": [0, 1],
     },
@@ -46,10 +51,20 @@ SCALES = {
                  ("pythia", "interactive"), ("mistral", "interactive"), ("mamba", "cot"),
                  ("mamba", "direct")],
         "train": dict(steps=2000, batch_size=128, lr=5e-4, warmup=200, weight_decay=0.01),
-        "sizes": [5, 10, 20, 50, 100, 200, 500, 1000],
         "n": 100,
         "seeds": [0, 1],
     },
+}
+
+# The tasks `reproduce` runs (tasks/<task>.toml gives the task and its training range) and their test
+# sizes per scale. Every (model, mode) of the scale must be a mode of the task.
+TASKS = {
+    "addition": {"size_label": "digits per operand",
+                 "sizes": {"cpu": [5, 10, 20, 50, 100], "paper": [5, 10, 20, 50, 100, 200, 500, 1000]}},
+    "multiplication_nx1": {"size_label": "digits of the first operand, x 1 digit",
+                           "sizes": {"cpu": [10, 20, 50, 100], "paper": [10, 20, 50, 100, 200, 500, 1000]}},
+    "multiplication_nx2": {"size_label": "digits of the first operand, x 2 digits",
+                           "sizes": {"cpu": [10, 20, 50, 100], "paper": [10, 20, 50, 100, 200, 500, 1000]}},
 }
 
 
@@ -64,7 +79,8 @@ def task_config(task: str, mode: str) -> dict:
 
 
 def run_one(config: dict, model: str, model_scale: str, train: dict, seed: int, sizes: list[int], n: int,
-            out_dir: Path, device: str, threads: int | None = None, progress: bool = True) -> dict:
+            out_dir: Path, device: str, max_eval_seconds: float | None = None, threads: int | None = None,
+            progress: bool = True) -> dict:
     """Train one model on one task config with one seed, then evaluate it at `sizes`."""
     if threads is not None:
         torch.set_num_threads(threads)
@@ -77,10 +93,36 @@ def run_one(config: dict, model: str, model_scale: str, train: dict, seed: int, 
     t0 = time.perf_counter()
     last = trainer.run()
     train_s = time.perf_counter() - t0
-    result = evaluate(trainer.model, task, sizes, n, device=device)
+    result = evaluate_within(trainer.model, task, sizes, n, device, max_eval_seconds)
     return {"model": model, "mode": config["task"]["mode"], "seed": seed, "final_loss": last["loss"],
             "train_seconds": round(train_s, 1), "eval_seconds": round(time.perf_counter() - t0 - train_s, 1),
-            "accuracy": {str(s): a for s, a in result["accuracy"].items()}}
+            "test_sizes": sorted(sizes), "n": n, **result}
+
+
+def evaluate_within(model, task, sizes: list[int], n: int, device: str, max_seconds: float | None = None) -> dict:
+    """Accuracy at each size, smallest first. With `max_seconds` (the run's evaluation budget), a size
+    whose predicted time would take the evaluation past the budget is skipped, and so is every larger
+    one: accuracy null, listed in "skipped_sizes". The prediction scales the last size's time by the
+    growth of the episode-length bound (task.max_steps): linearly for fixed-state models, squared for
+    the others (attention over the whole episode). The smallest size always runs."""
+    accuracy: dict[str, float | None] = {}
+    seconds: dict[str, float | None] = {}
+    skipped: list[int] = []
+    power = 1 if getattr(model, "fixed_size_state", False) else 2
+    spent, last = 0.0, None
+    for size in sorted(sizes):
+        if max_seconds is not None and last is not None and (skipped or spent + last[1] * (
+                task.max_steps(size) / task.max_steps(last[0])) ** power > max_seconds):
+            skipped.append(size)
+            accuracy[str(size)] = seconds[str(size)] = None
+            continue
+        t0 = time.perf_counter()
+        accuracy[str(size)] = evaluate_size(model, task, size, n, device=device)["accuracy"]
+        last = (size, time.perf_counter() - t0)
+        spent += last[1]
+        seconds[str(size)] = round(last[1], 1)
+    return {"accuracy": accuracy, "skipped_sizes": skipped, "max_eval_seconds": max_seconds,
+            "eval_seconds_per_size": seconds}
 
 
 def run_parallel(jobs: list[tuple]) -> list[dict]:
@@ -96,55 +138,137 @@ def run_parallel(jobs: list[tuple]) -> list[dict]:
     return results
 
 
+def _choose(what: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{what} must be one of {sorted(allowed)}, got {value!r}")
+
+
 def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: str = "cpu",
-              command: str = "", runs_dir="runs", only: list[tuple[str, str]] | None = None) -> dict:
-    """Train and evaluate every (model, mode) of the scale (or the subset `only`) for each seed."""
-    if scale not in SCALES:
-        raise ValueError(f"scale must be one of {sorted(SCALES)}, got {scale!r}")
-    spec = dict(SCALES[scale])
-    seeds = spec["seeds"] if seeds is None else seeds
+              command: str = "", runs_dir="runs", only: list[tuple[str, str]] | None = None,
+              sizes: list[int] | None = None, n: int | None = None, steps: int | None = None,
+              max_eval_seconds: float | None = None, merge: bool = False) -> dict:
+    """Train and evaluate every (model, mode) of the scale that the task has (or the subset `only`)
+    for each seed. `sizes`, `n`, `steps` override the scale's test sizes, episodes per size and
+    training steps; `merge` adds the runs to <out_dir>/curve.json instead of replacing it."""
+    _choose("task", task, TASKS)
+    _choose("scale", scale, SCALES)
+    spec = SCALES[scale]
+    config = task_config(task, "interactive")
+    built = make_task(config)
+    runs = [r for r in spec["runs"] if r[1] in built.modes]  # e.g. multiplication has no "direct" mode
     if only is not None:
-        unknown = [r for r in only if r not in spec["runs"]]
+        unknown = [r for r in only if r not in runs]
         if unknown:
-            raise ValueError(f"runs {unknown} are not in the {scale} scale; choose from {spec['runs']}")
-        spec["runs"] = only
+            raise ValueError(f"runs {unknown} are not in the {scale} scale for {task}; choose from {runs}")
+        runs = list(dict.fromkeys(only))
+    seeds = spec["seeds"] if seeds is None else sorted(set(seeds))
+    sizes = TASKS[task]["sizes"][scale] if sizes is None else sorted(set(sizes))
+    for s in sizes:
+        built.check_size(s, "test size")
+    n = spec["n"] if n is None else n
+    if not (isinstance(n, int) and n > 0):
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if max_eval_seconds is not None and not max_eval_seconds > 0:
+        raise ValueError(f"max_eval_seconds must be positive, got {max_eval_seconds!r}")
+    train = {**spec["train"], **({} if steps is None else {"steps": steps})}
+    recipe = asdict(TrainConfig(**train, train_max_size=config["sizes"]["train"][1]))
+    curve = {"task": task, "scale": scale, "command": command, "commands": [command], "device": device,
+             "size_label": TASKS[task]["size_label"], "train_sizes": config["sizes"]["train"], "train": recipe,
+             "models": {m: preset(m, spec["model_scale"]) for m, _ in runs}, "runs": []}
     out_dir = Path(out_dir)
-    jobs = [(task_config(task, mode), model, spec["model_scale"], spec["train"], seed, spec["sizes"], spec["n"],
-             Path(runs_dir) / f"reproduce-{task}-{scale}" / f"{model}-{mode}-seed{seed}", device)
-            for model, mode in spec["runs"] for seed in seeds]
-    config = jobs[0][0]
+    if merge and (out_dir / "curve.json").is_file():  # checked before hours of training, not after
+        curve = merge_curves(json.loads((out_dir / "curve.json").read_text()), curve)
+    jobs = [(task_config(task, mode), model, spec["model_scale"], train, seed, sizes, n,
+             Path(runs_dir) / f"reproduce-{task}-{scale}" / f"{model}-{mode}-seed{seed}", device, max_eval_seconds)
+            for model, mode in runs for seed in seeds]
     results = run_parallel(jobs) if device == "cpu" else [run_one(*job) for job in jobs]
-    curve = {"task": task, "scale": scale, "command": command, "device": device,
-             "train_sizes": config["sizes"]["train"], "test_sizes": spec["sizes"], "n_per_size": spec["n"],
-             "seeds": seeds, "train": asdict(TrainConfig(**spec["train"])),
-             "models": {m: preset(m, spec["model_scale"]) for m, _ in spec["runs"]}, "runs": results}
+    for r in results:
+        r["command"] = command
+    curve = summarize({**curve, "runs": replace_runs(curve["runs"], results)})
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "curve.json").write_text(json.dumps(curve, indent=1))
-    (out_dir / "command.txt").write_text(command + "\n")
+    (out_dir / "command.txt").write_text("".join(c + "\n" for c in curve["commands"]))
     plot_curve(curve, out_dir / "curve.png")
     return curve
 
 
+def run_key(run: dict) -> tuple:
+    return run["model"], run["mode"], run["seed"]
+
+
+def replace_runs(old: list[dict], new: list[dict]) -> list[dict]:
+    """`old` with each run of the same (model, mode, seed) as one of `new` replaced in place; the
+    other runs of `new` appended."""
+    fresh = {run_key(r): r for r in new}
+    merged = [fresh.pop(run_key(r), r) for r in old]
+    return merged + list(fresh.values())
+
+
+def merge_curves(old: dict, new: dict) -> dict:
+    """`new` (no runs yet) on top of an existing curve: same task, scale, device and training
+    recipe, or a ValueError naming the field (a curve holds one experiment)."""
+    for field in ("task", "scale", "device", "train", "train_sizes"):
+        if old.get(field) != new[field]:
+            raise ValueError(f"cannot merge into the existing curve: its {field} is {old.get(field)!r}, "
+                             f"this call's is {new[field]!r} (use another --out)")
+    for model, cfg in new["models"].items():
+        if old["models"].get(model, cfg) != cfg:
+            raise ValueError(f"cannot merge into the existing curve: its {model} is {old['models'][model]}, "
+                             f"this call's is {cfg}")
+    # Curves written before runs recorded their own test sizes and n share the curve's.
+    runs = [{"test_sizes": old["test_sizes"], "n": old["n_per_size"], "command": old.get("command", ""), **r}
+            for r in old["runs"]]
+    commands = old.get("commands", [old.get("command", "")])
+    return {**new, "models": {**old["models"], **new["models"]}, "runs": runs,
+            "commands": [c for c in commands if c != new["command"]] + [new["command"]]}
+
+
+def summarize(curve: dict) -> dict:
+    """The curve-wide fields read off its runs: test_sizes (all sizes of any run), seeds, n_per_size
+    (null when the runs differ: each run has its own "n"); the runs sorted by model, mode, seed in
+    the order the models and modes first appear."""
+    runs = curve["runs"]
+    ns = {r["n"] for r in runs}
+    order = {k: i for i, k in enumerate(dict.fromkeys((r["model"], r["mode"]) for r in runs))}
+    return {**curve, "test_sizes": sorted({s for r in runs for s in r["test_sizes"]}),
+            "n_per_size": ns.pop() if len(ns) == 1 else None, "seeds": sorted({r["seed"] for r in runs}),
+            "runs": sorted(runs, key=lambda r: (order[(r["model"], r["mode"])], r["seed"]))}
+
+
 def plot_curve(curve: dict, path) -> None:
-    """Accuracy vs size (log x), one line per model/mode (mean over seeds) with a min-max band."""
+    """Accuracy vs size (log x), one line per model/mode (mean over seeds) with a min-max band. A size
+    is on a line only where every seed of it has a result (skipped or not-run sizes are not drawn);
+    where only some seeds have one, those seeds' points stand alone, hollow."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sizes = curve["test_sizes"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     lo, hi = curve["train_sizes"]
     ax.axvspan(lo, hi, color="0.9", label=f"training sizes {lo}..{hi}")
+    n_shared = curve.get("n_per_size")
     for label in dict.fromkeys(f"{r['model']} ({r['mode']})" for r in curve["runs"]):
-        accs = [[r["accuracy"][str(s)] for s in sizes] for r in curve["runs"] if f"{r['model']} ({r['mode']})" == label]
-        per_size = list(zip(*accs))
-        line, = ax.plot(sizes, [sum(a) / len(a) for a in per_size], marker="o", label=label)
-        ax.fill_between(sizes, [min(a) for a in per_size], [max(a) for a in per_size], color=line.get_color(), alpha=0.2)
+        runs = [r for r in curve["runs"] if f"{r['model']} ({r['mode']})" == label]
+        sizes = sorted({s for r in runs for s, a in r["accuracy"].items() if a is not None}, key=int)
+        full = [s for s in sizes if all(r["accuracy"].get(s) is not None for r in runs)]
+        per_size = [[r["accuracy"][s] for r in runs] for s in full]
+        ns = sorted({r.get("n", n_shared) for r in runs})
+        text = label if n_shared is not None else f"{label}, n={'/'.join(map(str, ns))}"
+        skipped = sorted({s for r in runs for s in r.get("skipped_sizes", [])})
+        text += f", skipped {','.join(map(str, skipped))}" if skipped else ""
+        xs = [int(s) for s in full]
+        line, = ax.plot(xs, [sum(a) / len(a) for a in per_size], marker="o", label=text)
+        ax.fill_between(xs, [min(a) for a in per_size], [max(a) for a in per_size], color=line.get_color(), alpha=0.2)
+        partial = [(int(s), r["accuracy"][s]) for s in sizes if s not in full for r in runs
+                   if r["accuracy"].get(s) is not None]
+        if partial:
+            ax.plot(*zip(*partial), linestyle="none", marker="o", markerfacecolor="none", color=line.get_color())
     ax.set_xscale("log")
     ax.set_ylim(-0.03, 1.03)
-    ax.set_xlabel(f"problem size ({curve['task']}, digits per operand)")
-    ax.set_ylabel(f"exact-answer accuracy (n={curve['n_per_size']} per size)")
+    ax.set_xlabel(f"problem size ({curve['task']}, {curve.get('size_label', 'digits per operand')})")
+    n_text = f"n={n_shared} per size" if n_shared is not None else "n per size in the legend"
+    ax.set_ylabel(f"exact-answer accuracy ({n_text})")
     ax.set_title(f"{curve['task']}: length generalization, {curve['scale']} scale, seeds {curve['seeds']}")
     ax.legend(fontsize=8)
     fig.tight_layout()
