@@ -125,6 +125,24 @@ def test_reproduce_tasks_have_their_sizes_and_modes(tmp_path, monkeypatch):
         R.reproduce("multiplication_nx1", "cpu", [0], tmp_path / "add", merge=True)
 
 
+def test_train_time_budget_stops_then_the_same_command_resumes(tmp_path, monkeypatch):
+    """A run out of training time is left out of the curve and listed as unfinished; the same call
+    again resumes its checkpoint (one more step each time with a zero budget), then evaluates."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(R, "run_parallel", lambda jobs: [R.run_one(*job, progress=False) for job in jobs])
+    args = dict(only=[("mamba", "interactive")], steps=3, sizes=[3], n=4)
+    for step in (1, 2):
+        curve = R.reproduce("addition", "cpu", [0], tmp_path / "out", max_train_seconds=0.0, **args)
+        assert curve["runs"] == [] and curve["unfinished"][0]["stopped"] == step
+    curve = R.reproduce("addition", "cpu", [0], tmp_path / "out", max_train_seconds=0.0, **args)
+    (run,) = curve["runs"]
+    assert curve["unfinished"] == [] and run["accuracy"].keys() == {"3"} and run["train_seconds"] > 0
+    log = (tmp_path / "runs/reproduce-addition-cpu/mamba-interactive-seed0/log.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in log] == ["step", "1", "2", "3"]
+    with pytest.raises(ValueError, match="was trained with"):  # another recipe does not resume it
+        R.reproduce("addition", "cpu", [0], tmp_path / "out", **{**args, "steps": 5})
+
+
 @pytest.mark.parametrize("argv, words", [
     (["reproduce", "multiplication_nx1", "--sizes", "0"], "test size (digits) must be an integer >= 1"),
     (["reproduce", "multiplication_nx1", "--n", "0"], "--n must be positive"),

@@ -91,8 +91,12 @@ def cmd_reproduce(args) -> None:
         raise ValueError(f"--runs must be model:mode pairs separated by commas, got {args.runs!r}")
     curve = reproduce(args.task, args.scale, args.seeds, out, device=args.device, command=_command(args),
                       only=only, sizes=args.sizes, n=args.n, steps=args.steps,
-                      max_eval_seconds=args.max_eval_seconds, merge=args.merge)
+                      max_eval_seconds=args.max_eval_seconds, merge=args.merge,
+                      max_train_seconds=args.max_train_seconds)
     print(f"wrote {out}/curve.json and {out}/curve.png ({len(curve['runs'])} runs)")
+    for r in curve["unfinished"]:
+        print(f"{r['model']} ({r['mode']}, seed {r['seed']}): training stopped at step {r['stopped']} of "
+              f"{r['steps']} (--max-train-seconds); run the same command again to resume")
 
 
 def cmd_bench(args) -> None:
@@ -156,6 +160,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--sizes", type=_int_list, help="comma-separated test sizes (default: the task's at this scale)")
     r.add_argument("--n", type=int, help="episodes per test size (default: the scale's)")
     r.add_argument("--steps", type=int, help="training steps (default: the scale's)")
+    r.add_argument("--max-train-seconds", type=float,
+                   help="time budget for each run's training in this process: a run that runs out "
+                        "checkpoints under runs/ and is resumed by the same command, run again")
     r.add_argument("--max-eval-seconds", type=float,
                    help="evaluation budget per run: sizes that would take it past this are skipped (null)")
     r.set_defaults(func=cmd_reproduce)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from .config import load_config, make_task
 from .evaluate import evaluate_size
 from .models import preset
-from .train import TrainConfig, Trainer
+from .train import CHECKPOINT, TrainConfig, Trainer
 
 TASKS_DIR = Path(__file__).resolve().parents[2] / "tasks"
 
@@ -79,9 +79,12 @@ def task_config(task: str, mode: str) -> dict:
 
 
 def run_one(config: dict, model: str, model_scale: str, train: dict, seed: int, sizes: list[int], n: int,
-            out_dir: Path, device: str, max_eval_seconds: float | None = None, threads: int | None = None,
-            progress: bool = True) -> dict:
-    """Train one model on one task config with one seed, then evaluate it at `sizes`."""
+            out_dir: Path, device: str, max_eval_seconds: float | None = None,
+            max_train_seconds: float | None = None, threads: int | None = None, progress: bool = True) -> dict:
+    """Train one model on one task config with one seed, then evaluate it at `sizes`. A checkpoint
+    left in `out_dir` by an earlier, stopped run of the same recipe is resumed. With
+    `max_train_seconds`, training that runs out of time checkpoints and returns {"stopped": step}
+    (no evaluation): the same command, run again, goes on from there."""
     if threads is not None:
         torch.set_num_threads(threads)
     task = make_task(config)
@@ -90,12 +93,29 @@ def run_one(config: dict, model: str, model_scale: str, train: dict, seed: int, 
     model_cfg = {"vocab_size": 128, **preset(model, model_scale)}
     trainer = Trainer(task, model, model_cfg, cfg, out_dir, device=device, progress=progress,
                       run_info={"task": config["task"], "sizes": config["sizes"]})
+    checkpoint = Path(out_dir) / CHECKPOINT
+    earlier_s = 0.0
+    if checkpoint.is_file():
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if saved["train"] != asdict(cfg):
+            raise ValueError(f"{checkpoint} was trained with {saved['train']}, not {asdict(cfg)}: "
+                             f"remove {out_dir} to start over")
+        trainer.load(checkpoint)
+        earlier_s = saved.get("run", {}).get("train_seconds", 0.0)
     t0 = time.perf_counter()
-    last = trainer.run()
-    train_s = time.perf_counter() - t0
+    last = trainer.run(max_seconds=max_train_seconds)
+    train_s = earlier_s + time.perf_counter() - t0
+    trainer.meta["run"]["train_seconds"] = train_s
+    if last.get("stopped"):
+        trainer.save()  # with the training time so far
+        return {"model": model, "mode": config["task"]["mode"], "seed": seed, "stopped": trainer.step,
+                "steps": cfg.steps, "train_seconds": round(train_s, 1)}
+    if not last:  # finished in an earlier call: the loss of its last step is in the log
+        last = {"loss": float((Path(out_dir) / "log.csv").read_text().splitlines()[-1].split(",")[1])}
+    t0 = time.perf_counter()
     result = evaluate_within(trainer.model, task, sizes, n, device, max_eval_seconds)
     return {"model": model, "mode": config["task"]["mode"], "seed": seed, "final_loss": last["loss"],
-            "train_seconds": round(train_s, 1), "eval_seconds": round(time.perf_counter() - t0 - train_s, 1),
+            "train_seconds": round(train_s, 1), "eval_seconds": round(time.perf_counter() - t0, 1),
             "test_sizes": sorted(sizes), "n": n, **result}
 
 
@@ -146,10 +166,13 @@ def _choose(what: str, value, allowed) -> None:
 def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: str = "cpu",
               command: str = "", runs_dir="runs", only: list[tuple[str, str]] | None = None,
               sizes: list[int] | None = None, n: int | None = None, steps: int | None = None,
-              max_eval_seconds: float | None = None, merge: bool = False) -> dict:
+              max_eval_seconds: float | None = None, merge: bool = False,
+              max_train_seconds: float | None = None) -> dict:
     """Train and evaluate every (model, mode) of the scale that the task has (or the subset `only`)
     for each seed. `sizes`, `n`, `steps` override the scale's test sizes, episodes per size and
-    training steps; `merge` adds the runs to <out_dir>/curve.json instead of replacing it."""
+    training steps; `merge` adds the runs to <out_dir>/curve.json instead of replacing it.
+    `max_train_seconds` bounds each run's training in this call (see run_one): runs that stop are
+    left out of the curve and listed in its "unfinished" entry, to be resumed by the same command."""
     _choose("task", task, TASKS)
     _choose("scale", scale, SCALES)
     spec = SCALES[scale]
@@ -179,9 +202,12 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     if merge and (out_dir / "curve.json").is_file():  # checked before hours of training, not after
         curve = merge_curves(json.loads((out_dir / "curve.json").read_text()), curve)
     jobs = [(task_config(task, mode), model, spec["model_scale"], train, seed, sizes, n,
-             Path(runs_dir) / f"reproduce-{task}-{scale}" / f"{model}-{mode}-seed{seed}", device, max_eval_seconds)
+             Path(runs_dir) / f"reproduce-{task}-{scale}" / f"{model}-{mode}-seed{seed}", device, max_eval_seconds,
+             max_train_seconds)
             for model, mode in runs for seed in seeds]
     results = run_parallel(jobs) if device == "cpu" else [run_one(*job) for job in jobs]
+    unfinished = [r for r in results if "stopped" in r]
+    results = [r for r in results if "stopped" not in r]
     for r in results:
         r["command"] = command
     curve = summarize({**curve, "runs": replace_runs(curve["runs"], results)})
@@ -189,7 +215,7 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     (out_dir / "curve.json").write_text(json.dumps(curve, indent=1))
     (out_dir / "command.txt").write_text("".join(c + "\n" for c in curve["commands"]))
     plot_curve(curve, out_dir / "curve.png")
-    return curve
+    return {**curve, "unfinished": unfinished}
 
 
 def run_key(run: dict) -> tuple:
