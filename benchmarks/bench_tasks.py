@@ -47,7 +47,7 @@ def bench(name, mode, options, size, batch, repeats, baseline_episodes):
     tokens = int(transcript.lengths.sum())
     rng = np.random.default_rng(1)
     insts = [task.sample(rng, size) for _ in range(batch)]
-    oracle_s, scripts = timed(lambda: [task.oracle(x) for x in insts], repeats)
+    oracle_s, _ = timed(lambda: [task.packed_oracle(x) for x in insts], repeats)  # what trajectories() replays
     # Baseline: the plain-Python loop on a few of the same kind of episodes.
     few = insts[:baseline_episodes]
     specs = task.tools()

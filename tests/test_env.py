@@ -226,6 +226,17 @@ def test_prompts_as_arrays_and_tensors():
     assert t.done.all() and t.episode(1)[0] == [*encode("cd"), EOS]
 
 
+def test_prompts_and_scripts_as_bytes(rng):
+    """bytes (one token per byte, the tasks' fast path) replay exactly like lists of ints."""
+    prompts, scripts = addition_episodes(rng, 6)
+    as_lists = replay(Env(TOOLS, batch_size=6), prompts, scripts, seed=2)
+    as_bytes = replay(Env(TOOLS, batch_size=6), [bytes(p) for p in prompts], [bytes(s) for s in scripts], seed=2)
+    assert_same(as_lists, as_bytes)
+    assert as_bytes.tokens.dtype == torch.int64
+    with pytest.raises(ValueError, match=r"model_tokens\[0\]\[1\] = 200 is not a token id"):
+        replay(Env(TOOLS, batch_size=1), [b"\x01"], [bytes([EOS, 200])])
+
+
 def test_replay_releases_the_gil():
     """While C++ replays, other Python threads run: the longest pause of a ticking thread is a small
     part of the replay (holding the GIL would pause it for the whole replay)."""

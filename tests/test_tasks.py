@@ -1,7 +1,8 @@
 """Task generators, oracles and checkers: every oracle runs through the real loop (replay) and is
 checked against an answer computed independently (Python integers, exec of the circuit's code, a
-recursive Hanoi solver)."""
+recursive Hanoi solver); the trajectories match digests recorded from the plain oracles."""
 import glob
+import hashlib
 import re
 from collections import defaultdict
 
@@ -11,6 +12,7 @@ import pytest
 from ssm_tools import vocab as V
 from ssm_tools.config import load_config, make_task, validate
 from ssm_tools.tasks import TASKS, get_task
+from ssm_tools.tasks.arithmetic import Operands
 from ssm_tools.tasks.base import FORCED, expected_stream
 from ssm_tools.tasks.hanoi import Hanoi
 
@@ -18,8 +20,9 @@ from ssm_tools.tasks.hanoi import Hanoi
 CASES = [("addition", m, {}) for m in ("interactive", "cot", "single_turn", "direct", "direct_reversed")]
 CASES += [("multiplication", m, {"second_digits": k}) for m in ("interactive", "cot", "single_turn") for k in (1, 2)]
 CASES += [("mixture", "interactive", {"add_weight": 0.5})]
-CASES += [("hanoi", m, {"variant": v}) for m in ("interactive", "cot") for v in ("iterative", "recursive")]
-CASES += [("logical_graph", m, {}) for m in ("interactive", "cot")]
+CASES += [("hanoi", m, {"variant": v}) for m in ("interactive", "cot", "single_turn")
+          for v in ("iterative", "recursive")]
+CASES += [("logical_graph", m, {}) for m in ("interactive", "cot", "single_turn")]
 
 
 def case_id(case):
@@ -93,18 +96,84 @@ def test_oracle_through_real_loop_small_sizes(case):
         check_transcript(task, transcript, insts, sizes)
 
 
-@pytest.mark.parametrize("name,options,size", [
-    ("addition", {}, 1000),
-    ("multiplication", {"second_digits": 1}, 1000),
-    ("multiplication", {"second_digits": 2}, 1000),
-    ("logical_graph", {}, 1000),
-    ("hanoi", {"variant": "iterative"}, 14),  # 16,383 moves, ~5M tokens
-    ("hanoi", {"variant": "recursive"}, 11),  # 2 copies of 2^k-move lists per k: kept to 11 disks for time
+@pytest.mark.parametrize("name,mode,options,size", [
+    ("addition", "interactive", {}, 1000),
+    ("multiplication", "interactive", {"second_digits": 1}, 1000),
+    ("multiplication", "interactive", {"second_digits": 2}, 1000),
+    ("logical_graph", "interactive", {}, 1000),
+    ("logical_graph", "single_turn", {}, 1000),
+    ("hanoi", "interactive", {"variant": "iterative"}, 14),  # 16,383 moves, ~5M tokens
+    ("hanoi", "interactive", {"variant": "recursive"}, 11),  # 2 copies of 2^k-move lists per k: 11 disks for time
+    ("hanoi", "single_turn", {"variant": "iterative"}, 12),  # the paper's largest test size (~230k tokens)
+    ("hanoi", "single_turn", {"variant": "recursive"}, 11),
 ], ids=lambda v: str(v))
-def test_oracle_through_real_loop_large_sizes(name, options, size):
-    task = get_task(name, **options)
+def test_oracle_through_real_loop_large_sizes(name, mode, options, size):
+    task = get_task(name, mode, **options)
     transcript, insts = task.trajectories(rng(), [size])
     check_transcript(task, transcript, insts, [size])
+
+
+# sha256 (first 16 hex digits) of the trajectories (tokens, loss mask, lengths, done) of each case from
+# fixed seeds, recorded from the per-token oracles before they were rewritten with bytes joins for
+# speed (single_turn of hanoi/logical_graph: when it was added). Fixed seeds: a NumPy release that
+# changes Generator streams would change the draws, not the oracles.
+DIGESTS = {
+    "addition-interactive": "576c946ea0a8ed17", "addition-cot": "085d1ef00742c6b2",
+    "addition-single_turn": "f7ee21608e54b88e", "addition-direct": "6866a9fa785d2c90",
+    "addition-direct_reversed": "a0e8f32c49c326f8",
+    "multiplication-interactive-1": "aa00376c5a41feee", "multiplication-interactive-2": "d043732b5631b097",
+    "multiplication-cot-1": "c0211f92725b0177", "multiplication-cot-2": "e80e45adf63dc083",
+    "multiplication-single_turn-1": "18c78fa927feb481", "multiplication-single_turn-2": "ae4f4064514a08da",
+    "mixture-interactive-0.5": "55765404d6c36760",
+    "hanoi-interactive-iterative": "0271477696153c8f", "hanoi-interactive-recursive": "a8bb70225fae5376",
+    "hanoi-cot-iterative": "b8378d15744e1671", "hanoi-cot-recursive": "de8b5f63098181ec",
+    "hanoi-single_turn-iterative": "e22a9ba0b1bd8adb", "hanoi-single_turn-recursive": "121800bc00b6cfc4",
+    "logical_graph-interactive": "e26c8d84e630baac", "logical_graph-cot": "19e17eda69d52a74",
+    "logical_graph-single_turn": "23450d8a36d7eed5",
+}
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_trajectories_match_recorded_digests(case):
+    name, mode, options = case
+    task = get_task(name, mode, **options)
+    sizes = [1, 2, 3, 4, 6] if name == "hanoi" else [1, 1, 2, 3, 5, 8, 13, 20, 40]
+    digest = hashlib.sha256()
+    for seed, train in ((0, False), (1, True)):
+        t, _ = task.trajectories(np.random.default_rng(seed), sizes, train=train)
+        for array in (t.tokens.long(), t.loss_mask, t.lengths.long(), t.done):
+            digest.update(array.numpy().tobytes())
+    assert digest.hexdigest()[:16] == DIGESTS[case_id(case)]
+
+
+def test_addition_carry_chains_match_recorded_digest():
+    """Scripts of carries rippling through every column, zeros and uneven lengths (digest recorded
+    from the per-token oracle)."""
+    task, digest = get_task("addition"), hashlib.sha256()
+    for k in (1, 2, 7, 29):
+        nines = "9" * k
+        for a, b in ((nines, "1"), ("1", nines), (nines, nines), ("0", nines), ("5" * k, "5" * k), ("0", "0")):
+            digest.update(bytes(task.script(Operands(a, "+", b))) + b"\xff")
+    assert digest.hexdigest()[:16] == "a5703820792b9d68"
+
+
+@pytest.mark.parametrize("name,options", [("hanoi", {"variant": "iterative"}), ("hanoi", {"variant": "recursive"}),
+                                          ("logical_graph", {})])
+def test_single_turn_uses_the_tool_only_before_the_first_thought(name, options):
+    """One turn: tool use, then the model alone (no command, call or tool answer after its first
+    thought), and the turn is the interactive policy's own first turn."""
+    task, interactive, r = get_task(name, "single_turn", **options), get_task(name, **options), rng()
+    for size in (1, 2, 5):
+        x = task.sample(r, size)
+        script = task.script(x)
+        tools, in_call = [], False  # per token: a command, call text or tool answer
+        for t in script:
+            in_call = (in_call or t == V.CALL) and t != V.CALL_END
+            tools.append(in_call or t == V.CALL_END or V.is_pointer_cmd(t) or t >= FORCED)
+        first_thought = tools.index(False)
+        assert first_thought > 0 and not any(tools[first_thought:])
+        assert script[:first_thought] == interactive.script(x)[:first_thought]
+        assert task.tools() == interactive.tools()
 
 
 def test_mixture_draws_both_operations_by_weight():
@@ -198,7 +267,7 @@ def test_seeding_is_reproducible():
 @pytest.mark.parametrize("call,match", [
     (lambda: get_task("division"), "task name must be one of"),
     (lambda: get_task("addition", mode="tree"), r"mode must be one of \('interactive'"),
-    (lambda: get_task("hanoi", mode="single_turn"), "mode must be one of"),
+    (lambda: get_task("hanoi", mode="direct"), "mode must be one of"),
     (lambda: get_task("addition", digits=3), "bad option"),
     (lambda: get_task("multiplication", second_digits=3), "second_digits must be 1 or 2"),
     (lambda: get_task("hanoi", variant="fast"), r"variant must be one of \('iterative', 'recursive'\)"),

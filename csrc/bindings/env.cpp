@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "bindings/bindings.h"
@@ -63,6 +64,31 @@ Tokens to_tokens_1d(const py::handle& obj, size_t expected, const std::string& w
   return out;
 }
 
+// Token sequences, one per episode: each a bytes object (one token per byte: the tasks' packed
+// oracle scripts, widened here without a Python int per token) or a sequence of int token ids.
+// Values are range-checked by the Env.
+std::vector<Tokens> to_token_lists(const py::handle& obj, const std::string& what) {
+  if (!py::isinstance<py::list>(obj) && !py::isinstance<py::tuple>(obj))
+    throw py::type_error(what + ": expected a list of token sequences, got " + std::string(py::str(py::type::of(obj))));
+  const py::sequence seqs = py::reinterpret_borrow<py::sequence>(obj);
+  std::vector<Tokens> out(seqs.size());
+  for (size_t i = 0; i < out.size(); ++i) {
+    const py::object item = seqs[i];
+    if (PyBytes_Check(item.ptr())) {
+      const auto* data = reinterpret_cast<const unsigned char*>(PyBytes_AS_STRING(item.ptr()));
+      out[i].assign(data, data + PyBytes_GET_SIZE(item.ptr()));
+      continue;
+    }
+    try {
+      out[i] = item.cast<Tokens>();
+    } catch (const py::cast_error&) {
+      throw py::type_error(what + "[" + std::to_string(i) + "]: expected int token ids (a non-integer element "
+                           "was found) or bytes");
+    }
+  }
+  return out;
+}
+
 template <typename T>
 py::array_t<T> to_numpy(const std::vector<T>& v) {
   py::array_t<T> out(v.size());
@@ -95,7 +121,8 @@ class PyEnv {
     if (*python_subclass) env_->set_num_threads(1);
   }
 
-  py::array_t<int32_t> reset(const std::vector<Tokens>& prompts, uint64_t seed) {
+  py::array_t<int32_t> reset(const py::object& prompt_lists, uint64_t seed) {
+    const std::vector<Tokens> prompts = to_token_lists(prompt_lists, "prompts");
     Tokens first;
     {
       py::gil_scoped_release release;
@@ -114,13 +141,15 @@ class PyEnv {
     return py::make_tuple(to_numpy(next), to_numpy_bool(forced), to_numpy_bool(done));
   }
 
-  void replay(const std::vector<Tokens>& prompts, const std::vector<Tokens>& scripts, uint64_t seed) {
+  void replay(const py::object& prompt_lists, const py::object& script_lists, uint64_t seed) {
+    const std::vector<Tokens> prompts = to_token_lists(prompt_lists, "prompts");
+    const std::vector<Tokens> scripts = to_token_lists(script_lists, "model_tokens");
     py::gil_scoped_release release;
     env_->replay(prompts, scripts, seed);
   }
 
-  void rollout(const py::function& model_step, const std::vector<Tokens>& prompts, int64_t max_steps,
-               uint64_t seed) {
+  void rollout(const py::function& model_step, const py::object& prompt_lists, int64_t max_steps, uint64_t seed) {
+    const std::vector<Tokens> prompts = to_token_lists(prompt_lists, "prompts");
     const size_t batch = env_->batch_size();
     ModelStep step = [&](const Tokens& input, Tokens* sampled) {
       py::gil_scoped_acquire gil;
@@ -131,26 +160,32 @@ class PyEnv {
     env_->rollout(prompts, max_steps, seed, step);
   }
 
-  // (tokens (B, T) int32 padded with PAD, loss_mask (B, T) bool, lengths (B,) int64, done (B,) bool)
+  // (tokens (B, T) int64 padded with PAD, loss_mask (B, T) bool, lengths (B,) int64, done (B,) bool):
+  // int64 as torch's embeddings take them, filled row by row with the GIL released.
   py::tuple transcript() const {
-    const int batch = env_->batch_size();
+    const size_t batch = env_->batch_size();
     size_t width = 0;
-    for (int i = 0; i < batch; ++i) width = std::max(width, env_->episode(i).tokens().size());
-    py::array_t<int32_t> tokens({static_cast<size_t>(batch), width});
-    py::array_t<bool> mask({static_cast<size_t>(batch), width});
+    for (size_t i = 0; i < batch; ++i) width = std::max(width, env_->episode(i).tokens().size());
+    py::array_t<int64_t> tokens({batch, width});
+    py::array_t<bool> mask({batch, width});
     py::array_t<int64_t> lengths(batch);
     py::array_t<bool> done(batch);
-    auto t = tokens.mutable_unchecked<2>();
-    auto m = mask.mutable_unchecked<2>();
-    for (int i = 0; i < batch; ++i) {
-      const Episode& e = env_->episode(i);
-      for (size_t j = 0; j < width; ++j) {
-        const bool inside = j < e.tokens().size();
-        t(i, j) = inside ? e.tokens()[j] : tok::PAD;
-        m(i, j) = inside && e.generated()[j];
+    int64_t* t = tokens.mutable_data();
+    bool* m = mask.mutable_data();
+    int64_t* n = lengths.mutable_data();
+    bool* d = done.mutable_data();
+    {
+      py::gil_scoped_release release;
+      for (size_t i = 0; i < batch; ++i, t += width, m += width) {
+        const Episode& e = env_->episode(i);
+        const size_t len = e.tokens().size();
+        std::copy(e.tokens().begin(), e.tokens().end(), t);
+        std::fill(t + len, t + width, static_cast<int64_t>(tok::PAD));
+        std::transform(e.generated().begin(), e.generated().end(), m, [](uint8_t g) { return g != 0; });
+        std::fill(m + len, m + width, false);
+        n[i] = static_cast<int64_t>(len);
+        d[i] = e.done();
       }
-      lengths.mutable_at(i) = static_cast<int64_t>(e.tokens().size());
-      done.mutable_at(i) = e.done();
     }
     return py::make_tuple(tokens, mask, lengths, done);
   }

@@ -82,6 +82,9 @@ void Env::replay(const std::vector<Tokens>& prompts, const std::vector<Tokens>& 
     for (int64_t i = begin; i < end; ++i) {
       Episode& episode = episodes_[i];
       const Tokens& script = scripts[i];
+      // Each model token is answered by a few forced tokens at most on the pointer tasks: room for
+      // one each saves most regrowth of the transcript.
+      episode.reserve(std::min<size_t>(max_len_, prompts[i].size() + 2 * script.size()));
       size_t used = 0;
       bool forced;
       while (!episode.done()) {

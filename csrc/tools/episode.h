@@ -19,6 +19,12 @@ class Episode {
   // discarded), otherwise `sampled` itself, which is parsed. [PAD] once done. *forced says which.
   Token step(Token sampled, bool* forced);
 
+  // Room for `tokens` transcript tokens up front (a hint; the transcript grows past it as needed).
+  void reserve(size_t tokens) {
+    tokens_.reserve(tokens);
+    generated_.reserve(tokens);
+  }
+
   bool done() const { return done_; }
   // Whether the next step() uses the model's sample (no forced token queued, not done).
   bool wants_sample() const { return !done_ && next_forced_ == forced_.size(); }

@@ -60,7 +60,8 @@ bool ProtocolParser::feed(Token t, Tokens* answer) {
         pending_write_ = t;
         state_ = State::kSymbol;
       } else if (tok::is_pointer_cmd(t)) {
-        route_pointer({t}, answer);
+        command_.assign(1, t);  // a member buffer: no allocation per command (the replay hot path)
+        route_pointer(command_, answer);
       } else if (t == tok::CALL) {
         call_.clear();
         state_ = State::kCall;
@@ -86,7 +87,8 @@ bool ProtocolParser::feed(Token t, Tokens* answer) {
       }
       break;
     case State::kSymbol:
-      route_pointer({pending_write_, t}, answer);
+      command_.assign({pending_write_, t});
+      route_pointer(command_, answer);
       state_ = State::kText;
       break;
   }

@@ -58,6 +58,7 @@ class ProtocolParser {
   ProtocolLimits limits_;
   State state_ = State::kText;
   Tokens call_;             // the text call being written
+  Tokens command_;          // the pointer command being routed
   Token pending_write_ = 0;  // the write command awaiting its symbol
 };
 

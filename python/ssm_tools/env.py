@@ -79,7 +79,7 @@ class Transcript:
     @classmethod
     def _from_arrays(cls, arrays) -> "Transcript":
         tokens, mask, lengths, done = arrays
-        return cls(torch.from_numpy(tokens).long(), torch.from_numpy(mask), torch.from_numpy(lengths),
+        return cls(torch.from_numpy(tokens), torch.from_numpy(mask), torch.from_numpy(lengths),
                    torch.from_numpy(done))
 
 
@@ -117,7 +117,7 @@ class Env:
 
     def reset(self, prompts: Sequence[Sequence[int]], seed: int = 0) -> np.ndarray:
         """Start every episode; returns each episode's first input token, (B,) int32."""
-        return _call(self._env.reset, _as_token_lists(prompts, "prompts"), seed)
+        return self._env.reset(_as_token_lists(prompts, "prompts"), seed)
 
     def step(self, sampled) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One token per episode: (next_tokens (B,) int32, forced (B,) bool, done (B,) bool)."""
@@ -134,32 +134,26 @@ class Env:
 
 def _as_token_lists(lists, what: str) -> list:
     """`lists` as a list of token sequences, checked cheaply here; the elements are converted in C++
-    (pybind11), far faster than int() per token in Python."""
+    (pybind11), far faster than int() per token in Python. A bytes item holds one token per byte
+    (the packed form of the tasks' oracles: C++ widens it without a Python int per token)."""
     if isinstance(lists, (torch.Tensor, np.ndarray)) and lists.ndim != 1:
         lists = list(lists)
     if not isinstance(lists, (list, tuple)):
         raise TypeError(f"{what}: expected a list of token lists, got {type(lists).__name__}")
     out = []
     for i, seq in enumerate(lists):
-        if isinstance(seq, torch.Tensor):
+        if isinstance(seq, (list, tuple, bytes)):
+            pass  # handed to C++ as it is (checked first: the common case)
+        elif isinstance(seq, torch.Tensor):
             seq = seq.tolist()
         elif isinstance(seq, np.ndarray):
             if seq.dtype.kind not in "iu":
                 raise TypeError(f"{what}[{i}]: expected integer token ids, got dtype {seq.dtype}")
             seq = seq.tolist()
-        elif not isinstance(seq, (list, tuple)):
+        else:
             raise TypeError(f"{what}[{i}]: expected a list of token ids, got {type(seq).__name__}")
         out.append(seq)
     return out
-
-
-def _call(fn, *args):
-    try:
-        return fn(*args)
-    except TypeError as e:
-        if "incompatible function arguments" not in str(e):
-            raise
-        raise TypeError("prompts and model_tokens must hold int token ids (a non-integer element was found)") from None
 
 
 def rollout(model_step: Callable[[torch.Tensor], torch.Tensor], env: Env, prompts: Sequence[Sequence[int]],
@@ -171,7 +165,7 @@ def rollout(model_step: Callable[[torch.Tensor], torch.Tensor], env: Env, prompt
     def step_numpy(inputs: np.ndarray) -> np.ndarray:
         return _as_int_array(model_step(torch.from_numpy(inputs).long()), "model_step output")
 
-    _call(env._env.rollout, step_numpy, _as_token_lists(prompts, "prompts"), max_steps, seed)
+    env._env.rollout(step_numpy, _as_token_lists(prompts, "prompts"), max_steps, seed)
     return env.transcript()
 
 
@@ -179,8 +173,9 @@ def replay(env: Env, prompts: Sequence[Sequence[int]], model_tokens: Sequence[Se
            seed: int = 0) -> Transcript:
     """Scripted policy in C++: episode i emits ``model_tokens[i]`` in order whenever no forced token is
     queued, until [EOS], max_len or the script runs out. Turns an oracle's actions into a training
-    trajectory through the real loop."""
-    _call(env._env.replay, _as_token_lists(prompts, "prompts"), _as_token_lists(model_tokens, "model_tokens"), seed)
+    trajectory through the real loop. Prompts and scripts: lists of token ids, 1-D integer arrays, or
+    bytes (one token per byte, the fast path the tasks use)."""
+    env._env.replay(_as_token_lists(prompts, "prompts"), _as_token_lists(model_tokens, "model_tokens"), seed)
     return env.transcript()
 
 

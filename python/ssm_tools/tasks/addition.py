@@ -15,51 +15,56 @@ uniformly in 1..m (the paper: 1..5).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from itertools import zip_longest
+
 import numpy as np
 
 from .. import vocab as V
-from .arithmetic import (BOS_F, DIGITS_F, LT1, LT2, RD1, RD2, ArithmeticTask, Operands, position_pointers,
-                         random_number, read_back)
+from .arithmetic import (BOS_F, DIGITS_F, LT1, LT2, RD1, RD2, ArithmeticTask, Operands, operands_prompt,
+                         position_pointers, random_number, read_back)
 from .base import CHAR, DIGITS, FORCED, number
 
 
-def _column_steps() -> list[tuple[tuple[int, ...], tuple[int, ...], int]]:
-    """Every step of the digit loop, precomputed (oracles are built at training-data speed):
-    index (x + 1) * 22 + (y + 1) * 2 + carry_in for digits x, y (-1: the pointer reads a non-digit)
-    -> (script tokens, thoughts, carry out); carry out -1 means the step ends the loop with [ANS]."""
+def _column_steps() -> list[tuple[bytes, int]]:
+    """Every step of the digit loop, precomputed (oracles are built at training-data speed): index
+    (x + 1) * 22 + (y + 1) * 2 + carry_in for digits x, y (-1: the pointer reads a non-digit) -> (the
+    step's script, carry out); the step with x = y = -1 and carry_in 0 ends the loop with [ANS]."""
     steps = []
     for x in range(-1, 10):
         for y in range(-1, 10):
             for carry in (0, 1):
                 reads = ((RD1, DIGITS_F[x], LT1) if x >= 0 else (RD1, BOS_F)) + \
                         ((RD2, DIGITS_F[y], LT2) if y >= 0 else (RD2, PLUS_F))
-                if x < 0 and y < 0 and carry == 0:
-                    steps.append((reads + (V.ANS,), (V.ANS,), -1))
-                    continue
                 total = max(x, 0) + max(y, 0) + carry
-                thoughts = (DIGITS[total // 10], DIGITS[total % 10])
-                steps.append((reads + thoughts, thoughts, total // 10))
+                ends = x < 0 and y < 0 and carry == 0
+                steps.append((bytes(reads + ((V.ANS,) if ends else (DIGITS[total // 10], DIGITS[total % 10]))),
+                              total // 10))
     return steps
 
 
 PLUS_F = CHAR["+"] + FORCED
 _STEPS = _column_steps()
+# After the last digit column: the carry column if a carry is left, then the step that ends the loop.
+_LAST_STEPS = (_STEPS[0][0], _STEPS[1][0] + _STEPS[0][0])
+_PAD = ord("0") - 1  # ASCII code of the digit "-1" (a pointer past the operand's first digit)
+# Deletes all but the tokens the digit loop adds to memory: its thoughts (digits) and [ANS].
+_NOT_THOUGHT = bytes(t for t in range(256) if t not in DIGITS and t != V.ANS)
 
 
-def addition_script(x: Operands) -> list[int]:
-    memory = [V.BOS, *number(x.a), CHAR["+"], *number(x.b), CHAR["="]]
-    script = position_pointers(memory, len(x.a) + 1)
-    n = max(len(x.a), len(x.b)) + 2  # the loop ends within n steps
-    a = [ord(c) - 48 for c in reversed(x.a)] + [-1] * (n - len(x.a))
-    b = [ord(c) - 48 for c in reversed(x.b)] + [-1] * (n - len(x.b))
-    carry = 0
-    for i in range(n):
-        tokens, thoughts, carry = _STEPS[(a[i] + 1) * 22 + (b[i] + 1) * 2 + carry]
-        script += tokens
-        memory += thoughts
-        if carry < 0:
-            break
-    return script + read_back(memory, len(x.a) + 1)
+def addition_script(x: Operands) -> bytes:
+    """The interactive script, as bytes: each digit column is one table entry, picked by the ASCII
+    codes of its two digits and the carry."""
+    prompt = operands_prompt(x)
+    steps, carry = [], 0
+    for a, b in zip_longest(x.a[::-1].encode(), x.b[::-1].encode(), fillvalue=_PAD):
+        step, carry = _STEPS[(a - _PAD) * 22 + (b - _PAD) * 2 + carry]
+        steps.append(step)
+    steps.append(_LAST_STEPS[carry])
+    loop = b"".join(steps)
+    op_cell = len(x.a) + 1
+    memory = prompt + loop.translate(None, _NOT_THOUGHT)
+    return position_pointers(prompt, op_cell) + loop + read_back(memory, op_cell)
 
 
 class Addition(ArithmeticTask):
@@ -80,7 +85,7 @@ class Addition(ArithmeticTask):
         digits = number(str(x.result))
         return digits[::-1] if self.mode == "direct_reversed" else digits
 
-    def _script(self, x: Operands, mode: str) -> list[int]:
+    def _script(self, x: Operands, mode: str) -> Sequence[int]:
         if mode == "interactive":
             return addition_script(x)
         if mode == "single_turn":

@@ -15,19 +15,22 @@ observation), never on a count or a phase remembered from far back. Pointer role
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from .. import vocab as V
 from ..env import ToolSpec
-from .base import CHAR, CMD, DIGIT_VALUE, DIGITS, FORCED, Task, forced, number, text, walk
+from .base import CHAR, CMD, DIGITS, FORCED, Task, chars, forced, number, packed_walk, text
 
 RD1, LT1, RT1 = CMD[1, "read"], CMD[1, "left"], CMD[1, "right"]
 RD2, LT2, RT2 = CMD[2, "read"], CMD[2, "left"], CMD[2, "right"]
-EQUALS = CHAR["="]
 ANS_F, BLANK_F, BOS_F = V.ANS + FORCED, V.BLANK + FORCED, V.BOS + FORCED
 DIGITS_F = [t + FORCED for t in DIGITS]
+_DIGIT_TOKENS = bytes(DIGITS)
+# A digit t read back: its read answer, then the output t and the next two steps left and a read.
+_READ_BACK_STEP = {t: bytes((t + FORCED, t, LT2, LT2, RD2)) for t in DIGITS}
 
 
 @dataclass(frozen=True)
@@ -51,31 +54,27 @@ def random_number(rng: np.random.Generator, digits: int, allow_zero: bool = True
     return str(low + int.from_bytes(words.tobytes(), "little") % span)
 
 
-def operands_prompt(x: Operands) -> list[int]:
-    return [V.BOS, *number(x.a), CHAR[x.op], *number(x.b), EQUALS]
+def operands_prompt(x: Operands) -> bytes:
+    return bytes((V.BOS,)) + chars(f"{x.a}{x.op}{x.b}=")
 
 
-def position_pointers(memory: list[int], op_cell: int) -> list[int]:
+def position_pointers(memory: Sequence[int], op_cell: int) -> bytes:
     """Script that brings p2 to the last digit of b (via [BLANK]) and p1 to the last digit of a (via
     the operator at `op_cell`). `memory` is the prompt; both pointers start on cell 0."""
-    walk_b = walk(2, "right", memory[1:])
-    walk_a = walk(1, "right", memory[1:op_cell + 1])
-    return walk_b + [RT2, RD2, BLANK_F, LT2, LT2] + walk_a + [LT1]
+    walk_b = packed_walk(2, "right", memory[1:])
+    walk_a = packed_walk(1, "right", memory[1:op_cell + 1])
+    return walk_b + bytes((RT2, RD2, BLANK_F, LT2, LT2)) + walk_a + bytes((LT1,))
 
 
-def read_back(memory: list[int], start: int) -> list[int]:
+def read_back(memory: Sequence[int], start: int) -> bytes:
     """Script of the answer phase; `memory` ends with [ANS], p2 sits on cell `start`. p2 walks right
     to [ANS], then left over the (carry, digit) pairs, outputting each digit and skipping each carry,
     until it reads the non-digit before the first pair; then [EOS]."""
-    script = walk(2, "right", memory[start + 1:])
-    j = len(memory) - 2
-    script += (LT2, RD2, memory[j] + FORCED)
-    while memory[j] in DIGIT_VALUE:
-        script.append(memory[j])
-        j -= 2
-        script += (LT2, LT2, RD2, memory[j] + FORCED)
-    script.append(V.EOS)
-    return script
+    memory = bytes(memory)
+    read = memory[-2::-2]  # the cells p2 reads walking left two at a time from the last digit
+    digits = read[:len(read) - len(read.lstrip(_DIGIT_TOKENS))]
+    return (packed_walk(2, "right", memory[start + 1:]) + bytes((LT2, RD2))
+            + b"".join(map(_READ_BACK_STEP.__getitem__, digits)) + bytes((read[len(digits)] + FORCED, V.EOS)))
 
 
 class ArithmeticTask(Task):
@@ -94,7 +93,7 @@ class ArithmeticTask(Task):
         super().__init__(self.aliases.get(mode, mode))
 
     def prompt(self, x: Operands) -> list[int]:
-        return operands_prompt(x)
+        return list(operands_prompt(x))
 
     def answer(self, x: Operands) -> list[int]:
         return number(str(x.result))

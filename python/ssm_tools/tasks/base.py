@@ -9,6 +9,10 @@ answers the oracle expects buys three things: `oracle()` is the script's model t
 mode is derived from it (the model predicts the observations itself, no tool); and the tests check
 that the real loop (`replay`) produced exactly the stream the oracle expected.
 
+Every script value is below 256, so a script is a list of ints or, on the hot paths, bytes (built
+with joins and table lookups at C speed); `trajectories()` hands prompts and oracles to `replay` as
+bytes, which C++ widens without a Python int per token.
+
 Sizes: `sample(rng, size)` draws a test instance of exactly this size (e.g. two operands of exactly
 `size` digits); `sample_train(rng, max_size)` draws the paper's training distribution up to
 `max_size` (e.g. operand lengths uniform in 1..max_size).
@@ -18,7 +22,6 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -37,7 +40,6 @@ CHAR = {chr(c): V.encode(chr(c))[0] for c in range(32, 127)}
 CHAR["\n"] = V.encode("\n")[0]
 CHAR_OF = {t: c for c, t in CHAR.items()}
 DIGITS = [CHAR[str(d)] for d in range(10)]
-DIGIT_VALUE = {t: d for d, t in enumerate(DIGITS)}
 # Pointer commands by (pointer 1-based, op), e.g. CMD[1, "read"].
 CMD = {(p + 1, op): V.pointer_cmd(p, op) for p in range(4) for op in ("read", "left", "right", "write")}
 _COMMANDS = frozenset(CMD.values())
@@ -59,30 +61,37 @@ def forced(tokens: Sequence[int]) -> list[int]:
 _CHAR_TABLE = bytes(CHAR.get(chr(i), 0) for i in range(256))
 
 
+def chars(s: str) -> bytes:
+    """The character tokens of `s` (digits, letters, punctuation, '\\n'), one byte each."""
+    return s.encode("ascii").translate(_CHAR_TABLE)
+
+
 def text(s: str) -> list[int]:
-    out = list(s.encode("ascii").translate(_CHAR_TABLE))
+    out = list(chars(s))
     if 0 in out:
         raise ValueError(f"text has a character with no token: {s!r}")
     return out
 
 
 def number(digits: str) -> list[int]:
-    return list(digits.encode("ascii").translate(_CHAR_TABLE))
+    return list(chars(digits))
 
 
-def model_tokens(script: Sequence[int]) -> list[int]:
-    return list(bytes(script).translate(None, _FORCED_IDS))
+# (pointer, "left"/"right") -> token id -> one step of a walk: move, read, the forced answer.
+_WALK_STEPS = {(p, d): [bytes((CMD[p, d], CMD[p, "read"], t + FORCED)) for t in range(V.VOCAB_SIZE)]
+               for p in range(1, 5) for d in ("left", "right")}
 
 
-# (pointer, "left"/"right") -> token id -> the script of one step of a walk: move, read, the answer.
-_STEPS = {(p, d): [(CMD[p, d], CMD[p, "read"], t + FORCED) for t in range(V.VOCAB_SIZE)]
-          for p in range(1, 5) for d in ("left", "right")}
+def packed_walk(pointer: int, direction: str, cells: Iterable[int]) -> bytes:
+    """Script of pointer `pointer` (1-based) stepping over `cells` ("left" or "right"): each step a
+    move and a read, answered by the cell. As bytes, one join of table entries (oracles run at
+    training-data speed)."""
+    return b"".join(map(_WALK_STEPS[pointer, direction].__getitem__, cells))
 
 
 def walk(pointer: int, direction: str, cells: Iterable[int]) -> list[int]:
-    """Script of pointer `pointer` (1-based) stepping over `cells` ("left" or "right"): each step a
-    move and a read, answered by the cell. (Table lookups: oracles run at training-data speed.)"""
-    return list(chain.from_iterable(map(_STEPS[pointer, direction].__getitem__, cells)))
+    """packed_walk as a list of ints."""
+    return list(packed_walk(pointer, direction, cells))
 
 
 def expected_stream(script: Sequence[int]) -> list[int]:
@@ -90,22 +99,28 @@ def expected_stream(script: Sequence[int]) -> list[int]:
     return [t % FORCED for t in script]
 
 
-def cot_script(script: Sequence[int], answer: Sequence[int]) -> list[int]:
+def cot_script(script: Sequence[int], answer: Sequence[int], keep_first_turn: bool = False) -> list[int]:
     """The CoT ablation of an interactive script: commands and tool calls dropped, every observation
     before [ANS] written by the model as a thought, then [ANS], the answer and [EOS] (what the
-    interactive policy reads back after [ANS] has no tool to come from)."""
+    interactive policy reads back after [ANS] has no tool to come from).
+
+    keep_first_turn=True gives the single-turn ablation instead: the script's first turn of tool use
+    (its commands, calls and their answers before the model's first thought or [ANS]) stays as it
+    is, answered by the tool; from there on the model is on its own, as in CoT."""
     out: list[int] = []
     in_call = False
-    for t in script:
-        if t == V.ANS:
-            break
+    for j, t in enumerate(script):
         if t == V.CALL or t == V.CALL_END:
             in_call = t == V.CALL
         elif t >= FORCED:
             u = t - FORCED
             if u != V.RESULT:
                 out.append(_COT_CHAR.get(u, u))
-        elif not in_call and t not in _COMMANDS:
+        elif not in_call and t not in _COMMANDS:  # a thought, or [ANS]
+            if keep_first_turn:
+                out, keep_first_turn = list(script[:j]), False
+            if t == V.ANS:
+                break
             out.append(t)
     return out + [V.ANS, *answer, V.EOS]
 
@@ -190,8 +205,9 @@ class Task(ABC):
     def max_steps(self, size: int) -> int: ...
 
     @abstractmethod
-    def _script(self, inst, mode: str) -> list[int]:
-        """The script of `mode` (any mode but "cot", which is derived from "interactive")."""
+    def _script(self, inst, mode: str) -> Sequence[int]:
+        """The script of `mode` (any mode but "cot", which is derived from "interactive"): a list of
+        ints or bytes."""
 
     # -- shared ------------------------------------------------------------------------------------
     def check_size(self, size: int, what: str = "size") -> int:
@@ -200,13 +216,21 @@ class Task(ABC):
                              f"got {size!r}")
         return int(size)
 
-    def script(self, inst) -> list[int]:
+    def _mode_script(self, inst) -> Sequence[int]:
         if self.mode == "cot":
             return cot_script(self._script(inst, "interactive"), self.answer(inst))
         return self._script(inst, self.mode)
 
+    def script(self, inst) -> list[int]:
+        return list(self._mode_script(inst))
+
+    def packed_oracle(self, inst) -> bytes:
+        """The oracle's model tokens (the script without its forced tokens), one byte each: what
+        `trajectories` hands to `replay`."""
+        return bytes(self._mode_script(inst)).translate(None, _FORCED_IDS)
+
     def oracle(self, inst) -> list[int]:
-        return model_tokens(self.script(inst))
+        return list(self.packed_oracle(inst))
 
     def grade(self, inst, tokens: Sequence[int], mask: Sequence[bool] | None = None) -> bool:
         outputs, finished = output_stream(tokens, mask)
@@ -225,7 +249,7 @@ class Task(ABC):
         a long trajectory takes seconds to build)."""
         cache = self.__dict__.setdefault("_budgets", {})
         if worst_case_inst not in cache:
-            n = len(self.prompt(worst_case_inst)) + len(self.script(worst_case_inst))
+            n = len(self.prompt(worst_case_inst)) + len(self._mode_script(worst_case_inst))
             cache[worst_case_inst] = math.ceil(1.1 * n) + 16
         return cache[worst_case_inst]
 
@@ -236,8 +260,9 @@ class Task(ABC):
         real loop (`replay`)."""
         draw = self.sample_train if train else self.sample
         insts = [draw(rng, s) for s in sizes]
-        env = Env(self.tools(), batch_size=len(insts), max_len=max(self.max_steps(s) for s in sizes),
+        env = Env(self.tools(), batch_size=len(insts), max_len=max(map(self.max_steps, set(sizes))),
                   num_threads=num_threads)
         seed = int(rng.integers(1 << 31))
-        transcript = replay(env, [self.prompt(i) for i in insts], [self.oracle(i) for i in insts], seed=seed)
+        prompts = [bytes(self.prompt(i)) for i in insts]
+        transcript = replay(env, prompts, [self.packed_oracle(i) for i in insts], seed=seed)
         return transcript, insts

@@ -24,6 +24,11 @@ move with rods swapped, then back to its start, then forward again).
   2. for k = 1..n: p2 copies S_{k-1} with B<->C until '#'; p1 reads d_k's digits up to '(' and the
      policy writes "(d_k)AC"; p2 walks back to the '#' (or [ANS]) before S_{k-1} and copies it again
      with A<->B; then [p1.left] [p1.read]: ')' -> '#' and p2 steps onto S_k; [BOS] -> [EOS].
+Modes: interactive; cot (the same with every observation predicted as a thought, no tool);
+single_turn (one turn of tool use, then none: the pointer reads the prompt as in interactive --
+iterative: right to '=' and back to [BOS]; recursive: right to '=' -- and from the first thought
+on, the trajectory is the cot one: the copies come from the model's own state). Paper, Theorem 1:
+with cot or a single turn, a fixed-size state fails once the move lists outgrow it.
 Sizes: sample(rng, n) has exactly n disks; sample_train(rng, m) draws n uniformly in 1..m.
 """
 from __future__ import annotations
@@ -34,7 +39,7 @@ import numpy as np
 
 from .. import vocab as V
 from ..env import ToolSpec
-from .base import CHAR, CHAR_OF, CMD, FORCED, Task, text, walk
+from .base import CHAR, CHAR_OF, CMD, FORCED, Task, cot_script, text, walk
 
 RD1, LT1, RT1 = CMD[1, "read"], CMD[1, "left"], CMD[1, "right"]
 RD2, LT2, RT2 = CMD[2, "read"], CMD[2, "left"], CMD[2, "right"]
@@ -183,7 +188,7 @@ def _copy_list(cells: list[int], swap: dict[int, int]) -> list[int]:
 
 class Hanoi(Task):
     name = "hanoi"
-    modes = ("interactive", "cot")
+    modes = ("interactive", "cot", "single_turn")
     size_name = "disks"
     variants = ("iterative", "recursive")
 
@@ -221,7 +226,8 @@ class Hanoi(Task):
         return [ToolSpec("pointer_memory", num_pointers=1 if self.variant == "iterative" else 2, max_cells=1 << 25)]
 
     def _script(self, x: Disks, mode: str) -> list[int]:
-        return iterative_script(x) if self.variant == "iterative" else recursive_script(x)
+        script = iterative_script(x) if self.variant == "iterative" else recursive_script(x)
+        return cot_script(script, self.answer(x), keep_first_turn=True) if mode == "single_turn" else script
 
     def max_steps(self, size: int) -> int:
         n = self.check_size(size)

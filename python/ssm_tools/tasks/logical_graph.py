@@ -16,7 +16,11 @@ definition is the last `find` result that holds it.
     definition; the parent is current again. The output has no parent: [ANS] <value> [EOS].
 The search answers (all lines holding the word, joined by '\n') are forced tokens the oracle
 predicts; the tests check that the real SearchMemory answers exactly that.
-Modes: interactive, cot. Sizes: n gates exactly (training: 1..max_size).
+Modes: interactive; cot (the same with every `find` answer predicted as thought lines, no tool);
+single_turn (one turn of tool use, then none: the first `find` calls, up to the first thought line
+"x from <output>", are answered by the search memory as in interactive; from there on the
+trajectory is the cot one, every later definition and logged value recalled by the model itself).
+Sizes: n gates exactly (training: 1..max_size).
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ import numpy as np
 
 from .. import vocab as V
 from ..env import ToolSpec
-from .base import Task, forced, text
+from .base import Task, cot_script, forced, text
 
 NUM_INPUTS = 3
 LABELS = 10_000
@@ -151,7 +155,7 @@ def dfs_script(x: Circuit) -> list[int]:
 
 class LogicalGraph(Task):
     name = "logical_graph"
-    modes = ("interactive", "cot")
+    modes = ("interactive", "cot", "single_turn")
     size_name = "gates"
 
     def sample(self, rng: np.random.Generator, size: int) -> Circuit:
@@ -175,7 +179,8 @@ class LogicalGraph(Task):
         return [ToolSpec("search_memory", max_response_tokens=MAX_RESPONSE_TOKENS)]
 
     def _script(self, x: Circuit, mode: str) -> list[int]:
-        return dfs_script(x)
+        script = dfs_script(x)
+        return cot_script(script, self.answer(x), keep_first_turn=True) if mode == "single_turn" else script
 
     def max_steps(self, size: int) -> int:
         # Measured: about 500 tokens per gate at 1,000 gates, growing with log n (a variable's

@@ -22,6 +22,7 @@ The mixture draws addition (weight add_weight) or n x 2 multiplication.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -35,10 +36,10 @@ RD3, RT3 = CMD[3, "read"], CMD[3, "right"]
 HASH = CHAR["#"]
 
 
-def multiplication_script(x: Operands) -> list[int]:
+def multiplication_script(x: Operands) -> bytes:
     memory = [V.BOS, *number(x.a), CHAR["*"], *number(x.b), CHAR["="]]
     op_cell = len(x.a) + 1
-    script = position_pointers(memory, op_cell)
+    script = list(position_pointers(memory, op_cell))
     a = [int(c) for c in reversed(x.a)]
     b = [int(c) for c in reversed(x.b)]
     previous: list[int] = []  # digits p3 reads in this row (the previous row's, shift digit excepted)
@@ -66,7 +67,7 @@ def multiplication_script(x: Operands) -> list[int]:
         previous, p3_stop = row[1:], HASH + FORCED
     script.append(V.ANS)
     memory.append(V.ANS)
-    return script + read_back(memory, op_cell)
+    return bytes(script) + read_back(memory, op_cell)
 
 
 def _next_row(memory: list[int], op_cell: int, first_digit: int) -> list[int]:
@@ -106,7 +107,7 @@ class Multiplication(ArithmeticTask):
         return Operands(random_number(rng, n, allow_zero=False), "*",
                         random_number(rng, self.second_digits, allow_zero=False))
 
-    def _script(self, x: Operands, mode: str) -> list[int]:
+    def _script(self, x: Operands, mode: str) -> Sequence[int]:
         if mode == "single_turn":
             a, b = int(x.a), x.b.rjust(2, "0")
             return self.calculator_script(a * int(b[1]), a * int(b[0]) * 10, x.result)
@@ -142,7 +143,7 @@ class Mixture(ArithmeticTask):
     def sample_train(self, rng: np.random.Generator, max_size: int) -> Operands:
         return self._part(rng).sample_train(rng, max_size)
 
-    def _script(self, x: Operands, mode: str) -> list[int]:
+    def _script(self, x: Operands, mode: str) -> Sequence[int]:
         return addition_script(x) if x.op == "+" else multiplication_script(x)
 
     def max_steps(self, size: int) -> int:
