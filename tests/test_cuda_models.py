@@ -82,3 +82,23 @@ def test_forward_cuda_matches_cpu(name):
         gpu = model(tokens.cuda()).double().cpu()
         cpu = model.cpu()(tokens).double()
     assert ((gpu - cpu).norm() / cpu.norm()).item() < 1e-4
+
+
+def test_training_on_cuda_checkpoints_and_resumes(tmp_path):
+    """A CUDA run's checkpoint (loaded with map_location="cuda") resumes: the RNG states go back to
+    the CPU tensors torch expects."""
+    from ssm_tools.train import CHECKPOINT, TrainConfig, Trainer
+
+    def trainer(seed):
+        cfg = TrainConfig(steps=4, batch_size=4, warmup=1, seed=seed, ckpt_every=2)
+        return Trainer(get_task("addition"), "mamba", {"vocab_size": VOCAB_SIZE, **preset("mamba", "tiny")}, cfg,
+                       tmp_path, device="cuda", progress=False,
+                       run_info={"task": {"name": "addition", "mode": "interactive", "options": {}}})
+
+    first = trainer(0)
+    first.run(stop_at=2)
+    resumed = trainer(1)
+    resumed.load(tmp_path / CHECKPOINT)
+    assert resumed.step == 2
+    row = resumed.run()
+    assert row["step"] == 4 and row["loss"] == row["loss"]  # finite

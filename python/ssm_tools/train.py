@@ -127,9 +127,10 @@ class Trainer:
         self.sched.load_state_dict(ck["scheduler"])
         self.step = ck["step"]
         self.rng.bit_generator.state = ck["rng"]["numpy"]
-        torch.set_rng_state(ck["rng"]["torch"])
+        # RNG states are CPU byte tensors, whatever map_location moved the rest of the checkpoint to.
+        torch.set_rng_state(ck["rng"]["torch"].cpu())
         if ck["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
+            torch.cuda.set_rng_state_all([s.cpu() for s in ck["rng"]["cuda"]])
 
     # -- training ------------------------------------------------------------------------------
     def batch(self):
