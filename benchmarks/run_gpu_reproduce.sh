@@ -10,6 +10,9 @@
 # curve.json yet, the one at $BASE (default results/$TASK/gpu/curve.json, from earlier calls, copied
 # back into the tree) is copied there first and the run joins it (a run of the same model, mode and
 # seed is replaced). ARGS passes more reproduce options: --sizes, --n, --steps, --max-eval-seconds.
+# Training longer than one call: ARGS="--max-train-seconds 500" checkpoints the run under runs/ when
+# time is up, and the same command in the next call (on the same machine: runs/ is not carried back)
+# resumes it; the 24-layer Mamba's 2,000 addition steps took three such calls on the H100.
 # Uses the machine's python3 (with a CUDA torch, numpy, tqdm, matplotlib); no venv, no downloads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
