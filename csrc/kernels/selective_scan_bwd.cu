@@ -120,7 +120,7 @@ __device__ void cluster_add_state_grads(float* parts, float* dB_state, float* dC
 // 512 threads per SM (at most 128 registers): with one block of 256, the block scans' barriers left
 // the SM idle. A block with kThreads < kMaxThreads only runs sequences that fit one tile (one chunk).
 template <typename T, int kThreads>
-__global__ __launch_bounds__(kThreads, 512 / kThreads) void selective_scan_bwd_kernel(SelectiveScanParams p, bool pool) {
+__global__ __launch_bounds__(kThreads, 512 / kThreads) void selective_scan_bwd_kernel(SelectiveScanParams p, bool pool, bool batch_major) {
   constexpr int kWarps = kThreads / 32;
   constexpr int kTile = kThreads * kItems;
   __shared__ float s_adj[kMaxDstate];  // adjoint flowing into the current chunk from the right
@@ -132,9 +132,9 @@ __global__ __launch_bounds__(kThreads, 512 / kThreads) void selective_scan_bwd_k
   extern __shared__ float4 s_parts4[];
   float* s_parts = reinterpret_cast<float*>(s_parts4);
   // Pooling clusters are consecutive dims of one batch entry (grid x = dim). Without pooling, grid x
-  // is the batch entry, so that the blocks running at once belong to many batch entries and their
-  // atomics on dB/dC (whose rows are per batch entry) spread over many addresses.
-  const ScanRow<T> r(p, pool ? blockIdx.x : blockIdx.y, pool ? blockIdx.y : blockIdx.x);
+  // is the batch entry (batch_major), so that the blocks running at once belong to many batch entries
+  // and their atomics on dB/dC (whose rows are per batch entry) spread over many addresses.
+  const ScanRow<T> r(p, batch_major ? blockIdx.y : blockIdx.x, batch_major ? blockIdx.x : blockIdx.y);
   const int tid = threadIdx.x, lane = tid % 32;
   const size_t state_row = r.row * p.dstate;
   for (int n = tid; n < p.dstate; n += kThreads) {
@@ -327,11 +327,14 @@ int selective_scan_bwd_launch(const SelectiveScanParams& p, ScanInputType type, 
   int n_sms = 0;
   if (cudaDeviceGetAttribute(&n_sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) n_sms = 1;
   const long resident_per_batch = static_cast<long>(n_sms) * (512 / threads) / p.batch;
+  // Grid y is limited to 65535: the dim-major grid (pooling) needs batch <= 65535, the batch-major one
+  // dim <= 65535; direct atomics run on either, batch-major where it fits.
   const bool pooled = (p.variable_B || p.variable_C) && major >= 9 && threads < kMaxThreads &&
-                      resident_per_batch > 8 && p.dim <= 65535;
+                      resident_per_batch > 8 && p.batch <= 65535;
+  const bool batch_major = !pooled && p.dim <= 65535;
+  if (!batch_major && p.batch > 65535) return static_cast<int>(cudaErrorInvalidConfiguration);
   int cluster = 1;
   while (pooled && cluster < kMaxCluster && dims_per_group % (2 * cluster) == 0) cluster *= 2;
-  if (pooled ? p.batch > 65535 : p.dim > 65535) return static_cast<int>(cudaErrorInvalidConfiguration);
   const size_t smem = pooled ? 3 * ((p.variable_B ? 1 : 0) + (p.variable_C ? 1 : 0)) * threads * kItems * sizeof(float) : 0;
   return dispatch_input_type(type, [&](auto tag) {
     using T = decltype(tag);
@@ -343,7 +346,7 @@ int selective_scan_bwd_launch(const SelectiveScanParams& p, ScanInputType type, 
                                                       static_cast<int>(smem));
     if (attr_err != cudaSuccess) return static_cast<int>(attr_err);
     cudaLaunchConfig_t config = {};
-    config.gridDim = pooled ? dim3(p.dim, p.batch) : dim3(p.batch, p.dim);
+    config.gridDim = batch_major ? dim3(p.batch, p.dim) : dim3(p.dim, p.batch);
     config.blockDim = dim3(threads);
     config.dynamicSmemBytes = smem;
     config.stream = static_cast<cudaStream_t>(stream);
@@ -354,6 +357,6 @@ int selective_scan_bwd_launch(const SelectiveScanParams& p, ScanInputType type, 
     attribute.val.clusterDim.z = 1;
     config.attrs = &attribute;
     config.numAttrs = major >= 9 ? 1 : 0;
-    return static_cast<int>(cudaLaunchKernelEx(&config, kernel, p, pooled));
+    return static_cast<int>(cudaLaunchKernelEx(&config, kernel, p, pooled, batch_major));
   });
 }
