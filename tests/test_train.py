@@ -88,6 +88,8 @@ def test_time_budget_checkpoints_and_a_later_run_finishes_identically(tmp_path):
     assert torch.load(tmp_path / "budget" / CHECKPOINT, weights_only=False)["step"] == 1
     later = make_trainer(tmp_path / "budget", seed=99)
     later.load(tmp_path / "budget" / CHECKPOINT)
+    # The training time and last loss so far come with the checkpoint.
+    assert later.train_seconds == first.train_seconds > 0 and later.last_loss == first.last_loss == row["loss"]
     assert "stopped" not in later.run()
     for (name, a), b in zip(whole.model.state_dict().items(), later.model.state_dict().values()):
         assert torch.equal(a, b), name

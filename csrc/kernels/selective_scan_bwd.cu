@@ -34,7 +34,7 @@ constexpr int kMaxCluster = 8;    // the portable cluster size limit
 static_assert(kMaxThreads * kItems == kScanChunk, "one block iteration of the largest block covers one saved chunk");
 
 // The cluster of blocks that pool their dB/dC partial sums. Before sm_90 (the PTX fallback) there are
-// no clusters: the launcher then uses clusters of one, and these reduce to the block alone.
+// no clusters and the launcher never pools; these reduce to the block alone so that the code compiles.
 __device__ __forceinline__ unsigned cluster_rank() {
 #if __CUDA_ARCH__ >= 900
   return cooperative_groups::this_cluster().block_rank();

@@ -95,28 +95,20 @@ def run_one(config: dict, model: str, model_scale: str, train: dict, seed: int, 
     trainer = Trainer(task, model, model_cfg, cfg, out_dir, device=device, progress=progress,
                       run_info={"task": config["task"], "sizes": config["sizes"]})
     checkpoint = Path(out_dir) / CHECKPOINT
-    earlier_s = 0.0
-    if checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        if saved["train"] != asdict(cfg):
-            raise ValueError(f"{checkpoint} was trained with {saved['train']}, not {asdict(cfg)}: "
+    if checkpoint.is_file():  # an earlier call's stopped (or finished) run of the same recipe
+        recipe = trainer.load(checkpoint)
+        if recipe != asdict(cfg):
+            raise ValueError(f"{checkpoint} was trained with {recipe}, not {asdict(cfg)}: "
                              f"remove {out_dir} to start over")
-        trainer.load(checkpoint)
-        earlier_s = saved.get("run", {}).get("train_seconds", 0.0)
-    t0 = time.perf_counter()
     last = trainer.run(max_seconds=max_train_seconds)
-    train_s = earlier_s + time.perf_counter() - t0
-    trainer.meta["run"]["train_seconds"] = train_s
+    train_s = round(trainer.train_seconds, 1)
     if last.get("stopped"):
-        trainer.save()  # with the training time so far
         return {"model": model, "mode": config["task"]["mode"], "seed": seed, "stopped": trainer.step,
-                "steps": cfg.steps, "train_seconds": round(train_s, 1)}
-    if not last:  # finished in an earlier call: the loss of its last step is in the log
-        last = {"loss": float((Path(out_dir) / "log.csv").read_text().splitlines()[-1].split(",")[1])}
+                "steps": cfg.steps, "train_seconds": train_s}
     t0 = time.perf_counter()
     result = evaluate_within(trainer.model, task, sizes, n, device, max_eval_seconds)
-    return {"model": model, "mode": config["task"]["mode"], "seed": seed, "final_loss": last["loss"],
-            "train_seconds": round(train_s, 1), "eval_seconds": round(time.perf_counter() - t0, 1),
+    return {"model": model, "mode": config["task"]["mode"], "seed": seed, "final_loss": trainer.last_loss,
+            "train_seconds": train_s, "eval_seconds": round(time.perf_counter() - t0, 1),
             "test_sizes": sorted(sizes), "n": n, **result}
 
 

@@ -102,10 +102,14 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, cfg))
         self.rng = np.random.default_rng(cfg.seed)
         self.step = 0
+        # Carried through checkpoints, so a run resumed across processes reports its whole training.
+        self.train_seconds = 0.0  # training time of every run() so far (checkpoint writes excluded)
+        self.last_loss: float | None = None  # the loss of the last step taken
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {**self.meta, "step": self.step, "model_state": self.model.state_dict(),
+        return {**self.meta, "step": self.step, "train_seconds": self.train_seconds, "last_loss": self.last_loss,
+                "model_state": self.model.state_dict(),
                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                 "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
@@ -117,7 +121,9 @@ class Trainer:
         os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint intact
         return path
 
-    def load(self, path) -> None:
+    def load(self, path) -> dict:
+        """Restores the run from a checkpoint; returns the recipe (TrainConfig fields) it was trained
+        with, which may differ from this trainer's (`ssm-tools train --resume --steps` extends a run)."""
         ck = torch.load(path, map_location=self.device, weights_only=False)
         if (ck["model"], ck["model_cfg"]) != (self.meta["model"], self.meta["model_cfg"]):
             raise ValueError(f"checkpoint {path} holds model {ck['model']} {ck['model_cfg']}, "
@@ -126,11 +132,13 @@ class Trainer:
         self.opt.load_state_dict(ck["optimizer"])
         self.sched.load_state_dict(ck["scheduler"])
         self.step = ck["step"]
+        self.train_seconds, self.last_loss = ck.get("train_seconds", 0.0), ck.get("last_loss")
         self.rng.bit_generator.state = ck["rng"]["numpy"]
         # RNG states are CPU byte tensors, whatever map_location moved the rest of the checkpoint to.
         torch.set_rng_state(ck["rng"]["torch"].cpu())
         if ck["rng"]["cuda"]:
             torch.cuda.set_rng_state_all([s.cpu() for s in ck["rng"]["cuda"]])
+        return ck["train"]
 
     # -- training ------------------------------------------------------------------------------
     def batch(self):
@@ -180,6 +188,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 loss, ntok = self.train_step()
                 tps = ntok / (time.perf_counter() - t0)
+                self.last_loss = loss
                 row = {"step": self.step, "loss": loss, "lr": self.sched.get_last_lr()[0], "tokens_per_s": tps}
                 if self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
                     row["eval"] = evaluate(self.model, self.task, self.cfg.eval_sizes, self.cfg.eval_n,
@@ -187,6 +196,7 @@ class Trainer:
                 writer.writerow([row["step"], f"{loss:.5f}", f"{row['lr']:.3e}", f"{tps:.0f}", row.get("eval", "")])
                 bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:.0f}", **({"acc": row["eval"]} if "eval" in row else {}))
                 bar.update(1)
+                self.train_seconds += time.perf_counter() - t0
                 out_of_time = max_seconds is not None and time.perf_counter() - started > max_seconds
                 if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps or out_of_time:
                     f.flush()
