@@ -1,18 +1,23 @@
 """Where the time of one paper-scale Mamba training step goes on a GPU (data, step, profiler table,
 decode step). Diagnostic, run on the device machine:
     python3 benchmarks/profile_train_step_gpu.py > results/gpu/train_step_profile.txt
-results/gpu/train_step_profile.txt holds its output from 2026-11-25 (H100)."""
-import time, torch, numpy as np
+results/gpu/train_step_profile.txt holds its output (H100). Other tasks' steps (batch 128 at the
+largest training size): `python3 benchmarks/profile_train_step_gpu.py multiplication_nx2`."""
+import sys, time, tomllib, torch, numpy as np
+from pathlib import Path
 from ssm_tools.tasks import get_task
 from ssm_tools.models import preset, build_model
 from ssm_tools.train import masked_loss
 from ssm_tools import vocab as V
-task = get_task("addition")
+config = tomllib.loads((Path(__file__).parents[1] / "tasks" / f"{sys.argv[1] if len(sys.argv) > 1 else 'addition'}.toml").read_text())
+task = get_task(config["task"]["name"], config["task"]["mode"], **config["task"].get("options", {}))
+size = config["sizes"]["train"][1]
+print("task", config["task"], "size", size)
 m = build_model("mamba", **dict(preset("mamba", "paper"), vocab_size=V.VOCAB_SIZE)).cuda()
 opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
 rng = np.random.default_rng(0)
 def data():
-    tr, _ = task.trajectories(rng, [5] * 128, train=True)
+    tr, _ = task.trajectories(rng, [size] * 128, train=True)
     return tr.tokens.cuda(), tr.loss_mask.cuda()
 def step(tok, mask):
     with torch.autocast("cuda", dtype=torch.bfloat16):

@@ -1,6 +1,6 @@
 """One small case of each CUDA kernel (forward, backward, decode step), for compute-sanitizer's
-memcheck and racecheck (benchmarks/run_gpu.sh). Two chunks with a partial last one and 8 dims per
-group (the backward's cluster of 8 blocks pooling dB/dC), every option on: input-dependent B with
+memcheck and racecheck (benchmarks/run_gpu.sh). Several chunks with a partial last one and 10 dims
+per group (a full backward block of 8 dims and a partial one pooling dB/dC), every option on: input-dependent B with
 constant C in float32, then constant B with input-dependent C in bf16; then decode with groups. Exits
 non-zero if an output is not finite."""
 import torch
@@ -12,7 +12,7 @@ OPS = torch.ops.ssm_tools
 
 def main():
     dev = "cuda"
-    batch, dim, seqlen, dstate, groups = 1, 16, 2100, 8, 2
+    batch, dim, seqlen, dstate, groups = 1, 20, 2100, 8, 2
     for dtype, variable_B in ((torch.float32, True), (torch.bfloat16, False)):
         u, z, dout = (torch.randn(batch, dim, seqlen, device=dev).to(dtype) for _ in range(3))
         delta = (torch.randn(batch, dim, seqlen, device=dev) - 1).to(dtype)

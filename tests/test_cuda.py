@@ -10,6 +10,7 @@ import torch
 
 import ssm_tools
 import ssm_tools._C  # noqa: F401  (registers the ops and their CUDA kernels)
+from ssm_tools.ops import SCAN_CHUNK
 from ssm_tools.reference import selective_scan_ref, selective_state_update_ref
 
 pytestmark = [
@@ -83,7 +84,7 @@ def fwd(inputs):
                                   i["delta_softplus"])
 
 
-# (batch, dim, seqlen, dstate, options): odd shapes, chunk boundaries (2048) and every option.
+# (batch, dim, seqlen, dstate, options): odd shapes, chunk boundaries (SCAN_CHUNK = 256) and every option.
 CASES = [
     (2, 3, 1, 16, dict()),
     (1, 3, 7, 5, dict(variable_B=False, variable_C=False, z=False)),
@@ -92,11 +93,11 @@ CASES = [
     (2, 3, 2049, 4, dict(variable_C=False, z=False, softplus=False)),
     (1, 6, 8193, 8, dict(groups=3)),
     (1, 4, 100, 256, dict()),
-    # 8 and 32 dims per group: the backward pools input-dependent dB/dC over clusters of 8 blocks.
+    # The backward's blocks hold 8 dims of one group (here 8 and 32 per group, and 13: a partial block).
     (2, 16, 2049, 16, dict(groups=2)),
+    (2, 26, 300, 16, dict(groups=2)),
     (1, 32, 300, 8, dict(variable_C=False, z=False)),
-    # The backward's block size follows seqlen (tiles of 256, 512, 1024, 2048 positions): each size,
-    # at and just past a tile's end, with clusters pooling dB/dC.
+    # At and just past a chunk's end (one warp covers one chunk of 256 positions in the backward).
     (2, 16, 256, 16, dict(groups=2)),
     (3, 8, 257, 16, dict()),
     (2, 16, 512, 4, dict(variable_B=False)),
@@ -116,7 +117,7 @@ def test_forward_and_backward_match_float64_reference(case, dtype):
     out, last, saved = fwd(inputs)
     tol = TOL[dtype]
     assert out.dtype == dtype and last.dtype == torch.float32
-    assert saved.shape == (batch, dim, (seqlen + 2047) // 2048, dstate)
+    assert saved.shape == (batch, dim, (seqlen + SCAN_CHUNK - 1) // SCAN_CHUNK, dstate)
     assert rel_err(out, ref_out) < tol
     assert rel_err(last, ref_last) < tol
 
@@ -138,13 +139,13 @@ def test_forward_and_backward_match_float64_reference(case, dtype):
 
 
 def test_saved_holds_the_state_entering_each_chunk():
-    """saved[:, :, c] is the state after the first c * 2048 positions (zeros for c = 0)."""
-    inputs = make_inputs(2, 6, 4100, 8, torch.float32, groups=3)
+    """saved[:, :, c] is the state after the first c * SCAN_CHUNK positions (zeros for c = 0)."""
+    inputs = make_inputs(2, 6, 2 * SCAN_CHUNK + 4, 8, torch.float32, groups=3)
     _, _, saved = fwd(inputs)
     assert saved.shape == (2, 6, 3, 8)
     assert torch.equal(saved[:, :, 0], torch.zeros_like(saved[:, :, 0]))
     for c in (1, 2):
-        n = c * 2048
+        n = c * SCAN_CHUNK
         prefix = {k: (v[..., :n] if k in ("u", "delta", "z", "B", "C") and v is not None else v)
                   for k, v in inputs.items()}
         _, _, ref_last = reference(prefix)

@@ -1,5 +1,5 @@
 // Device helpers shared by the selective-scan kernels: element conversion, vectorised chunk
-// loads/stores, the block-wide scan of affine maps (x -> a*x + b) and small activations.
+// loads/stores, the warp-wide scan of affine maps (x -> a*x + b) and small activations.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -109,16 +109,12 @@ __device__ __forceinline__ float2 compose(float2 first, float2 then) {
   return make_float2(then.x * first.x, fmaf(then.x, first.y, then.y));
 }
 
-// Block-wide exclusive scan of one affine map per thread, in thread order (kReverse: from the last
-// thread to the first, for the adjoint recurrence that runs backwards in time). Returns the value
-// entering this thread's first item: the maps of all threads before it applied to `carry`.
-// `smem` holds kThreads / 32 float2. Callers alternate between two such buffers so that back-to-back
-// calls need only the one barrier inside: a buffer is rewritten two calls later, after every thread
-// has passed the intermediate call's barrier and so finished reading it.
-template <int kThreads, bool kReverse>
-__device__ __forceinline__ float block_scan_affine(float2 map, float carry, float2* smem) {
-  constexpr int kWarps = kThreads / 32;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+// Warp-wide exclusive scan of one affine map per lane, in lane order (kReverse: from the last lane
+// to the first, for the adjoint recurrence that runs backwards in time). Returns the value entering
+// this lane's first item: the maps of all lanes before it applied to `carry`. Also a warp barrier.
+template <bool kReverse>
+__device__ __forceinline__ float warp_scan_affine(float2 map, float carry) {
+  const int lane = threadIdx.x % 32;
   float2 incl = map;
 #pragma unroll
   for (int off = 1; off < 32; off *= 2) {
@@ -126,18 +122,11 @@ __device__ __forceinline__ float block_scan_affine(float2 map, float carry, floa
     const float ob = kReverse ? __shfl_down_sync(kFullMask, incl.y, off) : __shfl_up_sync(kFullMask, incl.y, off);
     if (kReverse ? lane + off < 32 : lane >= off) incl = compose(make_float2(oa, ob), incl);
   }
+  // The inclusive map of the neighbour before this lane is the exclusive map of this lane.
   const float ea = kReverse ? __shfl_down_sync(kFullMask, incl.x, 1) : __shfl_up_sync(kFullMask, incl.x, 1);
   const float eb = kReverse ? __shfl_down_sync(kFullMask, incl.y, 1) : __shfl_up_sync(kFullMask, incl.y, 1);
   const bool first_lane = kReverse ? lane == 31 : lane == 0;
-  if (kReverse ? lane == 0 : lane == 31) smem[warp] = incl;  // the whole warp's map
-  __syncthreads();
-  float x = carry;
-  if (kReverse) {
-    for (int w = kWarps - 1; w > warp; --w) x = fmaf(smem[w].x, x, smem[w].y);
-  } else {
-    for (int w = 0; w < warp; ++w) x = fmaf(smem[w].x, x, smem[w].y);
-  }
-  return first_lane ? x : fmaf(ea, x, eb);
+  return first_lane ? carry : fmaf(ea, carry, eb);
 }
 
 // Sum over the warp, result in every lane.

@@ -8,7 +8,7 @@
 
 // The forward saves the state entering every chunk of kScanChunk positions; the backward recomputes
 // each chunk's states from there, so it never stores (batch, dim, seqlen, dstate).
-constexpr int kScanChunk = 2048;
+constexpr int kScanChunk = 256;
 
 // The largest dstate the CUDA kernels take (per-state accumulators live in shared memory).
 constexpr int kMaxDstate = 256;

@@ -15,7 +15,7 @@ _ops = torch.ops.ssm_tools
 
 # Positions per checkpoint of the forward's `saved` output. Must equal kScanChunk in
 # csrc/kernels/selective_scan_params.h (tests compare the fake kernel's shapes with the real ones).
-SCAN_CHUNK = 2048
+SCAN_CHUNK = 256
 
 _INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
