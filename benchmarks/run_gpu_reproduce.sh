@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # The paper-scale reproduction of a task (addition, multiplication_nx1, multiplication_nx2) on a GPU
-# machine, one (model, mode, seed) per call so each fits the device tool's 10-minute limit; the calls
-# merge their runs into one curve:
+# machine whose commands have a time limit (the device tool's calls: 10 minutes), one (model, mode,
+# seed) at a time; the calls merge their runs into one curve:
 #   TASK=multiplication_nx1 RUNS=mamba:interactive SEEDS=0 bash benchmarks/run_gpu_reproduce.sh
 #   TASK=multiplication_nx1 RUNS=pythia:interactive SEEDS=0 ARGS="--max-eval-seconds 240" bash ...
-# Builds the two extension modules with CUDA (plain CMake, loaded through PYTHONPATH), then runs
-# `ssm-tools reproduce $TASK --scale paper --merge` (paper model sizes, 2,000 steps, bf16 autocast).
-# The curve is $OUT/curve.json (+ curve.png, command.txt; log in $OUT/logs/). When $OUT has no
-# curve.json yet, the one at $BASE (default results/$TASK/gpu/curve.json, from earlier calls, copied
-# back into the tree) is copied there first and the run joins it (a run of the same model, mode and
-# seed is replaced). ARGS passes more reproduce options: --sizes, --n, --steps, --max-eval-seconds.
-# Training longer than one call: ARGS="--max-train-seconds 500" checkpoints the run under runs/ when
-# time is up, and the same command in the next call (on the same machine: runs/ is not carried back)
-# resumes it; the 24-layer Mamba's 2,000 addition steps took three such calls on the H100.
+# Builds the package with CUDA if it is not built yet, then runs `ssm-tools reproduce $TASK --scale
+# paper --merge` (paper model sizes, 2,000 steps, bf16 autocast) for at most CALL_S seconds (default
+# 560): training checkpoints and stops MARGIN_S (default 60) seconds before that, and the same command
+# in the next call resumes it from runs/ (on the same machine: runs/ is not carried back); once
+# trained, the run is evaluated and joins the curve. A 2,000-step run of the 24-layer Mamba takes
+# 2-4 calls (addition 295 ms per step on the H100, n x 1 multiplication 494 ms, n x 2 865 ms), and the
+# evaluation up to 1,000 digits may need a call of its own: ARGS="--max-eval-seconds 400" keeps it
+# inside one (sizes predicted to overrun are skipped, recorded as null).
+# The curve is $OUT/curve.json (+ curve.png, command.txt); when $OUT has none yet, the one at $BASE
+# (default results/$TASK/gpu/curve.json) is copied there first. The log and every run's log.csv are
+# written to $OUT/logs/ as they go, so a call that is killed still leaves them.
 # Uses the machine's python3 (with a CUDA torch, numpy, tqdm, matplotlib); no venv, no downloads.
-set -euo pipefail
+set -uo pipefail
 cd "$(dirname "$0")/.."
 TASK=${TASK:-addition}
 OUT=${OUT:-results/$TASK/gpu}
@@ -22,19 +24,27 @@ BASE=${BASE:-results/$TASK/gpu/curve.json}
 RUNS=${RUNS:-mamba:interactive}
 SEEDS=${SEEDS:-0}
 ARGS=${ARGS:-}
+CALL_S=${CALL_S:-560}
+MARGIN_S=${MARGIN_S:-60}
 export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
 mkdir -p "$OUT/logs"
 if [[ ! -f $OUT/curve.json && -f $BASE ]]; then
   cp "$BASE" "$OUT/curve.json"
 fi
 log="$OUT/logs/${RUNS//[:,]/-}-seed${SEEDS//,/-}.txt"
-{
-  nvidia-smi --query-gpu=name,memory.total --format=csv
-  cmake -S . -B build/gpu -DCMAKE_BUILD_TYPE=Release -DSSM_TOOLS_CUDA=ON -DPython_EXECUTABLE="$(command -v python3)"
-  cmake --build build/gpu --target _C _tools
-  cp build/gpu/_C*.so build/gpu/_tools*.so python/ssm_tools/
-  export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
-  # shellcheck disable=SC2086  # ARGS is a list of options
-  time python3 -m ssm_tools.cli reproduce "$TASK" --scale paper --device cuda --seeds "$SEEDS" \
-    --runs "$RUNS" --out "$OUT" --merge $ARGS
-} 2>&1 | tee "$log"
+start=$SECONDS
+if ! python3 -c "import sys, torch, ssm_tools._C
+sys.exit(not torch._C._dispatch_has_kernel_for_dispatch_key('ssm_tools::selective_scan_fwd', 'CUDA'))" 2>/dev/null; then
+  python3 -m pip install --no-build-isolation --no-deps -q -e . -C cmake.define.SSM_TOOLS_CUDA=ON \
+    -C build-dir=build/gpu >> "$log" 2>&1 || { tail -30 "$log"; exit 1; }
+fi
+# shellcheck disable=SC2086  # ARGS is a list of options
+timeout --signal=INT --kill-after=20 $((CALL_S - (SECONDS - start))) \
+  python3 -m ssm_tools.cli reproduce "$TASK" --scale paper --device cuda --seeds "$SEEDS" --runs "$RUNS" \
+  --out "$OUT" --merge --max-train-seconds $((CALL_S - MARGIN_S - (SECONDS - start))) $ARGS 2>&1 |
+  tee -a "$log" | grep -v "it/s\]"
+status=$?
+for csv in runs/reproduce-"$TASK"-paper/*/log.csv; do
+  [[ -f $csv ]] && cp "$csv" "$OUT/logs/$(basename "$(dirname "$csv")").log.csv"
+done
+exit $status
