@@ -118,3 +118,62 @@ def test_presets_build_and_reject_unknown_scale():
     assert preset("mamba", "paper")["n_layers"] == 24 and preset("lstm", "paper")["d_model"] == 1536
     with pytest.raises(ValueError, match="scale must be one of"):
         preset("mamba", "huge")
+
+
+def reference_mixer_forward(mixer, h):
+    """MambaMixer.forward written plainly in the token-major layout (the formulation before the
+    channel-first one, whose transposes autograd copies): the same math from the same parameters."""
+    import torch.nn.functional as F
+    import ssm_tools
+    T = h.shape[1]
+    x, z = mixer.in_proj(h).transpose(1, 2).chunk(2, dim=1)
+    x = F.silu(mixer.conv1d(x)[..., :T])
+    dt, B, C = mixer.x_proj(x.transpose(1, 2)).split([mixer.dt_rank, mixer.d_state, mixer.d_state], dim=-1)
+    dt = F.linear(dt, mixer.dt_proj.weight)
+    y = ssm_tools.selective_scan(x, dt.transpose(1, 2), -torch.exp(mixer.A_log), B.transpose(1, 2),
+                                 C.transpose(1, 2), mixer.D, z, delta_bias=mixer.dt_proj.bias, delta_softplus=True)
+    return mixer.out_proj(y.transpose(1, 2))
+
+
+@pytest.mark.parametrize("d_model, dt_rank, T", [(16, None, 9), (24, 5, 70)])
+def test_mamba_mixer_matches_plain_formulation(d_model, dt_rank, T):
+    # The channel-first forward (batched GEMMs over expanded weights, custom in/out projections)
+    # gives the output and every gradient (parameters and input) of the plain formulation.
+    from ssm_tools.models.mamba import MambaMixer
+    torch.manual_seed(0)
+    mixer = MambaMixer(d_model, d_state=4, dt_rank=dt_rank).double()
+    with torch.no_grad():
+        for p in mixer.parameters():  # off the initialisation (ones, zeros), so every term counts
+            p.add_(0.1 * torch.randn_like(p))
+    h = torch.randn(3, T, d_model, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn(3, T, d_model, dtype=torch.float64)
+    params = [h, *mixer.parameters()]
+    got = mixer(h)
+    want = reference_mixer_forward(mixer, h)
+    assert got.shape == want.shape and got.is_contiguous()
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    for g, w, name in zip(torch.autograd.grad(got, params, grad_out), torch.autograd.grad(want, params, grad_out),
+                          ["h", *(n for n, _ in mixer.named_parameters())]):
+        assert g.shape == w.shape and g.dtype == w.dtype, name
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_mamba_mixer_under_autocast_matches_plain_formulation():
+    # bf16 autocast (CPU here, CUDA in training): float32 parameters and input, bf16 matmuls; the
+    # gradients come back in the parameters' dtype and agree with the plain formulation's.
+    from ssm_tools.models.mamba import MambaMixer
+    torch.manual_seed(0)
+    mixer = MambaMixer(32, d_state=4)
+    h = torch.randn(2, 20, 32, requires_grad=True)
+    params = [h, *mixer.parameters()]
+    outs = []
+    for forward in (mixer, lambda h: reference_mixer_forward(mixer, h)):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = forward(h)
+        outs.append((out, torch.autograd.grad(out.float().square().sum(), params)))
+    (got, got_grads), (want, want_grads) = outs
+    assert got.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+    for g, w, p in zip(got_grads, want_grads, params):
+        assert g.dtype == p.dtype == torch.float32
+        torch.testing.assert_close(g, w, rtol=5e-2, atol=5e-2 * w.abs().max().item())

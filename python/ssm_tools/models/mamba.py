@@ -18,6 +18,77 @@ from .. import ops
 from .base import LanguageModel, check_positive
 
 
+def _autocast(*tensors: torch.Tensor):
+    """The tensors in the dtype autocast would run a matmul in (unchanged outside autocast, and
+    float64 ones never cast, as autocast does). Done by hand where a weight is expanded over the
+    batch (autocast would cast the expanded, B-times larger tensor) and inside the autograd
+    Functions below."""
+    device = tensors[0].device.type
+    if not torch.is_autocast_enabled(device):
+        return tensors
+    dtype = torch.get_autocast_dtype(device)
+    return tuple(t if t.dtype == torch.float64 else t.to(dtype) for t in tensors)
+
+
+def _weight_times(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """weight (O, I) @ x (B, I, T) -> (B, O, T), contiguous: a batched GEMM over the weight expanded
+    with batch stride 0, so x is read where it is and its gradient comes back contiguous. (torch.matmul
+    would fold the batch into the rows when x requires grad, copying x transposed and the output back.)
+    The weight's gradient is a (B, O, I) batched product summed over the batch: fine for x_proj and
+    dt_proj, where O or I is small (less than the (B, I, T) copy it saves), not for in/out_proj."""
+    (weight,) = _autocast(weight)
+    return torch.bmm(weight.expand(x.shape[0], -1, -1), x)
+
+
+class _InProj(torch.autograd.Function):
+    """x, z = in_proj(h) (h (B, T, d_model)), each a contiguous (B, d_inner, T), the layout the conv
+    and the scan read. Forward: one batched GEMM per half, W_half (batch stride 0) @ h[b]^T, no copy.
+    Backward: the weight's gradient sums over batch and time, which the channel-first gradients do
+    not hold at one stride, so they are transposed once into a token-major (B*T, 2 d_inner) matrix
+    (what autograd's cat + transposed reshape copy did in the old layout, in one pass) that feeds
+    both plain GEMMs."""
+
+    @staticmethod
+    def forward(ctx, h, weight):
+        ctx.dtypes = h.dtype, weight.dtype
+        h, weight = _autocast(h, weight)
+        ctx.save_for_backward(h, weight)
+        return tuple(torch.bmm(w.expand(h.shape[0], -1, -1), h.mT) for w in weight.chunk(2))
+
+    @staticmethod
+    def backward(ctx, dx, dz):
+        h, weight = ctx.saved_tensors
+        batch, T, d_model = h.shape
+        g = torch.cat([dx.mT, dz.mT], dim=-1).to(weight.dtype).reshape(batch * T, -1)  # (B*T, 2 d_inner)
+        dh = (g @ weight).view(batch, T, d_model) if ctx.needs_input_grad[0] else None
+        dw = g.t() @ h.reshape(batch * T, d_model) if ctx.needs_input_grad[1] else None
+        return tuple(None if t is None else t.to(dtype) for t, dtype in zip((dh, dw), ctx.dtypes))
+
+
+class _OutProj(torch.autograd.Function):
+    """out_proj(y) for the scan's channel-first y (B, d_inner, T) -> (B, T, d_model). Forward: y is
+    transposed once to token-major, which both the forward GEMM and the weight's gradient (saved)
+    want, as F.linear(y.mT) does. Backward: y's gradient is computed channel-first, W^T (batch
+    stride 0) @ grad[b]^T, so it reaches the scan's backward contiguous; autograd would hand it a
+    transposed view, which the op copies."""
+
+    @staticmethod
+    def forward(ctx, y, weight):
+        ctx.dtypes = y.dtype, weight.dtype
+        y, weight = _autocast(y, weight)
+        y_t = y.mT.contiguous()  # (B, T, d_inner)
+        ctx.save_for_backward(y_t, weight)
+        return F.linear(y_t, weight)
+
+    @staticmethod
+    def backward(ctx, g):
+        y_t, weight = ctx.saved_tensors
+        g = g.to(weight.dtype)
+        dy = torch.bmm(weight.t().expand(g.shape[0], -1, -1), g.mT) if ctx.needs_input_grad[0] else None
+        dw = g.reshape(-1, g.shape[-1]).t() @ y_t.reshape(-1, y_t.shape[-1]) if ctx.needs_input_grad[1] else None
+        return tuple(None if t is None else t.to(dtype) for t, dtype in zip((dy, dw), ctx.dtypes))
+
+
 class MambaMixer(nn.Module):
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
                  dt_rank: int | None = None, dt_min: float = 1e-3, dt_max: float = 0.1):
@@ -49,13 +120,19 @@ class MambaMixer(nn.Module):
         return F.linear(dt, self.dt_proj.weight), B, C
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:  # (B, T, d_model)
+        # Channel-first throughout: the conv and the scan take (B, d_inner, T) contiguous, and the
+        # GEMMs around them write and read that layout (batched over stride-0 weights), so no
+        # activation or gradient is copied into or out of the op's layout, which the old
+        # token-major formulation did 10 times per layer. What copies remain: out_proj's input and
+        # in_proj's gradient are transposed once each (their weight gradients sum over batch and
+        # time, which needs token-major), and the conv's output slice copies its gradient.
         T = h.shape[1]
-        x, z = self.in_proj(h).transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, T) each
+        x, z = _InProj.apply(h, self.in_proj.weight)  # (B, d_inner, T) each, contiguous
         x = F.silu(self.conv1d(x)[..., :T])
-        dt, B, C = self._dt_B_C(x.transpose(1, 2))
-        y = ops.selective_scan(x, dt.transpose(1, 2), self._A(), B.transpose(1, 2), C.transpose(1, 2),
-                               self.D, z, delta_bias=self.dt_proj.bias, delta_softplus=True)
-        return self.out_proj(y.transpose(1, 2))
+        dt, B, C = _weight_times(self.x_proj.weight, x).split([self.dt_rank, self.d_state, self.d_state], dim=1)
+        y = ops.selective_scan(x, _weight_times(self.dt_proj.weight, dt), self._A(), B, C, self.D, z,
+                               delta_bias=self.dt_proj.bias, delta_softplus=True)
+        return _OutProj.apply(y, self.out_proj.weight)
 
     def step(self, h: torch.Tensor, state):  # h (B, d_model); state (conv (B, d_inner, d_conv), ssm)
         conv_state, ssm_state = state
