@@ -12,7 +12,8 @@ from ssm_tools.evaluate import evaluate
 from ssm_tools.models import build_model
 from ssm_tools.tasks import get_task
 from ssm_tools.tasks.base import expected_stream
-from ssm_tools.train import CHECKPOINT, TrainConfig, Trainer, load_checkpoint, lr_factor, masked_loss
+from ssm_tools import vocab as V
+from ssm_tools.train import CHECKPOINT, TrainConfig, Trainer, load_checkpoint, lr_factor, masked_loss, pad_batch
 
 TINY = dict(vocab_size=128, d_model=16, n_layers=1, d_state=4)
 
@@ -35,6 +36,31 @@ def test_masked_loss_counts_only_model_tokens():
     torch.testing.assert_close(masked_loss(model, changed, mask), loss_changed)
     with pytest.raises(ValueError, match="loss_mask marks no model token"):
         masked_loss(model, tokens, torch.zeros_like(mask))
+
+
+@pytest.mark.parametrize("name", ["mamba", "pythia", "mistral", "lstm"])
+def test_padding_the_batch_leaves_the_loss_and_gradients_unchanged(name):
+    """pad_batch (used on GPUs, for aligned rows) only appends unlearned PAD positions."""
+    torch.manual_seed(0)
+    model = build_model(name, vocab_size=128, d_model=16, n_layers=1, **({"d_state": 4} if name == "mamba" else {})).double()
+    tokens = torch.randint(10, 100, (3, 14))
+    mask = torch.rand(3, 14) < 0.6
+    mask[:, -1] = True  # the last target is learned: padding must not shift or drop it
+    padded, padded_mask = pad_batch(tokens, mask, 8)
+    assert padded.shape == (3, 17) and (padded.shape[1] - 1) % 8 == 0
+    assert torch.equal(padded[:, :14], tokens) and (padded[:, 14:] == V.PAD).all()
+    assert not padded_mask[:, 14:].any()
+    assert pad_batch(padded, padded_mask, 8)[0] is padded  # already a multiple: unchanged
+    loss = masked_loss(model, tokens, mask)
+    grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+    loss_p = masked_loss(model, padded, padded_mask)
+    grads_p = torch.autograd.grad(loss_p, list(model.parameters()), allow_unused=True)
+    torch.testing.assert_close(loss_p, loss, rtol=1e-12, atol=1e-12)
+    for g, gp in zip(grads, grads_p):
+        if g is None:
+            assert gp is None or not gp.any()
+        else:
+            torch.testing.assert_close(gp, g, rtol=1e-9, atol=1e-12)
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor():
