@@ -2,13 +2,35 @@
 decode step). Diagnostic, run on the device machine:
     python3 benchmarks/profile_train_step_gpu.py > results/gpu/train_step_profile.txt
 results/gpu/train_step_profile.txt holds its output (H100). Other tasks' steps (batch 128 at the
-largest training size): `python3 benchmarks/profile_train_step_gpu.py multiplication_nx2`."""
-import sys, time, tomllib, torch, numpy as np
+largest training size): `python3 benchmarks/profile_train_step_gpu.py multiplication_nx2`.
+
+The step is timed four ways in the same run, so that each choice is measured against its baseline:
+the mixer channel-first (MambaMixer.forward) or token-major (the formulation before it, whose
+transposes autograd copies), and the batch padded to an input length that is a multiple of 8 (what
+the Trainer does on a GPU, `train.pad_batch`) or not. The profiler table is of the first (the default)."""
+import statistics, sys, time, tomllib, torch, numpy as np
+import torch.nn.functional as F
 from pathlib import Path
+import ssm_tools
 from ssm_tools.tasks import get_task
 from ssm_tools.models import preset, build_model
-from ssm_tools.train import masked_loss
+from ssm_tools.models.mamba import MambaMixer
+from ssm_tools.train import masked_loss, pad_batch
 from ssm_tools import vocab as V
+
+
+def token_major_forward(self, h):
+    """MambaMixer.forward before the channel-first layout (the same math from the same parameters;
+    tests/test_models.py checks the two agree)."""
+    T = h.shape[1]
+    x, z = self.in_proj(h).transpose(1, 2).chunk(2, dim=1)
+    x = F.silu(self.conv1d(x)[..., :T])
+    dt, B, C = self._dt_B_C(x.transpose(1, 2))
+    y = ssm_tools.selective_scan(x, dt.transpose(1, 2), self._A(), B.transpose(1, 2), C.transpose(1, 2),
+                                 self.D, z, delta_bias=self.dt_proj.bias, delta_softplus=True)
+    return self.out_proj(y.transpose(1, 2))
+
+
 config = tomllib.loads((Path(__file__).parents[1] / "tasks" / f"{sys.argv[1] if len(sys.argv) > 1 else 'addition'}.toml").read_text())
 task = get_task(config["task"]["name"], config["task"]["mode"], **config["task"].get("options", {}))
 size = config["sizes"]["train"][1]
@@ -16,19 +38,33 @@ print("task", config["task"], "size", size)
 m = build_model("mamba", **dict(preset("mamba", "paper"), vocab_size=V.VOCAB_SIZE)).cuda()
 opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
 rng = np.random.default_rng(0)
-def data():
+def data(pad=True):
     tr, _ = task.trajectories(rng, [size] * 128, train=True)
-    return tr.tokens.cuda(), tr.loss_mask.cuda()
+    tok, mask = pad_batch(tr.tokens, tr.loss_mask, 8) if pad else (tr.tokens, tr.loss_mask)
+    return tok.cuda(), mask.cuda()
 def step(tok, mask):
     with torch.autocast("cuda", dtype=torch.bfloat16):
         loss = masked_loss(m, tok, mask)
     opt.zero_grad(); loss.backward(); opt.step()
-for _ in range(3): step(*data())
-torch.cuda.synchronize()
 t0 = time.perf_counter(); d = [data() for _ in range(5)]; t1 = time.perf_counter()
 print("data per step ms", (t1 - t0) / 5 * 1e3, "shape", d[0][0].shape)
-for x in d: step(*x)
-torch.cuda.synchronize(); t2 = time.perf_counter(); print("train step ms", (t2 - t1) / 5 * 1e3)
+channel_first = MambaMixer.forward
+times = {}
+for layout, forward in (("channel-first", channel_first), ("token-major", token_major_forward)):
+    MambaMixer.forward = forward
+    for pad in (True, False):
+        batches = [data(pad) for _ in range(6)]
+        for x in batches[:2]: step(*x)  # warm-up (cuBLAS / cuDNN algorithm choice)
+        torch.cuda.synchronize()
+        ms = []
+        for x in batches[2:]:
+            t = time.perf_counter(); step(*x); torch.cuda.synchronize(); ms.append((time.perf_counter() - t) * 1e3)
+        times[layout, pad] = statistics.median(ms)
+        print(f"train step ms {times[layout, pad]:.1f}  mixer {layout}, input length {batches[0][0].shape[1] - 1}"
+              f" ({'padded to a multiple of 8' if pad else 'unpadded'})")
+MambaMixer.forward = channel_first
+base = times["token-major", False]
+print("speedup over token-major unpadded:", {f"{k[0]}, {'padded' if k[1] else 'unpadded'}": round(base / v, 3) for k, v in times.items()})
 from torch.profiler import profile, ProfilerActivity
 with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
     step(*d[0]); torch.cuda.synchronize()
