@@ -26,19 +26,20 @@ namespace {
 
 constexpr int kItems = 8;
 static_assert(32 * kItems == kScanChunk, "one warp covers one saved chunk");
+// 8 rows per block, two blocks (16 warps) per SM at up to 128 registers: measured on the H100 against
+// 4 rows (4 or 3 blocks per SM) and 8 rows at one block without the register cap, this was fastest at
+// every training and benchmark shape (results/selective_scan_cuda_notes.md).
+constexpr int kRows = 8;
+constexpr int kThreads = kRows * 32;
+constexpr int kMinBlocks = 2;
 
 // Shared memory: the dB/dC parts [2 buffers][B, C][kRows][kScanChunk] (static), and per-row arrays
 // [kRows][dstate] (dynamic, this many bytes): the adjoint flowing into the current chunk, dA, constant
 // dB and dC.
-template <int kRows>
 size_t smem_bytes(int dstate) { return 4 * kRows * static_cast<size_t>(dstate) * sizeof(float); }
 
-// kRows = 8, two blocks (16 warps) per SM at up to 128 registers: measured on the H100 against 4 rows
-// (4 or 3 blocks per SM) and 8 rows at one block without the register cap, this was fastest at every
-// training and benchmark shape (results/selective_scan_cuda_notes.md).
-template <typename T, int kRows, int kMinBlocks>
-__global__ __launch_bounds__(kRows * 32, kMinBlocks) void selective_scan_bwd_kernel(SelectiveScanParams p, int blocks_per_group) {
-  constexpr int kThreads = kRows * 32;
+template <typename T>
+__global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kernel(SelectiveScanParams p, int blocks_per_group) {
   __shared__ float4 s_parts4[kRows * kScanChunk];  // dB/dC parts (see smem_bytes)
   float* s_parts = reinterpret_cast<float*>(s_parts4);
   extern __shared__ float s_rows[];
@@ -183,7 +184,7 @@ __global__ __launch_bounds__(kRows * 32, kMinBlocks) void selective_scan_bwd_ker
     }
     if (active) {
       float raw[kItems], dout[kItems], z[kItems], dz[kItems], ddelta[kItems];
-      r.load_delta(p, first, raw, dz);  // dz: scratch here
+      load_items<T, kItems>(r.delta, first, p.seqlen, r.aligned, raw);
       load_items<T, kItems>(dout_row, first, p.seqlen, r.aligned, dout);
       if (r.z) load_items<T, kItems>(r.z, first, p.seqlen, r.aligned, z);
 #pragma unroll
@@ -218,18 +219,18 @@ __global__ __launch_bounds__(kRows * 32, kMinBlocks) void selective_scan_bwd_ker
   }
 }
 
-template <typename T, int kRows, int kMinBlocks>
+template <typename T>
 int launch(const SelectiveScanParams& p, cudaStream_t stream) {
   const int blocks_per_group = (p.dim / p.n_groups + kRows - 1) / kRows;
   // Grid y is limited to 65535 (batch entries run along x, up to 2^31 - 1).
   if (static_cast<long>(p.n_groups) * blocks_per_group > 65535) return static_cast<int>(cudaErrorInvalidConfiguration);
-  auto kernel = selective_scan_bwd_kernel<T, kRows, kMinBlocks>;
-  const size_t smem = smem_bytes<kRows>(p.dstate);
+  auto kernel = selective_scan_bwd_kernel<T>;
+  const size_t smem = smem_bytes(p.dstate);
   if (smem + 4 * kRows * kScanChunk * sizeof(float) > 48 * 1024) {
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (err != cudaSuccess) return static_cast<int>(err);
   }
-  kernel<<<dim3(p.batch, p.n_groups * blocks_per_group), kRows * 32, smem, stream>>>(p, blocks_per_group);
+  kernel<<<dim3(p.batch, p.n_groups * blocks_per_group), kThreads, smem, stream>>>(p, blocks_per_group);
   return static_cast<int>(cudaGetLastError());
 }
 
@@ -239,6 +240,6 @@ int launch(const SelectiveScanParams& p, cudaStream_t stream) {
 int selective_scan_bwd_launch(const SelectiveScanParams& p, ScanInputType type, void* stream) {
   using namespace ssm_tools_cuda;
   return dispatch_input_type(type, [&](auto tag) {
-    return launch<decltype(tag), 8, 2>(p, static_cast<cudaStream_t>(stream));
+    return launch<decltype(tag)>(p, static_cast<cudaStream_t>(stream));
   });
 }
