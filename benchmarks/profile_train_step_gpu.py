@@ -5,30 +5,16 @@ results/gpu/train_step_profile.txt holds its output (H100). Other tasks' steps (
 largest training size): `python3 benchmarks/profile_train_step_gpu.py multiplication_nx2`.
 
 The step is timed four ways in the same run, so that each choice is measured against its baseline:
-the mixer channel-first (MambaMixer.forward) or token-major (the formulation before it, whose
-transposes autograd copies), and the batch padded to an input length that is a multiple of 8 (what
+the mixer channel-first (MambaMixer.forward) or token-major (MambaMixer.forward_token_major, the
+formulation before it, whose transposes autograd copies), and the batch padded to an input length that is a multiple of 8 (what
 the Trainer does on a GPU, `train.pad_batch`) or not. The profiler table is of the first (the default)."""
 import statistics, sys, time, tomllib, torch, numpy as np
-import torch.nn.functional as F
 from pathlib import Path
-import ssm_tools
 from ssm_tools.tasks import get_task
 from ssm_tools.models import preset, build_model
 from ssm_tools.models.mamba import MambaMixer
 from ssm_tools.train import masked_loss, pad_batch
 from ssm_tools import vocab as V
-
-
-def token_major_forward(self, h):
-    """MambaMixer.forward before the channel-first layout (the same math from the same parameters;
-    tests/test_models.py checks the two agree)."""
-    T = h.shape[1]
-    x, z = self.in_proj(h).transpose(1, 2).chunk(2, dim=1)
-    x = F.silu(self.conv1d(x)[..., :T])
-    dt, B, C = self._dt_B_C(x.transpose(1, 2))
-    y = ssm_tools.selective_scan(x, dt.transpose(1, 2), self._A(), B.transpose(1, 2), C.transpose(1, 2),
-                                 self.D, z, delta_bias=self.dt_proj.bias, delta_softplus=True)
-    return self.out_proj(y.transpose(1, 2))
 
 
 config = tomllib.loads((Path(__file__).parents[1] / "tasks" / f"{sys.argv[1] if len(sys.argv) > 1 else 'addition'}.toml").read_text())
@@ -50,7 +36,7 @@ t0 = time.perf_counter(); d = [data() for _ in range(5)]; t1 = time.perf_counter
 print("data per step ms", (t1 - t0) / 5 * 1e3, "shape", d[0][0].shape)
 channel_first = MambaMixer.forward
 times = {}
-for layout, forward in (("channel-first", channel_first), ("token-major", token_major_forward)):
+for layout, forward in (("channel-first", channel_first), ("token-major", MambaMixer.forward_token_major)):
     MambaMixer.forward = forward
     for pad in (True, False):
         batches = [data(pad) for _ in range(6)]

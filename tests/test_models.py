@@ -120,21 +120,6 @@ def test_presets_build_and_reject_unknown_scale():
         preset("mamba", "huge")
 
 
-def reference_mixer_forward(mixer, h):
-    """MambaMixer.forward written plainly in the token-major layout (the formulation before the
-    channel-first one, whose transposes autograd copies): the same math from the same parameters."""
-    import torch.nn.functional as F
-    import ssm_tools
-    T = h.shape[1]
-    x, z = mixer.in_proj(h).transpose(1, 2).chunk(2, dim=1)
-    x = F.silu(mixer.conv1d(x)[..., :T])
-    dt, B, C = mixer.x_proj(x.transpose(1, 2)).split([mixer.dt_rank, mixer.d_state, mixer.d_state], dim=-1)
-    dt = F.linear(dt, mixer.dt_proj.weight)
-    y = ssm_tools.selective_scan(x, dt.transpose(1, 2), -torch.exp(mixer.A_log), B.transpose(1, 2),
-                                 C.transpose(1, 2), mixer.D, z, delta_bias=mixer.dt_proj.bias, delta_softplus=True)
-    return mixer.out_proj(y.transpose(1, 2))
-
-
 @pytest.mark.parametrize("d_model, dt_rank, T", [(16, None, 9), (24, 5, 70)])
 def test_mamba_mixer_matches_plain_formulation(d_model, dt_rank, T):
     # The channel-first forward (batched GEMMs over expanded weights, custom in/out projections)
@@ -149,7 +134,7 @@ def test_mamba_mixer_matches_plain_formulation(d_model, dt_rank, T):
     grad_out = torch.randn(3, T, d_model, dtype=torch.float64)
     params = [h, *mixer.parameters()]
     got = mixer(h)
-    want = reference_mixer_forward(mixer, h)
+    want = mixer.forward_token_major(h)
     assert got.shape == want.shape and got.is_contiguous()
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
     for g, w, name in zip(torch.autograd.grad(got, params, grad_out), torch.autograd.grad(want, params, grad_out),
@@ -167,7 +152,7 @@ def test_mamba_mixer_under_autocast_matches_plain_formulation():
     h = torch.randn(2, 20, 32, requires_grad=True)
     params = [h, *mixer.parameters()]
     outs = []
-    for forward in (mixer, lambda h: reference_mixer_forward(mixer, h)):
+    for forward in (mixer, mixer.forward_token_major):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = forward(h)
         outs.append((out, torch.autograd.grad(out.float().square().sum(), params)))

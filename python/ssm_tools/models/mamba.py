@@ -30,14 +30,20 @@ def _autocast(*tensors: torch.Tensor):
     return tuple(t if t.dtype == torch.float64 else t.to(dtype) for t in tensors)
 
 
-def _weight_times(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """weight (O, I) @ x (B, I, T) -> (B, O, T), contiguous: a batched GEMM over the weight expanded
-    with batch stride 0, so x is read where it is and its gradient comes back contiguous. (torch.matmul
-    would fold the batch into the rows when x requires grad, copying x transposed and the output back.)
-    The weight's gradient is a (B, O, I) batched product summed over the batch: fine for x_proj and
-    dt_proj, where O or I is small (less than the (B, I, T) copy it saves), not for in/out_proj."""
-    (weight,) = _autocast(weight)
+def _shared_bmm(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """weight (O, I) @ x[b] (I, T) for every b -> (B, O, T), contiguous: one batched GEMM over the
+    weight expanded with batch stride 0, reading x where it is (x may be a transposed view).
+    (torch.matmul would fold the batch into the rows when x requires grad, copying x transposed and
+    the output back.)"""
     return torch.bmm(weight.expand(x.shape[0], -1, -1), x)
+
+
+def _weight_times(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """_shared_bmm under autocast, with autograd's own backward: x's gradient comes back contiguous;
+    the weight's is a (B, O, I) batched product summed over the batch, fine for x_proj and dt_proj,
+    where O or I is small (less than the (B, I, T) copy it saves), not for in/out_proj."""
+    (weight,) = _autocast(weight)
+    return _shared_bmm(weight, x)
 
 
 class _InProj(torch.autograd.Function):
@@ -53,7 +59,7 @@ class _InProj(torch.autograd.Function):
         ctx.dtypes = h.dtype, weight.dtype
         h, weight = _autocast(h, weight)
         ctx.save_for_backward(h, weight)
-        return tuple(torch.bmm(w.expand(h.shape[0], -1, -1), h.mT) for w in weight.chunk(2))
+        return tuple(_shared_bmm(w, h.mT) for w in weight.chunk(2))
 
     @staticmethod
     def backward(ctx, dx, dz):
@@ -84,7 +90,7 @@ class _OutProj(torch.autograd.Function):
     def backward(ctx, g):
         y_t, weight = ctx.saved_tensors
         g = g.to(weight.dtype)
-        dy = torch.bmm(weight.t().expand(g.shape[0], -1, -1), g.mT) if ctx.needs_input_grad[0] else None
+        dy = _shared_bmm(weight.t(), g.mT) if ctx.needs_input_grad[0] else None
         dw = g.reshape(-1, g.shape[-1]).t() @ y_t.reshape(-1, y_t.shape[-1]) if ctx.needs_input_grad[1] else None
         return tuple(None if t is None else t.to(dtype) for t, dtype in zip((dy, dw), ctx.dtypes))
 
@@ -133,6 +139,18 @@ class MambaMixer(nn.Module):
         y = ops.selective_scan(x, _weight_times(self.dt_proj.weight, dt), self._A(), B, C, self.D, z,
                                delta_bias=self.dt_proj.bias, delta_softplus=True)
         return _OutProj.apply(y, self.out_proj.weight)
+
+    def forward_token_major(self, h: torch.Tensor) -> torch.Tensor:
+        """The same block written plainly in the token-major layout (forward before the channel-first
+        one; autograd copies its transposes): what tests and benchmarks/profile_train_step_gpu.py
+        compare forward against, from the same parameters."""
+        T = h.shape[1]
+        x, z = self.in_proj(h).transpose(1, 2).chunk(2, dim=1)
+        x = F.silu(self.conv1d(x)[..., :T])
+        dt, B, C = self._dt_B_C(x.transpose(1, 2))
+        y = ops.selective_scan(x, dt.transpose(1, 2), self._A(), B.transpose(1, 2), C.transpose(1, 2),
+                               self.D, z, delta_bias=self.dt_proj.bias, delta_softplus=True)
+        return self.out_proj(y.transpose(1, 2))
 
     def step(self, h: torch.Tensor, state):  # h (B, d_model); state (conv (B, d_inner, d_conv), ssm)
         conv_state, ssm_state = state
