@@ -134,6 +134,8 @@ def evaluate_within(model, task, sizes: list[int], n: int, device: str, max_seco
         last = (size, time.perf_counter() - t0)
         spent += last[1]
         seconds[str(size)] = round(last[1], 1)
+        # One line per size as it finishes, so that a log cut off by a time limit still shows how far it got.
+        tqdm.write(f"evaluated size {size}: accuracy {accuracy[str(size)]:.3f} in {last[1]:.1f} s")
     return {"accuracy": accuracy, "skipped_sizes": skipped, "max_eval_seconds": max_seconds,
             "eval_seconds_per_size": seconds}
 
