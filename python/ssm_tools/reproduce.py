@@ -204,7 +204,7 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     unfinished = [r for r in results if "stopped" in r]
     results = [r for r in results if "stopped" not in r]
     for r in results:
-        r["command"] = command
+        r["command"], r["train"] = command, recipe
     curve = summarize({**curve, "runs": replace_runs(curve["runs"], results)})
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "curve.json").write_text(json.dumps(curve, indent=1))
@@ -227,8 +227,10 @@ def replace_runs(old: list[dict], new: list[dict]) -> list[dict]:
 
 def merge_curves(old: dict, new: dict) -> dict:
     """`new` (no runs yet) on top of an existing curve: same task, scale, device and training
-    recipe, or a ValueError naming the field (a curve holds one experiment)."""
-    for field in ("task", "scale", "device", "train", "train_sizes"):
+    sizes, or a ValueError naming the field (a curve holds one experiment). The training recipe may
+    differ (e.g. a baseline trained for the full steps beside a shorter run): each run records its own,
+    and the curve's "train" is the one they share, or null."""
+    for field in ("task", "scale", "device", "train_sizes"):
         if old.get(field) != new[field]:
             raise ValueError(f"cannot merge into the existing curve: its {field} is {old.get(field)!r}, "
                              f"this call's is {new[field]!r} (use another --out)")
@@ -236,9 +238,9 @@ def merge_curves(old: dict, new: dict) -> dict:
         if old["models"].get(model, cfg) != cfg:
             raise ValueError(f"cannot merge into the existing curve: its {model} is {old['models'][model]}, "
                              f"this call's is {cfg}")
-    # Curves written before runs recorded their own test sizes and n share the curve's.
-    runs = [{"test_sizes": old["test_sizes"], "n": old["n_per_size"], "command": old.get("command", ""), **r}
-            for r in old["runs"]]
+    # Curves written before runs recorded their own test sizes, n and recipe share the curve's.
+    runs = [{"test_sizes": old["test_sizes"], "n": old["n_per_size"], "command": old.get("command", ""),
+             "train": old["train"], **r} for r in old["runs"]]
     commands = old.get("commands", [old.get("command", "")])
     return {**new, "models": {**old["models"], **new["models"]}, "runs": runs,
             "commands": [c for c in commands if c != new["command"]] + [new["command"]]}
@@ -246,13 +248,15 @@ def merge_curves(old: dict, new: dict) -> dict:
 
 def summarize(curve: dict) -> dict:
     """The curve-wide fields read off its runs: test_sizes (all sizes of any run), seeds, n_per_size
-    (null when the runs differ: each run has its own "n"); the runs sorted by model, mode, seed in
-    the order the models and modes first appear."""
+    and train (null when the runs differ: each run has its own "n" and "train"); the runs sorted by
+    model, mode, seed in the order the models and modes first appear."""
     runs = curve["runs"]
     ns = {r["n"] for r in runs}
+    recipes = {json.dumps(r.get("train", curve["train"]), sort_keys=True) for r in runs}
     order = {k: i for i, k in enumerate(dict.fromkeys((r["model"], r["mode"]) for r in runs))}
     return {**curve, "test_sizes": sorted({s for r in runs for s in r["test_sizes"]}),
-            "n_per_size": ns.pop() if len(ns) == 1 else None, "seeds": sorted({r["seed"] for r in runs}),
+            "n_per_size": ns.pop() if len(ns) == 1 else None,
+            "train": json.loads(recipes.pop()) if len(recipes) == 1 else curve["train"] if not recipes else None, "seeds": sorted({r["seed"] for r in runs}),
             "runs": sorted(runs, key=lambda r: (order[(r["model"], r["mode"])], r["seed"]))}
 
 
@@ -269,6 +273,7 @@ def plot_curve(curve: dict, path) -> None:
     lo, hi = curve["train_sizes"]
     ax.axvspan(lo, hi, color="0.9", label=f"training sizes {lo}..{hi}")
     n_shared = curve.get("n_per_size")
+    steps = {r["train"]["steps"] for r in curve["runs"] if "train" in r}
     for label in dict.fromkeys(f"{r['model']} ({r['mode']})" for r in curve["runs"]):
         runs = [r for r in curve["runs"] if f"{r['model']} ({r['mode']})" == label]
         sizes = sorted({s for r in runs for s, a in r["accuracy"].items() if a is not None}, key=int)
@@ -276,6 +281,8 @@ def plot_curve(curve: dict, path) -> None:
         per_size = [[r["accuracy"][s] for r in runs] for s in full]
         ns = sorted({r.get("n", n_shared) for r in runs})
         text = label if n_shared is not None else f"{label}, n={'/'.join(map(str, ns))}"
+        if len(steps) > 1:  # the lines trained for different numbers of steps: say how many
+            text += f", {'/'.join(sorted({str(r['train']['steps']) for r in runs}))} steps"
         skipped = sorted({s for r in runs for s in r.get("skipped_sizes", [])})
         text += f", skipped {','.join(map(str, skipped))}" if skipped else ""
         xs = [int(s) for s in full]
