@@ -178,7 +178,7 @@ class Sleeper:
 
 
 @pytest.mark.parametrize("fixed_state, evaluated", [(True, [10, 20]), (False, [10])])
-def test_eval_budget_skips_sizes_predicted_to_overrun(fixed_state, evaluated, monkeypatch):
+def test_eval_budget_skips_sizes_predicted_to_overrun(fixed_state, evaluated, monkeypatch, capsys):
     monkeypatch.setattr(R, "evaluate_size", lambda model, task, size, n, device: (
         time.sleep(0.005 * size), {"accuracy": 1.0})[1])
     model = type("M", (), {"fixed_size_state": fixed_state})()
@@ -188,4 +188,7 @@ def test_eval_budget_skips_sizes_predicted_to_overrun(fixed_state, evaluated, mo
     assert [int(s) for s, a in result["accuracy"].items() if a is not None] == evaluated
     assert result["skipped_sizes"] == [s for s in (10, 20, 40) if s not in evaluated]
     assert all(result["accuracy"][str(s)] is None for s in result["skipped_sizes"])
+    # Each evaluated size is logged as it finishes (a log cut off by a time limit shows how far it got).
+    assert [line.split(":")[0] for line in capsys.readouterr().out.splitlines()] == \
+        [f"evaluated size {s}" for s in evaluated]
     assert R.evaluate_within(model, Sleeper(), [10, 20, 40], 1, "cpu")["skipped_sizes"] == []
