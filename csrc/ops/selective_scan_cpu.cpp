@@ -11,6 +11,7 @@
 #include <optional>
 #include <tuple>
 
+#include "ops/message_text.h"
 #include "ops/selective_scan_cpu_kernel.h"
 
 namespace ssm_tools_cpu {
@@ -18,6 +19,7 @@ namespace {
 
 using at::Tensor;
 using OptTensor = std::optional<Tensor>;
+using ssm_tools::text;
 
 // Channels of one group handled by one backward work item. Items accumulate input-dependent dB/dC
 // into their own (seqlen, dstate) buffer, reduced afterwards: larger slices save memory, smaller
@@ -28,7 +30,7 @@ constexpr int64_t kChannelsPerSlice = 64;
 at::ScalarType state_dtype(const Tensor& u) { return u.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
 void check_shape(const Tensor& t, at::IntArrayRef expected, const char* name) {
-  TORCH_CHECK(t.sizes() == expected, "selective_scan: ", name, " must have shape ", expected, ", got ", t.sizes());
+  TORCH_CHECK(t.sizes() == expected, "selective_scan: ", name, " must have shape ", text(expected), ", got ", text(t.sizes()));
 }
 
 // B or C in the kernels' layout: a constant (dim, dstate) stays as is; an input-dependent
@@ -47,11 +49,11 @@ StateInput prepare_state_input(const Tensor& t, int64_t batch, int64_t dim, int6
     return {t.to(dtype).contiguous(), false, 1};
   }
   TORCH_CHECK(t.dim() == 3 || t.dim() == 4, "selective_scan: ", name,
-              " must be (dim, dstate), (batch, dstate, seqlen) or (batch, groups, dstate, seqlen), got ", t.sizes());
+              " must be (dim, dstate), (batch, dstate, seqlen) or (batch, groups, dstate, seqlen), got ", text(t.sizes()));
   const Tensor t4 = t.dim() == 3 ? t.unsqueeze(1) : t;
   const int64_t groups = t4.size(1);
-  TORCH_CHECK(groups >= 1 && dim % groups == 0, "selective_scan: ", name, "'s groups (", groups,
-              ") must divide dim (", dim, ")");
+  TORCH_CHECK(groups >= 1 && dim % groups == 0, "selective_scan: ", name, "'s groups (", text(groups),
+              ") must divide dim (", text(dim), ")");
   check_shape(t4, {batch, groups, dstate, seqlen}, name);
   return {t4.to(dtype).transpose(2, 3).contiguous(), true, groups};
 }
@@ -72,10 +74,10 @@ struct ScanInputs {
   ScanInputs(const Tensor& u_, const Tensor& delta_, const Tensor& A_, const Tensor& B_, const Tensor& C_,
              const OptTensor& D_, const OptTensor& z_, const OptTensor& delta_bias_, bool softplus_)
       : softplus(softplus_) {
-    TORCH_CHECK(u_.dim() == 3, "selective_scan: u must be (batch, dim, seqlen), got ", u_.sizes());
+    TORCH_CHECK(u_.dim() == 3, "selective_scan: u must be (batch, dim, seqlen), got ", text(u_.sizes()));
     batch = u_.size(0), dim = u_.size(1), seqlen = u_.size(2);
-    TORCH_CHECK(A_.dim() == 2 && A_.size(0) == dim, "selective_scan: A must be (dim=", dim, ", dstate), got ",
-                A_.sizes());
+    TORCH_CHECK(A_.dim() == 2 && A_.size(0) == dim, "selective_scan: A must be (dim=", text(dim), ", dstate), got ",
+                text(A_.sizes()));
     dstate = A_.size(1);
     n_chunks = (seqlen + kScanChunk - 1) / kScanChunk;
     const at::ScalarType dtype = state_dtype(u_);
@@ -86,7 +88,7 @@ struct ScanInputs {
     B = prepare_state_input(B_, batch, dim, dstate, seqlen, dtype, "B");
     C = prepare_state_input(C_, batch, dim, dstate, seqlen, dtype, "C");
     TORCH_CHECK(!(B.variable && C.variable) || B.groups == C.groups,
-                "selective_scan: B and C must have the same groups, got ", B.groups, " and ", C.groups);
+                "selective_scan: B and C must have the same groups, got ", text(B.groups), " and ", text(C.groups));
     groups = B.variable ? B.groups : C.groups;
     z = optional_input(z_, u_.sizes(), dtype, "z");
     D = optional_input(D_, {dim}, dtype, "D");

@@ -19,10 +19,12 @@
 #include <vector>
 
 #include "kernels/selective_scan_params.h"
+#include "ops/message_text.h"
 
 namespace {
 
 using OptTensor = std::optional<at::Tensor>;
+using ssm_tools::text;
 
 bool poison_outputs() {
   const char* v = std::getenv("SSM_TOOLS_CUDA_POISON");
@@ -50,16 +52,6 @@ ScanInputType input_type(const at::Tensor& t, const char* op, const char* name) 
 at::Device cuda_device(const at::Tensor& t, const char* op, const char* name) {
   TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got one on ", t.device().str());
   return t.device();
-}
-
-// Message text for numbers and shapes, formatted without std::ostream: on the GPU machine (gcc 13
-// there, a different libstdc++ inside torch) streaming an integer into c10::str's ostringstream from
-// this library crashed (std::num_put through a foreign locale), while strings stream fine.
-std::string text(int64_t v) { return std::to_string(v); }
-std::string text(at::IntArrayRef sizes) {
-  std::string out = "[";
-  for (size_t i = 0; i < sizes.size(); ++i) out += (i ? ", " : "") + std::to_string(sizes[i]);
-  return out + "]";
 }
 
 void check_on(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* name) {

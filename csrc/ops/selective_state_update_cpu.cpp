@@ -8,6 +8,7 @@
 
 #include <optional>
 
+#include "ops/message_text.h"
 #include "ops/selective_scan_cpu_kernel.h"
 
 namespace ssm_tools_cpu {
@@ -15,19 +16,20 @@ namespace {
 
 using at::Tensor;
 using OptTensor = std::optional<Tensor>;
+using ssm_tools::text;
 
 void check_shape(const Tensor& t, at::IntArrayRef expected, const char* name) {
-  TORCH_CHECK(t.sizes() == expected, "selective_state_update: ", name, " must have shape ", expected, ", got ",
-              t.sizes());
+  TORCH_CHECK(t.sizes() == expected, "selective_state_update: ", name, " must have shape ", text(expected), ", got ",
+              text(t.sizes()));
 }
 
 // B or C as (batch, groups, dstate), contiguous in the state dtype.
 Tensor grouped(const Tensor& t, int64_t batch, int64_t dim, int64_t dstate, at::ScalarType dtype, const char* name) {
   TORCH_CHECK(t.dim() == 2 || t.dim() == 3, "selective_state_update: ", name,
-              " must be (batch, dstate) or (batch, groups, dstate), got ", t.sizes());
+              " must be (batch, dstate) or (batch, groups, dstate), got ", text(t.sizes()));
   const Tensor t3 = t.dim() == 2 ? t.unsqueeze(1) : t;
-  TORCH_CHECK(t3.size(1) >= 1 && dim % t3.size(1) == 0, "selective_state_update: ", name, "'s groups (", t3.size(1),
-              ") must divide dim (", dim, ")");
+  TORCH_CHECK(t3.size(1) >= 1 && dim % t3.size(1) == 0, "selective_state_update: ", name, "'s groups (", text(t3.size(1)),
+              ") must divide dim (", text(dim), ")");
   check_shape(t3, {batch, t3.size(1), dstate}, name);
   return t3.to(dtype).contiguous();
 }
@@ -41,7 +43,7 @@ Tensor optional_input(const OptTensor& t, at::IntArrayRef shape, at::ScalarType 
 Tensor selective_state_update_cpu(const Tensor& state, const Tensor& x, const Tensor& dt, const Tensor& A,
                                   const Tensor& B, const Tensor& C, const OptTensor& D, const OptTensor& z,
                                   const OptTensor& dt_bias, bool dt_softplus) {
-  TORCH_CHECK(state.dim() == 3, "selective_state_update: state must be (batch, dim, dstate), got ", state.sizes());
+  TORCH_CHECK(state.dim() == 3, "selective_state_update: state must be (batch, dim, dstate), got ", text(state.sizes()));
   TORCH_CHECK(state.scalar_type() == at::kFloat || state.scalar_type() == at::kDouble,
               "selective_state_update: state must be float32 or float64, got ", state.scalar_type());
   const int64_t batch = state.size(0), dim = state.size(1), dstate = state.size(2);

@@ -54,7 +54,9 @@ def cmd_train(args) -> None:
             raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint}")
         trainer.load(checkpoint)
     row = trainer.run()
-    print(json.dumps({"checkpoint": str(checkpoint), "step": trainer.step, "loss": row.get("loss")}))
+    if trainer.rank == 0:
+        print(json.dumps({"checkpoint": str(checkpoint), "step": trainer.step, "loss": row.get("loss"),
+                          "processes": trainer.world}))
 
 
 def cmd_evaluate(args) -> None:
@@ -83,6 +85,7 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_reproduce(args) -> None:
+    from .distributed import is_main
     from .reproduce import reproduce
 
     out = args.out or f"results/{args.task}"
@@ -93,6 +96,8 @@ def cmd_reproduce(args) -> None:
                       only=only, sizes=args.sizes, n=args.n, steps=args.steps,
                       max_eval_seconds=args.max_eval_seconds, merge=args.merge,
                       max_train_seconds=args.max_train_seconds)
+    if not is_main():
+        return
     print(f"wrote {out}/curve.json and {out}/curve.png ({len(curve['runs'])} runs)")
     for r in curve["unfinished"]:
         print(f"{r['model']} ({r['mode']}, seed {r['seed']}): training stopped at step {r['stopped']} of "
@@ -119,6 +124,12 @@ def cmd_show(args) -> None:
         raise SystemExit(status)
 
 
+def _nproc_option(p) -> None:
+    p.add_argument("--nproc", type=int, default=1,
+                   help="train data-parallel in this many processes under torchrun (one per GPU with "
+                        "--device cuda; gloo on cpu); results do not depend on it")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ssm-tools", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -135,6 +146,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     t.add_argument("--device", default="cpu", help="torch device (default cpu; cuda trains in bf16 autocast)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    _nproc_option(t)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="run a checkpoint interactively at test sizes, exact-answer accuracy")
@@ -165,6 +177,7 @@ def parser() -> argparse.ArgumentParser:
                         "checkpoints under runs/ and is resumed by the same command, run again")
     r.add_argument("--max-eval-seconds", type=float,
                    help="evaluation budget per run: sizes that would take it past this are skipped (null)")
+    _nproc_option(r)
     r.set_defaults(func=cmd_reproduce)
 
     b = sub.add_parser("bench", help="run benchmarks/bench_<name>.py scripts (no name: list them)")
@@ -182,10 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     args.argv = argv
-    for name in ("steps", "batch_size", "n"):
+    for name in ("steps", "batch_size", "n", "nproc"):
         if getattr(args, name, None) is not None and getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    from .distributed import launch, launched
+
     try:
+        if getattr(args, "nproc", 1) > 1 and not launched():
+            return launch(args.nproc, argv)  # the same command in nproc processes, which run it
         args.func(args)
     except (ValueError, TypeError, FileNotFoundError) as e:
         p.error(str(e))  # one line on stderr, exit status 2

@@ -11,6 +11,9 @@ runs join those already in <out>/curve.json (a run of the same model, mode and s
 separate calls (one GPU run per call) build one curve. A size left out by `max_eval_seconds` is null
 in the run's accuracy and listed in its "skipped_sizes"; a size outside the run's own test sizes
 (`sizes`) is absent. Neither is plotted.
+
+Under torchrun (`--nproc N`, ssm_tools.distributed) every run trains data-parallel over the N
+processes, one run after another; rank 0 evaluates it and writes the curve.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from . import distributed
 from .config import load_config, make_task
 from .evaluate import evaluate_size
 from .models import preset
@@ -105,11 +109,13 @@ def run_one(config: dict, model: str, model_scale: str, train: dict, seed: int, 
     if last.get("stopped"):
         return {"model": model, "mode": config["task"]["mode"], "seed": seed, "stopped": trainer.step,
                 "steps": cfg.steps, "train_seconds": train_s}
+    if trainer.rank != 0:  # rank 0 evaluates
+        return {"model": model, "mode": config["task"]["mode"], "seed": seed}
     t0 = time.perf_counter()
-    result = evaluate_within(trainer.model, task, sizes, n, device, max_eval_seconds)
+    result = evaluate_within(trainer.model, task, sizes, n, trainer.device, max_eval_seconds)
     return {"model": model, "mode": config["task"]["mode"], "seed": seed, "final_loss": trainer.last_loss,
             "train_seconds": train_s, "eval_seconds": round(time.perf_counter() - t0, 1),
-            "test_sizes": sorted(sizes), "n": n, **result}
+            "train_processes": trainer.world, "test_sizes": sorted(sizes), "n": n, **result}
 
 
 def evaluate_within(model, task, sizes: list[int], n: int, device: str, max_seconds: float | None = None) -> dict:
@@ -200,9 +206,12 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
              Path(runs_dir) / f"reproduce-{task}-{scale}" / f"{model}-{mode}-seed{seed}", device, max_eval_seconds,
              max_train_seconds)
             for model, mode in runs for seed in seeds]
-    results = run_parallel(jobs) if device == "cpu" else [run_one(*job) for job in jobs]
+    parallel = device == "cpu" and not distributed.launched()  # else one run at a time, each on all ranks
+    results = run_parallel(jobs) if parallel else [run_one(*job) for job in jobs]
     unfinished = [r for r in results if "stopped" in r]
     results = [r for r in results if "stopped" not in r]
+    if not distributed.is_main():
+        return {**curve, "unfinished": unfinished}
     for r in results:
         r["command"], r["train"] = command, recipe
     curve = summarize({**curve, "runs": replace_runs(curve["runs"], results)})

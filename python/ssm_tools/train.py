@@ -7,6 +7,10 @@ of tokens[:, j] given tokens[:, :j] wherever loss_mask[:, j] (prompt and tool an
 targets). AdamW, linear warmup then cosine decay, bf16 autocast on CUDA. Checkpoints hold everything
 needed to continue bit-for-bit (model, optimizer, scheduler, step, every RNG) and are written
 atomically, so `resume=True` after a kill continues exactly where the last checkpoint stopped.
+
+Under torchrun (several processes, `ssm_tools.distributed`) the model trains data-parallel: each
+rank takes its rows of the same whole batch and the loss is normalised by the whole batch's token
+count, so the steps do not depend on the number of processes (and a checkpoint resumes on any).
 """
 from __future__ import annotations
 
@@ -20,14 +24,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from . import distributed
 from .evaluate import evaluate
 from . import vocab as V
 from .models import build_model
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.csv"
+DTYPES = {"float32": torch.float32, "float64": torch.float64}  # the parameters' dtype
 
 
 @dataclass
@@ -45,6 +52,7 @@ class TrainConfig:
     eval_every: int = 0  # 0: no evaluation during training
     eval_sizes: list[int] = field(default_factory=lambda: [10])
     eval_n: int = 32
+    dtype: str = "float32"  # parameters (float64 for exact comparisons); CUDA computes in bf16 autocast
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "train_max_size", "ckpt_every", "eval_n"):
@@ -57,6 +65,8 @@ class TrainConfig:
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         if not (0 <= self.weight_decay and 0 <= self.min_lr_ratio <= 1 and self.grad_clip > 0):
             raise ValueError("weight_decay must be >= 0, min_lr_ratio in [0, 1], grad_clip > 0")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -67,13 +77,19 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def masked_loss(model, tokens: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of tokens[:, j] from tokens[:, :j] over positions where loss_mask[:, j]."""
+def masked_loss(model, tokens: torch.Tensor, loss_mask: torch.Tensor, total: int | None = None) -> torch.Tensor:
+    """Cross-entropy of tokens[:, j] from tokens[:, :j] summed over positions where loss_mask[:, j],
+    over `total` (default: their number, i.e. the mean). A data-parallel rank passes the whole batch's
+    count, so the ranks' losses add up to the batch's mean."""
     logits = model(tokens[:, :-1])
     target, mask = tokens[:, 1:], loss_mask[:, 1:]
-    if not mask.any():
+    if total is None:
+        total = int(mask.sum())
+    if total <= 0:
         raise ValueError("loss_mask marks no model token to learn from (after the first position)")
-    return F.cross_entropy(logits[mask].float(), target[mask])
+    logits = logits[mask]  # bf16 under autocast: the loss is taken in float32 (float64 stays)
+    return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), target[mask],
+                           reduction="sum") / total
 
 
 def pad_batch(tokens: torch.Tensor, loss_mask: torch.Tensor, multiple: int):
@@ -104,12 +120,21 @@ class Trainer:
                  device: str = "cpu", run_info: dict | None = None, progress: bool = True):
         """run_info: what evaluation needs later, stored in the checkpoint as "run": the config's
         [task] table ("task"), and optionally its "sizes" and "eval" tables."""
-        self.task, self.cfg, self.device, self.progress = task, cfg, torch.device(device), progress
+        # Under torchrun this joins the process group and takes the local rank's GPU.
+        self.task, self.cfg, self.progress = task, cfg, progress
+        self.device = torch.device(distributed.setup(str(device)))
         self.out = Path(out_dir)
         self.meta = {"model": model_name, "model_cfg": dict(model_cfg), "run": run_info or {},
                      "train": asdict(cfg)}
+        self.rank, self.world = distributed.world()
+        if cfg.batch_size < self.world:
+            raise ValueError(f"batch_size {cfg.batch_size} is smaller than the {self.world} processes")
         torch.manual_seed(cfg.seed)
-        self.model = build_model(model_name, **model_cfg).to(self.device)
+        self.model = build_model(model_name, **model_cfg).to(self.device, DTYPES[cfg.dtype])
+        # `ddp` is what the loss runs through (it averages gradients over the ranks); `model` is the
+        # module itself, for checkpoints and evaluation.
+        self.ddp = self.model if self.world == 1 else DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.opt = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
                                      betas=(0.9, 0.95))
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, cfg))
@@ -125,9 +150,13 @@ class Trainer:
                 "model_state": self.model.state_dict(),
                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                 "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
+                        # this process's GPU only: another rank's would start a CUDA context there
+                        "cuda": [torch.cuda.get_rng_state(self.device)] if self.device.type == "cuda" else []}}
 
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        """Writes the checkpoint (rank 0 only: every rank holds the same state); returns its path."""
+        if self.rank != 0:
+            return None
         self.out.mkdir(parents=True, exist_ok=True)
         path, tmp = self.out / CHECKPOINT, self.out / (CHECKPOINT + ".tmp")
         torch.save(self.state_dict(), tmp)
@@ -149,32 +178,39 @@ class Trainer:
         self.rng.bit_generator.state = ck["rng"]["numpy"]
         # RNG states are CPU byte tensors, whatever map_location moved the rest of the checkpoint to.
         torch.set_rng_state(ck["rng"]["torch"].cpu())
-        if ck["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all([s.cpu() for s in ck["rng"]["cuda"]])
-        return ck["train"]
+        if ck["rng"]["cuda"] and self.device.type == "cuda":  # older checkpoints: one state per GPU
+            torch.cuda.set_rng_state(ck["rng"]["cuda"][0].cpu(), self.device)
+        return {"dtype": "float32", **ck["train"]}  # checkpoints from before `dtype` trained in float32
 
     # -- training ------------------------------------------------------------------------------
     def batch(self):
+        """(tokens, loss_mask) of this rank's rows of the next batch, on the device; the whole
+        batch's token count and its count of learned positions (the loss's denominator)."""
         sizes = [self.cfg.train_max_size] * self.cfg.batch_size
         transcript, _ = self.task.trajectories(self.rng, sizes, train=True)
-        tokens, mask = transcript.tokens, transcript.loss_mask
+        tokens, mask, lengths = transcript.tokens, transcript.loss_mask, transcript.lengths
+        ntok, learned = int(lengths.sum()), int(mask[:, 1:].sum())
+        if self.world > 1:  # rows rank, rank + world, ...; columns up to their longest episode
+            rows = slice(self.rank, None, self.world)
+            width = int(lengths[rows].max())
+            tokens, mask = tokens[rows, :width], mask[rows, :width]
         if self.device.type == "cuda":
             tokens, mask = pad_batch(tokens, mask, 8)
-        return tokens.to(self.device), mask.to(self.device), int(transcript.lengths.sum())
+        return tokens.to(self.device), mask.to(self.device), ntok, learned
 
     def train_step(self) -> tuple[float, int]:
-        """One optimizer step; returns (loss, tokens in the batch without padding)."""
-        tokens, mask, ntok = self.batch()
+        """One optimizer step; returns (the batch's mean loss, tokens in the batch without padding)."""
+        tokens, mask, ntok, learned = self.batch()
         self.model.train()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            loss = masked_loss(self.model, tokens, mask)
+            loss = masked_loss(self.ddp, tokens, mask, learned)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * self.world).backward()  # DDP averages over the ranks: their sum is the batch's gradient
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.opt.step()
         self.sched.step()
         self.step += 1
-        return loss.item(), ntok
+        return distributed.all_sum([loss.item()], self.device)[0], ntok
 
     def run(self, stop_at: int | None = None, max_seconds: float | None = None) -> dict:
         """Train until cfg.steps; returns the last log row. `stop_at` stops early like a kill would
@@ -184,17 +220,19 @@ class Trainer:
         whose calls are time-limited."""
         started = time.perf_counter()
         stop = self.cfg.steps if stop_at is None else min(stop_at, self.cfg.steps)
-        self.out.mkdir(parents=True, exist_ok=True)
+        main = self.rank == 0  # writes the log and shows progress; the other ranks only train
         log_path = self.out / LOG
         new_log = not log_path.exists() or self.step == 0
-        if not new_log:  # rows written after the checkpoint we resumed from are redone: drop them
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        if main and not new_log:  # rows written after the checkpoint we resumed from are redone: drop them
             with open(log_path, newline="") as f:
                 rows = list(csv.reader(f))
             with open(log_path, "w", newline="") as f:
                 csv.writer(f).writerows([rows[0]] + [r for r in rows[1:] if int(r[0]) <= self.step])
         row: dict = {}
-        with open(log_path, "w" if new_log else "a", newline="") as f, \
-                tqdm(total=self.cfg.steps, initial=self.step, disable=not self.progress,
+        with open(log_path if main else os.devnull, "w" if new_log else "a", newline="") as f, \
+                tqdm(total=self.cfg.steps, initial=self.step, disable=not (self.progress and main),
                      desc=f"train {self.meta['model']}", dynamic_ncols=True) as bar:
             writer = csv.writer(f)
             if new_log:
@@ -205,7 +243,7 @@ class Trainer:
                 tps = ntok / (time.perf_counter() - t0)
                 self.last_loss = loss
                 row = {"step": self.step, "loss": loss, "lr": self.sched.get_last_lr()[0], "tokens_per_s": tps}
-                if self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
+                if main and self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
                     row["eval"] = evaluate(self.model, self.task, self.cfg.eval_sizes, self.cfg.eval_n,
                                            device=self.device)["accuracy"]
                 writer.writerow([row["step"], f"{loss:.5f}", f"{row['lr']:.3e}", f"{tps:.0f}", row.get("eval", "")])
@@ -213,6 +251,8 @@ class Trainer:
                 bar.update(1)
                 self.train_seconds += time.perf_counter() - t0
                 out_of_time = max_seconds is not None and time.perf_counter() - started > max_seconds
+                if max_seconds is not None and self.world > 1:  # every rank stops at the same step
+                    out_of_time = distributed.all_sum([float(out_of_time)], self.device)[0] > 0
                 if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps or out_of_time:
                     f.flush()
                     self.save()
@@ -229,6 +269,6 @@ def load_checkpoint(path, device: str = "cpu"):
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     ck = torch.load(path, map_location=device, weights_only=False)
-    model = build_model(ck["model"], **ck["model_cfg"]).to(device)
+    model = build_model(ck["model"], **ck["model_cfg"]).to(device, DTYPES[ck["train"].get("dtype", "float32")])
     model.load_state_dict(ck["model_state"])
     return model.eval(), {k: ck[k] for k in ("model", "model_cfg", "run", "train", "step")}
