@@ -15,6 +15,8 @@
 # The curve is $OUT/curve.json (+ curve.png, command.txt); when $OUT has none yet, the one at $BASE
 # (default results/$TASK/gpu/curve.json) is copied there first. The log and every run's log.csv are
 # written to $OUT/logs/ as they go, so a call that is killed still leaves them.
+# NPROC=N (default: every GPU the machine has) trains each run data-parallel on N GPUs (`--nproc`):
+# the same steps as one GPU, in about 1/N of the time once the per-GPU batch still fills the GPU.
 # Uses the machine's python3 (with a CUDA torch, numpy, tqdm, matplotlib); no venv, no downloads.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +27,7 @@ RUNS=${RUNS:-mamba:interactive}
 SEEDS=${SEEDS:-0}
 ARGS=${ARGS:-}
 CALL_S=${CALL_S:-560}
+NPROC=${NPROC:-$(python3 -c "import torch; print(max(1, torch.cuda.device_count()))")}
 MARGIN_S=${MARGIN_S:-60}
 export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
 mkdir -p "$OUT/logs"
@@ -41,7 +44,7 @@ fi
 # shellcheck disable=SC2086  # ARGS is a list of options
 timeout --signal=INT --kill-after=20 $((CALL_S - (SECONDS - start))) \
   python3 -m ssm_tools.cli reproduce "$TASK" --scale paper --device cuda --seeds "$SEEDS" --runs "$RUNS" \
-  --out "$OUT" --merge --max-train-seconds $((CALL_S - MARGIN_S - (SECONDS - start))) $ARGS 2>&1 |
+  --out "$OUT" --merge --nproc "$NPROC" --max-train-seconds $((CALL_S - MARGIN_S - (SECONDS - start))) $ARGS 2>&1 |
   tee -a "$log" | grep -v "it/s\]"
 status=$?
 for csv in runs/reproduce-"$TASK"-paper/*/log.csv; do
