@@ -198,12 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("steps", "batch_size", "n", "nproc"):
         if getattr(args, name, None) is not None and getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    from .distributed import launch, launched
+    from .distributed import launch, launched, shutdown
 
     try:
         if getattr(args, "nproc", 1) > 1 and not launched():
             return launch(args.nproc, argv)  # the same command in nproc processes, which run it
         args.func(args)
+        shutdown()
     except (ValueError, TypeError, FileNotFoundError) as e:
         p.error(str(e))  # one line on stderr, exit status 2
     except subprocess.CalledProcessError as e:
