@@ -27,8 +27,9 @@ reproduce: build
 test: build
 	$(PY) -m pytest -q tests
 
-# Compile every CUDA source with nvcc for sm_90 (compile only: no GPU needed).
-cuda-check:
+# Compile every CUDA kernel with nvcc (sm_90 + compute_80 PTX) and the CUDA binding against torch's
+# headers (compile only: no GPU needed).
+cuda-check: $(STAMP)
 	bash .ci/cuda_compile.sh
 
 # C++ unit tests of the tools under AddressSanitizer + UBSan, and bounded fuzzing of the parser/tools.
