@@ -36,6 +36,11 @@ def test_masked_loss_counts_only_model_tokens():
     torch.testing.assert_close(masked_loss(model, changed, mask), loss_changed)
     with pytest.raises(ValueError, match="loss_mask marks no model token"):
         masked_loss(model, tokens, torch.zeros_like(mask))
+    # A data-parallel rank's share: its token sum over the whole batch's count (here 3x its own).
+    count = int(mask[:, 1:].sum())
+    torch.testing.assert_close(masked_loss(model, tokens, mask, 3 * count), expected / 3)
+    empty = masked_loss(model, tokens, torch.zeros_like(mask), 10)  # rows with nothing to learn
+    assert empty.item() == 0.0 and empty.requires_grad
 
 
 @pytest.mark.parametrize("name", ["mamba", "pythia", "mistral", "lstm"])

@@ -83,13 +83,16 @@ def masked_loss(model, tokens: torch.Tensor, loss_mask: torch.Tensor, total: int
     count, so the ranks' losses add up to the batch's mean."""
     logits = model(tokens[:, :-1])
     target, mask = tokens[:, 1:], loss_mask[:, 1:]
-    if total is None:
-        total = int(mask.sum())
+    count = int(mask.sum())
+    total = count if total is None else total
     if total <= 0:
         raise ValueError("loss_mask marks no model token to learn from (after the first position)")
+    if count == 0:  # this rank's rows have nothing to learn: a zero that keeps the graph
+        return logits.sum() * 0.0
     logits = logits[mask]  # bf16 under autocast: the loss is taken in float32 (float64 stays)
-    return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), target[mask],
-                           reduction="sum") / total
+    loss = F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), target[mask])
+    # The mean times count / total: the same bits as the plain mean when total == count (one process).
+    return loss if total == count else loss * (count / total)
 
 
 def pad_batch(tokens: torch.Tensor, loss_mask: torch.Tensor, multiple: int):
