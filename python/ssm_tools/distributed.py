@@ -3,8 +3,9 @@
     ssm-tools train --config tasks/addition.toml --scale paper --device cuda --nproc 8
     torchrun --standalone --nproc-per-node 8 -m ssm_tools.cli train ... --device cuda   # the same
 
-`--nproc N` runs the command under torchrun (torch.distributed.run); a process started by torchrun
-(its environment names RANK and WORLD_SIZE) joins the group in `setup`. Our convention, which makes
+`--nproc N` runs the command in N processes through torch's elastic launcher (`launch`, what
+torchrun does); a process it started (its environment names RANK and WORLD_SIZE) joins the group in
+`setup`. Our convention, which makes
 the number of processes invisible in the results:
 - Every rank draws the same whole batch from the same seeded stream and trains on its rows
   (rank, rank + world, ...); the loss is each rank's token sum over the whole batch's token count,
@@ -89,8 +90,6 @@ def launch(nproc: int, argv: list[str]) -> int:
 
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    if not (isinstance(nproc, int) and nproc >= 1):
-        raise ValueError(f"--nproc must be a positive integer, got {nproc!r}")
     # Share the cores among the processes (torchrun's default is one thread each).
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),

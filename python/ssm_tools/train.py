@@ -183,7 +183,7 @@ class Trainer:
         torch.set_rng_state(ck["rng"]["torch"].cpu())
         if ck["rng"]["cuda"] and self.device.type == "cuda":  # older checkpoints: one state per GPU
             torch.cuda.set_rng_state(ck["rng"]["cuda"][0].cpu(), self.device)
-        return {"dtype": "float32", **ck["train"]}  # checkpoints from before `dtype` trained in float32
+        return recipe(ck)
 
     # -- training ------------------------------------------------------------------------------
     def batch(self):
@@ -264,6 +264,11 @@ class Trainer:
         return row
 
 
+def recipe(ck: dict) -> dict:
+    """The TrainConfig fields a checkpoint was trained with; those from before `dtype` were float32."""
+    return {"dtype": "float32", **ck["train"]}
+
+
 def load_checkpoint(path, device: str = "cpu"):
     """(model in eval mode, checkpoint metadata) from a checkpoint file or a run folder."""
     path = Path(path)
@@ -272,6 +277,6 @@ def load_checkpoint(path, device: str = "cpu"):
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     ck = torch.load(path, map_location=device, weights_only=False)
-    model = build_model(ck["model"], **ck["model_cfg"]).to(device, DTYPES[ck["train"].get("dtype", "float32")])
+    model = build_model(ck["model"], **ck["model_cfg"]).to(device, DTYPES[recipe(ck)["dtype"]])
     model.load_state_dict(ck["model_state"])
     return model.eval(), {k: ck[k] for k in ("model", "model_cfg", "run", "train", "step")}
