@@ -48,7 +48,6 @@ else
 fi
 
 echo "== native-check: differential fuzzing C++ loop vs Python reference (atheris) for ${FUZZ_SECONDS}s"
-"$PY" -c "import atheris" 2>/dev/null || "$PY" -m pip install -q "atheris>=2.3"
 if ! "$PY" tests/fuzz_protocol.py -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=4096 -timeout=10 \
     -artifact_prefix="$OUT/" > "$OUT/atheris.log" 2>&1; then
   grep -v "^INFO: Instrumenting" "$OUT/atheris.log" | tail -40

@@ -1,5 +1,5 @@
 """Dispatch-loop throughput: the C++ loop (replay, rollout) against a plain-Python loop that drives the
-same episodes one at a time through the same C++ tools (ssm_tools.env.replay_reference).
+same episodes one at a time through the same C++ tools (ssm_tools.reference.replay_reference).
 
 Workload: addition episodes "a+b=" with a scripted two-pointer oracle (walk pointer 1 to '+' and
 pointer 2 to '=', then per digit: move both left, read both, write sum digit and carry as thoughts;
@@ -16,7 +16,8 @@ import torch
 
 from _results import write_result
 
-from ssm_tools.env import Env, ToolSpec, replay, replay_reference, rollout
+from ssm_tools.env import Env, ToolSpec, replay, rollout
+from ssm_tools.reference import replay_reference
 from ssm_tools.tools import PointerMemory
 from ssm_tools.vocab import ANS, EOS, encode, pointer_cmd
 

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from ssm_tools import vocab as V
-from ssm_tools.env import Env, _ReferenceParser, rollout
+from ssm_tools.env import Env, rollout
+from ssm_tools.reference import ReferenceParser
 from ssm_tools.evaluate import greedy_policy
 from ssm_tools.models import build_model, preset
 from ssm_tools.tasks import get_task
@@ -33,7 +34,7 @@ def python_loop(model, prompts, steps, device):
     """Plain Python: batched model step, then every episode's forced queue and parser in Python."""
     parsers, queues = [], []
     for p in prompts:
-        parser = _ReferenceParser([PointerMemory(num_pointers=2)], 4096, 1 << 16)
+        parser = ReferenceParser([PointerMemory(num_pointers=2)], 4096, 1 << 16)
         parser.reset(list(p), 0)
         parsers.append(parser)
         queues.append(deque(p[1:]))

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from ssm_tools import tools as T
-from ssm_tools.env import replay_reference
+from ssm_tools.reference import replay_reference
 from ssm_tools.tasks import get_task
 
 from _results import write_result  # benchmarks/_results.py (run as a script: its folder is on sys.path)

@@ -1,13 +1,107 @@
-"""Fixtures shared by the test files."""
+"""Fixtures shared by the test files: one replayable seed per test, and the check that the tests
+leave the checkout as they found it."""
+import os
+import random
 import secrets
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED_VARIABLE = "SSM_TOOLS_TEST_SEED"
+
+
+@pytest.fixture(autouse=True)
+def seed() -> int:
+    """This test's seed: $SSM_TOOLS_TEST_SEED if set, else a fresh one. It seeds torch's, NumPy's
+    and Python's global generators too, and is printed (pytest shows it when the test fails) so the
+    failure replays with the variable set."""
+    value = int(os.environ.get(SEED_VARIABLE) or secrets.randbits(32))
+    print(f"replay with {SEED_VARIABLE}={value}")
+    torch.manual_seed(value)
+    np.random.seed(value)
+    random.seed(value)
+    return value
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path, monkeypatch) -> None:
+    """Every test runs in its own temporary folder: what it writes to relative paths (runs/,
+    results/, a subprocess's output) lands there, not in the checkout."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture
-def rng():
-    """A fresh random generator per test; its seed is printed (shown when the test fails) to replay it."""
-    seed = secrets.randbits(32)
-    print(f"rng seed {seed}")
+def rng(seed) -> np.random.Generator:
     return np.random.default_rng(seed)
+
+
+# -- the checkout is left as it was -----------------------------------------------------------------
+# Folders that building and running Python make, not the tests: the virtual environment, the
+# build tree, bytecode and pytest's own cache.
+SKIPPED_DIRS = {".git", ".venv", "build", "__pycache__", ".pytest_cache"}
+
+
+def tree_state(root: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime) of every file under `root` outside SKIPPED_DIRS (and any virtual environment),
+    tracked or not, ignored or not: a file the tests add, change or delete anywhere shows."""
+    state = {}
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in SKIPPED_DIRS and not (Path(folder, d, "pyvenv.cfg")).exists()]
+        for name in files:
+            path = Path(folder, name)
+            try:
+                stat = path.lstat()
+            except FileNotFoundError:  # removed while we walked
+                continue
+            state[str(path.relative_to(root))] = (stat.st_size, stat.st_mtime_ns)
+    return state
+
+
+def tree_changes(before: dict, after: dict) -> list[str]:
+    return sorted(f"{'added' if p not in before else 'removed' if p not in after else 'changed'} {p}"
+                  for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+
+
+def pytest_sessionstart(session):
+    session.config.stash[TREE] = tree_state(ROOT)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The checkout check runs after every other test."""
+    last = [item for item in items if item.name == CHECK_NAME]
+    items[:] = [item for item in items if item.name != CHECK_NAME] + last
+
+
+TREE = pytest.StashKey[dict]()
+CHECK_NAME = "test_the_tests_leave_the_checkout_as_they_found_it"
+
+
+@pytest.fixture
+def tree_at_start(request) -> dict:
+    return request.config.stash[TREE]
+
+
+# -- a training process killed mid-run ---------------------------------------------------------------
+class Killed(Exception):
+    pass
+
+
+def run_killed_after(trainer, steps: int) -> None:
+    """trainer.run(), killed once `steps` steps are done: nothing after them is written, so the
+    run folder holds the last periodic checkpoint, as after a real kill."""
+    take_step = trainer.train_step
+
+    def train_step():
+        if trainer.step == steps:
+            raise Killed
+        return take_step()
+
+    trainer.train_step = train_step
+    try:
+        trainer.run()
+    except Killed:
+        return
+    raise AssertionError(f"the run ended before step {steps}")

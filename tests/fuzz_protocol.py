@@ -8,17 +8,17 @@ import sys
 
 import atheris
 
-from ssm_tools import env as env_module
-from ssm_tools.env import Env, ToolSpec, replay, replay_reference
+from ssm_tools.env import Env, ToolSpec, replay
+from ssm_tools.reference import ReferenceParser, replay_reference
 from ssm_tools.tools import Calculator, PointerMemory, SearchMemory, TapeMemory
 from ssm_tools.vocab import VOCAB_SIZE
 
 # Coverage feedback from the reference parser's branches (the C++ side is not instrumented: it is
 # built by g++; .ci/native_checks.sh fuzzes it separately under ASan/UBSan). Instrumenting only these
 # functions keeps torch & co. uninstrumented and start-up fast.
-for _name, _fn in list(vars(env_module._ReferenceParser).items()):
+for _name, _fn in list(vars(ReferenceParser).items()):
     if callable(_fn):
-        setattr(env_module._ReferenceParser, _name, atheris.instrument_func(_fn))
+        setattr(ReferenceParser, _name, atheris.instrument_func(_fn))
 
 BATCH = 2
 

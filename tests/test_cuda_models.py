@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import run_killed_after
 from ssm_tools.env import Env, rollout
 from ssm_tools.evaluate import GraphedGreedyStep, greedy_policy
 from ssm_tools.models import build_model, preset
@@ -96,7 +97,7 @@ def test_training_on_cuda_checkpoints_and_resumes(tmp_path):
                        run_info={"task": {"name": "addition", "mode": "interactive", "options": {}}})
 
     first = trainer(0)
-    first.run(stop_at=2)
+    run_killed_after(first, 2)
     resumed = trainer(1)
     resumed.load(tmp_path / CHECKPOINT)
     assert resumed.step == 2

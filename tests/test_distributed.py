@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from ssm_tools import distributed
+from conftest import run_killed_after
 from ssm_tools.cli import main
 from ssm_tools.config import load_config, make_task
 from ssm_tools.train import CHECKPOINT, TrainConfig, Trainer
@@ -90,7 +91,7 @@ def test_a_checkpoint_of_one_process_resumes_in_two(tmp_path):
     model_cfg = {"vocab_size": 128, "d_model": 16, "n_layers": 1, "d_state": 16}  # what `train` builds
     cfg = TrainConfig(**{"train_max_size": 5, **parsed["train"]})
     killed = Trainer(make_task(parsed), "mamba", model_cfg, cfg, tmp_path / "resumed", progress=False)
-    killed.run(stop_at=3)  # "killed" after step 3: the checkpoint holds step 2
+    run_killed_after(killed, 3)  # the checkpoint holds step 2
     assert checkpoint(tmp_path / "resumed")["step"] == 2
     result = cli("train", "--config", config, "--quiet", "--out", tmp_path / "resumed", "--resume")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -142,6 +142,16 @@ def test_python_tool_answers_are_checked():
     assert t.episode(0)[0] == [*encode("a"), pointer_cmd(0, "read"), ERR, EOS]
 
 
+@pytest.mark.parametrize("answer, got", [("ab", "str 'ab'"), (None, "NoneType None"), ([1, "x"], "list")])
+def test_a_python_tool_answer_of_the_wrong_type_is_named(answer, got):
+    class Wrong(PyMemory):
+        def call(self, command):
+            return answer
+
+    with pytest.raises(TypeError, match=f"tool py_memory: call\\(\\) must return a list of int token ids, got {got}"):
+        replay(Env([Wrong], batch_size=1), [encode("a")], [[pointer_cmd(0, "read"), EOS]])
+
+
 def test_python_errors_propagate():
     class Broken(PyMemory):
         def call(self, command):

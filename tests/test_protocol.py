@@ -5,7 +5,8 @@ import string
 import numpy as np
 import pytest
 
-from ssm_tools.env import Env, ToolSpec, replay, replay_reference
+from ssm_tools.env import Env, ToolSpec, replay
+from ssm_tools.reference import replay_reference
 from ssm_tools.tools import Calculator, PointerMemory, SearchMemory, TapeMemory, Tool
 from ssm_tools.vocab import (ANS, BLANK, BOS, CALL, CALL_END, EOS, ERR, NEWLINE, PAD, RESULT, RESULT_END,
                              VOCAB_SIZE, decode, encode, pointer_cmd, token_name)

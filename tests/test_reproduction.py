@@ -6,6 +6,8 @@ budget and the errors, with 1-step trainings."""
 import json
 import shutil
 import time
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -13,6 +15,7 @@ from ssm_tools import reproduce as R
 from ssm_tools.cli import main
 from ssm_tools.reproduce import SCALES, plot_curve, reproduce, run_parallel, task_config
 
+ROOT = Path(__file__).resolve().parents[1]
 RECIPE = SCALES["cpu"]
 
 
@@ -25,15 +28,12 @@ def test_tool_use_makes_tiny_mamba_generalize_10x_in_length(tmp_path):
     assert no_tools["accuracy"]["50"] <= 0.20
 
 
-def test_plot_curve_writes_a_png_with_one_band_per_model(tmp_path):
-    import random
-
-    rng = random.Random()
+def test_plot_curve_writes_a_png_with_one_band_per_model(tmp_path, rng):
     sizes = [5, 10, 50]
-    runs = [{"model": m, "mode": mode, "seed": s, "accuracy": {str(n): rng.random() for n in sizes}}
-            for m, mode in (("mamba", "interactive"), ("mamba", "direct")) for s in (0, 1)]
+    runs = [{"model": m, "mode": mode, "seed": s, "accuracy": {str(n): rng.random() for n in sizes}, "n": 10,
+             "train": {"steps": 3}} for m, mode in (("mamba", "interactive"), ("mamba", "direct")) for s in (0, 1)]
     curve = {"task": "addition", "scale": "cpu", "train_sizes": [1, 5], "test_sizes": sizes, "n_per_size": 10,
-             "seeds": [0, 1], "runs": runs}
+             "size_label": "digits per operand", "seeds": [0, 1], "runs": runs}
     plot_curve(curve, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -123,7 +123,7 @@ def test_reproduce_tasks_have_their_sizes_and_modes(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="max_eval_seconds must be positive"):
         R.reproduce("multiplication_nx1", "cpu", [0], "unused", max_eval_seconds=0)
     (tmp_path / "add").mkdir()
-    (tmp_path / "add" / "curve.json").write_text((R.TASKS_DIR.parent / "results/addition/curve.json").read_text())
+    (tmp_path / "add" / "curve.json").write_text((ROOT / "results/addition/curve.json").read_text())
     with pytest.raises(ValueError, match="its task is 'addition', this call's is 'multiplication_nx1'"):
         R.reproduce("multiplication_nx1", "cpu", [0], tmp_path / "add", merge=True)
 
@@ -142,8 +142,11 @@ def test_train_time_budget_stops_then_the_same_command_resumes(tmp_path, monkeyp
     assert curve["unfinished"] == [] and run["accuracy"].keys() == {"3"} and run["train_seconds"] > 0
     log = (tmp_path / "runs/reproduce-addition-cpu/mamba-interactive-seed0/log.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in log] == ["step", "1", "2", "3"]
-    with pytest.raises(ValueError, match="was trained with"):  # another recipe does not resume it
-        R.reproduce("addition", "cpu", [0], tmp_path / "out", **{**args, "steps": 5})
+    # Another recipe does not resume it, and that is found before any run trains (here a GRU, first).
+    monkeypatch.setattr(R, "run_parallel", lambda jobs: pytest.fail("trained before checking the run folders"))
+    with pytest.raises(ValueError, match="mamba-interactive-seed0/checkpoint.pt was trained with .*'steps': 3"):
+        R.reproduce("addition", "cpu", [0], tmp_path / "out",
+                    **{**args, "steps": 5, "only": [("gru", "interactive"), ("mamba", "interactive")]})
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -159,14 +162,16 @@ def test_cli_reproduce_errors_are_one_line(argv, words, capsys):
     assert e.value.code == 2 and words in err[-1] and "Traceback" not in "".join(err)
 
 
-def test_curves_written_before_per_run_sizes_merge_and_plot(tmp_path):
-    old = json.loads((R.TASKS_DIR.parent / "results/addition/curve.json").read_text())
-    header = {**{k: old[k] for k in ("task", "scale", "device", "train", "train_sizes", "models")},
-              "command": "ssm-tools reproduce addition --merge", "size_label": "digits per operand"}
+@pytest.mark.parametrize("path", sorted(ROOT.glob("results/**/curve.json")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_curves_in_results_merge_and_plot(tmp_path, path):
+    """Every curve under results/ is in the current format: runs join it, and it plots."""
+    old = json.loads(path.read_text())
+    header = {**{k: old[k] for k in ("task", "scale", "device", "train", "train_sizes", "models", "size_label")},
+              "command": f"ssm-tools reproduce {old['task']} --merge"}
     curve = R.summarize(R.merge_curves(old, header))
     assert curve["test_sizes"] == old["test_sizes"] and curve["n_per_size"] == old["n_per_size"]
     assert [R.run_key(r) for r in curve["runs"]] == [R.run_key(r) for r in old["runs"]]
-    assert curve["commands"] == [old["command"], header["command"]]
+    assert curve["commands"] == old["commands"] + [header["command"]]
     R.plot_curve(curve, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").is_file()
 

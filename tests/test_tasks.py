@@ -1,20 +1,22 @@
 """Task generators, oracles and checkers: every oracle runs through the real loop (replay) and is
 checked against an answer computed independently (Python integers, exec of the circuit's code, a
 recursive Hanoi solver); the trajectories match digests recorded from the plain oracles."""
-import glob
 import hashlib
 import re
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ssm_tools import vocab as V
-from ssm_tools.config import load_config, make_task, validate
+from ssm_tools.config import load_config, make_task, shipped_configs, validate
 from ssm_tools.tasks import TASKS, get_task
 from ssm_tools.tasks.arithmetic import Operands
-from ssm_tools.tasks.base import FORCED, expected_stream
+from ssm_tools.tasks.base import FORCED, expected_stream, output_stream
 from ssm_tools.tasks.hanoi import Hanoi
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # (name, mode, options): every task and mode of this package (coding is tested on its own).
 CASES = [("addition", m, {}) for m in ("interactive", "cot", "single_turn", "direct", "direct_reversed")]
@@ -25,13 +27,17 @@ CASES += [("hanoi", m, {"variant": v}) for m in ("interactive", "cot", "single_t
 CASES += [("logical_graph", m, {}) for m in ("interactive", "cot", "single_turn")]
 
 
+def token_accuracy(task, inst, tokens, mask=None) -> float:
+    """Fraction of answer positions the output stream gets right (a missing or extra output token
+    counts as wrong)."""
+    outputs, _ = output_stream(tokens, mask)
+    answer = task.answer(inst)
+    return sum(o == a for o, a in zip(outputs, answer)) / max(len(answer), len(outputs), 1)
+
+
 def case_id(case):
     name, mode, options = case
     return "-".join([name, mode, *map(str, options.values())])
-
-
-def rng():
-    return np.random.default_rng(np.random.SeedSequence().entropy)  # fresh inputs every run
 
 
 def independent_answer(task, x) -> str:
@@ -82,17 +88,17 @@ def check_transcript(task, transcript, insts, sizes):
         assert V.ERR not in tokens  # no command the tools rejected
         assert len(tokens) <= task.max_steps(size)
         assert task.grade(x, tokens, mask) and task.grade(x, tokens)
-        assert task.token_accuracy(x, tokens, mask) == 1.0
+        assert token_accuracy(task, x, tokens, mask) == 1.0
         assert V.decode(task.answer(x), readable=False) == independent_answer(task, x)
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_oracle_through_real_loop_small_sizes(case):
+def test_oracle_through_real_loop_small_sizes(case, rng):
     name, mode, options = case
     task = get_task(name, mode, **options)
     sizes = [1, 2, 3, 4, 6] if name == "hanoi" else [1, 1, 2, 3, 5, 8, 13]
     for train in (False, True):
-        transcript, insts = task.trajectories(rng(), sizes, train=train)
+        transcript, insts = task.trajectories(rng, sizes, train=train)
         check_transcript(task, transcript, insts, sizes)
 
 
@@ -107,9 +113,9 @@ def test_oracle_through_real_loop_small_sizes(case):
     ("hanoi", "single_turn", {"variant": "iterative"}, 12),  # the paper's largest test size (~230k tokens)
     ("hanoi", "single_turn", {"variant": "recursive"}, 11),
 ], ids=lambda v: str(v))
-def test_oracle_through_real_loop_large_sizes(name, mode, options, size):
+def test_oracle_through_real_loop_large_sizes(name, mode, options, size, rng):
     task = get_task(name, mode, **options)
-    transcript, insts = task.trajectories(rng(), [size])
+    transcript, insts = task.trajectories(rng, [size])
     check_transcript(task, transcript, insts, [size])
 
 
@@ -159,10 +165,10 @@ def test_addition_carry_chains_match_recorded_digest():
 
 @pytest.mark.parametrize("name,options", [("hanoi", {"variant": "iterative"}), ("hanoi", {"variant": "recursive"}),
                                           ("logical_graph", {})])
-def test_single_turn_uses_the_tool_only_before_the_first_thought(name, options):
+def test_single_turn_uses_the_tool_only_before_the_first_thought(name, options, rng):
     """One turn: tool use, then the model alone (no command, call or tool answer after its first
     thought), and the turn is the interactive policy's own first turn."""
-    task, interactive, r = get_task(name, "single_turn", **options), get_task(name, **options), rng()
+    task, interactive, r = get_task(name, "single_turn", **options), get_task(name, **options), rng
     for size in (1, 2, 5):
         x = task.sample(r, size)
         script = task.script(x)
@@ -176,19 +182,19 @@ def test_single_turn_uses_the_tool_only_before_the_first_thought(name, options):
         assert task.tools() == interactive.tools()
 
 
-def test_mixture_draws_both_operations_by_weight():
-    r = rng()
+def test_mixture_draws_both_operations_by_weight(rng):
+    r = rng
     ops = [get_task("mixture", add_weight=0.3).sample(r, 4).op for _ in range(2000)]
     assert abs(ops.count("+") / len(ops) - 0.3) < 0.05
     assert {get_task("mixture", add_weight=w).sample(r, 4).op for _ in range(50) for w in [0.0]} == {"*"}
 
 
 @pytest.mark.parametrize("name,options,k", [("addition", {}, 9), ("multiplication", {"second_digits": 2}, 12)])
-def test_arithmetic_decisions_are_local(name, options, k):
+def test_arithmetic_decisions_are_local(name, options, k, rng):
     """Learnability: every model token is a function of the last k tokens of the stream (across many
     instances and lengths, the same context never precedes two different model tokens)."""
     task = get_task(name, **options)
-    r = rng()
+    r = rng
     seen = defaultdict(set)
     for size in [1, 2, 3, 5, 9, 17] * 20:
         x = task.sample_train(r, size)
@@ -200,23 +206,23 @@ def test_arithmetic_decisions_are_local(name, options, k):
     assert not ambiguous, list(ambiguous.items())[:3]
 
 
-def test_addition_train_and_test_distributions():
-    task, r = get_task("addition"), rng()
+def test_addition_train_and_test_distributions(rng):
+    task, r = get_task("addition"), rng
     x = task.sample(r, 7)
     assert len(x.a) == len(x.b) == 7 and x.a[0] != "0" and x.b[0] != "0"
     lengths = {(len(y.a), len(y.b)) for y in (task.sample_train(r, 5) for _ in range(500))}
     assert lengths == {(i, j) for i in range(1, 6) for j in range(1, 6)}
 
 
-def test_hanoi_disks_drawn_without_replacement_largest_first():
-    x = get_task("hanoi").sample(rng(), 30)
+def test_hanoi_disks_drawn_without_replacement_largest_first(rng):
+    x = get_task("hanoi").sample(rng, 30)
     assert len(set(x.sizes)) == 30 and list(x.sizes) == sorted(x.sizes, reverse=True)
     assert all(1 <= d <= 100 for d in x.sizes)
 
 
-def test_tool_bounds_respected():
+def test_tool_bounds_respected(rng):
     """Oracles only use the pointers their tools have, and stay within memory and answer bounds."""
-    r = rng()
+    r = rng
     for name, mode, options in CASES:
         task = get_task(name, mode, **options)
         specs = task.tools()
@@ -238,8 +244,8 @@ def test_tool_bounds_respected():
                         <= spec.options["max_response_tokens"] + 16
 
 
-def test_grade_rejects_wrong_or_unfinished_outputs():
-    task, r = get_task("addition"), rng()
+def test_grade_rejects_wrong_or_unfinished_outputs(rng):
+    task, r = get_task("addition"), rng
     transcript, (x,) = task.trajectories(r, [6])
     tokens, mask = transcript.episode(0)
     digits = set(V.encode("0123456789"))
@@ -247,16 +253,16 @@ def test_grade_rejects_wrong_or_unfinished_outputs():
     wrong = list(tokens)
     wrong[last_output] = V.encode(str((int(V.token_name(tokens[last_output])) + 1) % 10))[0]
     assert not task.grade(x, wrong, mask)
-    assert task.token_accuracy(x, wrong, mask) == pytest.approx(1 - 1 / len(task.answer(x)))
+    assert token_accuracy(task, x, wrong, mask) == pytest.approx(1 - 1 / len(task.answer(x)))
     assert not task.grade(x, tokens[:-1], mask[:-1])  # no [EOS]
     dropped = [t for j, t in enumerate(tokens) if j != last_output]
     assert not task.grade(x, dropped, [m for j, m in enumerate(mask) if j != last_output])  # a digit missing
 
 
-def test_seeding_is_reproducible():
+def test_seeding_is_reproducible(rng):
     for name, mode, options in CASES:
         task = get_task(name, mode, **options)
-        seed = int(rng().integers(1 << 30))
+        seed = int(rng.integers(1 << 30))
         t1, x1 = task.trajectories(np.random.default_rng(seed), [3, 4])
         t2, x2 = task.trajectories(np.random.default_rng(seed), [3, 4])
         assert x1 == x2 and t1.tokens.equal(t2.tokens)
@@ -265,32 +271,41 @@ def test_seeding_is_reproducible():
 
 
 @pytest.mark.parametrize("call,match", [
-    (lambda: get_task("division"), "task name must be one of"),
-    (lambda: get_task("addition", mode="tree"), r"mode must be one of \('interactive'"),
-    (lambda: get_task("hanoi", mode="direct"), "mode must be one of"),
-    (lambda: get_task("addition", digits=3), "bad option"),
-    (lambda: get_task("multiplication", second_digits=3), "second_digits must be 1 or 2"),
-    (lambda: get_task("hanoi", variant="fast"), r"variant must be one of \('iterative', 'recursive'\)"),
-    (lambda: get_task("mixture", add_weight=1.5), r"add_weight must be a number in \[0, 1\]"),
-    (lambda: get_task("addition").sample(rng(), 0), r"size \(digits\) must be an integer >= 1"),
-    (lambda: get_task("addition").sample(rng(), 2.5), r"size \(digits\) must be an integer"),
-    (lambda: get_task("addition").sample(rng(), True), r"size \(digits\) must be an integer"),
-    (lambda: get_task("hanoi").sample(rng(), 101), r"size \(disks\) must be <= 100"),
-    (lambda: get_task("logical_graph").sample_train(rng(), -3), r"max_size \(gates\) must be an integer >= 1"),
-    (lambda: get_task("multiplication").max_steps(0), r"size \(digits\)"),
+    (lambda rng: get_task("division"), "task name must be one of"),
+    (lambda rng: get_task("addition", mode="tree"), r"mode must be one of \('interactive'"),
+    (lambda rng: get_task("hanoi", mode="direct"), "mode must be one of"),
+    (lambda rng: get_task("addition", digits=3), "bad option"),
+    (lambda rng: get_task("multiplication", second_digits=3), "second_digits must be 1 or 2"),
+    (lambda rng: get_task("hanoi", variant="fast"), r"variant must be one of \('iterative', 'recursive'\)"),
+    (lambda rng: get_task("mixture", add_weight=1.5), r"add_weight must be a number in \[0, 1\]"),
+    (lambda rng: get_task("addition").sample(rng, 0), r"size \(digits\) must be an integer >= 1"),
+    (lambda rng: get_task("addition").sample(rng, 2.5), r"size \(digits\) must be an integer"),
+    (lambda rng: get_task("addition").sample(rng, True), r"size \(digits\) must be an integer"),
+    (lambda rng: get_task("hanoi").sample(rng, 101), r"size \(disks\) must be <= 100"),
+    (lambda rng: get_task("logical_graph").sample_train(rng, -3), r"max_size \(gates\) must be an integer >= 1"),
+    (lambda rng: get_task("multiplication").max_steps(0), r"size \(digits\)"),
 ])
-def test_bad_input_raises_naming_the_field(call, match):
+def test_bad_input_raises_naming_the_field(call, match, rng):
     with pytest.raises(ValueError, match=match):
-        call()
+        call(rng)
 
 
-def test_every_config_loads_and_builds_its_task():
-    files = sorted(glob.glob("tasks/*.toml"))
-    assert len(files) >= 10
+def test_every_config_ships_with_the_package_and_builds_its_task():
+    files = sorted(ROOT.glob("tasks/*.toml"))
+    assert len(files) >= 10 and shipped_configs() == sorted(f.stem for f in files)
     for f in files:
-        config = load_config(f)
+        config = load_config(f.stem)  # the shipped copy, by name
+        assert config == load_config(f)
         task = make_task(config)
         assert task.name in TASKS and config["sizes"]["train"][0] <= config["sizes"]["train"][1]
+
+
+def test_a_config_is_a_path_or_a_shipped_name(tmp_path):
+    (tmp_path / "addition.toml").write_text('[task]\nname = "hanoi"\n[sizes]\ntrain = [1, 7]\ntest = [8]\n')
+    assert load_config("addition.toml")["task"]["name"] == "hanoi"  # a file in the working folder comes first
+    assert load_config("addition")["task"]["name"] == "addition"
+    with pytest.raises(FileNotFoundError, match="no config file 'tasks/sorting.toml'.*shipped: addition, "):
+        load_config("tasks/sorting.toml")
 
 
 GOOD = {"task": {"name": "addition"}, "sizes": {"train": [1, 5], "test": [10]}, "model": {"d_model": 64}}

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import run_killed_after
 from ssm_tools.cli import main
 from ssm_tools.config import validate
 from ssm_tools.evaluate import evaluate
@@ -94,7 +95,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
     whole = make_trainer(tmp_path / "whole")
     whole.run()
     interrupted = make_trainer(tmp_path / "cut")
-    interrupted.run(stop_at=3)  # "killed" after step 3: its last checkpoint is at step 2 (ckpt_every=2)
+    run_killed_after(interrupted, 3)  # its last checkpoint is at step 2 (ckpt_every=2)
     assert torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=False)["step"] == 2
     resumed = make_trainer(tmp_path / "cut", seed=99)  # a fresh process; state comes from the file
     resumed.load(tmp_path / "cut" / CHECKPOINT)
@@ -176,7 +177,7 @@ def test_evaluate_rejects_bad_sizes():
 
 def test_cli_train_resume_evaluate(tmp_path, capsys):
     out = tmp_path / "run"
-    base = ["train", "--config", "tasks/addition.toml", "--out", str(out), "--batch-size", "4", "--quiet"]
+    base = ["train", "--config", "addition", "--out", str(out), "--batch-size", "4", "--quiet"]
     assert main(base + ["--steps", "2"]) == 0
     assert main(base + ["--steps", "4", "--resume"]) == 0
     model, meta = load_checkpoint(out)
@@ -191,8 +192,8 @@ def test_cli_train_resume_evaluate(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, words", [
     (["train", "--config", "missing.toml"], "missing.toml"),
-    (["train", "--config", "tasks/addition.toml", "--model", "bert"], "model must be one of"),
-    (["train", "--config", "tasks/addition.toml", "--steps", "0"], "--steps must be positive"),
+    (["train", "--config", "addition", "--model", "bert"], "model must be one of"),
+    (["train", "--config", "addition", "--steps", "0"], "--steps must be positive"),
     (["evaluate", "--checkpoint", "nowhere"], "checkpoint not found"),
     (["evaluate", "--checkpoint", "x", "--sizes", "5,a"], "comma-separated integers"),
     (["reproduce", "sorting"], "invalid choice"),

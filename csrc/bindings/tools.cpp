@@ -20,7 +20,21 @@ class PyTool : public Tool {
   void reset(uint64_t seed) override { PYBIND11_OVERRIDE_PURE(void, Tool, reset, seed); }
   void observe(Token t) override { PYBIND11_OVERRIDE(void, Tool, observe, t); }
   bool accepts(const Tokens& command) const override { PYBIND11_OVERRIDE_PURE(bool, Tool, accepts, command); }
-  Tokens call(const Tokens& command) override { PYBIND11_OVERRIDE_PURE(Tokens, Tool, call, command); }
+  // Not PYBIND11_OVERRIDE_PURE: a result that is not a list of ints gets an error naming the tool and
+  // the expected type, not pybind11's bare "Unable to cast Python instance of type str".
+  Tokens call(const Tokens& command) override {
+    py::gil_scoped_acquire gil;
+    py::function override = py::get_override(static_cast<const Tool*>(this), "call");
+    if (!override) py::pybind11_fail("Tried to call pure virtual function \"Tool::call\"");
+    py::object result = override(command);
+    try {
+      return result.cast<Tokens>();
+    } catch (const py::cast_error&) {
+      throw py::type_error("tool " + name() + ": call() must return a list of int token ids, got " +
+                           py::str(py::type::of(result).attr("__name__")).cast<std::string>() + " " +
+                           py::repr(result).cast<std::string>().substr(0, 80));
+    }
+  }
   std::string dump() const override { PYBIND11_OVERRIDE_PURE(std::string, Tool, dump, ); }
 };
 

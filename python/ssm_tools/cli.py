@@ -12,7 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+# The source checkout this package was installed from in editable mode (`make build`), if any:
+# benchmarks/ is not part of the package.
+CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 def _int_list(text: str) -> list[int]:
@@ -30,25 +32,20 @@ def _command(args) -> str:
 
 
 def cmd_train(args) -> None:
-    from .config import load_config, make_task
-    from .models import preset
-    from .train import TrainConfig, Trainer
+    from .config import load_config
+    from .train import CHECKPOINT, make_trainer
 
     config = load_config(args.config)
     model_section = dict(config.get("model", {}))
-    name = args.model or model_section.pop("name", "mamba")
-    model_section.pop("name", None)
-    scale = args.scale or model_section.pop("scale", "tiny")
-    model_section.pop("scale", None)
-    model_cfg = {"vocab_size": 128, **preset(name, scale), **model_section}
+    name = args.model or model_section.get("name", "mamba")
+    scale = args.scale or model_section.get("scale", "tiny")
+    model_overrides = {k: v for k, v in model_section.items() if k not in ("name", "scale")}
     overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("batch_size", args.batch_size),
                                    ("seed", args.seed)) if v is not None}
-    train = {"train_max_size": config["sizes"]["train"][1], **config.get("train", {}), **overrides}
     out = args.out or f"runs/{Path(args.config).stem}-{name}"
-    trainer = Trainer(make_task(config), name, model_cfg, TrainConfig(**train), out, device=args.device,
-                      run_info={k: config.get(k, {}) for k in ("task", "sizes", "eval")},
-                      progress=not args.quiet)
-    checkpoint = Path(out) / "checkpoint.pt"
+    trainer = make_trainer(config, name, scale, {**config.get("train", {}), **overrides}, out,
+                           model_overrides=model_overrides, device=args.device, progress=not args.quiet)
+    checkpoint = Path(out) / CHECKPOINT
     if args.resume:
         if not checkpoint.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint}")
@@ -104,9 +101,19 @@ def cmd_reproduce(args) -> None:
               f"{r['steps']} (--max-train-seconds); run the same command again to resume")
 
 
+def benchmarks_folder() -> Path:
+    """benchmarks/ of the source checkout: the one this package runs from, else the working folder's."""
+    for root in (CHECKOUT, Path.cwd()):
+        pyproject = root / "pyproject.toml"
+        if pyproject.is_file() and 'name = "ssm-tools"' in pyproject.read_text() and (root / "benchmarks").is_dir():
+            return root / "benchmarks"
+    raise FileNotFoundError("ssm-tools bench runs the scripts in benchmarks/ of a source checkout, which this "
+                            "installed package does not include: run it inside a clone of the repository")
+
+
 def cmd_bench(args) -> None:
-    scripts = sorted((REPO / "benchmarks").glob("bench_*.py"))
-    names = {p.stem.removeprefix("bench_"): p for p in scripts}
+    folder = benchmarks_folder()
+    names = {p.stem.removeprefix("bench_"): p for p in sorted(folder.glob("bench_*.py"))}
     if not args.names:
         print("benchmarks: " + ", ".join(names))
         return
@@ -114,7 +121,7 @@ def cmd_bench(args) -> None:
     if unknown:
         raise ValueError(f"unknown benchmark {unknown}; available: {sorted(names)}")
     for n in args.names:
-        subprocess.run([sys.executable, str(names[n])], cwd=REPO, check=True)
+        subprocess.run([sys.executable, str(names[n])], cwd=folder.parent, check=True)
 
 
 def cmd_show(args) -> None:
@@ -131,13 +138,18 @@ def _nproc_option(p) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    from .models import MODELS, PRESETS
+    from .reproduce import SCALES, TASKS
+
     p = argparse.ArgumentParser(prog="ssm-tools", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model on a task's oracle trajectories")
-    t.add_argument("--config", required=True, help="experiment config, e.g. tasks/addition.toml")
-    t.add_argument("--model", help="model name (mamba, lstm, gru, pythia, mistral); default: [model] name or mamba")
-    t.add_argument("--scale", choices=["tiny", "paper"], help="size preset (default: [model] scale or tiny)")
+    t.add_argument("--config", required=True,
+                   help="experiment config: a TOML file, or the name of one that ships with the package "
+                        "(e.g. addition: the repository's tasks/addition.toml)")
+    t.add_argument("--model", help=f"model name ({', '.join(sorted(MODELS))}); default: [model] name or mamba")
+    t.add_argument("--scale", choices=sorted(PRESETS), help="size preset (default: [model] scale or tiny)")
     t.add_argument("--steps", type=int, help="optimizer steps")
     t.add_argument("--lr", type=float, help="peak learning rate")
     t.add_argument("--batch-size", type=int, help="trajectories per step")
@@ -158,10 +170,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu", help="torch device")
     e.set_defaults(func=cmd_evaluate)
 
-    from .reproduce import SCALES, TASKS
-
     r = sub.add_parser("reproduce", help="length-generalization curves: train, evaluate, plot")
-    r.add_argument("task", choices=sorted(TASKS), help="task (a tasks/<task>.toml config)")
+    r.add_argument("task", choices=sorted(TASKS), help="task (its shipped config, tasks/<task>.toml)")
     r.add_argument("--scale", choices=sorted(SCALES), default="cpu", help="cpu: minutes on a CPU; paper: paper sizes")
     r.add_argument("--seeds", type=_int_list, help="comma-separated seeds (default: the scale's)")
     r.add_argument("--runs", help="only these model:mode pairs, e.g. mamba:interactive,lstm:interactive")
@@ -180,7 +190,7 @@ def parser() -> argparse.ArgumentParser:
     _nproc_option(r)
     r.set_defaults(func=cmd_reproduce)
 
-    b = sub.add_parser("bench", help="run benchmarks/bench_<name>.py scripts (no name: list them)")
+    b = sub.add_parser("bench", help="run benchmarks/bench_<name>.py scripts of a source checkout (no name: list them)")
     b.add_argument("names", nargs="*", help="benchmark names")
     b.set_defaults(func=cmd_bench)
 
@@ -205,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             return launch(args.nproc, argv)  # the same command in nproc processes, which run it
         args.func(args)
         shutdown()
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # bad input; anything else is a bug: its traceback shows
         p.error(str(e))  # one line on stderr, exit status 2
     except subprocess.CalledProcessError as e:
         print(f"ssm-tools: error: {shlex.join(map(str, e.cmd))} failed with status {e.returncode}", file=sys.stderr)

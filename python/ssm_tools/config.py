@@ -1,4 +1,6 @@
-"""Experiment configs: one TOML file per experiment under tasks/.
+"""Experiment configs: one TOML file per experiment. The repository's tasks/*.toml ship inside the
+package (`CONFIGS`, package data): `find_config("addition")` finds one by name, and a path to a
+user's own file works everywhere a config is asked for.
 
     [task]                      # validated here
     name = "addition"           # a name of ssm_tools.tasks.TASKS
@@ -9,15 +11,21 @@
     test = [5, 10, 100, 1000]   # sizes evaluated, each >= the task's minimum
     [model] / [train] / [eval]  # checked by validate_run_sections (below): names and types only
 
-`load_config(path)` returns the whole file as a dict with [task] and [sizes] checked and defaults
+`load_config(name_or_path)` returns the whole file as a dict with [task] and [sizes] checked and defaults
 filled in; `make_task(config)` builds the task. Errors are ValueErrors naming the file and field.
 """
 from __future__ import annotations
 
+import os
 import tomllib
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from .tasks import TASKS, Task, get_task
+
+# tasks/*.toml of the repository, installed into the package by CMakeLists.txt.
+CONFIGS = files("ssm_tools") / "configs"
 
 _TASK_KEYS = {"name", "mode", "options"}
 _SIZES_KEYS = {"train", "test"}
@@ -58,8 +66,28 @@ def validate(config: dict, where: str = "config") -> dict:
     return {**config, "task": task, "sizes": {"train": list(train), "test": list(test)}}
 
 
-def load_config(path: str | Path) -> dict:
-    path = Path(path)
+def shipped_configs() -> list[str]:
+    """The names of the configs that ship with the package (tasks/*.toml without the suffix)."""
+    return sorted(p.name.removesuffix(".toml") for p in CONFIGS.iterdir() if p.name.endswith(".toml"))
+
+
+def find_config(name_or_path: str | Path | Traversable) -> Path | Traversable:
+    """A config file: `name_or_path` itself if it is a file, else the shipped config of that name
+    (with or without .toml)."""
+    if not isinstance(name_or_path, (str, os.PathLike)):  # a shipped file already
+        return name_or_path
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = CONFIGS / (path.name if path.suffix == ".toml" else f"{path.name}.toml")
+    if path.parent == Path(".") and shipped.is_file():
+        return shipped
+    raise FileNotFoundError(f"no config file {str(name_or_path)!r}, and no shipped config of that name "
+                            f"(shipped: {', '.join(shipped_configs())})")
+
+
+def load_config(name_or_path: str | Path | Traversable) -> dict:
+    path = find_config(name_or_path)
     try:
         with path.open("rb") as f:
             config = tomllib.load(f)

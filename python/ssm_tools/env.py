@@ -29,7 +29,6 @@ Training data: ``Transcript.tokens[:, j]`` is predicted from ``tokens[:, :j]`` w
 """
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Sequence, Union
 
@@ -38,8 +37,7 @@ import torch
 
 from . import _tools
 from .tools import Tool
-from .vocab import (ANS, CALL, CALL_END, EOS, ERR, PAD, POINTER_OPS, RESULT, RESULT_END, VOCAB_SIZE, decode,
-                    encode, is_char, is_pointer_cmd, pointer_cmd, token_name)
+from .vocab import decode
 
 
 @dataclass(frozen=True)
@@ -177,107 +175,3 @@ def replay(env: Env, prompts: Sequence[Sequence[int]], model_tokens: Sequence[Se
     bytes (one token per byte, the fast path the tasks use)."""
     env._env.replay(_as_token_lists(prompts, "prompts"), _as_token_lists(model_tokens, "model_tokens"), seed)
     return env.transcript()
-
-
-class _ReferenceParser:
-    """The protocol of one episode in plain Python: the reference the C++ ProtocolParser is tested
-    against, and the parser of the benchmark's pure-Python baseline loop."""
-
-    def __init__(self, tools: list[Tool], max_call_tokens: int, max_answer_tokens: int):
-        self.tools, self.max_call_tokens, self.max_answer_tokens = tools, max_call_tokens, max_answer_tokens
-        self.state, self.call, self.pending_write = "text", [], 0
-
-    def reset(self, prompt: list[int], seed: int) -> None:
-        for j, tool in enumerate(self.tools):
-            tool.reset(_tools.mix_seed(seed, j))
-        self.state, self.call = "text", []
-        for t in prompt:
-            self._observe(t)
-
-    def _observe(self, t: int) -> None:
-        for tool in self.tools:
-            tool.observe(t)
-
-    def _route(self, command: list[int], text: bool) -> list[int]:
-        """The forced answer to `command`. A text call's answer is wrapped in [RESULT]..[/RESULT] and
-        its errors carry a message; a pointer command's error is the lone [ERR]."""
-        tool = next((tool for tool in self.tools if tool.accepts(command)), None)
-        if tool is None:
-            word = "".join(map(token_name, command)).split(" ")[0][:32]
-            return self._text_answer([ERR] + encode(f"unknown command: {word}")) if text else [ERR]
-        out = tool.call(command)
-        if len(out) > self.max_answer_tokens or any(not 0 <= t < VOCAB_SIZE for t in out):
-            return self._text_answer([ERR] + encode(f"invalid answer from tool {tool.name()}")) if text else [ERR]
-        return self._text_answer(out) if text else out
-
-    def _text_answer(self, body: list[int]) -> list[int]:
-        return [RESULT, *body, RESULT_END]
-
-    def feed(self, t: int) -> tuple[list[int], bool]:
-        """(forced answer, episode ended) for one generated token."""
-        if t == EOS:
-            self._observe(t)
-            self.state = "text"
-            return [], True
-        if self.state == "symbol":
-            self.state = "text"
-            return self._route([self.pending_write, t], text=False), False
-        if self.state == "call":
-            if t == CALL_END:
-                self.state = "text"
-                return self._route(self.call, text=True), False
-            if not is_char(t):
-                self.state = "text"
-                return self._text_answer([ERR] + encode(f"malformed call: {token_name(t)} inside [CALL]")), False
-            if len(self.call) >= self.max_call_tokens:
-                self.state = "text"
-                return self._text_answer([ERR] + encode(f"call too long (max {self.max_call_tokens} tokens)")), False
-            self.call.append(t)
-            return [], False
-        if is_pointer_cmd(t) and (t - pointer_cmd(0, "read")) % len(POINTER_OPS) == POINTER_OPS.index("write"):
-            self.state, self.pending_write = "symbol", t
-            return [], False
-        if is_pointer_cmd(t):
-            return self._route([t], text=False), False
-        if t == CALL:
-            self.state, self.call = "call", []
-            return [], False
-        if is_char(t) or t in (ANS, EOS):
-            self._observe(t)
-            return [], False
-        return [ERR], False
-
-
-def replay_reference(make_tools: Callable[[], list[Tool]], prompts: Sequence[Sequence[int]],
-                     model_tokens: Sequence[Sequence[int]], seed: int = 0, max_len: int = 1 << 16,
-                     max_call_tokens: int = 4096, max_answer_tokens: int = 1 << 16) -> Transcript:
-    """``replay`` written plainly in Python, one episode at a time (``make_tools()`` gives one
-    episode's tools): the reference for tests and the baseline of benchmarks/bench_dispatch.py."""
-    episodes = []
-    for i, (prompt, script) in enumerate(zip(prompts, model_tokens)):
-        parser = _ReferenceParser(make_tools(), max_call_tokens, max_answer_tokens)
-        parser.reset(list(prompt), _tools.mix_seed(seed, i))
-        tokens, mask, queue, used, done = [prompt[0]], [False], deque(prompt[1:]), 0, max_len <= 1
-        while not done:
-            if queue:
-                tokens.append(queue.popleft())
-                mask.append(False)
-            elif used < len(script):
-                t = script[used]
-                used += 1
-                answer, done = parser.feed(t)
-                queue.extend(answer)
-                tokens.append(t)
-                mask.append(True)
-            else:
-                break
-            done = done or len(tokens) >= max_len
-        episodes.append((tokens, mask, done))
-    width = max(len(e[0]) for e in episodes)
-    out_tokens = torch.full((len(episodes), width), PAD, dtype=torch.long)
-    out_mask = torch.zeros((len(episodes), width), dtype=torch.bool)
-    for i, (tokens, mask, _) in enumerate(episodes):
-        out_tokens[i, :len(tokens)] = torch.tensor(tokens)
-        out_mask[i, :len(mask)] = torch.tensor(mask)
-    return Transcript(out_tokens, out_mask, torch.tensor([len(e[0]) for e in episodes]),
-                      torch.tensor([e[2] for e in episodes]))

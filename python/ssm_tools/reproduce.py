@@ -29,12 +29,12 @@ import torch
 from tqdm import tqdm
 
 from . import distributed
-from .config import load_config, make_task
+from .config import CONFIGS, load_config, make_task
 from .evaluate import evaluate_size
 from .models import preset
-from .train import CHECKPOINT, TrainConfig, Trainer
+from .train import CHECKPOINT, load_checkpoint, make_trainer, model_config, train_config
 
-TASKS_DIR = Path(__file__).resolve().parents[2] / "tasks"
+TASKS_DIR = CONFIGS  # tasks/<task>.toml, shipped with the package
 
 # What each scale runs, for every task. "cpu" finishes in minutes on 2 cores (tiny models, few steps);
 # "paper" uses the paper's model sizes and 2,000 steps (a GPU, bf16).
@@ -43,9 +43,8 @@ SCALES = {
         "model_scale": "tiny",
         "runs": [("mamba", "interactive"), ("lstm", "interactive"), ("gru", "interactive"),
                  ("pythia", "interactive"), ("mistral", "interactive"), ("mamba", "cot")],
-        # Measured (results/addition): tiny Mamba 100% (seed 0) / 46% (seed 1) at 100 digits; seed 1
-        # moves with the build's float rounding (98%, 70%, 64%, 80% in other builds);
-        # half the trajectories (or d_model 32) falls short at 50 digits (94% / 36%, seed 0).
+        # The smallest recipe found to make the tiny tool-using Mamba generalize on addition
+        # (results/reproduction_notes.md).
         "train": dict(steps=400, batch_size=32, lr=1e-2, warmup=40),
         "n": 50,
         "seeds": [0, 1],
@@ -77,7 +76,7 @@ def task_config(task: str, mode: str) -> dict:
     """tasks/<task>.toml with its [task] mode replaced (the ablation modes share the sizes)."""
     path = TASKS_DIR / f"{task}.toml"
     if not path.is_file():
-        raise FileNotFoundError(f"no experiment config for task {task!r}: {path} does not exist")
+        raise FileNotFoundError(f"no experiment config for task {task!r} in the package ({path})")
     config = load_config(path)
     config["task"] = {**config["task"], "mode": mode}
     return config
@@ -92,18 +91,12 @@ def run_one(config: dict, model: str, model_scale: str, train: dict, seed: int, 
     (no evaluation): the same command, run again, goes on from there."""
     if threads is not None:
         torch.set_num_threads(threads)
-    task = make_task(config)
-    cfg = TrainConfig(**{**train, "seed": seed, "train_max_size": config["sizes"]["train"][1],
-                         "ckpt_every": train["steps"]})
-    model_cfg = {"vocab_size": 128, **preset(model, model_scale)}
-    trainer = Trainer(task, model, model_cfg, cfg, out_dir, device=device, progress=progress,
-                      run_info={"task": config["task"], "sizes": config["sizes"]})
+    trainer = make_trainer(config, model, model_scale, run_train(train, seed), out_dir, device=device,
+                           progress=progress)
+    task, cfg = trainer.task, trainer.cfg
     checkpoint = Path(out_dir) / CHECKPOINT
     if checkpoint.is_file():  # an earlier call's stopped (or finished) run of the same recipe
-        recipe = trainer.load(checkpoint)
-        if recipe != asdict(cfg):
-            raise ValueError(f"{checkpoint} was trained with {recipe}, not {asdict(cfg)}: "
-                             f"remove {out_dir} to start over")
+        same_recipe(checkpoint, trainer.load(checkpoint), asdict(cfg))
     last = trainer.run(max_seconds=max_train_seconds)
     train_s = round(trainer.train_seconds, 1)
     if last.get("stopped"):
@@ -116,6 +109,32 @@ def run_one(config: dict, model: str, model_scale: str, train: dict, seed: int, 
     return {"model": model, "mode": config["task"]["mode"], "seed": seed, "final_loss": trainer.last_loss,
             "train_seconds": train_s, "eval_seconds": round(time.perf_counter() - t0, 1),
             "train_processes": trainer.world, "test_sizes": sorted(sizes), "n": n, **result}
+
+
+def run_train(train: dict, seed: int) -> dict:
+    """A run's [train] fields: the scale's, this seed, one checkpoint at the end (and when stopped)."""
+    return {**train, "seed": seed, "ckpt_every": train["steps"]}
+
+
+def same_recipe(checkpoint: Path, found: dict, wanted: dict) -> None:
+    if found != wanted:
+        raise ValueError(f"{checkpoint} was trained with {found}, not {wanted}: remove {checkpoint.parent} to start over")
+
+
+def check_resumable(job: tuple) -> None:
+    """A run_one job whose folder holds a checkpoint will resume it: that checkpoint must be of the
+    same model and recipe, checked before any run trains (a mismatch found after hours of other
+    runs' training would waste them)."""
+    config, model, model_scale, train, seed, _, _, out_dir = job[:8]
+    checkpoint = Path(out_dir) / CHECKPOINT
+    if not checkpoint.is_file():
+        return
+    _, meta = load_checkpoint(checkpoint)
+    wanted = (model, model_config(model, model_scale))
+    if (meta["model"], meta["model_cfg"]) != wanted:
+        raise ValueError(f"{checkpoint} holds model {meta['model']} {meta['model_cfg']}, not {wanted[0]} {wanted[1]}: "
+                         f"remove {checkpoint.parent} to start over")
+    same_recipe(checkpoint, meta["train"], asdict(train_config(config, run_train(train, seed))))
 
 
 def evaluate_within(model, task, sizes: list[int], n: int, device: str, max_seconds: float | None = None) -> dict:
@@ -195,7 +214,7 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     if max_eval_seconds is not None and not max_eval_seconds > 0:
         raise ValueError(f"max_eval_seconds must be positive, got {max_eval_seconds!r}")
     train = {**spec["train"], **({} if steps is None else {"steps": steps})}
-    recipe = asdict(TrainConfig(**train, train_max_size=config["sizes"]["train"][1]))
+    recipe = asdict(train_config(config, train))
     curve = {"task": task, "scale": scale, "command": command, "commands": [command], "device": device,
              "size_label": TASKS[task]["size_label"], "train_sizes": config["sizes"]["train"], "train": recipe,
              "models": {m: preset(m, spec["model_scale"]) for m, _ in runs}, "runs": []}
@@ -206,6 +225,8 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
              Path(runs_dir) / f"reproduce-{task}-{scale}" / f"{model}-{mode}-seed{seed}", device, max_eval_seconds,
              max_train_seconds)
             for model, mode in runs for seed in seeds]
+    for job in jobs:
+        check_resumable(job)
     parallel = device == "cpu" and not distributed.launched()  # else one run at a time, each on all ranks
     results = run_parallel(jobs) if parallel else [run_one(*job) for job in jobs]
     unfinished = [r for r in results if "stopped" in r]
@@ -247,12 +268,8 @@ def merge_curves(old: dict, new: dict) -> dict:
         if old["models"].get(model, cfg) != cfg:
             raise ValueError(f"cannot merge into the existing curve: its {model} is {old['models'][model]}, "
                              f"this call's is {cfg}")
-    # Curves written before runs recorded their own test sizes, n and recipe share the curve's.
-    runs = [{"test_sizes": old["test_sizes"], "n": old["n_per_size"], "command": old.get("command", ""),
-             "train": old["train"], **r} for r in old["runs"]]
-    commands = old.get("commands", [old.get("command", "")])
-    return {**new, "models": {**old["models"], **new["models"]}, "runs": runs,
-            "commands": [c for c in commands if c != new["command"]] + [new["command"]]}
+    return {**new, "models": {**old["models"], **new["models"]}, "runs": old["runs"],
+            "commands": [c for c in old["commands"] if c != new["command"]] + [new["command"]]}
 
 
 def summarize(curve: dict) -> dict:
@@ -261,7 +278,7 @@ def summarize(curve: dict) -> dict:
     model, mode, seed in the order the models and modes first appear."""
     runs = curve["runs"]
     ns = {r["n"] for r in runs}
-    recipes = {json.dumps(r.get("train", curve["train"]), sort_keys=True) for r in runs}
+    recipes = {json.dumps(r["train"], sort_keys=True) for r in runs}
     order = {k: i for i, k in enumerate(dict.fromkeys((r["model"], r["mode"]) for r in runs))}
     return {**curve, "test_sizes": sorted({s for r in runs for s in r["test_sizes"]}),
             "n_per_size": ns.pop() if len(ns) == 1 else None,
@@ -281,14 +298,14 @@ def plot_curve(curve: dict, path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     lo, hi = curve["train_sizes"]
     ax.axvspan(lo, hi, color="0.9", label=f"training sizes {lo}..{hi}")
-    n_shared = curve.get("n_per_size")
-    steps = {r["train"]["steps"] for r in curve["runs"] if "train" in r}
+    n_shared = curve["n_per_size"]
+    steps = {r["train"]["steps"] for r in curve["runs"]}
     for label in dict.fromkeys(f"{r['model']} ({r['mode']})" for r in curve["runs"]):
         runs = [r for r in curve["runs"] if f"{r['model']} ({r['mode']})" == label]
         sizes = sorted({s for r in runs for s, a in r["accuracy"].items() if a is not None}, key=int)
         full = [s for s in sizes if all(r["accuracy"].get(s) is not None for r in runs)]
         per_size = [[r["accuracy"][s] for r in runs] for s in full]
-        ns = sorted({r.get("n", n_shared) for r in runs})
+        ns = sorted({r["n"] for r in runs})
         text = label if n_shared is not None else f"{label}, n={'/'.join(map(str, ns))}"
         if len(steps) > 1:  # the lines trained for different numbers of steps: say how many
             text += f", {'/'.join(sorted({str(r['train']['steps']) for r in runs}))} steps"
@@ -303,7 +320,7 @@ def plot_curve(curve: dict, path) -> None:
             ax.plot(*zip(*partial), linestyle="none", marker="o", markerfacecolor="none", color=line.get_color())
     ax.set_xscale("log")
     ax.set_ylim(-0.03, 1.03)
-    ax.set_xlabel(f"problem size ({curve['task']}, {curve.get('size_label', 'digits per operand')})")
+    ax.set_xlabel(f"problem size ({curve['task']}, {curve['size_label']})")
     n_text = f"n={n_shared} per size" if n_shared is not None else "n per size in the legend"
     ax.set_ylabel(f"exact-answer accuracy ({n_text})")
     ax.set_title(f"{curve['task']}: length generalization, {curve['scale']} scale, seeds {curve['seeds']}")

@@ -28,9 +28,10 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import distributed
+from .config import make_task
 from .evaluate import evaluate
 from . import vocab as V
-from .models import build_model
+from .models import build_model, preset
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.csv"
@@ -114,6 +115,27 @@ def param_groups(model, weight_decay: float):
         (no_decay if p.dim() < 2 or getattr(p, "_no_weight_decay", False) or p is model.embedding.weight
          else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def model_config(name: str, scale: str, overrides: dict | None = None) -> dict:
+    """The model of a run: size preset `scale` of model `name` with `overrides`, on the vocabulary."""
+    return {"vocab_size": V.VOCAB_SIZE, **preset(name, scale), **(overrides or {})}
+
+
+def train_config(config: dict, train: dict) -> TrainConfig:
+    """The recipe of a run: `train` over the TrainConfig defaults, training sizes up to the
+    experiment config's [sizes] train maximum unless `train` says otherwise."""
+    return TrainConfig(**{"train_max_size": config["sizes"]["train"][1], **train})
+
+
+def make_trainer(config: dict, model: str, scale: str, train: dict, out_dir, *, model_overrides: dict | None = None,
+                 device: str = "cpu", progress: bool = True) -> "Trainer":
+    """The Trainer of one run of an experiment config (`ssm-tools train` and `reproduce` both):
+    `model` at size preset `scale`, the recipe `train_config(config, train)`, the checkpoint and log
+    in `out_dir`. The checkpoint records the config's [task], [sizes] and [eval] for `evaluate`."""
+    return Trainer(make_task(config), model, model_config(model, scale, model_overrides), train_config(config, train),
+                   out_dir, device=device, progress=progress,
+                   run_info={k: config.get(k, {}) for k in ("task", "sizes", "eval")})
 
 
 class Trainer:
@@ -215,14 +237,11 @@ class Trainer:
         self.step += 1
         return distributed.all_sum([loss.item()], self.device)[0], ntok
 
-    def run(self, stop_at: int | None = None, max_seconds: float | None = None) -> dict:
-        """Train until cfg.steps; returns the last log row. `stop_at` stops early like a kill would
-        (no checkpoint beyond the last periodic one), for the resume tests. `max_seconds` is a time
-        budget: once a step ends past it, a checkpoint is written and training stops ("stopped": True
-        in the row), to be resumed (`load`) by a later process, e.g. the next call on a GPU machine
-        whose calls are time-limited."""
+    def run(self, max_seconds: float | None = None) -> dict:
+        """Train until cfg.steps; returns the last log row. `max_seconds` is a time budget: once a
+        step ends past it, a checkpoint is written and training stops ("stopped": True in the row),
+        to be resumed (`load`) by a later process, e.g. the next of several time-limited jobs."""
         started = time.perf_counter()
-        stop = self.cfg.steps if stop_at is None else min(stop_at, self.cfg.steps)
         main = self.rank == 0  # writes the log and shows progress; the other ranks only train
         log_path = self.out / LOG
         new_log = not log_path.exists() or self.step == 0
@@ -240,7 +259,7 @@ class Trainer:
             writer = csv.writer(f)
             if new_log:
                 writer.writerow(["step", "loss", "lr", "tokens_per_s", "eval"])
-            while self.step < stop:
+            while self.step < self.cfg.steps:
                 t0 = time.perf_counter()
                 loss, ntok = self.train_step()
                 tps = ntok / (time.perf_counter() - t0)
@@ -259,7 +278,7 @@ class Trainer:
                 if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps or out_of_time:
                     f.flush()
                     self.save()
-                if out_of_time and self.step < stop:
+                if out_of_time and self.step < self.cfg.steps:
                     return {**row, "stopped": True}
         return row
 

@@ -10,6 +10,7 @@ Transformer with sliding-window attention and a rolling cache).
 """
 from __future__ import annotations
 
+import inspect
 from functools import partial
 
 from .base import LanguageModel
@@ -33,7 +34,7 @@ PRESETS = {
         "pythia": dict(d_model=64, n_layers=2, n_heads=4),
         "mistral": dict(d_model=64, n_layers=2, n_heads=4, window=32),
     },
-    # The paper's sizes (paper-notes.md, "Models and training").
+    # The paper's sizes (its appendix on models and training).
     "paper": {
         "mamba": dict(d_model=768, n_layers=24, d_state=16),
         "lstm": dict(d_model=1536, n_layers=4),
@@ -55,10 +56,13 @@ def preset(name: str, scale: str) -> dict:
 def build_model(name: str, **cfg) -> LanguageModel:
     if name not in MODELS:
         raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
-    try:
-        return MODELS[name](**cfg)
-    except TypeError as e:  # an option this model does not have, or a missing vocab_size
-        raise TypeError(f"build_model({name!r}): {e}") from None
+    options = inspect.signature(MODELS[name]).parameters
+    unknown = sorted(set(cfg) - set(options))
+    missing = [k for k, p in options.items() if p.default is inspect.Parameter.empty and k not in cfg]
+    if unknown or missing:
+        raise ValueError(f"model {name}: " + (f"no option {unknown}; its options are {sorted(options)}" if unknown
+                                               else f"missing {missing}"))
+    return MODELS[name](**cfg)
 
 
 __all__ = ["MODELS", "PRESETS", "LanguageModel", "build_model", "preset"]

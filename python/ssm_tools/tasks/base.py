@@ -236,14 +236,6 @@ class Task(ABC):
         outputs, finished = output_stream(tokens, mask)
         return finished and outputs == self.answer(inst)
 
-    def token_accuracy(self, inst, tokens: Sequence[int], mask: Sequence[bool] | None = None) -> float:
-        """Fraction of answer positions the output stream gets right (a missing or extra output
-        token counts as wrong)."""
-        outputs, _ = output_stream(tokens, mask)
-        answer = self.answer(inst)
-        hits = sum(o == a for o, a in zip(outputs, answer))
-        return hits / max(len(answer), len(outputs), 1)
-
     def budget(self, worst_case_inst) -> int:
         """Step budget from the longest instance of a size: its whole trajectory plus 10% (cached:
         a long trajectory takes seconds to build)."""
