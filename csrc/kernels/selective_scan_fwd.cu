@@ -9,6 +9,9 @@
 // done in further passes over the same tile; states live in shared memory between passes and tiles.
 // Measured on the H100 (results/selective_scan_cuda_notes.md) it is bound by shared-memory
 // wavefronts, mostly the B/C tile reads, ahead of its exponentials (one per position and state).
+//
+// Packed rows (kVarlen, p.seq_idx): each tile's sequence starts are one bit per position, shared by
+// the block (one batch entry); a thread zeroes its states before a position that starts a sequence.
 #include "kernels/scan_common.cuh"
 
 namespace ssm_tools_cuda {
@@ -27,6 +30,7 @@ constexpr int kRowItems = kRows * kTile / kThreads;    // positions of one dim e
 constexpr int kStateItems = kPass * kTile / kThreads;  // positions of one state each thread loads
 static_assert(kScanChunk % kTile == 0, "saved chunks start at tile starts");
 static_assert(kSplit == 4 && kStates == 4, "the time loop reads float4s of states and shuffles over 4 lanes");
+static_assert(kTile == 64 && kThreads == 64, "one ballot bit per position of a tile: two warps of sequence starts");
 
 // Shared-memory layout, in floats: per-dim tiles of delta, delta*u and y; the B and C tiles of one
 // pass ([position][state], so a thread reads its kStates states as one float4); the states.
@@ -35,8 +39,16 @@ constexpr int kBOff = 3 * kRows * kStride, kCOff = kBOff + kTile * kPass, kXOff 
 static_assert(kStride % 4 == 0 && kBOff % 4 == 0 && kCOff % 4 == 0, "tiles are read as float4");
 size_t smem_bytes(int dstate) { return (kXOff + static_cast<size_t>(kRows) * dstate) * sizeof(float); }
 
-template <typename T>
+// Whether position t of batch entry b starts a sequence of a packed row (never t = 0: the state
+// starts from zero there anyway).
+__device__ __forceinline__ bool starts_sequence(const SelectiveScanParams& p, int b, int t) {
+  const int32_t* seq = p.seq_idx + static_cast<size_t>(b) * p.seqlen;
+  return t > 0 && t < p.seqlen && seq[t] != seq[t - 1];
+}
+
+template <typename T, bool kVarlen>
 __global__ __launch_bounds__(kThreads, 8) void selective_scan_fwd_kernel(SelectiveScanParams p, int blocks_per_group) {
+  __shared__ uint32_t s_starts[kTile / 32];  // sequence starts of the tile, one bit per position
   extern __shared__ float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
   float *s_dt = smem + kDtOff, *s_du = smem + kDuOff, *s_y = smem + kYOff, *s_B = smem + kBOff,
@@ -92,6 +104,10 @@ __global__ __launch_bounds__(kThreads, 8) void selective_scan_fwd_kernel(Selecti
         s_y[lr * kStride + lt + i] = D * uv;
       }
     }
+    if constexpr (kVarlen) {
+      const unsigned starts = __ballot_sync(kFullMask, starts_sequence(p, b, t0 + tid));
+      if (tid % 32 == 0) s_starts[tid / 32] = starts;
+    }
     for (int pass = 0; pass < n_passes; ++pass) {
       const int n0 = pass * kPass;
       __syncthreads();  // tiles written; the previous pass is done with s_B, s_C
@@ -122,6 +138,7 @@ __global__ __launch_bounds__(kThreads, 8) void selective_scan_fwd_kernel(Selecti
       }
       const float4* sB4 = reinterpret_cast<const float4*>(s_B);
       const float4* sC4 = reinterpret_cast<const float4*>(s_C);
+      const uint64_t starts = kVarlen ? s_starts[0] | static_cast<uint64_t>(s_starts[1]) << 32 : 0;
       for (int t0 = 0; t0 < kTile; t0 += kSplit) {
         // kSplit positions, each thread with its partial y (its states) of every one of them.
         float y[kSplit];
@@ -148,6 +165,10 @@ __global__ __launch_bounds__(kThreads, 8) void selective_scan_fwd_kernel(Selecti
             for (int j = 0; j < kStates; ++j) Cv[j] = Cc[j];
           }
           y[q] = 0.f;
+          if (kVarlen && (starts >> t & 1)) {
+#pragma unroll
+            for (int j = 0; j < kStates; ++j) x[j] = 0.f;
+          }
 #pragma unroll
           for (int j = 0; j < kStates; ++j) {
             x[j] = fmaf(exp2f(dt * A2[j]), x[j], du * Bv[j]);
@@ -195,7 +216,7 @@ int selective_scan_fwd_launch(const SelectiveScanParams& p, ScanInputType type, 
   const int blocks_per_group = (p.dim / p.n_groups + kRows - 1) / kRows;
   const size_t smem = smem_bytes(p.dstate);
   return dispatch_input_type(type, [&](auto tag) {
-    auto kernel = selective_scan_fwd_kernel<decltype(tag)>;
+    auto kernel = p.seq_idx ? selective_scan_fwd_kernel<decltype(tag), true> : selective_scan_fwd_kernel<decltype(tag), false>;
     if (smem > 48 * 1024) {
       const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                    static_cast<int>(smem));

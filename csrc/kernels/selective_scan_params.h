@@ -33,6 +33,9 @@ struct SelectiveScanParams {
   const float* A = nullptr;
   const float* D = nullptr;
   const float* delta_bias = nullptr;
+  // Packed rows: (batch, seqlen) sequence index, or null for one sequence per row. The state restarts
+  // from zero where it changes (registration.cpp).
+  const int32_t* seq_idx = nullptr;
 
   // Forward outputs: out (batch, dim, seqlen) in the input type; last_state (batch, dim, dstate);
   // saved (batch, dim, n_chunks, dstate), the state entering each chunk.
