@@ -2,14 +2,17 @@
 // plus what only the CUDA kernels cannot take), makes them contiguous, fills the plain params structs
 // of csrc/kernels/selective_scan_params.h and launches on the current stream.
 //
-// Test hook: with SSM_TOOLS_CUDA_POISON=1 every output the kernels must write in full is allocated
+// Test hooks: with SSM_TOOLS_CUDA_POISON=1 every output the kernels must write in full is allocated
 // NaN-filled instead of uninitialised, so tests catch elements a kernel never writes.
+// SSM_TOOLS_SCAN_SEGMENT=L (a multiple of kScanChunk) makes the forward split rows into segments of
+// L positions whatever the shape, so small tests cover the split that large shapes take.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <limits>
 #include <optional>
@@ -34,6 +37,14 @@ bool poison_outputs() {
 at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
   return poison_outputs() ? at::full(sizes, std::numeric_limits<double>::quiet_NaN(), options)
                           : at::empty(sizes, options);
+}
+
+// Positions per forward segment: the test hook's, else the launcher's choice for the shape.
+int segment_len(const SelectiveScanParams& p) {
+  const char* v = std::getenv("SSM_TOOLS_SCAN_SEGMENT");
+  const long forced = v ? std::strtol(v, nullptr, 10) : 0;
+  if (forced > 0 && forced % kScanChunk == 0) return static_cast<int>(std::min<long>(forced, p.seqlen));
+  return selective_scan_fwd_segment_len(p.batch, p.dim, p.n_groups, p.seqlen);
 }
 
 ScanInputType input_type(const at::Tensor& t, const char* op, const char* name) {
@@ -104,6 +115,7 @@ ScanInputs prepare_scan(const at::Tensor& u, const at::Tensor& delta, const at::
   p.dstate = static_cast<int>(n.dstate);
   p.n_chunks = static_cast<int>(n.n_chunks);
   p.delta_softplus = delta_softplus;
+  p.segment_len = p.seqlen;
   p.variable_B = n.variable_B;
   p.variable_C = n.variable_C;
   p.n_groups = static_cast<int>(n.groups);
@@ -140,6 +152,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> selective_scan_fwd_cuda(
   p.out = out.data_ptr();
   p.last_state = last_state.data_ptr<float>();
   p.saved = saved.data_ptr<float>();
+  p.segment_len = segment_len(p);
+  p.n_segments = (p.seqlen + p.segment_len - 1) / p.segment_len;
+  at::Tensor segment_end, segment_decay;  // scratch of the split forward, alive until the launch is queued
+  if (p.n_segments > 1) {
+    segment_end = at::empty({p.batch, p.dim, p.n_segments, p.dstate}, f32);
+    segment_decay = at::empty_like(segment_end);
+    p.segment_end = segment_end.data_ptr<float>();
+    p.segment_decay = segment_decay.data_ptr<float>();
+  }
   check_launch(selective_scan_fwd_launch(p, s.type, current_stream()), op);
   return {out, last_state, saved};
 }
