@@ -12,7 +12,11 @@ Measures, with CUDA events (warm-up, median of repeats):
   - the same forward and forward+backward with mamba_ssm's CUDA kernel (benchmarks/mamba_ssm_baseline.py:
     an installed mamba_ssm, or its sources from PyPI built here; set MAMBA_SSM_SRC), with the relative
     difference of the two outputs as a check that both compute the same scan;
+  - few long rows: batch 1, dim 5120, seqlen 16384, bf16 (too few (batch, dim) rows to fill the GPU, so
+    the forward splits each row into segments; also timed unsplit, SSM_TOOLS_SCAN_SEGMENT=seqlen);
   - one layer of the paper-scale training step (batch 128, dim 1536, seqlen 215, bf16);
+  - packed rows: 128 sequences of random lengths 20..215 (dim 1536, bf16) padded to 215 vs packed
+    whole into rows of 2048 positions with seq_idx; forward+backward time and real tokens per second;
   - decode step latency (selective_state_update) at batch 1/64/1024/8192, dim 2048, dstate 16: one
     eager call from Python (host overhead included) and the kernel alone (replayed CUDA graph),
     with its bandwidth (state read and written once).
@@ -20,6 +24,7 @@ Writes JSON (with the exact command) to --out.
 """
 import argparse
 import json
+import os
 import shlex
 import statistics
 import sys
@@ -73,13 +78,14 @@ def scan_inputs(batch, seqlen, dtype, dim=DIM):
 
 
 def fwd(i):
-    return OPS.selective_scan_fwd(i["u"], i["delta"], i["A"], i["B"], i["C"], i["D"], i["z"], i["delta_bias"], True)
+    return OPS.selective_scan_fwd(i["u"], i["delta"], i["A"], i["B"], i["C"], i["D"], i["z"], i["delta_bias"], True,
+                                  i.get("seq_idx"))
 
 
 def fwd_bwd(i, dout):
     out, last, saved = fwd(i)
     return OPS.selective_scan_bwd(dout, None, i["u"], i["delta"], i["A"], i["B"], i["C"], i["D"], i["z"],
-                                  i["delta_bias"], True, saved)
+                                  i["delta_bias"], True, saved, i.get("seq_idx"))
 
 
 def ref_fwd(i):
@@ -156,6 +162,51 @@ def bench_train_shape(reps, mamba, batch=128, dim=1536, seqlen=215):
     return row
 
 
+def bench_long_rows(reps, mamba, batch=1, dim=5120, seqlen=16384):
+    """Few long rows (bf16): the forward as the launcher splits it and unsplit, both against mamba_ssm."""
+    i = scan_inputs(batch, seqlen, torch.bfloat16, dim)
+    dout = torch.randn_like(i["u"])
+    out = fwd(i)[0]
+    row = dict(dtype="bfloat16", batch=batch, dim=dim, dstate=DSTATE, seqlen=seqlen,
+               fwd_ms=time_ms(lambda: fwd(i), 2, reps), fwd_bwd_ms=time_ms(lambda: fwd_bwd(i, dout), 1, max(3, reps // 4)))
+    os.environ["SSM_TOOLS_SCAN_SEGMENT"] = str(seqlen - seqlen % 256 + 256)  # one segment: the unsplit forward
+    try:
+        unsplit = fwd(i)[0]
+        row["unsplit_rel_diff"] = ((out.float() - unsplit.float()).norm() / unsplit.float().norm()).item()
+        row["unsplit_fwd_ms"] = time_ms(lambda: fwd(i), 2, reps)
+    finally:
+        del os.environ["SSM_TOOLS_SCAN_SEGMENT"]
+    row["speedup_fwd_split_vs_unsplit"] = row["unsplit_fwd_ms"] / row["fwd_ms"]
+    compare_mamba_ssm(row, mamba, i, dout, out, reps)
+    return row
+
+
+def bench_packed(reps, n_seqs=128, dim=1536, max_len=215, row_len=2048):
+    """Mixed-length training batch: padded to the longest vs packed whole into rows with seq_idx."""
+    lengths = torch.randint(20, max_len + 1, (n_seqs,)).tolist()
+    rows, fill = [[]], 0  # first fit in order: a sequence that does not fit starts a new row
+    for n in lengths:
+        if fill + n > row_len:
+            rows.append([])
+            fill = 0
+        rows[-1].append(n)
+        fill += n
+    padded = scan_inputs(n_seqs, max_len, torch.bfloat16, dim)
+    packed = scan_inputs(len(rows), row_len, torch.bfloat16, dim)
+    seq_idx = torch.full((len(rows), row_len), -1, dtype=torch.int32)  # the unused tail: its own sequence
+    for r, row in enumerate(rows):
+        seq_idx[r, :sum(row)] = torch.repeat_interleave(torch.arange(len(row), dtype=torch.int32), torch.tensor(row))
+    packed["seq_idx"] = seq_idx.cuda()
+    result = dict(dtype="bfloat16", dim=dim, dstate=DSTATE, sequences=n_seqs, tokens=sum(lengths),
+                  padded_shape=[n_seqs, max_len], packed_shape=[len(rows), row_len])
+    for name, i in (("padded", padded), ("packed", packed)):
+        dout = torch.randn_like(i["u"])
+        result[f"{name}_fwd_bwd_ms"] = time_ms(lambda: fwd_bwd(i, dout), 2, reps)
+        result[f"{name}_tokens_per_s"] = sum(lengths) / (result[f"{name}_fwd_bwd_ms"] * 1e-3)
+    result["speedup_packed_vs_padded"] = result["padded_fwd_bwd_ms"] / result["packed_fwd_bwd_ms"]
+    return result
+
+
 def bench_decode(batch, copy_rate, reps):
     dev = "cuda"
     dtype = torch.bfloat16
@@ -204,8 +255,12 @@ def main():
             row = bench_scan(dtype, seqlen, copy_rate, args.reps, args.ref_reps, seqlen == min(args.seqlens), mamba)
             print(json.dumps(row), flush=True)
             scans.append(row)
+    long_rows = bench_long_rows(args.reps, mamba)
+    print(json.dumps(long_rows), flush=True)
     train_shape = bench_train_shape(args.reps, mamba)
     print(json.dumps(train_shape), flush=True)
+    packed = bench_packed(args.reps)
+    print(json.dumps(packed), flush=True)
     decodes = []
     for batch in (1, 64, 1024, 8192):
         row = bench_decode(batch, copy_rate, args.reps * 10)
@@ -220,7 +275,7 @@ def main():
                "materialises several (8, 2048, seqlen, 16) float32 tensors and is too slow to repeat; its ratio "
                "compares both at batch 1. mamba_ssm_*: mamba_ssm's selective_scan_cuda (version in "
                "mamba_ssm) built from its PyPI sources for the same GPU, timed on the same inputs."),
-        scan=scans, train_shape=train_shape, decode=decodes)
+        scan=scans, long_rows=long_rows, train_shape=train_shape, packed=packed, decode=decodes)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"\n{'dtype':9} {'seqlen':>6} {'fwd ms':>8} {'fwd+bwd ms':>10} {'GB/s':>7} {'of copy':>7} {'x ref':>7} "
@@ -230,6 +285,12 @@ def main():
               f"{r['fwd_bandwidth_GBps']:7.0f} {r['fwd_fraction_of_copy_rate']:7.1%} "
               f"{r['speedup_fwd_vs_reference']:7.1f} {r.get('speedup_fwd_vs_mamba_ssm', float('nan')):15.2f} "
               f"{r.get('speedup_fwd_bwd_vs_mamba_ssm', float('nan')):8.2f}")
+    r = long_rows
+    print(f"\nlong rows ({r['batch']}, {r['dim']}, {r['seqlen']}) bf16: fwd {r['fwd_ms']:.3f} ms (unsplit "
+          f"{r['unsplit_fwd_ms']:.3f}), fwd+bwd {r['fwd_bwd_ms']:.3f} ms; x mamba_ssm fwd "
+          f"{r.get('speedup_fwd_vs_mamba_ssm', float('nan')):.2f}, fwd+bwd {r.get('speedup_fwd_bwd_vs_mamba_ssm', float('nan')):.2f}")
+    print(f"packed rows: {packed['packed_fwd_bwd_ms']:.3f} ms vs padded {packed['padded_fwd_bwd_ms']:.3f} ms "
+          f"({packed['speedup_packed_vs_padded']:.2f}x)")
     t = train_shape
     print(f"\ntraining shape ({t['batch']}, {t['dim']}, {t['seqlen']}) bf16: fwd {t['fwd_ms']:.3f} ms, "
           f"fwd+bwd {t['fwd_bwd_ms']:.3f} ms, {t['speedup_fwd_bwd_vs_reference']:.0f}x the reference at batch 8")

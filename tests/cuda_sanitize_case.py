@@ -1,8 +1,11 @@
 """One small case of each CUDA kernel (forward, backward, decode step), for compute-sanitizer's
 memcheck and racecheck (benchmarks/run_gpu.sh). Several chunks with a partial last one and 10 dims
 per group (a full backward block of 8 dims and a partial one pooling dB/dC), every option on: input-dependent B with
-constant C in float32, then constant B with input-dependent C in bf16; then decode with groups. Exits
+constant C in float32, then constant B with input-dependent C in bf16 on packed rows (seq_idx) with
+the forward split into segments of one chunk (SSM_TOOLS_SCAN_SEGMENT); then decode with groups. Exits
 non-zero if an output is not finite."""
+import os
+
 import torch
 
 import ssm_tools._C  # noqa: F401  (registers the ops)
@@ -22,8 +25,15 @@ def main():
         C = torch.randn(dim, dstate, device=dev) if variable_B else \
             torch.randn(batch, groups, dstate, seqlen, device=dev).to(dtype)
         D, bias = torch.randn(dim, device=dev), torch.randn(dim, device=dev)
-        out, last, saved = OPS.selective_scan_fwd(u, delta, A, B, C, D, z, bias, True)
-        grads = OPS.selective_scan_bwd(dout, torch.randn_like(last), u, delta, A, B, C, D, z, bias, True, saved)
+        seq_idx = None
+        if not variable_B:
+            os.environ["SSM_TOOLS_SCAN_SEGMENT"] = "256"
+            seq_idx = torch.zeros(batch, seqlen, dtype=torch.int32, device=dev)
+            for t in (1, 64, 255, 256, 700, seqlen - 1):
+                seq_idx[:, t:] += 1
+        out, last, saved = OPS.selective_scan_fwd(u, delta, A, B, C, D, z, bias, True, seq_idx)
+        grads = OPS.selective_scan_bwd(dout, torch.randn_like(last), u, delta, A, B, C, D, z, bias, True, saved,
+                                       seq_idx)
         state = torch.randn(batch, dim, dstate, device=dev)
         B_step, C_step = (torch.randn(batch, groups, dstate, device=dev) for _ in range(2))
         y = OPS.selective_state_update(state, u[..., 0], delta[..., 0], A, B_step, C_step, D, z[..., 0], bias, True)

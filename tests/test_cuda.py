@@ -65,7 +65,9 @@ def make_inputs(batch, dim, seqlen, dstate, dtype, *, variable_B=True, variable_
 
 
 def upcast(inputs, requires_grad=True):
-    return {k: (v.detach().double().requires_grad_(requires_grad) if torch.is_tensor(v) else v)
+    """float64 copies of the floating inputs (seq_idx as it is)."""
+    return {k: (v.detach().double().requires_grad_(requires_grad) if torch.is_tensor(v) and v.is_floating_point()
+                else v)
             for k, v in inputs.items()}
 
 
@@ -74,14 +76,48 @@ def reference(inputs):
     ref_in = upcast(inputs)
     out, last = selective_scan_ref(ref_in["u"], ref_in["delta"], ref_in["A"], ref_in["B"], ref_in["C"],
                                    D=ref_in["D"], z=ref_in["z"], delta_bias=ref_in["delta_bias"],
-                                   delta_softplus=ref_in["delta_softplus"], return_last_state=True)
+                                   delta_softplus=ref_in["delta_softplus"], return_last_state=True,
+                                   seq_idx=ref_in.get("seq_idx"))
     return ref_in, out, last
 
 
 def fwd(inputs):
     i = inputs
     return OPS.selective_scan_fwd(i["u"], i["delta"], i["A"], i["B"], i["C"], i["D"], i["z"], i["delta_bias"],
-                                  i["delta_softplus"])
+                                  i["delta_softplus"], i.get("seq_idx"))
+
+
+def bwd(inputs, dout, dlast, saved):
+    i = inputs
+    return OPS.selective_scan_bwd(dout, dlast, i["u"], i["delta"], i["A"], i["B"], i["C"], i["D"], i["z"],
+                                  i["delta_bias"], i["delta_softplus"], saved, i.get("seq_idx"))
+
+
+def check_against_reference(inputs, tol):
+    """Out, last state, saved's shape and every gradient (of a random linear loss on out and the last
+    state) against the float64 reference."""
+    batch, dim, seqlen = inputs["u"].shape
+    dstate = inputs["A"].shape[1]
+    ref_in, ref_out, ref_last = reference(inputs)
+    out, last, saved = fwd(inputs)
+    assert out.dtype == inputs["u"].dtype and last.dtype == torch.float32
+    assert saved.shape == (batch, dim, (seqlen + SCAN_CHUNK - 1) // SCAN_CHUNK, dstate)
+    assert rel_err(out, ref_out) < tol
+    assert rel_err(last, ref_last) < tol
+
+    dout = torch.randn_like(out)
+    dlast = torch.randn_like(last)
+    ref_grads = torch.autograd.grad(
+        (ref_out * dout.double()).sum() + (ref_last * dlast.double()).sum(),
+        [ref_in[k] for k in GRAD_NAMES if ref_in[k] is not None])
+    grads = bwd(inputs, dout, dlast, saved)
+    present = [(name, got) for name, got in zip(GRAD_NAMES, grads) if inputs[name] is not None]
+    for name, got in zip(GRAD_NAMES, grads):
+        if inputs[name] is None:
+            assert got.numel() == 0, f"grad of absent {name} must be empty"
+    for (name, got), want in zip(present, ref_grads):
+        assert got.dtype == inputs[name].dtype, name
+        assert rel_err(got, want) < tol, f"d{name}: {rel_err(got, want):.2e}"
 
 
 # (batch, dim, seqlen, dstate, options): odd shapes, chunk boundaries (SCAN_CHUNK = 256) and every option.
@@ -112,30 +148,57 @@ CASE_IDS = [f"b{b}-d{d}-l{l}-n{n}-" + ("-".join(f"{k}={v}" for k, v in o.items()
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_forward_and_backward_match_float64_reference(case, dtype):
     batch, dim, seqlen, dstate, options = case
-    inputs = make_inputs(batch, dim, seqlen, dstate, dtype, **options)
-    ref_in, ref_out, ref_last = reference(inputs)
-    out, last, saved = fwd(inputs)
-    tol = TOL[dtype]
-    assert out.dtype == dtype and last.dtype == torch.float32
-    assert saved.shape == (batch, dim, (seqlen + SCAN_CHUNK - 1) // SCAN_CHUNK, dstate)
-    assert rel_err(out, ref_out) < tol
-    assert rel_err(last, ref_last) < tol
+    check_against_reference(make_inputs(batch, dim, seqlen, dstate, dtype, **options), TOL[dtype])
 
-    dout = torch.randn_like(out)
-    dlast = torch.randn_like(last)
-    ref_grads = torch.autograd.grad(
-        (ref_out * dout.double()).sum() + (ref_last * dlast.double()).sum(),
-        [ref_in[k] for k in GRAD_NAMES if ref_in[k] is not None])
-    i = inputs
-    grads = OPS.selective_scan_bwd(dout, dlast, i["u"], i["delta"], i["A"], i["B"], i["C"], i["D"], i["z"],
-                                   i["delta_bias"], i["delta_softplus"], saved)
-    present = [(name, got) for name, got in zip(GRAD_NAMES, grads) if inputs[name] is not None]
-    for name, got in zip(GRAD_NAMES, grads):
-        if inputs[name] is None:
-            assert got.numel() == 0, f"grad of absent {name} must be empty"
-    for (name, got), want in zip(present, ref_grads):
-        assert got.dtype == inputs[name].dtype, name
-        assert rel_err(got, want) < tol, f"d{name}: {rel_err(got, want):.2e}"
+
+def packed_seq_idx(batch, seqlen, starts):
+    """(batch, seqlen) int32 on the GPU: row 0 starts sequences at `starts`, the other rows at random
+    positions (a new label at each start; labels may repeat once another came between)."""
+    seq_idx = torch.zeros(batch, seqlen, dtype=torch.int32)
+    for b in range(batch):
+        row = starts if b == 0 else torch.randint(1, seqlen, (max(1, seqlen // 97),)).tolist()
+        for t in sorted(set(row)):
+            seq_idx[b, t:] = (seq_idx[b, t - 1] + 1) % 3
+    return seq_idx.cuda()
+
+
+# (batch, dim, seqlen, dstate, row 0's sequence starts, options): starts at, next to and inside the
+# forward's 64-position tiles and the 256-position chunks, one-position sequences, the last position.
+PACKED_CASES = [
+    (3, 16, 2 * SCAN_CHUNK + 37, 16, [1, 63, 64, 65, 255, 256, 257, 300, 2 * SCAN_CHUNK + 36], dict(groups=2)),
+    (2, 8, 700, 40, [5, 128, 512], dict(variable_B=False)),
+    (2, 24, 129, 8, [64, 100], dict(z=False, softplus=False, groups=3)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", PACKED_CASES, ids=[f"b{c[0]}-d{c[1]}-l{c[2]}-n{c[3]}" for c in PACKED_CASES])
+def test_packed_rows_match_reference_sequence_by_sequence(case, dtype):
+    """seq_idx: every sequence of a packed row against the float64 reference run on it alone."""
+    batch, dim, seqlen, dstate, starts, options = case
+    inputs = make_inputs(batch, dim, seqlen, dstate, dtype, **options)
+    inputs["seq_idx"] = packed_seq_idx(batch, seqlen, starts)
+    check_against_reference(inputs, TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("packed", [False, True], ids=["rows", "packed"])
+@pytest.mark.parametrize("segment,case", [
+    (SCAN_CHUNK, (1, 130, 2049, 16, dict(variable_B=False, groups=5))),
+    (SCAN_CHUNK, (2, 16, 2 * SCAN_CHUNK + 37, 16, dict(groups=2))),
+    (SCAN_CHUNK, (2, 8, 700, 40, dict(variable_B=False))),
+    (2 * SCAN_CHUNK, (1, 6, 8193, 8, dict(groups=3))),
+    (SCAN_CHUNK, (3, 8, 257, 16, dict(z=False))),
+], ids=["l2049", "l549", "l700-n40", "l8193-seg512", "l257"])
+def test_forward_split_into_segments_matches_reference(segment, case, packed, dtype, monkeypatch):
+    """The forward with every row split into segments (forced here; the launcher splits when
+    batch * dim is too small to fill the GPU): out, last state, saved and the gradients from it."""
+    monkeypatch.setenv("SSM_TOOLS_SCAN_SEGMENT", str(segment))
+    batch, dim, seqlen, dstate, options = case
+    inputs = make_inputs(batch, dim, seqlen, dstate, dtype, **options)
+    if packed:
+        inputs["seq_idx"] = packed_seq_idx(batch, seqlen, [1, 63, 64, 255, 256, 300, seqlen - 1])
+    check_against_reference(inputs, TOL[dtype])
 
 
 def test_saved_holds_the_state_entering_each_chunk():
@@ -159,8 +222,7 @@ def test_backward_without_dlast_state_matches_reference():
     dout = torch.randn_like(out)
     ref_grads = torch.autograd.grad((ref_out * dout.double()).sum(), [ref_in[k] for k in GRAD_NAMES])
     i = inputs
-    grads = OPS.selective_scan_bwd(dout, None, i["u"], i["delta"], i["A"], i["B"], i["C"], i["D"], i["z"],
-                                   i["delta_bias"], i["delta_softplus"], saved)
+    grads = bwd(i, dout, None, saved)
     for name, got, want in zip(GRAD_NAMES, grads, ref_grads):
         assert rel_err(got, want) < 1e-5, name
 
@@ -227,22 +289,23 @@ def test_misaligned_and_non_contiguous_inputs_match_aligned():
 
 
 @pytest.mark.parametrize("change,message", [
-    (dict(u=lambda i: i["u"].double()), "u must be float32, bfloat16 or float16"),
+    (dict(u=lambda i: i["u"].double()), "u must be float32, bfloat16 or float16 on CUDA"),
     (dict(A=lambda i: torch.randn(4, 257, device="cuda")), "dstate"),
     (dict(B=lambda i: torch.randn(1, 3, 8, 33, device="cuda")), "groups"),
     (dict(delta=lambda i: i["delta"][..., :-1]), "delta must have shape"),
     (dict(D=lambda i: i["D"].cpu()), "D must be on cuda"),
+    (dict(seq_idx=lambda i: torch.zeros(1, 33, dtype=torch.int32)), "seq_idx must be on cuda"),
 ])
 def test_bad_input_raises_naming_the_argument(change, message):
     i = make_inputs(1, 4, 33, 8, torch.float32)
     for k, f in change.items():
         i[k] = f(i)
-    with pytest.raises(RuntimeError, match=message):
+    with pytest.raises(ValueError, match=message):
         fwd(i)
 
 
 def test_decode_rejects_a_non_float32_state():
     i = decode_inputs(2, 4, 8, torch.float32, 1)
-    state = torch.randn(2, 4, 8, device="cuda", dtype=torch.bfloat16)
-    with pytest.raises(RuntimeError, match="state must be a contiguous float32"):
+    state = torch.randn(2, 4, 8, device="cuda", dtype=torch.float64)
+    with pytest.raises(ValueError, match="state must be a contiguous float32 tensor on CUDA"):
         OPS.selective_state_update(state, i["x"], i["dt"], i["A"], i["B"], i["C"], None, None, None, False)

@@ -50,8 +50,10 @@ def scan_inputs(gen, batch, dim, seqlen, dstate, dtype=torch.float64, *, B="vari
 
 
 def leaves(inputs, dtype=None):
-    """Detached copies (optionally cast) that require grad, so each run gets its own gradients."""
-    return {k: (v.detach().to(dtype or v.dtype).requires_grad_() if torch.is_tensor(v) else v)
+    """Detached copies (optionally cast) of the floating inputs that require grad, so each run gets
+    its own gradients; seq_idx as it is."""
+    return {k: (v.detach().to(dtype or v.dtype).requires_grad_() if torch.is_tensor(v) and v.is_floating_point()
+                else v)
             for k, v in inputs.items()}
 
 
@@ -89,6 +91,7 @@ def compare_with_reference(gen, inputs, tol):
 # ----------------------------------------------------------------------------- gradients
 
 GRADCHECK_CASES = {
+    "packed_rows": dict(groups=2, seq_idx=[[2, 3], [5]]),
     "all_options_1group_3d": dict(B="variable3", C="variable3"),
     "groups2_no_optionals": dict(groups=2, D=False, z=False, delta_bias=False),
     "constant_BC": dict(B="constant", C="constant"),
@@ -101,7 +104,11 @@ GRADCHECK_CASES = {
 @pytest.mark.parametrize("case", GRADCHECK_CASES)
 def test_gradcheck(gen, case):
     """Both outputs, so the Jacobians of out and of the last state are each checked."""
-    inputs = leaves(scan_inputs(gen, 2, 4, 6, 3, **GRADCHECK_CASES[case]))
+    options = dict(GRADCHECK_CASES[case])
+    starts = options.pop("seq_idx", None)
+    inputs = leaves(scan_inputs(gen, 2, 4, 6, 3, **options))
+    if starts:
+        inputs["seq_idx"] = packed_seq_idx(gen, 6, starts)
     names = [k for k in SCAN_ARGS if inputs[k] is not None]
 
     def f(*tensors):
@@ -160,6 +167,63 @@ def test_non_contiguous_inputs(gen):
                                rtol=0, atol=0)
 
 
+# ----------------------------------------------------------------------------- packed rows (seq_idx)
+
+def packed_seq_idx(gen, seqlen, rows):
+    """(len(rows), seqlen) int32 sequence index. Each entry of `rows` is a list of sequence start
+    positions (besides 0), or an int: that many random starts. Labels are random (only changes count,
+    and the same label may come back after another one)."""
+    out = torch.empty(len(rows), seqlen, dtype=torch.int32)
+    for b, row in enumerate(rows):
+        starts = row if isinstance(row, list) else torch.randperm(seqlen - 1, generator=gen)[:row].add(1).tolist()
+        labels = torch.randint(0, 3, (seqlen,), generator=gen)
+        label = 0
+        for t in range(seqlen):
+            if t in starts:
+                label = (label + 1 + int(labels[t])) % 4
+            out[b, t] = label
+    return out
+
+
+# Sequence starts: at, just past and just before chunk boundaries, a one-position sequence, the
+# last position alone, random starts, and a row with one sequence.
+PACKED_ROWS = [[1, SCAN_CHUNK - 1, SCAN_CHUNK, SCAN_CHUNK + 1, 300, 2 * SCAN_CHUNK + 36], 7, []]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dstate", [5, 16], ids=["generic", "vector"])
+@pytest.mark.parametrize("options", [dict(groups=2), dict(B="constant", z=False, softplus=False)], ids=["var", "const"])
+def test_packed_rows_match_reference_sequence_by_sequence(gen, dtype, dstate, options):
+    """Out, last state and every gradient of packed rows against the float64 reference run on each
+    sequence as its own row (ssm_tools.reference slices them)."""
+    seqlen = 2 * SCAN_CHUNK + 37
+    inputs = scan_inputs(gen, 3, 4, seqlen, dstate, dtype, **options)
+    inputs["seq_idx"] = packed_seq_idx(gen, seqlen, PACKED_ROWS)
+    compare_with_reference(gen, inputs, TOL[dtype])
+
+
+def test_packed_rows_equal_separate_rows(gen):
+    """A row packing three sequences gives each sequence's own out and gradients, as separate calls
+    do; the last state is the last sequence's."""
+    lengths = [SCAN_CHUNK + 3, 1, 40]
+    parts = [scan_inputs(gen, 1, 4, n, 16, torch.float64, groups=2) for n in lengths]
+    shared = {k: parts[0][k] for k in ("A", "D", "delta_bias", "delta_softplus")}
+    packed = {k: torch.cat([p[k] for p in parts], dim=-1) for k in ("u", "delta", "B", "C", "z")}
+    seq_idx = torch.repeat_interleave(torch.arange(3, dtype=torch.int32), torch.tensor(lengths))[None]
+    w_out = torch.randn(1, 4, sum(lengths), generator=gen, dtype=torch.float64)
+    w_last = torch.randn(1, 4, 16, generator=gen, dtype=torch.float64)
+    out, last, grads = run(ssm_tools.selective_scan, leaves({**shared, **packed, "seq_idx": seq_idx}), w_out, w_last)
+    t0 = 0
+    for i, (part, n) in enumerate(zip(parts, lengths)):
+        p_out, p_last, p_grads = run(ssm_tools.selective_scan, leaves({**part, **shared}), w_out[..., t0:t0 + n],
+                                     w_last if i == 2 else torch.zeros_like(w_last))
+        assert rel_err(out[..., t0:t0 + n], p_out) < 1e-12
+        for k in ("u", "delta", "B", "C", "z"):
+            assert rel_err(grads[k][..., t0:t0 + n], p_grads[k]) < 1e-12, k
+        t0 += n
+    assert rel_err(last, p_last) < 1e-12
+
+
 # ----------------------------------------------------------------------------- decode step
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
@@ -200,20 +264,22 @@ class TinyMamba(torch.nn.Module):
         self.D = torch.nn.Parameter(torch.randn(dim))
         self.bias = torch.nn.Parameter(torch.randn(dim) * 0.1)
 
-    def forward(self, u, delta, B, C, z):
+    def forward(self, u, delta, B, C, z, seq_idx):
         out, last = ssm_tools.selective_scan(u, delta, -self.A_log.exp(), B, C, self.D, z, self.bias,
-                                             delta_softplus=True, return_last_state=True)
+                                             delta_softplus=True, return_last_state=True, seq_idx=seq_idx)
         return out.sum() + last.square().sum()
 
 
-def test_torch_compile_fullgraph(gen):
+@pytest.mark.parametrize("packed", [False, True], ids=["rows", "packed"])
+def test_torch_compile_fullgraph(gen, packed):
     inputs = scan_inputs(gen, 2, 4, 10, 3, torch.float32, groups=2)
+    seq_idx = packed_seq_idx(gen, 10, [[3, 4], 2]) if packed else None
     model = TinyMamba(4, 3)
     args = [inputs[k] for k in ("u", "delta", "B", "C", "z")]
     eager_args, compiled_args = leaves(dict(enumerate(args))), leaves(dict(enumerate(args)))
-    eager = model(*eager_args.values())
+    eager = model(*eager_args.values(), seq_idx)
     eager_grads = torch.autograd.grad(eager, [*model.parameters(), *eager_args.values()])
-    compiled = torch.compile(model, fullgraph=True)(*compiled_args.values())
+    compiled = torch.compile(model, fullgraph=True)(*compiled_args.values(), seq_idx)
     compiled_grads = torch.autograd.grad(compiled, [*model.parameters(), *compiled_args.values()])
     torch.testing.assert_close(compiled, eager)
     for c, e in zip(compiled_grads, eager_grads):
@@ -229,6 +295,9 @@ def test_opcheck(gen):
     torch.library.opcheck(OPS.selective_scan_bwd, bwd_args)
     no_optionals = [inputs[k] if k not in ("D", "z", "delta_bias") else None for k in SCAN_ARGS] + [False]
     torch.library.opcheck(OPS.selective_scan_fwd, no_optionals)
+    seq_idx = packed_seq_idx(gen, 5, [[2], [1, 4]])
+    torch.library.opcheck(OPS.selective_scan_fwd, args + [seq_idx])
+    torch.library.opcheck(OPS.selective_scan_bwd, bwd_args + [seq_idx])
     state = torch.randn(2, 4, 3, generator=gen)
     step = [state, inputs["u"][..., 0], inputs["delta"][..., 0], inputs["A"], inputs["B"][..., 0],
             inputs["C"][..., 0], inputs["D"], inputs["z"][..., 0], inputs["delta_bias"], True]
@@ -254,25 +323,31 @@ def test_meta_tensors_give_shapes():
 
 # ----------------------------------------------------------------------------- argument errors
 
+# Messages of csrc/ops/checks.h (the ops check their arguments; the Python face adds A's values).
 BAD_SCAN = {
-    "u_2d": (dict(u=torch.randn(4, 6)), ValueError, "u must have shape"),
-    "u_int": (dict(u=torch.ones(2, 4, 6, dtype=torch.int64)), ValueError, "u must be float16"),
+    "u_2d": (dict(u=torch.randn(4, 6)), ValueError, "u must be a non-empty (batch, dim, seqlen), got shape (4, 6)"),
+    "u_int": (dict(u=torch.ones(2, 4, 6, dtype=torch.int64)), ValueError,
+              "u must be float16, bfloat16, float32 or float64, got Long"),
     "u_empty": (dict(u=torch.randn(2, 4, 0), delta=torch.randn(2, 4, 0)), ValueError, "u must be a non-empty"),
-    "delta_shape": (dict(delta=torch.rand(2, 4, 5)), ValueError, "delta must have shape (2, 4, 6)"),
-    "delta_dtype": (dict(delta=torch.rand(2, 4, 6, dtype=torch.float64)), ValueError, "delta must have dtype"),
-    "A_shape": (dict(A=-torch.rand(5, 3)), ValueError, "A must have shape (4, *)"),
+    "delta_shape": (dict(delta=torch.rand(2, 4, 5)), ValueError, "delta must have shape (2, 4, 6), got (2, 4, 5)"),
+    "delta_dtype": (dict(delta=torch.rand(2, 4, 6, dtype=torch.float64)), ValueError,
+                    "delta must have dtype Float like u/x, got Double"),
+    "A_shape": (dict(A=-torch.rand(5, 3)), ValueError, "A must have shape (4, *), got (5, 3)"),
     "A_nonfinite": (dict(A=torch.tensor([[float("nan")] * 3] * 4)), ValueError, "A must be finite"),
-    "B_groups": (dict(B=torch.randn(2, 3, 3, 6)), ValueError, "B has 3 groups"),
-    "B_seqlen": (dict(B=torch.randn(2, 1, 3, 7)), ValueError, "B must have shape (2, *, 3, 6)"),
-    "B_rank": (dict(B=torch.randn(3)), ValueError, "B must be (dim, dstate)"),
-    "B_not_tensor": (dict(B=[[1.0]]), ValueError, "B must be"),
-    "C_groups_mismatch": (dict(C=torch.randn(2, 1, 3, 6)), ValueError, "B and C must have the same number of groups"),
-    "C_constant_shape": (dict(C=torch.randn(4, 2)), ValueError, "C must have shape (4, 3)"),
-    "D_shape": (dict(D=torch.randn(3)), ValueError, "D must have shape (4)"),
-    "z_shape": (dict(z=torch.randn(2, 4, 5)), ValueError, "z must have shape"),
-    "delta_bias_shape": (dict(delta_bias=torch.randn(4, 1)), ValueError, "delta_bias must have shape"),
-    "A_other_device": (dict(A=torch.empty(4, 3, device="meta")), ValueError, "A must be on cpu"),
-    "u_not_tensor": (dict(u=1.0), TypeError, "u must be a torch.Tensor"),
+    "B_groups": (dict(B=torch.randn(2, 3, 3, 6)), ValueError,
+                 "B has 3 groups (batch, groups, dstate, seqlen), which must divide dim=4"),
+    "B_seqlen": (dict(B=torch.randn(2, 1, 3, 7)), ValueError, "B must have shape (2, *, 3, 6), got (2, 1, 3, 7)"),
+    "B_rank": (dict(B=torch.randn(3)), ValueError, "B must be (dim, dstate) or (batch, dstate, seqlen) or "
+               "(batch, groups, dstate, seqlen), got shape (3,)"),
+    "C_groups_mismatch": (dict(C=torch.randn(2, 1, 3, 6)), ValueError,
+                          "B and C must have the same number of groups, got 2 and 1"),
+    "C_constant_shape": (dict(C=torch.randn(4, 2)), ValueError, "C must have shape (4, 3), got (4, 2)"),
+    "D_shape": (dict(D=torch.randn(3)), ValueError, "D must have shape (4,), got (3,)"),
+    "z_shape": (dict(z=torch.randn(2, 4, 5)), ValueError, "z must have shape (2, 4, 6), got (2, 4, 5)"),
+    "delta_bias_shape": (dict(delta_bias=torch.randn(4, 1)), ValueError, "delta_bias must have shape (4,), got (4, 1)"),
+    "seq_idx_dtype": (dict(seq_idx=torch.zeros(2, 6, dtype=torch.int64)), ValueError, "seq_idx must be int32, got Long"),
+    "seq_idx_shape": (dict(seq_idx=torch.zeros(2, 5, dtype=torch.int32)), ValueError,
+                      "seq_idx must have shape (2, 6), got (2, 5)"),
 }
 
 
@@ -284,14 +359,23 @@ def test_scan_rejects_bad_input(gen, case):
         ssm_tools.selective_scan(**inputs)
 
 
+def test_non_tensor_argument_is_named(gen):
+    """The dispatcher's own error names the argument that is not a tensor."""
+    for name in ("u", "B"):
+        inputs = {**scan_inputs(gen, 2, 4, 6, 3, torch.float32), name: [[1.0]]}
+        with pytest.raises(RuntimeError, match=f"Expected a value of type 'Tensor' for argument '{name}'"):
+            ssm_tools.selective_scan(**inputs)
+
+
 BAD_STEP = {
-    "state_dtype": (dict(state=torch.zeros(2, 4, 3, dtype=torch.bfloat16)), "state must be float32 or float64"),
-    "state_shape": (dict(state=torch.zeros(2, 4, 5)), "state must have shape (2, 4, 3)"),
-    "x_rank": (dict(x=torch.randn(2, 4, 1)), "x must have shape (*, *)"),
-    "dt_shape": (dict(dt=torch.randn(2, 5)), "dt must have shape (2, 4)"),
-    "B_groups": (dict(B=torch.randn(2, 3, 3)), "B has 3 groups"),
-    "C_groups_mismatch": (dict(C=torch.randn(2, 3)), "B and C must have the same number of groups"),
-    "dt_bias_shape": (dict(dt_bias=torch.randn(2)), "dt_bias must have shape (4)"),
+    "state_dtype": (dict(state=torch.zeros(2, 4, 3, dtype=torch.bfloat16)),
+                    "state must be float32 or float64 (it accumulates), got BFloat16"),
+    "state_shape": (dict(state=torch.zeros(2, 4, 5)), "state must have shape (2, 4, 3), got (2, 4, 5)"),
+    "x_rank": (dict(x=torch.randn(2, 4, 1)), "x must be a non-empty (batch, dim), got shape (2, 4, 1)"),
+    "dt_shape": (dict(dt=torch.randn(2, 5)), "dt must have shape (2, 4), got (2, 5)"),
+    "B_groups": (dict(B=torch.randn(2, 3, 3)), "B has 3 groups (batch, groups, dstate), which must divide dim=4"),
+    "C_groups_mismatch": (dict(C=torch.randn(2, 3)), "B and C must have the same number of groups, got 2 and 1"),
+    "dt_bias_shape": (dict(dt_bias=torch.randn(2)), "dt_bias must have shape (4,), got (2,)"),
 }
 
 
@@ -311,7 +395,7 @@ def test_raw_ops_check_shapes(gen):
     inputs = scan_inputs(gen, 2, 4, 6, 3, torch.float32)
     args = [inputs[k] for k in SCAN_ARGS] + [True]
     args[3] = torch.randn(2, 1, 3, 5)
-    with pytest.raises(RuntimeError, match="B must have shape"):
+    with pytest.raises(ValueError, match="B must have shape"):
         OPS.selective_scan_fwd(*args)
-    with pytest.raises(RuntimeError, match="saved must have shape"):
+    with pytest.raises(ValueError, match="saved must have shape"):
         OPS.selective_scan_bwd(inputs["u"], None, *[inputs[k] for k in SCAN_ARGS], True, torch.zeros(2, 4, 2, 3))

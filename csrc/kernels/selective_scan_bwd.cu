@@ -16,6 +16,10 @@
 // one barrier per state suffices. The grid runs batch entries fastest, so the blocks resident at once
 // add into many different dB/dC rows rather than colliding on one.
 //
+// Packed rows (kVarlen, p.seq_idx): the decay into a position that starts a sequence is 0, so the
+// recomputed state restarts there, no adjoint flows back into the sequence before, and the decay's
+// gradient terms vanish, as for separate rows.
+//
 // Measured on the H100 (results/selective_scan_cuda_notes.md): earlier designs with a block scan per
 // row over 2,048-position chunks, and dB/dC pooled over thread-block clusters, were slower at every
 // benchmark and training shape.
@@ -38,7 +42,7 @@ constexpr int kMinBlocks = 2;
 // dB and dC.
 size_t smem_bytes(int dstate) { return 4 * kRows * static_cast<size_t>(dstate) * sizeof(float); }
 
-template <typename T>
+template <typename T, bool kVarlen>
 __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kernel(SelectiveScanParams p, int blocks_per_group) {
   __shared__ float4 s_parts4[kRows * kScanChunk];  // dB/dC parts (see smem_bytes)
   float* s_parts = reinterpret_cast<float*>(s_parts4);
@@ -79,6 +83,15 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
     // Kept through the state loop: u, dt, dy = dL/dy before gating, and the accumulators y, du, ddt.
     // (dout, z and the raw delta are read again after it, for dz and ddelta: fewer live registers.)
     float u[kItems], dt[kItems], dy[kItems], y[kItems], du[kItems], ddt[kItems];
+    unsigned starts = 0;  // bit i: position first + i starts a sequence
+    if (kVarlen && active) {
+      const int32_t* seq = p.seq_idx + static_cast<size_t>(b) * p.seqlen;
+#pragma unroll
+      for (int i = 0; i < kItems; ++i) {
+        const int t = first + i;
+        starts |= (t > 0 && t < p.seqlen && seq[t] != seq[t - 1]) ? 1u << i : 0u;
+      }
+    }
     {
       float raw[kItems], dout[kItems], z[kItems];
       load_items<T, kItems>(r.u, first, p.seqlen, r.aligned, u);
@@ -105,7 +118,7 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
         float2 map = make_float2(1.f, 0.f);
 #pragma unroll
         for (int i = 0; i < kItems; ++i) {
-          a[i] = exp2f(dt[i] * An * kLog2e);
+          a[i] = kVarlen && (starts >> i & 1) ? 0.f : exp2f(dt[i] * An * kLog2e);
           x[i] = dt[i] * u[i] * Bv[i];
           map = compose(map, make_float2(a[i], x[i]));
         }
@@ -224,7 +237,7 @@ int launch(const SelectiveScanParams& p, cudaStream_t stream) {
   const int blocks_per_group = (p.dim / p.n_groups + kRows - 1) / kRows;
   // Grid y is limited to 65535 (batch entries run along x, up to 2^31 - 1).
   if (static_cast<long>(p.n_groups) * blocks_per_group > 65535) return static_cast<int>(cudaErrorInvalidConfiguration);
-  auto kernel = selective_scan_bwd_kernel<T>;
+  auto kernel = p.seq_idx ? selective_scan_bwd_kernel<T, true> : selective_scan_bwd_kernel<T, false>;
   const size_t smem = smem_bytes(p.dstate);
   if (smem + 4 * kRows * kScanChunk * sizeof(float) > 48 * 1024) {
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));

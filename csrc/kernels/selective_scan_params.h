@@ -33,6 +33,15 @@ struct SelectiveScanParams {
   const float* A = nullptr;
   const float* D = nullptr;
   const float* delta_bias = nullptr;
+  // Packed rows: (batch, seqlen) sequence index, or null for one sequence per row. The state restarts
+  // from zero where it changes (registration.cpp).
+  const int32_t* seq_idx = nullptr;
+  // Forward only: each row's sequence runs as n_segments segments of segment_len positions (a
+  // multiple of kScanChunk) in separate blocks; segment_end / segment_decay, (batch, dim, n_segments,
+  // dstate) float32 scratch, hold each segment's end state from the zero state and its decay product.
+  int n_segments = 1, segment_len = 0;
+  float* segment_end = nullptr;
+  float* segment_decay = nullptr;
 
   // Forward outputs: out (batch, dim, seqlen) in the input type; last_state (batch, dim, dstate);
   // saved (batch, dim, n_chunks, dstate), the state entering each chunk.
@@ -75,5 +84,7 @@ struct SelectiveStateUpdateParams {
 // Launchers, one per kernel, dispatching on the input type. `stream` is a cudaStream_t. Each
 // returns the cudaError_t of its launch as an int (0 on success), so this header needs no CUDA.
 int selective_scan_fwd_launch(const SelectiveScanParams& p, ScanInputType type, void* stream);
+// Positions per forward segment for this shape on the current device (seqlen: no split).
+int selective_scan_fwd_segment_len(int batch, int dim, int n_groups, int seqlen);
 int selective_scan_bwd_launch(const SelectiveScanParams& p, ScanInputType type, void* stream);
 int selective_state_update_launch(const SelectiveStateUpdateParams& p, ScanInputType type, void* stream);

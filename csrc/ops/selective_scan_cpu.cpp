@@ -1,9 +1,8 @@
 // CPU kernels of selective_scan_fwd / selective_scan_bwd (schemas in registration.cpp): converts
 // the tensors to the state dtype (float64 for float64 u, float32 otherwise, so bf16/fp16 inputs
 // accumulate in float32), lays input-dependent B/C out time-major for the kernels of
-// selective_scan_cpu_kernel.h, and spreads channels over threads with at::parallel_for.
-// python/ssm_tools/ops.py checks arguments with precise messages before calling here; the checks
-// below guard what the kernels index into, for callers of torch.ops.ssm_tools.* directly.
+// selective_scan_cpu_kernel.h, and spreads channels over threads with at::parallel_for. Arguments
+// are checked by ops/checks.h.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -11,15 +10,14 @@
 #include <optional>
 #include <tuple>
 
-#include "ops/message_text.h"
+#include "ops/checks.h"
 #include "ops/selective_scan_cpu_kernel.h"
 
 namespace ssm_tools_cpu {
 namespace {
 
 using at::Tensor;
-using OptTensor = std::optional<Tensor>;
-using ssm_tools::text;
+using ssm_tools::OptTensor;
 
 // Channels of one group handled by one backward work item. Items accumulate input-dependent dB/dC
 // into their own (seqlen, dstate) buffer, reduced afterwards: larger slices save memory, smaller
@@ -28,10 +26,6 @@ using ssm_tools::text;
 constexpr int64_t kChannelsPerSlice = 64;
 
 at::ScalarType state_dtype(const Tensor& u) { return u.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
-
-void check_shape(const Tensor& t, at::IntArrayRef expected, const char* name) {
-  TORCH_CHECK(t.sizes() == expected, "selective_scan: ", name, " must have shape ", text(expected), ", got ", text(t.sizes()));
-}
 
 // B or C in the kernels' layout: a constant (dim, dstate) stays as is; an input-dependent
 // (batch, groups, dstate, seqlen) or (batch, dstate, seqlen) becomes time-major (batch, groups,
@@ -42,57 +36,39 @@ struct StateInput {
   int64_t groups = 1;
 };
 
-StateInput prepare_state_input(const Tensor& t, int64_t batch, int64_t dim, int64_t dstate, int64_t seqlen,
-                               at::ScalarType dtype, const char* name) {
-  if (t.dim() == 2) {
-    check_shape(t, {dim, dstate}, name);
-    return {t.to(dtype).contiguous(), false, 1};
-  }
-  TORCH_CHECK(t.dim() == 3 || t.dim() == 4, "selective_scan: ", name,
-              " must be (dim, dstate), (batch, dstate, seqlen) or (batch, groups, dstate, seqlen), got ", text(t.sizes()));
+StateInput prepare_state_input(const Tensor& t, at::ScalarType dtype) {
+  if (t.dim() == 2) return {t.to(dtype).contiguous(), false, 1};
   const Tensor t4 = t.dim() == 3 ? t.unsqueeze(1) : t;
-  const int64_t groups = t4.size(1);
-  TORCH_CHECK(groups >= 1 && dim % groups == 0, "selective_scan: ", name, "'s groups (", text(groups),
-              ") must divide dim (", text(dim), ")");
-  check_shape(t4, {batch, groups, dstate, seqlen}, name);
-  return {t4.to(dtype).transpose(2, 3).contiguous(), true, groups};
+  return {t4.to(dtype).transpose(2, 3).contiguous(), true, t4.size(1)};
 }
 
-Tensor optional_input(const OptTensor& t, at::IntArrayRef shape, at::ScalarType dtype, const char* name) {
-  if (!t) return Tensor();
-  check_shape(*t, shape, name);
-  return t->to(dtype).contiguous();
-}
+Tensor optional_input(const OptTensor& t, at::ScalarType dtype) { return t ? t->to(dtype).contiguous() : Tensor(); }
 
-// The inputs shared by forward and backward, in the state dtype and the kernels' layout.
+// The inputs shared by forward and backward, checked, in the state dtype and the kernels' layout.
 struct ScanInputs {
-  Tensor u, delta, A, z, D, delta_bias;
+  Tensor u, delta, A, z, D, delta_bias, seq_idx;
   StateInput B, C;
+  ssm_tools::ScanSizes sizes;
   int64_t batch, dim, seqlen, dstate, n_chunks, groups;
   bool softplus;
 
   ScanInputs(const Tensor& u_, const Tensor& delta_, const Tensor& A_, const Tensor& B_, const Tensor& C_,
-             const OptTensor& D_, const OptTensor& z_, const OptTensor& delta_bias_, bool softplus_)
-      : softplus(softplus_) {
-    TORCH_CHECK(u_.dim() == 3, "selective_scan: u must be (batch, dim, seqlen), got ", text(u_.sizes()));
-    batch = u_.size(0), dim = u_.size(1), seqlen = u_.size(2);
-    TORCH_CHECK(A_.dim() == 2 && A_.size(0) == dim, "selective_scan: A must be (dim=", text(dim), ", dstate), got ",
-                text(A_.sizes()));
-    dstate = A_.size(1);
-    n_chunks = (seqlen + kScanChunk - 1) / kScanChunk;
+             const OptTensor& D_, const OptTensor& z_, const OptTensor& delta_bias_, bool softplus_,
+             const OptTensor& seq_idx_)
+      : sizes(ssm_tools::check_scan_inputs(u_, delta_, A_, B_, C_, D_, z_, delta_bias_, seq_idx_, kScanChunk)),
+        softplus(softplus_) {
+    const ssm_tools::ScanSizes& s = sizes;
+    batch = s.batch, dim = s.dim, seqlen = s.seqlen, dstate = s.dstate, n_chunks = s.n_chunks, groups = s.groups;
     const at::ScalarType dtype = state_dtype(u_);
-    check_shape(delta_, u_.sizes(), "delta");
     u = u_.to(dtype).contiguous();
     delta = delta_.to(dtype).contiguous();
     A = A_.to(dtype).contiguous();
-    B = prepare_state_input(B_, batch, dim, dstate, seqlen, dtype, "B");
-    C = prepare_state_input(C_, batch, dim, dstate, seqlen, dtype, "C");
-    TORCH_CHECK(!(B.variable && C.variable) || B.groups == C.groups,
-                "selective_scan: B and C must have the same groups, got ", text(B.groups), " and ", text(C.groups));
-    groups = B.variable ? B.groups : C.groups;
-    z = optional_input(z_, u_.sizes(), dtype, "z");
-    D = optional_input(D_, {dim}, dtype, "D");
-    delta_bias = optional_input(delta_bias_, {dim}, dtype, "delta_bias");
+    B = prepare_state_input(B_, dtype);
+    C = prepare_state_input(C_, dtype);
+    z = optional_input(z_, dtype);
+    D = optional_input(D_, dtype);
+    delta_bias = optional_input(delta_bias_, dtype);
+    if (seq_idx_) seq_idx = seq_idx_->contiguous();
   }
 
   template <typename T>
@@ -122,6 +98,7 @@ struct ScanInputs {
     c.D = D.defined() ? D.data_ptr<T>()[d] : T(0);
     c.delta_bias = delta_bias.defined() ? delta_bias.data_ptr<T>()[d] : T(0);
     c.softplus = softplus;
+    c.seq_idx = seq_idx.defined() ? seq_idx.data_ptr<int32_t>() + b * seqlen : nullptr;
     return c;
   }
 };
@@ -129,8 +106,8 @@ struct ScanInputs {
 std::tuple<Tensor, Tensor, Tensor> selective_scan_fwd_cpu(const Tensor& u, const Tensor& delta, const Tensor& A,
                                                           const Tensor& B, const Tensor& C, const OptTensor& D,
                                                           const OptTensor& z, const OptTensor& delta_bias,
-                                                          bool delta_softplus) {
-  const ScanInputs in(u, delta, A, B, C, D, z, delta_bias, delta_softplus);
+                                                          bool delta_softplus, const OptTensor& seq_idx) {
+  const ScanInputs in(u, delta, A, B, C, D, z, delta_bias, delta_softplus, seq_idx);
   const auto opts = in.u.options();
   Tensor out = at::empty({in.batch, in.dim, in.seqlen}, opts);
   Tensor last_state = at::empty({in.batch, in.dim, in.dstate}, opts);
@@ -159,18 +136,13 @@ Tensor grad_for(const Tensor& grad, const OptTensor& input, const Tensor& u) {
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> selective_scan_bwd_cpu(
     const Tensor& dout, const OptTensor& dlast_state, const Tensor& u, const Tensor& delta, const Tensor& A,
     const Tensor& B, const Tensor& C, const OptTensor& D, const OptTensor& z, const OptTensor& delta_bias,
-    bool delta_softplus, const Tensor& saved) {
-  const ScanInputs in(u, delta, A, B, C, D, z, delta_bias, delta_softplus);
+    bool delta_softplus, const Tensor& saved, const OptTensor& seq_idx) {
+  const ScanInputs in(u, delta, A, B, C, D, z, delta_bias, delta_softplus, seq_idx);
+  ssm_tools::check_scan_grads(in.sizes, u, dout, dlast_state, saved);
   const auto opts = in.u.options();
   const at::ScalarType dtype = in.u.scalar_type();
-  check_shape(dout, u.sizes(), "dout");
-  check_shape(saved, {in.batch, in.dim, in.n_chunks, in.dstate}, "saved");
   const Tensor dout_c = dout.to(dtype).contiguous(), saved_c = saved.to(dtype).contiguous();
-  Tensor dlast_c;
-  if (dlast_state) {
-    check_shape(*dlast_state, {in.batch, in.dim, in.dstate}, "dlast_state");
-    dlast_c = dlast_state->to(dtype).contiguous();
-  }
+  const Tensor dlast_c = optional_input(dlast_state, dtype);
 
   Tensor du = at::empty({in.batch, in.dim, in.seqlen}, opts);
   Tensor ddelta = at::empty_like(du);

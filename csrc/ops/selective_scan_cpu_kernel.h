@@ -163,6 +163,7 @@ struct ScanChannel {
   int64_t B_step = 0, C_step = 0;
   T D = 0, delta_bias = 0;
   bool softplus = false;
+  const int32_t* seq_idx = nullptr;  // (seqlen,) sequence index of a packed row, or null for one sequence
 };
 
 // Where the backward of one channel writes. du, ddelta, dz are (seqlen,) and written once; dA, dB,
@@ -242,8 +243,8 @@ SSM_VEC_INLINE Vec8 sum_each(const Vec8 (&w)[8]) {
 // latency was measured slower: the loop is bound by vector throughput, and the extra live registers
 // spill.)
 template <int kN, bool kRecord, bool kClamp>
-SSM_VEC_INLINE void advance_vec8(const ScanChannel<float>& c, const Vec8 (&A8)[kN / 8], int64_t t0, int64_t t1,
-                                 Vec8 (&x)[kN / 8], ScanScratch<float>& s) {
+SSM_VEC_INLINE void advance_vec8(const ScanChannel<float>& c, const Vec8 (&A8)[kN / 8], int64_t base, int64_t t0,
+                                 int64_t t1, Vec8 (&x)[kN / 8], ScanScratch<float>& s) {
   constexpr int kV = kN / 8;
   for (int64_t tb = t0; tb < t1; tb += 8) {
     const int steps = static_cast<int>(std::min<int64_t>(8, t1 - tb));
@@ -251,7 +252,7 @@ SSM_VEC_INLINE void advance_vec8(const ScanChannel<float>& c, const Vec8 (&A8)[k
     for (int i = steps; i < 8; ++i) partial[i] = Vec8{};
     for (int i = 0; i < steps; ++i) {
       const int64_t t = tb + i;
-      const float dt = s.dt[t - t0], dtu = dt * c.u[t];
+      const float dt = s.dt[t - base], dtu = dt * c.u[t];
       const float* __restrict Bt = c.B + t * c.B_step;
       const float* __restrict Ct = c.C + t * c.C_step;
       Vec8 sum{};
@@ -261,17 +262,17 @@ SSM_VEC_INLINE void advance_vec8(const ScanChannel<float>& c, const Vec8 (&A8)[k
         x[v] = a * x[v] + dtu * load8(Bt + 8 * v);
         sum += load8(Ct + 8 * v) * x[v];
         if constexpr (kRecord) {
-          store8(s.decays.data() + (t - t0) * kN + 8 * v, a);
-          store8(s.states.data() + (t - t0) * kN + 8 * v, x[v]);
+          store8(s.decays.data() + (t - base) * kN + 8 * v, a);
+          store8(s.states.data() + (t - base) * kN + 8 * v, x[v]);
         }
       }
       partial[i] = sum;
     }
     const Vec8 y = sum_each(partial);
     if (steps == 8) {
-      store8(s.y.data() + (tb - t0), y);
+      store8(s.y.data() + (tb - base), y);
     } else {
-      __builtin_memcpy(s.y.data() + (tb - t0), &y, steps * sizeof(float));
+      __builtin_memcpy(s.y.data() + (tb - base), &y, steps * sizeof(float));
     }
   }
 }
@@ -281,8 +282,8 @@ SSM_VEC_INLINE void advance_vec8(const ScanChannel<float>& c, const Vec8 (&A8)[k
 // usual step sizes and A): |dt| <= limit = range / max |8 A log2(e)|, a little under it for the
 // product's rounding. NaN fails the test and takes the clamped path.
 template <int kN, bool kRecord>
-SSM_VEC_INLINE void scan_positions_vec8(const ScanChannel<float>& c, int64_t t0, int64_t t1, float* state,
-                                        ScanScratch<float>& s) {
+SSM_VEC_INLINE void scan_positions_vec8(const ScanChannel<float>& c, int64_t base, int64_t t0, int64_t t1,
+                                        float* state, ScanScratch<float>& s) {
   constexpr int kV = kN / 8;
   Vec8 A8[kV], x[kV];  // A8 = 8 A log2(e), for exp2_eighths
   float A8_max = 0;
@@ -292,14 +293,14 @@ SSM_VEC_INLINE void scan_positions_vec8(const ScanChannel<float>& c, int64_t t0,
     for (int k = 0; k < 8; ++k) A8_max = std::max(A8_max, std::abs(A8[v][k]));
   }
   const float limit = 0.999f * kEighthsRange / A8_max;  // +inf for A = 0
-  const float* __restrict dt = s.dt.data();
+  const float* __restrict dt = s.dt.data() + (t0 - base);
   int outside = 0;
 #pragma omp simd reduction(| : outside)
   for (int64_t i = 0; i < t1 - t0; ++i) outside |= !(dt[i] <= limit && dt[i] >= -limit);
   if (outside) {
-    advance_vec8<kN, kRecord, true>(c, A8, t0, t1, x, s);
+    advance_vec8<kN, kRecord, true>(c, A8, base, t0, t1, x, s);
   } else {
-    advance_vec8<kN, kRecord, false>(c, A8, t0, t1, x, s);
+    advance_vec8<kN, kRecord, false>(c, A8, base, t0, t1, x, s);
   }
   for (int v = 0; v < kV; ++v) store8(state + 8 * v, x[v]);
 }
@@ -307,16 +308,16 @@ SSM_VEC_INLINE void scan_positions_vec8(const ScanChannel<float>& c, int64_t t0,
 // scan_positions for any type and dstate, auto-vectorised over dstate.
 template <typename T, int kN, bool kRecord>
 __attribute__((always_inline)) inline void scan_positions_generic(const ScanChannel<T>& c, const T* __restrict A2,
-                                                                  int64_t t0, int64_t t1, T* __restrict x,
-                                                                  ScanScratch<T>& s) {
+                                                                  int64_t base, int64_t t0, int64_t t1,
+                                                                  T* __restrict x, ScanScratch<T>& s) {
   const int64_t N = kN ? kN : c.dstate;
   for (int64_t t = t0; t < t1; ++t) {
-    const T dt = s.dt[t - t0];
+    const T dt = s.dt[t - base];
     const T dtu = dt * c.u[t];
     const T* __restrict Bt = c.B + t * c.B_step;
     const T* __restrict Ct = c.C + t * c.C_step;
-    T* __restrict decays = kRecord ? s.decays.data() + (t - t0) * N : nullptr;
-    T* __restrict states = kRecord ? s.states.data() + (t - t0) * N : nullptr;
+    T* __restrict decays = kRecord ? s.decays.data() + (t - base) * N : nullptr;
+    T* __restrict states = kRecord ? s.states.data() + (t - base) * N : nullptr;
     T yt = 0;
 #pragma omp simd reduction(+ : yt)
     for (int64_t n = 0; n < N; ++n) {
@@ -328,21 +329,53 @@ __attribute__((always_inline)) inline void scan_positions_generic(const ScanChan
         states[n] = x[n];
       }
     }
-    s.y[t - t0] = yt;
+    s.y[t - base] = yt;
   }
 }
 
 // Advances the state x over positions [t0, t1) given s.dt, writing y_t = <C_t, x_t> into s.y. With
 // kRecord it also keeps each position's state and decay in `s` for the backward. Scratch is
-// indexed from t0. A2 = A * log2(e) (the float32 vector path scales A itself).
+// indexed from base (the chunk's first position; t0 > base for a sequence starting inside the
+// chunk). A2 = A * log2(e) (the float32 vector path scales A itself).
 template <typename T, int kN, bool kRecord>
 __attribute__((always_inline)) inline void scan_positions(const ScanChannel<T>& c, const T* __restrict A2,
-                                                          int64_t t0, int64_t t1, T* __restrict x,
+                                                          int64_t base, int64_t t0, int64_t t1, T* __restrict x,
                                                           ScanScratch<T>& s) {
   if constexpr (std::is_same_v<T, float> && kN > 0 && kN % 8 == 0) {
-    scan_positions_vec8<kN, kRecord>(c, t0, t1, x, s);
+    scan_positions_vec8<kN, kRecord>(c, base, t0, t1, x, s);
   } else {
-    scan_positions_generic<T, kN, kRecord>(c, A2, t0, t1, x, s);
+    scan_positions_generic<T, kN, kRecord>(c, A2, base, t0, t1, x, s);
+  }
+}
+
+// Packed rows: a sequence starts at t > 0 where seq_idx changes; its state starts from zero.
+template <typename T>
+inline bool starts_sequence(const ScanChannel<T>& c, int64_t t) {
+  return c.seq_idx && t > 0 && c.seq_idx[t] != c.seq_idx[t - 1];
+}
+
+// The end of the run of positions from t0 (before t1) that belongs to one sequence.
+template <typename T>
+inline int64_t sequence_end(const ScanChannel<T>& c, int64_t t0, int64_t t1) {
+  if (!c.seq_idx) return t1;
+  int64_t t = t0 + 1;
+  while (t < t1 && c.seq_idx[t] == c.seq_idx[t - 1]) ++t;
+  return t;
+}
+
+// scan_positions over the chunk [t0, t1), zeroing the state where a sequence starts. With kRecord
+// the decay recorded at such a position is 0: no state flows into a sequence from the one before,
+// so the reverse walk passes no adjoint back and takes no decay gradient there.
+template <typename T, int kN, bool kRecord>
+__attribute__((always_inline)) inline void scan_chunk(const ScanChannel<T>& c, int64_t t0, int64_t t1,
+                                                      ScanScratch<T>& s) {
+  const int64_t N = kN ? kN : c.dstate;
+  for (int64_t a = t0, b; a < t1; a = b) {
+    b = sequence_end(c, a, t1);
+    const bool reset = starts_sequence(c, a);
+    if (reset) std::fill(s.x.begin(), s.x.end(), T(0));
+    scan_positions<T, kN, kRecord>(c, s.A2.data(), t0, a, b, s.x.data(), s);
+    if (kRecord && reset) std::fill_n(s.decays.data() + (a - t0) * N, N, T(0));
   }
 }
 
@@ -368,7 +401,8 @@ inline void gate_output(const ScanChannel<T>& c, const T* __restrict y, int64_t 
 }
 
 // Forward of one channel: out (seqlen,), last_state (dstate,), saved (n_chunks, dstate) = the state
-// entering each chunk of kScanChunk positions.
+// entering each chunk of kScanChunk positions. In a packed row (c.seq_idx) every sequence starts from
+// the zero state, and last_state is that of the row's last sequence.
 template <typename T, int kN>
 SSM_CPU_MULTIVERSION void scan_forward_channel(const ScanChannel<T>& c, T* out, T* last_state, T* saved,
                                                ScanScratch<T>& s) {
@@ -379,7 +413,7 @@ SSM_CPU_MULTIVERSION void scan_forward_channel(const ScanChannel<T>& c, T* out, 
     const int64_t t1 = std::min<int64_t>(c.seqlen, t0 + kScanChunk);
     std::copy(s.x.begin(), s.x.end(), saved + (t0 / kScanChunk) * N);
     step_sizes(c, t0, t1, s.dt.data());
-    scan_positions<T, kN, false>(c, s.A2.data(), t0, t1, s.x.data(), s);
+    scan_chunk<T, kN, false>(c, t0, t1, s);
     gate_output(c, s.y.data(), t0, t1, out);
   }
   std::copy(s.x.begin(), s.x.end(), last_state);
@@ -562,7 +596,7 @@ SSM_CPU_MULTIVERSION void scan_backward_channel(const ScanChannel<T>& c, const T
     const T* entry = saved + k * N;
     std::copy(entry, entry + N, s.x.begin());
     step_sizes(c, t0, t1, s.dt.data());
-    scan_positions<T, kN, true>(c, s.A2.data(), t0, t1, s.x.data(), s);
+    scan_chunk<T, kN, true>(c, t0, t1, s);
     gate_backward_input(c, g, t0, t1, s);
     reverse_positions<T, kN>(c, g, entry, t0, t1, s);
     elementwise_backward(c, g, t0, t1, s);

@@ -1,60 +1,38 @@
 // CPU kernel of selective_state_update (schema in registration.cpp): one decode step for every
 // (batch, dim) channel, updating `state` in place. Computes in the state's dtype (float32 or
-// float64). python/ssm_tools/ops.py checks arguments with precise messages first; the checks here
-// guard what the kernel indexes into.
+// float64). Arguments are checked by ops/checks.h.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <optional>
 
-#include "ops/message_text.h"
+#include "ops/checks.h"
 #include "ops/selective_scan_cpu_kernel.h"
 
 namespace ssm_tools_cpu {
 namespace {
 
 using at::Tensor;
-using OptTensor = std::optional<Tensor>;
-using ssm_tools::text;
-
-void check_shape(const Tensor& t, at::IntArrayRef expected, const char* name) {
-  TORCH_CHECK(t.sizes() == expected, "selective_state_update: ", name, " must have shape ", text(expected), ", got ",
-              text(t.sizes()));
-}
+using ssm_tools::OptTensor;
 
 // B or C as (batch, groups, dstate), contiguous in the state dtype.
-Tensor grouped(const Tensor& t, int64_t batch, int64_t dim, int64_t dstate, at::ScalarType dtype, const char* name) {
-  TORCH_CHECK(t.dim() == 2 || t.dim() == 3, "selective_state_update: ", name,
-              " must be (batch, dstate) or (batch, groups, dstate), got ", text(t.sizes()));
-  const Tensor t3 = t.dim() == 2 ? t.unsqueeze(1) : t;
-  TORCH_CHECK(t3.size(1) >= 1 && dim % t3.size(1) == 0, "selective_state_update: ", name, "'s groups (", text(t3.size(1)),
-              ") must divide dim (", text(dim), ")");
-  check_shape(t3, {batch, t3.size(1), dstate}, name);
-  return t3.to(dtype).contiguous();
+Tensor grouped(const Tensor& t, at::ScalarType dtype) {
+  return (t.dim() == 2 ? t.unsqueeze(1) : t).to(dtype).contiguous();
 }
 
-Tensor optional_input(const OptTensor& t, at::IntArrayRef shape, at::ScalarType dtype, const char* name) {
-  if (!t) return Tensor();
-  check_shape(*t, shape, name);
-  return t->to(dtype).contiguous();
-}
+Tensor optional_input(const OptTensor& t, at::ScalarType dtype) { return t ? t->to(dtype).contiguous() : Tensor(); }
 
 Tensor selective_state_update_cpu(const Tensor& state, const Tensor& x, const Tensor& dt, const Tensor& A,
                                   const Tensor& B, const Tensor& C, const OptTensor& D, const OptTensor& z,
                                   const OptTensor& dt_bias, bool dt_softplus) {
-  TORCH_CHECK(state.dim() == 3, "selective_state_update: state must be (batch, dim, dstate), got ", text(state.sizes()));
-  TORCH_CHECK(state.scalar_type() == at::kFloat || state.scalar_type() == at::kDouble,
-              "selective_state_update: state must be float32 or float64, got ", state.scalar_type());
-  const int64_t batch = state.size(0), dim = state.size(1), dstate = state.size(2);
+  const ssm_tools::StepSizes s = ssm_tools::check_state_update_inputs(state, x, dt, A, B, C, D, z, dt_bias);
+  const int64_t batch = s.batch, dim = s.dim, dstate = s.dstate;
   const at::ScalarType dtype = state.scalar_type();
-  check_shape(x, {batch, dim}, "x");
-  check_shape(dt, {batch, dim}, "dt");
-  check_shape(A, {dim, dstate}, "A");
   const Tensor x_c = x.to(dtype).contiguous(), dt_c = dt.to(dtype).contiguous(), A_c = A.to(dtype).contiguous();
-  const Tensor B_c = grouped(B, batch, dim, dstate, dtype, "B"), C_c = grouped(C, batch, dim, dstate, dtype, "C");
-  const Tensor D_c = optional_input(D, {dim}, dtype, "D"), bias_c = optional_input(dt_bias, {dim}, dtype, "dt_bias");
-  const Tensor z_c = optional_input(z, {batch, dim}, dtype, "z");
+  const Tensor B_c = grouped(B, dtype), C_c = grouped(C, dtype);
+  const Tensor D_c = optional_input(D, dtype), bias_c = optional_input(dt_bias, dtype);
+  const Tensor z_c = optional_input(z, dtype);
   // The kernel writes through a contiguous view; a strided state is updated via a copy.
   Tensor st = state.contiguous();
   Tensor y = at::empty({batch, dim}, x_c.options());

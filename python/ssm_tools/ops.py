@@ -1,126 +1,41 @@
 """The one Python face of the ssm_tools kernels.
 
 ``selective_scan`` and ``selective_state_update`` have the semantics and shapes of mamba_ssm's
-``selective_scan_fn`` and ``selective_state_update``, so either can stand in for the other. They
-check their arguments (precise errors naming the argument), then call the ops declared in
-csrc/ops/registration.cpp, which dispatch to the CPU or CUDA kernels by device. This module also
-gives the ops autograd (the backward recomputes states from the forward's per-chunk checkpoints)
-and fake kernels, so meta tensors and ``torch.compile(fullgraph=True)`` work.
+``selective_scan_fn`` and ``selective_state_update``, so either can stand in for the other;
+``selective_scan`` also takes packed rows of several sequences (``seq_idx``). They call the ops
+declared in csrc/ops/registration.cpp, which check their arguments (csrc/ops/checks.h: a ValueError
+naming the argument) and dispatch to the CPU or CUDA kernels by device. This module also gives the
+ops autograd (the backward recomputes states from the forward's per-chunk checkpoints) and fake
+kernels, so meta tensors and ``torch.compile(fullgraph=True)`` work.
 """
 import torch
 
-from . import _C  # noqa: F401  (loading the library registers the ops and their kernels)
+from . import _C  # loading the library registers the ops and their kernels
 
 _ops = torch.ops.ssm_tools
 
-# Positions per checkpoint of the forward's `saved` output. Must equal kScanChunk in
-# csrc/kernels/selective_scan_params.h (tests compare the fake kernel's shapes with the real ones).
-SCAN_CHUNK = 256
-
-_INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# Positions per checkpoint of the forward's `saved` output (kScanChunk in the kernels).
+SCAN_CHUNK = _C.SCAN_CHUNK
 
 
 def _state_dtype(u: torch.Tensor) -> torch.dtype:
     return torch.float64 if u.dtype == torch.float64 else torch.float32
 
 
-# ----------------------------------------------------------------------------- argument checks
-
-def _check_tensor(op, name, t, shape=None, device=None, dtype=None):
-    """Raises TypeError/ValueError naming `name` unless t is a floating tensor of the given shape
-    (a tuple, None entries free), device and dtype."""
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in _INPUT_DTYPES:
-        raise ValueError(f"{op}: {name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
-    if dtype is not None and t.dtype != dtype:
-        raise ValueError(f"{op}: {name} must have dtype {dtype} (like u/x), got {t.dtype}")
-    if device is not None and t.device != device:
-        raise ValueError(f"{op}: {name} must be on {device} like the other inputs, got {t.device}")
-    if shape is not None and (t.dim() != len(shape) or any(s is not None and s != n for s, n in zip(shape, t.shape))):
-        expected = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
-        raise ValueError(f"{op}: {name} must have shape {expected}, got {tuple(t.shape)}")
-
-
-def _check_groups(op, name, t, dim, device, shapes):
-    """B/C: `shapes` maps each accepted rank to (label, expected shape with groups as None); returns
-    the group count (1 for ranks without a group axis)."""
-    if not isinstance(t, torch.Tensor) or t.dim() not in shapes:
-        forms = " or ".join(label for label, _ in shapes.values())
-        got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-        raise ValueError(f"{op}: {name} must be {forms}, got {got}")
-    label, shape = shapes[t.dim()]
-    _check_tensor(op, name, t, shape, device)
-    groups = t.shape[shape.index(None)] if None in shape else 1
-    if groups < 1 or dim % groups != 0:
-        raise ValueError(f"{op}: {name} has {groups} groups {label}, which must divide dim={dim}")
-    return groups
-
-
 def _check_finite_A(op, A):
-    # A data-dependent check: skipped while tracing (torch.compile) and on meta/fake tensors.
-    # Also skipped while a CUDA graph is being captured (a host read is not allowed there).
-    if (torch.compiler.is_compiling() or A.device.type == "meta" or isinstance(A, torch._subclasses.FakeTensor)
-            or (A.is_cuda and torch.cuda.is_current_stream_capturing())):
+    """The one check C++ does not make: A's values (a host read). Skipped while tracing
+    (torch.compile), on meta/fake tensors and while a CUDA graph is being captured."""
+    if (not isinstance(A, torch.Tensor) or torch.compiler.is_compiling() or A.device.type == "meta"
+            or isinstance(A, torch._subclasses.FakeTensor) or (A.is_cuda and torch.cuda.is_current_stream_capturing())):
         return
-    if not bool(torch.isfinite(A).all()):
+    if A.is_floating_point() and not bool(torch.isfinite(A).all()):
         raise ValueError(f"{op}: A must be finite, got non-finite values")
-
-
-def _check_common(op, u, A, B, C, D, z, bias, bias_name, state_shapes, constant_rank):
-    """Checks shared by the scan and the decode step. u is the (batch, dim, ...) input;
-    state_shapes(batch, dim, dstate) gives the accepted B/C shapes; B/C of `constant_rank` are
-    constant (dim, dstate) ones, which have no groups to match."""
-    batch, dim = u.shape[0], u.shape[1]
-    _check_tensor(op, "A", A, (dim, None), u.device)
-    dstate = A.shape[1]
-    if dstate < 1:
-        raise ValueError(f"{op}: A must have dstate >= 1 columns, got shape {tuple(A.shape)}")
-    shapes = state_shapes(batch, dim, dstate)
-    groups_B, groups_C = (_check_groups(op, name, t, dim, u.device, shapes) for name, t in (("B", B), ("C", C)))
-    if B.dim() != constant_rank and C.dim() != constant_rank and groups_B != groups_C:
-        raise ValueError(f"{op}: B and C must have the same number of groups, got {groups_B} and {groups_C}")
-    for name, t in (("D", D), (bias_name, bias)):
-        if t is not None:
-            _check_tensor(op, name, t, (dim,), u.device)
-    if z is not None:
-        _check_tensor(op, "z", z, tuple(u.shape), u.device, u.dtype)
-    _check_finite_A(op, A)
-
-
-def _check_scan(u, delta, A, B, C, D, z, delta_bias):
-    op = "selective_scan"
-    _check_tensor(op, "u", u, (None, None, None))
-    if min(u.shape) < 1:
-        raise ValueError(f"{op}: u must be a non-empty (batch, dim, seqlen), got {tuple(u.shape)}")
-    _check_tensor(op, "delta", delta, tuple(u.shape), u.device, u.dtype)
-    seqlen = u.shape[2]
-    _check_common(op, u, A, B, C, D, z, delta_bias, "delta_bias", lambda batch, dim, dstate: {
-        2: ("(dim, dstate)", (dim, dstate)),
-        3: ("(batch, dstate, seqlen)", (batch, dstate, seqlen)),
-        4: ("(batch, groups, dstate, seqlen)", (batch, None, dstate, seqlen)),
-    }, constant_rank=2)
-
-
-def _check_state_update(state, x, dt, A, B, C, D, z, dt_bias):
-    op = "selective_state_update"
-    _check_tensor(op, "x", x, (None, None))
-    if min(x.shape) < 1:
-        raise ValueError(f"{op}: x must be a non-empty (batch, dim), got {tuple(x.shape)}")
-    _check_tensor(op, "dt", dt, tuple(x.shape), x.device, x.dtype)
-    _check_common(op, x, A, B, C, D, z, dt_bias, "dt_bias", lambda batch, dim, dstate: {
-        2: ("(batch, dstate)", (batch, dstate)),
-        3: ("(batch, groups, dstate)", (batch, None, dstate)),
-    }, constant_rank=None)
-    _check_tensor(op, "state", state, (x.shape[0], x.shape[1], A.shape[1]), x.device)
-    if state.dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"{op}: state must be float32 or float64 (it accumulates), got {state.dtype}")
 
 
 # ----------------------------------------------------------------------------- public functions
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False):
+                   return_last_state=False, seq_idx=None):
     """Selective scan (Mamba's S6), as mamba_ssm's selective_scan_fn.
 
     x_t = exp(delta_t A) x_{t-1} + delta_t B_t u_t;  y_t = <C_t, x_t> + D u_t;  out = y * silu(z),
@@ -131,14 +46,13 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     (dim,). Returns out (batch, dim, seqlen) in u's dtype and, with ``return_last_state``, the last
     state (batch, dim, dstate) in float32 (float64 for float64 u). Differentiable in every tensor,
     the last state included.
+
+    Packed rows: ``seq_idx`` (batch, seqlen) int32 gives each position's sequence; every sequence
+    (a run of equal values) starts from the zero state, as if it had its own row, and the last state
+    is that of each row's last sequence.
     """
-    _check_scan(u, delta, A, B, C, D, z, delta_bias)
-    B, C = (t.unsqueeze(1) if t.dim() == 3 else t for t in (B, C))
-    # B/C go as they are: each backend lays them out its own way (the CPU kernels want them
-    # time-major, which a (batch, seqlen, dstate) projection transposed to (batch, dstate, seqlen) is).
-    out, last_state, _ = _ops.selective_scan_fwd(
-        u.contiguous(), delta.contiguous(), A.contiguous(), B, C,
-        _contiguous(D), _contiguous(z), _contiguous(delta_bias), bool(delta_softplus))
+    _check_finite_A("selective_scan", A)
+    out, last_state, _ = _ops.selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), seq_idx)
     return (out, last_state) if return_last_state else out
 
 
@@ -149,11 +63,8 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     (batch, dstate) or (batch, groups, dstate); A: (dim, dstate); D, dt_bias: (dim,). Returns y
     (batch, dim) in x's dtype. Not differentiable (inference only).
     """
-    _check_state_update(state, x, dt, A, B, C, D, z, dt_bias)
-    B, C = (t.unsqueeze(1) if t.dim() == 2 else t for t in (B, C))
-    return _ops.selective_state_update(
-        state, x.contiguous(), dt.contiguous(), A.contiguous(), B.contiguous(), C.contiguous(),
-        _contiguous(D), _contiguous(z), _contiguous(dt_bias), bool(dt_softplus))
+    _check_finite_A("selective_state_update", A)
+    return _ops.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus))
 
 
 def _contiguous(t):
@@ -163,21 +74,21 @@ def _contiguous(t):
 # ----------------------------------------------------------------------------- autograd
 
 def _scan_setup_context(ctx, inputs, output):
-    u, delta, A, B, C, D, z, delta_bias, delta_softplus = inputs
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, seq_idx = inputs
     saved = output[2]
     ctx.mark_non_differentiable(saved)
-    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, saved)
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, saved, seq_idx)
     ctx.delta_softplus = delta_softplus
 
 
 def _scan_backward(ctx, dout, dlast_state, _dsaved):
     # Autograd materialises the grads of unused outputs as zeros, so dout and dlast_state are tensors.
-    u, delta, A, B, C, D, z, delta_bias, saved = ctx.saved_tensors
+    u, delta, A, B, C, D, z, delta_bias, saved, seq_idx = ctx.saved_tensors
     grads = _ops.selective_scan_bwd(dout.contiguous(), _contiguous(dlast_state), u, delta, A, B, C, D, z,
-                                    delta_bias, ctx.delta_softplus, saved)
+                                    delta_bias, ctx.delta_softplus, saved, seq_idx)
     inputs = (u, delta, A, B, C, D, z, delta_bias)
     # Kernels may accumulate in float32; hand each gradient back in its input's dtype.
-    return tuple(None if x is None else g.to(x.dtype) for g, x in zip(grads, inputs)) + (None,)
+    return tuple(None if x is None else g.to(x.dtype) for g, x in zip(grads, inputs)) + (None, None)
 
 
 torch.library.register_autograd("ssm_tools::selective_scan_fwd", _scan_backward, setup_context=_scan_setup_context)
@@ -186,7 +97,7 @@ torch.library.register_autograd("ssm_tools::selective_scan_fwd", _scan_backward,
 # ----------------------------------------------------------------------------- fake (meta) kernels
 
 @torch.library.register_fake("ssm_tools::selective_scan_fwd")
-def _scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+def _scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, seq_idx=None):
     batch, dim, seqlen = u.shape
     dstate = A.shape[1]
     state_dtype = _state_dtype(u)
@@ -196,7 +107,7 @@ def _scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
 
 
 @torch.library.register_fake("ssm_tools::selective_scan_bwd")
-def _scan_bwd_fake(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved):
+def _scan_bwd_fake(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved, seq_idx=None):
     def like(t):
         return u.new_empty(0) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
     return tuple(like(t) for t in (u, delta, A, B, C, D, z, delta_bias))

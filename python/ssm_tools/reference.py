@@ -37,13 +37,16 @@ def _per_channel(BC: torch.Tensor, dim: int, seqlen: int) -> torch.Tensor:
 
 
 def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                       return_last_state=False):
+                       return_last_state=False, seq_idx=None):
     """x_t = exp(delta_t A) x_{t-1} + delta_t B_t u_t;  y_t = <C_t, x_t> + D u_t;  out = y silu(z).
 
     u, delta, z: (batch, dim, seqlen); A: (dim, dstate); B, C: (dim, dstate), (batch, dstate, seqlen)
     or (batch, groups, dstate, seqlen); D, delta_bias: (dim,). Returns out (u's dtype) and, if
-    ``return_last_state``, the final state (batch, dim, dstate) in the compute dtype.
+    ``return_last_state``, the final state (batch, dim, dstate) in the compute dtype. Packed rows
+    (``seq_idx``, (batch, seqlen)) run sequence by sequence, each as its own one-row scan.
     """
+    if seq_idx is not None:
+        return _packed_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, seq_idx)
     out_dtype, dtype = u.dtype, _compute_dtype(u)
     u, delta, A = u.to(dtype), delta.to(dtype), A.to(dtype)
     if delta_bias is not None:
@@ -68,6 +71,25 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
         y = y * F.silu(z.to(dtype))
     out = y.to(out_dtype)
     return (out, x) if return_last_state else out
+
+
+def _packed_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, seq_idx):
+    """selective_scan_ref of every sequence (run of equal seq_idx values) of every row separately."""
+    def piece(t, b, s0, s1):  # a per-position tensor's slice of one sequence, kept as one row
+        return t if t is None or t.dim() == 2 else t[b:b + 1, ..., s0:s1]
+
+    outs, lasts = [], []
+    for b in range(u.shape[0]):
+        ids = seq_idx[b].tolist()
+        starts = [0] + [t for t in range(1, len(ids)) if ids[t] != ids[t - 1]] + [len(ids)]
+        row = [selective_scan_ref(piece(u, b, s0, s1), piece(delta, b, s0, s1), A, piece(B, b, s0, s1),
+                                  piece(C, b, s0, s1), D, piece(z, b, s0, s1), delta_bias, delta_softplus,
+                                  return_last_state=True)
+               for s0, s1 in zip(starts, starts[1:])]
+        outs.append(torch.cat([out for out, _ in row], dim=-1))
+        lasts.append(row[-1][1])
+    out = torch.cat(outs)
+    return (out, torch.cat(lasts)) if return_last_state else out
 
 
 def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
