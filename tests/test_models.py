@@ -2,6 +2,7 @@
 and precise errors on bad input."""
 import pytest
 import torch
+from torch import nn
 
 from ssm_tools.models import MODELS, build_model, preset
 
@@ -121,25 +122,37 @@ def test_presets_build_and_reject_unknown_scale():
         preset("mamba", "huge")
 
 
-@pytest.mark.parametrize("d_model, dt_rank, T", [(16, None, 9), (24, 5, 70)])
-def test_mamba_mixer_matches_plain_formulation(d_model, dt_rank, T):
-    # The channel-first forward (batched GEMMs over expanded weights, custom in/out projections)
-    # gives the output and every gradient (parameters and input) of the plain formulation.
+def _perturbed_mixer(d_model, dt_rank=None, dtype=torch.float64):
     from ssm_tools.models.mamba import MambaMixer
-    torch.manual_seed(0)
-    mixer = MambaMixer(d_model, d_state=4, dt_rank=dt_rank).double()
+    mixer = MambaMixer(d_model, d_state=4, dt_rank=dt_rank).to(dtype)
     with torch.no_grad():
         for p in mixer.parameters():  # off the initialisation (ones, zeros), so every term counts
             p.add_(0.1 * torch.randn_like(p))
+    return mixer
+
+
+@pytest.mark.parametrize("d_model, dt_rank, T, with_norm", [(16, None, 9, False), (24, 5, 70, True), (8, 3, 300, True)])
+def test_mamba_mixer_matches_plain_formulation(d_model, dt_rank, T, with_norm):
+    # The fused layer (one autograd node: channel-first GEMMs, the conv kernel, recomputation in the
+    # backward) gives the output and every gradient (parameters, norm and input) of the plain
+    # token-major formulation with reference kernels. T=300 spans two scan chunks.
+    from ssm_tools.reference import mamba_mixer_ref
+    torch.manual_seed(T)
+    mixer = _perturbed_mixer(d_model, dt_rank)
+    norm = nn.RMSNorm(d_model).double() if with_norm else None
+    if norm is not None:
+        with torch.no_grad():
+            norm.weight.add_(0.1 * torch.randn(d_model, dtype=torch.float64))
     h = torch.randn(3, T, d_model, dtype=torch.float64, requires_grad=True)
     grad_out = torch.randn(3, T, d_model, dtype=torch.float64)
-    params = [h, *mixer.parameters()]
-    got = mixer(h)
-    want = mixer.forward_token_major(h)
+    named = [("h", h), *(() if norm is None else [("norm.weight", norm.weight)]), *mixer.named_parameters()]
+    params = [p for _, p in named]
+    got = mixer(h, norm)
+    want = mamba_mixer_ref(mixer, h if norm is None else norm(h))
     assert got.shape == want.shape and got.is_contiguous()
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
-    for g, w, name in zip(torch.autograd.grad(got, params, grad_out), torch.autograd.grad(want, params, grad_out),
-                          ["h", *(n for n, _ in mixer.named_parameters())]):
+    for g, w, (name, _) in zip(torch.autograd.grad(got, params, grad_out), torch.autograd.grad(want, params, grad_out),
+                               named):
         assert g.shape == w.shape and g.dtype == w.dtype, name
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10, msg=name)
 
@@ -147,13 +160,13 @@ def test_mamba_mixer_matches_plain_formulation(d_model, dt_rank, T):
 def test_mamba_mixer_under_autocast_matches_plain_formulation():
     # bf16 autocast (CPU here, CUDA in training): float32 parameters and input, bf16 matmuls; the
     # gradients come back in the parameters' dtype and agree with the plain formulation's.
-    from ssm_tools.models.mamba import MambaMixer
+    from ssm_tools.reference import mamba_mixer_ref
     torch.manual_seed(0)
-    mixer = MambaMixer(32, d_state=4)
+    mixer = _perturbed_mixer(32, dtype=torch.float32)
     h = torch.randn(2, 20, 32, requires_grad=True)
     params = [h, *mixer.parameters()]
     outs = []
-    for forward in (mixer, mixer.forward_token_major):
+    for forward in (mixer, lambda h: mamba_mixer_ref(mixer, h)):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = forward(h)
         outs.append((out, torch.autograd.grad(out.float().square().sum(), params)))

@@ -1,8 +1,10 @@
 // One decode step of the selective SSM: state = exp(dt A) state + dt B x, y = <C, state> + D x,
-// gated by silu(z). A team of `team` consecutive threads (a power of two, at most a warp) owns one
+// gated by silu(z); and the Mamba block's variant that reads dt's low-rank input, B and C from
+// x_proj's output and A as A_log. A team of `team` consecutive threads (a power of two, at most a warp) owns one
 // (batch, dim) row; each thread updates kStates consecutive states at a time (one 128-bit load and
 // store of the state when rows are 16-byte aligned), so a warp streams whole rows of the state; the
 // team then sums y with shuffles. The step is memory-bound: the state is read and written once.
+#include "kernels/mamba_block_params.h"
 #include "kernels/scan_common.cuh"
 
 namespace ssm_tools_cuda {
@@ -11,30 +13,18 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kStates = 4;
 
+// Advances one (batch, dim) row's state by one position; this thread updates states member *
+// kStates + j * team * kStates. Returns <C, state> summed over the team (in every member). A is
+// read as is, or as A_log with A = -exp(A_log) (the Mamba block's parameter). `vectorized`: dstate %
+// kStates == 0 and 16-byte aligned state and A rows.
 template <typename T>
-__global__ __launch_bounds__(kThreads) void selective_state_update_kernel(SelectiveStateUpdateParams p,
-                                                                          int team_log2, bool vectorized) {
-  const int team = 1 << team_log2;
-  const size_t gid = static_cast<size_t>(blockIdx.x) * kThreads + threadIdx.x;
-  const size_t row = gid >> team_log2;
-  const int member = static_cast<int>(gid & (team - 1));
-  // Teams never straddle a warp, and a team is entirely in or out of range.
-  if (row >= static_cast<size_t>(p.batch) * p.dim) return;
-  const unsigned team_mask = (team == 32 ? kFullMask : ((1u << team) - 1u)) << (threadIdx.x % 32 & ~(team - 1));
-  const int d = static_cast<int>(row % p.dim);
-  const size_t b = row / p.dim;
-  const size_t group = (b * p.n_groups + d / (p.dim / p.n_groups)) * p.dstate;
-  const float x = to_float(static_cast<const T*>(p.x)[row]);
-  const float dt = step_size(to_float(static_cast<const T*>(p.dt)[row]), p.dt_bias ? p.dt_bias[d] : 0.f, p.dt_softplus);
-  const float dtx = dt * x;
-  const T* B = static_cast<const T*>(p.B) + group;
-  const T* C = static_cast<const T*>(p.C) + group;
-  const float* A = p.A + static_cast<size_t>(d) * p.dstate;
-  float* state = p.state + row * p.dstate;
+__device__ __forceinline__ float update_row(float* state, const float* A, bool A_is_log, const T* B, const T* C,
+                                            int dstate, float dt, float dtx, int member, int team,
+                                            unsigned team_mask, bool vectorized) {
   float y = 0.f;
-  for (int n0 = member * kStates; n0 < p.dstate; n0 += team * kStates) {
+  for (int n0 = member * kStates; n0 < dstate; n0 += team * kStates) {
     float s[kStates], a[kStates];
-    if (vectorized) {  // dstate % kStates == 0 and 16-byte aligned rows
+    if (vectorized) {
       const float4 s4 = *reinterpret_cast<const float4*>(state + n0);
       const float4 a4 = __ldg(reinterpret_cast<const float4*>(A + n0));
       s[0] = s4.x, s[1] = s4.y, s[2] = s4.z, s[3] = s4.w;
@@ -42,14 +32,15 @@ __global__ __launch_bounds__(kThreads) void selective_state_update_kernel(Select
     } else {
 #pragma unroll
       for (int j = 0; j < kStates; ++j) {
-        s[j] = n0 + j < p.dstate ? state[n0 + j] : 0.f;
-        a[j] = n0 + j < p.dstate ? A[n0 + j] : 0.f;
+        s[j] = n0 + j < dstate ? state[n0 + j] : 0.f;
+        a[j] = n0 + j < dstate ? A[n0 + j] : 0.f;
       }
     }
 #pragma unroll
     for (int j = 0; j < kStates; ++j) {
-      const bool in = n0 + j < p.dstate;
-      s[j] = fmaf(exp2f(dt * a[j] * kLog2e), s[j], in ? dtx * to_float(B[n0 + j]) : 0.f);
+      const bool in = n0 + j < dstate;
+      const float a_j = A_is_log ? -expf(a[j]) : a[j];
+      s[j] = fmaf(exp2f(dt * a_j * kLog2e), s[j], in ? dtx * to_float(B[n0 + j]) : 0.f);
       y = fmaf(in ? to_float(C[n0 + j]) : 0.f, s[j], y);
     }
     if (vectorized) {
@@ -57,17 +48,91 @@ __global__ __launch_bounds__(kThreads) void selective_state_update_kernel(Select
     } else {
 #pragma unroll
       for (int j = 0; j < kStates; ++j)
-        if (n0 + j < p.dstate) state[n0 + j] = s[j];
+        if (n0 + j < dstate) state[n0 + j] = s[j];
     }
   }
   for (int off = team / 2; off > 0; off /= 2) y += __shfl_xor_sync(team_mask, y, off);
-  if (member != 0) return;
-  if (p.D) y = fmaf(p.D[d], x, y);
-  if (p.z) {
-    const float z = to_float(static_cast<const T*>(p.z)[row]);
-    y *= z * sigmoid(z);
+  return y;
+}
+
+// y = (<C, state> + D x) * silu(z), written by the team's first member.
+template <typename T>
+__device__ __forceinline__ void finish_row(float y, float x, const float* D, int d, const T* z, T* out) {
+  if (D) y = fmaf(D[d], x, y);
+  if (z) {
+    const float zv = to_float(*z);
+    y *= zv * sigmoid(zv);
   }
-  static_cast<T*>(p.y)[row] = from_float<T>(y);
+  *out = from_float<T>(y);
+}
+
+// The team layout shared by both kernels: `team` consecutive threads (a power of two, at most a
+// warp) own one row; teams never straddle a warp, and a team is entirely in or out of range.
+struct Team {
+  size_t row;
+  int member, team;
+  unsigned mask;
+  __device__ Team(int team_log2) {
+    team = 1 << team_log2;
+    const size_t gid = static_cast<size_t>(blockIdx.x) * kThreads + threadIdx.x;
+    row = gid >> team_log2;
+    member = static_cast<int>(gid & (team - 1));
+    mask = (team == 32 ? kFullMask : ((1u << team) - 1u)) << (threadIdx.x % 32 & ~(team - 1));
+  }
+};
+
+template <typename T>
+__global__ __launch_bounds__(kThreads) void selective_state_update_kernel(SelectiveStateUpdateParams p,
+                                                                          int team_log2, bool vectorized) {
+  const Team t(team_log2);
+  if (t.row >= static_cast<size_t>(p.batch) * p.dim) return;
+  const int d = static_cast<int>(t.row % p.dim);
+  const size_t b = t.row / p.dim;
+  const size_t group = (b * p.n_groups + d / (p.dim / p.n_groups)) * p.dstate;
+  const float x = to_float(static_cast<const T*>(p.x)[t.row]);
+  const float dt = step_size(to_float(static_cast<const T*>(p.dt)[t.row]), p.dt_bias ? p.dt_bias[d] : 0.f, p.dt_softplus);
+  const float y = update_row(p.state + t.row * p.dstate, p.A + static_cast<size_t>(d) * p.dstate, false,
+                             static_cast<const T*>(p.B) + group, static_cast<const T*>(p.C) + group, p.dstate, dt,
+                             dt * x, t.member, t.team, t.mask, vectorized);
+  if (t.member == 0)
+    finish_row(y, x, p.D, d, p.z ? static_cast<const T*>(p.z) + t.row : nullptr, static_cast<T*>(p.y) + t.row);
+}
+
+// The Mamba block's decode step: the team first computes dt = dt_weight[d] . dt_low (dt_rank
+// products split over its members), then updates the row with B, C read in place from xdbl.
+template <typename T>
+__global__ __launch_bounds__(kThreads) void mamba_state_update_kernel(MambaStateUpdateParams p, int team_log2,
+                                                                      bool vectorized) {
+  const Team t(team_log2);
+  if (t.row >= static_cast<size_t>(p.batch) * p.dim) return;
+  const int d = static_cast<int>(t.row % p.dim);
+  const size_t b = t.row / p.dim;
+  const T* xdbl = static_cast<const T*>(p.xdbl) + b * p.xdbl_stride;
+  const float* w = p.dt_weight + static_cast<size_t>(d) * p.dt_rank;
+  float raw = 0.f;
+  for (int r = t.member; r < p.dt_rank; r += t.team) raw = fmaf(w[r], to_float(xdbl[r]), raw);
+  for (int off = t.team / 2; off > 0; off /= 2) raw += __shfl_xor_sync(t.mask, raw, off);
+  const float x = to_float(static_cast<const T*>(p.x)[t.row]);
+  const float dt = step_size(raw, p.dt_bias[d], true);
+  const float y = update_row(p.state + t.row * p.dstate, p.A_log + static_cast<size_t>(d) * p.dstate, true,
+                             xdbl + p.dt_rank, xdbl + p.dt_rank + p.dstate, p.dstate, dt, dt * x, t.member, t.team,
+                             t.mask, vectorized);
+  if (t.member == 0)
+    finish_row(y, x, p.D, d, p.z ? static_cast<const T*>(p.z) + b * p.z_stride + d : nullptr,
+               static_cast<T*>(p.y) + t.row);
+}
+
+// Team size: enough threads for kStates states each, a power of two, at most a warp.
+int team_log2_for(int dstate) {
+  const int per_thread = (dstate + kStates - 1) / kStates;
+  int team_log2 = 0;
+  while ((1 << team_log2) < per_thread && team_log2 < 5) ++team_log2;
+  return team_log2;
+}
+
+unsigned blocks_for(int batch, int dim, int team_log2) {
+  const size_t threads = (static_cast<size_t>(batch) * dim) << team_log2;
+  return static_cast<unsigned>((threads + kThreads - 1) / kThreads);
 }
 
 }  // namespace
@@ -75,16 +140,24 @@ __global__ __launch_bounds__(kThreads) void selective_state_update_kernel(Select
 
 int selective_state_update_launch(const SelectiveStateUpdateParams& p, ScanInputType type, void* stream) {
   using namespace ssm_tools_cuda;
-  const int per_thread = (p.dstate + kStates - 1) / kStates;
-  int team_log2 = 0;
-  while ((1 << team_log2) < per_thread && team_log2 < 5) ++team_log2;
+  const int team_log2 = team_log2_for(p.dstate);
   const bool vectorized = p.dstate % kStates == 0 && reinterpret_cast<uintptr_t>(p.state) % 16 == 0 &&
                           reinterpret_cast<uintptr_t>(p.A) % 16 == 0;
-  const size_t threads = (static_cast<size_t>(p.batch) * p.dim) << team_log2;
-  const unsigned blocks = static_cast<unsigned>((threads + kThreads - 1) / kThreads);
   return dispatch_input_type(type, [&](auto tag) {
-    auto s = static_cast<cudaStream_t>(stream);
-    selective_state_update_kernel<decltype(tag)><<<blocks, kThreads, 0, s>>>(p, team_log2, vectorized);
+    selective_state_update_kernel<decltype(tag)><<<blocks_for(p.batch, p.dim, team_log2), kThreads, 0,
+                                                   static_cast<cudaStream_t>(stream)>>>(p, team_log2, vectorized);
+    return static_cast<int>(cudaGetLastError());
+  });
+}
+
+int mamba_state_update_launch(const MambaStateUpdateParams& p, ScanInputType type, void* stream) {
+  using namespace ssm_tools_cuda;
+  const int team_log2 = team_log2_for(p.dstate);
+  const bool vectorized = p.dstate % kStates == 0 && reinterpret_cast<uintptr_t>(p.state) % 16 == 0 &&
+                          reinterpret_cast<uintptr_t>(p.A_log) % 16 == 0;
+  return dispatch_input_type(type, [&](auto tag) {
+    mamba_state_update_kernel<decltype(tag)><<<blocks_for(p.batch, p.dim, team_log2), kThreads, 0,
+                                               static_cast<cudaStream_t>(stream)>>>(p, team_log2, vectorized);
     return static_cast<int>(cudaGetLastError());
   });
 }

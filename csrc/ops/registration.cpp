@@ -28,4 +28,22 @@ TORCH_LIBRARY(ssm_tools, m) {
   // One decode step: updates state (batch, dim, dstate) in place and returns y (batch, dim).
   m.def("selective_state_update(Tensor(a!) state, Tensor x, Tensor dt, Tensor A, Tensor B, Tensor C, "
         "Tensor? D, Tensor? z, Tensor? dt_bias, bool dt_softplus) -> Tensor");
+
+  // The rest of the Mamba block (kernels in mamba_block_cpu.cpp / mamba_block_cuda.cpp).
+  // Causal depthwise conv1d, x (batch, dim, seqlen), weight (dim, width), bias (dim,), optionally
+  // through SiLU; out in x's dtype. The backward recomputes the pre-activation from x and returns
+  // dx (x's dtype), dweight and dbias (float32, float64 for float64 x; dbias empty without bias).
+  m.def("causal_conv1d_fwd(Tensor x, Tensor weight, Tensor? bias, bool silu) -> Tensor");
+  m.def("causal_conv1d_bwd(Tensor dout, Tensor x, Tensor weight, Tensor? bias, bool silu) -> "
+        "(Tensor dx, Tensor dweight, Tensor dbias)");
+  // One decode position: conv_state (batch, dim, width) shifts left in place and takes x (batch,
+  // dim); returns the conv's output (batch, dim) in x's dtype.
+  m.def("causal_conv1d_update(Tensor(a!) conv_state, Tensor x, Tensor weight, Tensor? bias, bool silu) -> Tensor");
+  // The block's SSM decode step from x_proj's output xdbl = [dt_low | B | C] (batch, dt_rank + 2
+  // dstate): dt = softplus(dt_low @ dt_weight^T + dt_bias), A = -exp(A_log), state updated in place
+  // as by selective_state_update; returns y (batch, dim) in x's dtype.
+  m.def("mamba_state_update(Tensor(a!) state, Tensor x, Tensor xdbl, Tensor? z, Tensor dt_weight, Tensor dt_bias, "
+        "Tensor A_log, Tensor? D) -> Tensor");
+  // Channel-first parts (batch, dim_i, seqlen) concatenated token-major: (batch, seqlen, sum dim_i).
+  m.def("transpose_cat(Tensor[] parts) -> Tensor");
 }

@@ -2,7 +2,8 @@
 
 ``selective_scan`` and ``selective_state_update`` have the semantics and shapes of mamba_ssm's
 ``selective_scan_fn`` and ``selective_state_update``, so either can stand in for the other;
-``selective_scan`` also takes packed rows of several sequences (``seq_idx``). They call the ops
+``selective_scan`` also takes packed rows of several sequences (``seq_idx``). The Mamba block's
+conv1d (``causal_conv1d``, as causal_conv1d_fn) and decode steps follow them. They call the ops
 declared in csrc/ops/registration.cpp, which check their arguments (csrc/ops/checks.h: a ValueError
 naming the argument) and dispatch to the CPU or CUDA kernels by device. This module also gives the
 ops autograd (the backward recomputes states from the forward's per-chunk checkpoints) and fake
@@ -116,3 +117,84 @@ def _scan_bwd_fake(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, delta
 @torch.library.register_fake("ssm_tools::selective_state_update")
 def _state_update_fake(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
     return x.new_empty(x.shape)
+
+
+# ----------------------------------------------------------------------------- the rest of the Mamba block
+# Arguments are checked by the kernels (csrc/ops/mamba_block_checks.h), for both backends; here only
+# that every tensor is on x's device (mixed with a meta tensor, the dispatcher would otherwise pick
+# the fake kernel and return garbage shapes silently).
+
+def _on_device_of_x(op, x, **tensors):
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and isinstance(x, torch.Tensor) and t.device != x.device:
+            raise ValueError(f"{op}: {name} must be on {x.device} like x, got {t.device}")
+
+def causal_conv1d(x, weight, bias=None, silu=False):
+    """Causal depthwise conv1d, as mamba_ssm's causal_conv1d_fn: out[b, d, t] = act(bias[d] +
+    sum_k weight[d, k] x[b, d, t - width + 1 + k]), x = 0 before t = 0, act = SiLU if ``silu``.
+
+    x: (batch, dim, seqlen); weight: (dim, width), width <= 8; bias: (dim,). Returns out like x.
+    Differentiable in x, weight and bias (the backward recomputes the pre-activation from x)."""
+    _on_device_of_x("causal_conv1d", x, weight=weight, bias=bias)
+    return _ops.causal_conv1d_fwd(x, weight, bias, bool(silu))
+
+
+def causal_conv1d_update(conv_state, x, weight, bias=None, silu=False):
+    """One decode position of causal_conv1d: conv_state (batch, dim, width), float32/float64,
+    holds the last width inputs; it shifts left in place and takes x (batch, dim). Returns the
+    output (batch, dim) in x's dtype. Not differentiable (inference only)."""
+    _on_device_of_x("causal_conv1d_update", x, conv_state=conv_state, weight=weight, bias=bias)
+    return _ops.causal_conv1d_update(conv_state, x, weight, bias, bool(silu))
+
+
+def mamba_state_update(state, x, xdbl, dt_weight, dt_bias, A_log, D=None, z=None):
+    """The SSM decode step of a Mamba block from x_proj's output xdbl = [dt_low | B | C] (batch,
+    dt_rank + 2 dstate): selective_state_update(state, x, dt_low @ dt_weight^T, -exp(A_log), B, C,
+    D, z, dt_bias, dt_softplus=True) in one kernel, xdbl and z read where they are (row-strided
+    views are fine). state: (batch, dim, dstate), updated in place. Returns y (batch, dim)."""
+    _on_device_of_x("mamba_state_update", x, state=state, xdbl=xdbl, dt_weight=dt_weight, dt_bias=dt_bias,
+                    A_log=A_log, D=D, z=z)
+    return _ops.mamba_state_update(state, x, xdbl, z, dt_weight, dt_bias, A_log, D)
+
+
+def _conv_setup_context(ctx, inputs, output):
+    x, weight, bias, silu = inputs
+    ctx.save_for_backward(x, weight, bias)
+    ctx.silu = silu
+
+
+def _conv_backward(ctx, dout):
+    x, weight, bias = ctx.saved_tensors
+    dx, dweight, dbias = _ops.causal_conv1d_bwd(dout, x, weight, bias, ctx.silu)
+    return dx, dweight.to(weight.dtype), None if bias is None else dbias.to(bias.dtype), None
+
+
+torch.library.register_autograd("ssm_tools::causal_conv1d_fwd", _conv_backward, setup_context=_conv_setup_context)
+
+
+@torch.library.register_fake("ssm_tools::causal_conv1d_fwd")
+def _conv_fwd_fake(x, weight, bias, silu):
+    return x.new_empty(x.shape)
+
+
+@torch.library.register_fake("ssm_tools::causal_conv1d_bwd")
+def _conv_bwd_fake(dout, x, weight, bias, silu):
+    dtype = _state_dtype(x)
+    return (x.new_empty(x.shape), x.new_empty(weight.shape, dtype=dtype),
+            x.new_empty(0 if bias is None else bias.shape, dtype=dtype))
+
+
+@torch.library.register_fake("ssm_tools::causal_conv1d_update")
+def _conv_update_fake(conv_state, x, weight, bias, silu):
+    return x.new_empty(x.shape)
+
+
+@torch.library.register_fake("ssm_tools::mamba_state_update")
+def _mamba_state_update_fake(state, x, xdbl, z, dt_weight, dt_bias, A_log, D):
+    return x.new_empty(x.shape)
+
+
+@torch.library.register_fake("ssm_tools::transpose_cat")
+def _transpose_cat_fake(parts):
+    batch, _, seqlen = parts[0].shape
+    return parts[0].new_empty((batch, seqlen, sum(p.shape[1] for p in parts)))

@@ -220,3 +220,46 @@ def replay_reference(make_tools: Callable[[], list[Tool]], prompts: Sequence[Seq
         out_mask[i, :len(mask)] = torch.tensor(mask)
     return Transcript(out_tokens, out_mask, torch.tensor([len(e[0]) for e in episodes]),
                       torch.tensor([e[2] for e in episodes]))
+
+
+def causal_conv1d_ref(x, weight, bias=None, silu=False):
+    """Causal depthwise conv1d through F.conv1d: x (batch, dim, seqlen), weight (dim, width), bias
+    (dim,); out[t] = act(bias + sum_k weight[k] x[t - width + 1 + k]), act = SiLU if ``silu``."""
+    dtype = _compute_dtype(x)
+    width = weight.shape[1]
+    out = F.conv1d(x.to(dtype), weight.to(dtype)[:, None, :], None if bias is None else bias.to(dtype),
+                   padding=width - 1, groups=x.shape[1])[..., :x.shape[2]]
+    return (F.silu(out) if silu else out).to(x.dtype)
+
+
+def causal_conv1d_update_ref(conv_state, x, weight, bias=None, silu=False):
+    """One decode position: conv_state (batch, dim, width) shifts left in place and takes x
+    (batch, dim); returns the conv's output there (batch, dim)."""
+    dtype = conv_state.dtype
+    conv_state.copy_(torch.cat([conv_state[..., 1:], x.to(dtype)[..., None]], dim=-1))
+    out = (conv_state * weight.to(dtype)).sum(-1)
+    if bias is not None:
+        out = out + bias.to(dtype)
+    return (F.silu(out) if silu else out).to(x.dtype)
+
+
+def mamba_state_update_ref(state, x, xdbl, dt_weight, dt_bias, A_log, D=None, z=None):
+    """The Mamba block's SSM decode step from x_proj's output xdbl = [dt_low | B | C]."""
+    dstate = A_log.shape[1]
+    dt_low, B, C = xdbl.split([dt_weight.shape[1], dstate, dstate], dim=-1)
+    dt = dt_low.to(state.dtype) @ dt_weight.to(state.dtype).t()
+    return selective_state_update_ref(state, x, dt, -torch.exp(A_log.to(state.dtype)), B, C, D, z, dt_bias,
+                                      dt_softplus=True)
+
+
+def mamba_mixer_ref(mixer, h):
+    """A ``models.mamba.MambaMixer``'s forward written plainly, token-major, with nn layers, F.conv1d
+    and selective_scan_ref (autograd differentiates it): what the fused forward and backward are
+    tested against, from the same parameters. h: (batch, seqlen, d_model)."""
+    x, z = mixer.in_proj(h).transpose(1, 2).chunk(2, dim=1)
+    x = causal_conv1d_ref(x, mixer.conv1d.weight[:, 0, :], mixer.conv1d.bias, silu=True)
+    dt, B, C = mixer.x_proj(x.transpose(1, 2)).split([mixer.dt_rank, mixer.d_state, mixer.d_state], dim=-1)
+    dt = F.linear(dt, mixer.dt_proj.weight)
+    y = selective_scan_ref(x, dt.transpose(1, 2), -torch.exp(mixer.A_log), B.transpose(1, 2), C.transpose(1, 2),
+                           mixer.D, z, delta_bias=mixer.dt_proj.bias, delta_softplus=True)
+    return mixer.out_proj(y.transpose(1, 2))

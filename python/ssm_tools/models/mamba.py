@@ -2,9 +2,12 @@
 
 Block: in_proj -> (x, z); x -> causal depthwise conv1d (kernel d_conv) -> SiLU -> x_proj -> (dt, B, C);
 dt -> dt_proj (its bias is the scan's delta_bias, softplus inside the op); selective scan with D and
-z gating -> out_proj. Layers are RMSNorm pre-norm residual. The parallel forward uses
-`ssm_tools.selective_scan`, decoding uses `ssm_tools.selective_state_update` (the same recurrence one
-position at a time), so a tool-augmented episode costs O(1) per token whatever its length.
+z gating -> out_proj. Layers are RMSNorm pre-norm residual. The parallel forward is one autograd
+node per layer (`_MambaLayer`: norm, projections, the fused conv1d + SiLU kernel, the selective scan)
+that recomputes its cheap parts in the backward instead of saving them; decoding runs the same
+recurrence one position at a time (`ops.causal_conv1d_update`, `ops.mamba_state_update`), so a
+tool-augmented episode costs O(1) per token whatever its length. `reference.mamba_mixer_ref` is the
+plain formulation the tests compare against.
 """
 from __future__ import annotations
 
@@ -18,81 +21,104 @@ from .. import ops
 from .base import LanguageModel, check_positive
 
 
-def _autocast(*tensors: torch.Tensor):
-    """The tensors in the dtype autocast would run a matmul in (unchanged outside autocast, and
-    float64 ones never cast, as autocast does). Done by hand where a weight is expanded over the
-    batch (autocast would cast the expanded, B-times larger tensor) and inside the autograd
-    Functions below."""
-    device = tensors[0].device.type
-    if not torch.is_autocast_enabled(device):
-        return tensors
-    dtype = torch.get_autocast_dtype(device)
-    return tuple(t if t.dtype == torch.float64 else t.to(dtype) for t in tensors)
+_ops = torch.ops.ssm_tools
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype autocast would run a matmul in (t's own dtype outside autocast; float64 is never
+    cast, as autocast does)."""
+    device = t.device.type
+    if t.dtype == torch.float64 or not torch.is_autocast_enabled(device):
+        return t.dtype
+    return torch.get_autocast_dtype(device)
 
 
 def _shared_bmm(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """weight (O, I) @ x[b] (I, T) for every b -> (B, O, T), contiguous: one batched GEMM over the
     weight expanded with batch stride 0, reading x where it is (x may be a transposed view).
-    (torch.matmul would fold the batch into the rows when x requires grad, copying x transposed and
-    the output back.)"""
+    (torch.matmul would fold the batch into the rows, copying x transposed and the output back.)"""
     return torch.bmm(weight.expand(x.shape[0], -1, -1), x)
 
 
-def _weight_times(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """_shared_bmm under autocast, with autograd's own backward: x's gradient comes back contiguous;
-    the weight's is a (B, O, I) batched product summed over the batch, fine for x_proj and dt_proj,
-    where O or I is small (less than the (B, I, T) copy it saves), not for in/out_proj."""
-    (weight,) = _autocast(weight)
-    return _shared_bmm(weight, x)
+def _batch_summed_bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum_b a[b] @ b[b]^T, summed in float32 at least: the gradient of a weight shared over the batch by _shared_bmm
+    (small here: one (O, I) product per sequence, O or I being dt_rank or dt_rank + 2 d_state)."""
+    return torch.bmm(a, b.mT).sum(0, dtype=torch.promote_types(a.dtype, torch.float32))
 
 
-class _InProj(torch.autograd.Function):
-    """x, z = in_proj(h) (h (B, T, d_model)), each a contiguous (B, d_inner, T), the layout the conv
-    and the scan read. Forward: one batched GEMM per half, W_half (batch stride 0) @ h[b]^T, no copy.
-    Backward: the weight's gradient sums over batch and time, which the channel-first gradients do
-    not hold at one stride, so they are transposed once into a token-major (B*T, 2 d_inner) matrix
-    (what autograd's cat + transposed reshape copy did in the old layout, in one pass) that feeds
-    both plain GEMMs."""
-
-    @staticmethod
-    def forward(ctx, h, weight):
-        ctx.dtypes = h.dtype, weight.dtype
-        h, weight = _autocast(h, weight)
-        ctx.save_for_backward(h, weight)
-        return tuple(_shared_bmm(w, h.mT) for w in weight.chunk(2))
+class _MambaLayer(torch.autograd.Function):
+    """The mixer of one layer, with its pre-norm: out = mixer(rms_norm(r)) for the residual stream r
+    (B, T, d_model), in one autograd node that saves only r, in_proj's outputs x and z, x_proj's
+    small output and the scan's input to out_proj (plus the scan's chunk states), and recomputes the
+    rest in the backward: the norm, the conv + SiLU (one fused kernel) and dt_proj, all cheap next
+    to the scan (mamba_ssm's mamba_inner_fn recomputes the same). Layout: channel-first (B, d_inner,
+    T) from in_proj to the scan, as the conv and scan kernels read it; the GEMMs write and read that
+    layout through weights expanded with batch stride 0, so nothing is transposed but y (once, for
+    out_proj and its weight gradient) and in_proj's gradient (once, by a tiled transpose, for its
+    weight gradient, which sums over batch and time).
+    Under autocast the GEMMs, the conv and the scan's inputs run in the autocast dtype; the norm,
+    the states and every parameter gradient stay in float32."""
 
     @staticmethod
-    def backward(ctx, dx, dz):
-        h, weight = ctx.saved_tensors
-        batch, T, d_model = h.shape
-        g = torch.cat([dx.mT, dz.mT], dim=-1).to(weight.dtype).reshape(batch * T, -1)  # (B*T, 2 d_inner)
-        dh = (g @ weight).view(batch, T, d_model) if ctx.needs_input_grad[0] else None
-        dw = g.t() @ h.reshape(batch * T, d_model) if ctx.needs_input_grad[1] else None
-        return tuple(None if t is None else t.to(dtype) for t, dtype in zip((dh, dw), ctx.dtypes))
-
-
-class _OutProj(torch.autograd.Function):
-    """out_proj(y) for the scan's channel-first y (B, d_inner, T) -> (B, T, d_model). Forward: y is
-    transposed once to token-major, which both the forward GEMM and the weight's gradient (saved)
-    want, as F.linear(y.mT) does. Backward: y's gradient is computed channel-first, W^T (batch
-    stride 0) @ grad[b]^T, so it reaches the scan's backward contiguous; autograd would hand it a
-    transposed view, which the op copies."""
-
-    @staticmethod
-    def forward(ctx, y, weight):
-        ctx.dtypes = y.dtype, weight.dtype
-        y, weight = _autocast(y, weight)
-        y_t = y.mT.contiguous()  # (B, T, d_inner)
-        ctx.save_for_backward(y_t, weight)
-        return F.linear(y_t, weight)
+    def forward(ctx, r, norm_weight, eps, dims, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D, out_w):
+        d_inner, dt_rank, d_state = dims
+        cd = _compute_dtype(r)
+        with torch.autocast(r.device.type, enabled=False):
+            h = (r if norm_weight is None else F.rms_norm(r, r.shape[-1:], norm_weight, eps)).to(cd)
+            W_in, W_x, W_dt, W_out = (w.to(cd) for w in (in_w, x_w, dt_w, out_w))
+            x, z = (_shared_bmm(w, h.mT) for w in W_in.split(d_inner))  # (B, d_inner, T) each
+            u = _ops.causal_conv1d_fwd(x, conv_w[:, 0], conv_b, True)
+            x_dbl = _shared_bmm(W_x, u)  # (B, dt_rank + 2 d_state, T)
+            delta = _shared_bmm(W_dt, x_dbl[:, :dt_rank])
+            B, C = (t.unsqueeze(1) for t in x_dbl[:, dt_rank:].split(d_state, dim=1))
+            y, _, saved = _ops.selective_scan_fwd(u, delta, -torch.exp(A_log), B, C, D, z, dt_b, True)
+            y_t = y.mT.contiguous()  # (B, T, d_inner)
+            out = F.linear(y_t, W_out)
+        ctx.save_for_backward(r, norm_weight, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D, out_w, x, z, x_dbl,
+                              y_t, saved)
+        ctx.eps, ctx.dims, ctx.cd = eps, dims, cd
+        return out
 
     @staticmethod
     def backward(ctx, g):
-        y_t, weight = ctx.saved_tensors
-        g = g.to(weight.dtype)
-        dy = _shared_bmm(weight.t(), g.mT) if ctx.needs_input_grad[0] else None
-        dw = g.reshape(-1, g.shape[-1]).t() @ y_t.reshape(-1, y_t.shape[-1]) if ctx.needs_input_grad[1] else None
-        return tuple(None if t is None else t.to(dtype) for t, dtype in zip((dy, dw), ctx.dtypes))
+        r, norm_weight, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D, out_w, x, z, x_dbl, y_t, saved = \
+            ctx.saved_tensors
+        d_inner, dt_rank, d_state = ctx.dims
+        cd = ctx.cd
+        batch, T, d_model = r.shape
+        W_in, W_x, W_dt, W_out = (w.to(cd) for w in (in_w, x_w, dt_w, out_w))
+        with torch.enable_grad():  # the norm is recomputed, and differentiated by autograd
+            r_ = r.detach().requires_grad_()
+            norm_w = None if norm_weight is None else norm_weight.detach().requires_grad_()
+            h_full = r_ if norm_w is None else F.rms_norm(r_, (d_model,), norm_w, ctx.eps)
+        h = h_full.detach().to(cd)
+        g = g.to(cd)
+        dy = _shared_bmm(W_out.t(), g.mT)  # (B, d_inner, T)
+        d_out_w = g.reshape(-1, d_model).t() @ y_t.reshape(-1, d_inner)
+        # Recompute the conv and dt_proj (cheap), then the scan's backward.
+        u = _ops.causal_conv1d_fwd(x, conv_w[:, 0], conv_b, True)
+        dt_low = x_dbl[:, :dt_rank]
+        delta = _shared_bmm(W_dt, dt_low)
+        A = -torch.exp(A_log)
+        B, C = (t.unsqueeze(1) for t in x_dbl[:, dt_rank:].split(d_state, dim=1))
+        du, ddelta, dA, dB, dC, dD, dz, d_dt_b = _ops.selective_scan_bwd(dy, None, u, delta, A, B, C, D, z, dt_b,
+                                                                          True, saved)
+        ddelta = ddelta.to(cd)
+        d_dt_w = _batch_summed_bmm(ddelta, dt_low)
+        dx_dbl = torch.cat([_shared_bmm(W_dt.t(), ddelta), dB[:, 0].to(cd), dC[:, 0].to(cd)], dim=1)
+        d_x_w = _batch_summed_bmm(dx_dbl, u)
+        du = torch.baddbmm(du.to(cd), W_x.t().expand(batch, -1, -1), dx_dbl)
+        dx, d_conv_w, d_conv_b = _ops.causal_conv1d_bwd(du, x, conv_w[:, 0], conv_b, True)
+        dxz = _ops.transpose_cat([dx, dz.to(cd)]).view(batch * T, 2 * d_inner)
+        dh = (dxz @ W_in).view(batch, T, d_model)
+        d_in_w = dxz.t() @ h.view(batch * T, d_model)
+        if norm_w is None:
+            dr, d_norm_w = dh.to(r.dtype), None
+        else:
+            dr, d_norm_w = torch.autograd.grad(h_full, (r_, norm_w), dh.to(h_full.dtype))
+        grads = (d_in_w, d_conv_w.view_as(conv_w), d_conv_b, d_x_w, d_dt_w, d_dt_b, dA * A, dD, d_out_w)
+        params = (in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D, out_w)
+        return (dr, d_norm_w, None, None, *(gr.to(p.dtype) for gr, p in zip(grads, params)))
 
 
 class MambaMixer(nn.Module):
@@ -118,48 +144,19 @@ class MambaMixer(nn.Module):
         self.D = nn.Parameter(torch.ones(d_inner))
         self.A_log._no_weight_decay = self.D._no_weight_decay = True
 
-    def _A(self) -> torch.Tensor:
-        return -torch.exp(self.A_log)
+    def forward(self, h: torch.Tensor, norm: nn.RMSNorm | None = None) -> torch.Tensor:
+        """mixer(norm(h)) for h (B, T, d_model) (the norm recomputed in the backward)."""
+        return _MambaLayer.apply(h, None if norm is None else norm.weight, None if norm is None else norm.eps,
+                                 (self.d_inner, self.dt_rank, self.d_state), self.in_proj.weight,
+                                 self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
+                                 self.dt_proj.bias, self.A_log, self.D, self.out_proj.weight)
 
-    def _dt_B_C(self, x: torch.Tensor):
-        dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        return F.linear(dt, self.dt_proj.weight), B, C
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (B, T, d_model)
-        # Channel-first throughout: the conv and the scan take (B, d_inner, T) contiguous, and the
-        # GEMMs around them write and read that layout (batched over stride-0 weights), so no
-        # activation or gradient is copied into or out of the op's layout, which the old
-        # token-major formulation did 10 times per layer. What copies remain: out_proj's input and
-        # in_proj's gradient are transposed once each (their weight gradients sum over batch and
-        # time, which needs token-major), and the conv's output slice copies its gradient.
-        T = h.shape[1]
-        x, z = _InProj.apply(h, self.in_proj.weight)  # (B, d_inner, T) each, contiguous
-        x = F.silu(self.conv1d(x)[..., :T])
-        dt, B, C = _weight_times(self.x_proj.weight, x).split([self.dt_rank, self.d_state, self.d_state], dim=1)
-        y = ops.selective_scan(x, _weight_times(self.dt_proj.weight, dt), self._A(), B, C, self.D, z,
-                               delta_bias=self.dt_proj.bias, delta_softplus=True)
-        return _OutProj.apply(y, self.out_proj.weight)
-
-    def forward_token_major(self, h: torch.Tensor) -> torch.Tensor:
-        """The same block written plainly in the token-major layout (forward before the channel-first
-        one; autograd copies its transposes): what tests and benchmarks/profile_train_step_gpu.py
-        compare forward against, from the same parameters."""
-        T = h.shape[1]
-        x, z = self.in_proj(h).transpose(1, 2).chunk(2, dim=1)
-        x = F.silu(self.conv1d(x)[..., :T])
-        dt, B, C = self._dt_B_C(x.transpose(1, 2))
-        y = ops.selective_scan(x, dt.transpose(1, 2), self._A(), B.transpose(1, 2), C.transpose(1, 2),
-                               self.D, z, delta_bias=self.dt_proj.bias, delta_softplus=True)
-        return self.out_proj(y.transpose(1, 2))
-
-    def step(self, h: torch.Tensor, state):  # h (B, d_model); state (conv (B, d_inner, d_conv), ssm)
+    def step(self, h: torch.Tensor, state):  # h (B, d_model); state (conv (B, d_inner, d_conv), ssm), updated in place
         conv_state, ssm_state = state
-        x, z = self.in_proj(h).chunk(2, dim=-1)
-        conv_state = torch.cat([conv_state[..., 1:], x.unsqueeze(-1)], dim=-1)
-        x = F.silu((conv_state * self.conv1d.weight[:, 0, :]).sum(-1) + self.conv1d.bias)
-        dt, B, C = self._dt_B_C(x)
-        y = ops.selective_state_update(ssm_state, x, dt, self._A(), B, C, self.D, z,
-                                       dt_bias=self.dt_proj.bias, dt_softplus=True)
+        x, z = F.linear(h, self.in_proj.weight).split(self.d_inner, dim=-1)  # row-strided views
+        x = ops.causal_conv1d_update(conv_state, x, self.conv1d.weight[:, 0], self.conv1d.bias, silu=True)
+        y = ops.mamba_state_update(ssm_state, x, F.linear(x, self.x_proj.weight), self.dt_proj.weight,
+                                   self.dt_proj.bias, self.A_log, self.D, z)
         return self.out_proj(y), (conv_state, ssm_state)
 
 
@@ -175,7 +172,7 @@ class Mamba(LanguageModel):
 
     def body(self, x):
         for norm, mixer in zip(self.norms, self.mixers):
-            x = x + mixer(norm(x))
+            x = x + mixer(x, norm)
         return x
 
     def body_step(self, x, state):

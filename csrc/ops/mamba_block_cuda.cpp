@@ -1,0 +1,190 @@
+// CUDA kernels of the Mamba block's ops other than the scan (schemas in registration.cpp): checks
+// the tensors (mamba_block_checks.h), makes them contiguous where the kernels need it, fills the
+// params of csrc/kernels/mamba_block_params.h and launches on the current stream. Inputs in float32,
+// bfloat16 or float16; weights, biases and states in float32.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+
+#include "ops/mamba_block_checks.h"
+
+namespace {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+using namespace ssm_tools::mamba_block;
+
+ScanInputType input_type(const Tensor& t, const char* op) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return ScanInputType::kFloat32;
+    case at::kBFloat16: return ScanInputType::kBFloat16;
+    case at::kHalf: return ScanInputType::kFloat16;
+    default: TORCH_CHECK(false, op, ": inputs must be float32, bfloat16 or float16 on CUDA, got ", c10::toString(t.scalar_type()));
+  }
+}
+
+// A float32 parameter (weight, bias, A_log, D), contiguous (checked to be on x's device).
+Tensor param(const Tensor& t) { return t.to(at::kFloat).contiguous(); }
+
+Tensor opt_param(const OptTensor& t) { return t ? param(*t) : Tensor(); }
+
+const float* ptr(const Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
+
+// A float32 state updated in place: must be contiguous (the kernel writes through it).
+float* state_ptr(const Tensor& state, const char* op, const char* name) {
+  TORCH_CHECK(state.scalar_type() == at::kFloat && state.is_contiguous(), op, ": ", name,
+              " must be a contiguous float32 tensor on CUDA (it is updated in place)");
+  return state.data_ptr<float>();
+}
+
+// A (batch, dim) input read row by row: unit stride along dim, any row stride.
+Tensor rows(const Tensor& t, const Tensor& x) {
+  const Tensor r = t.to(x.scalar_type());
+  return r.stride(1) == 1 ? r : r.contiguous();
+}
+
+void check_launch(int err, const char* op) {
+  TORCH_CHECK(err == 0, op, ": CUDA kernel launch failed: ", cudaGetErrorString(static_cast<cudaError_t>(err)));
+}
+
+void* stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+struct ConvCall {
+  Tensor x, weight, bias;
+  CausalConv1dParams p;
+};
+
+ConvCall conv_call(const Tensor& x, const Tensor& weight, const OptTensor& bias, bool silu) {
+  constexpr const char* op = "causal_conv1d";
+  TORCH_CHECK(x.is_cuda(), op, ": x must be a CUDA tensor");
+  const ConvShape s = check_conv(x, weight, bias, op);
+  ConvCall c{x.contiguous(), param(weight), opt_param(bias), {}};
+  c.p.batch = static_cast<int>(s.batch);
+  c.p.dim = static_cast<int>(s.dim);
+  c.p.seqlen = static_cast<int>(s.seqlen);
+  c.p.width = static_cast<int>(s.width);
+  c.p.silu = silu;
+  c.p.x = c.x.data_ptr();
+  c.p.weight = c.weight.data_ptr<float>();
+  c.p.bias = ptr(c.bias);
+  return c;
+}
+
+Tensor causal_conv1d_fwd_cuda(const Tensor& x, const Tensor& weight, const OptTensor& bias, bool silu) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  ConvCall c = conv_call(x, weight, bias, silu);
+  Tensor out = at::empty(x.sizes(), c.x.options());
+  c.p.out = out.data_ptr();
+  check_launch(causal_conv1d_fwd_launch(c.p, input_type(x, "causal_conv1d"), stream()), "causal_conv1d");
+  return out;
+}
+
+std::tuple<Tensor, Tensor, Tensor> causal_conv1d_bwd_cuda(const Tensor& dout, const Tensor& x, const Tensor& weight,
+                                                          const OptTensor& bias, bool silu) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  ConvCall c = conv_call(x, weight, bias, silu);
+  check_same_shape(dout, x, "causal_conv1d", "dout");
+  const Tensor g = dout.to(x.scalar_type()).contiguous();
+  Tensor dx = at::empty(x.sizes(), c.x.options());
+  Tensor dweight = at::zeros({c.p.dim, c.p.width}, c.weight.options());
+  Tensor dbias = bias ? at::zeros({c.p.dim}, c.weight.options()) : at::empty({0}, c.weight.options());
+  c.p.dout = g.data_ptr();
+  c.p.dx = dx.data_ptr();
+  c.p.dweight = dweight.data_ptr<float>();
+  c.p.dbias = bias ? dbias.data_ptr<float>() : nullptr;
+  check_launch(causal_conv1d_bwd_launch(c.p, input_type(x, "causal_conv1d"), stream()), "causal_conv1d");
+  return {dx, dweight, dbias};
+}
+
+Tensor causal_conv1d_update_cuda(const Tensor& state, const Tensor& x, const Tensor& weight, const OptTensor& bias,
+                                 bool silu) {
+  constexpr const char* op = "causal_conv1d_update";
+  TORCH_CHECK(x.is_cuda(), op, ": x must be a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const ConvUpdateShape s = check_conv_update(state, x, weight, bias);
+  const Tensor x_r = rows(x, x), w = param(weight), b = opt_param(bias);
+  Tensor out = at::empty({s.batch, s.dim}, x.options());
+  CausalConv1dUpdateParams p;
+  p.batch = static_cast<int>(s.batch);
+  p.dim = static_cast<int>(s.dim);
+  p.width = static_cast<int>(s.width);
+  p.silu = silu;
+  p.state = state_ptr(state, op, "conv_state");
+  p.x = x_r.data_ptr();
+  p.x_stride = x_r.stride(0);
+  p.weight = w.data_ptr<float>();
+  p.bias = ptr(b);
+  p.out = out.data_ptr();
+  check_launch(causal_conv1d_update_launch(p, input_type(x, op), stream()), op);
+  return out;
+}
+
+Tensor mamba_state_update_cuda(const Tensor& state, const Tensor& x, const Tensor& xdbl, const OptTensor& z,
+                               const Tensor& dt_weight, const Tensor& dt_bias, const Tensor& A_log, const OptTensor& D) {
+  constexpr const char* op = "mamba_state_update";
+  TORCH_CHECK(x.is_cuda(), op, ": x must be a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const StateUpdateShape s = check_mamba_state_update(state, x, xdbl, z, dt_weight, dt_bias, A_log, D);
+  const Tensor x_c = x.contiguous(), xdbl_r = rows(xdbl, x), z_r = z ? rows(*z, x) : Tensor();
+  const Tensor w = param(dt_weight), bias = param(dt_bias), a = param(A_log), d = opt_param(D);
+  Tensor y = at::empty({s.batch, s.dim}, x.options());
+  MambaStateUpdateParams p;
+  p.batch = static_cast<int>(s.batch);
+  p.dim = static_cast<int>(s.dim);
+  p.dstate = static_cast<int>(s.dstate);
+  p.dt_rank = static_cast<int>(s.dt_rank);
+  p.state = state_ptr(state, op, "state");
+  p.x = x_c.data_ptr();
+  p.xdbl = xdbl_r.data_ptr();
+  p.xdbl_stride = xdbl_r.stride(0);
+  p.z = z_r.defined() ? z_r.data_ptr() : nullptr;
+  p.z_stride = z_r.defined() ? z_r.stride(0) : 0;
+  p.dt_weight = w.data_ptr<float>();
+  p.dt_bias = bias.data_ptr<float>();
+  p.A_log = a.data_ptr<float>();
+  p.D = ptr(d);
+  p.y = y.data_ptr();
+  check_launch(mamba_state_update_launch(p, input_type(x, op), stream()), op);
+  return y;
+}
+
+Tensor transpose_cat_cuda(at::TensorList parts) {
+  constexpr const char* op = "transpose_cat";
+  check_transpose_cat(parts);
+  const c10::cuda::CUDAGuard guard(parts[0].device());
+  int64_t cols = 0;
+  for (const Tensor& t : parts) cols += t.size(1);
+  const int64_t batch = parts[0].size(0), seqlen = parts[0].size(2);
+  TORCH_CHECK(batch <= 65535, op, ": batch must be at most 65535 on CUDA, got ", ssm_tools::text(batch));
+  Tensor out = at::empty({batch, seqlen, cols}, parts[0].options());
+  int64_t offset = 0;
+  for (const Tensor& t : parts) {
+    const Tensor src = t.contiguous();
+    TransposeParams p;
+    p.batch = static_cast<int>(batch);
+    p.rows = static_cast<int>(src.size(1));
+    p.seqlen = static_cast<int>(seqlen);
+    p.dst_cols = cols;
+    p.offset = offset;
+    p.src = src.data_ptr();
+    p.dst = out.data_ptr();
+    if (src.numel()) check_launch(transpose_launch(p, input_type(src, op), stream()), op);
+    offset += src.size(1);
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ssm_tools, CUDA, m) {
+  m.impl("causal_conv1d_fwd", &causal_conv1d_fwd_cuda);
+  m.impl("causal_conv1d_bwd", &causal_conv1d_bwd_cuda);
+  m.impl("causal_conv1d_update", &causal_conv1d_update_cuda);
+  m.impl("mamba_state_update", &mamba_state_update_cuda);
+  m.impl("transpose_cat", &transpose_cat_cuda);
+}

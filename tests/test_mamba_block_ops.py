@@ -1,0 +1,174 @@
+"""The Mamba block's kernels other than the scan (causal conv1d forward/backward and decode update,
+the block's SSM decode step, the transposing concatenation) against the references of
+ssm_tools.reference computed in float64 on the same, upcast inputs. Fresh random inputs per run (the
+seed is printed). Every test runs on the CPU kernels and, where torch sees a GPU, on the CUDA ones
+(the device machine runs this file with the other CUDA tests)."""
+import re
+
+import pytest
+import torch
+
+import ssm_tools.ops as ops
+from ssm_tools.reference import (causal_conv1d_ref, causal_conv1d_update_ref, mamba_state_update_ref,
+                                 selective_state_update_ref)
+
+OPS = torch.ops.ssm_tools
+CUDA = pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                        reason="needs a CUDA GPU")])
+DEVICES = ["cpu", CUDA]
+TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+
+
+@pytest.fixture
+def gen():
+    seed = torch.randint(0, 2**31, ()).item()
+    print(f"torch seed {seed}")
+    return torch.Generator().manual_seed(seed)
+
+
+def rnd(gen, *shape, dtype=torch.float32, device="cpu", scale=1.0):
+    return (torch.randn(*shape, generator=gen) * scale).to(dtype=dtype, device=device)
+
+
+def rel_err(got, ref):
+    got, ref = got.double().cpu(), ref.double().cpu()
+    assert got.shape == ref.shape, (got.shape, ref.shape)
+    assert torch.isfinite(got).all()
+    return ((got - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def dtypes(device):
+    return [torch.float64, torch.float32, torch.bfloat16] if device == "cpu" else \
+        [torch.float32, torch.bfloat16, torch.float16]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(2, 3, 1, 4), (3, 5, 17, 4), (1, 130, 300, 4), (2, 7, 40, 2), (2, 4, 9, 8)], ids=str)
+@pytest.mark.parametrize("silu, bias", [(True, True), (False, False)])
+def test_conv_matches_reference(gen, device, shape, silu, bias):
+    """Forward and all three gradients; 300 positions cross the CUDA backward's 128-position tiles."""
+    batch, dim, seqlen, width = shape
+    for dtype in dtypes(device):
+        wdtype = torch.float64 if dtype == torch.float64 else torch.float32
+        x = rnd(gen, batch, dim, seqlen, dtype=dtype, device=device).requires_grad_()
+        w = rnd(gen, dim, width, dtype=wdtype, device=device, scale=0.5).requires_grad_()
+        b = rnd(gen, dim, dtype=wdtype, device=device).requires_grad_() if bias else None
+        g = rnd(gen, batch, dim, seqlen, dtype=dtype, device=device)
+        leaves = [t for t in (x, w, b) if t is not None]
+        out = ops.causal_conv1d(x, w, b, silu)
+        grads = torch.autograd.grad(out, leaves, g)
+        up = [t.detach().double().cpu().requires_grad_() for t in leaves]
+        ref = causal_conv1d_ref(up[0], up[1], up[2] if bias else None, silu)
+        ref_grads = torch.autograd.grad(ref, up, g.double().cpu())
+        assert out.dtype == dtype and out.device.type == device
+        assert rel_err(out, ref) < TOL[dtype], dtype
+        for got, want, leaf, name in zip(grads, ref_grads, leaves, ("x", "weight", "bias")):
+            assert got.dtype == leaf.dtype, name
+            assert rel_err(got, want) < TOL[dtype] * 3, (dtype, name)
+
+
+def test_conv_gradcheck(gen):
+    x = rnd(gen, 2, 3, 11, dtype=torch.float64).requires_grad_()
+    w = rnd(gen, 3, 4, dtype=torch.float64).requires_grad_()
+    b = rnd(gen, 3, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda *a: ops.causal_conv1d(*a, silu=True), (x, w, b))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_conv_update_steps_equal_conv(gen, device):
+    """Stepping the decode update through a sequence (x read from a row-strided view, as the decode
+    step passes in_proj's output) gives the parallel conv's outputs, and moves the state as the
+    reference does."""
+    batch, dim, seqlen, width = 3, 6, 9, 4
+    xz = rnd(gen, batch, 2 * dim, seqlen, device=device)
+    x = xz[:, :dim]
+    w, b = rnd(gen, dim, width, device=device), rnd(gen, dim, device=device)
+    state = torch.zeros(batch, dim, width, device=device)
+    ref_state = state.clone()
+    want = ops.causal_conv1d(x.contiguous(), w, b, silu=True)
+    for t in range(seqlen):
+        out = ops.causal_conv1d_update(state, xz[..., t][:, :dim], w, b, silu=True)
+        ref = causal_conv1d_update_ref(ref_state, x[..., t], w, b, silu=True)
+        assert rel_err(out, want[..., t]) < 1e-5
+        assert rel_err(out, ref) < 1e-5
+        assert rel_err(state, ref_state) == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dstate, dt_rank", [(16, 48), (4, 3), (7, 5)])
+def test_mamba_state_update_matches_reference(gen, device, dstate, dt_rank):
+    """From x_proj's output read in place (a row-strided view) and z a strided half of in_proj's
+    output; equals the reference and selective_state_update with dt computed apart."""
+    batch, dim = 5, 12
+    for dtype in dtypes(device):
+        if dtype == torch.float64:
+            continue  # the decode state is float32 outside float64 models; float64 runs below
+        sdtype = torch.float32
+        xdbl = rnd(gen, batch, dt_rank + 2 * dstate + 3, dtype=dtype, device=device)[:, :dt_rank + 2 * dstate]
+        z = rnd(gen, batch, 2 * dim, dtype=dtype, device=device)[:, dim:]
+        x = rnd(gen, batch, dim, dtype=dtype, device=device)
+        dt_w = rnd(gen, dim, dt_rank, device=device, scale=dt_rank ** -0.5)
+        dt_b, A_log, D = rnd(gen, dim, device=device) - 2, rnd(gen, dim, dstate, device=device, scale=0.5), \
+            rnd(gen, dim, device=device)
+        state = rnd(gen, batch, dim, dstate, dtype=sdtype, device=device)
+        ref_state = state.double().cpu()
+        y = ops.mamba_state_update(state, x, xdbl, dt_w, dt_b, A_log, D, z)
+        ref = mamba_state_update_ref(ref_state, *(t.double().cpu() for t in (x, xdbl, dt_w, dt_b, A_log, D, z)))
+        assert y.dtype == dtype
+        assert rel_err(y, ref) < TOL[dtype]
+        assert rel_err(state, ref_state) < 1e-5
+    state = torch.randn(2, 3, 4, dtype=torch.float64, generator=gen)
+    args = [torch.randn(*s, dtype=torch.float64, generator=gen) for s in ((2, 3), (2, 2 + 8), (3, 2), (3,), (3, 4), (3,))]
+    state2 = state.clone()
+    dt = args[1][:, :2] @ args[2].t()
+    want = selective_state_update_ref(state2, args[0], dt, -args[4].exp(), args[1][:, 2:6], args[1][:, 6:], args[5],
+                                      None, args[3], True)
+    if device == "cpu":
+        torch.testing.assert_close(ops.mamba_state_update(state, *args), want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(state, state2, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_transpose_cat(gen, device):
+    for dtype in dtypes(device):
+        parts = [rnd(gen, 3, d, 45, dtype=dtype, device=device) for d in (33, 7, 64)]
+        got = OPS.transpose_cat(parts)
+        assert got.is_contiguous() and torch.equal(got, torch.cat([p.mT for p in parts], dim=-1))
+
+
+def test_opcheck(gen):
+    x, w, b = rnd(gen, 2, 3, 7), rnd(gen, 3, 4), rnd(gen, 3)
+    torch.library.opcheck(OPS.causal_conv1d_fwd, (x, w, b, True))
+    torch.library.opcheck(OPS.causal_conv1d_fwd, (x, w, None, False))
+    torch.library.opcheck(OPS.causal_conv1d_bwd, (rnd(gen, 2, 3, 7), x, w, b, True))
+    torch.library.opcheck(OPS.causal_conv1d_update, (torch.zeros(2, 3, 4), x[..., 0], w, b, True))
+    torch.library.opcheck(OPS.mamba_state_update, (torch.zeros(2, 3, 4), x[..., 0], rnd(gen, 2, 10), rnd(gen, 2, 3),
+                                                   rnd(gen, 3, 2), rnd(gen, 3), rnd(gen, 3, 4), rnd(gen, 3)))
+    torch.library.opcheck(OPS.transpose_cat, ([x, rnd(gen, 2, 5, 7)],))
+
+
+BAD = {
+    "x_rank": (lambda x, w, b: ops.causal_conv1d(x[0], w, b), "x must be a non-empty (batch, dim, seqlen)"),
+    "x_int": (lambda x, w, b: ops.causal_conv1d(x.long(), w, b), "x must be a floating-point tensor"),
+    "weight_dim": (lambda x, w, b: ops.causal_conv1d(x, w[:2], b), "weight must be (dim=3, width)"),
+    "weight_wide": (lambda x, w, b: ops.causal_conv1d(x, torch.randn(3, 9), b), "width in [1, 8]"),
+    "bias_shape": (lambda x, w, b: ops.causal_conv1d(x, w, b[:2]), "bias must have shape [3]"),
+    "weight_device": (lambda x, w, b: ops.causal_conv1d(x, w.to("meta"), b), "causal_conv1d: weight must be on cpu like x, got meta"),
+    "state_shape": (lambda x, w, b: ops.causal_conv1d_update(torch.zeros(2, 3, 3), x[..., 0], w, b),
+                    "conv_state must have shape [2, 3, 4]"),
+    "state_dtype": (lambda x, w, b: ops.causal_conv1d_update(torch.zeros(2, 3, 4, dtype=torch.bfloat16), x[..., 0], w, b),
+                    "conv_state must be float32 or float64"),
+    "xdbl_shape": (lambda x, w, b: ops.mamba_state_update(torch.zeros(2, 3, 4), x[..., 0], torch.randn(2, 9),
+                                                          torch.randn(3, 2), b, torch.randn(3, 4)),
+                   "xdbl must have shape [2, 10]"),
+    "A_log_shape": (lambda x, w, b: ops.mamba_state_update(torch.zeros(2, 3, 4), x[..., 0], torch.randn(2, 10),
+                                                           torch.randn(3, 2), b, torch.randn(4, 4)),
+                    "A_log must be (dim=3, dstate)"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_rejects_bad_input(gen, case):
+    call, message = BAD[case]
+    with pytest.raises((RuntimeError, ValueError), match=re.escape(message)):
+        call(rnd(gen, 2, 3, 5), rnd(gen, 3, 4), rnd(gen, 3))
