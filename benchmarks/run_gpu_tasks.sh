@@ -8,7 +8,7 @@
 # fills it). Each run's evaluation has its own time budget (--max-eval-seconds: a size predicted to
 # overrun is recorded as skipped, never dropped); everything stops CALL_S seconds after the start
 # (SIGINT), and since each curve is written as its runs finish, a call cut short keeps the runs that
-# ended. TASKS="task:workers:eval_seconds ..." chooses the tasks.
+# ended. TASKS="task/workers/eval_seconds[/model:mode,...] ..." chooses the tasks (and their runs).
 # Results: $OUT/tasks.tar.gz holds <task>/gpu/{curve.json,curve.png,command.txt} and the logs
 # (<task>/gpu/logs/: the command's output, every run's log.csv); $OUT/summary.txt the accuracies.
 # Uses the machine's python3 (with a CUDA torch, numpy, tqdm, matplotlib); no venv, no downloads.
@@ -16,8 +16,11 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_tasks}
 CALL_S=${CALL_S:-400}
-TASKS=${TASKS:-"logical_graph:5:230 hanoi_recursive:4:150 hanoi_iterative:5:230 coding:3:120"}
+MARGIN_S=${MARGIN_S:-30}
+TASKS=${TASKS:-"logical_graph/6/260 hanoi_recursive/3/100 coding/4/120
+  hanoi_iterative/8/260/mamba:interactive,mamba:single_turn,lstm:interactive"}
 DEVICE=${DEVICE:-cuda}
+PYTHON=${PYTHON:-python3}
 ARGS=${ARGS:-}
 export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
 start=$SECONDS
@@ -31,12 +34,13 @@ fi
 echo "built in $((SECONDS - start)) s"
 pids=()
 for spec in $TASKS; do
-  IFS=: read -r task workers eval_s <<< "$spec"
+  IFS=/ read -r task workers eval_s runs <<< "$spec"
   mkdir -p "$work/$task/gpu/logs"
   # shellcheck disable=SC2086  # ARGS is a list of options
   timeout --signal=INT --kill-after=15 $((CALL_S - (SECONDS - start))) \
-    python3 -m ssm_tools.cli reproduce "$task" --scale paper --device "$DEVICE" --workers "$workers" \
-    --max-eval-seconds "$eval_s" --out "$work/$task/gpu" $ARGS > "$work/$task/gpu/logs/reproduce.txt" 2>&1 &
+    "$PYTHON" -m ssm_tools.cli reproduce "$task" --scale paper --device "$DEVICE" --workers "$workers" \
+    --max-eval-seconds "$eval_s" --max-seconds $((CALL_S - MARGIN_S - (SECONDS - start))) \
+    --out "$work/$task/gpu" ${runs:+--runs "$runs"} $ARGS > "$work/$task/gpu/logs/reproduce.txt" 2>&1 &
   pids+=($!)
 done
 status=0
@@ -44,13 +48,13 @@ for pid in "${pids[@]}"; do
   wait "$pid" || status=1
 done
 for spec in $TASKS; do
-  task=${spec%%:*}
+  task=${spec%%/*}
   for csv in runs/reproduce-"$task"-paper/*/log.csv; do
     [[ -f $csv ]] && cp "$csv" "$work/$task/gpu/logs/$(basename "$(dirname "$csv")").log.csv"
   done
   grep -E "^evaluated|^\{|rror" "$work/$task/gpu/logs/reproduce.txt" | sed "s/^/$task: /" | cut -c1-400
 done > "$OUT/summary.txt"
-python3 - "$work" >> "$OUT/summary.txt" <<'EOF'
+"$PYTHON" - "$work" >> "$OUT/summary.txt" <<'EOF'
 import json, pathlib, sys
 for path in sorted(pathlib.Path(sys.argv[1]).glob("*/gpu/curve.json")):
     curve = json.loads(path.read_text())

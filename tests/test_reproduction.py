@@ -217,7 +217,7 @@ def test_long_episode_tasks_have_their_runs_seeds_and_models(tmp_path, monkeypat
     monkeypatch.setattr(R, "run_parallel", fake_parallel)
     curve = R.reproduce("hanoi_iterative", "paper", None, out, device="cuda", workers=4)
     mamba = [s for mode, m, _, s in seen if (m, mode) == ("mamba", "interactive")]
-    assert mamba == [0, 1, 2, 3, 4] and len(seen) == 8
+    assert mamba == [0, 1, 2, 3, 4] and len(seen) == 9  # + 2 single-turn Mamba, 1 LSTM, 1 Pythia
     assert all(sizes == R.SMALL_MODELS[m] for _, m, sizes, _ in seen)
     assert curve["test_sizes"] == [8, 9, 10, 11, 12] and curve["models"]["mamba"] == R.SMALL_MODELS["mamba"]
     assert (out / "curve.png").is_file()

@@ -72,9 +72,10 @@ SCALES = {
 SMALL_MODELS = {"mamba": dict(d_model=256, n_layers=2, d_state=16), "lstm": dict(d_model=512, n_layers=1),
                 "gru": dict(d_model=512, n_layers=1), "pythia": dict(d_model=256, n_layers=2, n_heads=4),
                 "mistral": dict(d_model=256, n_layers=2, n_heads=4, window=512)}
-# Hanoi: every seed of the Mamba with the tool is drawn (the paper's Figure 5 trains 10 and reports
-# the best); the ablation and baselines train one seed each, inside one GPU call.
-HANOI_SEEDS = {("mamba", "interactive"): [0, 1, 2, 3, 4]}
+# Seeds per run at the paper scale, to fit one GPU call: every Mamba line 2 seeds (Hanoi with the tool:
+# 5, each drawn; the paper's Figure 5 trains 10 and reports the best), the baselines one.
+HANOI_SEEDS = {("mamba", "interactive"): [0, 1, 2, 3, 4], ("mamba", "single_turn"): [0, 1]}
+MAMBA_SEEDS = {("mamba", "interactive"): [0, 1], ("mamba", "single_turn"): [0, 1]}
 _NO_CPU = "has no cpu scale: {why}; use --scale paper on a GPU"
 TASKS = {
     "addition": {"size_label": "digits per operand",
@@ -90,14 +91,15 @@ TASKS = {
                     "train": dict(steps=200, batch_size=16, lr=1e-2, warmup=20), "n": 20},
             "paper": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("lstm", "interactive"),
                                ("pythia", "interactive")],
-                      "models": SMALL_MODELS, "train": dict(steps=200, batch_size=16, lr=3e-3, warmup=20)}}},
+                      "models": SMALL_MODELS, "run_seeds": MAMBA_SEEDS, "seeds": [0], "n": 50,
+                      "train": dict(steps=400, batch_size=16, lr=3e-3, warmup=40)}}},
     "hanoi_iterative": {
         "size_label": "disks", "sizes": {"paper": [8, 9, 10, 11, 12]},
         "unavailable": {"cpu": _NO_CPU.format(why="an 8-disk training episode is 45k tokens")},
         "scales": {"paper": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("lstm", "interactive"),
                                       ("pythia", "interactive")],
                              "models": SMALL_MODELS, "run_seeds": HANOI_SEEDS, "seeds": [0], "n": 50,
-                             "train": dict(steps=150, batch_size=8, lr=3e-3, warmup=15)}}},
+                             "train": dict(steps=120, batch_size=8, lr=3e-3, warmup=12)}}},
     "hanoi_recursive": {
         "size_label": "disks", "sizes": {"paper": [7, 8, 9, 10]},
         "unavailable": {"cpu": _NO_CPU.format(why="7-disk training episodes are up to 7.6k tokens")},
@@ -110,8 +112,8 @@ TASKS = {
         "size_label": "functions", "sizes": {"paper": [4, 8, 16, 24, 32]},
         "unavailable": {"cpu": _NO_CPU.format(why="its oracle trajectories cost sandbox runs (0.4 s each)")},
         "scales": {"paper": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("pythia", "interactive")],
-                             "models": SMALL_MODELS, "n": 50,
-                             "train": dict(steps=100, batch_size=16, lr=3e-3, warmup=10)}}},
+                             "models": SMALL_MODELS, "run_seeds": MAMBA_SEEDS, "seeds": [0], "n": 50,
+                             "train": dict(steps=80, batch_size=16, lr=3e-3, warmup=8)}}},
 }
 
 
@@ -141,12 +143,14 @@ def task_config(task: str, mode: str) -> dict:
 
 def run_one(config: dict, model: str, model_scale: str | dict, train: dict, seed: int, sizes: list[int], n: int,
             out_dir: Path, device: str, max_eval_seconds: float | None = None,
-            max_train_seconds: float | None = None, threads: int | None = None, progress: bool = True) -> dict:
+            max_train_seconds: float | None = None, eval_until: float | None = None, threads: int | None = None,
+            progress: bool = True) -> dict:
     """Train one model (sizes: a preset's name, or the sizes themselves) on one task config with
     one seed, then evaluate it at `sizes`. A checkpoint
     left in `out_dir` by an earlier, stopped run of the same recipe is resumed. With
     `max_train_seconds`, training that runs out of time checkpoints and returns {"stopped": step}
-    (no evaluation): the same command, run again, goes on from there."""
+    (no evaluation): the same command, run again, goes on from there. `eval_until` (a time.time())
+    shortens the evaluation budget to end by then (a call with a time limit keeps its results)."""
     if threads is not None:
         torch.set_num_threads(threads)
     task = make_task(config)
@@ -170,18 +174,24 @@ def run_one(config: dict, model: str, model_scale: str | dict, train: dict, seed
     if trainer.rank != 0:  # rank 0 evaluates
         return {"model": model, "mode": config["task"]["mode"], "seed": seed}
     t0 = time.perf_counter()
-    result = evaluate_within(trainer.model, task, sizes, n, trainer.device, max_eval_seconds)
+    budget = max_eval_seconds
+    if eval_until is not None:
+        budget = max(0.0, min(budget or float("inf"), eval_until - time.time()))
+    result = evaluate_within(trainer.model, task, sizes, n, trainer.device, budget,
+                             label=f"{model} {config['task']['mode']} seed {seed}")
     return {"model": model, "mode": config["task"]["mode"], "seed": seed, "final_loss": trainer.last_loss,
             "train_seconds": train_s, "eval_seconds": round(time.perf_counter() - t0, 1),
             "train_processes": trainer.world, "test_sizes": sorted(sizes), "n": n, **result}
 
 
-def evaluate_within(model, task, sizes: list[int], n: int, device: str, max_seconds: float | None = None) -> dict:
+def evaluate_within(model, task, sizes: list[int], n: int, device: str, max_seconds: float | None = None,
+                    label: str = "") -> dict:
     """Accuracy at each size, smallest first. With `max_seconds` (the run's evaluation budget), a size
     whose predicted time would take the evaluation past the budget is skipped, and so is every larger
     one: accuracy null, listed in "skipped_sizes". The prediction scales the last size's time by the
     growth of the episode-length bound (task.max_steps): linearly for fixed-state models, squared for
-    the others (attention over the whole episode). The smallest size always runs."""
+    the others (attention over the whole episode). The smallest size always runs. `label` names the
+    run in the log lines."""
     accuracy: dict[str, float | None] = {}
     seconds: dict[str, float | None] = {}
     skipped: list[int] = []
@@ -199,7 +209,8 @@ def evaluate_within(model, task, sizes: list[int], n: int, device: str, max_seco
         spent += last[1]
         seconds[str(size)] = round(last[1], 1)
         # One line per size as it finishes, so that a log cut off by a time limit still shows how far it got.
-        tqdm.write(f"evaluated size {size}: accuracy {accuracy[str(size)]:.3f} in {last[1]:.1f} s")
+        tqdm.write(f"evaluated size {size}: accuracy {accuracy[str(size)]:.3f} in {last[1]:.1f} s"
+                   + (f" ({label})" if label else ""))
     return {"accuracy": accuracy, "skipped_sizes": skipped, "max_eval_seconds": max_seconds,
             "eval_seconds_per_size": seconds}
 
@@ -230,7 +241,8 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
               command: str = "", runs_dir="runs", only: list[tuple[str, str]] | None = None,
               sizes: list[int] | None = None, n: int | None = None, steps: int | None = None,
               max_eval_seconds: float | None = None, merge: bool = False,
-              max_train_seconds: float | None = None, workers: int | None = None) -> dict:
+              max_train_seconds: float | None = None, workers: int | None = None,
+              max_seconds: float | None = None) -> dict:
     """Train and evaluate every (model, mode) of the scale that the task has (or the subset `only`)
     for each seed (`seeds`, else the task's seeds for that run, else the scale's). `sizes`, `n`,
     `steps` override the scale's test sizes, episodes per size and training steps; `merge` adds the
@@ -238,7 +250,9 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     training in this call (see run_one): runs that stop are left out of the curve and listed in its
     "unfinished" entry, to be resumed by the same command. `workers`: runs at a time, each in its own
     process (default: one per core on a CPU, one on a GPU); the curve is written as each run ends,
-    so a call cut short keeps the runs that finished."""
+    so a call cut short keeps the runs that finished. `max_seconds`: every evaluation ends within
+    this many seconds of the call's start (sizes predicted to end later are skipped, as above)."""
+    eval_until = None if max_seconds is None else time.time() + max_seconds
     spec = scale_spec(task, scale)
     config = task_config(task, "interactive")
     built = make_task(config)
@@ -257,6 +271,8 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
         raise ValueError(f"n must be a positive integer, got {n!r}")
     if max_eval_seconds is not None and not max_eval_seconds > 0:
         raise ValueError(f"max_eval_seconds must be positive, got {max_eval_seconds!r}")
+    if max_seconds is not None and not max_seconds > 0:
+        raise ValueError(f"max_seconds must be positive, got {max_seconds!r}")
     if workers is not None and not (isinstance(workers, int) and workers > 0):
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
     train = {**spec["train"], **({} if steps is None else {"steps": steps})}
@@ -269,7 +285,7 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
         curve = merge_curves(json.loads((out_dir / "curve.json").read_text()), curve)
     jobs = [(task_config(task, mode), model, spec["models"][model], train, seed, sizes, n,
              Path(runs_dir) / f"reproduce-{task}-{scale}" / f"{model}-{mode}-seed{seed}", device, max_eval_seconds,
-             max_train_seconds)
+             max_train_seconds, eval_until)
             for model, mode in runs for seed in run_seeds[model, mode]]
 
     def finished(results: list[dict]) -> dict:  # the curve with these runs (those trained to the end)
