@@ -51,7 +51,7 @@ def test_reproduce_rejects_unknown_scale_and_runs():
 QUICK = ["--steps", "1", "--n", "2", "--seeds", "0"]
 
 
-def in_process(jobs):
+def in_process(jobs, workers=None, on_result=None):
     """run_parallel without the process pool (each spawned worker imports torch: seconds)."""
     threads = torch.get_num_threads()
     try:
@@ -110,9 +110,12 @@ def test_reproduce_tasks_have_their_sizes_and_modes(tmp_path, monkeypatch):
     assert R.TASKS["addition"]["sizes"]["cpu"] == [5, 10, 20, 50, 100]  # results/addition, the README
     assert R.TASKS["multiplication_nx1"]["sizes"]["paper"][-1] == 1000
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(R, "run_parallel", lambda jobs: pytest.fail("should not train"))
-    with pytest.raises(ValueError, match=r"task must be one of \['addition', 'multiplication_nx1', "):
+    monkeypatch.setattr(R, "run_parallel", lambda *jobs, **options: pytest.fail("should not train"))
+    with pytest.raises(ValueError, match=r"task must be one of \['addition', 'coding', 'hanoi_iterative', "):
         R.reproduce("sorting", "cpu", [0], "unused")
+    # A task whose cpu scale would take hours says so, and where to go instead.
+    with pytest.raises(ValueError, match=r"hanoi_iterative has no cpu scale: an 8-disk .* use --scale paper"):
+        R.reproduce("hanoi_iterative", "cpu", None, "unused")
     with pytest.raises(ValueError, match=r"scale must be one of \['cpu', 'paper'\], got 'gpu'"):
         R.reproduce("multiplication_nx1", "gpu", [0], "unused")
     # Multiplication has no "direct" mode: not in its runs.
@@ -132,7 +135,8 @@ def test_train_time_budget_stops_then_the_same_command_resumes(tmp_path, monkeyp
     """A run out of training time is left out of the curve and listed as unfinished; the same call
     again resumes its checkpoint (one more step each time with a zero budget), then evaluates."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(R, "run_parallel", lambda jobs: [R.run_one(*job, progress=False) for job in jobs])
+    monkeypatch.setattr(R, "run_parallel", lambda jobs, *options, **more: [R.run_one(*job, progress=False)
+                                                                          for job in jobs])
     args = dict(only=[("mamba", "interactive")], steps=3, sizes=[3], n=4)
     for step in (1, 2):
         curve = R.reproduce("addition", "cpu", [0], tmp_path / "out", max_train_seconds=0.0, **args)
@@ -197,3 +201,34 @@ def test_eval_budget_skips_sizes_predicted_to_overrun(fixed_state, evaluated, mo
     assert [line.split(":")[0] for line in capsys.readouterr().out.splitlines()] == \
         [f"evaluated size {s}" for s in evaluated]
     assert R.evaluate_within(model, Sleeper(), [10, 20, 40], 1, "cpu")["skipped_sizes"] == []
+
+
+def test_long_episode_tasks_have_their_runs_seeds_and_models(tmp_path, monkeypatch):
+    """Hanoi trains every Mamba seed of Figure 5's view (5) and one of each baseline, with the small
+    models of the GPU scale; the curve is written as each run ends (a call cut short keeps them)."""
+    seen, out = [], tmp_path / "hanoi"
+
+    def fake_parallel(jobs, workers=None, on_result=None):
+        results = []
+        for config, model, sizes_of_model, train, seed, sizes, n, *_ in jobs:
+            seen.append((config["task"]["mode"], model, sizes_of_model, seed))
+            results.append({"model": model, "mode": config["task"]["mode"], "seed": seed, "test_sizes": sizes,
+                            "n": n, "accuracy": {str(s): 1.0 for s in sizes}})
+            on_result(results[-1])
+            curve = json.loads((out / "curve.json").read_text())
+            assert len(curve["runs"]) == len(results)  # written before the next run ends
+        return results
+
+    monkeypatch.setattr(R, "run_parallel", fake_parallel)
+    curve = R.reproduce("hanoi_iterative", "paper", None, out, device="cuda", workers=4)
+    mamba = [s for mode, m, _, s in seen if (m, mode) == ("mamba", "interactive")]
+    assert mamba == [0, 1, 2, 3, 4] and len(seen) == 9  # + 2 single-turn Mamba, 1 LSTM, 1 Pythia
+    assert all(sizes == R.SMALL_MODELS[m] for _, m, sizes, _ in seen)
+    assert curve["test_sizes"] == [8, 9, 10, 11, 12] and curve["models"]["mamba"] == R.SMALL_MODELS["mamba"]
+    assert (out / "curve.png").is_file()
+    # --seeds replaces every run's seeds.
+    seen.clear()
+    out = tmp_path / "coding"
+    R.reproduce("coding", "paper", [3], out, device="cuda", workers=2)
+    assert {s for *_, s in seen} == {3} and {(mode, m) for mode, m, *_ in seen} == \
+        {("interactive", "mamba"), ("single_turn", "mamba"), ("interactive", "pythia")}

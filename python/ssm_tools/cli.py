@@ -92,7 +92,8 @@ def cmd_reproduce(args) -> None:
     curve = reproduce(args.task, args.scale, args.seeds, out, device=args.device, command=_command(args),
                       only=only, sizes=args.sizes, n=args.n, steps=args.steps,
                       max_eval_seconds=args.max_eval_seconds, merge=args.merge,
-                      max_train_seconds=args.max_train_seconds)
+                      max_train_seconds=args.max_train_seconds, workers=args.workers,
+                      max_seconds=args.max_seconds)
     if not is_main():
         return
     print(f"wrote {out}/curve.json and {out}/curve.png ({len(curve['runs'])} runs)")
@@ -187,6 +188,12 @@ def parser() -> argparse.ArgumentParser:
                         "checkpoints under runs/ and is resumed by the same command, run again")
     r.add_argument("--max-eval-seconds", type=float,
                    help="evaluation budget per run: sizes that would take it past this are skipped (null)")
+    r.add_argument("--max-seconds", type=float,
+                   help="every evaluation ends within this many seconds of the start: sizes predicted to "
+                        "end later are skipped (null), as with --max-eval-seconds")
+    r.add_argument("--workers", type=int,
+                   help="runs at a time, each in its own process (default: one per core with --device cpu, "
+                        "else 1); small models share a GPU well")
     _nproc_option(r)
     r.set_defaults(func=cmd_reproduce)
 
@@ -205,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     args.argv = argv
-    for name in ("steps", "batch_size", "n", "nproc"):
+    for name in ("steps", "batch_size", "n", "nproc", "workers", "max_seconds"):
         if getattr(args, name, None) is not None and getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     from .distributed import launch, launched, shutdown

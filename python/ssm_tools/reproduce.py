@@ -61,7 +61,21 @@ SCALES = {
 }
 
 # The tasks `reproduce` runs (tasks/<task>.toml gives the task and its training range) and their test
-# sizes per scale. Every (model, mode) of the scale must be a mode of the task.
+# sizes per scale. Every (model, mode) of the scale must be a mode of the task. "scales" overrides the
+# scale's settings for one task (see scale_spec); a scale a task has no sizes for is not offered, for
+# the reason in "unavailable".
+# The long-episode tasks use small models at the "paper" scale: a 12-disk Hanoi episode is 967k decode
+# steps and a 1,000-gate graph 539k, so at the 24 x 768 Mamba's 2.5 ms per step one episode takes
+# 23-41 minutes, past a 10-minute GPU call. A decode step costs about 45 us per Mamba layer (a CUDA
+# graph of small kernels): 2 layers of 256 take a tenth of the 24 x 768's step.
+SMALL_MODELS = {"mamba": dict(d_model=256, n_layers=2, d_state=16), "lstm": dict(d_model=512, n_layers=1),
+                "gru": dict(d_model=512, n_layers=1), "pythia": dict(d_model=256, n_layers=2, n_heads=4),
+                "mistral": dict(d_model=256, n_layers=2, n_heads=4, window=512)}
+# Seeds per run at the paper scale, to fit one GPU call: every Mamba line 2 seeds (Hanoi with the tool:
+# 5, each drawn; the paper's Figure 5 trains 10 and reports the best), the baselines one.
+HANOI_SEEDS = {("mamba", "interactive"): [0, 1, 2, 3, 4], ("mamba", "single_turn"): [0, 1]}
+MAMBA_SEEDS = {("mamba", "interactive"): [0, 1], ("mamba", "single_turn"): [0, 1]}
+_NO_CPU = "has no cpu scale: {why}; use --scale paper on a GPU"
 TASKS = {
     "addition": {"size_label": "digits per operand",
                  "sizes": {"cpu": [5, 10, 20, 50, 100], "paper": [5, 10, 20, 50, 100, 200, 500, 1000]}},
@@ -69,7 +83,51 @@ TASKS = {
                            "sizes": {"cpu": [10, 20, 50, 100], "paper": [10, 20, 50, 100, 200, 500, 1000]}},
     "multiplication_nx2": {"size_label": "digits of the first operand, x 2 digits",
                            "sizes": {"cpu": [10, 20, 50, 100], "paper": [10, 20, 50, 100, 200, 500, 1000]}},
+    "logical_graph": {
+        "size_label": "gates", "sizes": {"cpu": [10, 20, 50], "paper": [10, 20, 50, 100, 200, 500, 1000]},
+        "scales": {
+            "cpu": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("lstm", "interactive")],
+                    "train": dict(steps=200, batch_size=16, lr=1e-2, warmup=20), "n": 20},
+            "paper": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("lstm", "interactive"),
+                               ("pythia", "interactive")],
+                      "models": SMALL_MODELS, "run_seeds": MAMBA_SEEDS, "seeds": [0], "n": 50,
+                      "train": dict(steps=400, batch_size=16, lr=3e-3, warmup=40)}}},
+    "hanoi_iterative": {
+        "size_label": "disks", "sizes": {"paper": [8, 9, 10, 11, 12]},
+        "unavailable": {"cpu": _NO_CPU.format(why="an 8-disk training episode is 45k tokens")},
+        "scales": {"paper": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("lstm", "interactive"),
+                                      ("pythia", "interactive")],
+                             "models": SMALL_MODELS, "run_seeds": HANOI_SEEDS, "seeds": [0], "n": 50,
+                             "train": dict(steps=120, batch_size=8, lr=3e-3, warmup=12)}}},
+    "hanoi_recursive": {
+        "size_label": "disks", "sizes": {"paper": [7, 8, 9, 10]},
+        "unavailable": {"cpu": _NO_CPU.format(why="7-disk training episodes are up to 7.6k tokens")},
+        "scales": {"paper": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("lstm", "interactive"),
+                                      ("pythia", "interactive")],
+                             "models": SMALL_MODELS, "run_seeds": HANOI_SEEDS, "seeds": [0],
+                             "train": dict(steps=200, batch_size=16, lr=3e-3, warmup=20)}}},
+    "coding": {
+        # Up to twice the largest training size (16 functions): codebases growing past it.
+        "size_label": "functions", "sizes": {"paper": [4, 8, 16, 24, 32]},
+        "unavailable": {"cpu": _NO_CPU.format(why="its oracle trajectories cost sandbox runs (0.4 s each)")},
+        "scales": {"paper": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("pythia", "interactive")],
+                             "models": SMALL_MODELS, "run_seeds": MAMBA_SEEDS, "seeds": [0], "n": 50,
+                             "train": dict(steps=80, batch_size=16, lr=3e-3, warmup=8)}}},
 }
+
+
+def scale_spec(task: str, scale: str) -> dict:
+    """SCALES[scale] with the task's overrides on top: "runs", "train", "n", "seeds"; "models" (sizes
+    per model, replacing the scale's preset); "run_seeds" ({(model, mode): seeds}, the default seeds
+    of those runs). A ValueError names a scale the task does not offer, and why."""
+    _choose("task", task, TASKS)
+    _choose("scale", scale, SCALES)
+    if scale in TASKS[task].get("unavailable", {}):
+        raise ValueError(f"{task} {TASKS[task]['unavailable'][scale]}")
+    spec = {**SCALES[scale], "run_seeds": {}, **TASKS[task].get("scales", {}).get(scale, {})}
+    models = spec.get("models", {})
+    spec["models"] = {m: dict(models[m]) if m in models else preset(m, spec["model_scale"]) for m, _ in spec["runs"]}
+    return spec
 
 
 def task_config(task: str, mode: str) -> dict:
@@ -82,13 +140,16 @@ def task_config(task: str, mode: str) -> dict:
     return config
 
 
-def run_one(config: dict, model: str, model_scale: str, train: dict, seed: int, sizes: list[int], n: int,
+def run_one(config: dict, model: str, model_scale: str | dict, train: dict, seed: int, sizes: list[int], n: int,
             out_dir: Path, device: str, max_eval_seconds: float | None = None,
-            max_train_seconds: float | None = None, threads: int | None = None, progress: bool = True) -> dict:
-    """Train one model on one task config with one seed, then evaluate it at `sizes`. A checkpoint
+            max_train_seconds: float | None = None, eval_until: float | None = None, threads: int | None = None,
+            progress: bool = True) -> dict:
+    """Train one model (sizes: a preset's name, or the sizes themselves) on one task config with
+    one seed, then evaluate it at `sizes`. A checkpoint
     left in `out_dir` by an earlier, stopped run of the same recipe is resumed. With
     `max_train_seconds`, training that runs out of time checkpoints and returns {"stopped": step}
-    (no evaluation): the same command, run again, goes on from there."""
+    (no evaluation): the same command, run again, goes on from there. `eval_until` (a time.time())
+    shortens the evaluation budget to end by then (a call with a time limit keeps its results)."""
     if threads is not None:
         torch.set_num_threads(threads)
     trainer = make_trainer(config, model, model_scale, run_train(train, seed), out_dir, device=device,
@@ -105,7 +166,11 @@ def run_one(config: dict, model: str, model_scale: str, train: dict, seed: int, 
     if trainer.rank != 0:  # rank 0 evaluates
         return {"model": model, "mode": config["task"]["mode"], "seed": seed}
     t0 = time.perf_counter()
-    result = evaluate_within(trainer.model, task, sizes, n, trainer.device, max_eval_seconds)
+    budget = max_eval_seconds
+    if eval_until is not None:
+        budget = max(0.0, min(budget or float("inf"), eval_until - time.time()))
+    result = evaluate_within(trainer.model, task, sizes, n, trainer.device, budget,
+                             label=f"{model} {config['task']['mode']} seed {seed}")
     return {"model": model, "mode": config["task"]["mode"], "seed": seed, "final_loss": trainer.last_loss,
             "train_seconds": train_s, "eval_seconds": round(time.perf_counter() - t0, 1),
             "train_processes": trainer.world, "test_sizes": sorted(sizes), "n": n, **result}
@@ -137,12 +202,14 @@ def check_resumable(job: tuple) -> None:
     same_recipe(checkpoint, meta["train"], asdict(train_config(config, run_train(train, seed))))
 
 
-def evaluate_within(model, task, sizes: list[int], n: int, device: str, max_seconds: float | None = None) -> dict:
+def evaluate_within(model, task, sizes: list[int], n: int, device: str, max_seconds: float | None = None,
+                    label: str = "") -> dict:
     """Accuracy at each size, smallest first. With `max_seconds` (the run's evaluation budget), a size
     whose predicted time would take the evaluation past the budget is skipped, and so is every larger
     one: accuracy null, listed in "skipped_sizes". The prediction scales the last size's time by the
     growth of the episode-length bound (task.max_steps): linearly for fixed-state models, squared for
-    the others (attention over the whole episode). The smallest size always runs."""
+    the others (attention over the whole episode). The smallest size always runs. `label` names the
+    run in the log lines."""
     accuracy: dict[str, float | None] = {}
     seconds: dict[str, float | None] = {}
     skipped: list[int] = []
@@ -160,21 +227,26 @@ def evaluate_within(model, task, sizes: list[int], n: int, device: str, max_seco
         spent += last[1]
         seconds[str(size)] = round(last[1], 1)
         # One line per size as it finishes, so that a log cut off by a time limit still shows how far it got.
-        tqdm.write(f"evaluated size {size}: accuracy {accuracy[str(size)]:.3f} in {last[1]:.1f} s")
+        tqdm.write(f"evaluated size {size}: accuracy {accuracy[str(size)]:.3f} in {last[1]:.1f} s"
+                   + (f" ({label})" if label else ""))
     return {"accuracy": accuracy, "skipped_sizes": skipped, "max_eval_seconds": max_seconds,
             "eval_seconds_per_size": seconds}
 
 
-def run_parallel(jobs: list[tuple]) -> list[dict]:
-    """run_one over jobs, one single-threaded process per core (tiny models use threads badly: two
-    runs side by side beat one run on two threads). Results in job order; each printed when done."""
+def run_parallel(jobs: list[tuple], workers: int | None = None, on_result=None) -> list[dict]:
+    """run_one over jobs, one single-threaded process each, `workers` at a time (default: one per
+    core; tiny models use threads badly: two runs side by side beat one run on two threads). On a
+    GPU, small models leave it mostly idle, so several runs share it. Results in job order; each is
+    printed, and handed to `on_result` (e.g. to write the curve so far), as it finishes."""
     results: list = [None] * len(jobs)
-    workers = max(1, min(len(jobs), os.cpu_count() or 1))
+    workers = max(1, min(len(jobs), workers or os.cpu_count() or 1))
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(run_one, *job, threads=1, progress=False): i for i, job in enumerate(jobs)}
         for future in tqdm(as_completed(futures), total=len(jobs), desc="runs", dynamic_ncols=True):
             results[futures[future]] = future.result()
             tqdm.write(json.dumps(results[futures[future]]))
+            if on_result is not None:
+                on_result(results[futures[future]])
     return results
 
 
@@ -187,15 +259,19 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
               command: str = "", runs_dir="runs", only: list[tuple[str, str]] | None = None,
               sizes: list[int] | None = None, n: int | None = None, steps: int | None = None,
               max_eval_seconds: float | None = None, merge: bool = False,
-              max_train_seconds: float | None = None) -> dict:
+              max_train_seconds: float | None = None, workers: int | None = None,
+              max_seconds: float | None = None) -> dict:
     """Train and evaluate every (model, mode) of the scale that the task has (or the subset `only`)
-    for each seed. `sizes`, `n`, `steps` override the scale's test sizes, episodes per size and
-    training steps; `merge` adds the runs to <out_dir>/curve.json instead of replacing it.
-    `max_train_seconds` bounds each run's training in this call (see run_one): runs that stop are
-    left out of the curve and listed in its "unfinished" entry, to be resumed by the same command."""
-    _choose("task", task, TASKS)
-    _choose("scale", scale, SCALES)
-    spec = SCALES[scale]
+    for each seed (`seeds`, else the task's seeds for that run, else the scale's). `sizes`, `n`,
+    `steps` override the scale's test sizes, episodes per size and training steps; `merge` adds the
+    runs to <out_dir>/curve.json instead of replacing it. `max_train_seconds` bounds each run's
+    training in this call (see run_one): runs that stop are left out of the curve and listed in its
+    "unfinished" entry, to be resumed by the same command. `workers`: runs at a time, each in its own
+    process (default: one per core on a CPU, one on a GPU); the curve is written as each run ends,
+    so a call cut short keeps the runs that finished. `max_seconds`: every evaluation ends within
+    this many seconds of the call's start (sizes predicted to end later are skipped, as above)."""
+    eval_until = None if max_seconds is None else time.time() + max_seconds
+    spec = scale_spec(task, scale)
     config = task_config(task, "interactive")
     built = make_task(config)
     runs = [r for r in spec["runs"] if r[1] in built.modes]  # e.g. multiplication has no "direct" mode
@@ -204,7 +280,7 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
         if unknown:
             raise ValueError(f"runs {unknown} are not in the {scale} scale for {task}; choose from {runs}")
         runs = list(dict.fromkeys(only))
-    seeds = spec["seeds"] if seeds is None else sorted(set(seeds))
+    run_seeds = {r: spec["run_seeds"].get(r, spec["seeds"]) if seeds is None else sorted(set(seeds)) for r in runs}
     sizes = TASKS[task]["sizes"][scale] if sizes is None else sorted(set(sizes))
     for s in sizes:
         built.check_size(s, "test size")
@@ -213,34 +289,60 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
         raise ValueError(f"n must be a positive integer, got {n!r}")
     if max_eval_seconds is not None and not max_eval_seconds > 0:
         raise ValueError(f"max_eval_seconds must be positive, got {max_eval_seconds!r}")
+    if max_seconds is not None and not max_seconds > 0:
+        raise ValueError(f"max_seconds must be positive, got {max_seconds!r}")
+    if workers is not None and not (isinstance(workers, int) and workers > 0):
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
     train = {**spec["train"], **({} if steps is None else {"steps": steps})}
     recipe = asdict(train_config(config, train))
     curve = {"task": task, "scale": scale, "command": command, "commands": [command], "device": device,
              "size_label": TASKS[task]["size_label"], "train_sizes": config["sizes"]["train"], "train": recipe,
-             "models": {m: preset(m, spec["model_scale"]) for m, _ in runs}, "runs": []}
+             "models": {m: spec["models"][m] for m, _ in runs}, "runs": []}
     out_dir = Path(out_dir)
     if merge and (out_dir / "curve.json").is_file():  # checked before hours of training, not after
         curve = merge_curves(json.loads((out_dir / "curve.json").read_text()), curve)
-    jobs = [(task_config(task, mode), model, spec["model_scale"], train, seed, sizes, n,
+    jobs = [(task_config(task, mode), model, spec["models"][model], train, seed, sizes, n,
              Path(runs_dir) / f"reproduce-{task}-{scale}" / f"{model}-{mode}-seed{seed}", device, max_eval_seconds,
-             max_train_seconds)
-            for model, mode in runs for seed in seeds]
+             max_train_seconds, eval_until)
+            for model, mode in runs for seed in run_seeds[model, mode]]
     for job in jobs:
         check_resumable(job)
-    parallel = device == "cpu" and not distributed.launched()  # else one run at a time, each on all ranks
-    results = run_parallel(jobs) if parallel else [run_one(*job) for job in jobs]
+
+    def finished(results: list[dict]) -> dict:  # the curve with these runs (those trained to the end)
+        done = [{**r, "command": command, "train": asdict(train_config(config, run_train(train, r["seed"])))} for r in results if "stopped" not in r]
+        return summarize({**curve, "runs": replace_runs(curve["runs"], done)})
+
+    ended: list[dict] = []
+
+    def write_so_far(result: dict) -> None:  # a call cut short keeps the runs that ended
+        ended.append(result)
+        if distributed.is_main():
+            write_curve(finished(ended), out_dir)
+
+    if distributed.launched() or (workers is None and device != "cpu") or workers == 1:
+        results = []
+        for job in jobs:  # one at a time (under torchrun, each on all ranks)
+            results.append(run_one(*job))
+            write_so_far(results[-1])
+    else:
+        results = run_parallel(jobs, workers, on_result=write_so_far)
     unfinished = [r for r in results if "stopped" in r]
-    results = [r for r in results if "stopped" not in r]
     if not distributed.is_main():
         return {**curve, "unfinished": unfinished}
-    for r in results:
-        r["command"], r["train"] = command, recipe
-    curve = summarize({**curve, "runs": replace_runs(curve["runs"], results)})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "curve.json").write_text(json.dumps(curve, indent=1))
-    (out_dir / "command.txt").write_text("".join(c + "\n" for c in curve["commands"]))
-    plot_curve(curve, out_dir / "curve.png")
+    curve = finished(results)
+    write_curve(curve, out_dir)
     return {**curve, "unfinished": unfinished}
+
+
+def write_curve(curve: dict, out_dir: Path) -> None:
+    """curve.json (written atomically), command.txt and curve.png in out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / "curve.json.tmp"
+    tmp.write_text(json.dumps(curve, indent=1))
+    os.replace(tmp, out_dir / "curve.json")
+    (out_dir / "command.txt").write_text("".join(c + "\n" for c in curve["commands"]))
+    if curve["runs"]:
+        plot_curve(curve, out_dir / "curve.png")
 
 
 def run_key(run: dict) -> tuple:

@@ -117,9 +117,11 @@ def param_groups(model, weight_decay: float):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def model_config(name: str, scale: str, overrides: dict | None = None) -> dict:
-    """The model of a run: size preset `scale` of model `name` with `overrides`, on the vocabulary."""
-    return {"vocab_size": V.VOCAB_SIZE, **preset(name, scale), **(overrides or {})}
+def model_config(name: str, scale: str | dict, overrides: dict | None = None) -> dict:
+    """The model of a run: model `name` at size preset `scale` (or the sizes themselves, a dict) with
+    `overrides`, on the vocabulary."""
+    sizes = preset(name, scale) if isinstance(scale, str) else scale
+    return {"vocab_size": V.VOCAB_SIZE, **sizes, **(overrides or {})}
 
 
 def train_config(config: dict, train: dict) -> TrainConfig:
@@ -128,7 +130,7 @@ def train_config(config: dict, train: dict) -> TrainConfig:
     return TrainConfig(**{"train_max_size": config["sizes"]["train"][1], **train})
 
 
-def make_trainer(config: dict, model: str, scale: str, train: dict, out_dir, *, model_overrides: dict | None = None,
+def make_trainer(config: dict, model: str, scale: str | dict, train: dict, out_dir, *, model_overrides: dict | None = None,
                  device: str = "cpu", progress: bool = True) -> "Trainer":
     """The Trainer of one run of an experiment config (`ssm-tools train` and `reproduce` both):
     `model` at size preset `scale`, the recipe `train_config(config, train)`, the checkpoint and log

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -176,6 +177,9 @@ class Task(ABC):
     modes: tuple[str, ...]
     size_name: str
     min_size: int = 1
+    # Oracles that wait on their tools (the coding sandbox runs programs, the GIL released) are
+    # built on this many threads by `trajectories`.
+    oracle_threads: int = 1
 
     def __init__(self, mode: str = "interactive"):
         if mode not in self.modes:
@@ -256,5 +260,10 @@ class Task(ABC):
                   num_threads=num_threads)
         seed = int(rng.integers(1 << 31))
         prompts = [bytes(self.prompt(i)) for i in insts]
-        transcript = replay(env, prompts, [self.packed_oracle(i) for i in insts], seed=seed)
+        if self.oracle_threads > 1:
+            with ThreadPoolExecutor(self.oracle_threads) as pool:
+                oracles = list(pool.map(self.packed_oracle, insts))
+        else:
+            oracles = [self.packed_oracle(i) for i in insts]
+        transcript = replay(env, prompts, oracles, seed=seed)
         return transcript, insts

@@ -330,6 +330,7 @@ class Coding(Task):
     modes = MODES
     size_name = "functions"
     min_size = 2
+    oracle_threads = 8  # each oracle waits on its sandbox's runs (tens of ms each)
 
     def __init__(self, mode: str = "interactive", cpu_seconds: int = 2, wall_ms: int = 5000,
                  memory_bytes: int = 256 << 20, max_response_chars: int = 320):
