@@ -1,8 +1,9 @@
 """Cost of the coding task's sandbox, each against a baseline measured in the same run:
 
-  1. one `run` of a fixed 16-function codebase: CodeSandbox.run_program (C++: mkdtemp, fork/exec with
-     rlimits, poll, kill the group, remove) vs the same in plain Python (tempfile + subprocess.run with
-     the same interpreter flags, environment and rlimits + shutil.rmtree);
+  1. one `run` of a fixed 16-function codebase: CodeSandbox.run_program in its jail of namespaces (the
+     default) vs isolation="none" (mkdtemp, fork/exec with rlimits, poll, kill the group, remove; the
+     sandbox before the jail), and vs the same in plain Python (tempfile + subprocess.run with the same
+     interpreter flags, environment and rlimits + shutil.rmtree);
   2. oracle trajectories of the coding task through the real loop (`task.trajectories`: Python oracle
      + C++ replay whose episodes run in parallel) on all cores vs on one thread.
 
@@ -76,14 +77,15 @@ def main():
     reps, batch = (5, 8) if args.quick else (30, 32)
 
     files = generate(np.random.default_rng(0), 16).files(fixed=True)
-    sandbox = CodeSandbox(python=sys.executable)
-    sandbox.load(files)
-    status, output = sandbox.run_program()
+    jailed, plain = CodeSandbox(python=sys.executable), CodeSandbox(python=sys.executable, isolation="none")
+    for sandbox in (jailed, plain):
+        sandbox.load(files)
     code, base_output = python_run(files)
-    assert status == "exit 0" and code == 0 and output == base_output, (status, output, base_output)
-    sandbox_s, python_s = median_s([sandbox.run_program, lambda: python_run(files)], reps)
-    print(f"run of a 16-function codebase: CodeSandbox {1e3 * sandbox_s:.1f} ms, Python subprocess "
-          f"{1e3 * python_s:.1f} ms  (x{python_s / sandbox_s:.2f})")
+    for status, output in (jailed.run_program(), plain.run_program()):
+        assert status == "exit 0" and code == 0 and output == base_output, (status, output, base_output)
+    jailed_s, plain_s, python_s = median_s([jailed.run_program, plain.run_program, lambda: python_run(files)], reps)
+    print(f"run of a 16-function codebase: jailed {1e3 * jailed_s:.1f} ms, isolation=\"none\" {1e3 * plain_s:.1f} ms "
+          f"(jail costs x{jailed_s / plain_s:.2f}), Python subprocess {1e3 * python_s:.1f} ms")
 
     task = get_task("coding", "interactive")
     sizes = [8] * batch
@@ -94,8 +96,8 @@ def main():
           f"{rates[1]:.1f}/s on one thread  (x{rates[0] / rates[1]:.2f})")
 
     write_result(args.out, {
-        "run_ms": {"code_sandbox": 1e3 * sandbox_s, "python_subprocess": 1e3 * python_s,
-                   "speedup": python_s / sandbox_s, "repetitions": reps},
+        "run_ms": {"jailed": 1e3 * jailed_s, "isolation_none": 1e3 * plain_s, "python_subprocess": 1e3 * python_s,
+                   "jailed_over_none": jailed_s / plain_s, "target_jailed_over_none": 1.5, "repetitions": reps},
         "trajectories_per_s": {"all_cores": rates[0], "one_thread": rates[1], "speedup": rates[0] / rates[1],
                                "functions": 8, "batch": batch, "mode": "interactive"},
     })

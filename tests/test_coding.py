@@ -120,10 +120,11 @@ def test_memory_hog_hits_the_address_space_limit():
     assert answer.startswith("exit 1\n") and answer.endswith("MemoryError\n")
 
 
-def test_environment_is_path_only_and_files_are_removed(tmp_path, monkeypatch):
+@pytest.mark.parametrize("isolation", ["namespaces", "none"])
+def test_environment_is_path_only_and_files_are_removed(tmp_path, monkeypatch, isolation):
     monkeypatch.setenv("SSM_SANDBOX_SECRET", "do-not-leak")
     program = "import os\nprint(sorted(os.environ))\nprint(os.path.realpath('main.py'))\n"
-    sb = sandbox({"main.py": program}, tmp_dir=str(tmp_path))
+    sb = sandbox({"main.py": program}, tmp_dir=str(tmp_path), isolation=isolation)
     status, output = sb.run_program()
     env_line, path_line = output.splitlines()
     assert status == "exit 0"
@@ -132,9 +133,10 @@ def test_environment_is_path_only_and_files_are_removed(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # the run directory is gone
 
 
-def test_processes_left_behind_are_killed():
+def test_processes_left_behind_are_killed_without_the_jail_too():
+    # Jailed, the PID namespace ends with the run (tests/test_sandbox.py); without it, the process group.
     program = "import subprocess\np = subprocess.Popen(['sleep', '60'])\nprint(p.pid)\n"
-    status, output = sandbox({"main.py": program}).run_program()
+    status, output = sandbox({"main.py": program}, isolation="none").run_program()
     assert status == "exit 0"
     pid = int(output)
     for _ in range(200):  # SIGKILL is immediate; reaping by init may take a moment

@@ -1,33 +1,21 @@
 #include "tools/code_sandbox.h"
 
-#include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cerrno>
-#include <chrono>
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <limits>
 #include <list>
 #include <mutex>
 #include <sstream>
 #include <stdexcept>
-#include <thread>
 #include <unordered_map>
-#include <vector>
 
 #include "tools/text.h"
 
 namespace ssm_tools {
-namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
 
 bool is_sandbox_file_name(const std::string& name) {
   if (name.size() < 4) return false;
@@ -122,121 +110,6 @@ std::string find_on_path(const std::string& program) {
   return "";
 }
 
-// A mkdtemp directory, removed with everything in it when the object goes away.
-class TempDir {
- public:
-  explicit TempDir(const std::string& base) {
-    std::string root = base;
-    if (root.empty()) {
-      const char* env = std::getenv("TMPDIR");
-      root = env && *env ? env : "/tmp";
-    }
-    std::string pattern = root + "/ssm_sandbox_XXXXXX";
-    if (mkdtemp(pattern.data())) path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;  // nothing useful to do about a failed cleanup in a destructor
-    if (!path_.empty()) fs::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
-// Keeps the last `cap` bytes of a stream without holding all of it (a program may print forever).
-class TailBuffer {
- public:
-  explicit TailBuffer(size_t cap) : cap_(cap) {}
-  void append(const char* data, size_t n) {
-    text_.append(data, n);
-    if (text_.size() > 2 * cap_) text_.erase(0, text_.size() - cap_);
-  }
-  std::string str() const { return text_.size() > cap_ ? text_.substr(text_.size() - cap_) : text_; }
-
- private:
-  size_t cap_;
-  std::string text_;
-};
-
-struct ChildSetup {  // everything the child needs, prepared before fork (only async-signal-safe calls after it)
-  const char* dir;
-  int stdin_fd, output_fd;
-  rlim_t cpu_seconds, memory_bytes, file_bytes;
-  char* const* argv;
-  char* const* envp;
-};
-
-[[noreturn]] void exec_child(const ChildSetup& s) {
-  setpgid(0, 0);  // own process group, so a timeout kills everything the program started
-  sigset_t none;
-  sigemptyset(&none);
-  sigprocmask(SIG_SETMASK, &none, nullptr);
-  signal(SIGPIPE, SIG_DFL);  // Python hosts ignore SIGPIPE; ignored signals survive exec
-  dup2(s.stdin_fd, 0);
-  dup2(s.output_fd, 1);
-  dup2(s.output_fd, 2);
-#ifdef SYS_close_range
-  syscall(SYS_close_range, 3, ~0U, 0);  // no descriptor of the host leaks into the program
-#else
-  for (int fd = 3; fd < 1024; ++fd) close(fd);
-#endif
-  const rlimit cpu{s.cpu_seconds, s.cpu_seconds + 1};  // SIGXCPU at the soft limit, SIGKILL a second later
-  const rlimit memory{s.memory_bytes, s.memory_bytes};
-  const rlimit file{s.file_bytes, s.file_bytes};
-  const rlimit no_core{0, 0};
-  if (chdir(s.dir) != 0 || setrlimit(RLIMIT_CPU, &cpu) != 0 || setrlimit(RLIMIT_AS, &memory) != 0 ||
-      setrlimit(RLIMIT_FSIZE, &file) != 0 || setrlimit(RLIMIT_CORE, &no_core) != 0) {
-    static const char kMsg[] = "sandbox: could not set up the run\n";
-    (void)!write(2, kMsg, sizeof(kMsg) - 1);
-    _exit(126);
-  }
-  execve(s.argv[0], s.argv, s.envp);
-  static const char kMsg[] = "sandbox: could not start the interpreter\n";
-  (void)!write(2, kMsg, sizeof(kMsg) - 1);
-  _exit(127);
-}
-
-int remaining_ms(Clock::time_point deadline) {
-  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-  return left > 0 ? static_cast<int>(left) : 0;
-}
-
-// Whether the group leader has exited. Not reaping it keeps the process-group id reserved until the
-// group has been killed.
-bool leader_exited(pid_t pid) {
-  siginfo_t info{};
-  if (waitid(P_PID, pid, &info, WEXITED | WNOHANG | WNOWAIT) == 0) return info.si_pid == pid;
-  return errno == ECHILD;  // a host that ignores SIGCHLD has it reaped already: nothing to wait for
-}
-
-// Collects the program's output until it has exited, or the deadline passes; true if it exited in
-// time. Once it has exited only what is already in the pipe is taken: a process it left behind may
-// hold the pipe open forever.
-bool collect_output(pid_t pid, int fd, Clock::time_point deadline, TailBuffer* out) {
-  char buf[4096];
-  bool open = true;
-  for (;;) {
-    const bool exited = leader_exited(pid);
-    while (open && remaining_ms(deadline) > 0) {
-      pollfd p{fd, POLLIN, 0};
-      const int ready = poll(&p, 1, exited ? 0 : std::min(remaining_ms(deadline), 10));
-      if (ready < 0 && errno == EINTR) continue;
-      if (ready <= 0) break;
-      const ssize_t n = read(fd, buf, sizeof(buf));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) open = false;
-      if (n > 0) out->append(buf, static_cast<size_t>(n));
-      if (!exited) break;  // look at the exit and the deadline between chunks
-    }
-    if (exited) return true;
-    if (remaining_ms(deadline) == 0) return false;
-    if (!open) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-}
-
 std::string seconds_text(double s) {
   std::ostringstream out;
   out << s << "s";
@@ -247,18 +120,14 @@ std::string missing_prompt_codebase(const std::string& line) {
   return "no codebase registered for this episode's prompt line " + quoted(line);
 }
 
-void replace_all(std::string* text, const std::string& from, const std::string& to) {
-  for (size_t pos = text->find(from); pos != std::string::npos; pos = text->find(from, pos + to.size()))
-    text->replace(pos, from.size(), to);
-}
-
-// How a program that ended in time ended. SIGKILL can only be RLIMIT_CPU's hard limit here: the
-// sandbox's own SIGKILL comes after the exit (or with the timeout).
-std::string status_text(bool reaped, int status, int64_t cpu_seconds) {
-  if (!reaped) return "sandbox error: the exit status was lost (SIGCHLD ignored by the host?)";
-  if (WIFEXITED(status)) return "exit " + std::to_string(WEXITSTATUS(status));
-  const int sig = WTERMSIG(status);
-  if (sig == SIGXCPU || sig == SIGKILL) return "killed: CPU time limit (" + seconds_text(cpu_seconds) + ")";
+// The `run` answer's status line. SIGKILL can only be RLIMIT_CPU's hard limit here: the sandbox's own
+// SIGKILL comes after the exit (or with the timeout).
+std::string status_text(const ProgramResult& r, const CodeSandboxOptions& o) {
+  if (r.end == ProgramResult::End::kError) return "sandbox error: " + r.error;
+  if (r.end == ProgramResult::End::kTimeout) return "timeout: killed after " + seconds_text(o.wall_ms / 1000.0) + " (wall clock)";
+  if (WIFEXITED(r.wait_status)) return "exit " + std::to_string(WEXITSTATUS(r.wait_status));
+  const int sig = WTERMSIG(r.wait_status);
+  if (sig == SIGXCPU || sig == SIGKILL) return "killed: CPU time limit (" + seconds_text(o.cpu_seconds) + ")";
   return "killed by signal " + std::to_string(sig) + " (" + strsignal(sig) + ")";
 }
 
@@ -283,20 +152,27 @@ void register_codebase(const std::string& key, const Codebase& files) {
   CodebaseRegistry::instance().add(key, files);
 }
 
-CodeSandbox::CodeSandbox(CodeSandboxOptions options) : options_(std::move(options)) {
+CodeSandbox::CodeSandbox(CodeSandboxOptions options) : options_(std::move(options)), runner_(make_runner(options_)) {
+  reset(0);
+}
+
+ProgramRunner CodeSandbox::make_runner(const CodeSandboxOptions& options) {
   auto require_positive = [](int64_t value, const char* what) {
     if (value <= 0) throw std::invalid_argument(std::string(what) + " must be > 0, got " + std::to_string(value));
   };
-  require_positive(options_.cpu_seconds, "cpu_seconds");
-  require_positive(options_.memory_bytes, "memory_bytes");
-  require_positive(options_.wall_ms, "wall_ms");
-  require_positive(options_.max_response_chars, "max_response_chars");
-  require_positive(options_.max_file_chars, "max_file_chars");
-  require_positive(options_.max_files, "max_files");
-  python_path_ = find_on_path(options_.python);
-  if (python_path_.empty())
-    throw std::invalid_argument("python: no executable '" + options_.python + "' (absolute, or on PATH)");
-  reset(0);
+  require_positive(options.cpu_seconds, "cpu_seconds");
+  require_positive(options.memory_bytes, "memory_bytes");
+  require_positive(options.wall_ms, "wall_ms");
+  require_positive(options.max_response_chars, "max_response_chars");
+  require_positive(options.max_file_chars, "max_file_chars");
+  require_positive(options.max_files, "max_files");
+  require_positive(options.max_processes, "max_processes");
+  const std::string python = find_on_path(options.python);
+  if (python.empty()) throw std::invalid_argument("python: no executable '" + options.python + "' (absolute, or on PATH)");
+  const RunLimits limits{options.cpu_seconds, options.memory_bytes, options.wall_ms,
+                         options.max_file_chars * options.max_files, options.max_files, options.max_processes};
+  return ProgramRunner(python, parse_isolation(options.isolation), limits, options.tmp_dir,
+                       4 * static_cast<size_t>(options.max_response_chars));
 }
 
 void CodeSandbox::load(const Codebase& files) {
@@ -396,57 +272,11 @@ Tokens CodeSandbox::run_command(const std::string& args) {
 }
 
 RunOutcome CodeSandbox::run_program() const {
-  TempDir dir(options_.tmp_dir);
-  if (dir.path().empty()) return {"sandbox error: cannot create a run directory: " + std::string(std::strerror(errno)), ""};
-  for (const auto& [name, content] : files_) {
-    std::ofstream file(dir.path() + "/" + name, std::ios::binary);
-    if (!(file << content)) return {"sandbox error: cannot write " + name, ""};
-  }
   // -E -S: no PYTHON* variables, no site-packages (the isolation of -I); not -I itself, whose -P would
   // drop main.py's directory from sys.path and break the codebase's imports. -B: no __pycache__.
   // -u: what was printed before a kill still shows. no_debug_ranges: no ^^^ lines, shorter answers.
-  const std::string path_env = std::string("PATH=") + (std::getenv("PATH") ? std::getenv("PATH") : "/usr/bin:/bin");
-  std::vector<std::string> args = {python_path_, "-E", "-S", "-B", "-u", "-X", "no_debug_ranges", "main.py"};
-  std::vector<char*> argv, envp = {const_cast<char*>(path_env.c_str()), nullptr};
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-
-  int pipe_fds[2];
-  const int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
-  if (devnull < 0 || pipe2(pipe_fds, O_CLOEXEC) != 0) {
-    if (devnull >= 0) close(devnull);
-    return {"sandbox error: " + std::string(std::strerror(errno)), ""};
-  }
-  const ChildSetup setup{dir.path().c_str(), devnull, pipe_fds[1], static_cast<rlim_t>(options_.cpu_seconds),
-                         static_cast<rlim_t>(options_.memory_bytes),
-                         static_cast<rlim_t>(options_.max_file_chars) * options_.max_files, argv.data(), envp.data()};
-  const auto deadline = Clock::now() + std::chrono::milliseconds(options_.wall_ms);
-  const pid_t pid = fork();
-  if (pid == 0) exec_child(setup);
-  close(pipe_fds[1]);
-  close(devnull);
-  if (pid < 0) {
-    close(pipe_fds[0]);
-    return {"sandbox error: fork failed: " + std::string(std::strerror(errno)), ""};
-  }
-  setpgid(pid, pid);  // also here, so the group exists before any kill below (whichever runs first)
-
-  TailBuffer output(4 * static_cast<size_t>(options_.max_response_chars) + 2 * dir.path().size());
-  const bool in_time = collect_output(pid, pipe_fds[0], deadline, &output);
-  close(pipe_fds[0]);
-  kill(-pid, SIGKILL);  // the program on timeout, and anything it left running in every case
-  int status = 0;
-  pid_t reaped;
-  while ((reaped = waitpid(pid, &status, 0)) < 0 && errno == EINTR) {
-  }
-
-  RunOutcome outcome{in_time ? status_text(reaped == pid, status, options_.cpu_seconds)
-                             : "timeout: killed after " + seconds_text(options_.wall_ms / 1000.0) + " (wall clock)",
-                     output.str()};
-  // The run directory's name is random noise: paths in it become relative, the directory itself ".".
-  replace_all(&outcome.output, dir.path() + "/", "");
-  replace_all(&outcome.output, dir.path(), ".");
-  return outcome;
+  const ProgramResult r = runner_.run(files_, {"-E", "-S", "-B", "-u", "-X", "no_debug_ranges", "main.py"});
+  return {status_text(r, options_), r.output};
 }
 
 std::string CodeSandbox::dump() const {

@@ -12,23 +12,24 @@
 //     the first line of its prompt; the sandbox observes its episode's prompt and takes the codebase
 //     registered under that line. This is how the Env's per-episode instances, built by one factory
 //     from plain options, each get their own codebase.
-// `run` writes the files to a mkdtemp directory and removes it afterwards; the program runs with
-// CPU-time and address-space limits, a wall-clock timeout that kills its whole process group, and an
-// environment of PATH only. That contains the mistakes of model-written code (endless loops, memory
-// hogs, stray processes); it is not a wall against an attacker (no filesystem, network or
-// process-count isolation).
+// `run` runs main.py in a jail of Linux namespaces (sandbox_run.h says what the program can and cannot
+// reach), with CPU-time, address-space, file-size and process-count limits, a wall-clock timeout and
+// an environment of PATH only; everything it started is killed when it ends. isolation="none" (an
+// explicit opt-out, for kernels without user namespaces) keeps only the limits, the timeout and the
+// kill of its process group: it contains the mistakes of model-written code, not an attacker.
 #pragma once
 #include <cstdint>
 #include <map>
 #include <string>
 
+#include "tools/sandbox_run.h"
 #include "tools/tool.h"
 
 namespace ssm_tools {
 
 using Codebase = std::map<std::string, std::string>;  // file name -> content
 
-// Integers only, so that ToolSpec("code_sandbox", ...) can carry every option.
+// Integers and strings, so that ToolSpec("code_sandbox", ...) can carry every option.
 struct CodeSandboxOptions {
   int64_t cpu_seconds = 2;           // RLIMIT_CPU (whole seconds, as the kernel counts them)
   int64_t memory_bytes = 256 << 20;  // RLIMIT_AS of the program
@@ -37,8 +38,10 @@ struct CodeSandboxOptions {
   int64_t max_file_chars = 2048;     // of a file (an edit call must fit the parser's max_call_tokens)
   int64_t max_files = 256;
   std::string python = "python3";    // interpreter; a bare name is looked up on PATH
-  std::string tmp_dir;               // where run directories go; empty: $TMPDIR or /tmp
+  std::string tmp_dir;               // isolation "none": where run directories go; empty: $TMPDIR or /tmp
   bool codebase_from_prompt = false;  // take the codebase registered under the prompt's first line
+  std::string isolation = "namespaces";  // or "none" (no jail: the program runs with your rights)
+  int64_t max_processes = 64;        // jailed: processes and threads of the program (RLIMIT_NPROC)
 };
 
 // Registers `files` under `key` for sandboxes with codebase_from_prompt (thread-safe, process-wide;
@@ -54,8 +57,8 @@ struct RunOutcome {
 
 class CodeSandbox : public Tool {
  public:
-  // Throws std::invalid_argument naming the option when a limit is not positive or the interpreter
-  // cannot be found.
+  // Throws std::invalid_argument naming the option when a limit is not positive, the interpreter
+  // cannot be found, or the jail cannot be built on this kernel (see isolation).
   explicit CodeSandbox(CodeSandboxOptions options = {});
 
   std::string name() const override { return "code_sandbox"; }
@@ -80,8 +83,10 @@ class CodeSandbox : public Tool {
   Tokens edit_file(const std::string& args);
   Tokens run_command(const std::string& args);
 
+  static ProgramRunner make_runner(const CodeSandboxOptions& options);
+
   CodeSandboxOptions options_;
-  std::string python_path_;  // resolved interpreter
+  ProgramRunner runner_;
   Codebase loaded_;          // the episode's starting codebase
   Codebase files_;           // the current codebase
   std::string prompt_line_;  // codebase_from_prompt: the prompt's first line so far

@@ -1,7 +1,9 @@
 // Fuzz target for the parser, the loop and every C++ tool: bytes choose a configuration (small
 // bounds, so that every limit is hit), prompts and model scripts, replayed through an Env; then raw
-// commands go straight to each tool's call(). Invariants beyond "no crash, no UB" (sanitizers): the
-// transcript stays within max_len and the vocabulary, and each tool's memory within its bounds.
+// commands go straight to each tool's call(), and `edit`/`cat` commands with file names built from
+// path pieces ("../", "/", ".py", NUL-free bytes) to a code sandbox. Invariants beyond "no crash, no UB"
+// (sanitizers): the transcript stays within max_len and the vocabulary, each tool's memory within its
+// bounds, and the sandbox's codebase keeps its file names (an edit replaces a file, never adds one).
 //
 // Built as a libFuzzer target with clang (-fsanitize=fuzzer -DSSM_TOOLS_LIBFUZZER), or, with any
 // compiler, as a standalone driver that feeds it structured random inputs for a given time.
@@ -13,6 +15,7 @@
 
 #include "tools/calculator.h"
 #include "tools/cell_memory.h"
+#include "tools/code_sandbox.h"
 #include "tools/env.h"
 #include "tools/search_memory.h"
 #include "tools/text.h"
@@ -44,6 +47,45 @@ Tokens read_tokens(ByteReader& in, int max_len, int min_len) {
   Tokens out(min_len + in.next(max_len - min_len + 1));
   for (Token& t : out) t = in.next(tok::kVocabSize);
   return out;
+}
+
+// A file name of path pieces and stray characters, as a model could write one.
+Tokens read_file_name(ByteReader& in) {
+  static const char* const kPieces[] = {"../", "/", ".py", "main", "a", "..", ".", "etc/passwd", "_", "0", " ", "\\"};
+  std::string name;
+  for (int n = in.next(8); n > 0; --n) name += in.next(2) ? kPieces[in.next(12)] : std::string(1, static_cast<char>(32 + in.next(95)));
+  Tokens out = text_to_tokens(name);
+  if (in.next(8) == 0) out.push_back(in.next(tok::kVocabSize));  // now and then a token that is no character
+  return out;
+}
+
+// `edit <name>\n<content>` and `cat <name>` straight into a sandbox (never `run`: no program starts here).
+void fuzz_sandbox_file_names(ByteReader& in) {
+  CodeSandboxOptions options;
+  options.python = "sh";  // any executable: nothing is run
+  options.isolation = "none";
+  options.max_file_chars = 64;
+  static CodeSandbox sandbox(options);
+  const Codebase start = {{"main.py", "print(1)\n"}, {"a.py", ""}};
+  sandbox.load(start);
+  for (int i = in.next(6); i > 0; --i) {
+    const bool edit = in.next(2);
+    Tokens command = text_to_tokens(edit ? "edit " : "cat ");
+    const Tokens name = read_file_name(in);
+    command.insert(command.end(), name.begin(), name.end());
+    if (edit) {
+      command.push_back(tok::NEWLINE);
+      const Tokens content = read_tokens(in, 80, 0);
+      command.insert(command.end(), content.begin(), content.end());
+    }
+    const Tokens answer = sandbox.call(command);
+    require(answer.size() <= 160, "bounded sandbox answer");
+    require(sandbox.files().size() == start.size(), "an edit never adds or removes a file");
+    for (const auto& [file, content] : sandbox.files()) {
+      require(start.count(file) == 1, "the codebase keeps its file names");
+      require(content.size() <= 64, "files within max_file_chars");
+    }
+  }
 }
 
 }  // namespace
@@ -89,6 +131,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const Tokens answer = tool->call(command);
     require(static_cast<int64_t>(answer.size()) <= std::max<int64_t>(max_response, 64), "bounded answer");
   }
+  fuzz_sandbox_file_names(in);
   return 0;
 }
 
@@ -99,7 +142,8 @@ int main(int argc, char** argv) {
   const double seconds = argc > 1 ? std::atof(argv[1]) : 10.0;
   const uint64_t seed = argc > 2 ? std::strtoull(argv[2], nullptr, 10) : std::random_device{}();
   std::mt19937_64 rng(seed);
-  const std::vector<std::string> words = {"find ", "add ", "add 12 ", "find v1", "ls", "12", " ", "\n", "v1 = 2\n"};
+  const std::vector<std::string> words = {"find ", "add ", "add 12 ", "find v1", "ls", "12", " ", "\n", "v1 = 2\n",
+                                          "edit ", "cat ", "../", "main.py"};
   const auto start = std::chrono::steady_clock::now();
   uint64_t runs = 0;
   std::vector<uint8_t> input;

@@ -333,12 +333,15 @@ class Coding(Task):
     oracle_threads = 8  # each oracle waits on its sandbox's runs (tens of ms each)
 
     def __init__(self, mode: str = "interactive", cpu_seconds: int = 2, wall_ms: int = 5000,
-                 memory_bytes: int = 256 << 20, max_response_chars: int = 320):
+                 memory_bytes: int = 256 << 20, max_response_chars: int = 320, isolation: str = "namespaces"):
+        """isolation: "namespaces" (the sandbox's jail) or "none" (no jail: programs run with your
+        rights; only for kernels that refuse user namespaces, see docs/sandbox.md)."""
         super().__init__(mode)
         # The interpreter running this code, given by path: no PATH lookup (pyenv shims cost 0.2 s a
         # run); its site-packages stay out (-S in the sandbox).
         self.sandbox_options = dict(cpu_seconds=cpu_seconds, wall_ms=wall_ms, memory_bytes=memory_bytes,
-                                    max_response_chars=max_response_chars, python=sys.executable)
+                                    max_response_chars=max_response_chars, python=sys.executable,
+                                    isolation=isolation)
         CodeSandbox(**self.sandbox_options)  # bad limits fail here, naming the option
 
     def sandbox(self) -> CodeSandbox:
