@@ -9,7 +9,7 @@
 #include <utility>
 
 #include "kernels/mamba_block_params.h"
-#include "ops/message_text.h"
+#include "ops/checks.h"
 
 namespace ssm_tools::mamba_block {
 
