@@ -1,13 +1,14 @@
-# Two commands do everything on a fresh machine (see README):
-#   make reproduce   set up, build, run the CPU length-generalization reproduction of addition
+# Two commands do everything on a fresh machine, in either order (see README):
 #   make test        set up, build, run the tests
-# `make build` rebuilds the extension after a C++ change (incremental).
+#   make reproduce   set up, build, run the CPU length-generalization reproduction of addition
+# `make build` rebuilds the extension after a C++ change, and installs the configs after a change to
+# tasks/*.toml (incremental).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.deps-installed
 
-.PHONY: setup build reproduce test cuda-check native-check bench clean
+.PHONY: setup build reproduce test cuda-check native-check wheel-check clean
 
 $(STAMP): requirements.txt
 	python3 -m venv $(VENV)
@@ -35,6 +36,10 @@ cuda-check: $(STAMP)
 # C++ unit tests of the tools under AddressSanitizer + UBSan, and bounded fuzzing of the parser/tools.
 native-check: build
 	bash .ci/native_checks.sh
+
+# Build the wheel, install it into a fresh venv outside the tree, and run the CLI from there.
+wheel-check: $(STAMP)
+	bash .ci/wheel_smoke.sh
 
 clean:
 	rm -rf build $(VENV) python/ssm_tools/*.so

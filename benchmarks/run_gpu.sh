@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Everything the CUDA kernels need on a GPU machine, in one command (the lead runs
-# `bash benchmarks/run_gpu.sh` there): build the package with CUDA, run tests/test_cuda.py, run one
+# Everything the CUDA kernels need on a GPU machine, in one command (`bash benchmarks/run_gpu.sh`):
+# build the package with CUDA, run tests/test_cuda.py, run one
 # small case of each kernel under compute-sanitizer memcheck and racecheck, profile the forward and
 # backward once with Nsight Compute, run the benchmark.
 # Logs and results go to $OUT (default results/gpu/); copy the JSON into results/ afterwards.

@@ -1,22 +1,19 @@
 #!/usr/bin/env bash
 # The paper-scale reproduction of a task (addition, multiplication_nx1, multiplication_nx2) on a GPU
-# machine whose commands have a time limit (the device tool's calls: 10 minutes), one (model, mode,
-# seed) at a time; the calls merge their runs into one curve:
+# machine, one (model, mode, seed) at a time, within a time limit per command; the commands merge
+# their runs into one curve:
 #   TASK=multiplication_nx1 RUNS=mamba:interactive SEEDS=0 bash benchmarks/run_gpu_reproduce.sh
 #   TASK=multiplication_nx1 RUNS=pythia:interactive SEEDS=0 ARGS="--max-eval-seconds 240" bash ...
 # Builds the package with CUDA if it is not built yet, then runs `ssm-tools reproduce $TASK --scale
 # paper --merge` (paper model sizes, 2,000 steps, bf16 autocast) for at most CALL_S seconds (default
 # 560): training checkpoints and stops MARGIN_S (default 60) seconds before that, and the same command
-# in the next call resumes it from runs/ (on the same machine: runs/ is not carried back); once
-# trained, the run is evaluated and joins the curve. A 2,000-step run of the 24-layer Mamba takes
-# 2-4 calls (addition 295 ms per step on the H100, n x 1 multiplication 494 ms, n x 2 865 ms), and the
-# evaluation up to 1,000 digits may need a call of its own: ARGS="--max-eval-seconds 400" keeps it
-# inside one (sizes predicted to overrun are skipped, recorded as null).
+# run again resumes it from runs/; once trained, the run is evaluated and joins the curve. A long
+# evaluation can be kept inside one command with ARGS="--max-eval-seconds 400" (sizes predicted to
+# overrun are skipped, recorded as null).
 # The curve is $OUT/curve.json (+ curve.png, command.txt); when $OUT has none yet, the one at $BASE
 # (default results/$TASK/gpu/curve.json) is copied there first. The log and every run's log.csv are
-# written to $OUT/logs/ as they go, so a call that is killed still leaves them.
-# NPROC=N (default: every GPU the machine has) trains each run data-parallel on N GPUs (`--nproc`):
-# the same steps as one GPU, in about 1/N of the time once the per-GPU batch still fills the GPU.
+# written to $OUT/logs/ as they go, so a command that is killed still leaves them.
+# NPROC=N (default: every GPU the machine has) trains each run data-parallel on N GPUs (`--nproc`).
 # Uses the machine's python3 (with a CUDA torch, numpy, tqdm, matplotlib); no venv, no downloads.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -207,6 +207,25 @@ def test_cli_errors_are_one_line(argv, words, capsys):
     assert err[-1].startswith("ssm-tools") and words in err[-1] and "Traceback" not in "".join(err)
 
 
+def test_cli_bench_says_it_needs_a_source_checkout(monkeypatch, capsys):
+    from ssm_tools import cli
+
+    assert main(["bench"]) == 0 and "dispatch" in capsys.readouterr().out  # this checkout's benchmarks
+    monkeypatch.setattr(cli, "CHECKOUT", cli.CHECKOUT / "nowhere")  # as installed from a wheel
+    with pytest.raises(SystemExit) as e:
+        main(["bench"])
+    assert e.value.code == 2 and "benchmarks/ of a source checkout" in capsys.readouterr().err
+
+
+def test_cli_shows_bugs_with_their_traceback(monkeypatch):
+    """A TypeError inside a command is a bug, not a usage error: it is not turned into one line."""
+    from ssm_tools import cli
+
+    monkeypatch.setattr(cli, "cmd_show", lambda args: len(None))
+    with pytest.raises(TypeError):  # not SystemExit(2)
+        main(["show", "addition"])
+
+
 @pytest.mark.parametrize("section, value, words", [
     ("model", {"name": "bert"}, "[model] name must be one of"),
     ("model", {"scale": "huge"}, "[model] scale must be one of"),

@@ -61,18 +61,20 @@ or the tokens between [CALL] and [/CALL]. Answer malformed commands with [ERR]..
       .def_property_readonly("cells", &CellMemory::cells);
   py::class_<PointerMemory, CellMemory, std::shared_ptr<PointerMemory>>(
       m, "PointerMemory", "The paper's pointer memory over the episode's own context (read, left, right)")
-      .def(py::init<int, int64_t>(), py::arg("num_pointers") = 2, py::arg("max_cells") = int64_t{1} << 20);
+      .def(py::init<int, int64_t>(), py::arg("num_pointers") = PointerMemory::kDefaultPointers,
+           py::arg("max_cells") = kDefaultMaxCells);
   py::class_<TapeMemory, CellMemory, std::shared_ptr<TapeMemory>>(
       m, "TapeMemory", "Theorem 2's tape: read, left, right, write <symbol>")
-      .def(py::init<int, int64_t>(), py::arg("num_pointers") = 1, py::arg("max_cells") = int64_t{1} << 20);
+      .def(py::init<int, int64_t>(), py::arg("num_pointers") = TapeMemory::kDefaultPointers,
+           py::arg("max_cells") = kDefaultMaxCells);
   py::class_<SearchMemory, Tool, std::shared_ptr<SearchMemory>>(
       m, "SearchMemory", "Line-structured memory over the context: [CALL]find <x>[/CALL]")
-      .def(py::init<int64_t, int64_t>(), py::arg("max_lines") = int64_t{1} << 16,
-           py::arg("max_response_tokens") = 4096)
+      .def(py::init<int64_t, int64_t>(), py::arg("max_lines") = SearchMemory::kDefaultMaxLines,
+           py::arg("max_response_tokens") = SearchMemory::kDefaultMaxResponseTokens)
       .def_property_readonly("lines", &SearchMemory::lines);
   py::class_<Calculator, Tool, std::shared_ptr<Calculator>>(
       m, "Calculator", "Single-turn calculator: [CALL]add <a> <b>[/CALL], arbitrary-length decimals")
-      .def(py::init<int64_t>(), py::arg("max_digits") = 1 << 16);
+      .def(py::init<int64_t>(), py::arg("max_digits") = Calculator::kDefaultMaxDigits);
 
   m.def("registered_tools", &registered_tools, "Names ToolSpec accepts");
 }

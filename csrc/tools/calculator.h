@@ -10,7 +10,8 @@ namespace ssm_tools {
 
 class Calculator : public Tool {
  public:
-  explicit Calculator(int64_t max_digits = 1 << 16);
+  static constexpr int64_t kDefaultMaxDigits = 1 << 16;  // also the registry's and Python's default
+  explicit Calculator(int64_t max_digits = kDefaultMaxDigits);
 
   std::string name() const override { return "calculator"; }
   void reset(uint64_t /*seed*/) override { calls_ = 0; }

@@ -45,15 +45,21 @@ class CellMemory : public Tool {
   int64_t dropped_ = 0;  // observed tokens that did not fit in max_cells
 };
 
+// The defaults of the constructors below are also those of the registry (ToolSpec options) and of
+// the Python constructors: one set, here.
+constexpr int64_t kDefaultMaxCells = int64_t{1} << 20;
+
 class PointerMemory : public CellMemory {
  public:
-  explicit PointerMemory(int num_pointers = 2, int64_t max_cells = int64_t{1} << 20)
+  static constexpr int kDefaultPointers = 2;
+  explicit PointerMemory(int num_pointers = kDefaultPointers, int64_t max_cells = kDefaultMaxCells)
       : CellMemory("pointer_memory", num_pointers, max_cells, /*writable=*/false) {}
 };
 
 class TapeMemory : public CellMemory {
  public:
-  explicit TapeMemory(int num_pointers = 1, int64_t max_cells = int64_t{1} << 20)
+  static constexpr int kDefaultPointers = 1;
+  explicit TapeMemory(int num_pointers = kDefaultPointers, int64_t max_cells = kDefaultMaxCells)
       : CellMemory("tape_memory", num_pointers, max_cells, /*writable=*/true) {}
 };
 

@@ -17,7 +17,10 @@ namespace ssm_tools {
 
 class SearchMemory : public Tool {
  public:
-  explicit SearchMemory(int64_t max_lines = int64_t{1} << 16, int64_t max_response_tokens = 4096);
+  // Also the defaults of the registry (ToolSpec options) and of the Python constructor.
+  static constexpr int64_t kDefaultMaxLines = int64_t{1} << 16;
+  static constexpr int64_t kDefaultMaxResponseTokens = 4096;
+  explicit SearchMemory(int64_t max_lines = kDefaultMaxLines, int64_t max_response_tokens = kDefaultMaxResponseTokens);
 
   std::string name() const override { return "search_memory"; }
   void reset(uint64_t seed) override;

@@ -21,20 +21,21 @@ std::map<std::string, ToolBuilder> builtin_tools() {
   return {
       {"pointer_memory",
        [](ToolOptions& o) {
-         return factory_of<PointerMemory>(static_cast<int>(o.get_int("num_pointers", 2)),
-                                          o.get_int("max_cells", int64_t{1} << 20));
+         return factory_of<PointerMemory>(static_cast<int>(o.get_int("num_pointers", PointerMemory::kDefaultPointers)),
+                                          o.get_int("max_cells", kDefaultMaxCells));
        }},
       {"tape_memory",
        [](ToolOptions& o) {
-         return factory_of<TapeMemory>(static_cast<int>(o.get_int("num_pointers", 1)),
-                                       o.get_int("max_cells", int64_t{1} << 20));
+         return factory_of<TapeMemory>(static_cast<int>(o.get_int("num_pointers", TapeMemory::kDefaultPointers)),
+                                       o.get_int("max_cells", kDefaultMaxCells));
        }},
       {"search_memory",
        [](ToolOptions& o) {
-         return factory_of<SearchMemory>(o.get_int("max_lines", int64_t{1} << 16),
-                                         o.get_int("max_response_tokens", 4096));
+         return factory_of<SearchMemory>(o.get_int("max_lines", SearchMemory::kDefaultMaxLines),
+                                         o.get_int("max_response_tokens", SearchMemory::kDefaultMaxResponseTokens));
        }},
-      {"calculator", [](ToolOptions& o) { return factory_of<Calculator>(o.get_int("max_digits", 1 << 16)); }},
+      {"calculator",
+       [](ToolOptions& o) { return factory_of<Calculator>(o.get_int("max_digits", Calculator::kDefaultMaxDigits)); }},
   };
 }
 

@@ -1,6 +1,6 @@
 """Data-parallel training over several processes: one per GPU (NCCL), or CPU processes (gloo).
 
-    ssm-tools train --config tasks/addition.toml --scale paper --device cuda --nproc 8
+    ssm-tools train --config addition --scale paper --device cuda --nproc 8
     torchrun --standalone --nproc-per-node 8 -m ssm_tools.cli train ... --device cuda   # the same
 
 `--nproc N` runs the command in N processes through torch's elastic launcher (`launch`, what
