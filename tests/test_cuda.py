@@ -157,7 +157,7 @@ def packed_seq_idx(batch, seqlen, starts):
     seq_idx = torch.zeros(batch, seqlen, dtype=torch.int32)
     for b in range(batch):
         row = starts if b == 0 else torch.randint(1, seqlen, (max(1, seqlen // 97),)).tolist()
-        for t in sorted(set(row)):
+        for t in sorted(t for t in set(row) if t < seqlen):
             seq_idx[b, t:] = (seq_idx[b, t - 1] + 1) % 3
     return seq_idx.cuda()
 
@@ -290,7 +290,8 @@ def test_misaligned_and_non_contiguous_inputs_match_aligned():
 
 @pytest.mark.parametrize("change,message", [
     (dict(u=lambda i: i["u"].double()), "u must be float32, bfloat16 or float16 on CUDA"),
-    (dict(A=lambda i: torch.randn(4, 257, device="cuda")), "dstate"),
+    (dict(A=lambda i: torch.randn(4, 257, device="cuda"), B=lambda i: torch.randn(4, 257, device="cuda"),
+          C=lambda i: torch.randn(4, 257, device="cuda")), "dstate"),
     (dict(B=lambda i: torch.randn(1, 3, 8, 33, device="cuda")), "groups"),
     (dict(delta=lambda i: i["delta"][..., :-1]), "delta must have shape"),
     (dict(D=lambda i: i["D"].cpu()), "D must be on cuda"),
