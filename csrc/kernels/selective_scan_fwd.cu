@@ -161,33 +161,18 @@ __global__ __launch_bounds__(kThreads, 8) void selective_scan_fwd_kernel(Selecti
       const float4* sB4 = reinterpret_cast<const float4*>(s_B);
       const float4* sC4 = reinterpret_cast<const float4*>(s_C);
       const uint64_t starts = kVarlen ? s_starts[0] | static_cast<uint64_t>(s_starts[1]) << 32 : 0;
-      for (int t0 = 0; t0 < kTile; t0 += kSplit) {
-        if constexpr (kEndOnly) {
-          // States and decay products only: no C, no y.
-          const float4 dt4 = *reinterpret_cast<const float4*>(s_dt + r * kStride + t0);
-          const float4 du4 = *reinterpret_cast<const float4*>(s_du + r * kStride + t0);
-          const float dts[kSplit] = {dt4.x, dt4.y, dt4.z, dt4.w}, dus[kSplit] = {du4.x, du4.y, du4.z, du4.w};
+      // A state input of this thread's states at tile position t: from the tile, or the constant one.
+      const auto state_input = [&](const float4* tile, bool variable, const float (&constant)[kStates], int t,
+                                   float (&v)[kStates]) {
+        if (variable) {
+          const float4 f = tile[t * kSplit + split];
+          v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+        } else {
 #pragma unroll
-          for (int q = 0; q < kSplit; ++q) {
-            const int t = t0 + q;
-            float Bv[kStates];
-            if (B_var) {
-              const float4 v = sB4[t * kSplit + split];
-              Bv[0] = v.x, Bv[1] = v.y, Bv[2] = v.z, Bv[3] = v.w;
-            } else {
-#pragma unroll
-              for (int j = 0; j < kStates; ++j) Bv[j] = Bc[j];
-            }
-            const bool restart = kVarlen && (starts >> t & 1);
-#pragma unroll
-            for (int j = 0; j < kStates; ++j) {
-              const float a = restart ? 0.f : exp2f(dts[q] * A2[j]);
-              x[j] = fmaf(a, x[j], dus[q] * Bv[j]);
-              P[j] *= a;
-            }
-          }
-          continue;
+          for (int j = 0; j < kStates; ++j) v[j] = constant[j];
         }
+      };
+      for (int t0 = 0; t0 < kTile; t0 += kSplit) {
         // kSplit positions, each thread with its partial y (its states) of every one of them.
         float y[kSplit];
         const float4 dt4 = *reinterpret_cast<const float4*>(s_dt + r * kStride + t0);
@@ -198,31 +183,27 @@ __global__ __launch_bounds__(kThreads, 8) void selective_scan_fwd_kernel(Selecti
           const int t = t0 + q;
           const float dt = dts[q], du = dus[q];
           float Bv[kStates], Cv[kStates];
-          if (B_var) {
-            const float4 v = sB4[t * kSplit + split];
-            Bv[0] = v.x, Bv[1] = v.y, Bv[2] = v.z, Bv[3] = v.w;
-          } else {
-#pragma unroll
-            for (int j = 0; j < kStates; ++j) Bv[j] = Bc[j];
-          }
-          if (C_var) {
-            const float4 v = sC4[t * kSplit + split];
-            Cv[0] = v.x, Cv[1] = v.y, Cv[2] = v.z, Cv[3] = v.w;
-          } else {
-#pragma unroll
-            for (int j = 0; j < kStates; ++j) Cv[j] = Cc[j];
-          }
+          state_input(sB4, B_var, Bc, t, Bv);
+          if (!kEndOnly) state_input(sC4, C_var, Cc, t, Cv);
           y[q] = 0.f;
-          if (kVarlen && (starts >> t & 1)) {
+          // A sequence starts at t: the state restarts from zero (the end-only pass's decay is 0 there).
+          const bool restart = kVarlen && (starts >> t & 1);
+          if (!kEndOnly && restart) {
 #pragma unroll
             for (int j = 0; j < kStates; ++j) x[j] = 0.f;
           }
 #pragma unroll
           for (int j = 0; j < kStates; ++j) {
-            x[j] = fmaf(exp2f(dt * A2[j]), x[j], du * Bv[j]);
-            y[q] = fmaf(Cv[j], x[j], y[q]);
+            const float a = kEndOnly && restart ? 0.f : exp2f(dt * A2[j]);
+            x[j] = fmaf(a, x[j], du * Bv[j]);
+            if (kEndOnly) {
+              P[j] *= a;
+            } else {
+              y[q] = fmaf(Cv[j], x[j], y[q]);
+            }
           }
         }
+        if (kEndOnly) continue;  // states and decay products only: no C, no y
         // Reduce-scatter over the kSplit threads of this dim: thread `split` ends with the full y
         // of position t0 + split, in 3 shuffles (a sum to every thread would take 8).
         const bool high = split & 2, odd = split & 1;
