@@ -35,6 +35,7 @@ echo "built in $((SECONDS - start)) s"
 pids=()
 for spec in $TASKS; do
   IFS=/ read -r task workers eval_s runs <<< "$spec"
+  rm -rf "runs/reproduce-$task-paper"  # every run trains afresh in this call
   mkdir -p "$work/$task/gpu/logs"
   # shellcheck disable=SC2086  # ARGS is a list of options
   timeout --signal=INT --kill-after=15 $((CALL_S - (SECONDS - start))) \
