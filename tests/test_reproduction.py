@@ -25,6 +25,27 @@ def test_tool_use_makes_tiny_mamba_generalize_10x_in_length(tmp_path):
     assert no_tools["accuracy"]["50"] <= 0.20
 
 
+# The logical-graph claim at CPU scale (tests/../results/logical_graph): a tiny Mamba trained on graphs
+# of 1..5 gates WITH the search memory (`find`) evaluates 25-gate graphs (5x); the same model with one
+# turn of search and then none does not (a True/False answer: chance is 50%).
+GRAPH = {"train": [1, 5], "test": 25, "steps": 400, "n": 20}
+
+
+@pytest.mark.slow
+def test_search_memory_makes_tiny_mamba_evaluate_5x_larger_graphs(tmp_path):
+    def config(mode):
+        c = task_config("logical_graph", mode)
+        return {**c, "sizes": {**c["sizes"], "train": GRAPH["train"]}}
+
+    train = {**R.scale_spec("logical_graph", "cpu")["train"], "steps": GRAPH["steps"]}
+    with_tools, no_tools = run_parallel([
+        (config(mode), "mamba", RECIPE["model_scale"], train, 0, [GRAPH["test"]], GRAPH["n"], tmp_path / mode,
+         "cpu") for mode in ("interactive", "single_turn")])
+    size = str(GRAPH["test"])
+    assert with_tools["accuracy"][size] >= 0.95
+    assert no_tools["accuracy"][size] <= 0.75
+
+
 def test_plot_curve_writes_a_png_with_one_band_per_model(tmp_path):
     import random
 
@@ -227,3 +248,22 @@ def test_long_episode_tasks_have_their_runs_seeds_and_models(tmp_path, monkeypat
     R.reproduce("coding", "paper", [3], out, device="cuda", workers=2)
     assert {s for *_, s in seen} == {3} and {(mode, m) for mode, m, *_ in seen} == \
         {("interactive", "mamba"), ("single_turn", "mamba"), ("interactive", "pythia")}
+
+
+def test_a_failing_run_is_reported_and_the_others_still_join_the_curve(tmp_path, monkeypatch):
+    # A run that raises in its worker process (here: no such model) comes back as {"error": ...}.
+    config = task_config("hanoi_recursive", "interactive")
+    (failed,) = run_parallel([(config, "mamba", {"d_model": -1}, {"steps": 1}, 0, [2], 1, tmp_path / "x", "cpu")])
+    assert (failed["model"], failed["mode"], failed["seed"]) == ("mamba", "interactive", 0)
+    assert "d_model" in failed["error"]
+    # Such a run is listed under "failed"; the runs that ended are in the curve.
+    def fake_parallel(jobs, workers=None, on_result=None):
+        return [{**failed, "seed": 1} if job[4] == 1 else
+                {"model": "mamba", "mode": "interactive", "seed": job[4], "test_sizes": [7], "n": 1,
+                 "accuracy": {"7": 1.0}} for job in jobs]
+
+    monkeypatch.setattr(R, "run_parallel", fake_parallel)
+    curve = R.reproduce("hanoi_recursive", "paper", None, tmp_path / "out", device="cuda", workers=2,
+                        only=[("mamba", "interactive")])
+    assert [r["seed"] for r in curve["runs"]] == [0, 2, 3, 4] and [r["seed"] for r in curve["failed"]] == [1]
+    assert json.loads((tmp_path / "out/curve.json").read_text())["failed"][0]["error"] == failed["error"]

@@ -103,6 +103,10 @@ def cmd_reproduce(args) -> None:
     for r in curve["unfinished"]:
         print(f"{r['model']} ({r['mode']}, seed {r['seed']}): training stopped at step {r['stopped']} of "
               f"{r['steps']} (--max-train-seconds); run the same command again to resume")
+    for r in curve.get("failed", []):
+        print(f"{r['model']} ({r['mode']}, seed {r['seed']}) failed: {r['error']}")
+    if curve.get("failed"):
+        raise SystemExit(1)
 
 
 def cmd_bench(args) -> None:

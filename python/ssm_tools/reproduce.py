@@ -219,16 +219,23 @@ def run_parallel(jobs: list[tuple], workers: int | None = None, on_result=None) 
     """run_one over jobs, one single-threaded process each, `workers` at a time (default: one per
     core; tiny models use threads badly: two runs side by side beat one run on two threads). On a
     GPU, small models leave it mostly idle, so several runs share it. Results in job order; each is
-    printed, and handed to `on_result` (e.g. to write the curve so far), as it finishes."""
+    printed, and handed to `on_result` (e.g. to write the curve so far), as it finishes. A run that
+    fails (e.g. out of GPU memory) does not stop the others: its result is {"error": message}."""
     results: list = [None] * len(jobs)
     workers = max(1, min(len(jobs), workers or os.cpu_count() or 1))
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(run_one, *job, threads=1, progress=False): i for i, job in enumerate(jobs)}
         for future in tqdm(as_completed(futures), total=len(jobs), desc="runs", dynamic_ncols=True):
-            results[futures[future]] = future.result()
-            tqdm.write(json.dumps(results[futures[future]]))
+            i = futures[future]
+            try:
+                results[i] = future.result()
+            except Exception as e:  # one run failing is reported; the others go on
+                config, model, *_ = jobs[i]
+                results[i] = {"model": model, "mode": config["task"]["mode"], "seed": jobs[i][4],
+                              "error": f"{type(e).__name__}: {e}"[:2000]}
+            tqdm.write(json.dumps(results[i]))
             if on_result is not None:
-                on_result(results[futures[future]])
+                on_result(results[i])
     return results
 
 
@@ -289,8 +296,9 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
             for model, mode in runs for seed in run_seeds[model, mode]]
 
     def finished(results: list[dict]) -> dict:  # the curve with these runs (those trained to the end)
-        done = [{**r, "command": command, "train": recipe} for r in results if "stopped" not in r]
-        return summarize({**curve, "runs": replace_runs(curve["runs"], done)})
+        done = [{**r, "command": command, "train": recipe} for r in results if "stopped" not in r and "error" not in r]
+        failed = [{**r, "command": command} for r in results if "error" in r]
+        return summarize({**curve, "runs": replace_runs(curve["runs"], done), **({"failed": failed} if failed else {})})
 
     ended: list[dict] = []
 
