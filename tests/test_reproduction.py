@@ -221,6 +221,7 @@ def test_long_episode_tasks_have_their_runs_seeds_and_models(tmp_path, monkeypat
     assert mamba == [0, 1, 2, 3, 4] and len(seen) == 9  # + 2 single-turn Mamba, 1 LSTM, 1 Pythia
     assert all(sizes == R.SMALL_MODELS[m] for _, m, sizes, _ in seen)
     assert curve["test_sizes"] == [8, 9, 10, 11, 12] and curve["models"]["mamba"] == R.SMALL_MODELS["mamba"]
+    assert curve["every_seed"]  # the plot draws each seed's line too
     assert (out / "curve.png").is_file()
     # --seeds replaces every run's seeds.
     seen.clear()

@@ -96,14 +96,14 @@ TASKS = {
                       "models": SMALL_MODELS, "run_seeds": MAMBA_SEEDS, "seeds": [0], "n": 50,
                       "train": dict(steps=400, batch_size=16, lr=3e-3, warmup=40)}}},
     "hanoi_iterative": {
-        "size_label": "disks", "sizes": {"paper": [8, 9, 10, 11, 12]},
+        "size_label": "disks", "every_seed": True, "sizes": {"paper": [8, 9, 10, 11, 12]},
         "unavailable": {"cpu": _NO_CPU.format(why="an 8-disk training episode is 45k tokens")},
         "scales": {"paper": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("lstm", "interactive"),
                                       ("pythia", "interactive")],
                              "models": SMALL_MODELS, "run_seeds": HANOI_SEEDS, "seeds": [0], "n": 50,
                              "train": dict(steps=120, batch_size=8, lr=3e-3, warmup=12)}}},
     "hanoi_recursive": {
-        "size_label": "disks", "sizes": {"paper": [7, 8, 9, 10]},
+        "size_label": "disks", "every_seed": True, "sizes": {"paper": [7, 8, 9, 10]},
         "unavailable": {"cpu": _NO_CPU.format(why="7-disk training episodes are up to 7.6k tokens")},
         "scales": {"paper": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("lstm", "interactive"),
                                       ("pythia", "interactive")],
@@ -309,7 +309,8 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     recipe = asdict(TrainConfig(**train, train_max_size=config["sizes"]["train"][1]))
     curve = {"task": task, "scale": scale, "command": command, "commands": [command], "device": device,
              "size_label": TASKS[task]["size_label"], "train_sizes": config["sizes"]["train"], "train": recipe,
-             "models": {m: spec["models"][m] for m, _ in runs}, "runs": []}
+             "models": {m: spec["models"][m] for m, _ in runs}, "runs": [],
+             **({"every_seed": True} if TASKS[task].get("every_seed") else {})}
     out_dir = Path(out_dir)
     if merge and (out_dir / "curve.json").is_file():  # checked before hours of training, not after
         curve = merge_curves(json.loads((out_dir / "curve.json").read_text()), curve)
@@ -408,7 +409,8 @@ def summarize(curve: dict) -> dict:
 def plot_curve(curve: dict, path) -> None:
     """Accuracy vs size (log x), one line per model/mode (mean over seeds) with a min-max band. A size
     is on a line only where every seed of it has a result (skipped or not-run sizes are not drawn);
-    where only some seeds have one, those seeds' points stand alone, hollow."""
+    where only some seeds have one, those seeds' points stand alone, hollow. A curve with
+    "every_seed" (Hanoi) also draws each seed's own line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -437,6 +439,10 @@ def plot_curve(curve: dict, path) -> None:
                    if r["accuracy"].get(s) is not None]
         if partial:
             ax.plot(*zip(*partial), linestyle="none", marker="o", markerfacecolor="none", color=line.get_color())
+        if curve.get("every_seed") and len(runs) > 1:  # each seed's own line, thin (the paper's Figure 5)
+            for r in runs:
+                own = sorted((int(s), a) for s, a in r["accuracy"].items() if a is not None)
+                ax.plot(*zip(*own), linewidth=0.7, alpha=0.6, color=line.get_color())
     ax.set_xscale("log")
     ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel(f"problem size ({curve['task']}, {curve.get('size_label', 'digits per operand')})")
