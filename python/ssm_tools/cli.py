@@ -187,7 +187,7 @@ def parser() -> argparse.ArgumentParser:
                         "end later are skipped (null), as with --max-eval-seconds")
     r.add_argument("--workers", type=int,
                    help="runs at a time, each in its own process (default: one per core with --device cpu, "
-                        "else 1); small models share a GPU well")
+                        "else 1); on a GPU they train side by side and evaluate one at a time")
     _nproc_option(r)
     r.set_defaults(func=cmd_reproduce)
 

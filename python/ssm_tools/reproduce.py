@@ -4,13 +4,15 @@ it interactively at sizes far beyond training, and plot exact-answer accuracy ag
     ssm-tools reproduce addition --scale cpu --seeds 0,1
     ssm-tools reproduce multiplication_nx2 --scale paper --device cuda --runs pythia:interactive \
         --seeds 0 --out results/multiplication_nx2/gpu --merge --max-eval-seconds 300
+    ssm-tools reproduce hanoi_recursive --scale paper --device cuda --workers 8 --max-seconds 300
 
 writes results/<task>/curve.json (accuracy per size for every model, mode and seed, the test sizes,
 n per size, the training range, the exact commands) and results/<task>/curve.png. With `merge`, the
 runs join those already in <out>/curve.json (a run of the same model, mode and seed is replaced), so
 separate calls (one GPU run per call) build one curve. A size left out by `max_eval_seconds` is null
 in the run's accuracy and listed in its "skipped_sizes"; a size outside the run's own test sizes
-(`sizes`) is absent. Neither is plotted.
+(`sizes`) is absent. Neither is plotted. The logical graph, Tower of Hanoi and coding run small models
+at the paper scale (SMALL_MODELS: their episodes are up to a million decode steps) and have no cpu scale.
 
 Under torchrun (`--nproc N`, ssm_tools.distributed) every run trains data-parallel over the N
 processes, one run after another; rank 0 evaluates it and writes the curve.
@@ -69,8 +71,8 @@ SCALES = {
 # the reason in "unavailable".
 # The long-episode tasks use small models at the "paper" scale: a 12-disk Hanoi episode is 967k decode
 # steps and a 1,000-gate graph 539k, so at the 24 x 768 Mamba's 2.5 ms per step one episode takes
-# 23-41 minutes, past a 10-minute GPU call. A decode step costs about 45 us per Mamba layer (a CUDA
-# graph of small kernels): 2 layers of 256 take a tenth of the 24 x 768's step.
+# 23-41 minutes, past a 10-minute GPU call. A decode step is a CUDA graph of small kernels, about 45 us
+# per layer (24 x 768 at batch 1: 1.07 ms), so 2 layers take a tenth of the paper size's step.
 SMALL_MODELS = {"mamba": dict(d_model=256, n_layers=2, d_state=16), "lstm": dict(d_model=512, n_layers=1),
                 "gru": dict(d_model=512, n_layers=1), "pythia": dict(d_model=256, n_layers=2, n_heads=4),
                 "mistral": dict(d_model=256, n_layers=2, n_heads=4, window=512)}
@@ -239,7 +241,7 @@ def evaluate_within(model, task, sizes: list[int], n: int, device: str, max_seco
 def run_parallel(jobs: list[tuple], workers: int | None = None, on_result=None) -> list[dict]:
     """run_one over jobs, one single-threaded process each, `workers` at a time (default: one per
     core; tiny models use threads badly: two runs side by side beat one run on two threads). On a
-    GPU, small models leave it mostly idle, so several runs share it. Results in job order; each is
+    GPU the runs train side by side (see reproduce for their evaluations). Results in job order; each is
     printed, and handed to `on_result` (e.g. to write the curve so far), as it finishes. A run that
     fails (e.g. out of GPU memory) does not stop the others: its result is {"error": message}."""
     results: list = [None] * len(jobs)
@@ -442,7 +444,8 @@ def plot_curve(curve: dict, path) -> None:
         if curve.get("every_seed") and len(runs) > 1:  # each seed's own line, thin (the paper's Figure 5)
             for r in runs:
                 own = sorted((int(s), a) for s, a in r["accuracy"].items() if a is not None)
-                ax.plot(*zip(*own), linewidth=0.7, alpha=0.6, color=line.get_color())
+                if own:
+                    ax.plot(*zip(*own), linewidth=0.7, alpha=0.6, color=line.get_color())
     ax.set_xscale("log")
     ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel(f"problem size ({curve['task']}, {curve.get('size_label', 'digits per operand')})")
