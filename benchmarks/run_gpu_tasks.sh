@@ -4,11 +4,12 @@
 #   OUT=/tmp/out CALL_S=400 bash benchmarks/run_gpu_tasks.sh
 # Builds the package with CUDA if it is not built yet, then runs `ssm-tools reproduce <task> --scale
 # paper --device cuda` for every task at the same time, each task's runs side by side in their own
-# processes (--workers: the small models of these tasks leave the GPU mostly idle, one process per run
-# fills it). Each run's evaluation has its own time budget (--max-eval-seconds: a size predicted to
-# overrun is recorded as skipped, never dropped); everything stops CALL_S seconds after the start
-# (SIGINT), and since each curve is written as its runs finish, a call cut short keeps the runs that
-# ended. TASKS="task/workers/eval_seconds[/model:mode,...] ..." chooses the tasks (and their runs).
+# processes (--workers): they train together (large kernels share the GPU well) and evaluate one at a
+# time (greedy decoding time-slices badly between processes: results/tasks_notes.md). Each run's
+# evaluation has its own time budget (--max-eval-seconds: a size predicted to overrun is recorded as
+# skipped, never dropped) and ends MARGIN_S seconds before CALL_S (--max-seconds); everything stops
+# CALL_S seconds after the start (SIGINT), and since each curve is written as its runs finish, a call
+# cut short keeps the runs that ended. TASKS="task/workers/eval_seconds[/model:mode,...] ..." chooses the tasks (and their runs).
 # Results: $OUT/tasks.tar.gz holds <task>/gpu/{curve.json,curve.png,command.txt} and the logs
 # (<task>/gpu/logs/: the command's output, every run's log.csv); $OUT/summary.txt the accuracies.
 # Uses the machine's python3 (with a CUDA torch, numpy, tqdm, matplotlib); no venv, no downloads.
@@ -35,6 +36,7 @@ echo "built in $((SECONDS - start)) s"
 pids=()
 for spec in $TASKS; do
   IFS=/ read -r task workers eval_s runs <<< "$spec"
+  rm -rf "runs/reproduce-$task-paper"  # every run trains afresh in this call
   mkdir -p "$work/$task/gpu/logs"
   # shellcheck disable=SC2086  # ARGS is a list of options
   timeout --signal=INT --kill-after=15 $((CALL_S - (SECONDS - start))) \

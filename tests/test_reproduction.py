@@ -225,6 +225,7 @@ def test_long_episode_tasks_have_their_runs_seeds_and_models(tmp_path, monkeypat
     assert mamba == [0, 1, 2, 3, 4] and len(seen) == 9  # + 2 single-turn Mamba, 1 LSTM, 1 Pythia
     assert all(sizes == R.SMALL_MODELS[m] for _, m, sizes, _ in seen)
     assert curve["test_sizes"] == [8, 9, 10, 11, 12] and curve["models"]["mamba"] == R.SMALL_MODELS["mamba"]
+    assert curve["every_seed"]  # the plot draws each seed's line too
     assert (out / "curve.png").is_file()
     # --seeds replaces every run's seeds.
     seen.clear()
@@ -232,3 +233,47 @@ def test_long_episode_tasks_have_their_runs_seeds_and_models(tmp_path, monkeypat
     R.reproduce("coding", "paper", [3], out, device="cuda", workers=2)
     assert {s for *_, s in seen} == {3} and {(mode, m) for mode, m, *_ in seen} == \
         {("interactive", "mamba"), ("single_turn", "mamba"), ("interactive", "pythia")}
+
+
+def test_a_failing_run_is_reported_and_the_others_still_join_the_curve(tmp_path, monkeypatch):
+    # A run that raises in its worker process (here: no such model) comes back as {"error": ...}.
+    config = task_config("hanoi_recursive", "interactive")
+    (failed,) = run_parallel([(config, "mamba", {"d_model": -1}, {"steps": 1}, 0, [2], 1, tmp_path / "x", "cpu")])
+    assert (failed["model"], failed["mode"], failed["seed"]) == ("mamba", "interactive", 0)
+    assert "d_model" in failed["error"]
+    # Such a run is listed under "failed"; the runs that ended are in the curve.
+    def fake_parallel(jobs, workers=None, on_result=None):
+        return [{**failed, "seed": 1} if job[4] == 1 else
+                {"model": "mamba", "mode": "interactive", "seed": job[4], "test_sizes": [7], "n": 1,
+                 "accuracy": {"7": 1.0}} for job in jobs]
+
+    monkeypatch.setattr(R, "run_parallel", fake_parallel)
+    curve = R.reproduce("hanoi_recursive", "paper", None, tmp_path / "out", device="cuda", workers=2,
+                        only=[("mamba", "interactive")])
+    assert [r["seed"] for r in curve["runs"]] == [0, 2, 3, 4] and [r["seed"] for r in curve["failed"]] == [1]
+    assert json.loads((tmp_path / "out/curve.json").read_text())["failed"][0]["error"] == failed["error"]
+
+
+def test_runs_sharing_a_gpu_evaluate_one_at_a_time(tmp_path):
+    import multiprocessing
+
+    lock = tmp_path / "evaluation-cuda.lock"
+    ctx = multiprocessing.get_context("spawn")
+    log = tmp_path / "log"
+    with R.one_at_a_time(lock):  # held here: the other process waits for it
+        worker = ctx.Process(target=_hold_and_log, args=(lock, log))
+        worker.start()
+        time.sleep(1.0)
+        _append(log, "first released")
+    worker.join(30)
+    assert log.read_text().splitlines() == ["first released", "second held"]
+
+
+def _hold_and_log(lock, log):
+    with R.one_at_a_time(lock):
+        _append(log, "second held")
+
+
+def _append(path, line):
+    with open(path, "a") as f:
+        f.write(line + "\n")

@@ -100,6 +100,10 @@ def cmd_reproduce(args) -> None:
     for r in curve["unfinished"]:
         print(f"{r['model']} ({r['mode']}, seed {r['seed']}): training stopped at step {r['stopped']} of "
               f"{r['steps']} (--max-train-seconds); run the same command again to resume")
+    for r in curve.get("failed", []):
+        print(f"{r['model']} ({r['mode']}, seed {r['seed']}) failed: {r['error']}")
+    if curve.get("failed"):
+        raise SystemExit(1)
 
 
 def benchmarks_folder() -> Path:
@@ -193,7 +197,7 @@ def parser() -> argparse.ArgumentParser:
                         "end later are skipped (null), as with --max-eval-seconds")
     r.add_argument("--workers", type=int,
                    help="runs at a time, each in its own process (default: one per core with --device cpu, "
-                        "else 1); small models share a GPU well")
+                        "else 1); on a GPU they train side by side and evaluate one at a time")
     _nproc_option(r)
     r.set_defaults(func=cmd_reproduce)
 

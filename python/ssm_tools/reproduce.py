@@ -4,24 +4,28 @@ it interactively at sizes far beyond training, and plot exact-answer accuracy ag
     ssm-tools reproduce addition --scale cpu --seeds 0,1
     ssm-tools reproduce multiplication_nx2 --scale paper --device cuda --runs pythia:interactive \
         --seeds 0 --out results/multiplication_nx2/gpu --merge --max-eval-seconds 300
+    ssm-tools reproduce hanoi_recursive --scale paper --device cuda --workers 8 --max-seconds 300
 
 writes results/<task>/curve.json (accuracy per size for every model, mode and seed, the test sizes,
 n per size, the training range, the exact commands) and results/<task>/curve.png. With `merge`, the
 runs join those already in <out>/curve.json (a run of the same model, mode and seed is replaced), so
 separate calls (one GPU run per call) build one curve. A size left out by `max_eval_seconds` is null
 in the run's accuracy and listed in its "skipped_sizes"; a size outside the run's own test sizes
-(`sizes`) is absent. Neither is plotted.
+(`sizes`) is absent. Neither is plotted. The logical graph, Tower of Hanoi and coding run small models
+at the paper scale (SMALL_MODELS: their episodes are up to a million decode steps) and have no cpu scale.
 
 Under torchrun (`--nproc N`, ssm_tools.distributed) every run trains data-parallel over the N
 processes, one run after another; rank 0 evaluates it and writes the curve.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -66,8 +70,8 @@ SCALES = {
 # the reason in "unavailable".
 # The long-episode tasks use small models at the "paper" scale: a 12-disk Hanoi episode is 967k decode
 # steps and a 1,000-gate graph 539k, so at the 24 x 768 Mamba's 2.5 ms per step one episode takes
-# 23-41 minutes, past a 10-minute GPU call. A decode step costs about 45 us per Mamba layer (a CUDA
-# graph of small kernels): 2 layers of 256 take a tenth of the 24 x 768's step.
+# 23-41 minutes, past a 10-minute GPU call. A decode step is a CUDA graph of small kernels, about 45 us
+# per layer (24 x 768 at batch 1: 1.07 ms), so 2 layers take a tenth of the paper size's step.
 SMALL_MODELS = {"mamba": dict(d_model=256, n_layers=2, d_state=16), "lstm": dict(d_model=512, n_layers=1),
                 "gru": dict(d_model=512, n_layers=1), "pythia": dict(d_model=256, n_layers=2, n_heads=4),
                 "mistral": dict(d_model=256, n_layers=2, n_heads=4, window=512)}
@@ -84,23 +88,23 @@ TASKS = {
     "multiplication_nx2": {"size_label": "digits of the first operand, x 2 digits",
                            "sizes": {"cpu": [10, 20, 50, 100], "paper": [10, 20, 50, 100, 200, 500, 1000]}},
     "logical_graph": {
-        "size_label": "gates", "sizes": {"cpu": [10, 20, 50], "paper": [10, 20, 50, 100, 200, 500, 1000]},
+        "size_label": "gates", "sizes": {"paper": [10, 20, 50, 100, 200, 500, 1000]},
+        "unavailable": {"cpu": _NO_CPU.format(why="a tiny Mamba stays at chance on the label digits for "
+                                                  "hundreds of 3-second steps (results/tasks_notes.md)")},
         "scales": {
-            "cpu": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("lstm", "interactive")],
-                    "train": dict(steps=200, batch_size=16, lr=1e-2, warmup=20), "n": 20},
             "paper": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("lstm", "interactive"),
                                ("pythia", "interactive")],
                       "models": SMALL_MODELS, "run_seeds": MAMBA_SEEDS, "seeds": [0], "n": 50,
                       "train": dict(steps=400, batch_size=16, lr=3e-3, warmup=40)}}},
     "hanoi_iterative": {
-        "size_label": "disks", "sizes": {"paper": [8, 9, 10, 11, 12]},
+        "size_label": "disks", "every_seed": True, "sizes": {"paper": [8, 9, 10, 11, 12]},
         "unavailable": {"cpu": _NO_CPU.format(why="an 8-disk training episode is 45k tokens")},
         "scales": {"paper": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("lstm", "interactive"),
                                       ("pythia", "interactive")],
                              "models": SMALL_MODELS, "run_seeds": HANOI_SEEDS, "seeds": [0], "n": 50,
                              "train": dict(steps=120, batch_size=8, lr=3e-3, warmup=12)}}},
     "hanoi_recursive": {
-        "size_label": "disks", "sizes": {"paper": [7, 8, 9, 10]},
+        "size_label": "disks", "every_seed": True, "sizes": {"paper": [7, 8, 9, 10]},
         "unavailable": {"cpu": _NO_CPU.format(why="7-disk training episodes are up to 7.6k tokens")},
         "scales": {"paper": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("lstm", "interactive"),
                                       ("pythia", "interactive")],
@@ -142,14 +146,15 @@ def task_config(task: str, mode: str) -> dict:
 
 def run_one(config: dict, model: str, model_scale: str | dict, train: dict, seed: int, sizes: list[int], n: int,
             out_dir: Path, device: str, max_eval_seconds: float | None = None,
-            max_train_seconds: float | None = None, eval_until: float | None = None, threads: int | None = None,
-            progress: bool = True) -> dict:
+            max_train_seconds: float | None = None, eval_until: float | None = None,
+            eval_lock: Path | None = None, threads: int | None = None, progress: bool = True) -> dict:
     """Train one model (sizes: a preset's name, or the sizes themselves) on one task config with
-    one seed, then evaluate it at `sizes`. A checkpoint
-    left in `out_dir` by an earlier, stopped run of the same recipe is resumed. With
-    `max_train_seconds`, training that runs out of time checkpoints and returns {"stopped": step}
-    (no evaluation): the same command, run again, goes on from there. `eval_until` (a time.time())
-    shortens the evaluation budget to end by then (a call with a time limit keeps its results)."""
+    one seed, then evaluate it at `sizes`. A checkpoint left in `out_dir` by an earlier, stopped run
+    of the same recipe is resumed. With `max_train_seconds`, training that runs out of time
+    checkpoints and returns {"stopped": step} (no evaluation): the same command, run again, goes on
+    from there. `eval_until` (a time.time()) shortens the evaluation budget to end by then (a call
+    with a time limit keeps its results). With `eval_lock` (a file), runs in other processes that
+    hold the same lock evaluate one at a time."""
     if threads is not None:
         torch.set_num_threads(threads)
     trainer = make_trainer(config, model, model_scale, run_train(train, seed), out_dir, device=device,
@@ -165,12 +170,13 @@ def run_one(config: dict, model: str, model_scale: str | dict, train: dict, seed
                 "steps": cfg.steps, "train_seconds": train_s}
     if trainer.rank != 0:  # rank 0 evaluates
         return {"model": model, "mode": config["task"]["mode"], "seed": seed}
-    t0 = time.perf_counter()
-    budget = max_eval_seconds
-    if eval_until is not None:
-        budget = max(0.0, min(budget or float("inf"), eval_until - time.time()))
-    result = evaluate_within(trainer.model, task, sizes, n, trainer.device, budget,
-                             label=f"{model} {config['task']['mode']} seed {seed}")
+    with one_at_a_time(eval_lock):
+        t0 = time.perf_counter()
+        budget = max_eval_seconds
+        if eval_until is not None:  # the time spent waiting for the lock is gone too
+            budget = max(0.0, min(budget or float("inf"), eval_until - time.time()))
+        result = evaluate_within(trainer.model, task, sizes, n, trainer.device, budget,
+                                 label=f"{model} {config['task']['mode']} seed {seed}")
     return {"model": model, "mode": config["task"]["mode"], "seed": seed, "final_loss": trainer.last_loss,
             "train_seconds": train_s, "eval_seconds": round(time.perf_counter() - t0, 1),
             "train_processes": trainer.world, "test_sizes": sorted(sizes), "n": n, **result}
@@ -200,6 +206,23 @@ def check_resumable(job: tuple) -> None:
         raise ValueError(f"{checkpoint} holds model {meta['model']} {meta['model_cfg']}, not {wanted[0]} {wanted[1]}: "
                          f"remove {checkpoint.parent} to start over")
     same_recipe(checkpoint, meta["train"], asdict(train_config(config, run_train(train, seed))))
+
+
+@contextmanager
+def one_at_a_time(lock: Path | None):
+    """Holds an exclusive lock on the file `lock` (None: no lock) across processes. Greedy decoding
+    of small models on one GPU shared by many processes time-slices between them: each step took
+    4.5-10 ms with 21 processes (results/tasks_notes.md), so evaluations there take turns."""
+    if lock is None:
+        yield
+        return
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def evaluate_within(model, task, sizes: list[int], n: int, device: str, max_seconds: float | None = None,
@@ -236,17 +259,24 @@ def evaluate_within(model, task, sizes: list[int], n: int, device: str, max_seco
 def run_parallel(jobs: list[tuple], workers: int | None = None, on_result=None) -> list[dict]:
     """run_one over jobs, one single-threaded process each, `workers` at a time (default: one per
     core; tiny models use threads badly: two runs side by side beat one run on two threads). On a
-    GPU, small models leave it mostly idle, so several runs share it. Results in job order; each is
-    printed, and handed to `on_result` (e.g. to write the curve so far), as it finishes."""
+    GPU the runs train side by side (see reproduce for their evaluations). Results in job order; each is
+    printed, and handed to `on_result` (e.g. to write the curve so far), as it finishes. A run that
+    fails (e.g. out of GPU memory) does not stop the others: its result is {"error": message}."""
     results: list = [None] * len(jobs)
     workers = max(1, min(len(jobs), workers or os.cpu_count() or 1))
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(run_one, *job, threads=1, progress=False): i for i, job in enumerate(jobs)}
         for future in tqdm(as_completed(futures), total=len(jobs), desc="runs", dynamic_ncols=True):
-            results[futures[future]] = future.result()
-            tqdm.write(json.dumps(results[futures[future]]))
+            i = futures[future]
+            try:
+                results[i] = future.result()
+            except Exception as e:  # one run failing is reported; the others go on
+                config, model, *_ = jobs[i]
+                results[i] = {"model": model, "mode": config["task"]["mode"], "seed": jobs[i][4],
+                              "error": f"{type(e).__name__}: {e}"[:2000]}
+            tqdm.write(json.dumps(results[i]))
             if on_result is not None:
-                on_result(results[futures[future]])
+                on_result(results[i])
     return results
 
 
@@ -268,8 +298,10 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     training in this call (see run_one): runs that stop are left out of the curve and listed in its
     "unfinished" entry, to be resumed by the same command. `workers`: runs at a time, each in its own
     process (default: one per core on a CPU, one on a GPU); the curve is written as each run ends,
-    so a call cut short keeps the runs that finished. `max_seconds`: every evaluation ends within
-    this many seconds of the call's start (sizes predicted to end later are skipped, as above)."""
+    so a call cut short keeps the runs that finished. Runs side by side on a GPU train together and
+    evaluate one at a time (a lock file in `runs_dir`, shared by every `reproduce` using it).
+    `max_seconds`: every evaluation ends within this many seconds of the call's start (sizes
+    predicted to end later are skipped, as above)."""
     eval_until = None if max_seconds is None else time.time() + max_seconds
     spec = scale_spec(task, scale)
     config = task_config(task, "interactive")
@@ -297,20 +329,25 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     recipe = asdict(train_config(config, train))
     curve = {"task": task, "scale": scale, "command": command, "commands": [command], "device": device,
              "size_label": TASKS[task]["size_label"], "train_sizes": config["sizes"]["train"], "train": recipe,
-             "models": {m: spec["models"][m] for m, _ in runs}, "runs": []}
+             "models": {m: spec["models"][m] for m, _ in runs}, "runs": [],
+             **({"every_seed": True} if TASKS[task].get("every_seed") else {})}
     out_dir = Path(out_dir)
     if merge and (out_dir / "curve.json").is_file():  # checked before hours of training, not after
         curve = merge_curves(json.loads((out_dir / "curve.json").read_text()), curve)
+    sequential = distributed.launched() or (workers is None and device != "cpu") or workers == 1
+    eval_lock = None if sequential or device == "cpu" else Path(runs_dir) / f"evaluation-{device}.lock"
     jobs = [(task_config(task, mode), model, spec["models"][model], train, seed, sizes, n,
              Path(runs_dir) / f"reproduce-{task}-{scale}" / f"{model}-{mode}-seed{seed}", device, max_eval_seconds,
-             max_train_seconds, eval_until)
+             max_train_seconds, eval_until, eval_lock)
             for model, mode in runs for seed in run_seeds[model, mode]]
     for job in jobs:
         check_resumable(job)
 
     def finished(results: list[dict]) -> dict:  # the curve with these runs (those trained to the end)
-        done = [{**r, "command": command, "train": asdict(train_config(config, run_train(train, r["seed"])))} for r in results if "stopped" not in r]
-        return summarize({**curve, "runs": replace_runs(curve["runs"], done)})
+        done = [{**r, "command": command, "train": asdict(train_config(config, run_train(train, r["seed"])))}
+                for r in results if "stopped" not in r and "error" not in r]
+        failed = [{**r, "command": command} for r in results if "error" in r]
+        return summarize({**curve, "runs": replace_runs(curve["runs"], done), **({"failed": failed} if failed else {})})
 
     ended: list[dict] = []
 
@@ -319,7 +356,7 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
         if distributed.is_main():
             write_curve(finished(ended), out_dir)
 
-    if distributed.launched() or (workers is None and device != "cpu") or workers == 1:
+    if sequential:
         results = []
         for job in jobs:  # one at a time (under torchrun, each on all ranks)
             results.append(run_one(*job))
@@ -391,7 +428,8 @@ def summarize(curve: dict) -> dict:
 def plot_curve(curve: dict, path) -> None:
     """Accuracy vs size (log x), one line per model/mode (mean over seeds) with a min-max band. A size
     is on a line only where every seed of it has a result (skipped or not-run sizes are not drawn);
-    where only some seeds have one, those seeds' points stand alone, hollow."""
+    where only some seeds have one, those seeds' points stand alone, hollow. A curve with
+    "every_seed" (Hanoi) also draws each seed's own line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -420,6 +458,11 @@ def plot_curve(curve: dict, path) -> None:
                    if r["accuracy"].get(s) is not None]
         if partial:
             ax.plot(*zip(*partial), linestyle="none", marker="o", markerfacecolor="none", color=line.get_color())
+        if curve.get("every_seed") and len(runs) > 1:  # each seed's own line, thin (the paper's Figure 5)
+            for r in runs:
+                own = sorted((int(s), a) for s, a in r["accuracy"].items() if a is not None)
+                if own:
+                    ax.plot(*zip(*own), linewidth=0.7, alpha=0.6, color=line.get_color())
     ax.set_xscale("log")
     ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel(f"problem size ({curve['task']}, {curve['size_label']})")
