@@ -15,15 +15,7 @@ from ssm_tools.config import load_config
 from ssm_tools.models import build_model, load_pretrained, save_pretrained
 from ssm_tools.tasks import get_task
 from ssm_tools.train import CHECKPOINT, TrainConfig, Trainer, load_checkpoint
-
-TINY = {
-    "mamba": dict(d_model=16, n_layers=1, d_state=4),
-    "lstm": dict(d_model=16, n_layers=1),
-    "gru": dict(d_model=16, n_layers=1),
-    "pythia": dict(d_model=16, n_layers=1, n_heads=2),
-    "mistral": dict(d_model=16, n_layers=1, n_heads=2, window=4),
-}
-
+from test_models import SMALL
 
 class Opaque:
     """An object of our own: no plain-data form."""
@@ -41,7 +33,7 @@ class MarkerOnLoad:
 
 def trainer(out, steps=2):
     cfg = TrainConfig(steps=steps, batch_size=2, warmup=1, ckpt_every=1)
-    return Trainer(get_task("addition"), "mamba", {"vocab_size": 128, **TINY["mamba"]}, cfg, out, progress=False,
+    return Trainer(get_task("addition"), "mamba", {"vocab_size": 128, **SMALL["mamba"]}, cfg, out, progress=False,
                    run_info={"task": {"name": "addition", "mode": "interactive", "options": {}},
                              "sizes": {"train": [1, 3], "test": [3]}})
 
@@ -100,15 +92,15 @@ def test_an_older_layout_is_refused_then_converted_once(tmp_path):
     assert not (tmp_path / "objects_new.pt").exists()
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("name", sorted(SMALL))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_save_and_load_pretrained(tmp_path, name, dtype):
     torch.manual_seed(0)
-    model = build_model(name, vocab_size=128, **TINY[name]).to(dtype).eval()
+    model = build_model(name, vocab_size=128, **SMALL[name]).to(dtype).eval()
     folder = save_pretrained(model, tmp_path / "model")
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
     config = json.loads((folder / "config.json").read_text())
-    assert config["model"] == name and config["config"] == {"vocab_size": 128, **TINY[name]}
+    assert config["model"] == name and config["config"] == {"vocab_size": 128, **SMALL[name]}
     loaded = load_pretrained(folder)
     tokens = torch.randint(0, 128, (2, 9))
     assert loaded.embedding.weight.dtype == dtype and not loaded.training
@@ -122,7 +114,7 @@ def test_pretrained_folder_checks(tmp_path):
         save_pretrained(torch.nn.Linear(2, 2), tmp_path / "x")
     with pytest.raises(FileNotFoundError, match="no model folder"):
         load_pretrained(tmp_path / "nothing")
-    folder = save_pretrained(build_model("gru", vocab_size=128, **TINY["gru"]), tmp_path / "m")
+    folder = save_pretrained(build_model("gru", vocab_size=128, **SMALL["gru"]), tmp_path / "m")
     (folder / "config.json").write_text(json.dumps({"format": "ssm-tools model", "model": "gru",
                                                     "config": {}, "dtype": "int8"}))
     with pytest.raises(ValueError, match="config.json: \"dtype\" must be one of"):
