@@ -48,7 +48,7 @@ def cli(*args, nproc: int = 2) -> subprocess.CompletedProcess:
 
 
 def checkpoint(folder) -> dict:
-    return torch.load(folder / CHECKPOINT, weights_only=False)
+    return torch.load(folder / CHECKPOINT, weights_only=True)
 
 
 def log_losses(folder) -> list[float]:

@@ -96,7 +96,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
     whole.run()
     interrupted = make_trainer(tmp_path / "cut")
     run_killed_after(interrupted, 3)  # its last checkpoint is at step 2 (ckpt_every=2)
-    assert torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=False)["step"] == 2
+    assert torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=True)["step"] == 2
     resumed = make_trainer(tmp_path / "cut", seed=99)  # a fresh process; state comes from the file
     resumed.load(tmp_path / "cut" / CHECKPOINT)
     assert resumed.step == 2
@@ -117,7 +117,7 @@ def test_time_budget_checkpoints_and_a_later_run_finishes_identically(tmp_path):
     first = make_trainer(tmp_path / "budget")
     row = first.run(max_seconds=0.0)  # out of time after the first step: checkpoint, stop
     assert row["stopped"] and first.step == 1
-    assert torch.load(tmp_path / "budget" / CHECKPOINT, weights_only=False)["step"] == 1
+    assert torch.load(tmp_path / "budget" / CHECKPOINT, weights_only=True)["step"] == 1
     later = make_trainer(tmp_path / "budget", seed=99)
     later.load(tmp_path / "budget" / CHECKPOINT)
     # The training time and last loss so far come with the checkpoint.

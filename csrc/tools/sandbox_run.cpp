@@ -284,7 +284,7 @@ void write_id_maps(pid_t pid) {
   const std::string proc = "/proc/" + std::to_string(pid) + "/";
   const uid_t uid = geteuid();
   const gid_t gid = getegid();
-  const std::string nobody = " " + std::to_string(kNobody) + " " + std::to_string(kNobody) + " 1\n";
+  const std::string nobody = std::to_string(kNobody) + " " + std::to_string(kNobody) + " 1\n";
   if (uid != 0) write_proc_file(proc + "setgroups", "deny");
   write_proc_file(proc + "uid_map", std::to_string(uid) + " " + std::to_string(uid) + " 1\n" + (uid == 0 ? nobody : ""));
   write_proc_file(proc + "gid_map", std::to_string(gid) + " " + std::to_string(gid) + " 1\n" +

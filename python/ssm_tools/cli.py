@@ -167,7 +167,8 @@ def parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="run a checkpoint interactively at test sizes, exact-answer accuracy")
-    e.add_argument("--checkpoint", required=True, help="checkpoint.pt or its run folder")
+    e.add_argument("--checkpoint", required=True,
+                   help="checkpoint.pt, its run folder, or a model folder (ssm_tools.models.save_pretrained)")
     e.add_argument("--sizes", type=_int_list,
                    help="comma-separated sizes (default: the training config's [eval] sizes or [sizes] test)")
     e.add_argument("--n", type=int, help="episodes per size, run as one batch (default: [eval] n or 100)")

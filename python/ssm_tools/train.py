@@ -27,11 +27,12 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from . import distributed
+from . import checkpoint, distributed
 from .config import make_task
 from .evaluate import evaluate
 from . import vocab as V
-from .models import build_model, preset
+from .models import build_model, load_pretrained, preset
+from .models.pretrained import is_pretrained, read_config
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.csv"
@@ -185,15 +186,13 @@ class Trainer:
         if self.rank != 0:
             return None
         self.out.mkdir(parents=True, exist_ok=True)
-        path, tmp = self.out / CHECKPOINT, self.out / (CHECKPOINT + ".tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint intact
-        return path
+        return checkpoint.save(self.state_dict(), self.out / CHECKPOINT)  # atomic
 
     def load(self, path) -> dict:
         """Restores the run from a checkpoint; returns the recipe (TrainConfig fields) it was trained
-        with, which may differ from this trainer's (`ssm-tools train --resume --steps` extends a run)."""
-        ck = torch.load(path, map_location=self.device, weights_only=False)
+        with, which may differ from this trainer's (`ssm-tools train --resume --steps` extends a run).
+        Tensors and plain data only: a file holding more is refused unrun (ssm_tools.checkpoint)."""
+        ck = checkpoint.load(path, map_location=self.device)
         if (ck["model"], ck["model_cfg"]) != (self.meta["model"], self.meta["model_cfg"]):
             raise ValueError(f"checkpoint {path} holds model {ck['model']} {ck['model_cfg']}, "
                              f"not {self.meta['model']} {self.meta['model_cfg']}")
@@ -291,13 +290,18 @@ def recipe(ck: dict) -> dict:
 
 
 def load_checkpoint(path, device: str = "cpu"):
-    """(model in eval mode, checkpoint metadata) from a checkpoint file or a run folder."""
+    """(model in eval mode, checkpoint metadata) from a checkpoint file, its run folder, or a
+    save_pretrained model folder (whose config.json may carry "run" and "step")."""
     path = Path(path)
+    if is_pretrained(path):
+        config = read_config(path)
+        return load_pretrained(path, device), {"model": config["model"], "model_cfg": config["config"],
+                                               "run": config["run"], "train": {}, "step": config["step"]}
     if path.is_dir():
         path = path / CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    ck = torch.load(path, map_location=device, weights_only=False)
+    ck = checkpoint.load(path, map_location=device)
     model = build_model(ck["model"], **ck["model_cfg"]).to(device, DTYPES[recipe(ck)["dtype"]])
     model.load_state_dict(ck["model_state"])
     return model.eval(), {k: ck[k] for k in ("model", "model_cfg", "run", "train", "step")}

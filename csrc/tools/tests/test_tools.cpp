@@ -1,6 +1,7 @@
-// Unit tests of the C++ tools: pointer/tape edges, search, calculator, registry.
+// Unit tests of the C++ tools: pointer/tape edges, search, calculator, registry, the sandbox's names.
 #include "tools/calculator.h"
 #include "tools/cell_memory.h"
+#include "tools/code_sandbox.h"
 #include "tools/search_memory.h"
 #include "tools/tests/check.h"
 #include "tools/text.h"
@@ -91,4 +92,15 @@ TEST(registry_names_unknown_tools_and_options) {
   CHECK_THROWS(std::invalid_argument, make_tool_factory("calculator", {{"digits", int64_t{3}}}));
   CHECK_THROWS(std::invalid_argument, make_tool_factory("calculator", {{"max_digits", std::string("3")}}));
   CHECK_THROWS(std::invalid_argument, make_tool_factory("tape_memory", {{"num_pointers", int64_t{9}}}));
+}
+
+// The sandbox's `cat`/`edit` take file names, never paths (its jail is tested from Python, where the
+// hostile programs run: tests/test_sandbox.py).
+TEST(sandbox_file_names_are_not_paths) {
+  for (const char* good : {"main.py", "f0.py", "a_b.py"}) CHECK(is_sandbox_file_name(good));
+  for (const char* bad : {"../main.py", "/etc/x.py", "a/b.py", ".py", "main.py/", "Main.py", "main.pyc", "main .py",
+                          "..", "main.py\n", "x.py "})
+    CHECK(!is_sandbox_file_name(bad));
+  CHECK(parse_isolation("none") == Isolation::kNone && parse_isolation("namespaces") == Isolation::kNamespaces);
+  CHECK_THROWS(std::invalid_argument, parse_isolation("chroot"));
 }

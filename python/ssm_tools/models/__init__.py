@@ -7,6 +7,8 @@
 Names: mamba, lstm, gru, pythia (RoPE Transformer with a growing KV cache), mistral (RoPE
 Transformer with sliding-window attention and a rolling cache).
 `preset(name, scale)` gives the sizes of a scale: "tiny" (CPU, minutes) or "paper" (the paper's).
+`save_pretrained(model, path)` / `load_pretrained(path)`: a trained model as a folder (safetensors +
+config.json) that loads without our training state.
 """
 from __future__ import annotations
 
@@ -62,7 +64,11 @@ def build_model(name: str, **cfg) -> LanguageModel:
     if unknown or missing:
         raise ValueError(f"model {name}: " + (f"no option {unknown}; its options are {sorted(options)}" if unknown
                                                else f"missing {missing}"))
-    return MODELS[name](**cfg)
+    model = MODELS[name](**cfg)
+    model.spec = {"model": name, "config": dict(cfg)}  # what save_pretrained records
+    return model
 
 
-__all__ = ["MODELS", "PRESETS", "LanguageModel", "build_model", "preset"]
+from .pretrained import load_pretrained, save_pretrained  # noqa: E402  (it builds models with build_model)
+
+__all__ = ["MODELS", "PRESETS", "LanguageModel", "build_model", "load_pretrained", "preset", "save_pretrained"]
