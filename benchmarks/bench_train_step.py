@@ -93,8 +93,13 @@ def profile_table(model, batch, path):
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
         train_step(model, opt, *batch)
         torch.cuda.synchronize()
+    averages = p.key_averages()
+    try:
+        table = averages.table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=70)
+    except (AttributeError, KeyError):  # torch without the device_* names
+        table = averages.table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=70)
     with open(path, "w") as f:
-        f.write(p.key_averages().table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=70))
+        f.write(table)
     opt.zero_grad(set_to_none=True)
     model.cpu()
     torch.cuda.empty_cache()
