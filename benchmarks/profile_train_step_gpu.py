@@ -4,15 +4,13 @@ decode step). Diagnostic, run on the device machine:
 results/gpu/train_step_profile.txt holds its output (H100). Other tasks' steps (batch 128 at the
 largest training size): `python3 benchmarks/profile_train_step_gpu.py multiplication_nx2`.
 
-The step is timed four ways in the same run, so that each choice is measured against its baseline:
-the mixer channel-first (MambaMixer.forward) or token-major (MambaMixer.forward_token_major, the
-formulation before it, whose transposes autograd copies), and the batch padded to an input length that is a multiple of 8 (what
-the Trainer does on a GPU, `train.pad_batch`) or not. The profiler table is of the first (the default)."""
+The step is timed two ways in the same run: the batch padded to an input length that is a multiple
+of 8 (what the Trainer does on a GPU, `train.pad_batch`) or not. The profiler table is of the first
+(the default). The side-by-side step against mamba_ssm is benchmarks/bench_train_step.py."""
 import statistics, sys, time, tomllib, torch, numpy as np
 from pathlib import Path
 from ssm_tools.tasks import get_task
 from ssm_tools.models import preset, build_model
-from ssm_tools.models.mamba import MambaMixer
 from ssm_tools.train import masked_loss, pad_batch
 from ssm_tools import vocab as V
 
@@ -34,23 +32,18 @@ def step(tok, mask):
     opt.zero_grad(); loss.backward(); opt.step()
 t0 = time.perf_counter(); d = [data() for _ in range(5)]; t1 = time.perf_counter()
 print("data per step ms", (t1 - t0) / 5 * 1e3, "shape", d[0][0].shape)
-channel_first = MambaMixer.forward
 times = {}
-for layout, forward in (("channel-first", channel_first), ("token-major", MambaMixer.forward_token_major)):
-    MambaMixer.forward = forward
-    for pad in (True, False):
-        batches = [data(pad) for _ in range(6)]
-        for x in batches[:2]: step(*x)  # warm-up (cuBLAS / cuDNN algorithm choice)
-        torch.cuda.synchronize()
-        ms = []
-        for x in batches[2:]:
-            t = time.perf_counter(); step(*x); torch.cuda.synchronize(); ms.append((time.perf_counter() - t) * 1e3)
-        times[layout, pad] = statistics.median(ms)
-        print(f"train step ms {times[layout, pad]:.1f}  mixer {layout}, input length {batches[0][0].shape[1] - 1}"
-              f" ({'padded to a multiple of 8' if pad else 'unpadded'})")
-MambaMixer.forward = channel_first
-base = times["token-major", False]
-print("speedup over token-major unpadded:", {f"{k[0]}, {'padded' if k[1] else 'unpadded'}": round(base / v, 3) for k, v in times.items()})
+for pad in (True, False):
+    batches = [data(pad) for _ in range(6)]
+    for x in batches[:2]: step(*x)  # warm-up (cuBLAS algorithm choice)
+    torch.cuda.synchronize()
+    ms = []
+    for x in batches[2:]:
+        t = time.perf_counter(); step(*x); torch.cuda.synchronize(); ms.append((time.perf_counter() - t) * 1e3)
+    times[pad] = statistics.median(ms)
+    print(f"train step ms {times[pad]:.1f}  input length {batches[0][0].shape[1] - 1}"
+          f" ({'padded to a multiple of 8' if pad else 'unpadded'})")
+print("speedup of padding:", round(times[False] / times[True], 3))
 from torch.profiler import profile, ProfilerActivity
 with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
     step(*d[0]); torch.cuda.synchronize()

@@ -25,11 +25,74 @@ at::ScalarType compute_dtype(const Tensor& t) { return t.scalar_type() == at::kD
 
 Tensor as(const Tensor& t, at::ScalarType dtype) { return t.to(dtype).contiguous(); }
 
+// A tensor's data as T*, or null for an undefined one. Taken once per kernel: data_ptr<T>() checks the
+// dtype on every call, which costs more than a row of these decode kernels.
+template <typename T>
+T* ptr(const Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
 template <typename T>
 T conv_at(const T* x, const T* w, T bias, int64_t width, int64_t t) {
   T acc = bias;
   for (int64_t k = std::max<int64_t>(0, width - 1 - t); k < width; ++k) acc += w[k] * x[t - width + 1 + k];
   return acc;
+}
+
+// pre[t] = bias + sum_k w[k] x[t - width + 1 + k] for one row: tap-major, so each inner loop is a
+// unit-stride axpy the compiler vectorises.
+template <typename T>
+SSM_CPU_MULTIVERSION void conv_row(const T* __restrict x, const T* __restrict w, T bias, int64_t seqlen, int64_t width,
+                                   T* __restrict pre) {
+  for (int64_t t = 0; t < seqlen; ++t) pre[t] = bias;
+  for (int64_t k = 0; k < width; ++k) {
+    const int64_t shift = width - 1 - k;  // pre[t] += w[k] x[t - shift]
+    const T wk = w[k];
+#pragma omp simd
+    for (int64_t t = shift; t < seqlen; ++t) pre[t] += wk * x[t - shift];
+  }
+}
+
+// One row's backward from g, the gradient of the pre-activation: dx[t] = sum_k w[k] g[t + width - 1
+// - k], dweight[k] += sum_t g[t] x[t - width + 1 + k]; returns sum_t g[t] (dbias).
+template <typename T>
+SSM_CPU_MULTIVERSION T conv_row_backward(const T* __restrict x, const T* __restrict g, const T* __restrict w,
+                                         int64_t seqlen, int64_t width, T* __restrict dx, T* __restrict dw) {
+  T db = 0;
+#pragma omp simd reduction(+ : db)
+  for (int64_t t = 0; t < seqlen; ++t) {
+    db += g[t];
+    dx[t] = 0;
+  }
+  for (int64_t k = 0; k < width; ++k) {
+    const int64_t shift = width - 1 - k;
+    const T wk = w[k];
+    T acc = 0;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t t = shift; t < seqlen; ++t) {
+      dx[t - shift] += wk * g[t];
+      acc += g[t] * x[t - shift];
+    }
+    dw[k] += acc;
+  }
+  return db;
+}
+
+// The pre-activation of every row (parallel over rows). The SiLU and its gradient run as ATen's
+// vectorised kernels over the whole tensor.
+void conv_rows(const Tensor& x, const Tensor& w, const Tensor& b, const ConvShape& s, Tensor& out) {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "causal_conv1d_cpu", [&] {
+    using T = scalar_t;
+    const T *x_p = ptr<T>(x), *w_p = ptr<T>(w), *b_p = ptr<T>(b);
+    T* out_p = ptr<T>(out);
+    at::parallel_for(0, s.batch * s.dim, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t d = row % s.dim;
+        conv_row(x_p + row * s.seqlen, w_p + d * s.width, b_p ? b_p[d] : T(0), s.seqlen, s.width,
+                 out_p + row * s.seqlen);
+      }
+    });
+  });
 }
 
 Tensor causal_conv1d_fwd_cpu(const Tensor& x, const Tensor& weight, const OptTensor& bias, bool silu) {
@@ -38,22 +101,8 @@ Tensor causal_conv1d_fwd_cpu(const Tensor& x, const Tensor& weight, const OptTen
   const Tensor x_c = as(x, dtype), w_c = as(weight, dtype);
   const Tensor b_c = bias ? as(*bias, dtype) : Tensor();
   Tensor out = at::empty(x.sizes(), x_c.options());
-  AT_DISPATCH_FLOATING_TYPES(dtype, "causal_conv1d_fwd_cpu", [&] {
-    using T = scalar_t;
-    at::parallel_for(0, s.batch * s.dim, 16, [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t d = row % s.dim;
-        const T* xr = x_c.data_ptr<T>() + row * s.seqlen;
-        const T* w = w_c.data_ptr<T>() + d * s.width;
-        const T b = b_c.defined() ? b_c.data_ptr<T>()[d] : T(0);
-        T* o = out.data_ptr<T>() + row * s.seqlen;
-        for (int64_t t = 0; t < s.seqlen; ++t) {
-          const T pre = conv_at(xr, w, b, s.width, t);
-          o[t] = silu ? ssm_tools_cpu::silu(pre) : pre;
-        }
-      }
-    });
-  });
+  conv_rows(x_c, w_c, b_c, s, out);
+  if (silu) at::silu_(out);
   return out.to(x.scalar_type());
 }
 
@@ -66,39 +115,28 @@ std::tuple<Tensor, Tensor, Tensor> causal_conv1d_bwd_cpu(const Tensor& dout, con
   const at::ScalarType dtype = compute_dtype(x);
   const Tensor x_c = as(x, dtype), w_c = as(weight, dtype), g_c = as(dout, dtype);
   const Tensor b_c = bias ? as(*bias, dtype) : Tensor();
+  Tensor g = g_c;
+  if (silu) {
+    Tensor pre = at::empty(x.sizes(), x_c.options());
+    conv_rows(x_c, w_c, b_c, s, pre);
+    g = at::silu_backward(g_c, pre);
+  }
   Tensor dx = at::empty(x.sizes(), x_c.options());
   Tensor dweight = at::zeros({s.dim, s.width}, x_c.options());
   Tensor dbias = bias ? at::zeros({s.dim}, x_c.options()) : at::empty({0}, x_c.options());
   AT_DISPATCH_FLOATING_TYPES(dtype, "causal_conv1d_bwd_cpu", [&] {
     using T = scalar_t;
+    const T *x_p = ptr<T>(x_c), *g_p = ptr<T>(g), *w_p = ptr<T>(w_c);
+    T *dx_p = ptr<T>(dx), *dw_p = ptr<T>(dweight), *db_p = dbias.numel() ? ptr<T>(dbias) : nullptr;
     at::parallel_for(0, s.dim, 4, [&](int64_t begin, int64_t end) {
-      std::vector<T> g(s.seqlen + s.width);
       for (int64_t d = begin; d < end; ++d) {
-        const T* w = w_c.data_ptr<T>() + d * s.width;
-        const T b = b_c.defined() ? b_c.data_ptr<T>()[d] : T(0);
-        T* dw = dweight.data_ptr<T>() + d * s.width;
         T db = 0;
         for (int64_t bi = 0; bi < s.batch; ++bi) {
-          const int64_t row = bi * s.dim + d;
-          const T* xr = x_c.data_ptr<T>() + row * s.seqlen;
-          const T* gr = g_c.data_ptr<T>() + row * s.seqlen;
-          for (int64_t t = 0; t < s.seqlen; ++t)
-            g[t] = silu ? gr[t] * silu_grad(conv_at(xr, w, b, s.width, t)) : gr[t];
-          std::fill(g.begin() + s.seqlen, g.end(), T(0));
-          T* dxr = dx.data_ptr<T>() + row * s.seqlen;
-          for (int64_t t = 0; t < s.seqlen; ++t) {
-            T acc = 0;
-            for (int64_t k = 0; k < s.width; ++k) acc += w[k] * g[t + s.width - 1 - k];
-            dxr[t] = acc;
-            db += g[t];
-          }
-          for (int64_t k = 0; k < s.width; ++k) {
-            T acc = 0;
-            for (int64_t t = std::max<int64_t>(0, s.width - 1 - k); t < s.seqlen; ++t) acc += g[t] * xr[t - s.width + 1 + k];
-            dw[k] += acc;
-          }
+          const int64_t offset = (bi * s.dim + d) * s.seqlen;
+          db += conv_row_backward(x_p + offset, g_p + offset, w_p + d * s.width, s.seqlen, s.width, dx_p + offset,
+                                  dw_p + d * s.width);
         }
-        if (dbias.numel()) dbias.data_ptr<T>()[d] = db;
+        if (db_p) db_p[d] = db;
       }
     });
   });
@@ -115,15 +153,16 @@ Tensor causal_conv1d_update_cpu(const Tensor& state, const Tensor& x, const Tens
   Tensor out = at::empty({s.batch, s.dim}, x_c.options());
   AT_DISPATCH_FLOATING_TYPES(dtype, "causal_conv1d_update_cpu", [&] {
     using T = scalar_t;
-    at::parallel_for(0, s.batch * s.dim, 256, [&](int64_t begin, int64_t end) {
+    T *state_p = ptr<T>(st), *out_p = ptr<T>(out);
+    const T *x_p = ptr<T>(x_c), *w_p = ptr<T>(w_c), *b_p = ptr<T>(b_c);
+    at::parallel_for(0, s.batch * s.dim, 1024, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const int64_t d = row % s.dim;
-        T* sr = st.data_ptr<T>() + row * s.width;
+        T* sr = state_p + row * s.width;
         std::copy(sr + 1, sr + s.width, sr);
-        sr[s.width - 1] = x_c.data_ptr<T>()[row];
-        const T pre = conv_at(sr, w_c.data_ptr<T>() + d * s.width, b_c.defined() ? b_c.data_ptr<T>()[d] : T(0), s.width,
-                              s.width - 1);
-        out.data_ptr<T>()[row] = silu ? ssm_tools_cpu::silu(pre) : pre;
+        sr[s.width - 1] = x_p[row];
+        const T pre = conv_at(sr, w_p + d * s.width, b_p ? b_p[d] : T(0), s.width, s.width - 1);
+        out_p[row] = silu ? ssm_tools_cpu::silu(pre) : pre;
       }
     });
   });
@@ -143,19 +182,22 @@ Tensor mamba_state_update_cpu(const Tensor& state, const Tensor& x, const Tensor
   const int64_t row_len = s.dt_rank + 2 * s.dstate;
   AT_DISPATCH_FLOATING_TYPES(dtype, "mamba_state_update_cpu", [&] {
     using T = scalar_t;
-    at::parallel_for(0, s.batch * s.dim, 64, [&](int64_t begin, int64_t end) {
+    T *state_p = ptr<T>(st), *y_p = ptr<T>(y);
+    const T *x_p = ptr<T>(x_c), *xdbl_p = ptr<T>(xdbl_c), *w_p = ptr<T>(w_c), *bias_p = ptr<T>(bias_c);
+    const T *A_p = ptr<T>(A_c), *z_p = ptr<T>(z_c), *D_p = ptr<T>(D_c);
+    at::parallel_for(0, s.batch * s.dim, 256, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const int64_t b = row / s.dim, d = row % s.dim;
-        const T* xd = xdbl_c.data_ptr<T>() + b * row_len;
-        const T* w = w_c.data_ptr<T>() + d * s.dt_rank;
-        T raw = bias_c.data_ptr<T>()[d];
+        const T* xd = xdbl_p + b * row_len;
+        const T* w = w_p + d * s.dt_rank;
+        T raw = bias_p[d];
         for (int64_t r = 0; r < s.dt_rank; ++r) raw += w[r] * xd[r];
-        const T x_row = x_c.data_ptr<T>()[row];
-        T out = state_update_channel(st.data_ptr<T>() + row * s.dstate, A_c.data_ptr<T>() + d * s.dstate,
-                                     xd + s.dt_rank, xd + s.dt_rank + s.dstate, s.dstate, x_row, softplus(raw));
-        if (D_c.defined()) out += D_c.data_ptr<T>()[d] * x_row;
-        if (z_c.defined()) out *= ssm_tools_cpu::silu(z_c.data_ptr<T>()[row]);
-        y.data_ptr<T>()[row] = out;
+        const T x_row = x_p[row];
+        T out = state_update_channel(state_p + row * s.dstate, A_p + d * s.dstate, xd + s.dt_rank,
+                                     xd + s.dt_rank + s.dstate, s.dstate, x_row, softplus(raw));
+        if (D_p) out += D_p[d] * x_row;
+        if (z_p) out *= ssm_tools_cpu::silu(z_p[row]);
+        y_p[row] = out;
       }
     });
   });

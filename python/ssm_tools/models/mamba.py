@@ -72,7 +72,7 @@ class _MambaLayer(torch.autograd.Function):
             delta = _shared_bmm(W_dt, x_dbl[:, :dt_rank])
             B, C = (t.unsqueeze(1) for t in x_dbl[:, dt_rank:].split(d_state, dim=1))
             y, _, saved = _ops.selective_scan_fwd(u, delta, -torch.exp(A_log), B, C, D, z, dt_b, True)
-            y_t = y.mT.contiguous()  # (B, T, d_inner)
+            y_t = _ops.transpose_cat([y])  # (B, T, d_inner), by the tiled transpose
             out = F.linear(y_t, W_out)
         ctx.save_for_backward(r, norm_weight, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D, out_w, x, z, x_dbl,
                               y_t, saved)

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The training-step and decode measurements against mamba_ssm in one GPU command (what issue 14's
+# numbers in results/ come from): builds mamba_ssm's and causal-conv1d's CUDA extensions from their
+# sources in the background (niced, so timings of ours are not disturbed much; MAMBA_SSM_PKG,
+# CAUSAL_CONV1D_PKG, MAMBA_SSM_SRC from benchmarks/fetch_mamba_ssm.sh) while it builds the package with
+# CUDA, runs the CUDA tests of the Mamba-block kernels and of the models, compute-sanitizer on one case
+# of each new kernel, and the decode benchmark; then, the baseline built, the training-step benchmark
+# with a profiler table of our step. Logs and JSON go to $OUT (default results/gpu/).
+set -o pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-results/gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) MAX_JOBS=$(nproc)
+status=0
+step() {  # step NAME TIMEOUT_S COMMAND...: run with a time limit, log it, remember a failure
+  local name=$1 limit=$2; shift 2
+  echo "=== $name: $*"
+  local t0=$SECONDS
+  timeout "$limit" "$@" || { echo "=== $name FAILED (rc $?)"; status=1; }
+  echo "=== $name took $((SECONDS - t0)) s"
+}
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
+  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+  (t0=$SECONDS; PYTHONPATH=benchmarks nice -n 19 timeout "${MAMBA_BUILD_TIMEOUT:-420}" python3 -c \
+    "import mamba_ssm_baseline as m; print(m.lm_head_model())" > "$OUT/mamba_ssm_build.txt" 2>&1
+   echo "mamba_ssm build rc $? after $((SECONDS - t0)) s" >> "$OUT/mamba_ssm_build.txt") &
+  mamba_build=$!
+  step build 300 python3 -m pip install -q --no-build-isolation --no-deps -e . \
+    -C cmake.define.SSM_TOOLS_CUDA=ON -C build-dir=build/gpu
+  step tests 180 python3 -m pytest -q -rf -p no:cacheprovider tests/test_mamba_block_ops.py \
+    tests/test_cuda_models.py
+  step tests-decode 60 python3 -m pytest -q -rf -p no:cacheprovider tests/test_cuda.py -k decode
+  for tool in memcheck racecheck; do
+    step "sanitizer-$tool" 60 compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 \
+      --log-file "$OUT/sanitizer_mamba_block_$tool.txt" python3 tests/cuda_sanitize_mamba_block.py
+    tail -2 "$OUT/sanitizer_mamba_block_$tool.txt"
+  done
+  step decode 150 python3 benchmarks/bench_decode.py --out "$OUT/bench_decode.json"
+  wait "$mamba_build"; tail -3 "$OUT/mamba_ssm_build.txt"
+  # Without a built baseline, time ours alone (the benchmark would otherwise start the build again).
+  grep -q "MambaLMHeadModel" "$OUT/mamba_ssm_build.txt" || unset MAMBA_SSM_PKG
+  step train 240 python3 benchmarks/bench_train_step.py --profile "$OUT/train_step_profile.txt" \
+    --out "$OUT/bench_train_step.json"
+  echo "=== run_gpu_train_decode.sh status $status"
+  exit $status
+} 2>&1 | tee "$OUT/log.txt"

@@ -1,0 +1,45 @@
+"""One small case of each Mamba-block CUDA kernel other than the scan (causal conv1d forward and
+backward, its decode update, the block's SSM decode step, transpose_cat) and one fused layer's
+forward and backward, for compute-sanitizer's memcheck and racecheck (benchmarks/run_gpu_train_decode.sh).
+A row longer than the conv backward's tile (300 > 128 positions), width 4 and 3, bf16 and float32.
+Exits non-zero if an output is not finite."""
+import torch
+
+import ssm_tools.ops as ops
+from ssm_tools.models.mamba import MambaMixer
+
+OPS = torch.ops.ssm_tools
+
+
+def main():
+    dev = "cuda"
+    outs = []
+    for dtype, width in ((torch.bfloat16, 4), (torch.float32, 3)):
+        x = torch.randn(2, 12, 300, device=dev).to(dtype)
+        w, b = torch.randn(12, width, device=dev), torch.randn(12, device=dev)
+        outs.append(OPS.causal_conv1d_fwd(x, w, b, True))
+        outs.extend(OPS.causal_conv1d_bwd(torch.randn_like(x), x, w, b, True))
+        state = torch.randn(2, 12, width, device=dev)
+        xz = torch.randn(2, 24, device=dev).to(dtype)
+        outs.append(ops.causal_conv1d_update(state, xz[:, :12], w, b, silu=True))
+        ssm = torch.randn(2, 12, 16, device=dev)
+        xdbl = torch.randn(2, 40, device=dev).to(dtype)[:, :3 + 32]
+        outs.append(ops.mamba_state_update(ssm, xz[:, :12], xdbl, torch.randn(12, 3, device=dev),
+                                           torch.randn(12, device=dev), torch.randn(12, 16, device=dev),
+                                           torch.randn(12, device=dev), xz[:, 12:]))
+        outs.append(OPS.transpose_cat([x, torch.randn(2, 5, 300, device=dev).to(dtype)]))
+    mixer = MambaMixer(16).to(dev)
+    h = torch.randn(3, 70, 16, device=dev, requires_grad=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = mixer(h, torch.nn.RMSNorm(16).to(dev))
+    outs.append(out)
+    outs.extend(torch.autograd.grad(out.float().square().sum(), [h, *mixer.parameters()]))
+    torch.cuda.synchronize()
+    bad = [i for i, t in enumerate(outs) if t.numel() and not torch.isfinite(t).all()]
+    if bad:
+        raise SystemExit(f"non-finite outputs: {bad}")
+    print("ok")
+
+
+if __name__ == "__main__":
+    main()
