@@ -149,18 +149,18 @@ def test_opcheck(gen):
 
 BAD = {
     "x_rank": (lambda x, w, b: ops.causal_conv1d(x[0], w, b), "x must be a non-empty (batch, dim, seqlen)"),
-    "x_int": (lambda x, w, b: ops.causal_conv1d(x.long(), w, b), "x must be a floating-point tensor"),
+    "x_int": (lambda x, w, b: ops.causal_conv1d(x.long(), w, b), "x must be float16, bfloat16, float32 or float64"),
     "weight_dim": (lambda x, w, b: ops.causal_conv1d(x, w[:2], b), "weight must be (dim=3, width)"),
     "weight_wide": (lambda x, w, b: ops.causal_conv1d(x, torch.randn(3, 9), b), "width in [1, 8]"),
-    "bias_shape": (lambda x, w, b: ops.causal_conv1d(x, w, b[:2]), "bias must have shape [3]"),
+    "bias_shape": (lambda x, w, b: ops.causal_conv1d(x, w, b[:2]), "bias must have shape (3,)"),
     "weight_device": (lambda x, w, b: ops.causal_conv1d(x, w.to("meta"), b), "causal_conv1d: weight must be on cpu like x, got meta"),
     "state_shape": (lambda x, w, b: ops.causal_conv1d_update(torch.zeros(2, 3, 3), x[..., 0], w, b),
-                    "conv_state must have shape [2, 3, 4]"),
+                    "conv_state must have shape (2, 3, 4)"),
     "state_dtype": (lambda x, w, b: ops.causal_conv1d_update(torch.zeros(2, 3, 4, dtype=torch.bfloat16), x[..., 0], w, b),
                     "conv_state must be float32 or float64"),
     "xdbl_shape": (lambda x, w, b: ops.mamba_state_update(torch.zeros(2, 3, 4), x[..., 0], torch.randn(2, 9),
                                                           torch.randn(3, 2), b, torch.randn(3, 4)),
-                   "xdbl must have shape [2, 10]"),
+                   "xdbl must have shape (2, 10)"),
     "A_log_shape": (lambda x, w, b: ops.mamba_state_update(torch.zeros(2, 3, 4), x[..., 0], torch.randn(2, 10),
                                                            torch.randn(3, 2), b, torch.randn(4, 4)),
                     "A_log must be (dim=3, dstate)"),
@@ -170,5 +170,5 @@ BAD = {
 @pytest.mark.parametrize("case", BAD)
 def test_rejects_bad_input(gen, case):
     call, message = BAD[case]
-    with pytest.raises((RuntimeError, ValueError), match=re.escape(message)):
+    with pytest.raises(ValueError, match=re.escape(message)):
         call(rnd(gen, 2, 3, 5), rnd(gen, 3, 4), rnd(gen, 3))

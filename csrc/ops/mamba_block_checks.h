@@ -9,19 +9,18 @@
 #include <utility>
 
 #include "kernels/mamba_block_params.h"
-#include "ops/checks.h"
+#include "ops/checks.h"  // check_float, check_shape, text
 
 namespace ssm_tools::mamba_block {
 
-// A floating tensor on `device`.
+// The generic rules (dtype, device, shape) are checks.h's; this file holds only the Mamba block's
+// shapes. Argument order as in checks.h: op, name, tensor.
 inline void check_input(const at::Tensor& t, const at::Device& device, const char* op, const char* name) {
-  TORCH_CHECK(t.is_floating_point(), op, ": ", name, " must be a floating-point tensor, got ",
-              c10::toString(t.scalar_type()));
-  TORCH_CHECK(t.device() == device, op, ": ", name, " must be on ", device.str(), " like x, got ", t.device().str());
+  check_float(op, name, t, device);
 }
 
 inline void check_shape(const at::Tensor& t, at::IntArrayRef expected, const char* op, const char* name) {
-  TORCH_CHECK(t.sizes() == expected, op, ": ", name, " must have shape ", text(expected), ", got ", text(t.sizes()));
+  ssm_tools::check_shape(op, name, t, expected);
 }
 
 inline void check_same_shape(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* name) {
@@ -38,7 +37,7 @@ inline void check_bias(const std::optional<at::Tensor>& bias, const at::Tensor& 
 inline void check_width(const at::Tensor& weight, const at::Tensor& x, const char* op) {
   check_input(weight, x.device(), op, "weight");
   const int64_t dim = x.size(1);
-  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == dim && weight.size(1) >= 1 && weight.size(1) <= kMaxConvWidth, op,
+  TORCH_CHECK_VALUE(weight.dim() == 2 && weight.size(0) == dim && weight.size(1) >= 1 && weight.size(1) <= kMaxConvWidth, op,
               ": weight must be (dim=", text(dim), ", width) with width in [1, ", text(kMaxConvWidth), "], got ",
               text(weight.sizes()));
 }
@@ -50,7 +49,7 @@ struct ConvShape {
 inline ConvShape check_conv(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                             const char* op) {
   check_input(x, x.device(), op, "x");
-  TORCH_CHECK(x.dim() == 3 && x.numel() > 0, op, ": x must be a non-empty (batch, dim, seqlen), got ", text(x.sizes()));
+  TORCH_CHECK_VALUE(x.dim() == 3 && x.numel() > 0, op, ": x must be a non-empty (batch, dim, seqlen), got ", text(x.sizes()));
   check_width(weight, x, op);
   check_bias(bias, x, op);
   return {x.size(0), x.size(1), x.size(2), weight.size(1)};
@@ -64,12 +63,12 @@ inline ConvUpdateShape check_conv_update(const at::Tensor& state, const at::Tens
                                          const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "causal_conv1d_update";
   check_input(x, x.device(), op, "x");
-  TORCH_CHECK(x.dim() == 2 && x.numel() > 0, op, ": x must be a non-empty (batch, dim), got ", text(x.sizes()));
+  TORCH_CHECK_VALUE(x.dim() == 2 && x.numel() > 0, op, ": x must be a non-empty (batch, dim), got ", text(x.sizes()));
   check_width(weight, x, op);
   check_bias(bias, x, op);
   check_input(state, x.device(), op, "conv_state");
   check_shape(state, {x.size(0), x.size(1), weight.size(1)}, op, "conv_state");
-  TORCH_CHECK(state.scalar_type() == at::kFloat || state.scalar_type() == at::kDouble, op,
+  TORCH_CHECK_VALUE(state.scalar_type() == at::kFloat || state.scalar_type() == at::kDouble, op,
               ": conv_state must be float32 or float64");
   return {x.size(0), x.size(1), weight.size(1)};
 }
@@ -84,23 +83,23 @@ inline StateUpdateShape check_mamba_state_update(const at::Tensor& state, const 
                                                  const std::optional<at::Tensor>& D) {
   constexpr const char* op = "mamba_state_update";
   check_input(x, x.device(), op, "x");
-  TORCH_CHECK(x.dim() == 2 && x.numel() > 0, op, ": x must be a non-empty (batch, dim), got ", text(x.sizes()));
+  TORCH_CHECK_VALUE(x.dim() == 2 && x.numel() > 0, op, ": x must be a non-empty (batch, dim), got ", text(x.sizes()));
   const int64_t batch = x.size(0), dim = x.size(1);
   for (const auto& [t, name] : {std::pair{&state, "state"}, {&xdbl, "xdbl"}, {&dt_weight, "dt_weight"},
                                 {&dt_bias, "dt_bias"}, {&A_log, "A_log"}})
     check_input(*t, x.device(), op, name);
   if (z) check_input(*z, x.device(), op, "z");
   if (D) check_input(*D, x.device(), op, "D");
-  TORCH_CHECK(A_log.dim() == 2 && A_log.size(0) == dim && A_log.size(1) >= 1, op, ": A_log must be (dim=", text(dim),
+  TORCH_CHECK_VALUE(A_log.dim() == 2 && A_log.size(0) == dim && A_log.size(1) >= 1, op, ": A_log must be (dim=", text(dim),
               ", dstate), got ", text(A_log.sizes()));
   const int64_t dstate = A_log.size(1);
-  TORCH_CHECK(dt_weight.dim() == 2 && dt_weight.size(0) == dim && dt_weight.size(1) >= 1, op,
+  TORCH_CHECK_VALUE(dt_weight.dim() == 2 && dt_weight.size(0) == dim && dt_weight.size(1) >= 1, op,
               ": dt_weight must be (dim=", text(dim), ", dt_rank), got ", text(dt_weight.sizes()));
   const int64_t dt_rank = dt_weight.size(1);
   check_shape(xdbl, {batch, dt_rank + 2 * dstate}, op, "xdbl");
   check_shape(dt_bias, {dim}, op, "dt_bias");
   check_shape(state, {batch, dim, dstate}, op, "state");
-  TORCH_CHECK(state.scalar_type() == at::kFloat || state.scalar_type() == at::kDouble, op,
+  TORCH_CHECK_VALUE(state.scalar_type() == at::kFloat || state.scalar_type() == at::kDouble, op,
               ": state must be float32 or float64");
   if (z) check_shape(*z, {batch, dim}, op, "z");
   if (D) check_shape(*D, {dim}, op, "D");
@@ -109,10 +108,10 @@ inline StateUpdateShape check_mamba_state_update(const at::Tensor& state, const 
 
 inline void check_transpose_cat(at::TensorList parts) {
   constexpr const char* op = "transpose_cat";
-  TORCH_CHECK(!parts.empty(), op, ": needs at least one part");
+  TORCH_CHECK_VALUE(!parts.empty(), op, ": needs at least one part");
   for (const at::Tensor& p : parts) {
     check_input(p, parts[0].device(), op, "parts");
-    TORCH_CHECK(p.dim() == 3 && p.size(0) == parts[0].size(0) && p.size(2) == parts[0].size(2) &&
+    TORCH_CHECK_VALUE(p.dim() == 3 && p.size(0) == parts[0].size(0) && p.size(2) == parts[0].size(2) &&
                     p.scalar_type() == parts[0].scalar_type() && p.device() == parts[0].device(),
                 op, ": parts must be (batch, dim_i, seqlen) of one batch, seqlen, dtype and device, got ",
                 text(p.sizes()), " after ", text(parts[0].sizes()));

@@ -129,6 +129,7 @@ def _on_device_of_x(op, x, **tensors):
         if isinstance(t, torch.Tensor) and isinstance(x, torch.Tensor) and t.device != x.device:
             raise ValueError(f"{op}: {name} must be on {x.device} like x, got {t.device}")
 
+
 def causal_conv1d(x, weight, bias=None, silu=False):
     """Causal depthwise conv1d, as mamba_ssm's causal_conv1d_fn: out[b, d, t] = act(bias[d] +
     sum_k weight[d, k] x[b, d, t - width + 1 + k]), x = 0 before t = 0, act = SiLU if ``silu``.
