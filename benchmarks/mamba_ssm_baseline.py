@@ -80,6 +80,7 @@ def lm_head_model(verbose=False):
     sys.path[:0] = [str(Path(conv_pkg).resolve())]
     package = types.ModuleType("mamba_ssm")
     package.__path__ = [str(Path(pkg).resolve() / "mamba_ssm")]
+    package.__version__ = (Path(pkg) / "VERSION").read_text().strip()
     sys.modules["mamba_ssm"] = package
     from mamba_ssm.models.config_mamba import MambaConfig
     from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
