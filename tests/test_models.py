@@ -104,6 +104,7 @@ def test_step_rejects_a_sequence():
     (dict(name="mamba", vocab_size=0), ValueError, "vocab_size must be a positive int"),
     (dict(name="mamba", vocab_size=V, n_layers=0), ValueError, "n_layers must be a positive int"),
     (dict(name="mamba", vocab_size=V, n_heads=2), TypeError, "n_heads"),
+    (dict(name="mamba", vocab_size=V, d_conv=9), ValueError, "d_conv must be at most 8"),
     (dict(name="pythia", vocab_size=V, d_model=30, n_heads=4), ValueError, "divisible by n_heads"),
     (dict(name="mistral", vocab_size=V, window=0), ValueError, "window must be a positive int"),
     (dict(name="lstm", vocab_size=V, cell="rnn"), ValueError, "cell must be one of"),
