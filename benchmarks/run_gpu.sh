@@ -27,7 +27,7 @@ torch._C._dispatch_has_kernel_for_dispatch_key("ssm_tools::selective_scan_fwd", 
   fi
   # Two xdist workers: a crashing test is reported as such and the others still run.
   step tests 200 python3 -m pytest -q -rf --durations=8 -p no:cacheprovider -n 2 tests/test_cuda.py \
-    tests/test_cuda_models.py
+    tests/test_cuda_models.py tests/test_mamba_block_ops.py
   for tool in memcheck racecheck; do
     step "sanitizer-$tool" 60 compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 \
       --log-file "$OUT/sanitizer_$tool.txt" python3 tests/cuda_sanitize_case.py
