@@ -4,8 +4,8 @@ batch 1, 100 and 1,000. Variants, side by side in one run:
   * fused: the model's step (ops.causal_conv1d_update + ops.mamba_state_update, 6 kernels a layer);
   * unfused: the step as it was before them (conv state concatenated, conv as a multiply-sum, dt_proj
     and B/C copies, selective_state_update), the baseline of the ratio speedup_fused_vs_unfused;
-each with float32 matmuls and with TF32 ones (torch.backends.cuda.matmul.allow_tf32 while the graph
-is captured). Also the graph replay alone (no host copies) and what the step time means for a
+each with float32 matmuls and with TF32 ones (greedy_policy(tf32=True): cuBLAS's TF32 kernels
+captured in the graph). Also the graph replay alone (no host copies) and what the step time means for a
 10,000-digit addition episode (its length extrapolated from the 1,000-digit one, linear in digits).
 
     python3 benchmarks/bench_decode.py [--batches 1 100 1000] [--out results/bench_decode.json]
@@ -39,11 +39,7 @@ def unfused_step(self, h, state):
 
 
 def time_policy(model, batch, tf32, calls):
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    try:
-        policy = greedy_policy(model, batch, "cuda")
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = False
+    policy = greedy_policy(model, batch, "cuda", tf32=tf32)
     tokens = torch.randint(0, V.VOCAB_SIZE, (batch,))
     for _ in range(5):
         policy(tokens)

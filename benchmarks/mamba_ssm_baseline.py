@@ -9,6 +9,7 @@ package or from the source distributions in $MAMBA_SSM_PKG and $CAUSAL_CONV1D_PK
 extensions (selective_scan_cuda, causal_conv1d_cuda) built from them.
 Builds go to $MAMBA_SSM_BUILD_ROOT (default build/ here), so that a warm machine reuses them.
 """
+import importlib
 import os
 import sys
 import types
@@ -34,29 +35,26 @@ def _build(name, src, verbose):
                  build_directory=str(build_dir), verbose=verbose)
 
 
-def load(verbose=False):
+def _extension(name, src, verbose):
+    """The installed extension module `name`, else one built from the sources in the folder `src`,
+    else None."""
     try:
-        import selective_scan_cuda  # noqa: F401  (an installed mamba_ssm)
-        return selective_scan_cuda
+        return importlib.import_module(name)
     except ImportError:
         pass
-    src = os.environ.get("MAMBA_SSM_SRC")
     if not src or not Path(src).is_dir():
         return None
-    return _build("selective_scan_cuda", Path(src).resolve(), verbose)
+    return _build(name, Path(src).resolve(), verbose)
+
+
+def load(verbose=False):
+    return _extension("selective_scan_cuda", os.environ.get("MAMBA_SSM_SRC"), verbose)
 
 
 def load_causal_conv1d(verbose=False):
     """causal-conv1d's CUDA extension: installed, or built from $CAUSAL_CONV1D_PKG/csrc; else None."""
-    try:
-        import causal_conv1d_cuda  # noqa: F401
-        return causal_conv1d_cuda
-    except ImportError:
-        pass
     pkg = os.environ.get("CAUSAL_CONV1D_PKG")
-    if not pkg or not (Path(pkg) / "csrc").is_dir():
-        return None
-    return _build("causal_conv1d_cuda", (Path(pkg) / "csrc").resolve(), verbose)
+    return _extension("causal_conv1d_cuda", pkg and Path(pkg) / "csrc", verbose)
 
 
 def lm_head_model(verbose=False):
@@ -80,6 +78,7 @@ def lm_head_model(verbose=False):
     sys.path[:0] = [str(Path(conv_pkg).resolve())]
     package = types.ModuleType("mamba_ssm")
     package.__path__ = [str(Path(pkg).resolve() / "mamba_ssm")]
+    package.__version__ = (Path(pkg) / "VERSION").read_text().strip()
     sys.modules["mamba_ssm"] = package
     from mamba_ssm.models.config_mamba import MambaConfig
     from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel

@@ -11,17 +11,7 @@
 # paper-scale training step (benchmarks/profile_train_step_gpu.py -> $OUT/train_step_profile.txt).
 set -o pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-results/gpu}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
-status=0
-step() {  # step NAME TIMEOUT_S COMMAND...: run with a time limit, log it, remember a failure
-  local name=$1 limit=$2; shift 2
-  echo "=== $name: $*"
-  local t0=$SECONDS
-  timeout "$limit" "$@" || { echo "=== $name FAILED (rc $?)"; status=1; }
-  echo "=== $name took $((SECONDS - t0)) s"
-}
+source benchmarks/gpu_step.sh
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
   python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
@@ -37,7 +27,7 @@ torch._C._dispatch_has_kernel_for_dispatch_key("ssm_tools::selective_scan_fwd", 
   fi
   # Two xdist workers: a crashing test is reported as such and the others still run.
   step tests 200 python3 -m pytest -q -rf --durations=8 -p no:cacheprovider -n 2 tests/test_cuda.py \
-    tests/test_cuda_models.py
+    tests/test_cuda_models.py tests/test_mamba_block_ops.py
   for tool in memcheck racecheck; do
     step "sanitizer-$tool" 60 compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 \
       --log-file "$OUT/sanitizer_$tool.txt" python3 tests/cuda_sanitize_case.py

@@ -8,17 +8,8 @@
 # with a profiler table of our step. Logs and JSON go to $OUT (default results/gpu/).
 set -o pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-results/gpu}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) MAX_JOBS=$(nproc)
-status=0
-step() {  # step NAME TIMEOUT_S COMMAND...: run with a time limit, log it, remember a failure
-  local name=$1 limit=$2; shift 2
-  echo "=== $name: $*"
-  local t0=$SECONDS
-  timeout "$limit" "$@" || { echo "=== $name FAILED (rc $?)"; status=1; }
-  echo "=== $name took $((SECONDS - t0)) s"
-}
+source benchmarks/gpu_step.sh
+export MAX_JOBS=$(nproc)
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
   python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'

@@ -102,7 +102,7 @@ def test_mamba_state_update_matches_reference(gen, device, dstate, dt_rank):
     batch, dim = 5, 12
     for dtype in dtypes(device):
         if dtype == torch.float64:
-            continue  # the decode state is float32 outside float64 models; float64 runs below
+            continue  # float64: test_mamba_state_update_float64_equals_selective_state_update
         sdtype = torch.float32
         xdbl = rnd(gen, batch, dt_rank + 2 * dstate + 3, dtype=dtype, device=device)[:, :dt_rank + 2 * dstate]
         z = rnd(gen, batch, 2 * dim, dtype=dtype, device=device)[:, dim:]
@@ -117,15 +117,20 @@ def test_mamba_state_update_matches_reference(gen, device, dstate, dt_rank):
         assert y.dtype == dtype
         assert rel_err(y, ref) < TOL[dtype]
         assert rel_err(state, ref_state) < 1e-5
+
+
+def test_mamba_state_update_float64_equals_selective_state_update(gen):
+    """In float64 (the CPU accuracy path), the fused step is selective_state_update with dt computed
+    apart, to rounding."""
     state = torch.randn(2, 3, 4, dtype=torch.float64, generator=gen)
-    args = [torch.randn(*s, dtype=torch.float64, generator=gen) for s in ((2, 3), (2, 2 + 8), (3, 2), (3,), (3, 4), (3,))]
+    x, xdbl, dt_w, dt_b, A_log, D = (torch.randn(*s, dtype=torch.float64, generator=gen)
+                                     for s in ((2, 3), (2, 2 + 8), (3, 2), (3,), (3, 4), (3,)))
     state2 = state.clone()
-    dt = args[1][:, :2] @ args[2].t()
-    want = selective_state_update_ref(state2, args[0], dt, -args[4].exp(), args[1][:, 2:6], args[1][:, 6:], args[5],
-                                      None, args[3], True)
-    if device == "cpu":
-        torch.testing.assert_close(ops.mamba_state_update(state, *args), want, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(state, state2, rtol=1e-12, atol=1e-12)
+    want = selective_state_update_ref(state2, x, xdbl[:, :2] @ dt_w.t(), -A_log.exp(), xdbl[:, 2:6], xdbl[:, 6:], D,
+                                      None, dt_b, True)
+    torch.testing.assert_close(ops.mamba_state_update(state, x, xdbl, dt_w, dt_b, A_log, D), want, rtol=1e-12,
+                               atol=1e-12)
+    torch.testing.assert_close(state, state2, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("device", DEVICES)

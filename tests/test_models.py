@@ -105,6 +105,7 @@ def test_step_rejects_a_sequence():
     (dict(name="mamba", vocab_size=V, n_layers=0), ValueError, "n_layers must be a positive int"),
     (dict(name="mamba", vocab_size=V, n_heads=2), ValueError, r"model mamba: no option \['n_heads'\]; its options are"),
     (dict(name="gru", d_model=8), ValueError, r"model gru: missing \['vocab_size'\]"),
+    (dict(name="mamba", vocab_size=V, d_conv=9), ValueError, "d_conv must be at most 8"),
     (dict(name="pythia", vocab_size=V, d_model=30, n_heads=4), ValueError, "divisible by n_heads"),
     (dict(name="mistral", vocab_size=V, window=0), ValueError, "window must be a positive int"),
     (dict(name="lstm", vocab_size=V, cell="rnn"), ValueError, "cell must be one of"),

@@ -16,14 +16,16 @@ from .models.base import check_tokens
 TEST_SEED = 1234  # one test set per (size, n) for every model and training seed: curves compare
 
 
-def greedy_policy(model, batch_size: int, device, cuda_graph: bool = True):
+def greedy_policy(model, batch_size: int, device, cuda_graph: bool = True, tf32: bool = False):
     """model_step for `rollout`: input tokens (B,) -> argmax next tokens (B,), state kept inside.
 
     On a GPU, a model with a fixed-size state decodes through one captured CUDA graph per step
     (`GraphedGreedyStep`): a 24-layer Mamba step is hundreds of small kernels, whose launches from
-    Python otherwise take far longer than the kernels themselves."""
+    Python otherwise take far longer than the kernels themselves. ``tf32``: its float32 matmuls
+    run on TF32 tensor cores (10-bit mantissa, finer than the bf16 the models train in; 1.5x the
+    paper-scale Mamba's step at batch 100, results/bench_decode.json)."""
     if cuda_graph and torch.device(device).type == "cuda" and model.fixed_size_state:
-        return GraphedGreedyStep(model, batch_size, device)
+        return GraphedGreedyStep(model, batch_size, device, tf32)
     state = model.init_state(batch_size, device)
 
     @torch.no_grad()
@@ -57,13 +59,18 @@ class GraphedGreedyStep:
 
         side = torch.cuda.Stream(device)  # warm-up (lazy init, autotuning) must run off the capture
         side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                body()
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.next_tokens = body()
+        allow_tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        try:
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    body()
+            torch.cuda.current_stream(device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.next_tokens = body()
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = allow_tf32
         for t, t0 in zip(flat, initial):  # undo the warm-up steps
             t.copy_(t0)
 
@@ -74,23 +81,24 @@ class GraphedGreedyStep:
         return self.next_tokens.cpu()
 
 
-def evaluate_size(model, task, size: int, n: int, seed: int = TEST_SEED, device="cpu") -> dict:
+def evaluate_size(model, task, size: int, n: int, seed: int = TEST_SEED, device="cpu", tf32: bool = False) -> dict:
     rng = np.random.default_rng([seed, size])
     instances = [task.sample(rng, size) for _ in range(n)]
     env = Env(task.tools(), batch_size=n)
     model.eval()
-    transcript = rollout(greedy_policy(model, n, device), env, [task.prompt(i) for i in instances],
+    transcript = rollout(greedy_policy(model, n, device, tf32=tf32), env, [task.prompt(i) for i in instances],
                          max_steps=task.max_steps(size), seed=seed)
     correct = [bool(task.grade(inst, transcript.episode(i)[0])) for i, inst in enumerate(instances)]
     return {"accuracy": sum(correct) / n, "correct": sum(correct), "n": n,
             "finished": int(transcript.done.sum()), "mean_length": float(transcript.lengths.float().mean())}
 
 
-def evaluate(model, task, sizes, n: int, seed: int = TEST_SEED, device="cpu") -> dict:
-    """Exact-answer accuracy per size: {"accuracy": {size: acc}, "per_size": {size: details}}."""
+def evaluate(model, task, sizes, n: int, seed: int = TEST_SEED, device="cpu", tf32: bool = False) -> dict:
+    """Exact-answer accuracy per size: {"accuracy": {size: acc}, "per_size": {size: details}}.
+    ``tf32``: decode with TF32 matmuls on a GPU (greedy_policy)."""
     if not sizes or any(not isinstance(s, int) or s <= 0 for s in sizes):
         raise ValueError(f"sizes must be a non-empty list of positive ints, got {sizes!r}")
     if not isinstance(n, int) or n <= 0:
         raise ValueError(f"n must be a positive int, got {n!r}")
-    per_size = {s: evaluate_size(model, task, s, n, seed, device) for s in sizes}
+    per_size = {s: evaluate_size(model, task, s, n, seed, device, tf32) for s in sizes}
     return {"accuracy": {s: r["accuracy"] for s, r in per_size.items()}, "per_size": per_size}

@@ -22,6 +22,7 @@ from .base import LanguageModel, check_positive
 
 
 _ops = torch.ops.ssm_tools
+MAX_CONV_WIDTH = 8  # kMaxConvWidth in csrc/kernels/mamba_block_params.h
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -41,8 +42,9 @@ def _shared_bmm(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def _batch_summed_bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """sum_b a[b] @ b[b]^T, summed in float32 at least: the gradient of a weight shared over the batch by _shared_bmm
-    (small here: one (O, I) product per sequence, O or I being dt_rank or dt_rank + 2 d_state)."""
+    """sum_b a[b] @ b[b]^T, summed in float32 at least: the gradient of a weight shared over the batch
+    by _shared_bmm (small here: one (O, I) product per sequence, O or I being dt_rank or dt_rank + 2
+    d_state)."""
     return torch.bmm(a, b.mT).sum(0, dtype=torch.promote_types(a.dtype, torch.float32))
 
 
@@ -127,6 +129,8 @@ class MambaMixer(nn.Module):
         super().__init__()
         dt_rank = math.ceil(d_model / 16) if dt_rank is None else dt_rank
         check_positive(d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank)
+        if d_conv > MAX_CONV_WIDTH:
+            raise ValueError(f"d_conv must be at most {MAX_CONV_WIDTH} (the conv kernels' widest), got {d_conv}")
         self.d_inner, self.d_state, self.d_conv, self.dt_rank = expand * d_model, d_state, d_conv, dt_rank
         d_inner = self.d_inner
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
