@@ -3,6 +3,7 @@ leave the checkout as they found it."""
 import os
 import random
 import secrets
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,11 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# torch.compile's caches go to a folder of this session: code compiled against another build of the
+# ops (another checkout, an older schema) must never be reused.
+for _cache in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+    os.environ.setdefault(_cache, tempfile.mkdtemp(prefix=f"ssm-tools-tests-{_cache.split('_')[0].lower()}-"))
 SEED_VARIABLE = "SSM_TOOLS_TEST_SEED"
 
 
