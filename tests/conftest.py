@@ -3,6 +3,8 @@ leave the checkout as they found it."""
 import os
 import random
 import secrets
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +69,16 @@ def tree_changes(before: dict, after: dict) -> list[str]:
 
 def pytest_sessionstart(session):
     session.config.stash[TREE] = tree_state(ROOT)
+    # torch.compile caches compiled graphs in one folder under /tmp shared by every checkout on the
+    # machine, and replays one made with another build's op schemas: the session gets its own.
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = session.config.stash[COMPILE_CACHE] = tempfile.mkdtemp(
+            prefix="ssm-tools-tests-inductor-")
+
+
+def pytest_sessionfinish(session):
+    if COMPILE_CACHE in session.config.stash:
+        shutil.rmtree(session.config.stash[COMPILE_CACHE], ignore_errors=True)
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -76,6 +88,7 @@ def pytest_collection_modifyitems(session, config, items):
 
 
 TREE = pytest.StashKey[dict]()
+COMPILE_CACHE = pytest.StashKey[str]()
 CHECK_NAME = "test_the_tests_leave_the_checkout_as_they_found_it"
 
 
