@@ -42,8 +42,8 @@ def rng(seed) -> np.random.Generator:
 
 # -- the checkout is left as it was -----------------------------------------------------------------
 # Folders that building and running Python make, not the tests: the virtual environment, the
-# build tree, bytecode and pytest's own cache.
-SKIPPED_DIRS = {".git", ".venv", "build", "__pycache__", ".pytest_cache"}
+# build tree (pytest's cache is there too, see pyproject.toml) and bytecode.
+SKIPPED_DIRS = {".git", ".venv", "build", "__pycache__"}
 
 
 def tree_state(root: Path) -> dict[str, tuple[int, int]]:
