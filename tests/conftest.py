@@ -3,6 +3,7 @@ leave the checkout as they found it."""
 import os
 import random
 import secrets
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -11,11 +12,6 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-
-# torch.compile's caches go to a folder of this session: code compiled against another build of the
-# ops (another checkout, an older schema) must never be reused.
-for _cache in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
-    os.environ.setdefault(_cache, tempfile.mkdtemp(prefix=f"ssm-tools-tests-{_cache.split('_')[0].lower()}-"))
 SEED_VARIABLE = "SSM_TOOLS_TEST_SEED"
 
 
@@ -46,8 +42,8 @@ def rng(seed) -> np.random.Generator:
 
 # -- the checkout is left as it was -----------------------------------------------------------------
 # Folders that building and running Python make, not the tests: the virtual environment, the
-# build tree, bytecode and pytest's own cache.
-SKIPPED_DIRS = {".git", ".venv", "build", "__pycache__", ".pytest_cache"}
+# build tree (pytest's cache is there too, see pyproject.toml) and bytecode.
+SKIPPED_DIRS = {".git", ".venv", "build", "__pycache__"}
 
 
 def tree_state(root: Path) -> dict[str, tuple[int, int]]:
@@ -73,6 +69,16 @@ def tree_changes(before: dict, after: dict) -> list[str]:
 
 def pytest_sessionstart(session):
     session.config.stash[TREE] = tree_state(ROOT)
+    # torch.compile caches compiled graphs in one folder under /tmp shared by every checkout on the
+    # machine, and replays one made with another build's op schemas: the session gets its own.
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = session.config.stash[COMPILE_CACHE] = tempfile.mkdtemp(
+            prefix="ssm-tools-tests-inductor-")
+
+
+def pytest_sessionfinish(session):
+    if COMPILE_CACHE in session.config.stash:
+        shutil.rmtree(session.config.stash[COMPILE_CACHE], ignore_errors=True)
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -82,6 +88,7 @@ def pytest_collection_modifyitems(session, config, items):
 
 
 TREE = pytest.StashKey[dict]()
+COMPILE_CACHE = pytest.StashKey[str]()
 CHECK_NAME = "test_the_tests_leave_the_checkout_as_they_found_it"
 
 
