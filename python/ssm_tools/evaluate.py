@@ -42,7 +42,7 @@ class GraphedGreedyStep:
     input tokens from a static buffer, runs the step, writes the new state back into the static
     state tensors and argmaxes; the tokens are checked on the host instead of inside the step."""
 
-    def __init__(self, model, batch_size: int, device):
+    def __init__(self, model, batch_size: int, device, tf32: bool = False):
         self.model = model
         self.tokens = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.state = model.init_state(batch_size, device)
