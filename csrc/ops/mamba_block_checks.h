@@ -14,28 +14,9 @@
 namespace ssm_tools::mamba_block {
 
 // The generic rules (dtype, device, shape) are checks.h's; this file holds only the Mamba block's
-// shapes. Argument order as in checks.h: op, name, tensor.
-inline void check_input(const at::Tensor& t, const at::Device& device, const char* op, const char* name) {
-  check_float(op, name, t, device);
-}
-
-inline void check_shape(const at::Tensor& t, at::IntArrayRef expected, const char* op, const char* name) {
-  ssm_tools::check_shape(op, name, t, expected);
-}
-
-inline void check_same_shape(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* name) {
-  check_input(t, ref.device(), op, name);
-  check_shape(t, ref.sizes(), op, name);
-}
-
-inline void check_bias(const std::optional<at::Tensor>& bias, const at::Tensor& x, const char* op) {
-  if (!bias) return;
-  check_input(*bias, x.device(), op, "bias");
-  check_shape(*bias, {x.size(1)}, op, "bias");
-}
-
+// shapes.
 inline void check_width(const at::Tensor& weight, const at::Tensor& x, const char* op) {
-  check_input(weight, x.device(), op, "weight");
+  check_float(op, "weight", weight, x.device());
   const int64_t dim = x.size(1);
   TORCH_CHECK_VALUE(weight.dim() == 2 && weight.size(0) == dim && weight.size(1) >= 1 && weight.size(1) <= kMaxConvWidth, op,
               ": weight must be (dim=", text(dim), ", width) with width in [1, ", text(kMaxConvWidth), "], got ",
@@ -48,10 +29,10 @@ struct ConvShape {
 
 inline ConvShape check_conv(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                             const char* op) {
-  check_input(x, x.device(), op, "x");
+  check_float(op, "x", x, x.device());
   TORCH_CHECK_VALUE(x.dim() == 3 && x.numel() > 0, op, ": x must be a non-empty (batch, dim, seqlen), got ", text(x.sizes()));
   check_width(weight, x, op);
-  check_bias(bias, x, op);
+  check_optional(op, "bias", bias, {x.size(1)}, x);
   return {x.size(0), x.size(1), x.size(2), weight.size(1)};
 }
 
@@ -62,12 +43,12 @@ struct ConvUpdateShape {
 inline ConvUpdateShape check_conv_update(const at::Tensor& state, const at::Tensor& x, const at::Tensor& weight,
                                          const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "causal_conv1d_update";
-  check_input(x, x.device(), op, "x");
+  check_float(op, "x", x, x.device());
   TORCH_CHECK_VALUE(x.dim() == 2 && x.numel() > 0, op, ": x must be a non-empty (batch, dim), got ", text(x.sizes()));
   check_width(weight, x, op);
-  check_bias(bias, x, op);
-  check_input(state, x.device(), op, "conv_state");
-  check_shape(state, {x.size(0), x.size(1), weight.size(1)}, op, "conv_state");
+  check_optional(op, "bias", bias, {x.size(1)}, x);
+  check_float(op, "conv_state", state, x.device());
+  check_shape(op, "conv_state", state, {x.size(0), x.size(1), weight.size(1)});
   TORCH_CHECK_VALUE(state.scalar_type() == at::kFloat || state.scalar_type() == at::kDouble, op,
               ": conv_state must be float32 or float64");
   return {x.size(0), x.size(1), weight.size(1)};
@@ -82,27 +63,27 @@ inline StateUpdateShape check_mamba_state_update(const at::Tensor& state, const 
                                                  const at::Tensor& dt_bias, const at::Tensor& A_log,
                                                  const std::optional<at::Tensor>& D) {
   constexpr const char* op = "mamba_state_update";
-  check_input(x, x.device(), op, "x");
+  check_float(op, "x", x, x.device());
   TORCH_CHECK_VALUE(x.dim() == 2 && x.numel() > 0, op, ": x must be a non-empty (batch, dim), got ", text(x.sizes()));
   const int64_t batch = x.size(0), dim = x.size(1);
   for (const auto& [t, name] : {std::pair{&state, "state"}, {&xdbl, "xdbl"}, {&dt_weight, "dt_weight"},
                                 {&dt_bias, "dt_bias"}, {&A_log, "A_log"}})
-    check_input(*t, x.device(), op, name);
-  if (z) check_input(*z, x.device(), op, "z");
-  if (D) check_input(*D, x.device(), op, "D");
+    check_float(op, name, *t, x.device());
+  if (z) check_float(op, "z", *z, x.device());
+  if (D) check_float(op, "D", *D, x.device());
   TORCH_CHECK_VALUE(A_log.dim() == 2 && A_log.size(0) == dim && A_log.size(1) >= 1, op, ": A_log must be (dim=", text(dim),
               ", dstate), got ", text(A_log.sizes()));
   const int64_t dstate = A_log.size(1);
   TORCH_CHECK_VALUE(dt_weight.dim() == 2 && dt_weight.size(0) == dim && dt_weight.size(1) >= 1, op,
               ": dt_weight must be (dim=", text(dim), ", dt_rank), got ", text(dt_weight.sizes()));
   const int64_t dt_rank = dt_weight.size(1);
-  check_shape(xdbl, {batch, dt_rank + 2 * dstate}, op, "xdbl");
-  check_shape(dt_bias, {dim}, op, "dt_bias");
-  check_shape(state, {batch, dim, dstate}, op, "state");
+  check_shape(op, "xdbl", xdbl, {batch, dt_rank + 2 * dstate});
+  check_shape(op, "dt_bias", dt_bias, {dim});
+  check_shape(op, "state", state, {batch, dim, dstate});
   TORCH_CHECK_VALUE(state.scalar_type() == at::kFloat || state.scalar_type() == at::kDouble, op,
               ": state must be float32 or float64");
-  if (z) check_shape(*z, {batch, dim}, op, "z");
-  if (D) check_shape(*D, {dim}, op, "D");
+  if (z) check_shape(op, "z", *z, {batch, dim});
+  if (D) check_shape(op, "D", *D, {dim});
   return {batch, dim, dstate, dt_rank};
 }
 
@@ -110,7 +91,7 @@ inline void check_transpose_cat(at::TensorList parts) {
   constexpr const char* op = "transpose_cat";
   TORCH_CHECK_VALUE(!parts.empty(), op, ": needs at least one part");
   for (const at::Tensor& p : parts) {
-    check_input(p, parts[0].device(), op, "parts");
+    check_float(op, "parts", p, parts[0].device());
     TORCH_CHECK_VALUE(p.dim() == 3 && p.size(0) == parts[0].size(0) && p.size(2) == parts[0].size(2) &&
                     p.scalar_type() == parts[0].scalar_type() && p.device() == parts[0].device(),
                 op, ": parts must be (batch, dim_i, seqlen) of one batch, seqlen, dtype and device, got ",

@@ -111,7 +111,7 @@ Tensor causal_conv1d_fwd_cpu(const Tensor& x, const Tensor& weight, const OptTen
 std::tuple<Tensor, Tensor, Tensor> causal_conv1d_bwd_cpu(const Tensor& dout, const Tensor& x, const Tensor& weight,
                                                          const OptTensor& bias, bool silu) {
   const ConvShape s = check_conv(x, weight, bias, "causal_conv1d");
-  check_same_shape(dout, x, "causal_conv1d", "dout");
+  ssm_tools::check_input("causal_conv1d", "dout", dout, x.sizes(), x);
   const at::ScalarType dtype = compute_dtype(x);
   const Tensor x_c = as(x, dtype), w_c = as(weight, dtype), g_c = as(dout, dtype);
   const Tensor b_c = bias ? as(*bias, dtype) : Tensor();

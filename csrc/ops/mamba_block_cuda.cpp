@@ -88,7 +88,7 @@ std::tuple<Tensor, Tensor, Tensor> causal_conv1d_bwd_cuda(const Tensor& dout, co
                                                           const OptTensor& bias, bool silu) {
   const c10::cuda::CUDAGuard guard(x.device());
   ConvCall c = conv_call(x, weight, bias, silu);
-  check_same_shape(dout, x, "causal_conv1d", "dout");
+  ssm_tools::check_input("causal_conv1d", "dout", dout, x.sizes(), x);
   const Tensor g = dout.to(x.scalar_type()).contiguous();
   Tensor dx = at::empty(x.sizes(), c.x.options());
   Tensor dweight = at::zeros({c.p.dim, c.p.width}, c.weight.options());
