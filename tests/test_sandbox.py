@@ -6,7 +6,6 @@ user (nobody), whose jail is built without any privilege. No traffic leaves this
 import ast
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
