@@ -190,6 +190,7 @@ class Sleeper:
 def test_eval_budget_skips_sizes_predicted_to_overrun(fixed_state, evaluated, monkeypatch, capsys):
     monkeypatch.setattr(R, "evaluate_size", lambda model, task, size, n, device: (
         time.sleep(0.005 * size), {"accuracy": 1.0})[1])
+    monkeypatch.setattr(R, "exact_trajectory_size", lambda model, task, size, n, device: {"exact_trajectory": 0.5})
     model = type("M", (), {"fixed_size_state": fixed_state})()
     # 10: 0.05 s; 20 predicted 0.1 s (fixed state, total 0.15 <= 0.2) or 0.2 s (quadratic: over);
     # 40 predicted 0.2 s after 0.15 spent: over.
@@ -197,8 +198,9 @@ def test_eval_budget_skips_sizes_predicted_to_overrun(fixed_state, evaluated, mo
     assert [int(s) for s, a in result["accuracy"].items() if a is not None] == evaluated
     assert result["skipped_sizes"] == [s for s in (10, 20, 40) if s not in evaluated]
     assert all(result["accuracy"][str(s)] is None for s in result["skipped_sizes"])
+    assert result["exact_trajectory"] == {"10": 0.5, "20": 0.5, "40": 0.5}  # every size, skipped or not
     # Each evaluated size is logged as it finishes (a log cut off by a time limit shows how far it got).
-    assert [line.split(":")[0] for line in capsys.readouterr().out.splitlines()] == \
+    assert [line.split(":")[0] for line in capsys.readouterr().out.splitlines() if line.startswith("evaluated")] == \
         [f"evaluated size {s}" for s in evaluated]
     assert R.evaluate_within(model, Sleeper(), [10, 20, 40], 1, "cpu")["skipped_sizes"] == []
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from conftest import run_killed_after
 from ssm_tools.cli import main
 from ssm_tools.config import validate
-from ssm_tools.evaluate import evaluate
+from ssm_tools.evaluate import evaluate, exact_trajectory_size
 from ssm_tools.models import build_model
 from ssm_tools.tasks import get_task
 from ssm_tools.tasks.base import expected_stream
@@ -143,6 +143,16 @@ class OracleModel:
     def eval(self):
         return self
 
+    def __call__(self, x):
+        """Teacher-forced logits of a batch of episode prefixes (rows in any order, PAD after an
+        episode's end): each row's episode is found by its prompt (the first 8 tokens differ)."""
+        logits = torch.zeros(*x.shape, 128)
+        for r, row in enumerate(x.tolist()):
+            s = next(s for s in self.streams if s[:8] == row[:8])
+            for j in range(min(len(row), len(s) - 1)):
+                logits[r, j, s[j + 1]] = 1.0
+        return logits
+
     def init_state(self, batch_size, device=None):
         self.pos = [0] * batch_size
         return None
@@ -165,6 +175,20 @@ def test_evaluate_grades_interactive_episodes(corrupt):
     result = evaluate(model, task, [size], n)
     assert result["accuracy"] == {size: 0.0 if corrupt else 1.0}
     assert result["per_size"][size]["finished"] == n
+
+
+@pytest.mark.parametrize("corrupt", [False, True])
+@pytest.mark.parametrize("max_tokens", [1, 1 << 22])
+def test_exact_trajectory_scores_what_the_interactive_evaluation_scores(corrupt, max_tokens):
+    """Teacher forcing scores the same episodes as decoding through the loop, one pass per episode
+    (max_tokens=1) or all in one."""
+    task = get_task("addition")
+    size, n = 12, 6
+    rng = np.random.default_rng([1234, size])
+    insts = [task.sample(rng, size) for _ in range(n)]
+    model = OracleModel([task.prompt(x) + expected_stream(task.script(x)) for x in insts], corrupt)
+    result = exact_trajectory_size(model, task, size, n, max_tokens=max_tokens)
+    assert result["exact_trajectory"] == evaluate(model, task, [size], n)["accuracy"][size] == (0.0 if corrupt else 1.0)
 
 
 def test_evaluate_rejects_bad_sizes():

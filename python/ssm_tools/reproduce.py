@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from . import distributed
 from .config import CONFIGS, load_config, make_task
-from .evaluate import evaluate_size
+from .evaluate import evaluate_size, exact_trajectory_size
 from .models import preset
 from .train import CHECKPOINT, load_checkpoint, make_trainer, model_config, train_config
 
@@ -236,13 +236,22 @@ def evaluate_within(model, task, sizes: list[int], n: int, device: str, max_seco
     one: accuracy null, listed in "skipped_sizes". The prediction scales the last size's time by the
     growth of the episode-length bound (task.max_steps): linearly for fixed-state models, squared for
     the others (attention over the whole episode). The smallest size always runs. `label` names the
-    run in the log lines."""
+    run in the log lines.
+
+    Every size, skipped or not, also gets its exact-trajectory score ("exact_trajectory",
+    evaluate.exact_trajectory_size): teacher-forced, one forward pass per episode, so it reaches the
+    sizes whose step-by-step decoding does not fit the budget."""
     accuracy: dict[str, float | None] = {}
     seconds: dict[str, float | None] = {}
+    exact: dict[str, float] = {}
     skipped: list[int] = []
     power = 1 if getattr(model, "fixed_size_state", False) else 2
     spent, last = 0.0, None
     for size in sorted(sizes):
+        t0 = time.perf_counter()
+        exact[str(size)] = exact_trajectory_size(model, task, size, n, device=device)["exact_trajectory"]
+        tqdm.write(f"exact trajectory at size {size}: {exact[str(size)]:.3f} in {time.perf_counter() - t0:.1f} s"
+                   + (f" ({label})" if label else ""))
         if max_seconds is not None and last is not None and (skipped or spent + last[1] * (
                 task.max_steps(size) / task.max_steps(last[0])) ** power > max_seconds):
             skipped.append(size)
@@ -256,7 +265,7 @@ def evaluate_within(model, task, sizes: list[int], n: int, device: str, max_seco
         # One line per size as it finishes, so that a log cut off by a time limit still shows how far it got.
         tqdm.write(f"evaluated size {size}: accuracy {accuracy[str(size)]:.3f} in {last[1]:.1f} s"
                    + (f" ({label})" if label else ""))
-    return {"accuracy": accuracy, "skipped_sizes": skipped, "max_eval_seconds": max_seconds,
+    return {"accuracy": accuracy, "exact_trajectory": exact, "skipped_sizes": skipped, "max_eval_seconds": max_seconds,
             "eval_seconds_per_size": seconds}
 
 
@@ -462,6 +471,11 @@ def plot_curve(curve: dict, path) -> None:
                    if r["accuracy"].get(s) is not None]
         if partial:
             ax.plot(*zip(*partial), linestyle="none", marker="o", markerfacecolor="none", color=line.get_color())
+        tf_sizes = sorted({s for r in runs for s in r.get("exact_trajectory", {})}, key=int)
+        tf_full = [s for s in tf_sizes if all(s in r.get("exact_trajectory", {}) for r in runs)]
+        if tf_full:  # teacher-forced exact trajectory (every size, skipped ones included): dashed
+            ax.plot([int(s) for s in tf_full], [sum(r["exact_trajectory"][s] for r in runs) / len(runs) for s in tf_full],
+                    linestyle="--", marker="x", color=line.get_color(), alpha=0.8)
         if curve.get("every_seed") and len(runs) > 1:  # each seed's own line, thin (the paper's Figure 5)
             for r in runs:
                 own = sorted((int(s), a) for s, a in r["accuracy"].items() if a is not None)
@@ -471,7 +485,10 @@ def plot_curve(curve: dict, path) -> None:
     ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel(f"problem size ({curve['task']}, {curve['size_label']})")
     n_text = f"n={n_shared} per size" if n_shared is not None else "n per size in the legend"
-    ax.set_ylabel(f"exact-answer accuracy ({n_text})")
+    ax.set_ylabel(f"accuracy ({n_text})")
+    if any(r.get("exact_trajectory") for r in curve["runs"]):
+        ax.plot([], [], linestyle="--", marker="x", color="0.4", label="dashed: exact trajectory (teacher-forced)")
+        ax.plot([], [], marker="o", color="0.4", label="solid: exact answer (decoded with the tools)")
     ax.set_title(f"{curve['task']}: length generalization, {curve['scale']} scale, seeds {curve['seeds']}")
     ax.legend(fontsize=8)
     fig.tight_layout()
