@@ -212,6 +212,10 @@ def test_cli_train_resume_evaluate(tmp_path, capsys):
     data = json.loads(report.read_text())
     assert set(data["accuracy"]) == {"3", "7"} and data["per_size"]["7"]["n"] == 5
     assert data["command"].startswith("ssm-tools evaluate")
+    assert main(["evaluate", "--checkpoint", str(out), "--sizes", "3", "--n", "5", "--exact-trajectory",
+                 "--out", str(report)]) == 0
+    data = json.loads(report.read_text())
+    assert set(data["exact_trajectory"]) == {"3"} and "accuracy" not in data and data["per_size"]["3"]["n"] == 5
 
 
 @pytest.mark.parametrize("argv, words", [

@@ -57,7 +57,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from .evaluate import evaluate
+    from .evaluate import evaluate, exact_trajectory_size
     from .tasks import get_task
     from .train import load_checkpoint
 
@@ -70,10 +70,14 @@ def cmd_evaluate(args) -> None:
     n = args.n or run.get("eval", {}).get("n", 100)
     if not sizes:
         raise ValueError("--sizes is required: the checkpoint's config names no test sizes")
-    result = evaluate(model, task, sizes, n, device=args.device, tf32=args.tf32)
+    if args.exact_trajectory:
+        per_size = {s: exact_trajectory_size(model, task, s, n, device=args.device) for s in sizes}
+        result = {"exact_trajectory": {s: r["exact_trajectory"] for s, r in per_size.items()}, "per_size": per_size}
+    else:
+        result = evaluate(model, task, sizes, n, device=args.device, tf32=args.tf32)
+    scores = {k: {str(s): a for s, a in result[k].items()} for k in ("accuracy", "exact_trajectory") if k in result}
     report = {"checkpoint": str(args.checkpoint), "task": spec, "model": meta["model"], "step": meta["step"],
-              "n": n, "accuracy": {str(s): a for s, a in result["accuracy"].items()},
-              "per_size": {str(s): r for s, r in result["per_size"].items()}, "command": _command(args)}
+              "n": n, **scores, "per_size": {str(s): r for s, r in result["per_size"].items()}, "command": _command(args)}
     text = json.dumps(report, indent=1)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -176,6 +180,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu", help="torch device")
     e.add_argument("--tf32", action="store_true",
                    help="on a GPU, decode with TF32 matmuls (about 1.5x faster at batch 100, see README)")
+    e.add_argument("--exact-trajectory", action="store_true",
+                   help="score whole trajectories by teacher forcing (one forward pass per episode: fast at "
+                        "sizes whose decoding takes minutes) instead of decoding with the tools")
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("reproduce", help="length-generalization curves: train, evaluate, plot")
