@@ -96,9 +96,9 @@ def test_packed_rows_give_the_padded_loss_and_gradients(config_name, seed):
 
 def test_pack_rows_places_every_episode_once(seed):
     tokens, mask, lengths = task_batch("addition", 20, seed)
-    width = int(lengths.max()) + 5
-    packed, packed_mask, seq_idx = pack_rows(tokens, mask, lengths, width)
-    assert packed.shape[1] == width and seq_idx.dtype == torch.int32
+    packed, packed_mask, seq_idx = pack_rows(tokens, mask, lengths, int(lengths.max()) + 5, 8)
+    width = packed.shape[1]  # the fullest row's, aligned
+    assert (width - 1) % 8 == 0 and (packed[:, width - 8:] != V.PAD).any() and seq_idx.dtype == torch.int32
     assert int(packed_mask[:, 1:].sum()) == int(mask[:, 1:].sum())  # the same learned positions
     episodes = []
     for row, row_mask, ids in zip(packed, packed_mask, seq_idx):

@@ -4,13 +4,17 @@ Each step draws `batch_size` instances from the task's training distribution up 
 `train_max_size` (`task.sample_train`: for addition each operand's length uniform in 1..max), turns
 the task's oracle into trajectories through the real dispatch loop (`task.trajectories`), and minimises cross-entropy
 of tokens[:, j] given tokens[:, :j] wherever loss_mask[:, j] (prompt and tool answers are inputs, not
-targets). AdamW, linear warmup then cosine decay, bf16 autocast on CUDA. Checkpoints hold everything
-needed to continue bit-for-bit (model, optimizer, scheduler, step, every RNG) and are written
-atomically, so `resume=True` after a kill continues exactly where the last checkpoint stopped.
+targets). A model that takes packed rows (Mamba) trains on the batch's episodes packed several to
+a row with per-sequence state resets (`pack_batch`), the others on rows padded to the longest; the
+loss is the same either way, only the padding's work goes. AdamW, linear warmup then cosine decay,
+bf16 autocast on CUDA. Checkpoints hold everything needed to continue bit-for-bit (model, optimizer,
+scheduler, step, every RNG) and are written atomically, so `resume=True` after a kill continues
+exactly where the last checkpoint stopped.
 
 Under torchrun (several processes, `ssm_tools.distributed`) the model trains data-parallel: each
-rank takes its rows of the same whole batch and the loss is normalised by the whole batch's token
-count, so the steps do not depend on the number of processes (and a checkpoint resumes on any).
+rank takes its episodes of the same whole batch (and packs them) and the loss is normalised by the
+whole batch's count of learned tokens, so the steps do not depend on the number of processes (and a
+checkpoint resumes on any).
 """
 from __future__ import annotations
 
@@ -125,12 +129,13 @@ PACK_EPISODES = 4
 
 def pack_batch(tokens: torch.Tensor, loss_mask: torch.Tensor, lengths: torch.Tensor, multiple: int):
     """`pack_rows` into rows of PACK_EPISODES longest episodes, aligned as pad_batch aligns."""
-    return pack_rows(tokens, loss_mask, lengths, aligned_width(PACK_EPISODES * int(lengths.max()), multiple))
+    return pack_rows(tokens, loss_mask, lengths, PACK_EPISODES * int(lengths.max()), multiple)
 
 
-def pack_rows(tokens: torch.Tensor, loss_mask: torch.Tensor, lengths: torch.Tensor, width: int):
-    """Packs the episodes of a padded batch (row i: its first lengths[i] tokens) into rows of `width`
-    tokens, first fit decreasing (ties in batch order), for a model that takes packed rows.
+def pack_rows(tokens: torch.Tensor, loss_mask: torch.Tensor, lengths: torch.Tensor, width: int, multiple: int = 1):
+    """Packs the episodes of a padded batch (row i: its first lengths[i] tokens) into rows of at most
+    `width` tokens, first fit decreasing (ties in batch order), for a model that takes packed rows;
+    the rows come out as wide as the fullest, `aligned_width` to `multiple`.
     Returns (tokens, loss_mask, seq_idx): PAD after a row's last episode, seq_idx (int32) the
     episode's place in its row (the padding one more). An episode's first token is never learned,
     so nothing is learned across a boundary: the loss and its gradient are those of the padded
@@ -146,6 +151,7 @@ def pack_rows(tokens: torch.Tensor, loss_mask: torch.Tensor, lengths: torch.Tens
             free.append(width)
         rows[r].append(i)
         free[r] -= lengths[i]
+    width = aligned_width(width - min(free), multiple)
     out = torch.full((len(rows), width), V.PAD, dtype=tokens.dtype)
     mask = torch.zeros((len(rows), width), dtype=torch.bool)
     seq_idx = torch.zeros((len(rows), width), dtype=torch.int32)
