@@ -9,6 +9,7 @@
 
 #include <optional>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "ops/mamba_block_checks.h"
@@ -39,40 +40,25 @@ T conv_at(const T* x, const T* w, T bias, int64_t width, int64_t t) {
   return acc;
 }
 
-// Packed rows (seq_idx): each position's distance from the start of its sequence (where seq_idx
-// changes), (batch, seqlen) int32. A tap `shift` positions back from t is in t's sequence iff
-// shift <= dist[t]; without seq_idx that is shift <= t, which the loops below get from where they start.
-Tensor seq_offsets(const Tensor& seq_idx) {
-  const Tensor q = seq_idx.contiguous();
-  Tensor dist = at::empty(q.sizes(), q.options());
-  const int32_t* q_p = q.data_ptr<int32_t>();
-  int32_t* d_p = dist.data_ptr<int32_t>();
-  const int64_t seqlen = q.size(1);
-  for (int64_t i = 0; i < q.numel(); ++i) d_p[i] = i % seqlen == 0 || q_p[i] != q_p[i - 1] ? 0 : d_p[i - 1] + 1;
-  return dist;
-}
-
 // pre[t] = bias + sum_k w[k] x[t - width + 1 + k] for one row: tap-major, so each inner loop is a
-// unit-stride axpy the compiler vectorises. kPacked: taps outside t's sequence (dist) read zero.
-template <bool kPacked, typename T>
+// unit-stride axpy the compiler vectorises.
+template <typename T>
 SSM_CPU_MULTIVERSION void conv_row(const T* __restrict x, const T* __restrict w, T bias, int64_t seqlen, int64_t width,
-                                   const int32_t* __restrict dist, T* __restrict pre) {
+                                   T* __restrict pre) {
   for (int64_t t = 0; t < seqlen; ++t) pre[t] = bias;
   for (int64_t k = 0; k < width; ++k) {
     const int64_t shift = width - 1 - k;  // pre[t] += w[k] x[t - shift]
     const T wk = w[k];
 #pragma omp simd
-    for (int64_t t = shift; t < seqlen; ++t) pre[t] += !kPacked || dist[t] >= shift ? wk * x[t - shift] : T(0);
+    for (int64_t t = shift; t < seqlen; ++t) pre[t] += wk * x[t - shift];
   }
 }
 
 // One row's backward from g, the gradient of the pre-activation: dx[t] = sum_k w[k] g[t + width - 1
-// - k], dweight[k] += sum_t g[t] x[t - width + 1 + k] (both over the taps conv_row reads); returns
-// sum_t g[t] (dbias).
-template <bool kPacked, typename T>
+// - k], dweight[k] += sum_t g[t] x[t - width + 1 + k]; returns sum_t g[t] (dbias).
+template <typename T>
 SSM_CPU_MULTIVERSION T conv_row_backward(const T* __restrict x, const T* __restrict g, const T* __restrict w,
-                                         int64_t seqlen, int64_t width, const int32_t* __restrict dist, T* __restrict dx,
-                                         T* __restrict dw) {
+                                         int64_t seqlen, int64_t width, T* __restrict dx, T* __restrict dw) {
   T db = 0;
 #pragma omp simd reduction(+ : db)
   for (int64_t t = 0; t < seqlen; ++t) {
@@ -85,35 +71,52 @@ SSM_CPU_MULTIVERSION T conv_row_backward(const T* __restrict x, const T* __restr
     T acc = 0;
 #pragma omp simd reduction(+ : acc)
     for (int64_t t = shift; t < seqlen; ++t) {
-      const T gt = !kPacked || dist[t] >= shift ? g[t] : T(0);
-      dx[t - shift] += wk * gt;
-      acc += gt * x[t - shift];
+      dx[t - shift] += wk * g[t];
+      acc += g[t] * x[t - shift];
     }
     dw[k] += acc;
   }
   return db;
 }
 
+// The [start, end) spans of the sequences of each batch row: one span a row without seq_idx, else a
+// span per run of equal seq_idx values. The kernels take each span as a row of its own (x = 0 before
+// its start), which is the packed rows' conv, forward and backward, with no per-position test.
+using Spans = std::vector<std::vector<std::pair<int64_t, int64_t>>>;
+
+Spans sequence_spans(const OptTensor& seq_idx, int64_t batch, int64_t seqlen) {
+  Spans spans(batch);
+  const Tensor q = seq_idx ? seq_idx->contiguous() : Tensor();
+  const int32_t* q_p = ptr<int32_t>(q);
+  for (int64_t b = 0; b < batch; ++b) {
+    const int32_t* row = q_p ? q_p + b * seqlen : nullptr;
+    int64_t start = 0;
+    for (int64_t t = 1; t <= seqlen; ++t) {
+      if (t == seqlen || (row && row[t] != row[t - 1])) {
+        spans[b].emplace_back(start, t);
+        start = t;
+      }
+    }
+  }
+  return spans;
+}
+
 // The pre-activation of every row (parallel over rows). The SiLU and its gradient run as ATen's
-// vectorised kernels over the whole tensor. dist: seq_offsets of packed rows, or undefined.
-void conv_rows(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& dist, const ConvShape& s, Tensor& out) {
+// vectorised kernels over the whole tensor.
+void conv_rows(const Tensor& x, const Tensor& w, const Tensor& b, const Spans& spans, const ConvShape& s, Tensor& out) {
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "causal_conv1d_cpu", [&] {
     using T = scalar_t;
     const T *x_p = ptr<T>(x), *w_p = ptr<T>(w), *b_p = ptr<T>(b);
-    const int32_t* dist_p = ptr<int32_t>(dist);
     T* out_p = ptr<T>(out);
     at::parallel_for(0, s.batch * s.dim, 16, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
-        const int64_t d = row % s.dim;
-        const int32_t* dist_row = dist_p ? dist_p + row / s.dim * s.seqlen : nullptr;
-        (dist_p ? conv_row<true, T> : conv_row<false, T>)(x_p + row * s.seqlen, w_p + d * s.width, b_p ? b_p[d] : T(0),
-                                                          s.seqlen, s.width, dist_row, out_p + row * s.seqlen);
+        const int64_t d = row % s.dim, offset = row * s.seqlen;
+        for (const auto& [s0, s1] : spans[row / s.dim])
+          conv_row(x_p + offset + s0, w_p + d * s.width, b_p ? b_p[d] : T(0), s1 - s0, s.width, out_p + offset + s0);
       }
     });
   });
 }
-
-Tensor opt_seq_offsets(const OptTensor& seq_idx) { return seq_idx ? seq_offsets(*seq_idx) : Tensor(); }
 
 Tensor causal_conv1d_fwd_cpu(const Tensor& x, const Tensor& weight, const OptTensor& bias, bool silu,
                              const OptTensor& seq_idx) {
@@ -122,7 +125,7 @@ Tensor causal_conv1d_fwd_cpu(const Tensor& x, const Tensor& weight, const OptTen
   const Tensor x_c = as(x, dtype), w_c = as(weight, dtype);
   const Tensor b_c = bias ? as(*bias, dtype) : Tensor();
   Tensor out = at::empty(x.sizes(), x_c.options());
-  conv_rows(x_c, w_c, b_c, opt_seq_offsets(seq_idx), s, out);
+  conv_rows(x_c, w_c, b_c, sequence_spans(seq_idx, s.batch, s.seqlen), s, out);
   if (silu) at::silu_(out);
   return out.to(x.scalar_type());
 }
@@ -136,11 +139,11 @@ std::tuple<Tensor, Tensor, Tensor> causal_conv1d_bwd_cpu(const Tensor& dout, con
   const at::ScalarType dtype = compute_dtype(x);
   const Tensor x_c = as(x, dtype), w_c = as(weight, dtype), g_c = as(dout, dtype);
   const Tensor b_c = bias ? as(*bias, dtype) : Tensor();
-  const Tensor dist = opt_seq_offsets(seq_idx);
+  const Spans spans = sequence_spans(seq_idx, s.batch, s.seqlen);
   Tensor g = g_c;
   if (silu) {
     Tensor pre = at::empty(x.sizes(), x_c.options());
-    conv_rows(x_c, w_c, b_c, dist, s, pre);
+    conv_rows(x_c, w_c, b_c, spans, s, pre);
     g = at::silu_backward(g_c, pre);
   }
   Tensor dx = at::empty(x.sizes(), x_c.options());
@@ -149,16 +152,15 @@ std::tuple<Tensor, Tensor, Tensor> causal_conv1d_bwd_cpu(const Tensor& dout, con
   AT_DISPATCH_FLOATING_TYPES(dtype, "causal_conv1d_bwd_cpu", [&] {
     using T = scalar_t;
     const T *x_p = ptr<T>(x_c), *g_p = ptr<T>(g), *w_p = ptr<T>(w_c);
-    const int32_t* dist_p = ptr<int32_t>(dist);
     T *dx_p = ptr<T>(dx), *dw_p = ptr<T>(dweight), *db_p = dbias.numel() ? ptr<T>(dbias) : nullptr;
     at::parallel_for(0, s.dim, 4, [&](int64_t begin, int64_t end) {
       for (int64_t d = begin; d < end; ++d) {
         T db = 0;
         for (int64_t bi = 0; bi < s.batch; ++bi) {
           const int64_t offset = (bi * s.dim + d) * s.seqlen;
-          db += (dist_p ? conv_row_backward<true, T> : conv_row_backward<false, T>)(
-              x_p + offset, g_p + offset, w_p + d * s.width, s.seqlen, s.width,
-              dist_p ? dist_p + bi * s.seqlen : nullptr, dx_p + offset, dw_p + d * s.width);
+          for (const auto& [s0, s1] : spans[bi])
+            db += conv_row_backward(x_p + offset + s0, g_p + offset + s0, w_p + d * s.width, s1 - s0, s.width,
+                                    dx_p + offset + s0, dw_p + d * s.width);
         }
         if (db_p) db_p[d] = db;
       }
