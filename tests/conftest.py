@@ -1,5 +1,5 @@
 """Fixtures shared by the test files: one replayable seed per test, and the check that the tests
-leave the checkout as they found it."""
+leave the checkout as they found it; helpers several files use (a killed run, packed rows' seq_idx)."""
 import os
 import random
 import secrets
