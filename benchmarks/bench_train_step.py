@@ -4,7 +4,8 @@ side in one process: same weights (ours copied into theirs; the logits' relative
 reported), same token batches, batch 128, bf16 autocast, fused AdamW, the same masked loss. Per input
 length: median step time, tokens/s, peak memory (each model alone on the GPU: the other is on the
 CPU meanwhile) and the ratios speedup_step_vs_mamba_ssm / memory_ratio_vs_mamba_ssm (ours / theirs).
-Optionally a profiler table of our step at the first length (--profile FILE).
+Optionally a profiler table of our step at the first length (--profile FILE) and of our packed step
+on the first task's batch (FILE with the suffix .packed.txt).
 
 Task batches ("task_batches"): the episodes of real training batches of each --tasks config (sizes up
 to its training maximum, --task-batch episodes a step, the same episodes for every variant): ours on
@@ -26,6 +27,7 @@ Without it only our step is timed.
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -161,6 +163,8 @@ def task_rows(args, models, device):
             row["speedup_padded_vs_mamba_ssm"] = row["mamba_ssm_padded_step_ms"] / row["ssm_tools_padded_step_ms"]
             row["memory_ratio_packed_vs_mamba_ssm"] = (row["ssm_tools_packed_peak_memory_GB"]
                                                        / row["mamba_ssm_padded_peak_memory_GB"])
+        if args.profile and name == args.tasks[0]:
+            profile_table(models["ssm_tools"], packed[0], Path(args.profile).with_suffix(".packed.txt"))
         print(f"task {name}: packed x{row['speedup_packed_vs_padded']:.2f} vs padded"
               + (f", x{row['speedup_packed_vs_mamba_ssm']:.2f} vs mamba_ssm" if "mamba_ssm" in models else ""),
               flush=True)
@@ -199,7 +203,8 @@ def main():
     ap.add_argument("--scale", default="paper", help="size preset of the Mamba")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5, help="timed steps per model and length")
-    ap.add_argument("--profile", help="write a profiler table of our step at the first length here")
+    ap.add_argument("--profile", help="write a profiler table of our step at the first length here (and of the "
+                                      "packed step of the first task beside it, suffix .packed.txt)")
     ap.add_argument("--out", default="results/bench_train_step.json")
     args = ap.parse_args()
     device = torch.device(args.device)
