@@ -2,6 +2,8 @@
 side in one process from the same weights: a training step (batch 32, 216 positions, AdamW) and a
 decode step (batch 100), CPU time of this process on one thread (the shared machine's load moves wall
 times several-fold; CPU time much less). The earlier models/mamba.py is read with `git show`.
+Then the current model's training step on real task batches (--tasks, --task-batch episodes, the
+Trainer's packed rows against the same episodes padded to the longest): "task_batches".
 
     python benchmarks/bench_cpu_mamba_step.py [--baseline 99690b5] [--out results/bench_cpu_mamba_step.json]
 """
@@ -17,8 +19,10 @@ from pathlib import Path
 import torch
 
 from _results import write_result  # benchmarks/_results.py (run as a script: its folder is on sys.path)
+from bench_train_step import task_batches
 from ssm_tools import vocab as V
 from ssm_tools.models import build_model, preset
+from ssm_tools.train import PACK_EPISODES, masked_loss
 
 
 def baseline_module(commit):
@@ -47,6 +51,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--baseline", default="99690b5", help="commit whose models/mamba.py is the baseline")
     ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--tasks", nargs="*", default=["addition", "multiplication_nx2"])
+    ap.add_argument("--task-batch", type=int, default=32, help="episodes per task batch (the CPU configs' batch)")
     ap.add_argument("--out", default="results/bench_cpu_mamba_step.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -87,7 +93,37 @@ def main():
               "speedup_decode_vs_baseline": median["decode_baseline"] / median["decode_current"]}
     print({k: round(v, 2) for k, v in median.items()}, "train x%.2f decode x%.2f" % (
         result["speedup_train_vs_baseline"], result["speedup_decode_vs_baseline"]))
+    result["task_batches"] = [task_row(models["current"], name, args) for name in args.tasks]
     write_result(args.out, result)
+
+
+def task_row(model, name, args):
+    """CPU ms of a training step (forward + backward) on packed and on padded rows of the same
+    episodes, interleaved, one batch per round; packed and padded losses agree."""
+    packed, padded, real, sizes = task_batches(name, args.task_batch, args.rounds, torch.device("cpu"))
+    times = {"packed": [], "padded": []}
+    losses = {}
+
+    def step(kind, batch):
+        loss = masked_loss(model, *batch[:2], seq_idx=batch[2] if len(batch) == 3 else None)
+        loss.backward()
+        losses.setdefault(kind, []).append(loss.item())
+
+    for pk, pd in zip(packed, padded):
+        times["packed"].append(cpu_ms(lambda: step("packed", pk), 1))
+        times["padded"].append(cpu_ms(lambda: step("padded", pd), 1))
+    model.zero_grad(set_to_none=True)
+    median = {k: statistics.median(v) for k, v in times.items()}
+    row = {"task": name, "train_sizes": sizes, "episodes_per_step": args.task_batch, "pack_episodes": PACK_EPISODES,
+           "real_tokens_per_step": statistics.mean(real),
+           "packed_tokens_per_real_token": statistics.mean(b[0].numel() / r for b, r in zip(packed, real)),
+           "padded_tokens_per_real_token": statistics.mean(b[0].numel() / r for b, r in zip(padded, real)),
+           "cpu_ms_median": median, "cpu_ms_all": times,
+           "max_loss_diff_packed_vs_padded": max(abs(a - b) for a, b in zip(losses["packed"], losses["padded"])),
+           "speedup_packed_vs_padded": median["padded"] / median["packed"]}
+    print(f"{name}: packed {median['packed']:.1f} ms, padded {median['padded']:.1f} ms, "
+          f"x{row['speedup_packed_vs_padded']:.2f}")
+    return row
 
 
 if __name__ == "__main__":

@@ -4,9 +4,21 @@ side in one process: same weights (ours copied into theirs; the logits' relative
 reported), same token batches, batch 128, bf16 autocast, fused AdamW, the same masked loss. Per input
 length: median step time, tokens/s, peak memory (each model alone on the GPU: the other is on the
 CPU meanwhile) and the ratios speedup_step_vs_mamba_ssm / memory_ratio_vs_mamba_ssm (ours / theirs).
-Optionally a profiler table of our step at the first length (--profile FILE).
+Optionally a profiler table of our step at the first length (--profile FILE) and of our packed step
+on the first task's batch (FILE with the suffix .packed.txt).
 
-    python3 benchmarks/bench_train_step.py [--seqlens 216 640] [--out results/bench_train_step.json]
+Task batches ("task_batches"): the episodes of real training batches of each --tasks config (sizes up
+to its training maximum, --task-batch episodes a step, the same episodes for every variant): ours on
+packed rows (the Trainer's `pack_batch`, seq_idx), ours padded to the longest episode, mamba_ssm padded
+(it has no sequence reset). Step time, real (unpadded) tokens/s, peak memory,
+speedup_packed_vs_mamba_ssm, speedup_packed_vs_padded, speedup_padded_vs_mamba_ssm.
+
+    python3 benchmarks/bench_train_step.py [--seqlens 216 640] [--tasks addition multiplication_nx2]
+        [--out results/bench_train_step.json]
+
+A CPU dry run of the same code (tiny model, no mamba_ssm):
+    python benchmarks/bench_train_step.py --device cpu --scale tiny --batch 4 --seqlens 16 --task-batch 16 \
+        --warmup 1 --steps 1 --out /tmp/bench_train_step.json
 
 Needs a GPU; mamba_ssm comes from benchmarks/mamba_ssm_baseline.py (installed, or built from the
 sources benchmarks/fetch_mamba_ssm.sh fetches: MAMBA_SSM_PKG, CAUSAL_CONV1D_PKG, MAMBA_SSM_SRC).
@@ -15,14 +27,17 @@ Without it only our step is timed.
 import argparse
 import statistics
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
 import mamba_ssm_baseline
 from _results import write_result  # benchmarks/_results.py (run as a script: its folder is on sys.path)
 from ssm_tools import vocab as V
+from ssm_tools.config import load_config, make_task
 from ssm_tools.models import build_model, preset
-from ssm_tools.train import masked_loss
+from ssm_tools.train import PACK_EPISODES, masked_loss, pack_batch, pad_batch
 
 
 class TheirLM(torch.nn.Module):
@@ -55,34 +70,106 @@ def mamba_ssm_model(ours):
     return TheirLM(theirs)
 
 
-def train_step(model, opt, tokens, mask):
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        loss = masked_loss(model, tokens, mask)
+def train_step(model, opt, tokens, mask, seq_idx=None):
+    device = tokens.device.type
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+        loss = masked_loss(model, tokens, mask, seq_idx=seq_idx)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
 
 
-def measure(model, batches, warmup):
-    """Median step time (ms) over batches[warmup:] and the peak memory of the steps (GB)."""
-    model.cuda()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    times = []
-    for i, (tokens, mask) in enumerate(batches):
-        t0 = time.perf_counter()
-        train_step(model, opt, tokens, mask)
+def sync(device):
+    if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def measure(model, batches, warmup, device):
+    """Median step time (ms) over batches[warmup:] and the peak memory of the steps (GB; CUDA only).
+    batches: (tokens, mask) or (tokens, mask, seq_idx) on `device`."""
+    model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i, batch in enumerate(batches):
+        t0 = time.perf_counter()
+        train_step(model, opt, *batch)
+        sync(device)
         if i >= warmup:
             times.append((time.perf_counter() - t0) * 1e3)
-    peak = torch.cuda.max_memory_allocated() / 1e9
+    peak = torch.cuda.max_memory_allocated() / 1e9 if cuda else None
     opt.zero_grad(set_to_none=True)
     del opt
     model.cpu()
-    torch.cuda.empty_cache()
+    if cuda:
+        torch.cuda.empty_cache()
     return statistics.median(times), peak, times
+
+
+def peak_text(peak):
+    return "" if peak is None else f"  {peak:5.1f} GB peak"
+
+
+def task_batches(config_name, batch, n, device):
+    """`n` training batches of `batch` episodes of an experiment config's task, each as packed rows
+    and padded rows (aligned to 8 positions on CUDA, as the Trainer does), on `device`; and the
+    config's training sizes."""
+    config = load_config(config_name)
+    task, sizes = make_task(config), config["sizes"]["train"]
+    rng = np.random.default_rng(0)
+    multiple = 8 if device.type == "cuda" else 1
+    packed, padded, real = [], [], []
+    for _ in range(n):
+        transcript, _ = task.trajectories(rng, [sizes[1]] * batch, train=True)
+        tokens, mask, lengths = transcript.tokens, transcript.loss_mask, transcript.lengths
+        packed.append(tuple(t.to(device) for t in pack_batch(tokens, mask, lengths, multiple)))
+        padded.append(tuple(t.to(device) for t in pad_batch(tokens, mask, multiple)))
+        real.append(int(lengths.sum()))
+    return packed, padded, real, sizes
+
+
+def task_rows(args, models, device):
+    """The task-batch comparison: ours packed, ours padded, mamba_ssm padded, per task."""
+    rows = []
+    for name in args.tasks:
+        packed, padded, real, sizes = task_batches(name, args.task_batch, args.warmup + args.steps, device)
+        timed = slice(args.warmup, None)
+        row = {"task": name, "train_sizes": sizes, "episodes_per_step": args.task_batch,
+               "pack_episodes": PACK_EPISODES,
+               "real_tokens_per_step": statistics.mean(real[timed]),
+               "packed_rows_x_width": [list(b[0].shape) for b in packed[timed]],
+               "padded_rows_x_width": [list(b[0].shape) for b in padded[timed]]}
+        row["padded_tokens_per_real_token"] = statistics.mean(
+            b[0].numel() / r for b, r in zip(padded[timed], real[timed]))
+        row["packed_tokens_per_real_token"] = statistics.mean(
+            b[0].numel() / r for b, r in zip(packed[timed], real[timed]))
+        variants = [("ssm_tools_packed", models["ssm_tools"], packed), ("ssm_tools_padded", models["ssm_tools"], padded)]
+        if "mamba_ssm" in models:
+            variants.append(("mamba_ssm_padded", models["mamba_ssm"], padded))
+        for key, model, batches in variants:
+            for other in models.values():
+                other.cpu()
+            ms, peak, times = measure(model, batches, args.warmup, device)
+            row[f"{key}_step_ms"], row[f"{key}_peak_memory_GB"], row[f"{key}_step_ms_all"] = ms, peak, times
+            row[f"{key}_real_tokens_per_s"] = row["real_tokens_per_step"] / ms * 1e3
+            print(f"task {name} {key:>17}: {ms:8.1f} ms/step{peak_text(peak)}", flush=True)
+        row["speedup_packed_vs_padded"] = row["ssm_tools_padded_step_ms"] / row["ssm_tools_packed_step_ms"]
+        if "mamba_ssm" in models:
+            row["speedup_packed_vs_mamba_ssm"] = row["mamba_ssm_padded_step_ms"] / row["ssm_tools_packed_step_ms"]
+            row["speedup_padded_vs_mamba_ssm"] = row["mamba_ssm_padded_step_ms"] / row["ssm_tools_padded_step_ms"]
+            row["memory_ratio_packed_vs_mamba_ssm"] = (row["ssm_tools_packed_peak_memory_GB"]
+                                                       / row["mamba_ssm_padded_peak_memory_GB"])
+        if args.profile and name == args.tasks[0]:
+            profile_table(models["ssm_tools"], packed[0], Path(args.profile).with_suffix(".packed.txt"))
+        print(f"task {name}: packed x{row['speedup_packed_vs_padded']:.2f} vs padded"
+              + (f", x{row['speedup_packed_vs_mamba_ssm']:.2f} vs mamba_ssm" if "mamba_ssm" in models else ""),
+              flush=True)
+        rows.append(row)
+    return rows
 
 
 def profile_table(model, batch, path):
@@ -107,21 +194,30 @@ def profile_table(model, batch, path):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seqlens", type=int, nargs="+", default=[216, 640], help="model input lengths")
+    ap.add_argument("--seqlens", type=int, nargs="*", default=[216, 640], help="model input lengths")
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--tasks", nargs="*", default=["addition", "multiplication_nx2"],
+                    help="experiment configs whose training batches are timed packed and padded")
+    ap.add_argument("--task-batch", type=int, default=128, help="episodes per task batch")
+    ap.add_argument("--device", default="cuda", help="cuda, or cpu for a dry run (no mamba_ssm)")
+    ap.add_argument("--scale", default="paper", help="size preset of the Mamba")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5, help="timed steps per model and length")
-    ap.add_argument("--profile", help="write a profiler table of our step at the first length here")
+    ap.add_argument("--profile", help="write a profiler table of our step at the first length here (and of the "
+                                      "packed step of the first task beside it, suffix .packed.txt)")
     ap.add_argument("--out", default="results/bench_train_step.json")
     args = ap.parse_args()
+    device = torch.device(args.device)
     torch.manual_seed(0)
-    ours = build_model("mamba", **dict(preset("mamba", "paper"), vocab_size=V.VOCAB_SIZE)).cuda()
-    theirs = mamba_ssm_model(ours)
+    ours = build_model("mamba", **dict(preset("mamba", args.scale), vocab_size=V.VOCAB_SIZE)).to(device)
+    theirs = mamba_ssm_model(ours) if device.type == "cuda" else None
     models = {"ssm_tools": ours, **({"mamba_ssm": theirs} if theirs is not None else {})}
     print("mamba_ssm:", mamba_ssm_baseline.version() if theirs is not None else "not available")
     gen = torch.Generator().manual_seed(0)
-    result = {"model": {"name": "mamba", **preset("mamba", "paper"), "vocab_size": V.VOCAB_SIZE},
-              "batch": args.batch, "autocast": "bfloat16", "optimizer": "AdamW(fused=True)",
+    result = {"model": {"name": "mamba", **preset("mamba", args.scale), "vocab_size": V.VOCAB_SIZE},
+              "device": str(device), "batch": args.batch,
+              "autocast": "bfloat16" if device.type == "cuda" else None,
+              "optimizer": f"AdamW(fused={device.type == 'cuda'})",
               "mamba_ssm_version": mamba_ssm_baseline.version() if theirs is not None else None,
               "parameters": {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()},
               "per_seqlen": []}
@@ -129,7 +225,7 @@ def main():
         batches = []
         for _ in range(args.warmup + args.steps):
             tokens = torch.randint(0, V.VOCAB_SIZE, (args.batch, seqlen + 1), generator=gen)
-            batches.append((tokens.cuda(), torch.ones_like(tokens, dtype=torch.bool).cuda()))
+            batches.append((tokens.to(device), torch.ones_like(tokens, dtype=torch.bool).to(device)))
         row = {"seqlen": seqlen, "tokens_per_step": args.batch * seqlen}
         if theirs is not None and seqlen == args.seqlens[0]:
             with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
@@ -139,11 +235,11 @@ def main():
         for name, model in models.items():
             for other in models.values():
                 other.cpu()
-            ms, peak, times = measure(model, batches, args.warmup)
+            ms, peak, times = measure(model, batches, args.warmup, device)
             row[f"{name}_step_ms"], row[f"{name}_peak_memory_GB"] = ms, peak
             row[f"{name}_tokens_per_s"] = args.batch * seqlen / ms * 1e3
             row[f"{name}_step_ms_all"] = times
-            print(f"seqlen {seqlen} {name:>10}: {ms:7.1f} ms/step  {peak:5.1f} GB peak", flush=True)
+            print(f"seqlen {seqlen} {name:>10}: {ms:7.1f} ms/step{peak_text(peak)}", flush=True)
         if theirs is not None:
             row["speedup_step_vs_mamba_ssm"] = row["mamba_ssm_step_ms"] / row["ssm_tools_step_ms"]
             row["memory_ratio_vs_mamba_ssm"] = row["ssm_tools_peak_memory_GB"] / row["mamba_ssm_peak_memory_GB"]
@@ -152,6 +248,8 @@ def main():
         result["per_seqlen"].append(row)
         if args.profile and seqlen == args.seqlens[0]:
             profile_table(ours, batches[0], args.profile)
+    write_result(args.out, result)  # the fixed lengths kept should the task batches fail
+    result["task_batches"] = task_rows(args, models, device)
     write_result(args.out, result)
 
 

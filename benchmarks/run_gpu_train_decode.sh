@@ -3,9 +3,11 @@
 # numbers in results/ come from): builds mamba_ssm's and causal-conv1d's CUDA extensions from their
 # sources in the background (niced, so timings of ours are not disturbed much; MAMBA_SSM_PKG,
 # CAUSAL_CONV1D_PKG, MAMBA_SSM_SRC from benchmarks/fetch_mamba_ssm.sh) while it builds the package with
-# CUDA, runs the CUDA tests of the Mamba-block kernels and of the models, compute-sanitizer on one case
-# of each new kernel, and the decode benchmark; then, the baseline built, the training-step benchmark
-# with a profiler table of our step. Logs and JSON go to $OUT (default results/gpu/).
+# CUDA, runs the CUDA tests of the Mamba-block kernels and of the models (packed rows included: conv
+# and scan with seq_idx, the packed training loss), compute-sanitizer on one case of each new kernel,
+# and the decode benchmark; then, the baseline built, the training-step benchmark (fixed lengths, and
+# real task batches packed / padded / mamba_ssm) with a profiler table of our step. Logs and JSON go to
+# $OUT (default results/gpu/).
 set -o pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/gpu_step.sh
@@ -21,7 +23,7 @@ export MAX_JOBS=$(nproc)
     -C cmake.define.SSM_TOOLS_CUDA=ON -C build-dir=build/gpu
   step tests 180 python3 -m pytest -q -rf -p no:cacheprovider tests/test_mamba_block_ops.py \
     tests/test_cuda_models.py
-  step tests-decode 60 python3 -m pytest -q -rf -p no:cacheprovider tests/test_cuda.py -k decode
+  step tests-decode-packed 90 python3 -m pytest -q -rf -p no:cacheprovider tests/test_cuda.py -k "decode or packed"
   for tool in memcheck racecheck; do
     step "sanitizer-$tool" 60 compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 \
       --log-file "$OUT/sanitizer_mamba_block_$tool.txt" python3 tests/cuda_sanitize_mamba_block.py
@@ -31,7 +33,7 @@ export MAX_JOBS=$(nproc)
   wait "$mamba_build"; tail -3 "$OUT/mamba_ssm_build.txt"
   # Without a built baseline, time ours alone (the benchmark would otherwise start the build again).
   grep -q "MambaLMHeadModel" "$OUT/mamba_ssm_build.txt" || unset MAMBA_SSM_PKG
-  step train 240 python3 benchmarks/bench_train_step.py --profile "$OUT/train_step_profile.txt" \
+  step train 300 python3 benchmarks/bench_train_step.py --profile "$OUT/train_step_profile.txt" \
     --out "$OUT/bench_train_step.json"
   echo "=== run_gpu_train_decode.sh status $status"
   exit $status

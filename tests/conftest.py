@@ -1,5 +1,5 @@
 """Fixtures shared by the test files: one replayable seed per test, and the check that the tests
-leave the checkout as they found it."""
+leave the checkout as they found it; helpers several files use (a killed run, packed rows' seq_idx)."""
 import os
 import random
 import secrets
@@ -118,3 +118,19 @@ def run_killed_after(trainer, steps: int) -> None:
     except Killed:
         return
     raise AssertionError(f"the run ended before step {steps}")
+
+
+def packed_seq_idx(gen, seqlen, rows):
+    """(len(rows), seqlen) int32 sequence index. Each entry of `rows` is a list of sequence start
+    positions (besides 0), or an int: that many random starts. Labels are random (only changes count,
+    and the same label may come back after another one)."""
+    out = torch.empty(len(rows), seqlen, dtype=torch.int32)
+    for b, row in enumerate(rows):
+        starts = row if isinstance(row, list) else torch.randperm(seqlen - 1, generator=gen)[:row].add(1).tolist()
+        labels = torch.randint(0, 3, (seqlen,), generator=gen)
+        label = 0
+        for t in range(seqlen):
+            if t in starts:
+                label = (label + 1 + int(labels[t])) % 4
+            out[b, t] = label
+    return out

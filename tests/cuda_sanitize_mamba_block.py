@@ -1,7 +1,8 @@
 """One small case of each Mamba-block CUDA kernel other than the scan (causal conv1d forward and
 backward, its decode update, the block's SSM decode step, transpose_cat) and one fused layer's
 forward and backward, for compute-sanitizer's memcheck and racecheck (benchmarks/run_gpu_train_decode.sh).
-A row longer than the conv backward's tile (300 > 128 positions), width 4 and 3, bf16 and float32.
+A row longer than the conv backward's tile (300 > 128 positions), width 4 and 3, bf16 and float32,
+the conv also on packed rows (seq_idx).
 Exits non-zero if an output is not finite."""
 import torch
 
@@ -17,8 +18,10 @@ def main():
     for dtype, width in ((torch.bfloat16, 4), (torch.float32, 3)):
         x = torch.randn(2, 12, 300, device=dev).to(dtype)
         w, b = torch.randn(12, width, device=dev), torch.randn(12, device=dev)
-        outs.append(OPS.causal_conv1d_fwd(x, w, b, True))
-        outs.extend(OPS.causal_conv1d_bwd(torch.randn_like(x), x, w, b, True))
+        seq_idx = (torch.arange(300, device=dev) // 7).to(torch.int32).expand(2, 300).contiguous()
+        for packed in (None, seq_idx):
+            outs.append(OPS.causal_conv1d_fwd(x, w, b, True, packed))
+            outs.extend(OPS.causal_conv1d_bwd(torch.randn_like(x), x, w, b, True, packed))
         state = torch.randn(2, 12, width, device=dev)
         xz = torch.randn(2, 24, device=dev).to(dtype)
         outs.append(ops.causal_conv1d_update(state, xz[:, :12], w, b, silu=True))

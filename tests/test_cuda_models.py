@@ -115,3 +115,24 @@ def test_training_on_cuda_checkpoints_and_resumes(tmp_path):
     assert resumed.step == 2
     row = resumed.run()
     assert row["step"] == 4 and row["loss"] == row["loss"]  # finite
+
+
+def test_packed_rows_on_cuda_give_the_padded_loss_and_gradients():
+    """The Trainer's packed rows on the GPU (conv and scan kernels with seq_idx, rows aligned to 8):
+    float32 loss and gradients of the padded batch of the same episodes, and those of the CPU."""
+    from ssm_tools.train import masked_loss, pack_batch, pad_batch
+    model = tiny("mamba").train()
+    transcript, _ = get_task("addition").trajectories(np.random.default_rng(0), [5] * 32, train=True)
+    tokens, mask, lengths = transcript.tokens, transcript.loss_mask, transcript.lengths
+    packed = pack_batch(tokens, mask, lengths, 8)
+    params = list(model.parameters())
+    results = []
+    for device, (tok, msk, seq_idx) in (("cuda", packed), ("cuda", (*pad_batch(tokens, mask, 8), None)),
+                                        ("cpu", packed)):
+        model.to(device)
+        loss = masked_loss(model, tok.to(device), msk.to(device), seq_idx=None if seq_idx is None else seq_idx.to(device))
+        results.append([loss.detach().cpu(), *(g.cpu() for g in torch.autograd.grad(loss, params))])
+    assert packed[0].shape[0] < 32
+    for other in results[1:]:
+        for got, want in zip(results[0], other):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

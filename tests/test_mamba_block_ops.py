@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import ssm_tools.ops as ops
+from conftest import packed_seq_idx
 from ssm_tools.reference import (causal_conv1d_ref, causal_conv1d_update_ref, mamba_state_update_ref,
                                  selective_state_update_ref)
 
@@ -65,6 +66,59 @@ def test_conv_matches_reference(gen, device, shape, silu, bias):
         for got, want, leaf, name in zip(grads, ref_grads, leaves, ("x", "weight", "bias")):
             assert got.dtype == leaf.dtype, name
             assert rel_err(got, want) < TOL[dtype] * 3, (dtype, name)
+
+
+def conv_case(gen, shape, dtype, device, bias):
+    batch, dim, seqlen, width = shape
+    wdtype = torch.float64 if dtype == torch.float64 else torch.float32
+    x = rnd(gen, batch, dim, seqlen, dtype=dtype, device=device).requires_grad_()
+    w = rnd(gen, dim, width, dtype=wdtype, device=device, scale=0.5).requires_grad_()
+    b = rnd(gen, dim, dtype=wdtype, device=device).requires_grad_() if bias else None
+    return [t for t in (x, w, b) if t is not None]
+
+
+# Packed rows of 300 positions: sequences of 1, 2, 3 positions (shorter than the taps), starts at and
+# around the CUDA backward's 128-position tiles, random starts, and a row of one sequence.
+PACKED_CONV_ROWS = [[1, 2, 4, 7, 127, 128, 130, 256, 299], 40, []]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("width", [2, 4, 8])
+@pytest.mark.parametrize("silu, bias", [(True, True), (False, False)])
+def test_conv_packed_rows_match_reference_sequence_by_sequence(gen, device, width, silu, bias):
+    """seq_idx: forward and all three gradients against the float64 reference convolving every
+    sequence as its own row (no tap reads the previous sequence, forward or backward)."""
+    shape = (len(PACKED_CONV_ROWS), 6, 300, width)
+    seq_idx = packed_seq_idx(gen, shape[2], PACKED_CONV_ROWS).to(device)
+    for dtype in dtypes(device):
+        leaves = conv_case(gen, shape, dtype, device, bias)
+        g = rnd(gen, *shape[:3], dtype=dtype, device=device)
+        out = ops.causal_conv1d(*leaves[:2], leaves[2] if bias else None, silu, seq_idx=seq_idx)
+        grads = torch.autograd.grad(out, leaves, g)
+        up = [t.detach().double().cpu().requires_grad_() for t in leaves]
+        ref = causal_conv1d_ref(up[0], up[1], up[2] if bias else None, silu, seq_idx=seq_idx.cpu())
+        ref_grads = torch.autograd.grad(ref, up, g.double().cpu())
+        assert rel_err(out, ref) < TOL[dtype], dtype
+        for got, want, name in zip(grads, ref_grads, ("x", "weight", "bias")):
+            assert rel_err(got, want) < TOL[dtype] * 3, (dtype, name)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_conv_packed_rows_equal_separate_rows(gen, device):
+    """Three sequences packed into one row give each sequence's own conv (float32, to rounding)."""
+    lengths, dim, width = [5, 1, 9], 4, 4
+    w, b = rnd(gen, dim, width, device=device), rnd(gen, dim, device=device)
+    parts = [rnd(gen, 1, dim, n, device=device) for n in lengths]
+    seq_idx = torch.repeat_interleave(torch.arange(3, dtype=torch.int32), torch.tensor(lengths))[None].to(device)
+    packed = ops.causal_conv1d(torch.cat(parts, dim=-1), w, b, True, seq_idx)
+    torch.testing.assert_close(packed, torch.cat([ops.causal_conv1d(p, w, b, True) for p in parts], dim=-1),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_conv_packed_gradcheck(gen):
+    leaves = [t.detach().requires_grad_() for t in conv_case(gen, (2, 3, 11, 4), torch.float64, "cpu", True)]
+    seq_idx = packed_seq_idx(gen, 11, [[1, 3, 6], 2])
+    assert torch.autograd.gradcheck(lambda *a: ops.causal_conv1d(*a, silu=True, seq_idx=seq_idx), leaves)
 
 
 def test_conv_gradcheck(gen):
@@ -146,6 +200,9 @@ def test_opcheck(gen):
     torch.library.opcheck(OPS.causal_conv1d_fwd, (x, w, b, True))
     torch.library.opcheck(OPS.causal_conv1d_fwd, (x, w, None, False))
     torch.library.opcheck(OPS.causal_conv1d_bwd, (rnd(gen, 2, 3, 7), x, w, b, True))
+    seq_idx = packed_seq_idx(gen, 7, [[2, 3], 2])
+    torch.library.opcheck(OPS.causal_conv1d_fwd, (x, w, b, True, seq_idx))
+    torch.library.opcheck(OPS.causal_conv1d_bwd, (rnd(gen, 2, 3, 7), x, w, b, True, seq_idx))
     torch.library.opcheck(OPS.causal_conv1d_update, (torch.zeros(2, 3, 4), x[..., 0], w, b, True))
     torch.library.opcheck(OPS.mamba_state_update, (torch.zeros(2, 3, 4), x[..., 0], rnd(gen, 2, 10), rnd(gen, 2, 3),
                                                    rnd(gen, 3, 2), rnd(gen, 3), rnd(gen, 3, 4), rnd(gen, 3)))
@@ -159,6 +216,15 @@ BAD = {
     "weight_wide": (lambda x, w, b: ops.causal_conv1d(x, torch.randn(3, 9), b), "width in [1, 8]"),
     "bias_shape": (lambda x, w, b: ops.causal_conv1d(x, w, b[:2]), "bias must have shape (3,)"),
     "weight_device": (lambda x, w, b: ops.causal_conv1d(x, w.to("meta"), b), "causal_conv1d: weight must be on cpu like x, got meta"),
+    "seq_idx_dtype": (lambda x, w, b: ops.causal_conv1d(x, w, b, seq_idx=torch.zeros(2, 5, dtype=torch.int64)),
+                      "causal_conv1d: seq_idx must be int32, got Long"),
+    "seq_idx_shape": (lambda x, w, b: ops.causal_conv1d(x, w, b, seq_idx=torch.zeros(2, 4, dtype=torch.int32)),
+                      "causal_conv1d: seq_idx must have shape (2, 5), got (2, 4)"),
+    "seq_idx_device": (lambda x, w, b: ops.causal_conv1d(x, w, b, seq_idx=torch.zeros(2, 5, dtype=torch.int32,
+                                                                                       device="meta")),
+                       "causal_conv1d: seq_idx must be on cpu like x, got meta"),
+    "seq_idx_bwd_shape": (lambda x, w, b: OPS.causal_conv1d_bwd(x, x, w, b, True, torch.zeros(1, 5, dtype=torch.int32)),
+                          "causal_conv1d: seq_idx must have shape (2, 5), got (1, 5)"),
     "state_shape": (lambda x, w, b: ops.causal_conv1d_update(torch.zeros(2, 3, 3), x[..., 0], w, b),
                     "conv_state must have shape (2, 3, 4)"),
     "state_dtype": (lambda x, w, b: ops.causal_conv1d_update(torch.zeros(2, 3, 4, dtype=torch.bfloat16), x[..., 0], w, b),

@@ -177,3 +177,40 @@ def test_mamba_mixer_under_autocast_matches_plain_formulation():
     for g, w, p in zip(got_grads, want_grads, params):
         assert g.dtype == p.dtype == torch.float32
         torch.testing.assert_close(g, w, rtol=5e-2, atol=5e-2 * w.abs().max().item())
+
+
+@pytest.mark.parametrize("with_norm", [False, True])
+def test_mamba_mixer_packed_rows_match_plain_formulation(with_norm):
+    # Packed rows (seq_idx): the fused layer's output and every gradient against the plain
+    # formulation whose conv and scan run each sequence alone (reference.py). T=300 spans two scan
+    # chunks; sequences of 1-3 positions are shorter than the conv's taps; labels come back.
+    from conftest import packed_seq_idx
+    from ssm_tools.reference import mamba_mixer_ref
+    mixer = _perturbed_mixer(16)
+    norm = nn.RMSNorm(16).double() if with_norm else None
+    seq_idx = packed_seq_idx(None, 300, [[1, 2, 4, 100, 255, 256, 299], 20])
+    h = torch.randn(2, 300, 16, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn(2, 300, 16, dtype=torch.float64)
+    params = [h, *([] if norm is None else [norm.weight]), *mixer.parameters()]
+    got = mixer(h, norm, seq_idx)
+    want = mamba_mixer_ref(mixer, h if norm is None else norm(h), seq_idx)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    for g, w in zip(torch.autograd.grad(got, params, grad_out), torch.autograd.grad(want, params, grad_out)):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
+
+
+def test_mamba_packed_rows_equal_separate_rows():
+    """A row packing several sequences gives each sequence the logits of its own row."""
+    model = build_model("mamba", vocab_size=128, d_model=16, n_layers=2, d_state=4).double()
+    lengths = [7, 1, 12, 3]
+    seqs = [torch.randint(0, 128, (n,)) for n in lengths]
+    seq_idx = torch.repeat_interleave(torch.arange(4, dtype=torch.int32), torch.tensor(lengths))[None]
+    packed = model(torch.cat(seqs)[None], seq_idx)[0].split(lengths)
+    for seq, got in zip(seqs, packed):
+        torch.testing.assert_close(got, model(seq[None])[0], rtol=1e-12, atol=1e-12)
+
+
+def test_models_without_packed_rows_refuse_seq_idx():
+    model = build_model("lstm", vocab_size=128, d_model=16, n_layers=1)
+    with pytest.raises(ValueError, match="does not take packed rows"):
+        model(torch.zeros(1, 5, dtype=torch.long), torch.zeros(1, 5, dtype=torch.int32))

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import ssm_tools
+from conftest import packed_seq_idx
 from ssm_tools.ops import SCAN_CHUNK
 from ssm_tools.reference import selective_scan_ref, selective_state_update_ref
 
@@ -170,22 +171,6 @@ def test_non_contiguous_inputs(gen):
 
 
 # ----------------------------------------------------------------------------- packed rows (seq_idx)
-
-def packed_seq_idx(gen, seqlen, rows):
-    """(len(rows), seqlen) int32 sequence index. Each entry of `rows` is a list of sequence start
-    positions (besides 0), or an int: that many random starts. Labels are random (only changes count,
-    and the same label may come back after another one)."""
-    out = torch.empty(len(rows), seqlen, dtype=torch.int32)
-    for b, row in enumerate(rows):
-        starts = row if isinstance(row, list) else torch.randperm(seqlen - 1, generator=gen)[:row].add(1).tolist()
-        labels = torch.randint(0, 3, (seqlen,), generator=gen)
-        label = 0
-        for t in range(seqlen):
-            if t in starts:
-                label = (label + 1 + int(labels[t])) % 4
-            out[b, t] = label
-    return out
-
 
 # Sequence starts: at, just past and just before chunk boundaries, a one-position sequence, the
 # last position alone, random starts, and a row with one sequence.

@@ -8,13 +8,14 @@ import torch.nn.functional as F
 
 from conftest import run_killed_after
 from ssm_tools.cli import main
-from ssm_tools.config import validate
+from ssm_tools.config import load_config, make_task, validate
 from ssm_tools.evaluate import evaluate, exact_trajectory_size
 from ssm_tools.models import build_model
 from ssm_tools.tasks import get_task
 from ssm_tools.tasks.base import expected_stream
 from ssm_tools import vocab as V
-from ssm_tools.train import CHECKPOINT, TrainConfig, Trainer, load_checkpoint, lr_factor, masked_loss, pad_batch
+from ssm_tools.train import (CHECKPOINT, TrainConfig, Trainer, load_checkpoint, lr_factor, masked_loss, pack_batch,
+                             pack_rows, pad_batch)
 
 TINY = dict(vocab_size=128, d_model=16, n_layers=1, d_state=4)
 
@@ -67,6 +68,59 @@ def test_padding_the_batch_leaves_the_loss_and_gradients_unchanged(name):
             assert gp is None or not gp.any()
         else:
             torch.testing.assert_close(gp, g, rtol=1e-9, atol=1e-12)
+
+
+def task_batch(config_name, batch, seed):
+    """A training batch of an experiment config's task (sizes up to its training maximum)."""
+    config = load_config(config_name)
+    transcript, _ = make_task(config).trajectories(np.random.default_rng(seed), [config["sizes"]["train"][1]] * batch,
+                                                   train=True)
+    return transcript.tokens, transcript.loss_mask, transcript.lengths
+
+
+@pytest.mark.parametrize("config_name", ["addition", "multiplication_nx2"])
+def test_packed_rows_give_the_padded_loss_and_gradients(config_name, seed):
+    """The Trainer's packed batch of a tiny Mamba (float64) has the loss and every gradient of the
+    padded batch of the same episodes: nothing learned across a boundary, no state carried over."""
+    model = build_model("mamba", vocab_size=128, d_model=16, n_layers=2, d_state=4).double()
+    tokens, mask, lengths = task_batch(config_name, 24, seed)
+    packed, packed_mask, seq_idx = pack_batch(tokens, mask, lengths, 8)  # as the Trainer on a GPU
+    assert packed.numel() < tokens.numel()  # the point: fewer positions
+    params = list(model.parameters())
+    loss = masked_loss(model, tokens, mask)
+    loss_p = masked_loss(model, packed, packed_mask, seq_idx=seq_idx)
+    torch.testing.assert_close(loss_p, loss, rtol=1e-12, atol=1e-12)
+    for g, gp in zip(torch.autograd.grad(loss, params), torch.autograd.grad(loss_p, params)):
+        torch.testing.assert_close(gp, g, rtol=1e-10, atol=1e-13)
+
+
+def test_pack_rows_places_every_episode_once(seed):
+    tokens, mask, lengths = task_batch("addition", 20, seed)
+    packed, packed_mask, seq_idx = pack_rows(tokens, mask, lengths, int(lengths.max()) + 5, 8)
+    width = packed.shape[1]  # the fullest row's, aligned
+    assert (width - 1) % 8 == 0 and (packed[:, width - 8:] != V.PAD).any() and seq_idx.dtype == torch.int32
+    assert int(packed_mask[:, 1:].sum()) == int(mask[:, 1:].sum())  # the same learned positions
+    episodes = []
+    for row, row_mask, ids in zip(packed, packed_mask, seq_idx):
+        starts = [0] + [t for t in range(1, width) if ids[t] != ids[t - 1]]
+        for s0, s1 in zip(starts, starts[1:] + [width]):
+            if s1 - s0 and not (row[s0:s1] == V.PAD).all():
+                assert not row_mask[s0]  # a sequence's first token is never a target
+                episodes.append(tuple(row[s0:s1].tolist()))
+    assert sorted(episodes) == sorted(tuple(t[:n].tolist()) for t, n in zip(tokens, lengths))
+    with pytest.raises(ValueError, match="width 3 is shorter than the longest episode"):
+        pack_rows(tokens, mask, lengths, 3)
+
+
+@pytest.mark.parametrize("name, packs", [("mamba", True), ("lstm", False)])
+def test_trainer_packs_rows_for_models_that_take_them(tmp_path, name, packs):
+    cfg = TrainConfig(steps=1, batch_size=16, seed=1)
+    trainer = Trainer(get_task("addition"), name, {"vocab_size": 128, "d_model": 16, "n_layers": 1}, cfg, tmp_path,
+                      progress=False)
+    tokens, mask, seq_idx, ntok, learned = trainer.batch()
+    assert (seq_idx is not None) == packs
+    assert int(mask[:, 1:].sum()) == learned and int((tokens != V.PAD).sum()) <= ntok
+    assert tokens.shape[0] < 16 if packs else tokens.shape[0] == 16
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor():

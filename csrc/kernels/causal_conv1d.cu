@@ -17,14 +17,30 @@ __device__ __forceinline__ float silu_grad(float v) {
   return s * (1.f + v * (1.f - s));
 }
 
-// The pre-activation at position t of one row.
+// Packed rows: how many positions before t (at most width - 1) belong to t's sequence, i.e. the
+// taps t - j, j <= back, that the conv reads (q: the row's seq_idx, or null: one sequence).
+__device__ __forceinline__ int seq_back(const int* q, int t, int width) {
+  int j = 0;
+  while (j < width - 1 && j < t && (q == nullptr || q[t - j - 1] == q[t - j])) ++j;
+  return j;
+}
+
+// The same after t: the positions t + j, j <= ahead, whose taps read x[t].
+__device__ __forceinline__ int seq_ahead(const int* q, int t, int width, int seqlen) {
+  int j = 0;
+  while (j < width - 1 && t + j + 1 < seqlen && (q == nullptr || q[t + j + 1] == q[t + j])) ++j;
+  return j;
+}
+
+// The pre-activation at position t of one row, from the taps up to `back` positions before t.
 template <typename T>
-__device__ __forceinline__ float conv_at(const T* x, const float (&w)[kMaxConvWidth], int width, float bias, int t) {
+__device__ __forceinline__ float conv_at(const T* x, const float (&w)[kMaxConvWidth], int width, float bias, int t,
+                                         int back) {
   float acc = bias;
 #pragma unroll
   for (int k = 0; k < kMaxConvWidth; ++k) {
-    const int s = t - width + 1 + k;
-    if (k < width && s >= 0) acc = fmaf(w[k], to_float(x[s]), acc);
+    const int shift = width - 1 - k;
+    if (k < width && shift <= back) acc = fmaf(w[k], to_float(x[t - shift]), acc);
   }
   return acc;
 }
@@ -32,6 +48,11 @@ __device__ __forceinline__ float conv_at(const T* x, const float (&w)[kMaxConvWi
 __device__ __forceinline__ void load_weights(const float* weight, int width, float (&w)[kMaxConvWidth]) {
 #pragma unroll
   for (int k = 0; k < kMaxConvWidth; ++k) w[k] = k < width ? __ldg(weight + k) : 0.f;
+}
+
+// The row's seq_idx, or null.
+__device__ __forceinline__ const int* row_seq_idx(const CausalConv1dParams& p, size_t row) {
+  return p.seq_idx ? p.seq_idx + row / p.dim * p.seqlen : nullptr;
 }
 
 // One thread per output element, consecutive threads on consecutive positions of a row.
@@ -43,13 +64,15 @@ __global__ __launch_bounds__(kConvThreads) void conv_fwd_kernel(CausalConv1dPara
   const int t = static_cast<int>(i - row * p.seqlen), d = static_cast<int>(row % p.dim);
   float w[kMaxConvWidth];
   load_weights(p.weight + static_cast<size_t>(d) * p.width, p.width, w);
-  const float pre = conv_at(static_cast<const T*>(p.x) + row * p.seqlen, w, p.width, p.bias ? p.bias[d] : 0.f, t);
+  const float pre = conv_at(static_cast<const T*>(p.x) + row * p.seqlen, w, p.width, p.bias ? p.bias[d] : 0.f, t,
+                            seq_back(row_seq_idx(p, row), t, p.width));
   static_cast<T*>(p.out)[i] = from_float<T>(p.silu ? pre * sigmoid(pre) : pre);
 }
 
 // One block per (batch, dim) row, walking it in tiles of kConvThreads positions. Per tile, the
 // gradient of the pre-activation (recomputed from x) is staged in shared memory with a halo of
-// width - 1 positions after the tile, which dx[t] = sum_k weight[k] g[t + width - 1 - k] reads. Each
+// width - 1 positions after the tile, which dx[t] = sum_k weight[k] g[t + width - 1 - k] reads (over
+// the positions of t's sequence: packed rows). Each
 // thread sums its positions' dweight/dbias terms; the block reduces them and adds them atomically.
 template <typename T>
 __global__ __launch_bounds__(kConvThreads) void conv_bwd_kernel(CausalConv1dParams p) {
@@ -58,6 +81,7 @@ __global__ __launch_bounds__(kConvThreads) void conv_bwd_kernel(CausalConv1dPara
   const size_t row = blockIdx.x;
   const int d = static_cast<int>(row % p.dim), width = p.width;
   const T* x = static_cast<const T*>(p.x) + row * p.seqlen;
+  const int* q = row_seq_idx(p, row);
   const T* dout = static_cast<const T*>(p.dout) + row * p.seqlen;
   T* dx = static_cast<T*>(p.dx) + row * p.seqlen;
   float w[kMaxConvWidth];
@@ -70,7 +94,7 @@ __global__ __launch_bounds__(kConvThreads) void conv_bwd_kernel(CausalConv1dPara
       float v = 0.f;
       if (t < p.seqlen) {
         v = to_float(dout[t]);
-        if (p.silu) v *= silu_grad(conv_at(x, w, width, bias, t));
+        if (p.silu) v *= silu_grad(conv_at(x, w, width, bias, t, seq_back(q, t, width)));
       }
       g[j] = v;
     }
@@ -78,13 +102,14 @@ __global__ __launch_bounds__(kConvThreads) void conv_bwd_kernel(CausalConv1dPara
     const int t = t0 + threadIdx.x;
     if (t < p.seqlen) {
       const float gt = g[threadIdx.x];
+      const int back = seq_back(q, t, width), ahead = seq_ahead(q, t, width, p.seqlen);
       float acc = 0.f;
 #pragma unroll
       for (int k = 0; k < kMaxConvWidth; ++k) {
         if (k >= width) break;
-        const int s = t - width + 1 + k;
-        if (s >= 0) dw[k] = fmaf(gt, to_float(x[s]), dw[k]);
-        acc = fmaf(w[k], g[threadIdx.x + width - 1 - k], acc);
+        const int shift = width - 1 - k;
+        if (shift <= back) dw[k] = fmaf(gt, to_float(x[t - shift]), dw[k]);
+        if (shift <= ahead) acc = fmaf(w[k], g[threadIdx.x + shift], acc);
       }
       dw[kMaxConvWidth] += gt;
       dx[t] = from_float<T>(acc);

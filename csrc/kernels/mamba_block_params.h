@@ -18,6 +18,7 @@ struct CausalConv1dParams {
   const void* x = nullptr;       // (batch, dim, seqlen), input type (as are out, dout, dx)
   const float* weight = nullptr; // (dim, width); out_t = bias + sum_k weight[k] x_{t - width + 1 + k}
   const float* bias = nullptr;   // (dim,) or null
+  const int* seq_idx = nullptr;  // (batch, seqlen) or null: packed rows; taps stay in their sequence
   void* out = nullptr;           // forward output
   const void* dout = nullptr;    // backward: gradient of out
   void* dx = nullptr;            // written once

@@ -62,6 +62,16 @@ inline void check_optional(const char* op, const char* name, const OptTensor& t,
   if (t) check_input(op, name, *t, shape, like, same_dtype);
 }
 
+// The sequence index of packed rows: (batch, seqlen) int32 on `device` (see registration.cpp).
+inline void check_seq_idx(const char* op, const OptTensor& seq_idx, int64_t batch, int64_t seqlen,
+                          const at::Device& device) {
+  if (!seq_idx) return;
+  TORCH_CHECK_VALUE(seq_idx->scalar_type() == at::kInt, op, ": seq_idx must be int32, got ", dtype_text(*seq_idx));
+  TORCH_CHECK_VALUE(seq_idx->device() == device, op, ": seq_idx must be on ", device.str(),
+                    " like the other inputs, got ", seq_idx->device().str());
+  check_shape(op, "seq_idx", *seq_idx, {batch, seqlen});
+}
+
 // B or C. `forms` lists the accepted shapes by rank (kAny in the groups entry, at index 1); returns
 // the number of groups (1 for a form without a groups axis), which must divide dim.
 struct StateInputForm {
@@ -124,12 +134,7 @@ inline ScanSizes check_scan_inputs(const at::Tensor& u, const at::Tensor& delta,
   check_optional(op, "D", D, {s.dim}, u);
   check_optional(op, "delta_bias", delta_bias, {s.dim}, u);
   check_optional(op, "z", z, u.sizes(), u, /*same_dtype=*/true);
-  if (seq_idx) {
-    TORCH_CHECK_VALUE(seq_idx->scalar_type() == at::kInt, op, ": seq_idx must be int32, got ", dtype_text(*seq_idx));
-    TORCH_CHECK_VALUE(seq_idx->device() == u.device(), op, ": seq_idx must be on ", u.device().str(),
-                      " like the other inputs, got ", seq_idx->device().str());
-    check_shape(op, "seq_idx", *seq_idx, {s.batch, s.seqlen});
-  }
+  check_seq_idx(op, seq_idx, s.batch, s.seqlen, u.device());
   return s;
 }
 

@@ -9,7 +9,7 @@
 #include <utility>
 
 #include "kernels/mamba_block_params.h"
-#include "ops/checks.h"  // check_float, check_shape, text
+#include "ops/checks.h"  // check_float, check_shape, check_seq_idx, text
 
 namespace ssm_tools::mamba_block {
 
@@ -27,12 +27,14 @@ struct ConvShape {
   int64_t batch, dim, seqlen, width;
 };
 
+// seq_idx: the optional (batch, seqlen) int32 sequence index of packed rows, as the scan's.
 inline ConvShape check_conv(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                            const char* op) {
+                            const std::optional<at::Tensor>& seq_idx, const char* op) {
   check_float(op, "x", x, x.device());
   TORCH_CHECK_VALUE(x.dim() == 3 && x.numel() > 0, op, ": x must be a non-empty (batch, dim, seqlen), got ", text(x.sizes()));
   check_width(weight, x, op);
   check_optional(op, "bias", bias, {x.size(1)}, x);
+  check_seq_idx(op, seq_idx, x.size(0), x.size(2), x.device());
   return {x.size(0), x.size(1), x.size(2), weight.size(1)};
 }
 

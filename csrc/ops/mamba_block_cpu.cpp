@@ -9,6 +9,7 @@
 
 #include <optional>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "ops/mamba_block_checks.h"
@@ -78,30 +79,53 @@ SSM_CPU_MULTIVERSION T conv_row_backward(const T* __restrict x, const T* __restr
   return db;
 }
 
+// The [start, end) spans of the sequences of each batch row: one span a row without seq_idx, else a
+// span per run of equal seq_idx values. The kernels take each span as a row of its own (x = 0 before
+// its start), which is the packed rows' conv, forward and backward, with no per-position test.
+using Spans = std::vector<std::vector<std::pair<int64_t, int64_t>>>;
+
+Spans sequence_spans(const OptTensor& seq_idx, int64_t batch, int64_t seqlen) {
+  Spans spans(batch);
+  const Tensor q = seq_idx ? seq_idx->contiguous() : Tensor();
+  const int32_t* q_p = ptr<int32_t>(q);
+  for (int64_t b = 0; b < batch; ++b) {
+    const int32_t* row = q_p ? q_p + b * seqlen : nullptr;
+    int64_t start = 0;
+    for (int64_t t = 1; t <= seqlen; ++t) {
+      if (t == seqlen || (row && row[t] != row[t - 1])) {
+        spans[b].emplace_back(start, t);
+        start = t;
+      }
+    }
+  }
+  return spans;
+}
+
 // The pre-activation of every row (parallel over rows). The SiLU and its gradient run as ATen's
 // vectorised kernels over the whole tensor.
-void conv_rows(const Tensor& x, const Tensor& w, const Tensor& b, const ConvShape& s, Tensor& out) {
+void conv_rows(const Tensor& x, const Tensor& w, const Tensor& b, const Spans& spans, const ConvShape& s, Tensor& out) {
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "causal_conv1d_cpu", [&] {
     using T = scalar_t;
     const T *x_p = ptr<T>(x), *w_p = ptr<T>(w), *b_p = ptr<T>(b);
     T* out_p = ptr<T>(out);
     at::parallel_for(0, s.batch * s.dim, 16, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
-        const int64_t d = row % s.dim;
-        conv_row(x_p + row * s.seqlen, w_p + d * s.width, b_p ? b_p[d] : T(0), s.seqlen, s.width,
-                 out_p + row * s.seqlen);
+        const int64_t d = row % s.dim, offset = row * s.seqlen;
+        for (const auto& [s0, s1] : spans[row / s.dim])
+          conv_row(x_p + offset + s0, w_p + d * s.width, b_p ? b_p[d] : T(0), s1 - s0, s.width, out_p + offset + s0);
       }
     });
   });
 }
 
-Tensor causal_conv1d_fwd_cpu(const Tensor& x, const Tensor& weight, const OptTensor& bias, bool silu) {
-  const ConvShape s = check_conv(x, weight, bias, "causal_conv1d");
+Tensor causal_conv1d_fwd_cpu(const Tensor& x, const Tensor& weight, const OptTensor& bias, bool silu,
+                             const OptTensor& seq_idx) {
+  const ConvShape s = check_conv(x, weight, bias, seq_idx, "causal_conv1d");
   const at::ScalarType dtype = compute_dtype(x);
   const Tensor x_c = as(x, dtype), w_c = as(weight, dtype);
   const Tensor b_c = bias ? as(*bias, dtype) : Tensor();
   Tensor out = at::empty(x.sizes(), x_c.options());
-  conv_rows(x_c, w_c, b_c, s, out);
+  conv_rows(x_c, w_c, b_c, sequence_spans(seq_idx, s.batch, s.seqlen), s, out);
   if (silu) at::silu_(out);
   return out.to(x.scalar_type());
 }
@@ -109,16 +133,17 @@ Tensor causal_conv1d_fwd_cpu(const Tensor& x, const Tensor& weight, const OptTen
 // Parallel over channels (each sums its weight gradient over the batch in a fixed order, so the
 // result does not depend on the thread count).
 std::tuple<Tensor, Tensor, Tensor> causal_conv1d_bwd_cpu(const Tensor& dout, const Tensor& x, const Tensor& weight,
-                                                         const OptTensor& bias, bool silu) {
-  const ConvShape s = check_conv(x, weight, bias, "causal_conv1d");
+                                                         const OptTensor& bias, bool silu, const OptTensor& seq_idx) {
+  const ConvShape s = check_conv(x, weight, bias, seq_idx, "causal_conv1d");
   ssm_tools::check_input("causal_conv1d", "dout", dout, x.sizes(), x);
   const at::ScalarType dtype = compute_dtype(x);
   const Tensor x_c = as(x, dtype), w_c = as(weight, dtype), g_c = as(dout, dtype);
   const Tensor b_c = bias ? as(*bias, dtype) : Tensor();
+  const Spans spans = sequence_spans(seq_idx, s.batch, s.seqlen);
   Tensor g = g_c;
   if (silu) {
     Tensor pre = at::empty(x.sizes(), x_c.options());
-    conv_rows(x_c, w_c, b_c, s, pre);
+    conv_rows(x_c, w_c, b_c, spans, s, pre);
     g = at::silu_backward(g_c, pre);
   }
   Tensor dx = at::empty(x.sizes(), x_c.options());
@@ -133,8 +158,9 @@ std::tuple<Tensor, Tensor, Tensor> causal_conv1d_bwd_cpu(const Tensor& dout, con
         T db = 0;
         for (int64_t bi = 0; bi < s.batch; ++bi) {
           const int64_t offset = (bi * s.dim + d) * s.seqlen;
-          db += conv_row_backward(x_p + offset, g_p + offset, w_p + d * s.width, s.seqlen, s.width, dx_p + offset,
-                                  dw_p + d * s.width);
+          for (const auto& [s0, s1] : spans[bi])
+            db += conv_row_backward(x_p + offset + s0, g_p + offset + s0, w_p + d * s.width, s1 - s0, s.width,
+                                    dx_p + offset + s0, dw_p + d * s.width);
         }
         if (db_p) db_p[d] = db;
       }

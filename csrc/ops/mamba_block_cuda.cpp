@@ -55,15 +55,16 @@ void check_launch(int err, const char* op) {
 void* stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
 struct ConvCall {
-  Tensor x, weight, bias;
+  Tensor x, weight, bias, seq_idx;
   CausalConv1dParams p;
 };
 
-ConvCall conv_call(const Tensor& x, const Tensor& weight, const OptTensor& bias, bool silu) {
+ConvCall conv_call(const Tensor& x, const Tensor& weight, const OptTensor& bias, bool silu,
+                   const OptTensor& seq_idx) {
   constexpr const char* op = "causal_conv1d";
   TORCH_CHECK(x.is_cuda(), op, ": x must be a CUDA tensor");
-  const ConvShape s = check_conv(x, weight, bias, op);
-  ConvCall c{x.contiguous(), param(weight), opt_param(bias), {}};
+  const ConvShape s = check_conv(x, weight, bias, seq_idx, op);
+  ConvCall c{x.contiguous(), param(weight), opt_param(bias), seq_idx ? seq_idx->contiguous() : Tensor(), {}};
   c.p.batch = static_cast<int>(s.batch);
   c.p.dim = static_cast<int>(s.dim);
   c.p.seqlen = static_cast<int>(s.seqlen);
@@ -72,12 +73,14 @@ ConvCall conv_call(const Tensor& x, const Tensor& weight, const OptTensor& bias,
   c.p.x = c.x.data_ptr();
   c.p.weight = c.weight.data_ptr<float>();
   c.p.bias = ptr(c.bias);
+  c.p.seq_idx = c.seq_idx.defined() ? c.seq_idx.data_ptr<int>() : nullptr;
   return c;
 }
 
-Tensor causal_conv1d_fwd_cuda(const Tensor& x, const Tensor& weight, const OptTensor& bias, bool silu) {
+Tensor causal_conv1d_fwd_cuda(const Tensor& x, const Tensor& weight, const OptTensor& bias, bool silu,
+                              const OptTensor& seq_idx) {
   const c10::cuda::CUDAGuard guard(x.device());
-  ConvCall c = conv_call(x, weight, bias, silu);
+  ConvCall c = conv_call(x, weight, bias, silu, seq_idx);
   Tensor out = at::empty(x.sizes(), c.x.options());
   c.p.out = out.data_ptr();
   check_launch(causal_conv1d_fwd_launch(c.p, input_type(x, "causal_conv1d"), stream()), "causal_conv1d");
@@ -85,9 +88,10 @@ Tensor causal_conv1d_fwd_cuda(const Tensor& x, const Tensor& weight, const OptTe
 }
 
 std::tuple<Tensor, Tensor, Tensor> causal_conv1d_bwd_cuda(const Tensor& dout, const Tensor& x, const Tensor& weight,
-                                                          const OptTensor& bias, bool silu) {
+                                                          const OptTensor& bias, bool silu,
+                                                          const OptTensor& seq_idx) {
   const c10::cuda::CUDAGuard guard(x.device());
-  ConvCall c = conv_call(x, weight, bias, silu);
+  ConvCall c = conv_call(x, weight, bias, silu, seq_idx);
   ssm_tools::check_input("causal_conv1d", "dout", dout, x.sizes(), x);
   const Tensor g = dout.to(x.scalar_type()).contiguous();
   Tensor dx = at::empty(x.sizes(), c.x.options());

@@ -33,8 +33,10 @@ TORCH_LIBRARY(ssm_tools, m) {
   // Causal depthwise conv1d, x (batch, dim, seqlen), weight (dim, width), bias (dim,), optionally
   // through SiLU; out in x's dtype. The backward recomputes the pre-activation from x and returns
   // dx (x's dtype), dweight and dbias (float32, float64 for float64 x; dbias empty without bias).
-  m.def("causal_conv1d_fwd(Tensor x, Tensor weight, Tensor? bias, bool silu) -> Tensor");
-  m.def("causal_conv1d_bwd(Tensor dout, Tensor x, Tensor weight, Tensor? bias, bool silu) -> "
+  // Packed rows: seq_idx (batch, seqlen) int32, as the scan's; a tap reads x only within the output
+  // position's own sequence (no change of seq_idx between the two), as if x were 0 before each start.
+  m.def("causal_conv1d_fwd(Tensor x, Tensor weight, Tensor? bias, bool silu, Tensor? seq_idx=None) -> Tensor");
+  m.def("causal_conv1d_bwd(Tensor dout, Tensor x, Tensor weight, Tensor? bias, bool silu, Tensor? seq_idx=None) -> "
         "(Tensor dx, Tensor dweight, Tensor dbias)");
   // One decode position: conv_state (batch, dim, width) shifts left in place and takes x (batch,
   // dim); returns the conv's output (batch, dim) in x's dtype.

@@ -130,14 +130,17 @@ def _on_device_of_x(op, x, **tensors):
             raise ValueError(f"{op}: {name} must be on {x.device} like x, got {t.device}")
 
 
-def causal_conv1d(x, weight, bias=None, silu=False):
+def causal_conv1d(x, weight, bias=None, silu=False, seq_idx=None):
     """Causal depthwise conv1d, as mamba_ssm's causal_conv1d_fn: out[b, d, t] = act(bias[d] +
     sum_k weight[d, k] x[b, d, t - width + 1 + k]), x = 0 before t = 0, act = SiLU if ``silu``.
 
     x: (batch, dim, seqlen); weight: (dim, width), width <= 8; bias: (dim,). Returns out like x.
-    Differentiable in x, weight and bias (the backward recomputes the pre-activation from x)."""
-    _on_device_of_x("causal_conv1d", x, weight=weight, bias=bias)
-    return _ops.causal_conv1d_fwd(x, weight, bias, bool(silu))
+    Differentiable in x, weight and bias (the backward recomputes the pre-activation from x).
+
+    Packed rows: ``seq_idx`` (batch, seqlen) int32, as selective_scan's; x = 0 before each
+    sequence's start too, so no output reads another sequence's inputs."""
+    _on_device_of_x("causal_conv1d", x, weight=weight, bias=bias, seq_idx=seq_idx)
+    return _ops.causal_conv1d_fwd(x, weight, bias, bool(silu), seq_idx)
 
 
 def causal_conv1d_update(conv_state, x, weight, bias=None, silu=False):
@@ -159,27 +162,27 @@ def mamba_state_update(state, x, xdbl, dt_weight, dt_bias, A_log, D=None, z=None
 
 
 def _conv_setup_context(ctx, inputs, output):
-    x, weight, bias, silu = inputs
-    ctx.save_for_backward(x, weight, bias)
+    x, weight, bias, silu, seq_idx = inputs
+    ctx.save_for_backward(x, weight, bias, seq_idx)
     ctx.silu = silu
 
 
 def _conv_backward(ctx, dout):
-    x, weight, bias = ctx.saved_tensors
-    dx, dweight, dbias = _ops.causal_conv1d_bwd(dout, x, weight, bias, ctx.silu)
-    return dx, dweight.to(weight.dtype), None if bias is None else dbias.to(bias.dtype), None
+    x, weight, bias, seq_idx = ctx.saved_tensors
+    dx, dweight, dbias = _ops.causal_conv1d_bwd(dout, x, weight, bias, ctx.silu, seq_idx)
+    return dx, dweight.to(weight.dtype), None if bias is None else dbias.to(bias.dtype), None, None
 
 
 torch.library.register_autograd("ssm_tools::causal_conv1d_fwd", _conv_backward, setup_context=_conv_setup_context)
 
 
 @torch.library.register_fake("ssm_tools::causal_conv1d_fwd")
-def _conv_fwd_fake(x, weight, bias, silu):
+def _conv_fwd_fake(x, weight, bias, silu, seq_idx=None):
     return x.new_empty(x.shape)
 
 
 @torch.library.register_fake("ssm_tools::causal_conv1d_bwd")
-def _conv_bwd_fake(dout, x, weight, bias, silu):
+def _conv_bwd_fake(dout, x, weight, bias, silu, seq_idx=None):
     dtype = _state_dtype(x)
     return (x.new_empty(x.shape), x.new_empty(weight.shape, dtype=dtype),
             x.new_empty(0 if bias is None else bias.shape, dtype=dtype))

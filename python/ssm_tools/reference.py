@@ -73,6 +73,13 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     return (out, x) if return_last_state else out
 
 
+def sequences(seq_idx_row) -> list[tuple[int, int]]:
+    """The (start, end) of every sequence (run of equal values) of one row of a sequence index."""
+    ids = seq_idx_row.tolist()
+    starts = [0] + [t for t in range(1, len(ids)) if ids[t] != ids[t - 1]] + [len(ids)]
+    return list(zip(starts, starts[1:]))
+
+
 def _packed_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, seq_idx):
     """selective_scan_ref of every sequence (run of equal seq_idx values) of every row separately."""
     def piece(t, b, s0, s1):  # a per-position tensor's slice of one sequence, kept as one row
@@ -80,12 +87,10 @@ def _packed_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return
 
     outs, lasts = [], []
     for b in range(u.shape[0]):
-        ids = seq_idx[b].tolist()
-        starts = [0] + [t for t in range(1, len(ids)) if ids[t] != ids[t - 1]] + [len(ids)]
         row = [selective_scan_ref(piece(u, b, s0, s1), piece(delta, b, s0, s1), A, piece(B, b, s0, s1),
                                   piece(C, b, s0, s1), D, piece(z, b, s0, s1), delta_bias, delta_softplus,
                                   return_last_state=True)
-               for s0, s1 in zip(starts, starts[1:])]
+               for s0, s1 in sequences(seq_idx[b])]
         outs.append(torch.cat([out for out, _ in row], dim=-1))
         lasts.append(row[-1][1])
     out = torch.cat(outs)
@@ -222,9 +227,13 @@ def replay_reference(make_tools: Callable[[], list[Tool]], prompts: Sequence[Seq
                       torch.tensor([e[2] for e in episodes]))
 
 
-def causal_conv1d_ref(x, weight, bias=None, silu=False):
+def causal_conv1d_ref(x, weight, bias=None, silu=False, seq_idx=None):
     """Causal depthwise conv1d through F.conv1d: x (batch, dim, seqlen), weight (dim, width), bias
-    (dim,); out[t] = act(bias + sum_k weight[k] x[t - width + 1 + k]), act = SiLU if ``silu``."""
+    (dim,); out[t] = act(bias + sum_k weight[k] x[t - width + 1 + k]), act = SiLU if ``silu``.
+    Packed rows (``seq_idx``, (batch, seqlen)): every sequence convolved as its own one-row input."""
+    if seq_idx is not None:
+        return torch.cat([torch.cat([causal_conv1d_ref(x[b:b + 1, :, s0:s1], weight, bias, silu)
+                                     for s0, s1 in sequences(seq_idx[b])], dim=-1) for b in range(x.shape[0])])
     dtype = _compute_dtype(x)
     width = weight.shape[1]
     out = F.conv1d(x.to(dtype), weight.to(dtype)[:, None, :], None if bias is None else bias.to(dtype),
@@ -252,14 +261,14 @@ def mamba_state_update_ref(state, x, xdbl, dt_weight, dt_bias, A_log, D=None, z=
                                       dt_softplus=True)
 
 
-def mamba_mixer_ref(mixer, h):
+def mamba_mixer_ref(mixer, h, seq_idx=None):
     """A ``models.mamba.MambaMixer``'s forward written plainly, token-major, with nn layers, F.conv1d
     and selective_scan_ref (autograd differentiates it): what the fused forward and backward are
-    tested against, from the same parameters. h: (batch, seqlen, d_model)."""
+    tested against, from the same parameters. h: (batch, seqlen, d_model); seq_idx: packed rows."""
     x, z = mixer.in_proj(h).transpose(1, 2).chunk(2, dim=1)
-    x = causal_conv1d_ref(x, mixer.conv1d.weight[:, 0, :], mixer.conv1d.bias, silu=True)
+    x = causal_conv1d_ref(x, mixer.conv1d.weight[:, 0, :], mixer.conv1d.bias, silu=True, seq_idx=seq_idx)
     dt, B, C = mixer.x_proj(x.transpose(1, 2)).split([mixer.dt_rank, mixer.d_state, mixer.d_state], dim=-1)
     dt = F.linear(dt, mixer.dt_proj.weight)
     y = selective_scan_ref(x, dt.transpose(1, 2), -torch.exp(mixer.A_log), B.transpose(1, 2), C.transpose(1, 2),
-                           mixer.D, z, delta_bias=mixer.dt_proj.bias, delta_softplus=True)
+                           mixer.D, z, delta_bias=mixer.dt_proj.bias, delta_softplus=True, seq_idx=seq_idx)
     return mixer.out_proj(y.transpose(1, 2))

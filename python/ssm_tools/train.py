@@ -4,13 +4,17 @@ Each step draws `batch_size` instances from the task's training distribution up 
 `train_max_size` (`task.sample_train`: for addition each operand's length uniform in 1..max), turns
 the task's oracle into trajectories through the real dispatch loop (`task.trajectories`), and minimises cross-entropy
 of tokens[:, j] given tokens[:, :j] wherever loss_mask[:, j] (prompt and tool answers are inputs, not
-targets). AdamW, linear warmup then cosine decay, bf16 autocast on CUDA. Checkpoints hold everything
-needed to continue bit-for-bit (model, optimizer, scheduler, step, every RNG) and are written
-atomically, so `resume=True` after a kill continues exactly where the last checkpoint stopped.
+targets). A model that takes packed rows (Mamba) trains on the batch's episodes packed several to
+a row with per-sequence state resets (`pack_batch`), the others on rows padded to the longest; the
+loss is the same either way, only the padding's work goes. AdamW, linear warmup then cosine decay,
+bf16 autocast on CUDA. Checkpoints hold everything needed to continue bit-for-bit (model, optimizer,
+scheduler, step, every RNG) and are written atomically, so `resume=True` after a kill continues
+exactly where the last checkpoint stopped.
 
 Under torchrun (several processes, `ssm_tools.distributed`) the model trains data-parallel: each
-rank takes its rows of the same whole batch and the loss is normalised by the whole batch's token
-count, so the steps do not depend on the number of processes (and a checkpoint resumes on any).
+rank takes its episodes of the same whole batch (and packs them) and the loss is normalised by the
+whole batch's count of learned tokens, so the steps do not depend on the number of processes (and a
+checkpoint resumes on any).
 """
 from __future__ import annotations
 
@@ -79,11 +83,13 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def masked_loss(model, tokens: torch.Tensor, loss_mask: torch.Tensor, total: int | None = None) -> torch.Tensor:
+def masked_loss(model, tokens: torch.Tensor, loss_mask: torch.Tensor, total: int | None = None,
+                seq_idx: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy of tokens[:, j] from tokens[:, :j] summed over positions where loss_mask[:, j],
     over `total` (default: their number, i.e. the mean). A data-parallel rank passes the whole batch's
-    count, so the ranks' losses add up to the batch's mean."""
-    logits = model(tokens[:, :-1])
+    count, so the ranks' losses add up to the batch's mean. Packed rows (`pack_rows`): seq_idx (B, T)
+    like tokens."""
+    logits = model(tokens[:, :-1]) if seq_idx is None else model(tokens[:, :-1], seq_idx[:, :-1].contiguous())
     target, mask = tokens[:, 1:], loss_mask[:, 1:]
     count = int(mask.sum())
     total = count if total is None else total
@@ -97,16 +103,68 @@ def masked_loss(model, tokens: torch.Tensor, loss_mask: torch.Tensor, total: int
     return loss if total == count else loss * (count / total)
 
 
+def aligned_width(width: int, multiple: int) -> int:
+    """The least row width >= `width` whose model input (width - 1 positions) is a multiple of
+    `multiple`. On a GPU rows are aligned so (multiple 8): 16-byte rows in bf16, for which the scan
+    kernels use 128-bit loads and cuBLAS its aligned GEMM kernels, which a seqlen like 215 denies them."""
+    return width + (-(width - 1) % multiple)
+
+
 def pad_batch(tokens: torch.Tensor, loss_mask: torch.Tensor, multiple: int):
-    """Right-pads a batch with PAD (loss mask off) so that the model's input length (tokens[:, :-1])
-    is a multiple of `multiple`. The loss is unchanged: every model is causal, so positions after a
-    trajectory's end affect nothing before them, and they are not learned. On a GPU this keeps rows
-    16-byte aligned in bf16 (multiple 8): the scan kernels then use 128-bit loads and cuBLAS its
-    aligned GEMM kernels, which a seqlen like 215 denies them."""
-    extra = -(tokens.shape[1] - 1) % multiple
+    """Right-pads a batch with PAD (loss mask off) to `aligned_width`. The loss is unchanged: every
+    model is causal, so positions after a trajectory's end affect nothing before them, and they are
+    not learned."""
+    extra = aligned_width(tokens.shape[1], multiple) - tokens.shape[1]
     if extra == 0:
         return tokens, loss_mask
     return (F.pad(tokens, (0, extra), value=V.PAD), F.pad(loss_mask, (0, extra), value=False))
+
+
+# Packed rows hold up to this many of the batch's longest episode: on the training batches of addition
+# (1..5 digits) and multiplication_nx2 (1..10) at batch 128, first fit decreasing then fills ~97% of
+# the positions with real tokens, against ~71% / 67% padded to the longest and ~75% / 87% in rows of
+# one longest episode (most episodes are longer than half the longest, so few pairs fit one).
+PACK_EPISODES = 4
+
+
+def pack_batch(tokens: torch.Tensor, loss_mask: torch.Tensor, lengths: torch.Tensor, multiple: int):
+    """`pack_rows` into rows of PACK_EPISODES longest episodes, aligned as pad_batch aligns."""
+    return pack_rows(tokens, loss_mask, lengths, PACK_EPISODES * int(lengths.max()), multiple)
+
+
+def pack_rows(tokens: torch.Tensor, loss_mask: torch.Tensor, lengths: torch.Tensor, width: int, multiple: int = 1):
+    """Packs the episodes of a padded batch (row i: its first lengths[i] tokens) into rows of at most
+    `width` tokens, first fit decreasing (ties in batch order), for a model that takes packed rows;
+    the rows come out as wide as the fullest, `aligned_width` to `multiple`.
+    Returns (tokens, loss_mask, seq_idx): PAD after a row's last episode, seq_idx (int32) the
+    episode's place in its row (the padding one more). An episode's first token is never learned,
+    so nothing is learned across a boundary: the loss and its gradient are those of the padded
+    batch, position for position (models/base.py: each sequence as if it had its own row)."""
+    lengths = [int(n) for n in lengths]
+    if max(lengths) > width:
+        raise ValueError(f"width {width} is shorter than the longest episode ({max(lengths)} tokens)")
+    rows, free = [], []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        r = next((r for r, f in enumerate(free) if f >= lengths[i]), len(rows))
+        if r == len(rows):
+            rows.append([])
+            free.append(width)
+        rows[r].append(i)
+        free[r] -= lengths[i]
+    width = aligned_width(width - min(free), multiple)
+    out = torch.full((len(rows), width), V.PAD, dtype=tokens.dtype)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    seq_idx = torch.zeros((len(rows), width), dtype=torch.int32)
+    for r, episodes in enumerate(rows):
+        pos = 0
+        for s, i in enumerate(episodes):
+            n = lengths[i]
+            out[r, pos:pos + n] = tokens[i, :n]
+            mask[r, pos + 1:pos + n] = loss_mask[i, 1:n]
+            seq_idx[r, pos:pos + n] = s
+            pos += n
+        seq_idx[r, pos:] = len(episodes)
+    return out, mask, seq_idx
 
 
 def param_groups(model, weight_decay: float):
@@ -210,26 +268,32 @@ class Trainer:
 
     # -- training ------------------------------------------------------------------------------
     def batch(self):
-        """(tokens, loss_mask) of this rank's rows of the next batch, on the device; the whole
-        batch's token count and its count of learned positions (the loss's denominator)."""
+        """(tokens, loss_mask, seq_idx) of this rank's rows of the next batch, on the device; the
+        whole batch's token count and its count of learned positions (the loss's denominator).
+        A model that takes packed rows gets the episodes packed (`pack_batch`) and their seq_idx;
+        the others get them padded to the longest (seq_idx None). Rows are aligned on a GPU."""
         sizes = [self.cfg.train_max_size] * self.cfg.batch_size
         transcript, _ = self.task.trajectories(self.rng, sizes, train=True)
         tokens, mask, lengths = transcript.tokens, transcript.loss_mask, transcript.lengths
         ntok, learned = int(lengths.sum()), int(mask[:, 1:].sum())
-        if self.world > 1:  # rows rank, rank + world, ...; columns up to their longest episode
+        if self.world > 1:  # episodes rank, rank + world, ...
             rows = slice(self.rank, None, self.world)
-            width = int(lengths[rows].max())
-            tokens, mask = tokens[rows, :width], mask[rows, :width]
-        if self.device.type == "cuda":
-            tokens, mask = pad_batch(tokens, mask, 8)
-        return tokens.to(self.device), mask.to(self.device), ntok, learned
+            tokens, mask, lengths = tokens[rows], mask[rows], lengths[rows]
+        multiple = 8 if self.device.type == "cuda" else 1
+        if self.model.packs_rows:
+            tokens, mask, seq_idx = pack_batch(tokens, mask, lengths, multiple)
+            seq_idx = seq_idx.to(self.device)
+        else:
+            longest = int(lengths.max())
+            (tokens, mask), seq_idx = pad_batch(tokens[:, :longest], mask[:, :longest], multiple), None
+        return tokens.to(self.device), mask.to(self.device), seq_idx, ntok, learned
 
     def train_step(self) -> tuple[float, int]:
         """One optimizer step; returns (the batch's mean loss, tokens in the batch without padding)."""
-        tokens, mask, ntok, learned = self.batch()
+        tokens, mask, seq_idx, ntok, learned = self.batch()
         self.model.train()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            loss = masked_loss(self.ddp, tokens, mask, learned)
+            loss = masked_loss(self.ddp, tokens, mask, learned, seq_idx)
         self.opt.zero_grad(set_to_none=True)
         (loss * self.world).backward()  # DDP averages over the ranks: their sum is the batch's gradient
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)

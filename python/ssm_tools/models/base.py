@@ -39,10 +39,17 @@ class LanguageModel(nn.Module):
         if tie_embeddings:
             self.lm_head.weight = self.embedding.weight
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (B, T) -> logits (B, T, vocab_size)."""
+    def forward(self, tokens: torch.Tensor, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B, T) -> logits (B, T, vocab_size). Packed rows (models with `packs_rows`):
+        seq_idx (B, T) int32 names each position's sequence; every sequence is computed as if it
+        had its own row (a sequence starts where seq_idx changes)."""
         check_tokens(tokens, self.vocab_size, 2)
-        return self.lm_head(self.norm_f(self.body(self.embedding(tokens.long()))))
+        x = self.embedding(tokens.long())
+        if seq_idx is None:
+            return self.lm_head(self.norm_f(self.body(x)))
+        if not self.packs_rows:
+            raise ValueError(f"{type(self).__name__} does not take packed rows (seq_idx); pad the batch instead")
+        return self.lm_head(self.norm_f(self.body(x, seq_idx)))
 
     def step(self, tokens: torch.Tensor, state):
         """One token per sequence: tokens (B,) -> (logits (B, vocab_size), state).
@@ -67,6 +74,9 @@ class LanguageModel(nn.Module):
 
     def init_state(self, batch_size: int, device=None):
         raise NotImplementedError
+
+    # True when `body` takes seq_idx (packed rows of several sequences).
+    packs_rows = False
 
     # True when every state tensor keeps its shape from step to step (recurrent models), so a decode
     # step can be captured once as a CUDA graph; a growing KV cache cannot.

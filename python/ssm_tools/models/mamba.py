@@ -62,28 +62,28 @@ class _MambaLayer(torch.autograd.Function):
     the states and every parameter gradient stay in float32."""
 
     @staticmethod
-    def forward(ctx, r, norm_weight, eps, dims, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D, out_w):
+    def forward(ctx, r, seq_idx, norm_weight, eps, dims, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D, out_w):
         d_inner, dt_rank, d_state = dims
         cd = _compute_dtype(r)
         with torch.autocast(r.device.type, enabled=False):
             h = (r if norm_weight is None else F.rms_norm(r, r.shape[-1:], norm_weight, eps)).to(cd)
             W_in, W_x, W_dt, W_out = (w.to(cd) for w in (in_w, x_w, dt_w, out_w))
             x, z = (_shared_bmm(w, h.mT) for w in W_in.split(d_inner))  # (B, d_inner, T) each
-            u = _ops.causal_conv1d_fwd(x, conv_w[:, 0], conv_b, True)
+            u = _ops.causal_conv1d_fwd(x, conv_w[:, 0], conv_b, True, seq_idx)
             x_dbl = _shared_bmm(W_x, u)  # (B, dt_rank + 2 d_state, T)
             delta = _shared_bmm(W_dt, x_dbl[:, :dt_rank])
             B, C = (t.unsqueeze(1) for t in x_dbl[:, dt_rank:].split(d_state, dim=1))
-            y, _, saved = _ops.selective_scan_fwd(u, delta, -torch.exp(A_log), B, C, D, z, dt_b, True)
+            y, _, saved = _ops.selective_scan_fwd(u, delta, -torch.exp(A_log), B, C, D, z, dt_b, True, seq_idx)
             y_t = _ops.transpose_cat([y])  # (B, T, d_inner), by the tiled transpose
             out = F.linear(y_t, W_out)
-        ctx.save_for_backward(r, norm_weight, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D, out_w, x, z, x_dbl,
-                              y_t, saved)
+        ctx.save_for_backward(r, seq_idx, norm_weight, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D, out_w, x, z,
+                              x_dbl, y_t, saved)
         ctx.eps, ctx.dims, ctx.cd = eps, dims, cd
         return out
 
     @staticmethod
     def backward(ctx, g):
-        r, norm_weight, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D, out_w, x, z, x_dbl, y_t, saved = \
+        r, seq_idx, norm_weight, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D, out_w, x, z, x_dbl, y_t, saved = \
             ctx.saved_tensors
         d_inner, dt_rank, d_state = ctx.dims
         cd = ctx.cd
@@ -98,19 +98,19 @@ class _MambaLayer(torch.autograd.Function):
         dy = _shared_bmm(W_out.t(), g.mT)  # (B, d_inner, T)
         d_out_w = g.reshape(-1, d_model).t() @ y_t.reshape(-1, d_inner)
         # Recompute the conv and dt_proj (cheap), then the scan's backward.
-        u = _ops.causal_conv1d_fwd(x, conv_w[:, 0], conv_b, True)
+        u = _ops.causal_conv1d_fwd(x, conv_w[:, 0], conv_b, True, seq_idx)
         dt_low = x_dbl[:, :dt_rank]
         delta = _shared_bmm(W_dt, dt_low)
         A = -torch.exp(A_log)
         B, C = (t.unsqueeze(1) for t in x_dbl[:, dt_rank:].split(d_state, dim=1))
         du, ddelta, dA, dB, dC, dD, dz, d_dt_b = _ops.selective_scan_bwd(dy, None, u, delta, A, B, C, D, z, dt_b,
-                                                                          True, saved)
+                                                                          True, saved, seq_idx)
         ddelta = ddelta.to(cd)
         d_dt_w = _batch_summed_bmm(ddelta, dt_low)
         dx_dbl = torch.cat([_shared_bmm(W_dt.t(), ddelta), dB[:, 0].to(cd), dC[:, 0].to(cd)], dim=1)
         d_x_w = _batch_summed_bmm(dx_dbl, u)
         du = torch.baddbmm(du.to(cd), W_x.t().expand(batch, -1, -1), dx_dbl)
-        dx, d_conv_w, d_conv_b = _ops.causal_conv1d_bwd(du, x, conv_w[:, 0], conv_b, True)
+        dx, d_conv_w, d_conv_b = _ops.causal_conv1d_bwd(du, x, conv_w[:, 0], conv_b, True, seq_idx)
         dxz = _ops.transpose_cat([dx, dz.to(cd)]).view(batch * T, 2 * d_inner)
         dh = (dxz @ W_in).view(batch, T, d_model)
         d_in_w = dxz.t() @ h.view(batch * T, d_model)
@@ -120,7 +120,7 @@ class _MambaLayer(torch.autograd.Function):
             dr, d_norm_w = torch.autograd.grad(h_full, (r_, norm_w), dh.to(h_full.dtype))
         grads = (d_in_w, d_conv_w.view_as(conv_w), d_conv_b, d_x_w, d_dt_w, d_dt_b, dA * A, dD, d_out_w)
         params = (in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D, out_w)
-        return (dr, d_norm_w, None, None, *(gr.to(p.dtype) for gr, p in zip(grads, params)))
+        return (dr, None, d_norm_w, None, None, *(gr.to(p.dtype) for gr, p in zip(grads, params)))
 
 
 class MambaMixer(nn.Module):
@@ -148,9 +148,10 @@ class MambaMixer(nn.Module):
         self.D = nn.Parameter(torch.ones(d_inner))
         self.A_log._no_weight_decay = self.D._no_weight_decay = True
 
-    def forward(self, h: torch.Tensor, norm: nn.RMSNorm | None = None) -> torch.Tensor:
-        """mixer(norm(h)) for h (B, T, d_model) (the norm recomputed in the backward)."""
-        return _MambaLayer.apply(h, None if norm is None else norm.weight, None if norm is None else norm.eps,
+    def forward(self, h: torch.Tensor, norm: nn.RMSNorm | None = None, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """mixer(norm(h)) for h (B, T, d_model) (the norm recomputed in the backward); packed rows
+        (seq_idx (B, T) int32): the conv and the scan restart at every sequence's start."""
+        return _MambaLayer.apply(h, seq_idx, None if norm is None else norm.weight, None if norm is None else norm.eps,
                                  (self.d_inner, self.dt_rank, self.d_state), self.in_proj.weight,
                                  self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
                                  self.dt_proj.bias, self.A_log, self.D, self.out_proj.weight)
@@ -166,6 +167,7 @@ class MambaMixer(nn.Module):
 
 class Mamba(LanguageModel):
     fixed_size_state = True
+    packs_rows = True
 
     def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, d_state: int = 16,
                  d_conv: int = 4, expand: int = 2, dt_rank: int | None = None, tie_embeddings: bool = True):
@@ -174,9 +176,9 @@ class Mamba(LanguageModel):
         self.norms = nn.ModuleList(nn.RMSNorm(d_model) for _ in range(n_layers))
         self.mixers = nn.ModuleList(MambaMixer(d_model, d_state, d_conv, expand, dt_rank) for _ in range(n_layers))
 
-    def body(self, x):
+    def body(self, x, seq_idx=None):
         for norm, mixer in zip(self.norms, self.mixers):
-            x = x + mixer(x, norm)
+            x = x + mixer(x, norm, seq_idx)
         return x
 
     def body_step(self, x, state):
