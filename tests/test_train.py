@@ -112,9 +112,9 @@ def test_pack_rows_places_every_episode_once(seed):
         pack_rows(tokens, mask, lengths, 3)
 
 
-@pytest.mark.parametrize("name, packs", [("mamba", True), ("lstm", False)])
-def test_trainer_packs_rows_for_models_that_take_them(tmp_path, name, packs):
-    cfg = TrainConfig(steps=1, batch_size=16, seed=1)
+@pytest.mark.parametrize("name, pack, packs", [("mamba", True, True), ("mamba", False, False), ("lstm", True, False)])
+def test_trainer_packs_rows_for_models_that_take_them(tmp_path, name, pack, packs):
+    cfg = TrainConfig(steps=1, batch_size=16, seed=1, pack=pack)
     trainer = Trainer(get_task("addition"), name, {"vocab_size": 128, "d_model": 16, "n_layers": 1}, cfg, tmp_path,
                       progress=False)
     tokens, mask, seq_idx, ntok, learned = trainer.batch()
@@ -133,7 +133,7 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
 
 
 @pytest.mark.parametrize("field, value", [("steps", 0), ("batch_size", -2), ("lr", 0.0), ("warmup", -1),
-                                           ("train_max_size", 0), ("eval_n", 1.5)])
+                                           ("train_max_size", 0), ("eval_n", 1.5), ("pack", "yes")])
 def test_train_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})

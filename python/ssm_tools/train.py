@@ -59,6 +59,7 @@ class TrainConfig:
     eval_sizes: list[int] = field(default_factory=lambda: [10])
     eval_n: int = 32
     dtype: str = "float32"  # parameters (float64 for exact comparisons); CUDA computes in bf16 autocast
+    pack: bool = True  # episodes packed into rows for models that take packed rows (else padded rows)
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "train_max_size", "ckpt_every", "eval_n"):
@@ -69,6 +70,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a non-negative int, got {getattr(self, name)!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not isinstance(self.pack, bool):
+            raise ValueError(f"pack must be true or false, got {self.pack!r}")
         if not (0 <= self.weight_decay and 0 <= self.min_lr_ratio <= 1 and self.grad_clip > 0):
             raise ValueError("weight_decay must be >= 0, min_lr_ratio in [0, 1], grad_clip > 0")
         if self.dtype not in DTYPES:
@@ -280,7 +283,7 @@ class Trainer:
             rows = slice(self.rank, None, self.world)
             tokens, mask, lengths = tokens[rows], mask[rows], lengths[rows]
         multiple = 8 if self.device.type == "cuda" else 1
-        if self.model.packs_rows:
+        if self.model.packs_rows and self.cfg.pack:
             tokens, mask, seq_idx = pack_batch(tokens, mask, lengths, multiple)
             seq_idx = seq_idx.to(self.device)
         else:
@@ -349,8 +352,9 @@ class Trainer:
 
 
 def recipe(ck: dict) -> dict:
-    """The TrainConfig fields a checkpoint was trained with; those from before `dtype` were float32."""
-    return {"dtype": "float32", **ck["train"]}
+    """The TrainConfig fields a checkpoint was trained with; those from before `dtype` were float32,
+    those from before `pack` padded."""
+    return {"dtype": "float32", "pack": False, **ck["train"]}
 
 
 def load_checkpoint(path, device: str = "cpu"):
