@@ -123,6 +123,24 @@ def test_trainer_packs_rows_for_models_that_take_them(tmp_path, name, pack, pack
     assert tokens.shape[0] < 16 if packs else tokens.shape[0] == 16
 
 
+def test_fit_seconds_sizes_the_run_and_it_is_the_run_of_those_steps(tmp_path):
+    """A run sized to its time trains the steps its warmup's pace allows, records them, and is step
+    for step the run of a recipe with that many steps from the start."""
+    def trainer(steps, out):
+        cfg = TrainConfig(steps=steps, batch_size=2, warmup=3, seed=3, train_max_size=3, dtype="float64")
+        return Trainer(get_task("addition"), "mamba", {"vocab_size": 128, "d_model": 8, "n_layers": 1}, cfg, out,
+                       progress=False)
+    fitted = trainer(10 ** 6, tmp_path / "fit")
+    fitted.run(fit_seconds=1.0)
+    assert 3 < fitted.step < 10 ** 6 and fitted.cfg.steps == fitted.step
+    _, meta = load_checkpoint(tmp_path / "fit")
+    assert meta["train"]["steps"] == fitted.step
+    plain = trainer(fitted.step, tmp_path / "plain")
+    plain.run()
+    for (name, a), b in zip(fitted.model.state_dict().items(), plain.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
 def test_lr_schedule_warms_up_then_decays_to_the_floor():
     cfg = TrainConfig(steps=100, warmup=10, min_lr_ratio=0.1)
     factors = [lr_factor(s, cfg) for s in range(101)]

@@ -305,11 +305,25 @@ class Trainer:
         self.step += 1
         return distributed.all_sum([loss.item()], self.device)[0], ntok
 
-    def run(self, max_seconds: float | None = None) -> dict:
+    def fit_steps(self, steps: int) -> None:
+        """Lowers the run's step count to `steps` (at least one more than taken, never more than
+        cfg.steps), its warmup with it if needed; the checkpoint records the new recipe."""
+        self.cfg.steps = max(self.step + 1, min(self.cfg.steps, steps))
+        self.cfg.warmup = min(self.cfg.warmup, self.cfg.steps)
+        self.meta["train"] = asdict(self.cfg)
+
+    def run(self, max_seconds: float | None = None, fit_seconds: float | None = None) -> dict:
         """Train until cfg.steps; returns the last log row. `max_seconds` is a time budget: once a
         step ends past it, a checkpoint is written and training stops ("stopped": True in the row),
-        to be resumed (`load`) by a later process, e.g. the next of several time-limited jobs."""
+        to be resumed (`load`) by a later process, e.g. the next of several time-limited jobs.
+
+        `fit_seconds` instead sizes the run to the time: the first steps of warmup (at most 20) are
+        timed and cfg.steps is lowered (never raised) so that training ends about `fit_seconds` after
+        it started. The warmup does not depend on the step count, so the run is the very run of a
+        recipe with those steps from the start (recorded in the checkpoint), repeatable as such."""
         started = time.perf_counter()
+        probe_steps = max(1, min(20, self.cfg.warmup))
+        probe = self.step + probe_steps if fit_seconds is not None else None
         main = self.rank == 0  # writes the log and shows progress; the other ranks only train
         log_path = self.out / LOG
         new_log = not log_path.exists() or self.step == 0
@@ -340,6 +354,10 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:.0f}", **({"acc": row["eval"]} if "eval" in row else {}))
                 bar.update(1)
                 self.train_seconds += time.perf_counter() - t0
+                if self.step == probe:
+                    elapsed = time.perf_counter() - started
+                    self.fit_steps(self.step + int((fit_seconds - elapsed) * probe_steps / elapsed))
+                    bar.total = self.cfg.steps
                 out_of_time = max_seconds is not None and time.perf_counter() - started > max_seconds
                 if max_seconds is not None and self.world > 1:  # every rank stops at the same step
                     out_of_time = distributed.all_sum([float(out_of_time)], self.device)[0] > 0
