@@ -89,8 +89,9 @@ TASKS = {
                            "sizes": {"cpu": [10, 20, 50, 100], "paper": [10, 20, 50, 100, 200, 500, 1000]}},
     "logical_graph": {
         "size_label": "gates", "sizes": {"paper": [10, 20, 50, 100, 200, 500, 1000]},
-        "unavailable": {"cpu": _NO_CPU.format(why="a tiny Mamba stays at chance on the label digits for "
-                                                  "hundreds of 3-second steps (results/tasks_notes.md)")},
+        "unavailable": {"cpu": _NO_CPU.format(why="a tiny Mamba learns to copy labels in minutes but, after "
+                                                  "1,700 steps, still loses the current node beyond the last "
+                                                  "`find` result (results/tasks_notes.md)")},
         "scales": {
             "paper": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("lstm", "interactive"),
                                ("pythia", "interactive")],
