@@ -25,6 +25,7 @@ CASES += [("mixture", "interactive", {"add_weight": 0.5})]
 CASES += [("hanoi", m, {"variant": v}) for m in ("interactive", "cot", "single_turn")
           for v in ("iterative", "recursive")]
 CASES += [("logical_graph", m, {}) for m in ("interactive", "cot", "single_turn")]
+CASES += [("logical_graph", "interactive", {"labels": 100})]
 
 
 def token_accuracy(task, inst, tokens, mask=None) -> float:
@@ -136,6 +137,8 @@ DIGESTS = {
     "hanoi-single_turn-iterative": "e22a9ba0b1bd8adb", "hanoi-single_turn-recursive": "121800bc00b6cfc4",
     "logical_graph-interactive": "e26c8d84e630baac", "logical_graph-cot": "19e17eda69d52a74",
     "logical_graph-single_turn": "23450d8a36d7eed5",
+    # Recorded when the option was added (the oracle is the default one's, with labels below 100).
+    "logical_graph-interactive-100": "013236357cf2b430",
 }
 
 
@@ -283,6 +286,8 @@ def test_seeding_is_reproducible(rng):
     (lambda rng: get_task("addition").sample(rng, True), r"size \(digits\) must be an integer"),
     (lambda rng: get_task("hanoi").sample(rng, 101), r"size \(disks\) must be <= 100"),
     (lambda rng: get_task("logical_graph").sample_train(rng, -3), r"max_size \(gates\) must be an integer >= 1"),
+    (lambda rng: get_task("logical_graph", labels=3), r"labels must be an integer > 3"),
+    (lambda rng: get_task("logical_graph", labels=100).sample(rng, 98), r"size \(gates\) must be <= 97 with 100 labels"),
     (lambda rng: get_task("multiplication").max_steps(0), r"size \(digits\)"),
 ])
 def test_bad_input_raises_naming_the_field(call, match, rng):

@@ -2,7 +2,8 @@
 
 A DAG of n gates over 3 inputs; each gate is the AND or OR of one or two earlier variables, each
 possibly negated ("v88 = v12 and not v630", "v5 = not v88"); the last gate is the output. Labels
-are distinct random "v<0..9999>". Prompt: the code, inputs first, one assignment per line, then
+are distinct random "v<0..9999>" (option `labels`: "v<0..labels-1>"; fewer labels mean shorter ones
+to copy, for tiny models, see results/tasks_notes.md). Prompt: the code, inputs first, one assignment per line, then
 "print(<output>)".
 
 Interactive policy (depth-first search with `find`, memory as the stack): the current node's
@@ -74,8 +75,8 @@ class Circuit:
         return values[self.output]
 
 
-def random_circuit(rng: np.random.Generator, n: int) -> Circuit:
-    labels = [f"v{i}" for i in rng.choice(LABELS, NUM_INPUTS + n, replace=False).tolist()]
+def random_circuit(rng: np.random.Generator, n: int, label_space: int = LABELS) -> Circuit:
+    labels = [f"v{i}" for i in rng.choice(label_space, NUM_INPUTS + n, replace=False).tolist()]
     inputs = tuple((v, bool(b)) for v, b in zip(labels, rng.integers(0, 2, NUM_INPUTS).tolist()))
     gates = []
     unused = list(range(NUM_INPUTS))  # variables no gate reads yet
@@ -158,11 +159,21 @@ class LogicalGraph(Task):
     modes = ("interactive", "cot", "single_turn")
     size_name = "gates"
 
+    def __init__(self, mode: str = "interactive", labels: int = LABELS):
+        super().__init__(mode)
+        if isinstance(labels, bool) or not isinstance(labels, int) or labels <= NUM_INPUTS:
+            raise ValueError(f"logical_graph: labels must be an integer > {NUM_INPUTS}, got {labels!r}")
+        self.labels = labels
+
+    def __repr__(self) -> str:
+        return f"LogicalGraph(mode={self.mode!r}, labels={self.labels})"
+
     def sample(self, rng: np.random.Generator, size: int) -> Circuit:
         n = self.check_size(size)
-        if n > LABELS - NUM_INPUTS:
-            raise ValueError(f"logical_graph: size (gates) must be <= {LABELS - NUM_INPUTS}, got {n}")
-        return random_circuit(rng, n)
+        if n > self.labels - NUM_INPUTS:
+            raise ValueError(f"logical_graph: size (gates) must be <= {self.labels - NUM_INPUTS} with {self.labels} "
+                             f"labels, got {n}")
+        return random_circuit(rng, n, self.labels)
 
     def sample_train(self, rng: np.random.Generator, max_size: int) -> Circuit:
         return self.sample(rng, int(rng.integers(1, self.check_size(max_size, "max_size") + 1)))

@@ -1,0 +1,210 @@
+"""Why a tiny model does not learn the logical graph: training with the accuracy of each kind of model
+token logged as it goes (results/tasks_notes.md, "Learning the logical graph").
+
+    python benchmarks/graph_learning.py --labels 100 --train-max 3 --max-s 360 --out e5.jsonl
+    python benchmarks/graph_learning.py --kinds-of e5.jsonl.pt --labels 100 --sizes 1,3,10
+
+Training: AdamW, warmup then cosine (train.lr_factor), batches of `--batch` episodes of 1..train-max
+gates (`--phases 300:1` trains the first 300 steps on 1 gate), one thread. Every `--log-every` steps
+one JSON line: the loss and the teacher-forced accuracy of the label digits in `find` calls, of the
+digits in thought lines, of the values (T/F) and of every other model token. At the end the model is
+saved (<out>.pt) and evaluated greedily with the tool (`--eval` sizes). `--kinds-of` splits the
+teacher-forced accuracy of a saved model finer, by what each token copies or computes (KINDS).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ssm_tools import vocab as V
+from ssm_tools.evaluate import evaluate_size
+from ssm_tools.models import build_model
+from ssm_tools.tasks.logical_graph import LogicalGraph
+from ssm_tools.train import TrainConfig, lr_factor, param_groups
+
+DIGITS = {V.encode(str(d))[0] for d in range(10)}
+VALUES = {V.encode("T")[0], V.encode("F")[0]}  # the first letter of True / False
+NEWLINE = V.encode("\n")[0]
+# The label a `find` call copies, by the event before it (thought "x from node", "node is value", a call).
+KINDS = {
+    "c_output": "the output, from print(...) at the prompt's end",
+    "c_op1_out": "the output's first operand, from the first line of the last result",
+    "c_op1_child": "a new node's first operand, from the first line of the result before its 'from' thought",
+    "c_op1_back": "the parent's first operand, from the first line of the last result (after a return)",
+    "c_next_op": "the next operand of the current node, whose definition is one result further back",
+    "c_self": "the node just valued, from the 'is' thought before",
+    "c_parent": "the parent, from the 'node from parent' line of the last result",
+    "t_from_child": "x in 'x from node'", "t_from_node": "node in 'x from node'",
+    "t_is_node": "node in 'node is value'", "v_is": "value in 'node is value'", "v_ans": "the answer",
+}
+
+
+def token_kinds(tokens: list[int], mask: list[bool]) -> list[str | None]:
+    """The KINDS name of each position of one oracle episode (None: another model token or an input)."""
+    out: list[str | None] = [None] * len(tokens)
+    events = ["prompt"]
+    i, n = 0, len(tokens)
+    while i < n:
+        t = tokens[i]
+        if t == V.CALL:
+            last = events[-3:]
+            kind = ("c_output" if last[-1] == "prompt" else "c_op1_child" if last[-1] == "from"
+                    else "c_self" if last[-1] == "is" else "c_parent" if last[-2] == "is"
+                    else "c_op1_back" if last == ["is", "C", "C"] else "c_op1_out" if last[-2] == "prompt"
+                    else "c_next_op")
+            while tokens[i] != V.CALL_END:
+                out[i] = kind if tokens[i] in DIGITS else None
+                i += 1
+            events.append("C")
+        elif t == V.RESULT:
+            while tokens[i] != V.RESULT_END:
+                i += 1
+        elif t == V.ANS:
+            if i + 1 < n and tokens[i + 1] in VALUES:
+                out[i + 1] = "v_ans"
+            i += 1
+        elif mask[i] and t != NEWLINE:  # a thought line
+            j = i
+            while j < n and tokens[j] not in (NEWLINE, V.ANS):
+                j += 1
+            line = V.decode(tokens[i:j])
+            split = line.find(" from ")
+            for q in range(i, j):
+                if tokens[q] in DIGITS:
+                    out[q] = ("t_from_child" if q - i < split else "t_from_node") if split >= 0 else "t_is_node"
+                elif tokens[q] in VALUES and split < 0:
+                    out[q] = "v_is"
+            events.append("from" if split >= 0 else "is")
+            i = j
+        i += 1
+    return out
+
+
+def coarse(kind: str | None) -> str:
+    return "other" if kind is None else "call_dig" if kind[0] == "c" else "value" if kind[0] == "v" else "thought_dig"
+
+
+def accuracy_by(name_of, tokens, mask, pred, stats: dict) -> dict:
+    """Adds (right, total) per name_of(kind) over the model tokens of a batch to `stats`."""
+    for b in range(tokens.shape[0]):
+        toks, m = tokens[b].tolist(), mask[b].tolist()
+        for j, kind in enumerate(token_kinds(toks, m)):
+            if j and m[j]:
+                s = stats.setdefault(name_of(kind), [0, 0])
+                s[0] += int(pred[b, j - 1] == toks[j])
+                s[1] += 1
+    return stats
+
+
+def build(a) -> torch.nn.Module:
+    cfg = dict(vocab_size=V.VOCAB_SIZE, d_model=a.d, n_layers=a.layers)
+    if a.model == "mamba":
+        cfg.update(d_state=a.d_state, expand=a.expand)
+    return build_model(a.model, **cfg)
+
+
+def kinds_of(a, task) -> None:
+    model = build(a)
+    saved = torch.load(a.kinds_of)  # a model saved here, or a run's checkpoint.pt (its model_state)
+    model.load_state_dict(saved.get("model_state", saved))
+    model.eval()
+    rng = np.random.default_rng(99)
+    for size in a.sizes:
+        tr, _ = task.trajectories(rng, [size] * 16)
+        with torch.no_grad():
+            pred = model(tr.tokens[:, :-1]).argmax(-1)
+        stats = accuracy_by(lambda k: k or "other", tr.tokens, tr.loss_mask, pred, {})
+        print(json.dumps({"size": size, **{k: [round(r / t, 3), t] for k, (r, t) in sorted(stats.items())}}))
+
+
+def train(a, task) -> None:
+    torch.manual_seed(a.seed)
+    rng = np.random.default_rng(a.seed)
+    model = build(a)
+    if a.init:
+        model.load_state_dict(torch.load(a.init))
+    cfg = TrainConfig(steps=a.steps, batch_size=a.batch, lr=a.lr, warmup=a.warmup)
+    opt = torch.optim.AdamW(param_groups(model, 0.0), lr=a.lr, betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    phases = [tuple(map(int, p.split(":"))) for p in a.phases.split(",") if p]
+    out = open(a.out, "w") if a.out else sys.stdout
+
+    def log(row):
+        out.write(json.dumps(row) + "\n")
+        out.flush()
+
+    log({"args": vars(a), "params": sum(p.numel() for p in model.parameters())})
+    t0, stats, step = time.time(), {}, 0
+    while step < a.steps and time.time() - t0 < a.max_s:
+        end, top = 0, a.train_max
+        for steps, size in phases:
+            end += steps
+            if step < end:
+                top = size
+                break
+        sizes = [int(s) for s in rng.integers(a.train_min, top + 1, a.batch)]
+        tr, _ = task.trajectories(rng, sizes)
+        model.train()
+        logits = model(tr.tokens[:, :-1])
+        mask = tr.loss_mask[:, 1:]
+        loss = F.cross_entropy(logits[mask], tr.tokens[:, 1:][mask])
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        step += 1
+        accuracy_by(coarse, tr.tokens, tr.loss_mask, logits.argmax(-1), stats)
+        if step % a.log_every == 0 or step == a.steps:
+            log({"step": step, "loss": round(loss.item(), 4), "s": round(time.time() - t0, 1),
+                 **{k: round(r / t, 3) for k, (r, t) in stats.items()}})
+            stats = {}
+    if a.out:
+        torch.save(model.state_dict(), a.out + ".pt")
+    final = {"steps_done": step, "train_s": round(time.time() - t0, 1)}
+    for size in a.eval:
+        final[size] = evaluate_size(model, task, size, a.n)["accuracy"]
+    log({"final": final})
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
+    p.add_argument("--model", default="mamba")
+    p.add_argument("--d", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--d-state", type=int, default=16)
+    p.add_argument("--expand", type=int, default=2)
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--train-min", type=int, default=1)
+    p.add_argument("--train-max", type=int, default=3)
+    p.add_argument("--phases", default="", help="steps:max_size,... trained first (a curriculum)")
+    p.add_argument("--labels", type=int, default=10_000)
+    p.add_argument("--mode", default="interactive")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-s", type=float, default=300, help="training time limit (seconds)")
+    p.add_argument("--eval", type=ints, default=[3, 10])
+    p.add_argument("--n", type=int, default=30)
+    p.add_argument("--init", default="", help="start from this saved model (<out>.pt)")
+    p.add_argument("--log-every", type=int, default=20)
+    p.add_argument("--out", default=None, help="JSON lines file (default: stdout)")
+    p.add_argument("--kinds-of", default=None,
+                   help="a saved model (<out>.pt or a run's checkpoint.pt): print its accuracy per KINDS entry")
+    p.add_argument("--sizes", type=ints, default=[1, 3, 10])
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    task = LogicalGraph(a.mode, labels=a.labels)
+    kinds_of(a, task) if a.kinds_of else train(a, task)
+
+
+if __name__ == "__main__":
+    main()
