@@ -50,7 +50,8 @@ N=${N:-100}
 SIZES=${SIZES:-10,20,50,100,200,500,1000}
 NPROC=${NPROC:-1}
 BASE=${BASE-$([[ $DEVICE == cuda ]] && echo "results/$TASK/gpu/curve.json")}
-OUT=${OUT:-/tmp/gpu_multiplication}
+OUT=$(realpath -m "${OUT:-/tmp/gpu_multiplication}")
+WORK=$(realpath -m "${WORK:-.}")  # the run's checkpoint goes to $WORK/runs/ (default: the checkout's)
 PYTHON=${PYTHON:-python3}
 case $TASK in
   multiplication_nx1) EVAL_S=${EVAL_S:-150} ;;
@@ -79,6 +80,7 @@ fi
   [[ $DEVICE == cuda ]] && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   "$PYTHON" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
 } | tee "$OUT/plan.txt"
+mkdir -p "$WORK" && cd "$WORK" || exit 2
 # The kill is the last resort: --max-seconds ends evaluations MARGIN_S before it.
 timeout --signal=INT --kill-after=10 $((CALL_S - (SECONDS - start))) \
   "$PYTHON" -m ssm_tools.cli reproduce "$TASK" --scale "$SCALE" --device "$DEVICE" --runs mamba:interactive \

@@ -424,3 +424,26 @@ def test_a_run_its_time_budget_stops_can_be_evaluated_as_it_is(tmp_path, monkeyp
     assert curve["unfinished"] == [] and run["trained_steps"] == 1 and run["train"]["steps"] == 3
     assert run["accuracy"].keys() == {"2"}
     assert R.plot_curve(curve, tmp_path / "c.png")[1] == "mamba (interactive): 2x64, 1 of 3 steps, lr 0.01, 1 seed"
+
+
+@pytest.mark.slow
+def test_gpu_multiplication_script_dry_run_on_cpu(tmp_path):
+    """benchmarks/run_gpu_multiplication.sh with DEVICE=cpu: the call's budget stops training, the run
+    is graded as it is and recorded so, and what comes back fits the device's 8 files."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DEVICE": "cpu", "STEPS": "2000", "SIZES": "10,20", "N": "2", "SEED": "1", "LR": "2e-3",
+           "CALL_S": "60", "EVAL_S": "10", "MARGIN_S": "10", "OUT": str(tmp_path / "out"),
+           "WORK": str(tmp_path / "work"), "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks/run_gpu_multiplication.sh")], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    files = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert {"curve.json", "curve.png", "command.txt", "reproduce.txt", "train_log.csv", "plan.txt"} <= set(files)
+    assert len(files) <= 8
+    (run,) = json.loads((tmp_path / "out/curve.json").read_text())["runs"]
+    assert (run["seed"], run["train"]["seed"], run["train"]["lr"], run["train"]["steps"]) == (1, 1, 2e-3, 2000)
+    assert 0 < run["trained_steps"] < 2000 and set(run["accuracy"]) == {"10", "20"}
+    assert "--evaluate-stopped" in (tmp_path / "out/command.txt").read_text()
