@@ -22,14 +22,19 @@
 # ~500 ms (n x 2; 450 steps took 287 s there). Evaluation at n=100 decodes ~2.4 ms per step over the
 # sizes' step bounds: n x 1 10..1,000 digits ~135 s (1,000 alone ~70 s), n x 2 246 s measured
 # (1,000 alone 130 s). Build ~40 s; start-up 20 s; MARGIN_S 20 s.
-#   task   eval to 1,000   training left of 570 s   steps that fit (padded)   2,000 steps need
-#   n x 1      ~150 s            ~340 s                   ~1,230                ~170 ms/step
-#   n x 2      ~260 s            ~230 s                     ~460                ~115 ms/step
+#   task   EVAL_S (to 1,000)   training left of 570 s   steps that fit (padded)   2,000 steps need
+#   n x 1        150 s               ~340 s                   ~1,230                ~170 ms/step
+#   n x 2        260 s               ~230 s                     ~460                ~115 ms/step
 # So the paper's 2,000 steps do not fit one call on one H200 with padded rows: n x 1 fits once the
 # step is about 1.6x faster (packed rows: mean 222 of 334 tokens), n x 2 needs about 4.3x. Until
 # then choose: STEPS=2000 (the run stops near step 1,230 / 460 with its cosine schedule unfinished,
 # recorded as such), or STEPS that fit (a finished schedule, shorter than the paper's). NPROC=2 on a
 # 2-GPU machine halves the step (data-parallel, --nproc) where one is lent.
+#
+# One point of the task mixture (App. D.6) the same way, e.g. weight 0.5 for 250 steps, graded to 200
+# digits: TASK=multiplication_mixture STEPS=250 ARGS="--add-weights 0.5" SIZES=20,50,100,200 EVAL_S=60.
+# Its training episodes reach 20 digits (1,137 tokens, ~860 ms a padded step): the whole sweep (36
+# runs, 18,600 steps) is about 4.4 GPU-hours of training by these numbers, not a session's budget.
 #
 # Dry run on a CPU (tiny model, a few steps, small sizes), as the tests do:
 #   DEVICE=cpu STEPS=3 SIZES=10,20 N=2 CALL_S=120 EVAL_S=30 OUT=/tmp/dry bash benchmarks/run_gpu_multiplication.sh
@@ -53,10 +58,11 @@ BASE=${BASE-$([[ $DEVICE == cuda ]] && echo "results/$TASK/gpu/curve.json")}
 OUT=$(realpath -m "${OUT:-/tmp/gpu_multiplication}")
 WORK=$(realpath -m "${WORK:-.}")  # the run's checkpoint goes to $WORK/runs/ (default: the checkout's)
 PYTHON=${PYTHON:-python3}
+ARGS=${ARGS:-}
 case $TASK in
   multiplication_nx1) EVAL_S=${EVAL_S:-150} ;;
-  multiplication_nx2) EVAL_S=${EVAL_S:-260} ;;
-  *) echo "TASK must be multiplication_nx1 or multiplication_nx2, got $TASK" >&2; exit 2 ;;
+  multiplication_nx2 | multiplication_mixture) EVAL_S=${EVAL_S:-260} ;;
+  *) echo "TASK must be multiplication_nx1, multiplication_nx2 or multiplication_mixture, got $TASK" >&2; exit 2 ;;
 esac
 export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
 mkdir -p "$OUT"
@@ -85,11 +91,11 @@ mkdir -p "$WORK" && cd "$WORK" || exit 2
 timeout --signal=INT --kill-after=10 $((CALL_S - (SECONDS - start))) \
   "$PYTHON" -m ssm_tools.cli reproduce "$TASK" --scale "$SCALE" --device "$DEVICE" --runs mamba:interactive \
   --seeds "$SEED" --lr "$LR" --steps "$STEPS" --n "$N" --sizes "$SIZES" --nproc "$NPROC" \
-  --max-train-seconds "$train_s" --evaluate-stopped --max-seconds "$eval_end_s" --out "$OUT" --merge \
+  --max-train-seconds "$train_s" --evaluate-stopped --max-seconds "$eval_end_s" --out "$OUT" --merge $ARGS \
   > "$OUT/reproduce.txt" 2>&1
 status=$?
-log=runs/reproduce-$TASK-$SCALE/mamba-interactive-seed$SEED/log.csv
-[[ -f $log ]] && cp "$log" "$OUT/train_log.csv"
+log=$(ls -t runs/reproduce-"$TASK-$SCALE"/mamba-interactive*-seed"$SEED"/log.csv 2>/dev/null | head -1)
+[[ -n $log ]] && cp "$log" "$OUT/train_log.csv"
 grep -E "^evaluated|trained|rror|wrote" "$OUT/reproduce.txt" | cut -c1-300
 "$PYTHON" - "$OUT/curve.json" "$SEED" <<'EOF'
 import json, sys

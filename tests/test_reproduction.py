@@ -334,8 +334,8 @@ def test_mixture_sweeps_every_weight_budget_and_seed_and_draws_accuracy_against_
     legend = R.plot_curve(json.loads((out / "curve.json").read_text()), tmp_path / "sweep.png")
     assert legend == [f"mamba (interactive): 24x768, {s} steps, lr 0.0005, 3 seeds" for s in (250, 500, 800)]
     # One point of the sweep again (--add-weights, --steps: one budget) replaces its own runs only.
-    curve = R.reproduce("multiplication_mixture", "paper", [1], out, device="cuda", workers=2, merge=True, add_weights=[0.5],
-                        steps=250, lr=1e-3)
+    curve = R.reproduce("multiplication_mixture", "paper", [1], out, device="cuda", workers=2, merge=True,
+                        add_weights=[0.5], steps=250, lr=1e-3)
     changed = [r for r in curve["runs"] if r["train"]["lr"] == 1e-3]
     assert len(curve["runs"]) == 36 and [(r["setting"], r["seed"]) for r in changed] == \
         [({"add_weight": 0.5, "steps": 250}, 1)]
@@ -447,3 +447,12 @@ def test_gpu_multiplication_script_dry_run_on_cpu(tmp_path):
     assert (run["seed"], run["train"]["seed"], run["train"]["lr"], run["train"]["steps"]) == (1, 1, 2e-3, 2000)
     assert 0 < run["trained_steps"] < 2000 and set(run["accuracy"]) == {"10", "20"}
     assert "--evaluate-stopped" in (tmp_path / "out/command.txt").read_text()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_gpu_run_records_the_gpu_it_ran_on(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    curve = R.reproduce("addition", "cpu", [1], tmp_path / "out", device="cuda", only=[("mamba", "interactive")],
+                        steps=1, sizes=[2], n=2)
+    (run,) = curve["runs"]
+    assert run["machine"] == torch.cuda.get_device_name() and run["train"]["seed"] == 1

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ssm_tools import vocab as V
-from ssm_tools.config import load_config, make_task, shipped_configs, validate
+from ssm_tools.config import load_config, make_eval_task, make_task, shipped_configs, validate
 from ssm_tools.tasks import TASKS, get_task
 from ssm_tools.tasks.arithmetic import Operands
 from ssm_tools.tasks.base import FORCED, expected_stream, output_stream
@@ -327,6 +327,17 @@ def test_a_config_is_a_path_or_a_shipped_name(tmp_path):
 
 
 GOOD = {"task": {"name": "addition"}, "sizes": {"train": [1, 5], "test": [10]}, "model": {"d_model": 64}}
+
+
+def test_the_graded_task_is_eval_task_else_task():
+    mixture = load_config("mixture_add0.33")
+    assert repr(make_task(mixture)) == "Mixture(mode='interactive', add_weight=0.33)"
+    assert repr(make_eval_task(mixture)) == "Multiplication(mode='interactive', second_digits=2)"
+    assert repr(make_eval_task(validate(GOOD))) == "Addition(mode='interactive')"
+    with pytest.raises(ValueError, match=r"\[eval\] task must be a table with name"):
+        validate({**GOOD, "eval": {"task": {"name": "sorting"}}})
+    with pytest.raises(ValueError, match=r"\[eval\] task: multiplication: second_digits must be 1 or 2"):
+        validate({**GOOD, "eval": {"task": {"name": "multiplication", "options": {"second_digits": 3}}}})
 
 
 @pytest.mark.parametrize("change,match", [

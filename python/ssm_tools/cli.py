@@ -81,7 +81,8 @@ def cmd_evaluate(args) -> None:
     if not sizes:
         raise ValueError("--sizes is required: the checkpoint's config names no test sizes")
     result = evaluate(model, task, sizes, n, device=args.device, tf32=args.tf32)
-    report = {"checkpoint": str(args.checkpoint), "task": spec, "model": meta["model"], "step": meta["step"],
+    report = {"checkpoint": str(args.checkpoint), "task": spec, "graded_task": repr(task), "model": meta["model"],
+              "step": meta["step"],
               "n": n, "accuracy": {str(s): a for s, a in result["accuracy"].items()},
               "per_size": {str(s): r for s, r in result["per_size"].items()}, "command": _command(args)}
     text = json.dumps(report, indent=1)
@@ -111,8 +112,8 @@ def cmd_reproduce(args) -> None:
     print(f"wrote {out}/curve.json and {out}/curve.png ({len(curve['runs'])} runs)")
     for r in curve["runs"]:
         if r.get("trained_steps", r["train"]["steps"]) < r["train"]["steps"]:
-            print(f"{r['model']} ({r['mode']}, seed {r['seed']}): trained {r['trained_steps']} of {r['train']['steps']} "
-                  f"steps (--max-train-seconds), evaluated as it is (--evaluate-stopped)")
+            print(f"{r['model']} ({r['mode']}, seed {r['seed']}): trained {r['trained_steps']} of "
+                  f"{r['train']['steps']} steps (--max-train-seconds), evaluated as it is (--evaluate-stopped)")
     for r in curve["unfinished"]:
         print(f"{r['model']} ({r['mode']}, seed {r['seed']}): training stopped at step {r['stopped']} of "
               f"{r['steps']} (--max-train-seconds); run the same command again to resume")

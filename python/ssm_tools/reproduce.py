@@ -208,8 +208,9 @@ def run_one(config: dict, model: str, model_scale: str | dict, train: dict, seed
         result = evaluate_within(trainer.model, make_eval_task(config), sizes, n, trainer.device, budget,
                                  label=run_name(name))
     return {**name, "model_cfg": trainer.meta["model_cfg"], "train": asdict(cfg), "trained_steps": trainer.step,
-            "machine": machine(trainer.device), "final_loss": trainer.last_loss, "train_seconds": train_s, "eval_seconds": round(time.perf_counter() - t0, 1),
-            "train_processes": trainer.world, "test_sizes": sorted(sizes), "n": n, **result}
+            "machine": machine(trainer.device), "final_loss": trainer.last_loss, "train_seconds": train_s,
+            "eval_seconds": round(time.perf_counter() - t0, 1), "train_processes": trainer.world,
+            "test_sizes": sorted(sizes), "n": n, **result}
 
 
 def identity(model: str, mode: str, seed: int, setting: dict | None = None) -> dict:
