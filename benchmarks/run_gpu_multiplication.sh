@@ -18,8 +18,9 @@
 # What fits in one call (planning numbers: ../shared/measurements.md, results/bench_train_step.json,
 # results/multiplication_nx2/gpu). Training batches are padded to their longest episode: 334 tokens
 # (n x 1) and 637 (n x 2) at up to 10 digits (means 222 and 404); the 24 x 768 step is ~190 ms at
-# seqlen 216 and ~500 ms at 640 (batch 128), about 32 ms + 0.73 ms per token: ~276 ms (n x 1) and
-# ~500 ms (n x 2; 450 steps took 287 s there). Evaluation at n=100 decodes ~2.4 ms per step over the
+# seqlen 216 and ~500 ms at 640 (batch 128, H200), about 32 ms + 0.73 ms per token: ~276 ms (n x 1)
+# and ~500 ms (n x 2); the committed H100 runs took 0.64 s (n x 2) and 0.9 s (n x 1, older code) per
+# step end to end, so the steps below are a ceiling. Evaluation at n=100 decodes ~2.4 ms per step over the
 # sizes' step bounds: n x 1 10..1,000 digits ~135 s (1,000 alone ~70 s), n x 2 246 s measured
 # (1,000 alone 130 s). Build ~40 s; start-up 20 s; MARGIN_S 20 s.
 #   task   EVAL_S (to 1,000)   training left of 570 s   steps that fit (padded)   2,000 steps need
