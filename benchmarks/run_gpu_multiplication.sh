@@ -37,6 +37,10 @@
 # Its training episodes reach 20 digits (1,137 tokens, ~860 ms a padded step): the whole sweep (36
 # runs, 18,600 steps) is about 4.4 GPU-hours of training by these numbers, not a session's budget.
 #
+# LR_GRID=3e-4,1e-3,3e-3 chooses the learning rate in the same call, as the paper did, on a held-out
+# size: VAL_STEPS (100) steps per rate, graded at VAL_SIZE (30) digits (~60 s a rate for n x 2 by the
+# numbers above), recorded in curve.json (lr_selections); that time comes out of the run's training.
+#
 # Dry run on a CPU (tiny model, a few steps, small sizes), as the tests do:
 #   DEVICE=cpu STEPS=3 SIZES=10,20 N=2 CALL_S=120 EVAL_S=30 OUT=/tmp/dry bash benchmarks/run_gpu_multiplication.sh
 # Uses the machine's python3 (CUDA torch, numpy, tqdm, matplotlib); no venv, no downloads.
@@ -46,6 +50,9 @@ start=$SECONDS
 TASK=${TASK:-multiplication_nx2}
 SEED=${SEED:-0}
 LR=${LR:-5e-4}
+LR_GRID=${LR_GRID:-}  # e.g. 3e-4,1e-3,3e-3: choose the lr first, at VAL_SIZE digits (not a test size)
+VAL_SIZE=${VAL_SIZE:-30}
+VAL_STEPS=${VAL_STEPS:-100}
 STEPS=${STEPS:-2000}
 DEVICE=${DEVICE:-cuda}
 SCALE=${SCALE:-$([[ $DEVICE == cpu ]] && echo cpu || echo paper)}
@@ -75,6 +82,8 @@ sys.exit(not torch._C._dispatch_has_kernel_for_dispatch_key('ssm_tools::selectiv
   "$PYTHON" -m pip install --no-build-isolation --no-deps -q -e . -C cmake.define.SSM_TOOLS_CUDA=ON \
     -C build-dir=build/gpu > "$OUT/build.txt" 2>&1 || { tail -30 "$OUT/build.txt"; exit 1; }
 fi
+lr_args="--lr $LR"
+[[ -n $LR_GRID ]] && lr_args="--lr-grid $LR_GRID --val-size $VAL_SIZE --val-steps $VAL_STEPS"
 train_s=$((CALL_S - (SECONDS - start) - STARTUP_S - EVAL_S - MARGIN_S))
 eval_end_s=$((CALL_S - (SECONDS - start) - MARGIN_S))
 if ((train_s < 10)); then
@@ -82,7 +91,7 @@ if ((train_s < 10)); then
   exit 2
 fi
 {
-  echo "task $TASK seed $SEED lr $LR steps $STEPS scale $SCALE device $DEVICE nproc $NPROC n $N sizes $SIZES"
+  echo "task $TASK seed $SEED $lr_args steps $STEPS scale $SCALE device $DEVICE nproc $NPROC n $N sizes $SIZES"
   echo "built after $((SECONDS - start)) s; training budget $train_s s; evaluations end within $eval_end_s s"
   [[ $DEVICE == cuda ]] && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   "$PYTHON" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
@@ -91,7 +100,7 @@ mkdir -p "$WORK" && cd "$WORK" || exit 2
 # The kill is the last resort: --max-seconds ends evaluations MARGIN_S before it.
 timeout --signal=INT --kill-after=10 $((CALL_S - (SECONDS - start))) \
   "$PYTHON" -m ssm_tools.cli reproduce "$TASK" --scale "$SCALE" --device "$DEVICE" --runs mamba:interactive \
-  --seeds "$SEED" --lr "$LR" --steps "$STEPS" --n "$N" --sizes "$SIZES" --nproc "$NPROC" \
+  --seeds "$SEED" $lr_args --steps "$STEPS" --n "$N" --sizes "$SIZES" --nproc "$NPROC" \
   --max-train-seconds "$train_s" --evaluate-stopped --max-seconds "$eval_end_s" --out "$OUT" --merge $ARGS \
   > "$OUT/reproduce.txt" 2>&1
 status=$?

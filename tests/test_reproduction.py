@@ -428,24 +428,29 @@ def test_a_run_its_time_budget_stops_can_be_evaluated_as_it_is(tmp_path, monkeyp
 
 @pytest.mark.slow
 def test_gpu_multiplication_script_dry_run_on_cpu(tmp_path):
-    """benchmarks/run_gpu_multiplication.sh with DEVICE=cpu: the call's budget stops training, the run
-    is graded as it is and recorded so, and what comes back fits the device's 8 files."""
+    """benchmarks/run_gpu_multiplication.sh with DEVICE=cpu, its learning rate chosen in the call:
+    the run is graded and recorded with the chosen rate, and what comes back fits the device's 8
+    files. (A run its budget stops: test_a_run_its_time_budget_stops_can_be_evaluated_as_it_is.)"""
     import os
     import subprocess
     import sys
 
-    env = {**os.environ, "DEVICE": "cpu", "STEPS": "2000", "SIZES": "10,20", "N": "2", "SEED": "1", "LR": "2e-3",
-           "CALL_S": "60", "EVAL_S": "10", "MARGIN_S": "10", "OUT": str(tmp_path / "out"),
-           "WORK": str(tmp_path / "work"), "PYTHON": sys.executable}
+    env = {**os.environ, "DEVICE": "cpu", "STEPS": "3", "SIZES": "10,20", "N": "2", "SEED": "1",
+           "LR_GRID": "2e-3,1e-2", "VAL_SIZE": "5", "VAL_STEPS": "1", "CALL_S": "240", "EVAL_S": "10",
+           "MARGIN_S": "10", "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "work"), "PYTHON": sys.executable}
     done = subprocess.run(["bash", str(ROOT / "benchmarks/run_gpu_multiplication.sh")], env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert {"curve.json", "curve.png", "command.txt", "reproduce.txt", "train_log.csv", "plan.txt"} <= set(files)
     assert len(files) <= 8
-    (run,) = json.loads((tmp_path / "out/curve.json").read_text())["runs"]
-    assert (run["seed"], run["train"]["seed"], run["train"]["lr"], run["train"]["steps"]) == (1, 1, 2e-3, 2000)
-    assert 0 < run["trained_steps"] < 2000 and set(run["accuracy"]) == {"10", "20"}
+    curve = json.loads((tmp_path / "out/curve.json").read_text())
+    (run,) = curve["runs"]
+    (selection,) = curve["lr_selections"]
+    chosen = selection["runs"]["mamba:interactive"]["chosen_lr"]
+    assert (run["seed"], run["train"]["seed"], run["train"]["lr"], run["train"]["steps"]) == (1, 1, chosen, 3)
+    assert [c["lr"] for c in selection["runs"]["mamba:interactive"]["candidates"]] == [2e-3, 1e-2]
+    assert run["trained_steps"] == 3 and set(run["accuracy"]) == {"10", "20"}
     assert "--evaluate-stopped" in (tmp_path / "out/command.txt").read_text()
 
 

@@ -358,7 +358,8 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     A task with a "sweep" (the mixture) runs every (model, mode) at every point of it: each addition
     weight (`add_weights`, default all) times each step budget (`steps`: that one budget instead).
     `lr_grid` chooses the learning rate first (select_lr): a short run per rate, graded at
-    `val_size`, which must not be a test size; the rule and every candidate go into the curve."""
+    `val_size`, which must not be a test size; the rule and every candidate go into the curve. Its
+    time comes out of `max_train_seconds` (the runs after it get what is left)."""
     eval_until = None if max_seconds is None else time.time() + max_seconds
     spec = scale_spec(task, scale)
     settings = sweep_settings(task, scale, add_weights, steps)
@@ -416,16 +417,19 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     chosen = {}
     max_steps = max(s["steps"] for s in settings) if settings[0] else train["steps"]
     if lr_grid is not None:
+        selection_start = time.perf_counter()
         selection = select_lr(execute, runs, spec["models"], lambda mode: setting_config(task, mode, settings[0]),
                               train, lr_grid, val_size, val_steps or max(1, max_steps // 4),
                               min(min(s) for s in run_seeds.values()), n, folder / "lr-selection", device)
         selection = {**selection, **({"setting": settings[0]} if settings[0] else {})}
         chosen = {tuple(key.split(":")): line["chosen_lr"] for key, line in selection["runs"].items()}
         curve["lr_selections"] = curve.get("lr_selections", []) + [{**selection, "command": command}]
+        if max_train_seconds is not None:  # the selection's training came out of this call's budget
+            max_train_seconds = max(0.0, max_train_seconds - (time.perf_counter() - selection_start))
 
     def job(model: str, mode: str, setting: dict | None, seed: int) -> tuple:
         run_recipe = {**train, **({"steps": setting["steps"]} if setting else {}),
-                  **({"lr": chosen[model, mode]} if (model, mode) in chosen else {})}
+                      **({"lr": chosen[model, mode]} if (model, mode) in chosen else {})}
         return (setting_config(task, mode, setting), model, spec["models"][model], run_recipe, seed, sizes, n,
                 folder / run_name(identity(model, mode, seed, setting)), device,
                 max_eval_seconds, max_train_seconds, eval_until, eval_lock, setting, evaluate_stopped)
