@@ -116,9 +116,9 @@ def plot_sweep(curve: dict, path) -> list[str]:
     ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel("weight of addition in the training mix")
     n = curve["n_per_size"]
-    at = f"at {size} {curve['size_label'].split(',')[0]}" if size is not None else "(no size every run reached)"
-    ax.set_ylabel(f"exact-answer accuracy {at}" + (f", n={n}" if n else ""))
+    unit = curve["size_label"].split(" ")[0]  # "digits"
+    ax.set_ylabel(f"exact-answer accuracy at {size} {unit}" if size is not None else "no size every run reached")
     lo, hi = curve["train_sizes"]
-    ax.set_title(f"{curve['task']}: trained on sizes {lo}..{hi}, {curve['scale']} scale; mean line, dots = seeds",
-                 fontsize=9)
+    ax.set_title(f"{curve['task']} ({curve['size_label']}): trained on {lo}..{hi}, {curve['scale']} scale;\n"
+                 f"line: mean over seeds, dots: each seed" + (f", n={n} per point" if n else ""), fontsize=9)
     return _save(fig, ax, path)
