@@ -102,8 +102,9 @@ TASKS = {
         "sizes": {"cpu": [20, 40], "paper": [20, 50, 100, 200, 500, 1000]},
         "sweep": {"config": "mixture_add{add_weight:g}", "add_weight": [0, 0.33, 0.5, 0.6],
                   "steps": {"cpu": [25, 50, 100], "paper": [250, 500, 800]}},
-        # cpu: 36 tiny runs, 2,100 steps of about 0.6 s (batch 16, 20-digit episodes up to 1.1k tokens):
-        # about 11 minutes on 2 cores; too few steps to learn the task, it checks the whole pipeline.
+        # cpu: 36 tiny runs, 2,100 steps (batch 16, 20-digit episodes up to 1.1k tokens): 29 minutes on 2
+        # busy shared cores (results/multiplication_mixture); too few steps to learn the task (0%
+        # everywhere), it checks the whole pipeline.
         "scales": {"cpu": {"runs": [("mamba", "interactive")], "seeds": [0, 1, 2], "n": 20,
                            "train": dict(batch_size=16, lr=1e-2, warmup=5)},
                    "paper": {"runs": [("mamba", "interactive")], "seeds": [0, 1, 2]}}},
