@@ -13,6 +13,7 @@ import torch
 
 from ssm_tools import reproduce as R
 from ssm_tools.cli import main
+from ssm_tools.plots import largest_common_size
 from ssm_tools.reproduce import SCALES, plot_curve, reproduce, run_parallel, task_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,11 +32,14 @@ def test_tool_use_makes_tiny_mamba_generalize_10x_in_length(tmp_path):
 def test_plot_curve_writes_a_png_with_one_band_per_model(tmp_path, rng):
     sizes = [5, 10, 50]
     runs = [{"model": m, "mode": mode, "seed": s, "accuracy": {str(n): rng.random() for n in sizes}, "n": 10,
-             "train": {"steps": 3}} for m, mode in (("mamba", "interactive"), ("mamba", "direct")) for s in (0, 1)]
+             "train": {"steps": 3, "lr": 5e-4}, "model_cfg": {"d_model": 768, "n_layers": 24}}
+            for m, mode in (("mamba", "interactive"), ("mamba", "direct")) for s in (0, 1)]
     curve = {"task": "addition", "scale": "cpu", "train_sizes": [1, 5], "test_sizes": sizes, "n_per_size": 10,
-             "size_label": "digits per operand", "seeds": [0, 1], "runs": runs}
-    plot_curve(curve, tmp_path / "curve.png")
+             "size_label": "digits per operand", "seeds": [0, 1], "runs": runs, "models": {}}
+    legend = plot_curve(curve, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The legend says how each line was trained: model size, steps, learning rate, seeds.
+    assert legend[1:] == [f"mamba ({mode}): 24x768, 3 steps, lr 0.0005, 2 seeds" for mode in ("interactive", "direct")]
 
 
 def test_reproduce_rejects_unknown_scale_and_runs():
@@ -215,7 +219,7 @@ def test_long_episode_tasks_have_their_runs_seeds_and_models(tmp_path, monkeypat
         for config, model, sizes_of_model, train, seed, sizes, n, *_ in jobs:
             seen.append((config["task"]["mode"], model, sizes_of_model, seed))
             results.append({"model": model, "mode": config["task"]["mode"], "seed": seed, "test_sizes": sizes,
-                            "n": n, "accuracy": {str(s): 1.0 for s in sizes}})
+                            "n": n, "accuracy": {str(s): 1.0 for s in sizes}, "train": {**train, "seed": seed}})
             on_result(results[-1])
             curve = json.loads((out / "curve.json").read_text())
             assert len(curve["runs"]) == len(results)  # written before the next run ends
@@ -247,7 +251,7 @@ def test_a_failing_run_is_reported_and_the_others_still_join_the_curve(tmp_path,
     def fake_parallel(jobs, workers=None, on_result=None):
         return [{**failed, "seed": 1} if job[4] == 1 else
                 {"model": "mamba", "mode": "interactive", "seed": job[4], "test_sizes": [7], "n": 1,
-                 "accuracy": {"7": 1.0}} for job in jobs]
+                 "accuracy": {"7": 1.0}, "train": {**job[3], "seed": job[4]}} for job in jobs]
 
     monkeypatch.setattr(R, "run_parallel", fake_parallel)
     curve = R.reproduce("hanoi_recursive", "paper", None, tmp_path / "out", device="cuda", workers=2,
@@ -279,3 +283,183 @@ def _hold_and_log(lock, log):
 def _append(path, line):
     with open(path, "a") as f:
         f.write(line + "\n")
+
+
+# -- how each run was trained, the task mixture's sweep, the learning rate chosen on a held-out size ----
+def test_each_run_records_how_it_was_trained_with_the_seed_it_used(tmp_path, monkeypatch):
+    monkeypatch.setattr(R, "run_parallel", in_process)
+    curve = R.reproduce("addition", "cpu", [1], tmp_path / "out", only=[("mamba", "interactive")], steps=2,
+                        sizes=[2], n=2, lr=2e-3)
+    (run,) = curve["runs"]
+    assert run["seed"] == 1 and run["train"]["seed"] == 1  # the record says the seed the run used
+    # ... which is the trainer's own: the checkpoint holds the recipe it trained with.
+    _, meta = R.load_checkpoint(tmp_path / "runs/reproduce-addition-cpu/mamba-interactive-seed1")
+    assert meta["train"] == run["train"] and meta["model_cfg"] == run["model_cfg"]
+    assert (run["train"]["steps"], run["train"]["lr"], run["train"]["batch_size"]) == (2, 2e-3, 32)
+    assert (run["model_cfg"]["d_model"], run["model_cfg"]["n_layers"]) == (64, 2)
+    assert run["machine"].startswith(f"cpu, {R.os.cpu_count()} cores")
+    assert run["train_seconds"] > 0 and run["eval_seconds"] >= 0
+    assert json.loads((tmp_path / "out/curve.json").read_text())["runs"][0] == {**run, "command": ""}
+
+
+def fake_runs(jobs, workers=None, on_result=None):
+    """run_parallel without training: every run scores its add_weight + steps / 1000 (seed 0 a bit
+    less) at every size."""
+    results = []
+    for job in jobs:
+        config, model, sizes_of_model, train, seed, sizes, n = job[:7]
+        setting = job[13] if len(job) > 13 else None
+        score = (setting["add_weight"] + setting["steps"] / 1000 if setting else 0.5) - 0.01 * (seed == 0)
+        results.append({**R.identity(model, config["task"]["mode"], seed, setting), "test_sizes": sizes, "n": n,
+                        "accuracy": {str(s): score for s in sizes}, "train": {**train, "seed": seed},
+                        "model_cfg": sizes_of_model, "final_loss": train["lr"], "add_weight":
+                            config["task"]["options"].get("add_weight")})
+        if on_result is not None:
+            on_result(results[-1])
+    return results
+
+
+def test_mixture_sweeps_every_weight_budget_and_seed_and_draws_accuracy_against_the_weight(tmp_path, monkeypatch):
+    monkeypatch.setattr(R, "run_parallel", fake_runs)
+    out = tmp_path / "mix"
+    curve = R.reproduce("multiplication_mixture", "paper", None, out, device="cuda", workers=2)
+    runs = curve["runs"]
+    assert len(runs) == 4 * 3 * 3  # App. D.6: 4 weights x 3 budgets, 3 seeds each
+    assert {(r["setting"]["add_weight"], r["setting"]["steps"], r["seed"]) for r in runs} == \
+        {(w, s, seed) for w in (0, 0.33, 0.5, 0.6) for s in (250, 500, 800) for seed in (0, 1, 2)}
+    # Each run trained on its own mixture config, for its budget, and is graded on n x 2 multiplication.
+    assert all(r["add_weight"] == r["setting"]["add_weight"] and r["train"]["steps"] == r["setting"]["steps"]
+               for r in runs)
+    assert curve["sweep"] == {"add_weight": [0, 0.33, 0.5, 0.6], "steps": [250, 500, 800]}
+    assert curve["train_sizes"] == [1, 20] and curve["test_sizes"][-1] == 1000
+    assert curve["models"]["mamba"] == {"d_model": 768, "n_layers": 24, "d_state": 16}
+    legend = R.plot_curve(json.loads((out / "curve.json").read_text()), tmp_path / "sweep.png")
+    assert legend == [f"mamba (interactive): 24x768, {s} steps, lr 0.0005, 3 seeds" for s in (250, 500, 800)]
+    # One point of the sweep again (--add-weights, --steps: one budget) replaces its own runs only.
+    curve = R.reproduce("multiplication_mixture", "paper", [1], out, device="cuda", workers=2, merge=True,
+                        add_weights=[0.5], steps=250, lr=1e-3)
+    changed = [r for r in curve["runs"] if r["train"]["lr"] == 1e-3]
+    assert len(curve["runs"]) == 36 and [(r["setting"], r["seed"]) for r in changed] == \
+        [({"add_weight": 0.5, "steps": 250}, 1)]
+    with pytest.raises(ValueError, match=r"add_weights \[0.4\] have no config; choose from \[0, 0.33, 0.5, 0.6\]"):
+        R.reproduce("multiplication_mixture", "cpu", None, out, add_weights=[0.4])
+    with pytest.raises(ValueError, match="add_weights: addition has no addition weights"):
+        R.reproduce("addition", "cpu", None, out, add_weights=[0.5])
+
+
+def test_sweep_plot_uses_the_largest_size_every_run_reached(tmp_path):
+    runs = [{"model": "mamba", "mode": "interactive", "seed": seed, "setting": {"add_weight": w, "steps": 5},
+             "accuracy": {"20": 1.0, "50": 0.5, "100": None if (w, seed) == (0.5, 1) else 0.2},
+             "train": {"steps": 5, "lr": 1e-2}} for w in (0, 0.5) for seed in (0, 1)]
+    assert largest_common_size(runs) == "50"
+    curve = R.summarize({"task": "multiplication_mixture", "scale": "cpu", "train_sizes": [1, 20], "train": None,
+                         "size_label": "digits of the first operand, x 2 digits", "runs": [
+                             {**r, "n": 4, "test_sizes": [20, 50, 100]} for r in runs],
+                         "models": {"mamba": {"d_model": 64, "n_layers": 2}}})
+    assert R.plot_curve(curve, tmp_path / "c.png") == ["mamba (interactive): 2x64, 5 steps, lr 0.01, 2 seeds"]
+
+
+def test_lr_chosen_on_a_held_out_size_highest_accuracy_then_lowest_loss(tmp_path):
+    scores = {1e-3: (0.5, 0.1), 3e-3: (0.75, 0.3), 1e-2: (0.75, 0.2)}  # lr -> (val accuracy, final loss)
+    seen = []
+
+    def execute(jobs, on_result=None):
+        seen.extend(jobs)
+        return [{"accuracy": {"30": scores[j[3]["lr"]][0]}, "final_loss": scores[j[3]["lr"]][1]} for j in jobs]
+
+    config = R.task_config("addition", "interactive")
+    record = R.select_lr(execute, [("mamba", "interactive")], {"mamba": "tiny"}, lambda mode: config,
+                         {"steps": 100, "lr": 1.0}, list(scores), 30, 7, 2, 5, tmp_path, "cpu")
+    line = record["runs"]["mamba:interactive"]
+    assert line["chosen_lr"] == 1e-2  # 0.75 ties; the lower loss wins
+    assert [(c["lr"], c["val_accuracy"]) for c in line["candidates"]] == [(lr, a) for lr, (a, _) in scores.items()]
+    assert (record["val_size"], record["steps"], record["seed"], record["n"]) == (30, 7, 2, 5)
+    assert all(j[3]["steps"] == 7 and j[4] == 2 and j[5] == [30] for j in seen)
+
+
+def test_lr_grid_trains_short_runs_then_the_curve_uses_and_records_the_choice(tmp_path, monkeypatch):
+    monkeypatch.setattr(R, "run_parallel", in_process)
+    curve = R.reproduce("addition", "cpu", [0, 1], tmp_path / "out", only=[("mamba", "interactive")], steps=4,
+                        sizes=[2], n=2, lr_grid=[1e-3, 1e-2], val_size=3, val_steps=1)
+    (selection,) = curve["lr_selections"]
+    line = selection["runs"]["mamba:interactive"]
+    assert [c["lr"] for c in line["candidates"]] == [1e-3, 1e-2]
+    assert all(0 <= c["val_accuracy"] <= 1 and c["final_loss"] > 0 for c in line["candidates"])
+    assert (selection["val_size"], selection["steps"], selection["seed"]) == (3, 1, 0)
+    assert [r["train"]["lr"] for r in curve["runs"]] == [line["chosen_lr"]] * 2
+    assert json.loads((tmp_path / "out/curve.json").read_text())["lr_selections"] == curve["lr_selections"]
+    args = dict(only=[("mamba", "interactive")], sizes=[2, 3])
+    with pytest.raises(ValueError, match=r"val_size 3 is a test size \[2, 3\]"):
+        R.reproduce("addition", "cpu", [0], tmp_path / "x", lr_grid=[1e-3], val_size=3, **args)
+    with pytest.raises(ValueError, match="lr_grid needs val_size"):
+        R.reproduce("addition", "cpu", [0], tmp_path / "x", lr_grid=[1e-3], **args)
+    with pytest.raises(ValueError, match="give lr or lr_grid, not both"):
+        R.reproduce("addition", "cpu", [0], tmp_path / "x", lr=1e-3, lr_grid=[1e-3], val_size=5, **args)
+    with pytest.raises(ValueError, match="lr_grid must be a non-empty list of positive"):
+        R.reproduce("addition", "cpu", [0], tmp_path / "x", lr_grid=[0.0], val_size=5, **args)
+
+
+@pytest.mark.slow
+def test_cli_reproduce_mixture_with_lr_grid_end_to_end(tmp_path, monkeypatch):
+    """The cpu command of the mixture, cut to one weight, one budget and tiny sizes, through the
+    real process pool: short lr runs at a held-out size, then the sweep's figure."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "mix"
+    assert main(["reproduce", "multiplication_mixture", "--add-weights", "0.5", "--steps", "2", "--seeds", "1,2",
+                 "--sizes", "3", "--n", "2", "--lr-grid", "3e-3,1e-2", "--val-size", "4", "--val-steps", "1",
+                 "--out", str(out)]) == 0
+    curve = json.loads((out / "curve.json").read_text())
+    assert [(r["setting"], r["seed"], r["train"]["seed"]) for r in curve["runs"]] == \
+        [({"add_weight": 0.5, "steps": 2}, s, s) for s in (1, 2)]
+    chosen = curve["lr_selections"][0]["runs"]["mamba:interactive"]["chosen_lr"]
+    assert {r["train"]["lr"] for r in curve["runs"]} == {chosen} and curve["sweep"]["add_weight"] == [0.5]
+    assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "--lr-grid 3e-3,1e-2" in (out / "command.txt").read_text()
+
+
+def test_a_run_its_time_budget_stops_can_be_evaluated_as_it_is(tmp_path, monkeypatch):
+    """--evaluate-stopped: the GPU call that cannot train all steps keeps a graded run, and says so."""
+    monkeypatch.setattr(R, "run_parallel", in_process)
+    curve = R.reproduce("addition", "cpu", [0], tmp_path / "out", only=[("mamba", "interactive")], steps=3,
+                        sizes=[2], n=2, max_train_seconds=0.0, evaluate_stopped=True)
+    (run,) = curve["runs"]
+    assert curve["unfinished"] == [] and run["trained_steps"] == 1 and run["train"]["steps"] == 3
+    assert run["accuracy"].keys() == {"2"}
+    assert R.plot_curve(curve, tmp_path / "c.png")[1] == "mamba (interactive): 2x64, 1 of 3 steps, lr 0.01, 1 seed"
+
+
+@pytest.mark.slow
+def test_gpu_multiplication_script_dry_run_on_cpu(tmp_path):
+    """benchmarks/run_gpu_multiplication.sh with DEVICE=cpu, its learning rate chosen in the call:
+    the run is graded and recorded with the chosen rate, and what comes back fits the device's 8
+    files. (A run its budget stops: test_a_run_its_time_budget_stops_can_be_evaluated_as_it_is.)"""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DEVICE": "cpu", "STEPS": "3", "SIZES": "10,20", "N": "2", "SEED": "1",
+           "LR_GRID": "2e-3,1e-2", "VAL_SIZE": "5", "VAL_STEPS": "1", "CALL_S": "240", "EVAL_S": "10",
+           "MARGIN_S": "10", "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "work"), "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks/run_gpu_multiplication.sh")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    files = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert {"curve.json", "curve.png", "command.txt", "reproduce.txt", "train_log.csv", "plan.txt"} <= set(files)
+    assert len(files) <= 8
+    curve = json.loads((tmp_path / "out/curve.json").read_text())
+    (run,) = curve["runs"]
+    (selection,) = curve["lr_selections"]
+    chosen = selection["runs"]["mamba:interactive"]["chosen_lr"]
+    assert (run["seed"], run["train"]["seed"], run["train"]["lr"], run["train"]["steps"]) == (1, 1, chosen, 3)
+    assert [c["lr"] for c in selection["runs"]["mamba:interactive"]["candidates"]] == [2e-3, 1e-2]
+    assert run["trained_steps"] == 3 and set(run["accuracy"]) == {"10", "20"}
+    assert "--evaluate-stopped" in (tmp_path / "out/command.txt").read_text()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_gpu_run_records_the_gpu_it_ran_on(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    curve = R.reproduce("addition", "cpu", [1], tmp_path / "out", device="cuda", only=[("mamba", "interactive")],
+                        steps=1, sizes=[2], n=2)
+    (run,) = curve["runs"]
+    assert run["machine"] == torch.cuda.get_device_name() and run["train"]["seed"] == 1

@@ -290,6 +290,18 @@ def test_cli_train_resume_evaluate(tmp_path, capsys):
     assert set(data["exact_trajectory"]) == {"3"} and "accuracy" not in data and data["per_size"]["3"]["n"] == 5
 
 
+def test_a_mixture_checkpoint_is_graded_on_its_target_task(tmp_path, capsys):
+    """The mixture trains on addition and multiplication; its [eval] task grades n x 2 multiplication."""
+    out = tmp_path / "mix"
+    assert main(["train", "--config", "mixture_add0.5", "--out", str(out), "--batch-size", "2", "--steps", "1",
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(out), "--sizes", "2", "--n", "3"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["task"]["name"] == "mixture"
+    assert report["graded_task"] == "Multiplication(mode='interactive', second_digits=2)"
+
+
 @pytest.mark.parametrize("argv, words", [
     (["train", "--config", "missing.toml"], "missing.toml"),
     (["train", "--config", "addition", "--model", "bert"], "model must be one of"),

@@ -27,6 +27,16 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or any(not v >= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated non-negative numbers, got {text!r}")
+    return values
+
+
 def _command(args) -> str:
     return shlex.join(["ssm-tools", *args.argv])
 
@@ -57,14 +67,14 @@ def cmd_train(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
+    from .config import make_eval_task
     from .evaluate import evaluate, exact_trajectory_size
-    from .tasks import get_task
     from .train import load_checkpoint
 
     model, meta = load_checkpoint(args.checkpoint, args.device)
     run = meta["run"]
-    spec = run["task"]
-    task = get_task(spec["name"], spec.get("mode", "interactive"), **spec.get("options", {}))
+    spec = {"mode": "interactive", "options": {}, **run["task"]}
+    task = make_eval_task({"task": spec, "eval": run.get("eval", {})})  # [eval] task, else [task]
     # Defaults from the training config: [eval] sizes / n, else [sizes] test.
     sizes = args.sizes or run.get("eval", {}).get("sizes") or run.get("sizes", {}).get("test")
     n = args.n or run.get("eval", {}).get("n", 100)
@@ -76,7 +86,7 @@ def cmd_evaluate(args) -> None:
     else:
         result = evaluate(model, task, sizes, n, device=args.device, tf32=args.tf32)
     scores = {k: {str(s): a for s, a in result[k].items()} for k in ("accuracy", "exact_trajectory") if k in result}
-    report = {"checkpoint": str(args.checkpoint), "task": spec, "model": meta["model"], "step": meta["step"],
+    report = {"checkpoint": str(args.checkpoint), "task": spec, "graded_task": repr(task), "model": meta["model"], "step": meta["step"],
               "n": n, **scores, "per_size": {str(s): r for s, r in result["per_size"].items()}, "command": _command(args)}
     text = json.dumps(report, indent=1)
     if args.out:
@@ -97,10 +107,16 @@ def cmd_reproduce(args) -> None:
                       only=only, sizes=args.sizes, n=args.n, steps=args.steps,
                       max_eval_seconds=args.max_eval_seconds, merge=args.merge,
                       max_train_seconds=args.max_train_seconds, workers=args.workers,
-                      max_seconds=args.max_seconds)
+                      max_seconds=args.max_seconds, lr=args.lr, lr_grid=args.lr_grid, val_size=args.val_size,
+                      val_steps=args.val_steps, add_weights=args.add_weights,
+                      evaluate_stopped=args.evaluate_stopped)
     if not is_main():
         return
     print(f"wrote {out}/curve.json and {out}/curve.png ({len(curve['runs'])} runs)")
+    for r in curve["runs"]:
+        if r.get("trained_steps", r["train"]["steps"]) < r["train"]["steps"]:
+            print(f"{r['model']} ({r['mode']}, seed {r['seed']}): trained {r['trained_steps']} of "
+                  f"{r['train']['steps']} steps (--max-train-seconds), evaluated as it is (--evaluate-stopped)")
     for r in curve["unfinished"]:
         print(f"{r['model']} ({r['mode']}, seed {r['seed']}): training stopped at step {r['stopped']} of "
               f"{r['steps']} (--max-train-seconds); run the same command again to resume")
@@ -196,10 +212,21 @@ def parser() -> argparse.ArgumentParser:
                    help="add the runs to <out>/curve.json (replacing runs of the same model, mode and seed)")
     r.add_argument("--sizes", type=_int_list, help="comma-separated test sizes (default: the task's at this scale)")
     r.add_argument("--n", type=int, help="episodes per test size (default: the scale's)")
-    r.add_argument("--steps", type=int, help="training steps (default: the scale's)")
+    r.add_argument("--steps", type=int, help="training steps (default: the scale's; for a sweep, its budgets)")
+    r.add_argument("--lr", type=float, help="peak learning rate (default: the scale's)")
+    r.add_argument("--lr-grid", type=_float_list,
+                   help="choose the learning rate first: one short run per rate (comma-separated), graded at "
+                        "--val-size; the choice and every candidate go into curve.json")
+    r.add_argument("--val-size", type=int, help="the held-out size --lr-grid grades at (not a test size)")
+    r.add_argument("--val-steps", type=int, help="steps of each --lr-grid run (default: a quarter of --steps)")
+    r.add_argument("--add-weights", type=_float_list,
+                   help="multiplication_mixture: only these addition weights (default: 0,0.33,0.5,0.6)")
     r.add_argument("--max-train-seconds", type=float,
                    help="time budget for each run's training in this process: a run that runs out "
                         "checkpoints under runs/ and is resumed by the same command, run again")
+    r.add_argument("--evaluate-stopped", action="store_true",
+                   help="a run that --max-train-seconds stops is evaluated as it is and joins the curve (its "
+                        "record says how many steps it trained), not left for the same command to resume")
     r.add_argument("--max-eval-seconds", type=float,
                    help="evaluation budget per run: sizes that would take it past this are skipped (null)")
     r.add_argument("--max-seconds", type=float,
@@ -226,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     args.argv = argv
-    for name in ("steps", "batch_size", "n", "nproc", "workers", "max_seconds"):
+    for name in ("steps", "batch_size", "n", "nproc", "workers", "max_seconds", "lr", "val_size", "val_steps"):
         if getattr(args, name, None) is not None and getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     from .distributed import launch, launched, shutdown

@@ -101,11 +101,21 @@ def make_task(config: dict) -> Task:
     return get_task(task["name"], task["mode"], **task["options"])
 
 
+def make_eval_task(config: dict) -> Task:
+    """The task graded at test time: [eval] task in [task]'s mode, else [task] itself."""
+    spec = config.get("eval", {}).get("task")
+    if spec is None:
+        return make_task(config)
+    return get_task(spec["name"], config["task"].get("mode", "interactive"), **spec.get("options", {}))
+
+
 # -- [model] / [train] / [eval]: the training engineer's sections ------------------------------------
 #   [model]  name = "mamba" (a name of ssm_tools.models.MODELS), scale = "tiny" | "paper" (a size
 #            preset), any other key overrides the preset (d_model, n_layers, ...)
 #   [train]  fields of ssm_tools.train.TrainConfig (steps, lr, batch_size, ...)
-#   [eval]   n (episodes per size), sizes (default: [sizes] test)
+#   [eval]   n (episodes per size), sizes (default: [sizes] test), task (the task graded, a table
+#            with name and options, in [task]'s mode; default: [task] itself -- a mixture's target
+#            task alone is graded, not the mixture)
 # All optional; the values themselves are checked where they are used (build_model, TrainConfig).
 
 def validate_run_sections(config: dict, where: str = "config") -> None:
@@ -121,7 +131,7 @@ def validate_run_sections(config: dict, where: str = "config") -> None:
         raise ValueError(f"{where}: [model] name must be one of {sorted(MODELS)}, got {model['name']!r}")
     if model.get("scale", "tiny") not in PRESETS:
         raise ValueError(f"{where}: [model] scale must be one of {sorted(PRESETS)}, got {model['scale']!r}")
-    allowed = {"train": {f.name for f in fields(TrainConfig)}, "eval": {"n", "sizes"}}
+    allowed = {"train": {f.name for f in fields(TrainConfig)}, "eval": {"n", "sizes", "task"}}
     for section, keys in allowed.items():
         table = config.get(section, {})
         if not isinstance(table, dict):
@@ -135,3 +145,13 @@ def validate_run_sections(config: dict, where: str = "config") -> None:
     sizes = config.get("eval", {}).get("sizes", [1])
     if not (isinstance(sizes, list) and sizes and all(_is_int(s) and s > 0 for s in sizes)):
         raise ValueError(f"{where}: [eval] sizes must be a non-empty list of positive integers, got {sizes!r}")
+    task = config.get("eval", {}).get("task")
+    if task is not None:
+        if not (isinstance(task, dict) and set(task) <= {"name", "options"} and task.get("name") in TASKS
+                and isinstance(task.get("options", {}), dict)):
+            raise ValueError(f"{where}: [eval] task must be a table with name (one of {sorted(TASKS)}) and "
+                             f"options, got {task!r}")
+        try:
+            make_eval_task(config)
+        except ValueError as e:
+            raise ValueError(f"{where}: [eval] task: {e}") from None

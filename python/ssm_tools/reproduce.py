@@ -6,13 +6,19 @@ it interactively at sizes far beyond training, and plot exact-answer accuracy ag
         --seeds 0 --out results/multiplication_nx2/gpu --merge --max-eval-seconds 300
     ssm-tools reproduce hanoi_recursive --scale paper --device cuda --workers 8 --max-seconds 300
 
-writes results/<task>/curve.json (accuracy per size for every model, mode and seed, the test sizes,
-n per size, the training range, the exact commands) and results/<task>/curve.png. With `merge`, the
+    ssm-tools reproduce multiplication_mixture --scale cpu --lr-grid 3e-3,1e-2 --val-size 30
+
+writes results/<task>/curve.json (accuracy per size for every model, mode and seed, with how each
+run was trained: model sizes, recipe, seed, machine, seconds; the test sizes, n per size, the
+training range, the exact commands) and results/<task>/curve.png. With `merge`, the
 runs join those already in <out>/curve.json (a run of the same model, mode and seed is replaced), so
 separate calls (one GPU run per call) build one curve. A size left out by `max_eval_seconds` is null
 in the run's accuracy and listed in its "skipped_sizes"; a size outside the run's own test sizes
 (`sizes`) is absent. Neither is plotted. The logical graph, Tower of Hanoi and coding run small models
 at the paper scale (SMALL_MODELS: their episodes are up to a million decode steps) and have no cpu scale.
+The task mixture (App. D.6) is a sweep: one run per addition weight, step budget and seed, drawn as
+accuracy at the largest size against the weight. `--lr-grid` chooses the learning rate on a held-out
+size first (select_lr), as the paper did, and records every candidate.
 
 Under torchrun (`--nproc N`, ssm_tools.distributed) every run trains data-parallel over the N
 processes, one run after another; rank 0 evaluates it and writes the curve.
@@ -33,9 +39,10 @@ import torch
 from tqdm import tqdm
 
 from . import distributed
-from .config import CONFIGS, load_config, make_task
+from .config import CONFIGS, load_config, make_eval_task, make_task
 from .evaluate import evaluate_size, exact_trajectory_size
 from .models import preset
+from .plots import plot_curve
 from .train import CHECKPOINT, load_checkpoint, make_trainer, model_config, train_config
 
 TASKS_DIR = CONFIGS  # tasks/<task>.toml, shipped with the package
@@ -87,6 +94,20 @@ TASKS = {
                            "sizes": {"cpu": [10, 20, 50, 100], "paper": [10, 20, 50, 100, 200, 500, 1000]}},
     "multiplication_nx2": {"size_label": "digits of the first operand, x 2 digits",
                            "sizes": {"cpu": [10, 20, 50, 100], "paper": [10, 20, 50, 100, 200, 500, 1000]}},
+    # App. D.6: n x 2 multiplication trained to 20 digits with addition mixed in at weight w
+    # (tasks/mixture_add<w>.toml, graded on multiplication alone) for several step budgets: a
+    # "sweep", one run per (w, budget, seed); the figure is accuracy at the largest size against w.
+    "multiplication_mixture": {
+        "size_label": "digits of the first operand, x 2 digits",
+        "sizes": {"cpu": [20, 40], "paper": [20, 50, 100, 200, 500, 1000]},
+        "sweep": {"config": "mixture_add{add_weight:g}", "add_weight": [0, 0.33, 0.5, 0.6],
+                  "steps": {"cpu": [25, 50, 100], "paper": [250, 500, 800]}},
+        # cpu: 36 tiny runs, 2,100 steps (batch 16, 20-digit episodes up to 1.1k tokens): 29 minutes on 2
+        # busy shared cores (results/multiplication_mixture); too few steps to learn the task (0%
+        # everywhere), it checks the whole pipeline.
+        "scales": {"cpu": {"runs": [("mamba", "interactive")], "seeds": [0, 1, 2], "n": 20,
+                           "train": dict(batch_size=16, lr=1e-2, warmup=5)},
+                   "paper": {"runs": [("mamba", "interactive")], "seeds": [0, 1, 2]}}},
     "logical_graph": {
         "size_label": "gates", "sizes": {"paper": [10, 20, 50, 100, 200, 500, 1000]},
         "unavailable": {"cpu": _NO_CPU.format(why="a tiny Mamba learns to copy labels in minutes but, after "
@@ -143,7 +164,8 @@ def scale_spec(task: str, scale: str) -> dict:
 
 
 def task_config(task: str, mode: str) -> dict:
-    """tasks/<task>.toml with its [task] mode replaced (the ablation modes share the sizes)."""
+    """tasks/<task>.toml (task: a task of TASKS or any shipped config's name) with its [task] mode
+    replaced (the ablation modes share the sizes)."""
     path = TASKS_DIR / f"{task}.toml"
     if not path.is_file():
         raise FileNotFoundError(f"no experiment config for task {task!r} in the package ({path})")
@@ -155,39 +177,63 @@ def task_config(task: str, mode: str) -> dict:
 def run_one(config: dict, model: str, model_scale: str | dict, train: dict, seed: int, sizes: list[int], n: int,
             out_dir: Path, device: str, max_eval_seconds: float | None = None,
             max_train_seconds: float | None = None, eval_until: float | None = None,
-            eval_lock: Path | None = None, threads: int | None = None, progress: bool = True) -> dict:
+            eval_lock: Path | None = None, setting: dict | None = None, evaluate_stopped: bool = False,
+            threads: int | None = None, progress: bool = True) -> dict:
     """Train one model (sizes: a preset's name, or the sizes themselves) on one task config with
-    one seed, then evaluate it at `sizes`. A checkpoint left in `out_dir` by an earlier, stopped run
-    of the same recipe is resumed. With `max_train_seconds`, training that runs out of time
-    checkpoints and returns {"stopped": step} (no evaluation): the same command, run again, goes on
-    from there. `eval_until` (a time.time()) shortens the evaluation budget to end by then (a call
-    with a time limit keeps its results). With `eval_lock` (a file), runs in other processes that
-    hold the same lock evaluate one at a time."""
+    one seed, then evaluate it at `sizes` on the config's graded task (make_eval_task). A checkpoint
+    left in `out_dir` by an earlier, stopped run of the same recipe is resumed. With
+    `max_train_seconds`, training that runs out of time checkpoints and returns {"stopped": step}
+    (no evaluation): the same command, run again, goes on from there; with `evaluate_stopped` it is
+    evaluated as it is instead ("trained_steps" below its recipe's steps says so: a machine that may
+    be gone before the next command keeps a result). `eval_until` (a time.time())
+    shortens the evaluation budget to end by then (a call with a time limit keeps its results). With
+    `eval_lock` (a file), runs in other processes that hold the same lock evaluate one at a time.
+    `setting` (a sweep's point, e.g. {"add_weight": 0.5, "steps": 250}) joins the run's name.
+    The result records how the run was trained, read off the trainer itself: the model and its
+    sizes ("model_cfg"), the recipe ("train", the seed it used included), the machine."""
     if threads is not None:
         torch.set_num_threads(threads)
     trainer = make_trainer(config, model, model_scale, run_train(train, seed), out_dir, device=device,
                            progress=progress)
-    task, cfg = trainer.task, trainer.cfg
+    cfg, name = trainer.cfg, identity(model, config["task"]["mode"], seed, setting)
     checkpoint = Path(out_dir) / CHECKPOINT
     if checkpoint.is_file():  # an earlier call's stopped (or finished) run of the same recipe
         same_recipe(checkpoint, trainer.load(checkpoint), asdict(cfg))
     last = trainer.run(max_seconds=max_train_seconds)
     train_s = round(trainer.train_seconds, 1)
-    if last.get("stopped"):
-        return {"model": model, "mode": config["task"]["mode"], "seed": seed, "stopped": trainer.step,
-                "steps": cfg.steps, "train_seconds": train_s}
+    if last.get("stopped") and not evaluate_stopped:
+        return {**name, "stopped": trainer.step, "steps": cfg.steps, "train_seconds": train_s}
     if trainer.rank != 0:  # rank 0 evaluates
-        return {"model": model, "mode": config["task"]["mode"], "seed": seed}
+        return name
     with one_at_a_time(eval_lock):
         t0 = time.perf_counter()
         budget = max_eval_seconds
         if eval_until is not None:  # the time spent waiting for the lock is gone too
             budget = max(0.0, min(budget or float("inf"), eval_until - time.time()))
-        result = evaluate_within(trainer.model, task, sizes, n, trainer.device, budget,
-                                 label=f"{model} {config['task']['mode']} seed {seed}")
-    return {"model": model, "mode": config["task"]["mode"], "seed": seed, "final_loss": trainer.last_loss,
-            "train_seconds": train_s, "eval_seconds": round(time.perf_counter() - t0, 1),
-            "train_processes": trainer.world, "test_sizes": sorted(sizes), "n": n, **result}
+        result = evaluate_within(trainer.model, make_eval_task(config), sizes, n, trainer.device, budget,
+                                 label=run_name(name))
+    return {**name, "model_cfg": trainer.meta["model_cfg"], "train": asdict(cfg), "trained_steps": trainer.step,
+            "machine": machine(trainer.device), "final_loss": trainer.last_loss, "train_seconds": train_s,
+            "eval_seconds": round(time.perf_counter() - t0, 1), "train_processes": trainer.world,
+            "test_sizes": sorted(sizes), "n": n, **result}
+
+
+def identity(model: str, mode: str, seed: int, setting: dict | None = None) -> dict:
+    """The fields that name a run in a curve (run_key): model, mode, seed, and its sweep setting."""
+    return {"model": model, "mode": mode, "seed": seed, **({"setting": setting} if setting else {})}
+
+
+def run_name(run: dict) -> str:
+    """model-mode[-add_weight0.5-steps250]-seedN: a run's folder under runs/ and its label in logs."""
+    setting = "".join(f"-{k}{v:g}" for k, v in run.get("setting", {}).items())
+    return f"{run['model']}-{run['mode']}{setting}-seed{run['seed']}"
+
+
+def machine(device: torch.device) -> str:
+    """What a run ran on: the GPU's name, or the CPU's core count and the threads torch used."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
 
 
 def run_train(train: dict, seed: int) -> dict:
@@ -288,8 +334,8 @@ def run_parallel(jobs: list[tuple], workers: int | None = None, on_result=None) 
             try:
                 results[i] = future.result()
             except Exception as e:  # one run failing is reported; the others go on
-                config, model, *_ = jobs[i]
-                results[i] = {"model": model, "mode": config["task"]["mode"], "seed": jobs[i][4],
+                config, model, *_ = job = jobs[i]
+                results[i] = {**identity(model, config["task"]["mode"], job[4], *job[13:14]),
                               "error": f"{type(e).__name__}: {e}"[:2000]}
             tqdm.write(json.dumps(results[i]))
             if on_result is not None:
@@ -307,23 +353,33 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
               sizes: list[int] | None = None, n: int | None = None, steps: int | None = None,
               max_eval_seconds: float | None = None, merge: bool = False,
               max_train_seconds: float | None = None, workers: int | None = None,
-              max_seconds: float | None = None) -> dict:
+              max_seconds: float | None = None, lr: float | None = None, lr_grid: list[float] | None = None,
+              val_size: int | None = None, val_steps: int | None = None,
+              add_weights: list[float] | None = None, evaluate_stopped: bool = False) -> dict:
     """Train and evaluate every (model, mode) of the scale that the task has (or the subset `only`)
     for each seed (`seeds`, else the task's seeds for that run, else the scale's). `sizes`, `n`,
-    `steps` override the scale's test sizes, episodes per size and training steps; `merge` adds the
-    runs to <out_dir>/curve.json instead of replacing it. `max_train_seconds` bounds each run's
-    training in this call (see run_one): runs that stop are left out of the curve and listed in its
-    "unfinished" entry, to be resumed by the same command. `workers`: runs at a time, each in its own
-    process (default: one per core on a CPU, one on a GPU); the curve is written as each run ends,
-    so a call cut short keeps the runs that finished. Runs side by side on a GPU train together and
-    evaluate one at a time (a lock file in `runs_dir`, shared by every `reproduce` using it).
-    `max_seconds`: every evaluation ends within this many seconds of the call's start (sizes
-    predicted to end later are skipped, as above)."""
+    `steps`, `lr` override the scale's test sizes, episodes per size, training steps and learning
+    rate; `merge` adds the runs to <out_dir>/curve.json instead of replacing it. `max_train_seconds`
+    bounds each run's training in this call (see run_one): runs that stop are left out of the curve
+    and listed in its "unfinished" entry, to be resumed by the same command (with `evaluate_stopped`
+    they are evaluated as they are and join the curve, "trained_steps" saying how far they got). `workers`: runs at a
+    time, each in its own process (default: one per core on a CPU, one on a GPU); the curve is
+    written as each run ends, so a call cut short keeps the runs that finished. Runs side by side on
+    a GPU train together and evaluate one at a time (a lock file in `runs_dir`, shared by every
+    `reproduce` using it). `max_seconds`: every evaluation ends within this many seconds of the
+    call's start (sizes predicted to end later are skipped, as above).
+
+    A task with a "sweep" (the mixture) runs every (model, mode) at every point of it: each addition
+    weight (`add_weights`, default all) times each step budget (`steps`: that one budget instead).
+    `lr_grid` chooses the learning rate first (select_lr): a short run per rate, graded at
+    `val_size`, which must not be a test size; the rule and every candidate go into the curve. Its
+    time comes out of `max_train_seconds` (the runs after it get what is left)."""
     eval_until = None if max_seconds is None else time.time() + max_seconds
     spec = scale_spec(task, scale)
-    config = task_config(task, "interactive")
-    built = make_task(config)
-    runs = [r for r in spec["runs"] if r[1] in built.modes]  # e.g. multiplication has no "direct" mode
+    settings = sweep_settings(task, scale, add_weights, steps)
+    config = setting_config(task, "interactive", settings[0])
+    built = make_eval_task(config)
+    runs = [r for r in spec["runs"] if r[1] in make_task(config).modes]  # e.g. multiplication has no "direct" mode
     if only is not None:
         unknown = [r for r in only if r not in runs]
         if unknown:
@@ -336,13 +392,18 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     n = spec["n"] if n is None else n
     if not (isinstance(n, int) and n > 0):
         raise ValueError(f"n must be a positive integer, got {n!r}")
-    if max_eval_seconds is not None and not max_eval_seconds > 0:
-        raise ValueError(f"max_eval_seconds must be positive, got {max_eval_seconds!r}")
-    if max_seconds is not None and not max_seconds > 0:
-        raise ValueError(f"max_seconds must be positive, got {max_seconds!r}")
+    for name, value in (("max_eval_seconds", max_eval_seconds), ("max_seconds", max_seconds), ("lr", lr)):
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be positive, got {value!r}")
     if workers is not None and not (isinstance(workers, int) and workers > 0):
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
-    train = {**spec["train"], **({} if steps is None else {"steps": steps})}
+    if lr is not None and lr_grid is not None:
+        raise ValueError("give lr or lr_grid, not both")
+    train = {**spec["train"], **({} if steps is None else {"steps": steps}), **({} if lr is None else {"lr": lr})}
+    if lr_grid is not None:
+        check_lr_grid(built, lr_grid, val_size, val_steps, sizes)
+        if distributed.launched():  # the ranks would each have to agree on the choice
+            raise ValueError("lr_grid runs in one process: choose the learning rate without --nproc, then pass --lr")
     recipe = asdict(train_config(config, train))
     curve = {"task": task, "scale": scale, "command": command, "commands": [command], "device": device,
              "size_label": TASKS[task]["size_label"], "train_sizes": config["sizes"]["train"], "train": recipe,
@@ -353,16 +414,45 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
         curve = merge_curves(json.loads((out_dir / "curve.json").read_text()), curve)
     sequential = distributed.launched() or (workers is None and device != "cpu") or workers == 1
     eval_lock = None if sequential or device == "cpu" else Path(runs_dir) / f"evaluation-{device}.lock"
-    jobs = [(task_config(task, mode), model, spec["models"][model], train, seed, sizes, n,
-             Path(runs_dir) / f"reproduce-{task}-{scale}" / f"{model}-{mode}-seed{seed}", device, max_eval_seconds,
-             max_train_seconds, eval_until, eval_lock)
-            for model, mode in runs for seed in run_seeds[model, mode]]
-    for job in jobs:
-        check_resumable(job)
+    folder = Path(runs_dir) / f"reproduce-{task}-{scale}"
+
+    def execute(jobs: list[tuple], on_result=None) -> list[dict]:
+        for job in jobs:  # every folder checked before any run trains
+            check_resumable(job)
+        if not sequential:
+            return run_parallel(jobs, workers, on_result=on_result)
+        results = []
+        for job in jobs:  # one at a time (under torchrun, each on all ranks)
+            results.append(run_one(*job))
+            if on_result is not None:
+                on_result(results[-1])
+        return results
+
+    chosen = {}
+    max_steps = max(s["steps"] for s in settings) if settings[0] else train["steps"]
+    if lr_grid is not None:
+        selection_start = time.perf_counter()
+        selection = select_lr(execute, runs, spec["models"], lambda mode: setting_config(task, mode, settings[0]),
+                              train, lr_grid, val_size, val_steps or max(1, max_steps // 4),
+                              min(min(s) for s in run_seeds.values()), n, folder / "lr-selection", device)
+        selection = {**selection, **({"setting": settings[0]} if settings[0] else {})}
+        chosen = {tuple(key.split(":")): line["chosen_lr"] for key, line in selection["runs"].items()}
+        curve["lr_selections"] = curve.get("lr_selections", []) + [{**selection, "command": command}]
+        if max_train_seconds is not None:  # the selection's training came out of this call's budget
+            max_train_seconds = max(0.0, max_train_seconds - (time.perf_counter() - selection_start))
+
+    def job(model: str, mode: str, setting: dict | None, seed: int) -> tuple:
+        run_recipe = {**train, **({"steps": setting["steps"]} if setting else {}),
+                      **({"lr": chosen[model, mode]} if (model, mode) in chosen else {})}
+        return (setting_config(task, mode, setting), model, spec["models"][model], run_recipe, seed, sizes, n,
+                folder / run_name(identity(model, mode, seed, setting)), device,
+                max_eval_seconds, max_train_seconds, eval_until, eval_lock, setting, evaluate_stopped)
+
+    jobs = [job(model, mode, setting, seed) for model, mode in runs for setting in settings
+            for seed in run_seeds[model, mode]]
 
     def finished(results: list[dict]) -> dict:  # the curve with these runs (those trained to the end)
-        done = [{**r, "command": command, "train": asdict(train_config(config, run_train(train, r["seed"])))}
-                for r in results if "stopped" not in r and "error" not in r]
+        done = [{**r, "command": command} for r in results if "stopped" not in r and "error" not in r]
         failed = [{**r, "command": command} for r in results if "error" in r]
         return summarize({**curve, "runs": replace_runs(curve["runs"], done), **({"failed": failed} if failed else {})})
 
@@ -373,19 +463,79 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
         if distributed.is_main():
             write_curve(finished(ended), out_dir)
 
-    if sequential:
-        results = []
-        for job in jobs:  # one at a time (under torchrun, each on all ranks)
-            results.append(run_one(*job))
-            write_so_far(results[-1])
-    else:
-        results = run_parallel(jobs, workers, on_result=write_so_far)
+    results = execute(jobs, on_result=write_so_far)
     unfinished = [r for r in results if "stopped" in r]
     if not distributed.is_main():
         return {**curve, "unfinished": unfinished}
     curve = finished(results)
     write_curve(curve, out_dir)
     return {**curve, "unfinished": unfinished}
+
+
+def sweep_settings(task: str, scale: str, add_weights: list[float] | None, steps: int | None) -> list[dict | None]:
+    """The points of the task's sweep ([None] for a task without one): every addition weight
+    (`add_weights`: these, each one of the sweep's) times every step budget of the scale (`steps`:
+    that one instead)."""
+    sweep = TASKS[task].get("sweep")
+    if sweep is None:
+        if add_weights is not None:
+            raise ValueError(f"add_weights: {task} has no addition weights to choose (only a sweep task does: "
+                             f"{sorted(t for t in TASKS if 'sweep' in TASKS[t])})")
+        return [None]
+    weights = sweep["add_weight"] if add_weights is None else sorted(set(add_weights))
+    unknown = [w for w in weights if w not in sweep["add_weight"]]
+    if unknown:
+        raise ValueError(f"add_weights {unknown} have no config; choose from {sweep['add_weight']}")
+    budgets = sweep["steps"][scale] if steps is None else [steps]
+    return [{"add_weight": w, "steps": b} for w in weights for b in budgets]
+
+
+def setting_config(task: str, mode: str, setting: dict | None) -> dict:
+    """The config of one sweep point (tasks/<the sweep's config>.toml), or the task's own."""
+    return task_config(task if setting is None else TASKS[task]["sweep"]["config"].format(**setting), mode)
+
+
+def check_lr_grid(task, grid: list[float], val_size: int | None, val_steps: int | None, sizes: list[int]) -> None:
+    if not grid or any(not (isinstance(lr, (int, float)) and lr > 0) for lr in grid):
+        raise ValueError(f"lr_grid must be a non-empty list of positive learning rates, got {grid!r}")
+    if val_size is None:
+        raise ValueError("lr_grid needs val_size: the held-out size the learning rates are graded at")
+    task.check_size(val_size, "validation size")
+    if val_size in sizes:
+        raise ValueError(f"val_size {val_size} is a test size {sizes}: the learning rate is chosen on a size "
+                         f"the curve does not report")
+    if val_steps is not None and not (isinstance(val_steps, int) and val_steps > 0):
+        raise ValueError(f"val_steps must be a positive integer, got {val_steps!r}")
+
+
+def select_lr(execute, runs: list[tuple[str, str]], models: dict, config_of, train: dict, grid: list[float],
+              val_size: int, steps: int, seed: int, n: int, folder: Path, device: str) -> dict:
+    """The learning rate of each (model, mode), chosen as the paper did, on a held-out size: one
+    short run per rate in `grid` (`steps` steps; reproduce's default is a quarter of the runs'; seed `seed`),
+    each graded on `n` episodes at `val_size`; the highest accuracy wins, ties going to the lower
+    final training loss. `execute` runs the jobs (reproduce's), `config_of(mode)` is the config
+    trained on. Returns the record the curve keeps: the rule, the settings and, per (model, mode),
+    every candidate and the chosen rate."""
+    jobs = [(config_of(mode), model, models[model], {**train, "steps": steps, "lr": lr}, seed,
+             [val_size], n, folder / f"{model}-{mode}-lr{lr:g}-seed{seed}", device)
+            for model, mode in runs for lr in grid]
+    results = execute(jobs)
+    lines = {}
+    for (model, mode), start in zip(runs, range(0, len(jobs), len(grid))):
+        candidates = [{"lr": lr, "val_accuracy": r.get("accuracy", {}).get(str(val_size)),
+                       "final_loss": r.get("final_loss"), "train_seconds": r.get("train_seconds"),
+                       "machine": r.get("machine"),
+                       **({"error": r["error"]} if "error" in r else {})}
+                      for lr, r in zip(grid, results[start:start + len(grid)])]
+        graded = [c for c in candidates if c["val_accuracy"] is not None]
+        if not graded:
+            raise ValueError(f"lr selection: no run of {model} ({mode}) finished: {candidates}")
+        best = max(graded, key=lambda c: (c["val_accuracy"], -c["final_loss"]))
+        lines[f"{model}:{mode}"] = {"chosen_lr": best["lr"], "candidates": candidates}
+        tqdm.write(f"lr selection {model} ({mode}) at size {val_size}: "
+                   + ", ".join(f"{c['lr']:g} -> {c['val_accuracy']}" for c in candidates) + f"; chose {best['lr']:g}")
+    return {"rule": "highest accuracy at val_size, ties to the lower final training loss", "val_size": val_size,
+            "steps": steps, "seed": seed, "n": n, "grid": list(grid), "runs": lines}
 
 
 def write_curve(curve: dict, out_dir: Path) -> None:
@@ -400,11 +550,11 @@ def write_curve(curve: dict, out_dir: Path) -> None:
 
 
 def run_key(run: dict) -> tuple:
-    return run["model"], run["mode"], run["seed"]
+    return run["model"], run["mode"], json.dumps(run.get("setting"), sort_keys=True), run["seed"]
 
 
 def replace_runs(old: list[dict], new: list[dict]) -> list[dict]:
-    """`old` with each run of the same (model, mode, seed) as one of `new` replaced in place; the
+    """`old` with each run of the same (model, mode, setting, seed) as one of `new` replaced in place; the
     other runs of `new` appended."""
     fresh = {run_key(r): r for r in new}
     merged = [fresh.pop(run_key(r), r) for r in old]
@@ -425,76 +575,24 @@ def merge_curves(old: dict, new: dict) -> dict:
             raise ValueError(f"cannot merge into the existing curve: its {model} is {old['models'][model]}, "
                              f"this call's is {cfg}")
     return {**new, "models": {**old["models"], **new["models"]}, "runs": old["runs"],
+            **({"lr_selections": old["lr_selections"]} if "lr_selections" in old else {}),
             "commands": [c for c in old["commands"] if c != new["command"]] + [new["command"]]}
 
 
 def summarize(curve: dict) -> dict:
     """The curve-wide fields read off its runs: test_sizes (all sizes of any run), seeds, n_per_size
-    and train (null when the runs differ: each run has its own "n" and "train"); the runs sorted by
-    model, mode, seed in the order the models and modes first appear."""
+    and train (null when the runs differ: each run has its own "n" and "train"), and for a sweep
+    the values of each of its settings; the runs sorted by model, mode, setting, seed in the order
+    the models and modes first appear."""
     runs = curve["runs"]
     ns = {r["n"] for r in runs}
     recipes = {json.dumps(r["train"], sort_keys=True) for r in runs}
     order = {k: i for i, k in enumerate(dict.fromkeys((r["model"], r["mode"]) for r in runs))}
+    settings = [r["setting"] for r in runs if "setting" in r]
+    sweep = {k: sorted({s[k] for s in settings}) for k in dict.fromkeys(k for s in settings for k in s)}
     return {**curve, "test_sizes": sorted({s for r in runs for s in r["test_sizes"]}),
             "n_per_size": ns.pop() if len(ns) == 1 else None,
-            "train": json.loads(recipes.pop()) if len(recipes) == 1 else curve["train"] if not recipes else None, "seeds": sorted({r["seed"] for r in runs}),
-            "runs": sorted(runs, key=lambda r: (order[(r["model"], r["mode"])], r["seed"]))}
-
-
-def plot_curve(curve: dict, path) -> None:
-    """Accuracy vs size (log x), one line per model/mode (mean over seeds) with a min-max band. A size
-    is on a line only where every seed of it has a result (skipped or not-run sizes are not drawn);
-    where only some seeds have one, those seeds' points stand alone, hollow. A curve with
-    "every_seed" (Hanoi) also draws each seed's own line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    lo, hi = curve["train_sizes"]
-    ax.axvspan(lo, hi, color="0.9", label=f"training sizes {lo}..{hi}")
-    n_shared = curve["n_per_size"]
-    steps = {r["train"]["steps"] for r in curve["runs"]}
-    for label in dict.fromkeys(f"{r['model']} ({r['mode']})" for r in curve["runs"]):
-        runs = [r for r in curve["runs"] if f"{r['model']} ({r['mode']})" == label]
-        sizes = sorted({s for r in runs for s, a in r["accuracy"].items() if a is not None}, key=int)
-        full = [s for s in sizes if all(r["accuracy"].get(s) is not None for r in runs)]
-        per_size = [[r["accuracy"][s] for r in runs] for s in full]
-        ns = sorted({r["n"] for r in runs})
-        text = label if n_shared is not None else f"{label}, n={'/'.join(map(str, ns))}"
-        if len(steps) > 1:  # the lines trained for different numbers of steps: say how many
-            text += f", {'/'.join(sorted({str(r['train']['steps']) for r in runs}))} steps"
-        skipped = sorted({s for r in runs for s in r.get("skipped_sizes", [])})
-        text += f", skipped {','.join(map(str, skipped))}" if skipped else ""
-        xs = [int(s) for s in full]
-        line, = ax.plot(xs, [sum(a) / len(a) for a in per_size], marker="o", label=text)
-        ax.fill_between(xs, [min(a) for a in per_size], [max(a) for a in per_size], color=line.get_color(), alpha=0.2)
-        partial = [(int(s), r["accuracy"][s]) for s in sizes if s not in full for r in runs
-                   if r["accuracy"].get(s) is not None]
-        if partial:
-            ax.plot(*zip(*partial), linestyle="none", marker="o", markerfacecolor="none", color=line.get_color())
-        tf_sizes = sorted({s for r in runs for s in r.get("exact_trajectory", {})}, key=int)
-        tf_full = [s for s in tf_sizes if all(s in r.get("exact_trajectory", {}) for r in runs)]
-        if tf_full:  # teacher-forced exact trajectory (every size, skipped ones included): dashed
-            ax.plot([int(s) for s in tf_full], [sum(r["exact_trajectory"][s] for r in runs) / len(runs) for s in tf_full],
-                    linestyle="--", marker="x", color=line.get_color(), alpha=0.8)
-        if curve.get("every_seed") and len(runs) > 1:  # each seed's own line, thin (the paper's Figure 5)
-            for r in runs:
-                own = sorted((int(s), a) for s, a in r["accuracy"].items() if a is not None)
-                if own:
-                    ax.plot(*zip(*own), linewidth=0.7, alpha=0.6, color=line.get_color())
-    ax.set_xscale("log")
-    ax.set_ylim(-0.03, 1.03)
-    ax.set_xlabel(f"problem size ({curve['task']}, {curve['size_label']})")
-    n_text = f"n={n_shared} per size" if n_shared is not None else "n per size in the legend"
-    ax.set_ylabel(f"accuracy ({n_text})")
-    if any(r.get("exact_trajectory") for r in curve["runs"]):
-        ax.plot([], [], linestyle="--", marker="x", color="0.4", label="dashed: exact trajectory (teacher-forced)")
-        ax.plot([], [], marker="o", color="0.4", label="solid: exact answer (decoded with the tools)")
-    ax.set_title(f"{curve['task']}: length generalization, {curve['scale']} scale, seeds {curve['seeds']}")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+            "train": json.loads(recipes.pop()) if len(recipes) == 1 else curve["train"] if not recipes else None,
+            "seeds": sorted({r["seed"] for r in runs}), **({"sweep": sweep} if sweep else {}),
+            "runs": sorted(runs, key=lambda r: (order[(r["model"], r["mode"])],
+                                                sorted(r.get("setting", {}).items()), r["seed"]))}

@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import vocab as V
 from .arithmetic import (BOS_F, DIGITS_F, LT1, LT2, RD1, RD2, ArithmeticTask, Operands, operands_prompt,
-                         position_pointers, random_number, read_back)
+                         position_pointers, random_number, read_back, to_int, to_str)
 from .base import CHAR, DIGITS, FORCED, number
 
 
@@ -82,14 +82,14 @@ class Addition(ArithmeticTask):
         return Operands(random_number(rng, int(n1)), "+", random_number(rng, int(n2)))
 
     def answer(self, x: Operands) -> list[int]:
-        digits = number(str(x.result))
+        digits = number(to_str(x.result))
         return digits[::-1] if self.mode == "direct_reversed" else digits
 
     def _script(self, x: Operands, mode: str) -> Sequence[int]:
         if mode == "interactive":
             return addition_script(x)
         if mode == "single_turn":
-            return self.calculator_script(int(x.a), int(x.b), x.result)
+            return self.calculator_script(to_int(x.a), to_int(x.b), x.result)
         return [V.ANS, *self.answer(x), V.EOS]
 
     def max_steps(self, size: int) -> int:

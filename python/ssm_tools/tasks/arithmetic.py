@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 
 import numpy as np
 
@@ -33,6 +34,25 @@ _DIGIT_TOKENS = bytes(DIGITS)
 _READ_BACK_STEP = {t: bytes((t + FORCED, t, LT2, LT2, RD2)) for t in DIGITS}
 
 
+# Python's int <-> str conversions refuse numbers past sys.get_int_max_str_digits() digits (4,300 by
+# default, at least 640): a guard against their quadratic time on untrusted input. Operands are our
+# own and tested past 10,000 digits, so long ones convert through the decimal module, which has no
+# such limit and is subquadratic. The process-wide limit stays as the user set it (raising it even for
+# a moment would lift the guard for every thread of the process).
+_SHORT = 600  # digits: under every limit Python allows, so int()/str() (the fast path) always work
+_SHORT_LIMIT = 10 ** _SHORT
+
+
+def to_int(digits: str) -> int:
+    """int(digits) for decimal digits of any length."""
+    return int(digits) if len(digits) <= _SHORT else int(Decimal(digits))
+
+
+def to_str(n: int) -> str:
+    """str(n) for a non-negative int of any length."""
+    return str(n) if n < _SHORT_LIMIT else str(Decimal(n))
+
+
 @dataclass(frozen=True)
 class Operands:
     a: str  # decimal digits, no leading zeros
@@ -41,7 +61,8 @@ class Operands:
 
     @property
     def result(self) -> int:
-        return int(self.a) + int(self.b) if self.op == "+" else int(self.a) * int(self.b)
+        a, b = to_int(self.a), to_int(self.b)
+        return a + b if self.op == "+" else a * b
 
 
 def random_number(rng: np.random.Generator, digits: int, allow_zero: bool = True) -> str:
@@ -51,7 +72,7 @@ def random_number(rng: np.random.Generator, digits: int, allow_zero: bool = True
     low = 0 if (digits == 1 and allow_zero) else 10 ** (digits - 1)
     span = 10 ** digits - low
     words = rng.bit_generator.random_raw(span.bit_length() // 64 + 2)
-    return str(low + int.from_bytes(words.tobytes(), "little") % span)
+    return to_str(low + int.from_bytes(words.tobytes(), "little") % span)
 
 
 def operands_prompt(x: Operands) -> bytes:
@@ -96,10 +117,10 @@ class ArithmeticTask(Task):
         return list(operands_prompt(x))
 
     def answer(self, x: Operands) -> list[int]:
-        return number(str(x.result))
+        return number(to_str(x.result))
 
     def calculator_script(self, left: int, right: int, result: int) -> list[int]:
         """One `add left right` call, then the answer copied from the result."""
-        call = [V.CALL, *text(f"add {left} {right}"), V.CALL_END]
-        out = number(str(result))
+        call = [V.CALL, *text(f"add {to_str(left)} {to_str(right)}"), V.CALL_END]
+        out = number(to_str(result))
         return call + forced([V.RESULT, *out, V.RESULT_END]) + [V.ANS, *out, V.EOS]

@@ -29,7 +29,7 @@ import numpy as np
 from .. import vocab as V
 from .addition import Addition, addition_script
 from .arithmetic import (BOS_F, DIGITS_F, LT1, LT2, RD1, RD2, ArithmeticTask, Operands,
-                         position_pointers, random_number, read_back)
+                         position_pointers, random_number, read_back, to_int)
 from .base import CHAR, CMD, DIGITS, FORCED, number, walk
 
 RD3, RT3 = CMD[3, "read"], CMD[3, "right"]
@@ -109,7 +109,7 @@ class Multiplication(ArithmeticTask):
 
     def _script(self, x: Operands, mode: str) -> Sequence[int]:
         if mode == "single_turn":
-            a, b = int(x.a), x.b.rjust(2, "0")
+            a, b = to_int(x.a), x.b.rjust(2, "0")
             return self.calculator_script(a * int(b[1]), a * int(b[0]) * 10, x.result)
         return multiplication_script(x)
 
