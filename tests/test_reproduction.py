@@ -157,6 +157,18 @@ def test_train_time_budget_stops_then_the_same_command_resumes(tmp_path, monkeyp
                     **{**args, "steps": 5, "only": [("gru", "interactive"), ("mamba", "interactive")]})
 
 
+def test_fit_train_seconds_records_the_steps_it_trained(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(R, "run_parallel", lambda jobs, *options, **more: [R.run_one(*job, progress=False)
+                                                                          for job in jobs])
+    curve = R.reproduce("addition", "cpu", [0], tmp_path / "out", only=[("mamba", "interactive")], steps=10 ** 6,
+                        sizes=[3], n=2, fit_train_seconds=1.0, pack=False)
+    (run,) = curve["runs"]
+    assert 1 <= run["train"]["steps"] == run["trained_steps"] < 10 ** 6 and run["train"]["pack"] is False
+    log = (tmp_path / "runs/reproduce-addition-cpu/mamba-interactive-seed0/log.csv").read_text().splitlines()
+    assert len(log) == 1 + run["trained_steps"]
+
+
 @pytest.mark.parametrize("argv, words", [
     (["reproduce", "multiplication_nx1", "--sizes", "0"], "test size (digits) must be an integer >= 1"),
     (["reproduce", "multiplication_nx1", "--n", "0"], "--n must be positive"),

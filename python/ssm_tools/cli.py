@@ -109,7 +109,8 @@ def cmd_reproduce(args) -> None:
                       max_train_seconds=args.max_train_seconds, workers=args.workers,
                       max_seconds=args.max_seconds, lr=args.lr, lr_grid=args.lr_grid, val_size=args.val_size,
                       val_steps=args.val_steps, add_weights=args.add_weights,
-                      evaluate_stopped=args.evaluate_stopped)
+                      evaluate_stopped=args.evaluate_stopped, fit_train_seconds=args.fit_train_seconds,
+                      pack=not args.no_pack)
     if not is_main():
         return
     print(f"wrote {out}/curve.json and {out}/curve.png ({len(curve['runs'])} runs)")
@@ -227,6 +228,11 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--evaluate-stopped", action="store_true",
                    help="a run that --max-train-seconds stops is evaluated as it is and joins the curve (its "
                         "record says how many steps it trained), not left for the same command to resume")
+    r.add_argument("--fit-train-seconds", type=float,
+                   help="give each run this much training time: its steps are cut to fit, from the pace of its "
+                        "warmup (the recipe recorded is the one trained; for GPU calls of fixed length)")
+    r.add_argument("--no-pack", action="store_true",
+                   help="train Mamba on rows padded to the longest episode instead of packed rows")
     r.add_argument("--max-eval-seconds", type=float,
                    help="evaluation budget per run: sizes that would take it past this are skipped (null)")
     r.add_argument("--max-seconds", type=float,

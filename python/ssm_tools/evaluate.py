@@ -84,7 +84,7 @@ class GraphedGreedyStep:
 def evaluate_size(model, task, size: int, n: int, seed: int = TEST_SEED, device="cpu", tf32: bool = False) -> dict:
     rng = np.random.default_rng([seed, size])
     instances = [task.sample(rng, size) for _ in range(n)]
-    env = Env(task.tools(), batch_size=n)
+    env = Env(task.tools(), batch_size=n, max_len=task.max_steps(size))  # the default max_len would cut long episodes
     model.eval()
     transcript = rollout(greedy_policy(model, n, device, tf32=tf32), env, [task.prompt(i) for i in instances],
                          max_steps=task.max_steps(size), seed=seed)

@@ -178,7 +178,7 @@ def run_one(config: dict, model: str, model_scale: str | dict, train: dict, seed
             out_dir: Path, device: str, max_eval_seconds: float | None = None,
             max_train_seconds: float | None = None, eval_until: float | None = None,
             eval_lock: Path | None = None, setting: dict | None = None, evaluate_stopped: bool = False,
-            threads: int | None = None, progress: bool = True) -> dict:
+            fit_train_seconds: float | None = None, threads: int | None = None, progress: bool = True) -> dict:
     """Train one model (sizes: a preset's name, or the sizes themselves) on one task config with
     one seed, then evaluate it at `sizes` on the config's graded task (make_eval_task). A checkpoint
     left in `out_dir` by an earlier, stopped run of the same recipe is resumed. With
@@ -189,7 +189,8 @@ def run_one(config: dict, model: str, model_scale: str | dict, train: dict, seed
     shortens the evaluation budget to end by then (a call with a time limit keeps its results). With
     `eval_lock` (a file), runs in other processes that hold the same lock evaluate one at a time.
     `setting` (a sweep's point, e.g. {"add_weight": 0.5, "steps": 250}) joins the run's name.
-    The result records how the run was trained, read off the trainer itself: the model and its
+    `fit_train_seconds` sizes the run to that time (Trainer.run's fit_seconds: fewer steps, never
+    more, chosen from the warmup's pace; the recipe recorded is the one trained). The result records how the run was trained, read off the trainer itself: the model and its
     sizes ("model_cfg"), the recipe ("train", the seed it used included), the machine."""
     if threads is not None:
         torch.set_num_threads(threads)
@@ -199,7 +200,7 @@ def run_one(config: dict, model: str, model_scale: str | dict, train: dict, seed
     checkpoint = Path(out_dir) / CHECKPOINT
     if checkpoint.is_file():  # an earlier call's stopped (or finished) run of the same recipe
         same_recipe(checkpoint, trainer.load(checkpoint), asdict(cfg))
-    last = trainer.run(max_seconds=max_train_seconds)
+    last = trainer.run(max_seconds=max_train_seconds, fit_seconds=fit_train_seconds)
     train_s = round(trainer.train_seconds, 1)
     if last.get("stopped") and not evaluate_stopped:
         return {**name, "stopped": trainer.step, "steps": cfg.steps, "train_seconds": train_s}
@@ -355,7 +356,8 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
               max_train_seconds: float | None = None, workers: int | None = None,
               max_seconds: float | None = None, lr: float | None = None, lr_grid: list[float] | None = None,
               val_size: int | None = None, val_steps: int | None = None,
-              add_weights: list[float] | None = None, evaluate_stopped: bool = False) -> dict:
+              add_weights: list[float] | None = None, evaluate_stopped: bool = False,
+              fit_train_seconds: float | None = None, pack: bool = True) -> dict:
     """Train and evaluate every (model, mode) of the scale that the task has (or the subset `only`)
     for each seed (`seeds`, else the task's seeds for that run, else the scale's). `sizes`, `n`,
     `steps`, `lr` override the scale's test sizes, episodes per size, training steps and learning
@@ -373,7 +375,10 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     weight (`add_weights`, default all) times each step budget (`steps`: that one budget instead).
     `lr_grid` chooses the learning rate first (select_lr): a short run per rate, graded at
     `val_size`, which must not be a test size; the rule and every candidate go into the curve. Its
-    time comes out of `max_train_seconds` (the runs after it get what is left)."""
+    time comes out of `max_train_seconds` (the runs after it get what is left).
+
+    `fit_train_seconds` gives each run that much training time, its steps cut to fit (see run_one):
+    for calls of fixed length. `pack=False` trains on padded rows instead of packed ones."""
     eval_until = None if max_seconds is None else time.time() + max_seconds
     spec = scale_spec(task, scale)
     settings = sweep_settings(task, scale, add_weights, steps)
@@ -392,14 +397,16 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     n = spec["n"] if n is None else n
     if not (isinstance(n, int) and n > 0):
         raise ValueError(f"n must be a positive integer, got {n!r}")
-    for name, value in (("max_eval_seconds", max_eval_seconds), ("max_seconds", max_seconds), ("lr", lr)):
+    for name, value in (("max_eval_seconds", max_eval_seconds), ("max_seconds", max_seconds), ("lr", lr),
+                        ("fit_train_seconds", fit_train_seconds)):
         if value is not None and not value > 0:
             raise ValueError(f"{name} must be positive, got {value!r}")
     if workers is not None and not (isinstance(workers, int) and workers > 0):
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
     if lr is not None and lr_grid is not None:
         raise ValueError("give lr or lr_grid, not both")
-    train = {**spec["train"], **({} if steps is None else {"steps": steps}), **({} if lr is None else {"lr": lr})}
+    train = {**spec["train"], **({} if steps is None else {"steps": steps}), **({} if lr is None else {"lr": lr}),
+             **({} if pack else {"pack": False})}
     if lr_grid is not None:
         check_lr_grid(built, lr_grid, val_size, val_steps, sizes)
         if distributed.launched():  # the ranks would each have to agree on the choice
@@ -446,7 +453,7 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
                       **({"lr": chosen[model, mode]} if (model, mode) in chosen else {})}
         return (setting_config(task, mode, setting), model, spec["models"][model], run_recipe, seed, sizes, n,
                 folder / run_name(identity(model, mode, seed, setting)), device,
-                max_eval_seconds, max_train_seconds, eval_until, eval_lock, setting, evaluate_stopped)
+                max_eval_seconds, max_train_seconds, eval_until, eval_lock, setting, evaluate_stopped, fit_train_seconds)
 
     jobs = [job(model, mode, setting, seed) for model, mode in runs for setting in settings
             for seed in run_seeds[model, mode]]
