@@ -214,11 +214,24 @@ def test_eval_budget_skips_sizes_predicted_to_overrun(fixed_state, evaluated, mo
     assert [int(s) for s, a in result["accuracy"].items() if a is not None] == evaluated
     assert result["skipped_sizes"] == [s for s in (10, 20, 40) if s not in evaluated]
     assert all(result["accuracy"][str(s)] is None for s in result["skipped_sizes"])
-    assert result["exact_trajectory"] == {"10": 0.5, "20": 0.5, "40": 0.5}  # every size, skipped or not
+    assert result["exact_trajectory"] == {"10": 0.5, "20": 0.5, "40": 0.5}  # teacher forcing costs nothing here
     # Each evaluated size is logged as it finishes (a log cut off by a time limit shows how far it got).
     assert [line.split(":")[0] for line in capsys.readouterr().out.splitlines() if line.startswith("evaluated")] == \
         [f"evaluated size {s}" for s in evaluated]
     assert R.evaluate_within(model, Sleeper(), [10, 20, 40], 1, "cpu")["skipped_sizes"] == []
+
+
+def test_eval_budget_bounds_the_exact_trajectory_pass_too(monkeypatch):
+    """Teacher forcing runs first, at every size the budget allows; decoding gets the time left."""
+    monkeypatch.setattr(R, "exact_trajectory_size", lambda model, task, size, n, device: (
+        time.sleep(0.005 * size), {"exact_trajectory": 0.5})[1])
+    monkeypatch.setattr(R, "evaluate_size", lambda model, task, size, n, device: {"accuracy": 1.0})
+    model = type("M", (), {"fixed_size_state": True})()
+    result = R.evaluate_within(model, Sleeper(), [10, 20, 40], 1, "cpu", max_seconds=0.2)
+    assert result["exact_trajectory"] == {"10": 0.5, "20": 0.5, "40": None}
+    assert result["exact_trajectory_skipped_sizes"] == [40]
+    # 0.15 s spent: decoding's smallest size always runs; the next is predicted at 0 s: it fits.
+    assert result["accuracy"] == {"10": 1.0, "20": 1.0, "40": 1.0} and result["skipped_sizes"] == []
 
 
 def test_long_episode_tasks_have_their_runs_seeds_and_models(tmp_path, monkeypatch):

@@ -282,42 +282,57 @@ def one_at_a_time(lock: Path | None):
 
 def evaluate_within(model, task, sizes: list[int], n: int, device: str, max_seconds: float | None = None,
                     label: str = "") -> dict:
-    """Accuracy at each size, smallest first. With `max_seconds` (the run's evaluation budget), a size
-    whose predicted time would take the evaluation past the budget is skipped, and so is every larger
-    one: accuracy null, listed in "skipped_sizes". The prediction scales the last size's time by the
-    growth of the episode-length bound (task.max_steps): linearly for fixed-state models, squared for
-    the others (attention over the whole episode). The smallest size always runs. `label` names the
-    run in the log lines.
-
-    Every size, skipped or not, also gets its exact-trajectory score ("exact_trajectory",
-    evaluate.exact_trajectory_size): teacher-forced, one forward pass per episode, so it reaches the
-    sizes whose step-by-step decoding does not fit the budget."""
-    accuracy: dict[str, float | None] = {}
-    seconds: dict[str, float | None] = {}
-    exact: dict[str, float] = {}
-    skipped: list[int] = []
+    """Scores at each size, smallest first, within `max_seconds` (the run's evaluation budget): first
+    the exact-trajectory score at every size ("exact_trajectory", evaluate.exact_trajectory_size:
+    teacher-forced, one forward pass per episode, so it reaches sizes whose decoding would take
+    minutes), then the exact-answer accuracy decoded with the tools ("accuracy", evaluate_size) in
+    the time left. In each pass, a size whose predicted time would take the evaluation past the
+    budget is skipped, and so is every larger one: its score null, the size listed in
+    "skipped_sizes" (decoding) or "exact_trajectory_skipped_sizes". The prediction scales the last
+    size's time by the growth of the episode-length bound (task.max_steps): linearly for fixed-state
+    models, squared for the others (attention over the whole episode). Each pass's smallest size
+    always runs. `label` names the run in the log lines."""
     power = 1 if getattr(model, "fixed_size_state", False) else 2
-    spent, last = 0.0, None
+    suffix = f" ({label})" if label else ""
+
+    def exact(size: int) -> float:
+        value = exact_trajectory_size(model, task, size, n, device=device)["exact_trajectory"]
+        tqdm.write(f"exact trajectory at size {size}: {value:.3f}{suffix}")
+        return value
+
+    def decoded(size: int) -> float:
+        value = evaluate_size(model, task, size, n, device=device)["accuracy"]
+        # One line per size as it finishes, so that a log cut off by a time limit still shows how far it got.
+        tqdm.write(f"evaluated size {size}: accuracy {value:.3f}{suffix}")
+        return value
+
+    tf, _, tf_skipped, spent = sizes_within(exact, sizes, task, power, max_seconds, 0.0)
+    accuracy, seconds, skipped, _ = sizes_within(decoded, sizes, task, power, max_seconds, spent)
+    return {"accuracy": accuracy, "exact_trajectory": tf, "skipped_sizes": skipped,
+            "exact_trajectory_skipped_sizes": tf_skipped, "max_eval_seconds": max_seconds,
+            "eval_seconds_per_size": seconds}
+
+
+def sizes_within(score, sizes: list[int], task, power: int, max_seconds: float | None, spent: float):
+    """score(size) at each size, smallest first, while the predicted time keeps the total (`spent`
+    so far) within `max_seconds` (see evaluate_within). Returns ({size: score or None}, {size:
+    seconds or None}, the skipped sizes, the total spent)."""
+    scores: dict[str, float | None] = {}
+    seconds: dict[str, float | None] = {}
+    skipped: list[int] = []
+    last = None
     for size in sorted(sizes):
-        t0 = time.perf_counter()
-        exact[str(size)] = exact_trajectory_size(model, task, size, n, device=device)["exact_trajectory"]
-        tqdm.write(f"exact trajectory at size {size}: {exact[str(size)]:.3f} in {time.perf_counter() - t0:.1f} s"
-                   + (f" ({label})" if label else ""))
         if max_seconds is not None and last is not None and (skipped or spent + last[1] * (
                 task.max_steps(size) / task.max_steps(last[0])) ** power > max_seconds):
             skipped.append(size)
-            accuracy[str(size)] = seconds[str(size)] = None
+            scores[str(size)] = seconds[str(size)] = None
             continue
         t0 = time.perf_counter()
-        accuracy[str(size)] = evaluate_size(model, task, size, n, device=device)["accuracy"]
+        scores[str(size)] = score(size)
         last = (size, time.perf_counter() - t0)
         spent += last[1]
         seconds[str(size)] = round(last[1], 1)
-        # One line per size as it finishes, so that a log cut off by a time limit still shows how far it got.
-        tqdm.write(f"evaluated size {size}: accuracy {accuracy[str(size)]:.3f} in {last[1]:.1f} s"
-                   + (f" ({label})" if label else ""))
-    return {"accuracy": accuracy, "exact_trajectory": exact, "skipped_sizes": skipped, "max_eval_seconds": max_seconds,
-            "eval_seconds_per_size": seconds}
+    return scores, seconds, skipped, spent
 
 
 def run_parallel(jobs: list[tuple], workers: int | None = None, on_result=None) -> list[dict]:
