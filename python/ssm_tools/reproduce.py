@@ -206,13 +206,9 @@ def run_one(config: dict, model: str, model_scale: str | dict, train: dict, seed
         return {**name, "stopped": trainer.step, "steps": cfg.steps, "train_seconds": train_s}
     if trainer.rank != 0:  # rank 0 evaluates
         return name
-    with one_at_a_time(eval_lock):
-        t0 = time.perf_counter()
-        budget = max_eval_seconds
-        if eval_until is not None:  # the time spent waiting for the lock is gone too
-            budget = max(0.0, min(budget or float("inf"), eval_until - time.time()))
-        result = evaluate_within(trainer.model, make_eval_task(config), sizes, n, trainer.device, budget,
-                                 label=run_name(name))
+    t0 = time.perf_counter()
+    result = evaluate_within(trainer.model, make_eval_task(config), sizes, n, trainer.device, max_eval_seconds,
+                             label=run_name(name), lock=eval_lock, until=eval_until)
     return {**name, "model_cfg": trainer.meta["model_cfg"], "train": asdict(cfg), "trained_steps": trainer.step,
             "machine": machine(trainer.device), "final_loss": trainer.last_loss, "train_seconds": train_s,
             "eval_seconds": round(time.perf_counter() - t0, 1), "train_processes": trainer.world,
@@ -281,7 +277,7 @@ def one_at_a_time(lock: Path | None):
 
 
 def evaluate_within(model, task, sizes: list[int], n: int, device: str, max_seconds: float | None = None,
-                    label: str = "") -> dict:
+                    label: str = "", lock: Path | None = None, until: float | None = None) -> dict:
     """Scores at each size, smallest first, within `max_seconds` (the run's evaluation budget): first
     the exact-trajectory score at every size ("exact_trajectory", evaluate.exact_trajectory_size:
     teacher-forced, one forward pass per episode, so it reaches sizes whose decoding would take
@@ -291,7 +287,10 @@ def evaluate_within(model, task, sizes: list[int], n: int, device: str, max_seco
     "skipped_sizes" (decoding) or "exact_trajectory_skipped_sizes". The prediction scales the last
     size's time by the growth of the episode-length bound (task.max_steps): linearly for fixed-state
     models, squared for the others (attention over the whole episode). Each pass's smallest size
-    always runs. `label` names the run in the log lines."""
+    always runs. `label` names the run in the log lines. `until` (a time.time()) ends the budget
+    earlier. Decoding holds `lock` (one_at_a_time: runs sharing a GPU decode one at a time; their
+    teacher-forced passes, mostly trajectories built on the host, run side by side), and the time
+    spent waiting for it is gone from the budget too."""
     power = 1 if getattr(model, "fixed_size_state", False) else 2
     suffix = f" ({label})" if label else ""
 
@@ -306,8 +305,12 @@ def evaluate_within(model, task, sizes: list[int], n: int, device: str, max_seco
         tqdm.write(f"evaluated size {size}: accuracy {value:.3f}{suffix}")
         return value
 
-    tf, _, tf_skipped, spent = sizes_within(exact, sizes, task, power, max_seconds, 0.0)
-    accuracy, seconds, skipped, _ = sizes_within(decoded, sizes, task, power, max_seconds, spent)
+    started, limit = time.perf_counter(), max_seconds
+    if until is not None:
+        limit = max(0.0, min(float("inf") if limit is None else limit, until - time.time()))
+    tf, _, tf_skipped, _ = sizes_within(exact, sizes, task, power, limit, 0.0)
+    with one_at_a_time(lock):
+        accuracy, seconds, skipped, _ = sizes_within(decoded, sizes, task, power, limit, time.perf_counter() - started)
     return {"accuracy": accuracy, "exact_trajectory": tf, "skipped_sizes": skipped,
             "exact_trajectory_skipped_sizes": tf_skipped, "max_eval_seconds": max_seconds,
             "eval_seconds_per_size": seconds}
