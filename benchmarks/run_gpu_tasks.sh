@@ -22,6 +22,7 @@ CALL_S=${CALL_S:-585}
 MARGIN_S=${MARGIN_S:-25}
 TASKS=${TASKS:-"logical_graph/6/150/290 hanoi_recursive/9/60/140 coding/5/120/280 hanoi_iterative/9/150/290"}
 DEVICE=${DEVICE:-cuda}
+SCALE=${SCALE:-paper}  # cpu: a dry run of this script on a CPU (tiny models)
 PYTHON=${PYTHON:-python3}
 ARGS=${ARGS:-}
 export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
@@ -47,7 +48,7 @@ for spec in $TASKS; do
   mkdir -p "$work/$task/gpu/logs" "$work/$task/cwd"
   # shellcheck disable=SC2086  # ARGS is a list of options
   (cd "$work/$task/cwd" && timeout --signal=INT --kill-after=15 $((CALL_S - (SECONDS - start))) \
-    "$PYTHON" -m ssm_tools.cli reproduce "$task" --scale paper --device "$DEVICE" --workers "$workers" \
+    "$PYTHON" -m ssm_tools.cli reproduce "$task" --scale "$SCALE" --device "$DEVICE" --workers "$workers" \
     --fit-train-seconds "$fit_s" --max-eval-seconds "$eval_s" \
     --max-seconds $((CALL_S - MARGIN_S - (SECONDS - start))) \
     --out "$work/$task/gpu" ${runs:+--runs "$runs"} $ARGS > "$work/$task/gpu/logs/reproduce.txt" 2>&1) &
@@ -59,7 +60,7 @@ for pid in "${pids[@]}"; do
 done
 for spec in $TASKS; do
   task=${spec%%/*}
-  for csv in "$work/$task"/cwd/runs/reproduce-"$task"-paper/*/log.csv; do
+  for csv in "$work/$task"/cwd/runs/reproduce-"$task"-"$SCALE"/*/log.csv; do
     [[ -f $csv ]] && cp "$csv" "$work/$task/gpu/logs/$(basename "$(dirname "$csv")").log.csv"
   done
   grep -E "^evaluated|^exact|rror" "$work/$task/gpu/logs/reproduce.txt" | sed "s/^/$task: /" | cut -c1-400
