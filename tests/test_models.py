@@ -42,6 +42,21 @@ def test_step_matches_parallel_forward(name, T):
     torch.testing.assert_close(stepped, full, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_rnn_runs_long_inputs_in_pieces_with_the_same_result(cell, monkeypatch):
+    """cuDNN refuses very long sequences, so the RNNs run them in pieces, carrying the state."""
+    import ssm_tools.models.rnn as rnn
+    model = build_model(cell, vocab_size=128, d_model=8, n_layers=2).double()
+    tokens = torch.randint(0, 128, (2, 23))
+    whole = model(tokens)
+    monkeypatch.setattr(rnn, "MAX_STEPS_PER_CALL", 5)
+    calls = []
+    model.rnn.register_forward_hook(lambda *args: calls.append(1))
+    pieces = model(tokens)
+    assert len(calls) == 5  # 23 steps in pieces of 5
+    torch.testing.assert_close(pieces, whole, rtol=1e-12, atol=1e-12)
+
+
 def test_sliding_window_forgets_beyond_window():
     # Mistral-style: a token more than `window` positions back cannot influence the logits; with a
     # growing cache (Pythia-style) it does.

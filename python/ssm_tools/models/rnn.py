@@ -1,11 +1,15 @@
 """LSTM and GRU language models (the paper's recurrent baselines: a fixed-size state, like Mamba)."""
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from .base import LanguageModel, check_positive
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
+# cuDNN's RNN kernels refuse longer sequences (CUDNN_STATUS_NOT_SUPPORTED on 90k- and 109k-step
+# episodes): longer inputs run in pieces of this many steps, the state carried across (the same result).
+MAX_STEPS_PER_CALL = 1 << 15
 
 
 class RNN(LanguageModel):
@@ -21,7 +25,13 @@ class RNN(LanguageModel):
         self.rnn = CELLS[cell](d_model, d_model, n_layers, batch_first=True)
 
     def body(self, x):
-        return self.rnn(x)[0]
+        if x.shape[1] <= MAX_STEPS_PER_CALL:
+            return self.rnn(x)[0]
+        outs, state = [], None
+        for piece in x.split(MAX_STEPS_PER_CALL, dim=1):
+            out, state = self.rnn(piece, state)
+            outs.append(out)
+        return torch.cat(outs, dim=1)
 
     def body_step(self, x, state):
         out, state = self.rnn(x.unsqueeze(1), state)
