@@ -93,7 +93,8 @@ def cmd_reproduce(args) -> None:
                       only=only, sizes=args.sizes, n=args.n, steps=args.steps,
                       max_eval_seconds=args.max_eval_seconds, merge=args.merge,
                       max_train_seconds=args.max_train_seconds, workers=args.workers,
-                      max_seconds=args.max_seconds)
+                      max_seconds=args.max_seconds, stop_after_zero=args.stop_after_zero,
+                      joint_eval=args.joint_eval)
     if not is_main():
         return
     print(f"wrote {out}/curve.json and {out}/curve.png ({len(curve['runs'])} runs)")
@@ -200,7 +201,13 @@ def parser() -> argparse.ArgumentParser:
                         "end later are skipped (null), as with --max-eval-seconds")
     r.add_argument("--workers", type=int,
                    help="runs at a time, each in its own process (default: one per core with --device cpu, "
-                        "else 1); on a GPU they train side by side and evaluate one at a time")
+                        "else 1); on a GPU they train side by side and evaluate one at a time (see --joint-eval)")
+    r.add_argument("--stop-after-zero", action=argparse.BooleanOptionalAction,
+                   help="a run at 0/n at some size is not decoded at larger ones: they are recorded as "
+                        "skipped, with that reason (default: on at --scale paper, off at cpu)")
+    r.add_argument("--joint-eval", action=argparse.BooleanOptionalAction,
+                   help="evaluate a mode's Mamba / LSTM / GRU runs together, in one rollout per size, once "
+                        "all are trained (default: on with a GPU device)")
     _nproc_option(r)
     r.set_defaults(func=cmd_reproduce)
 

@@ -34,8 +34,8 @@ from tqdm import tqdm
 
 from . import distributed
 from .config import CONFIGS, load_config, make_task
-from .evaluate import evaluate_size
-from .models import preset
+from .evaluate import check_joint, evaluate_size_many
+from .models import MODELS, preset
 from .train import CHECKPOINT, load_checkpoint, make_trainer, model_config, train_config
 
 TASKS_DIR = CONFIGS  # tasks/<task>.toml, shipped with the package
@@ -52,6 +52,7 @@ SCALES = {
         "train": dict(steps=400, batch_size=32, lr=1e-2, warmup=40),
         "n": 50,
         "seeds": [0, 1],
+        "stop_after_zero": False,
     },
     "paper": {
         "model_scale": "paper",
@@ -61,6 +62,9 @@ SCALES = {
         "train": dict(steps=2000, batch_size=128, lr=5e-4, warmup=200, weight_decay=0.01),
         "n": 100,
         "seeds": [0, 1],
+        # A run at 0/n at some size is not decoded at larger ones (recorded as skipped, with why):
+        # the long episodes of the large sizes are most of the evaluation's time.
+        "stop_after_zero": True,
     },
 }
 
@@ -151,14 +155,16 @@ def task_config(task: str, mode: str) -> dict:
 def run_one(config: dict, model: str, model_scale: str | dict, train: dict, seed: int, sizes: list[int], n: int,
             out_dir: Path, device: str, max_eval_seconds: float | None = None,
             max_train_seconds: float | None = None, eval_until: float | None = None,
-            eval_lock: Path | None = None, threads: int | None = None, progress: bool = True) -> dict:
+            eval_lock: Path | None = None, stop_after_zero: bool = False, evaluate_now: bool = True,
+            threads: int | None = None, progress: bool = True) -> dict:
     """Train one model (sizes: a preset's name, or the sizes themselves) on one task config with
     one seed, then evaluate it at `sizes`. A checkpoint left in `out_dir` by an earlier, stopped run
     of the same recipe is resumed. With `max_train_seconds`, training that runs out of time
     checkpoints and returns {"stopped": step} (no evaluation): the same command, run again, goes on
     from there. `eval_until` (a time.time()) shortens the evaluation budget to end by then (a call
     with a time limit keeps its results). With `eval_lock` (a file), runs in other processes that
-    hold the same lock evaluate one at a time."""
+    hold the same lock evaluate one at a time. `stop_after_zero`: see evaluate_within. Without
+    `evaluate_now`, the trained run is returned with "pending": its folder, for evaluate_jointly."""
     if threads is not None:
         torch.set_num_threads(threads)
     trainer = make_trainer(config, model, model_scale, run_train(train, seed), out_dir, device=device,
@@ -174,16 +180,42 @@ def run_one(config: dict, model: str, model_scale: str | dict, train: dict, seed
                 "steps": cfg.steps, "train_seconds": train_s}
     if trainer.rank != 0:  # rank 0 evaluates
         return {"model": model, "mode": config["task"]["mode"], "seed": seed}
+    trained = {"model": model, "mode": config["task"]["mode"], "seed": seed, "final_loss": trainer.last_loss,
+               "train_seconds": train_s, "train_processes": trainer.world}
+    if not evaluate_now:
+        return {**trained, "pending": str(out_dir)}
+    return evaluate_runs([trained], [trainer.model], task, sizes, n, trainer.device, max_eval_seconds, eval_until,
+                         eval_lock, stop_after_zero)[0]
+
+
+def evaluate_runs(records: list[dict], models: list, task, sizes: list[int], n: int, device, max_eval_seconds=None,
+                  eval_until=None, eval_lock=None, stop_after_zero: bool = False) -> list[dict]:
+    """The trained runs `records` (their `models`, of one task and mode) evaluated together under the
+    evaluation lock (evaluate_within: jointly when several), each record completed with its results."""
     with one_at_a_time(eval_lock):
         t0 = time.perf_counter()
         budget = max_eval_seconds
         if eval_until is not None:  # the time spent waiting for the lock is gone too
             budget = max(0.0, min(budget or float("inf"), eval_until - time.time()))
-        result = evaluate_within(trainer.model, task, sizes, n, trainer.device, budget,
-                                 label=f"{model} {config['task']['mode']} seed {seed}")
-    return {"model": model, "mode": config["task"]["mode"], "seed": seed, "final_loss": trainer.last_loss,
-            "train_seconds": train_s, "eval_seconds": round(time.perf_counter() - t0, 1),
-            "train_processes": trainer.world, "test_sizes": sorted(sizes), "n": n, **result}
+        results = evaluate_within(models, task, sizes, n, device, budget, stop_after_zero=stop_after_zero,
+                                  labels=[f"{r['model']} {r['mode']} seed {r['seed']}" for r in records])
+    seconds = round(time.perf_counter() - t0, 1)
+    return [{**{k: v for k, v in r.items() if k != "pending"}, "eval_seconds": seconds,
+             **({"evaluated_jointly": len(records)} if len(records) > 1 else {}),
+             "test_sizes": sorted(sizes), "n": n, **result} for r, result in zip(records, results)]
+
+
+def evaluate_jointly(records: list[dict], config: dict, sizes: list[int], n: int, device: str, **budget) -> list[dict]:
+    """Runs trained with evaluate_now=False (one task config), loaded from their checkpoints and
+    evaluated in one joint rollout per size (evaluate_runs; `budget`: its keyword arguments)."""
+    models = [load_checkpoint(r["pending"], device)[0] for r in records]
+    return evaluate_runs(records, models, make_task(config), sizes, n, device, **budget)
+
+
+def fixed_size_state(model: str) -> bool:
+    """Whether model `model` (a name of MODELS) keeps a fixed-size state (joint evaluation)."""
+    cls = MODELS[model]
+    return getattr(cls, "func", cls).fixed_size_state
 
 
 def run_train(train: dict, seed: int) -> dict:
@@ -229,35 +261,59 @@ def one_at_a_time(lock: Path | None):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def evaluate_within(model, task, sizes: list[int], n: int, device: str, max_seconds: float | None = None,
-                    label: str = "") -> dict:
-    """Accuracy at each size, smallest first. With `max_seconds` (the run's evaluation budget), a size
-    whose predicted time would take the evaluation past the budget is skipped, and so is every larger
-    one: accuracy null, listed in "skipped_sizes". The prediction scales the last size's time by the
-    growth of the episode-length bound (task.max_steps): linearly for fixed-state models, squared for
-    the others (attention over the whole episode). The smallest size always runs. `label` names the
-    run in the log lines."""
-    accuracy: dict[str, float | None] = {}
-    seconds: dict[str, float | None] = {}
-    skipped: list[int] = []
-    power = 1 if getattr(model, "fixed_size_state", False) else 2
-    spent, last = 0.0, None
+def evaluate_within(models: list, task, sizes: list[int], n: int, device: str, max_seconds: float | None = None,
+                    labels: list[str] | None = None, stop_after_zero: bool = False) -> list[dict]:
+    """Accuracy of each model at each size, smallest first, the models decoded jointly
+    (evaluate_size_many: fixed-size-state models only, when several). Returns one result per model.
+    Skipped sizes have accuracy null, are listed in "skipped_sizes" and have their reason in
+    "skip_reasons":
+    * `max_seconds` (the evaluation's budget): a size whose predicted time would take the evaluation
+      past the budget is skipped, and so is every larger one. The prediction scales the last size's
+      time by the growth of the episode-length bound (task.max_steps): linearly for fixed-state
+      models, squared for the others (attention over the whole episode). The smallest size always runs.
+    * `stop_after_zero`: a model with 0 correct at a size is not decoded at the larger ones (that
+      size is its "zero_at").
+    `labels` name the models in the log lines."""
+    check_joint(models)
+    labels = labels or [""] * len(models)
+    results = [{"accuracy": {}, "skipped_sizes": [], "skip_reasons": {}, "max_eval_seconds": max_seconds,
+                "stop_after_zero": stop_after_zero, "eval_seconds_per_size": {}} for _ in models]
+
+    def skip(j: int, size: int, reason: str) -> None:
+        results[j]["accuracy"][str(size)] = results[j]["eval_seconds_per_size"][str(size)] = None
+        results[j]["skipped_sizes"].append(size)
+        results[j]["skip_reasons"][str(size)] = reason
+
+    power = 1 if all(getattr(m, "fixed_size_state", False) for m in models) else 2
+    active, zero_at = list(range(len(models))), {}
+    spent, last, over_budget = 0.0, None, False
     for size in sorted(sizes):
-        if max_seconds is not None and last is not None and (skipped or spent + last[1] * (
+        for j, (at, score) in zero_at.items():
+            skip(j, size, f"{score} at size {at}")
+        active = [j for j in active if j not in zero_at]
+        if not active:
+            continue
+        if max_seconds is not None and last is not None and (over_budget or spent + last[1] * (
                 task.max_steps(size) / task.max_steps(last[0])) ** power > max_seconds):
-            skipped.append(size)
-            accuracy[str(size)] = seconds[str(size)] = None
+            over_budget = True
+            for j in active:
+                skip(j, size, f"predicted past the evaluation budget of {max_seconds:.0f} s")
             continue
         t0 = time.perf_counter()
-        accuracy[str(size)] = evaluate_size(model, task, size, n, device=device)["accuracy"]
+        rows = evaluate_size_many([models[j] for j in active], task, size, n, device=device)
         last = (size, time.perf_counter() - t0)
         spent += last[1]
-        seconds[str(size)] = round(last[1], 1)
-        # One line per size as it finishes, so that a log cut off by a time limit still shows how far it got.
-        tqdm.write(f"evaluated size {size}: accuracy {accuracy[str(size)]:.3f} in {last[1]:.1f} s"
-                   + (f" ({label})" if label else ""))
-    return {"accuracy": accuracy, "skipped_sizes": skipped, "max_eval_seconds": max_seconds,
-            "eval_seconds_per_size": seconds}
+        for j, row in zip(active, rows):
+            results[j]["accuracy"][str(size)] = row["accuracy"]
+            results[j]["eval_seconds_per_size"][str(size)] = round(last[1], 1)
+            if stop_after_zero and row["correct"] == 0:
+                zero_at[j] = (size, f"0/{n}")
+                results[j]["zero_at"] = size
+            # One line per size as it finishes, so that a log cut off by a time limit shows how far it got.
+            tqdm.write(f"evaluated size {size}: accuracy {row['accuracy']:.3f} in {last[1]:.1f} s"
+                       + (f" ({labels[j]})" if labels[j] else "")
+                       + (f", jointly with {len(active) - 1} more" if len(active) > 1 else ""))
+    return results
 
 
 def run_parallel(jobs: list[tuple], workers: int | None = None, on_result=None) -> list[dict]:
@@ -294,7 +350,8 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
               sizes: list[int] | None = None, n: int | None = None, steps: int | None = None,
               max_eval_seconds: float | None = None, merge: bool = False,
               max_train_seconds: float | None = None, workers: int | None = None,
-              max_seconds: float | None = None) -> dict:
+              max_seconds: float | None = None, stop_after_zero: bool | None = None,
+              joint_eval: bool | None = None) -> dict:
     """Train and evaluate every (model, mode) of the scale that the task has (or the subset `only`)
     for each seed (`seeds`, else the task's seeds for that run, else the scale's). `sizes`, `n`,
     `steps` override the scale's test sizes, episodes per size and training steps; `merge` adds the
@@ -305,7 +362,11 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     so a call cut short keeps the runs that finished. Runs side by side on a GPU train together and
     evaluate one at a time (a lock file in `runs_dir`, shared by every `reproduce` using it).
     `max_seconds`: every evaluation ends within this many seconds of the call's start (sizes
-    predicted to end later are skipped, as above)."""
+    predicted to end later are skipped, as above). `stop_after_zero` (default: the scale's): a run
+    at 0 correct at some size is not decoded at larger ones (evaluate_within). `joint_eval`
+    (default: on a GPU, not under torchrun): the fixed-size-state runs of a mode are evaluated
+    together once all of them are trained, in one rollout per size in this process
+    (evaluate_jointly), instead of each after its own training."""
     eval_until = None if max_seconds is None else time.time() + max_seconds
     spec = scale_spec(task, scale)
     config = task_config(task, "interactive")
@@ -329,11 +390,15 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
         raise ValueError(f"max_seconds must be positive, got {max_seconds!r}")
     if workers is not None and not (isinstance(workers, int) and workers > 0):
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    stop_after_zero = spec["stop_after_zero"] if stop_after_zero is None else bool(stop_after_zero)
+    joint_eval = device != "cpu" if joint_eval is None else bool(joint_eval)
+    joint_eval = joint_eval and not distributed.launched()
     train = {**spec["train"], **({} if steps is None else {"steps": steps})}
     recipe = asdict(train_config(config, train))
     curve = {"task": task, "scale": scale, "command": command, "commands": [command], "device": device,
              "size_label": TASKS[task]["size_label"], "train_sizes": config["sizes"]["train"], "train": recipe,
-             "models": {m: spec["models"][m] for m, _ in runs}, "runs": [],
+             "models": {m: spec["models"][m] for m, _ in runs}, "runs": [], "stop_after_zero": stop_after_zero,
+             "joint_eval": joint_eval,
              **({"every_seed": True} if TASKS[task].get("every_seed") else {})}
     out_dir = Path(out_dir)
     if merge and (out_dir / "curve.json").is_file():  # checked before hours of training, not after
@@ -342,14 +407,15 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     eval_lock = None if sequential or device == "cpu" else Path(runs_dir) / f"evaluation-{device}.lock"
     jobs = [(task_config(task, mode), model, spec["models"][model], train, seed, sizes, n,
              Path(runs_dir) / f"reproduce-{task}-{scale}" / f"{model}-{mode}-seed{seed}", device, max_eval_seconds,
-             max_train_seconds, eval_until, eval_lock)
+             max_train_seconds, eval_until, eval_lock, stop_after_zero,
+             not (joint_eval and fixed_size_state(model)))
             for model, mode in runs for seed in run_seeds[model, mode]]
     for job in jobs:
         check_resumable(job)
 
     def finished(results: list[dict]) -> dict:  # the curve with these runs (those trained to the end)
         done = [{**r, "command": command, "train": asdict(train_config(config, run_train(train, r["seed"])))}
-                for r in results if "stopped" not in r and "error" not in r]
+                for r in results if "stopped" not in r and "error" not in r and "pending" not in r]
         failed = [{**r, "command": command} for r in results if "error" in r]
         return summarize({**curve, "runs": replace_runs(curve["runs"], done), **({"failed": failed} if failed else {})})
 
@@ -360,13 +426,44 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
         if distributed.is_main():
             write_curve(finished(ended), out_dir)
 
+    # Joint evaluation: a mode's fixed-size-state runs are evaluated once the last of them has ended
+    # its training (or stopped, or failed), while other runs may still train.
+    joint = {(j[1], j[0]["task"]["mode"], j[4]) for j in jobs if not j[-1]}
+    waiting = {mode: [] for _, mode, _ in joint}
+    left = {mode: sum(k[1] == mode for k in joint) for mode in waiting}
+    evaluated = {}
+
+    def on_result(result: dict) -> None:
+        if "pending" not in result:
+            write_so_far(result)  # evaluated, stopped or failed
+        if run_key(result) not in joint:
+            return
+        mode = result["mode"]
+        left[mode] -= 1
+        if "pending" in result:
+            waiting[mode].append(result)
+        if left[mode] > 0 or not waiting[mode]:
+            return
+        try:
+            done = evaluate_jointly(waiting[mode], task_config(task, mode), sizes, n, device,
+                                    max_eval_seconds=max_eval_seconds, eval_until=eval_until, eval_lock=eval_lock,
+                                    stop_after_zero=stop_after_zero)
+        except Exception as e:  # reported like a failed run; the other modes go on
+            done = [{**{k: v for k, v in r.items() if k != "pending"}, "error": f"{type(e).__name__}: {e}"[:2000]}
+                    for r in waiting[mode]]
+        for r in done:
+            evaluated[run_key(r)] = r
+            tqdm.write(json.dumps(r))
+            write_so_far(r)
+
     if sequential:
         results = []
         for job in jobs:  # one at a time (under torchrun, each on all ranks)
             results.append(run_one(*job))
-            write_so_far(results[-1])
+            on_result(results[-1])
     else:
-        results = run_parallel(jobs, workers, on_result=write_so_far)
+        results = run_parallel(jobs, workers, on_result=on_result)
+    results = [evaluated.get(run_key(r), r) if "pending" in r else r for r in results]
     unfinished = [r for r in results if "stopped" in r]
     if not distributed.is_main():
         return {**curve, "unfinished": unfinished}
@@ -429,10 +526,16 @@ def summarize(curve: dict) -> dict:
             "runs": sorted(runs, key=lambda r: (order[(r["model"], r["mode"])], r["seed"]))}
 
 
+def zero_skipped(run: dict) -> list[int]:
+    """The sizes a run left undecoded because it scored 0/n at a smaller one (stop_after_zero)."""
+    return [s for s in run.get("skipped_sizes", []) if run.get("zero_at") is not None and s > run["zero_at"]]
+
+
 def plot_curve(curve: dict, path) -> None:
     """Accuracy vs size (log x), one line per model/mode (mean over seeds) with a min-max band. A size
     is on a line only where every seed of it has a result (skipped or not-run sizes are not drawn);
-    where only some seeds have one, those seeds' points stand alone, hollow. A curve with
+    where only some seeds have one, those seeds' points stand alone, hollow. Sizes a run did not
+    decode after scoring 0/n at a smaller one (stop_after_zero) are crosses at 0. A curve with
     "every_seed" (Hanoi) also draws each seed's own line."""
     import matplotlib
 
@@ -440,6 +543,7 @@ def plot_curve(curve: dict, path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    stopped = False
     lo, hi = curve["train_sizes"]
     ax.axvspan(lo, hi, color="0.9", label=f"training sizes {lo}..{hi}")
     n_shared = curve["n_per_size"]
@@ -453,7 +557,7 @@ def plot_curve(curve: dict, path) -> None:
         text = label if n_shared is not None else f"{label}, n={'/'.join(map(str, ns))}"
         if len(steps) > 1:  # the lines trained for different numbers of steps: say how many
             text += f", {'/'.join(sorted({str(r['train']['steps']) for r in runs}))} steps"
-        skipped = sorted({s for r in runs for s in r.get("skipped_sizes", [])})
+        skipped = sorted({s for r in runs for s in r.get("skipped_sizes", []) if s not in zero_skipped(r)})
         text += f", skipped {','.join(map(str, skipped))}" if skipped else ""
         xs = [int(s) for s in full]
         line, = ax.plot(xs, [sum(a) / len(a) for a in per_size], marker="o", label=text)
@@ -462,6 +566,11 @@ def plot_curve(curve: dict, path) -> None:
                    if r["accuracy"].get(s) is not None]
         if partial:
             ax.plot(*zip(*partial), linestyle="none", marker="o", markerfacecolor="none", color=line.get_color())
+        for r in runs:  # sizes left undecoded after a 0/n: crosses at 0, dotted from the 0/n point
+            if zero_skipped(r):
+                ax.plot([r["zero_at"], *zero_skipped(r)], [0] * (1 + len(zero_skipped(r))), linestyle=":",
+                        marker="x", markevery=slice(1, None), color=line.get_color(), alpha=0.7)
+                stopped = True
         if curve.get("every_seed") and len(runs) > 1:  # each seed's own line, thin (the paper's Figure 5)
             for r in runs:
                 own = sorted((int(s), a) for s, a in r["accuracy"].items() if a is not None)
@@ -473,6 +582,8 @@ def plot_curve(curve: dict, path) -> None:
     n_text = f"n={n_shared} per size" if n_shared is not None else "n per size in the legend"
     ax.set_ylabel(f"exact-answer accuracy ({n_text})")
     ax.set_title(f"{curve['task']}: length generalization, {curve['scale']} scale, seeds {curve['seeds']}")
+    if stopped:  # one legend entry for the crosses of every line
+        ax.plot([], [], linestyle=":", marker="x", color="0.4", label="x: not decoded (0/n at a smaller size)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
