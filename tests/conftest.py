@@ -118,3 +118,35 @@ def run_killed_after(trainer, steps: int) -> None:
     except Killed:
         return
     raise AssertionError(f"the run ended before step {steps}")
+
+
+class OracleModel:
+    """A stand-in "model" that predicts, after each token of an episode, the next token of the
+    oracle's expected stream (teacher forcing in reverse): driven through the real loop by
+    evaluate(), it must score 1.0 -- or 0.0 on the episodes whose answer digits are corrupted
+    (`corrupt`: True for every episode, or the indices of some)."""
+
+    vocab_size = 128
+    fixed_size_state = True
+
+    def __init__(self, streams, corrupt=False):
+        self.streams = [list(s) for s in streams]
+        for i, s in enumerate(self.streams):
+            if corrupt is True or (corrupt and i in corrupt):
+                ans = s.index(3)  # [ANS]
+                s[ans + 4] = s[ans + 4] % 10 + 27 + 16  # a read-back output digit changed
+        self.pos = None
+
+    def eval(self):
+        return self
+
+    def init_state(self, batch_size, device=None):
+        self.pos = [0] * batch_size
+        return None
+
+    def step_unchecked(self, tokens, state):
+        logits = torch.zeros(len(self.streams), self.vocab_size)
+        for i, s in enumerate(self.streams):
+            self.pos[i] += 1
+            logits[i, s[self.pos[i]] if self.pos[i] < len(s) else 0] = 1.0
+        return logits, state

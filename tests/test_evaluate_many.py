@@ -3,10 +3,11 @@ transcripts and accuracies it gets alone; the Env holds episodes as long as the 
 import pytest
 import torch
 
+from conftest import OracleModel
 from ssm_tools import evaluate as E
-from ssm_tools.env import replay
 from ssm_tools.models import build_model
 from ssm_tools.tasks import get_task
+from ssm_tools.tasks.base import expected_stream
 from ssm_tools.vocab import VOCAB_SIZE
 
 SIZES = {"mamba": dict(d_model=16, n_layers=2, d_state=4), "lstm": dict(d_model=24, n_layers=1),
@@ -50,39 +51,16 @@ def test_evaluate_many_equals_evaluate_per_model():
     assert E.evaluate_many(models, task, sizes, n) == [E.evaluate(m, task, sizes, n) for m in models]
 
 
-class Scripted:
-    """A stand-in model that plays given token streams: row b's output after t steps is
-    streams[b][t + 1], whatever it reads (fed the oracle's transcript, it is the oracle)."""
-    fixed_size_state = True
-    vocab_size = VOCAB_SIZE
-
-    def __init__(self, streams):
-        self.streams = streams
-
-    def eval(self):
-        return self
-
-    def init_state(self, batch_size, device=None):
-        return torch.zeros(batch_size, dtype=torch.long)
-
-    def step_unchecked(self, tokens, t):
-        nxt = self.streams[torch.arange(len(t)), (t + 1).clamp(max=self.streams.shape[1] - 1)]
-        return torch.nn.functional.one_hot(nxt, VOCAB_SIZE).float(), t + 1
-
-
 def test_joint_evaluation_grades_each_model_on_its_own_episodes():
-    """The oracle scores 1.0, a model playing the oracle of other instances fewer, a random one 0,
-    in one joint rollout, as each does alone."""
+    """The oracle scores 1.0, the oracle with the answers of episodes 2..5 corrupted 2/6, a random
+    model 0, in one joint rollout, as each does alone."""
     task = get_task("addition")
     n, size = 6, 3
     instances = E.sample_instances(task, size, n)
-    env = E.Env(task.tools(), batch_size=n, max_len=task.max_steps(size) + 2)
-    oracle = replay(env, [bytes(task.prompt(i)) for i in instances], [task.packed_oracle(i) for i in instances]).tokens
-    shuffled = oracle.roll(1, dims=0)
-    shuffled[:2] = oracle[:2]  # right on the first two episodes only (the prompts differ on the others)
-    models = [Scripted(oracle), Scripted(shuffled), fresh("mamba", 9)]
+    streams = [task.prompt(x) + expected_stream(task.script(x)) for x in instances]
+    models = [OracleModel(streams), OracleModel(streams, corrupt=range(2, n)), fresh("mamba", 9)]
     joint = E.evaluate_size_many(models, task, size, n)
-    assert [r["correct"] for r in joint][0] == n and 2 <= joint[1]["correct"] < n and joint[2]["correct"] == 0
+    assert [r["correct"] for r in joint] == [n, 2, 0]
     assert joint == [E.evaluate_size(m, task, size, n) for m in models]
 
 

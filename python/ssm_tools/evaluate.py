@@ -163,7 +163,9 @@ def sample_instances(task, size: int, n: int, seed: int = TEST_SEED) -> list:
 
 def rollout_many(models, task, size: int, instances: list, seed: int = TEST_SEED, device="cpu",
                  tf32: bool = False) -> Transcript:
-    """Every model on the same `instances` in one rollout: model j's episode i is row j * n + i."""
+    """Every model on the same `instances` in one rollout: model j's episode i is row j * n + i.
+    (The Env seeds each episode's tools from its row, so rows past the first model's get other
+    seeds than alone; no tool draws on its seed, the C++ ones and the tasks' alike.)"""
     for m in models:
         m.eval()
     n, max_steps = len(instances), task.max_steps(size)

@@ -10,8 +10,11 @@ writes results/<task>/curve.json (accuracy per size for every model, mode and se
 n per size, the training range, the exact commands) and results/<task>/curve.png. With `merge`, the
 runs join those already in <out>/curve.json (a run of the same model, mode and seed is replaced), so
 separate calls (one GPU run per call) build one curve. A size left out by `max_eval_seconds` is null
-in the run's accuracy and listed in its "skipped_sizes"; a size outside the run's own test sizes
-(`sizes`) is absent. Neither is plotted. The logical graph, Tower of Hanoi and coding run small models
+in the run's accuracy and listed in its "skipped_sizes" (its reason in "skip_reasons"); a size outside
+the run's own test sizes (`sizes`) is absent. Neither is plotted. With `stop_after_zero` (on at the
+paper scale), a run at 0/n at some size is not decoded at larger ones: skipped with that reason, drawn
+as crosses at 0. On a GPU, the Mamba / LSTM / GRU runs of a mode are evaluated together once all are
+trained, one joint rollout per size (`joint_eval`, evaluate.evaluate_many). The logical graph, Tower of Hanoi and coding run small models
 at the paper scale (SMALL_MODELS: their episodes are up to a million decode steps) and have no cpu scale.
 
 Under torchrun (`--nproc N`, ssm_tools.distributed) every run trains data-parallel over the N
