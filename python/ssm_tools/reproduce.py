@@ -14,8 +14,9 @@ in the run's accuracy and listed in its "skipped_sizes" (its reason in "skip_rea
 the run's own test sizes (`sizes`) is absent. Neither is plotted. With `stop_after_zero` (on at the
 paper scale), a run at 0/n at some size is not decoded at larger ones: skipped with that reason, drawn
 as crosses at 0. On a GPU, the Mamba / LSTM / GRU runs of a mode are evaluated together once all are
-trained, one joint rollout per size (`joint_eval`, evaluate.evaluate_many). The logical graph, Tower of Hanoi and coding run small models
-at the paper scale (SMALL_MODELS: their episodes are up to a million decode steps) and have no cpu scale.
+trained, one joint rollout per size (`joint_eval`, evaluate.evaluate_many). The logical graph, Tower
+of Hanoi and coding run small models at the paper scale (SMALL_MODELS: their episodes are up to a
+million decode steps) and have no cpu scale.
 
 Under torchrun (`--nproc N`, ssm_tools.distributed) every run trains data-parallel over the N
 processes, one run after another; rank 0 evaluates it and writes the curve.
