@@ -267,6 +267,46 @@ def test_fixed_state_runs_are_evaluated_jointly_as_each_alone(tmp_path, monkeypa
     assert json.loads((tmp_path / "out/curve.json").read_text())["runs"] == curve["runs"]
 
 
+def test_each_mode_is_evaluated_jointly_once_its_last_run_has_trained(tmp_path, monkeypatch):
+    """Joint evaluation per mode, started when the mode's last fixed-state run comes back (trained,
+    stopped or failed), with the runs that trained; the Transformer run was evaluated in its worker."""
+    calls = []
+
+    def fake_parallel(jobs, workers=None, on_result=None):
+        results = []
+        for config, model, _, _, seed, *rest in jobs:
+            key = {"model": model, "mode": config["task"]["mode"], "seed": seed}
+            assert rest[-1] == (model == "pythia")  # evaluate_now: only the Transformer in its worker
+            if model == "pythia":
+                key.update(test_sizes=[7], n=1, accuracy={"7": 0.0})
+            elif (model, seed) == ("mamba", 1) and key["mode"] == "interactive":
+                key.update(stopped=3, steps=9)
+            else:
+                key.update(pending=f"runs/{model}-{seed}")
+            results.append(key)
+            on_result(key)
+        return results
+
+    def fake_joint(records, config, sizes, n, device, **budget):
+        calls.append((config["task"]["mode"], [(r["model"], r["seed"]) for r in records], budget["stop_after_zero"]))
+        return [{**{k: v for k, v in r.items() if k != "pending"}, "test_sizes": sizes, "n": n,
+                 "accuracy": {str(s): 1.0 for s in sizes}, "evaluated_jointly": len(records)} for r in records]
+
+    monkeypatch.setattr(R, "run_parallel", fake_parallel)
+    monkeypatch.setattr(R, "evaluate_jointly", fake_joint)
+    curve = R.reproduce("hanoi_recursive", "paper", [0, 1], tmp_path / "out", device="cuda", workers=4, sizes=[7])
+    # Jobs come back in the order mamba interactive, mamba single turn, LSTM, Pythia: single turn ends first.
+    assert calls == [("single_turn", [("mamba", 0), ("mamba", 1)], True),
+                     ("interactive", [("mamba", 0), ("lstm", 0), ("lstm", 1)], True)]
+    assert [r["model"] for r in curve["unfinished"]] == ["mamba"]
+    assert sorted((r["model"], r["mode"], r["seed"]) for r in curve["runs"]) == sorted(
+        [("mamba", "interactive", 0), ("lstm", "interactive", 0), ("lstm", "interactive", 1),
+         ("mamba", "single_turn", 0), ("mamba", "single_turn", 1), ("pythia", "interactive", 0),
+         ("pythia", "interactive", 1)])
+    assert curve["joint_eval"] and curve["stop_after_zero"]
+    assert not any("pending" in r for r in curve["runs"])
+
+
 def test_long_episode_tasks_have_their_runs_seeds_and_models(tmp_path, monkeypatch):
     """Hanoi trains every Mamba seed of Figure 5's view (5) and one of each baseline, with the small
     models of the GPU scale; the curve is written as each run ends (a call cut short keeps them)."""
