@@ -172,7 +172,9 @@ def rollout_many(models, task, size: int, instances: list, seed: int = TEST_SEED
     # max_len past what max_steps can reach: the episode-length bound is the task's, not the Env's default.
     env = Env(task.tools(), batch_size=n * len(models), max_len=max_steps + 2)
     prompts = [task.prompt(i) for i in instances] * len(models)
-    return rollout(JointGreedyPolicy(models, n, device, tf32=tf32), env, prompts, max_steps=max_steps, seed=seed)
+    policy = greedy_policy(models[0], n, device, tf32=tf32) if len(models) == 1 else \
+        JointGreedyPolicy(models, n, device, tf32=tf32)
+    return rollout(policy, env, prompts, max_steps=max_steps, seed=seed)
 
 
 def evaluate_size_many(models, task, size: int, n: int, seed: int = TEST_SEED, device="cpu",
