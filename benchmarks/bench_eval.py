@@ -7,11 +7,12 @@ the time per step outside the model: the C++ loop with a constant policy, the po
 (token check, numpy <-> torch) and, on a GPU, one policy call against its graph replay alone and
 against the call before pinned buffers (pageable copies, a sync in .cpu()).
 
-GPU (one call, about 2 minutes with the build; from the repository root of a checkout):
+GPU (one call, about 3 minutes with the build; from the repository root of a checkout; the benchmark
+runs even where a CUDA test fails, so that one call brings back both):
 
     python3 -m pip install --no-build-isolation --no-deps -e . -C cmake.define.SSM_TOOLS_CUDA=ON \
-        -C build-dir=build/gpu && python3 -m pytest -q tests/test_cuda_models.py \
-        && python3 benchmarks/bench_eval.py --device cuda --out $OUT/bench_eval.json
+        -C build-dir=build/gpu && { python3 -m pytest -q tests/test_cuda_models.py; \
+        python3 benchmarks/bench_eval.py --device cuda --out $OUT/bench_eval.json; }
 
 CPU dry run (tiny sizes):
 
