@@ -1,29 +1,32 @@
 #!/usr/bin/env bash
 # The paper-scale curves of the long-episode tasks (logical graph, Tower of Hanoi iterative and
 # recursive, coding) in one GPU call whose time is limited (the device tool's calls: 10 minutes):
-#   OUT=/tmp/out CALL_S=400 bash benchmarks/run_gpu_tasks.sh
-# Builds the package with CUDA if it is not built yet, then runs `ssm-tools reproduce <task> --scale
-# paper --device cuda` for every task at the same time, each task's runs side by side in their own
-# processes (--workers): they train together (large kernels share the GPU well) and evaluate one at a
-# time (greedy decoding time-slices badly between processes: results/tasks_notes.md). Each run's
-# evaluation has its own time budget (--max-eval-seconds: a size predicted to overrun is recorded as
-# skipped, never dropped) and ends MARGIN_S seconds before CALL_S (--max-seconds); everything stops
-# CALL_S seconds after the start (SIGINT), and since each curve is written as its runs finish, a call
-# cut short keeps the runs that ended. TASKS="task/workers/eval_seconds[/model:mode,...] ..." chooses the tasks (and their runs).
+#   OUT=/tmp/out CALL_S=585 bash benchmarks/run_gpu_tasks.sh
+# Builds the package with CUDA if it is not built yet and runs the CUDA tests of packed rows (if one
+# fails, every run trains on padded rows: --no-pack). Then `ssm-tools reproduce <task> --scale paper
+# --device cuda` for every task at the same time, each task from its own working folder (its own
+# runs/ and evaluation lock), each run in its own process (--workers): they train side by side, each
+# for its task's FIT seconds (--fit-train-seconds: the steps that fit, recorded), then evaluate
+# (teacher-forced exact trajectories, then decoding one evaluation at a time per task; a mode's
+# Mamba / LSTM / GRU runs jointly, in the main process, once all have trained: --joint-eval) within
+# the budget (--max-eval-seconds) and MARGIN_S seconds before CALL_S (--max-seconds); sizes
+# predicted to overrun, or past a 0/n (--stop-after-zero), are recorded as skipped, never dropped. Everything stops CALL_S seconds after
+# the start (SIGINT); each curve is written as its runs finish, so a call cut short keeps the runs
+# that ended. TASKS="task/workers/eval_seconds/fit_seconds[/model:mode,...] ..." chooses the tasks.
 # Results: $OUT/tasks.tar.gz holds <task>/gpu/{curve.json,curve.png,command.txt} and the logs
-# (<task>/gpu/logs/: the command's output, every run's log.csv); $OUT/summary.txt the accuracies.
+# (<task>/gpu/logs/: the command's output, every run's log.csv); $OUT/summary.txt the scores.
 # Uses the machine's python3 (with a CUDA torch, numpy, tqdm, matplotlib); no venv, no downloads.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_tasks}
-CALL_S=${CALL_S:-400}
-MARGIN_S=${MARGIN_S:-30}
-TASKS=${TASKS:-"logical_graph/6/260 hanoi_recursive/3/100 coding/4/120
-  hanoi_iterative/8/260/mamba:interactive,mamba:single_turn,lstm:interactive"}
+CALL_S=${CALL_S:-585}
+MARGIN_S=${MARGIN_S:-25}
+TASKS=${TASKS:-"logical_graph/6/150/290 hanoi_recursive/9/60/140 coding/5/120/280 hanoi_iterative/9/150/290"}
 DEVICE=${DEVICE:-cuda}
+SCALE=${SCALE:-paper}  # cpu: a dry run of this script on a CPU (tiny models)
 PYTHON=${PYTHON:-python3}
 ARGS=${ARGS:-}
-export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
+export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 start=$SECONDS
 work=$OUT/work
 mkdir -p "$work"
@@ -33,16 +36,23 @@ sys.exit(not torch._C._dispatch_has_kernel_for_dispatch_key('ssm_tools::selectiv
     -C build-dir=build/gpu > "$work/build.txt" 2>&1 || { tail -30 "$work/build.txt"; exit 1; }
 fi
 echo "built in $((SECONDS - start)) s"
+if [[ $DEVICE == cuda ]] && ! timeout 120 python3 -m pytest -q -x -p no:cacheprovider -k packed tests/test_cuda.py \
+    tests/test_cuda_models.py tests/test_mamba_block_ops.py > "$OUT/packed_tests.txt" 2>&1; then
+  ARGS="$ARGS --no-pack"
+  echo "packed-row CUDA tests failed: training on padded rows"
+fi
+tail -1 "$OUT/packed_tests.txt" 2>/dev/null
 pids=()
 for spec in $TASKS; do
-  IFS=/ read -r task workers eval_s runs <<< "$spec"
-  rm -rf "runs/reproduce-$task-paper"  # every run trains afresh in this call
-  mkdir -p "$work/$task/gpu/logs"
+  IFS=/ read -r task workers eval_s fit_s runs <<< "$spec"
+  rm -rf "$work/$task/cwd"  # every run trains afresh in this call
+  mkdir -p "$work/$task/gpu/logs" "$work/$task/cwd"
   # shellcheck disable=SC2086  # ARGS is a list of options
-  timeout --signal=INT --kill-after=15 $((CALL_S - (SECONDS - start))) \
-    "$PYTHON" -m ssm_tools.cli reproduce "$task" --scale paper --device "$DEVICE" --workers "$workers" \
-    --max-eval-seconds "$eval_s" --max-seconds $((CALL_S - MARGIN_S - (SECONDS - start))) \
-    --out "$work/$task/gpu" ${runs:+--runs "$runs"} $ARGS > "$work/$task/gpu/logs/reproduce.txt" 2>&1 &
+  (cd "$work/$task/cwd" && timeout --signal=INT --kill-after=15 $((CALL_S - (SECONDS - start))) \
+    "$PYTHON" -m ssm_tools.cli reproduce "$task" --scale "$SCALE" --device "$DEVICE" --workers "$workers" \
+    --fit-train-seconds "$fit_s" --max-eval-seconds "$eval_s" \
+    --max-seconds $((CALL_S - MARGIN_S - (SECONDS - start))) \
+    --out "$work/$task/gpu" ${runs:+--runs "$runs"} $ARGS > "$work/$task/gpu/logs/reproduce.txt" 2>&1) &
   pids+=($!)
 done
 status=0
@@ -51,20 +61,23 @@ for pid in "${pids[@]}"; do
 done
 for spec in $TASKS; do
   task=${spec%%/*}
-  for csv in runs/reproduce-"$task"-paper/*/log.csv; do
+  for csv in "$work/$task"/cwd/runs/reproduce-"$task"-"$SCALE"/*/log.csv; do
     [[ -f $csv ]] && cp "$csv" "$work/$task/gpu/logs/$(basename "$(dirname "$csv")").log.csv"
   done
-  grep -E "^evaluated|^\{|rror" "$work/$task/gpu/logs/reproduce.txt" | sed "s/^/$task: /" | cut -c1-400
+  grep -E "^evaluated|^exact|rror" "$work/$task/gpu/logs/reproduce.txt" | sed "s/^/$task: /" | cut -c1-400
 done > "$OUT/summary.txt"
 "$PYTHON" - "$work" >> "$OUT/summary.txt" <<'EOF'
 import json, pathlib, sys
 for path in sorted(pathlib.Path(sys.argv[1]).glob("*/gpu/curve.json")):
     curve = json.loads(path.read_text())
     for r in curve["runs"]:
-        print(curve["task"], r["model"], r["mode"], "seed", r["seed"], "train_s", r.get("train_seconds"),
-              "eval_s", r.get("eval_seconds_per_size"), "accuracy", r["accuracy"])
+        print(curve["task"], r["model"], r["mode"], "seed", r["seed"], "steps", r.get("trained_steps"),
+              "loss", r.get("final_loss"), "train_s", r.get("train_seconds"), "eval_s", r.get("eval_seconds"),
+              "accuracy", r["accuracy"], "exact_trajectory", r.get("exact_trajectory"))
+    for r in curve.get("failed", []):
+        print(curve["task"], r["model"], r["mode"], "seed", r["seed"], "FAILED", r["error"][:200])
 EOF
-tar -czf "$OUT/tasks.tar.gz" -C "$work" .
+tar -czf "$OUT/tasks.tar.gz" --exclude=cwd -C "$work" .  # not the checkpoints
 rm -rf "$work"
 echo "=== run_gpu_tasks.sh status $status after $((SECONDS - start)) s"
 cat "$OUT/summary.txt" | tail -60

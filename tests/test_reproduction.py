@@ -221,7 +221,7 @@ def test_eval_budget_skips_sizes_predicted_to_overrun(fixed_state, evaluated, mo
     assert [int(s) for s, a in result["accuracy"].items() if a is not None] == evaluated
     assert result["skipped_sizes"] == [s for s in (10, 20, 40) if s not in evaluated]
     assert all(result["accuracy"][str(s)] is None for s in result["skipped_sizes"])
-    assert result["exact_trajectory"] == {"10": 0.5, "20": 0.5, "40": 0.5}  # every size, skipped or not
+    assert result["exact_trajectory"] == {"10": 0.5, "20": 0.5, "40": 0.5}  # teacher forcing costs nothing here
     assert set(result["skip_reasons"]) == {str(s) for s in result["skipped_sizes"]}
     assert all("evaluation budget of 0 s" in why for why in result["skip_reasons"].values())
     # Each evaluated size is logged as it finishes (a log cut off by a time limit shows how far it got).
@@ -283,7 +283,8 @@ def test_fixed_state_runs_are_evaluated_jointly_as_each_alone(tmp_path, monkeypa
     task = make_task(task_config("addition", "interactive"))
     for r in curve["runs"]:
         assert ("evaluated_jointly" in r) == (r["model"] != "pythia")
-        model, meta = load_checkpoint(tmp_path / f"runs/reproduce-addition-cpu/{r['model']}-interactive-seed{r['seed']}")
+        folder = tmp_path / f"runs/reproduce-addition-cpu/{r['model']}-interactive-seed{r['seed']}"
+        model, meta = load_checkpoint(folder)
         # The record says how the run was trained, evaluated jointly or not.
         assert (r["model_cfg"], r["train"], r["trained_steps"]) == (meta["model_cfg"], meta["train"], 1)
         assert r["machine"].startswith("cpu, ") and r["stop_after_zero"]
@@ -363,6 +364,20 @@ def test_joint_evaluation_grades_the_eval_task_and_takes_the_stopped_runs(tmp_pa
     assert [(r["seed"], r["setting"], r["trained_steps"], r["train"]["steps"], r["evaluated_jointly"])
             for r in curve["runs"]] == [(s, {"add_weight": 0.5, "steps": 3}, 1, 3, 2) for s in (0, 1)]
     assert all(set(r["accuracy"]) == set(r["exact_trajectory"]) == {"3"} for r in curve["runs"])
+
+
+def test_eval_budget_bounds_the_exact_trajectory_pass_too(monkeypatch):
+    """Teacher forcing runs first, at every size the budget allows; decoding gets the time left."""
+    monkeypatch.setattr(R, "exact_trajectory_size", lambda model, task, size, n, device: (
+        time.sleep(0.005 * size), {"exact_trajectory": 0.5})[1])
+    monkeypatch.setattr(R, "evaluate_size_many", lambda models, task, size, n, device: [
+        {"accuracy": 1.0, "correct": n}] * len(models))
+    model = type("M", (), {"fixed_size_state": True})()
+    result, = R.evaluate_within([model], Sleeper(), [10, 20, 40], 1, "cpu", max_seconds=0.2)
+    assert result["exact_trajectory"] == {"10": 0.5, "20": 0.5, "40": None}
+    assert result["exact_trajectory_skipped_sizes"] == [40]
+    # 0.15 s spent: decoding's smallest size always runs; the next is predicted at 0 s: it fits.
+    assert result["accuracy"] == {"10": 1.0, "20": 1.0, "40": 1.0} and result["skipped_sizes"] == []
 
 
 def test_long_episode_tasks_have_their_runs_seeds_and_models(tmp_path, monkeypatch):

@@ -77,8 +77,8 @@ def plot_curve(curve: dict, path) -> list[str]:
                 ax.plot([r["zero_at"], *zero_skipped(r)], [0] * (1 + len(zero_skipped(r))), linestyle=":",
                         marker="x", markevery=slice(1, None), color=line.get_color(), alpha=0.7)
                 stopped = True
-        tf_sizes = sorted({s for r in runs for s in r.get("exact_trajectory", {})}, key=int)
-        tf_full = [s for s in tf_sizes if all(s in r.get("exact_trajectory", {}) for r in runs)]
+        tf_sizes = sorted({s for r in runs for s, a in r.get("exact_trajectory", {}).items() if a is not None}, key=int)
+        tf_full = [s for s in tf_sizes if all(r.get("exact_trajectory", {}).get(s) is not None for r in runs)]
         if tf_full:  # teacher-forced exact trajectory (every size, skipped ones included): dashed
             ax.plot([int(s) for s in tf_full], [sum(r["exact_trajectory"][s] for r in runs) / len(runs) for s in tf_full],
                     linestyle="--", marker="x", color=line.get_color(), alpha=0.8)

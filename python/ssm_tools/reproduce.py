@@ -94,6 +94,8 @@ SMALL_MODELS = {"mamba": dict(d_model=256, n_layers=2, d_state=16), "lstm": dict
                 "mistral": dict(d_model=256, n_layers=2, n_heads=4, window=512)}
 # Seeds per run at the paper scale, to fit one GPU call: every Mamba line 2 seeds (Hanoi with the tool:
 # 5, each drawn; the paper's Figure 5 trains 10 and reports the best), the baselines one.
+# The paper-scale "steps" of these four tasks are upper bounds: a GPU call gives each run a time
+# (--fit-train-seconds, benchmarks/run_gpu_tasks.sh) and the run records the steps that fit.
 HANOI_SEEDS = {("mamba", "interactive"): [0, 1, 2, 3, 4], ("mamba", "single_turn"): [0, 1]}
 MAMBA_SEEDS = {("mamba", "interactive"): [0, 1], ("mamba", "single_turn"): [0, 1]}
 _NO_CPU = "has no cpu scale: {why}; use --scale paper on a GPU"
@@ -130,14 +132,14 @@ TASKS = {
                       # 400 steps left the 2 x 256 Mamba at 0-6% on 10 gates; a tiny one needed about
                       # 300 steps to copy labels and 2,150 to copy the second operand
                       # (results/tasks_notes.md).
-                      "train": dict(steps=3000, batch_size=16, lr=3e-3, warmup=100)}}},
+                      "train": dict(steps=3000, batch_size=32, lr=3e-3, warmup=100)}}},
     "hanoi_iterative": {
         "size_label": "disks", "every_seed": True, "sizes": {"paper": [8, 9, 10, 11, 12]},
         "unavailable": {"cpu": _NO_CPU.format(why="an 8-disk training episode is 45k tokens")},
         "scales": {"paper": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("lstm", "interactive"),
                                       ("pythia", "interactive")],
                              "models": SMALL_MODELS, "run_seeds": HANOI_SEEDS, "seeds": [0], "n": 50,
-                             "train": dict(steps=120, batch_size=8, lr=3e-3, warmup=12)}}},
+                             "train": dict(steps=2000, batch_size=8, lr=3e-3, warmup=40)}}},
     "hanoi_recursive": {
         "size_label": "disks", "every_seed": True, "sizes": {"cpu": [7, 8, 9], "paper": [7, 8, 9, 10]},
         # cpu: about 12 CPU-minutes per run with the tool (results/hanoi_recursive: 37 minutes on 2
@@ -148,14 +150,14 @@ TASKS = {
                    "paper": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("lstm", "interactive"),
                                       ("pythia", "interactive")],
                              "models": SMALL_MODELS, "run_seeds": HANOI_SEEDS, "seeds": [0],
-                             "train": dict(steps=200, batch_size=16, lr=3e-3, warmup=20)}}},
+                             "train": dict(steps=600, batch_size=16, lr=3e-3, warmup=20)}}},
     "coding": {
         # Up to twice the largest training size (16 functions): codebases growing past it.
         "size_label": "functions", "sizes": {"paper": [4, 8, 16, 24, 32]},
         "unavailable": {"cpu": _NO_CPU.format(why="its oracle trajectories cost sandbox runs (0.4 s each)")},
         "scales": {"paper": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("pythia", "interactive")],
                              "models": SMALL_MODELS, "run_seeds": MAMBA_SEEDS, "seeds": [0], "n": 50,
-                             "train": dict(steps=80, batch_size=16, lr=3e-3, warmup=8)}}},
+                             "train": dict(steps=1000, batch_size=16, lr=3e-3, warmup=20)}}},
 }
 
 
@@ -231,15 +233,12 @@ def run_one(config: dict, model: str, model_scale: str | dict, train: dict, seed
 
 def evaluate_runs(records: list[dict], models: list, task, sizes: list[int], n: int, device, max_eval_seconds=None,
                   eval_until=None, eval_lock=None, stop_after_zero: bool = False) -> list[dict]:
-    """The trained runs `records` (their `models`, graded on `task`) evaluated together under the
-    evaluation lock (evaluate_within: jointly when several), each record completed with its results."""
-    with one_at_a_time(eval_lock):
-        t0 = time.perf_counter()
-        budget = max_eval_seconds
-        if eval_until is not None:  # the time spent waiting for the lock is gone too
-            budget = max(0.0, min(budget or float("inf"), eval_until - time.time()))
-        results = evaluate_within(models, task, sizes, n, device, budget, labels=[run_name(r) for r in records],
-                                  stop_after_zero=stop_after_zero)
+    """The trained runs `records` (their `models`, graded on `task`) evaluated together
+    (evaluate_within: jointly when several, decoding under the evaluation lock), each record
+    completed with its results."""
+    t0 = time.perf_counter()
+    results = evaluate_within(models, task, sizes, n, device, max_eval_seconds, labels=[run_name(r) for r in records],
+                              stop_after_zero=stop_after_zero, lock=eval_lock, until=eval_until)
     seconds = round(time.perf_counter() - t0, 1)
     return [{**{k: v for k, v in r.items() if k != "pending"}, "eval_seconds": seconds,
              **({"evaluated_jointly": len(records)} if len(records) > 1 else {}),
@@ -322,71 +321,102 @@ def one_at_a_time(lock: Path | None):
 
 
 def evaluate_within(models: list, task, sizes: list[int], n: int, device: str, max_seconds: float | None = None,
-                    labels: list[str] | None = None, stop_after_zero: bool = False) -> list[dict]:
-    """Accuracy of each model at each size, smallest first, the models decoded jointly
-    (evaluate_size_many: fixed-size-state models only, when several). Returns one result per model.
-    Skipped sizes have accuracy null, are listed in "skipped_sizes" and have their reason in
-    "skip_reasons":
-    * `max_seconds` (the evaluation's budget): a size whose predicted time would take the evaluation
-      past the budget is skipped, and so is every larger one. The prediction scales the last size's
-      time by the growth of the episode-length bound (task.max_steps): linearly for fixed-state
-      models, squared for the others (attention over the whole episode). The smallest size always runs.
-    * `stop_after_zero`: a model with 0 correct at a size is not decoded at the larger ones (that
-      size is its "zero_at").
-    `labels` name the models in the log lines.
+                    labels: list[str] | None = None, stop_after_zero: bool = False, lock: Path | None = None,
+                    until: float | None = None) -> list[dict]:
+    """Scores of each model at each size, smallest first, within `max_seconds` (the evaluation's
+    budget): first each model's exact-trajectory score at every size ("exact_trajectory",
+    evaluate.exact_trajectory_size: teacher-forced, one forward pass per episode, so it reaches sizes
+    whose decoding would take minutes), then the exact-answer accuracy decoded with the tools
+    ("accuracy"; the models decoded jointly, evaluate_size_many: fixed-size-state models only, when
+    several) in the time left. Returns one result per model.
 
-    Every size, skipped or not, also gets each model's exact-trajectory score ("exact_trajectory",
-    evaluate.exact_trajectory_size): teacher-forced, one forward pass per episode, so it reaches the
-    sizes whose step-by-step decoding does not fit the budget."""
+    In each pass, a size whose predicted time would take the evaluation past the budget is skipped,
+    and so is every larger one: its score null, the size listed in "skipped_sizes" (decoding, its
+    reason in "skip_reasons") or "exact_trajectory_skipped_sizes". The prediction scales the last
+    size's time by the growth of the episode-length bound (task.max_steps): linearly for fixed-state
+    models, squared for the others (attention over the whole episode). Each pass's smallest size
+    always runs. With `stop_after_zero`, a model with 0 correct at a size is not decoded at the
+    larger ones (that size is its "zero_at"; the reason "0/n at size s"). `labels` name the models in
+    the log lines. `until` (a time.time()) ends the budget earlier. Decoding holds `lock`
+    (one_at_a_time: runs sharing a GPU decode one at a time; their teacher-forced passes, mostly
+    trajectories built on the host, run side by side), and the time spent waiting for it is gone
+    from the budget too."""
     check_joint(models)
     labels = labels or [""] * len(models)
-    results = [{"accuracy": {}, "exact_trajectory": {}, "skipped_sizes": [], "skip_reasons": {},
-                "max_eval_seconds": max_seconds, "stop_after_zero": stop_after_zero, "eval_seconds_per_size": {}}
-               for _ in models]
-
-    def skip(j: int, size: int, reason: str) -> None:
-        results[j]["accuracy"][str(size)] = results[j]["eval_seconds_per_size"][str(size)] = None
-        results[j]["skipped_sizes"].append(size)
-        results[j]["skip_reasons"][str(size)] = reason
+    power = 1 if all(getattr(m, "fixed_size_state", False) for m in models) else 2
 
     def named(j: int) -> str:
         return f" ({labels[j]})" if labels[j] else ""
 
-    power = 1 if all(getattr(m, "fixed_size_state", False) for m in models) else 2
-    active, zero_at = list(range(len(models))), {}
-    spent, last, over_budget = 0.0, None, False
-    for size in sorted(sizes):
-        for j, model in enumerate(models):
-            t0 = time.perf_counter()
-            exact = exact_trajectory_size(model, task, size, n, device=device)["exact_trajectory"]
-            results[j]["exact_trajectory"][str(size)] = exact
-            tqdm.write(f"exact trajectory at size {size}: {exact:.3f} in {time.perf_counter() - t0:.1f} s{named(j)}")
-        for j, (at, score) in zero_at.items():
-            skip(j, size, f"{score} at size {at}")
-        active = [j for j in active if j not in zero_at]
+    def exact(size: int) -> list[float]:
+        values = [exact_trajectory_size(m, task, size, n, device=device)["exact_trajectory"] for m in models]
+        for j, value in enumerate(values):
+            tqdm.write(f"exact trajectory at size {size}: {value:.3f}{named(j)}")
+        return values
+
+    zero_at: dict[int, int] = {}  # model -> the size it scored 0/n at (stop_after_zero)
+    decoded: dict[str, dict[int, dict]] = {}  # size -> {model: its evaluate_size result}
+
+    def decode(size: int) -> None:
+        active = [j for j in range(len(models)) if j not in zero_at]
         if not active:
-            continue
-        if max_seconds is not None and last is not None and (over_budget or spent + last[1] * (
-                task.max_steps(size) / task.max_steps(last[0])) ** power > max_seconds):
-            over_budget = True
-            for j in active:
-                skip(j, size, f"predicted past the evaluation budget of {max_seconds:.0f} s")
-            continue
+            return
         t0 = time.perf_counter()
         rows = evaluate_size_many([models[j] for j in active], task, size, n, device=device)
-        last = (size, time.perf_counter() - t0)
-        spent += last[1]
+        decoded[str(size)] = dict(zip(active, rows))
         for j, row in zip(active, rows):
-            results[j]["accuracy"][str(size)] = row["accuracy"]
-            results[j]["eval_seconds_per_size"][str(size)] = round(last[1], 1)
             if stop_after_zero and row["correct"] == 0:
-                zero_at[j] = (size, f"0/{n}")
-                results[j]["zero_at"] = size
+                zero_at[j] = size
             # One line per size as it finishes, so that a log cut off by a time limit shows how far it got.
-            tqdm.write(f"evaluated size {size}: accuracy {row['accuracy']:.3f} in {last[1]:.1f} s{named(j)}"
-                       + (f", jointly with {len(active) - 1} more" if len(active) > 1 else ""))
+            tqdm.write(f"evaluated size {size}: accuracy {row['accuracy']:.3f} in {time.perf_counter() - t0:.1f} s"
+                       + named(j) + (f", jointly with {len(active) - 1} more" if len(active) > 1 else ""))
+
+    started, limit = time.perf_counter(), max_seconds
+    if until is not None:
+        limit = max(0.0, min(float("inf") if limit is None else limit, until - time.time()))
+    tf, _, tf_skipped, _ = sizes_within(exact, sizes, task, power, limit, 0.0)
+    with one_at_a_time(lock):
+        _, seconds, _, _ = sizes_within(decode, sizes, task, power, limit, time.perf_counter() - started)
+    results = []
+    for j in range(len(models)):
+        result = {"accuracy": {}, "exact_trajectory": {s: None if v is None else v[j] for s, v in tf.items()},
+                  "skipped_sizes": [], "skip_reasons": {}, "exact_trajectory_skipped_sizes": tf_skipped,
+                  "max_eval_seconds": max_seconds, "stop_after_zero": stop_after_zero, "eval_seconds_per_size": {}}
+        for size in sorted(sizes):
+            row = decoded.get(str(size), {}).get(j)
+            result["accuracy"][str(size)] = None if row is None else row["accuracy"]
+            result["eval_seconds_per_size"][str(size)] = None if row is None else seconds[str(size)]
+            if row is None:
+                result["skipped_sizes"].append(size)
+                result["skip_reasons"][str(size)] = (
+                    f"0/{n} at size {zero_at[j]}" if j in zero_at and zero_at[j] < size else
+                    f"predicted past the evaluation budget of {limit:.0f} s")
+        if j in zero_at:
+            result["zero_at"] = zero_at[j]
+        results.append(result)
     return results
 
+
+def sizes_within(score, sizes: list[int], task, power: int, max_seconds: float | None, spent: float):
+    """score(size) at each size, smallest first, while the predicted time keeps the total (`spent`
+    so far) within `max_seconds` (see evaluate_within). Returns ({size: score or None}, {size:
+    seconds or None}, the skipped sizes, the total spent)."""
+    scores: dict[str, float | None] = {}
+    seconds: dict[str, float | None] = {}
+    skipped: list[int] = []
+    last = None
+    for size in sorted(sizes):
+        if max_seconds is not None and last is not None and (skipped or spent + last[1] * (
+                task.max_steps(size) / task.max_steps(last[0])) ** power > max_seconds):
+            skipped.append(size)
+            scores[str(size)] = seconds[str(size)] = None
+            continue
+        t0 = time.perf_counter()
+        scores[str(size)] = score(size)
+        last = (size, time.perf_counter() - t0)
+        spent += last[1]
+        seconds[str(size)] = round(last[1], 1)
+    return scores, seconds, skipped, spent
 
 def run_parallel(jobs: list[tuple], workers: int | None = None, on_result=None) -> list[dict]:
     """run_one over jobs, one single-threaded process each, `workers` at a time (default: one per
@@ -531,8 +561,8 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
                       **({"lr": chosen[model, mode]} if (model, mode) in chosen else {})}
         return (setting_config(task, mode, setting), model, spec["models"][model], run_recipe, seed, sizes, n,
                 folder / run_name(identity(model, mode, seed, setting)), device,
-                max_eval_seconds, max_train_seconds, eval_until, eval_lock, setting, evaluate_stopped, fit_train_seconds,
-                stop_after_zero, not (joint_eval and fixed_size_state(model)))
+                max_eval_seconds, max_train_seconds, eval_until, eval_lock, setting, evaluate_stopped,
+                fit_train_seconds, stop_after_zero, not (joint_eval and fixed_size_state(model)))
 
     jobs = [job(model, mode, setting, seed) for model, mode in runs for setting in settings
             for seed in run_seeds[model, mode]]
