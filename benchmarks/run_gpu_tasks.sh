@@ -6,10 +6,11 @@
 # fails, every run trains on padded rows: --no-pack). Then `ssm-tools reproduce <task> --scale paper
 # --device cuda` for every task at the same time, each task from its own working folder (its own
 # runs/ and evaluation lock), each run in its own process (--workers): they train side by side, each
-# for its task's FIT seconds (--fit-train-seconds: the steps that fit, recorded), then evaluate:
-# teacher-forced exact trajectories side by side, decoding one run at a time per task, within the
-# run's budget (--max-eval-seconds) and MARGIN_S seconds before CALL_S (--max-seconds); sizes
-# predicted to overrun are recorded as skipped, never dropped. Everything stops CALL_S seconds after
+# for its task's FIT seconds (--fit-train-seconds: the steps that fit, recorded), then evaluate
+# (teacher-forced exact trajectories, then decoding one evaluation at a time per task; a mode's
+# Mamba / LSTM / GRU runs jointly, in the main process, once all have trained: --joint-eval) within
+# the budget (--max-eval-seconds) and MARGIN_S seconds before CALL_S (--max-seconds); sizes
+# predicted to overrun, or past a 0/n (--stop-after-zero), are recorded as skipped, never dropped. Everything stops CALL_S seconds after
 # the start (SIGINT); each curve is written as its runs finish, so a call cut short keeps the runs
 # that ended. TASKS="task/workers/eval_seconds/fit_seconds[/model:mode,...] ..." chooses the tasks.
 # Results: $OUT/tasks.tar.gz holds <task>/gpu/{curve.json,curve.png,command.txt} and the logs

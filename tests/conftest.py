@@ -1,5 +1,6 @@
 """Fixtures shared by the test files: one replayable seed per test, and the check that the tests
-leave the checkout as they found it; helpers several files use (a killed run, packed rows' seq_idx)."""
+leave the checkout as they found it; helpers several files use (a killed run, packed rows' seq_idx,
+OracleModel)."""
 import os
 import random
 import secrets
@@ -134,3 +135,45 @@ def packed_seq_idx(gen, seqlen, rows):
                 label = (label + 1 + int(labels[t])) % 4
             out[b, t] = label
     return out
+
+
+class OracleModel:
+    """A stand-in "model" that predicts, after each token of an episode, the next token of the
+    oracle's expected stream (teacher forcing in reverse): driven through the real loop by
+    evaluate(), it must score 1.0 -- or 0.0 on the episodes whose answer digits are corrupted
+    (`corrupt`: True for every episode, or the indices of some)."""
+
+    vocab_size = 128
+    fixed_size_state = True
+
+    def __init__(self, streams, corrupt=False):
+        self.streams = [list(s) for s in streams]
+        for i, s in enumerate(self.streams):
+            if corrupt is True or (corrupt and i in corrupt):
+                ans = s.index(3)  # [ANS]
+                s[ans + 4] = s[ans + 4] % 10 + 27 + 16  # a read-back output digit changed
+        self.pos = None
+
+    def eval(self):
+        return self
+
+    def __call__(self, x):
+        """Teacher-forced logits of a batch of episode prefixes (rows in any order, PAD after an
+        episode's end): each row's episode is found by its prompt (the first 8 tokens differ)."""
+        logits = torch.zeros(*x.shape, self.vocab_size)
+        for r, row in enumerate(x.tolist()):
+            s = next(s for s in self.streams if s[:8] == row[:8])
+            for j in range(min(len(row), len(s) - 1)):
+                logits[r, j, s[j + 1]] = 1.0
+        return logits
+
+    def init_state(self, batch_size, device=None):
+        self.pos = [0] * batch_size
+        return None
+
+    def step_unchecked(self, tokens, state):
+        logits = torch.zeros(len(self.streams), self.vocab_size)
+        for i, s in enumerate(self.streams):
+            self.pos[i] += 1
+            logits[i, s[self.pos[i]] if self.pos[i] < len(s) else 0] = 1.0
+        return logits, state

@@ -87,6 +87,46 @@ def test_rollout_graphed_equals_eager(name):
     assert torch.equal(runs[0].loss_mask, runs[1].loss_mask)
 
 
+def test_joint_graphed_rollout_gives_each_model_its_alone_transcripts():
+    """Several models' graphed steps replayed on their own streams in one rollout (evaluate_many's
+    path): every model's episodes are token for token those it decodes alone, graphed and eager, and
+    its accuracies those of evaluate() alone."""
+    from ssm_tools import evaluate as E
+
+    task = get_task("addition")
+    models = [tiny("mamba", 0), tiny("mamba", 1), tiny("lstm", 2), tiny("gru", 3), tiny("mamba", 4)]
+    for m in models:  # scaled logits: greedy tokens that vary from step to step
+        with torch.no_grad():
+            m.norm_f.weight.mul_(30.0)
+    n, size = 16, 6
+    instances = E.sample_instances(task, size, n)
+    policy = E.JointGreedyPolicy(models, n, "cuda")
+    assert policy.graphed and len({s.stream.cuda_stream for s in policy.steps}) == len(models)
+    joint = E.rollout_many(models, task, size, instances, device="cuda")
+    assert int(joint.lengths.min()) > len(task.prompt(instances[0]))
+
+    def rows(transcript, j):
+        return [transcript.episode(i) for i in range(j * n, (j + 1) * n)]
+
+    for j, m in enumerate(models):
+        alone = E.rollout_many([m], task, size, instances, device="cuda")
+        assert rows(joint, j) == rows(alone, 0), j
+        eager = rollout(greedy_policy(m, n, "cuda", cuda_graph=False), Env(task.tools(), batch_size=n,
+                        max_len=task.max_steps(size) + 2), [task.prompt(x) for x in instances],
+                        max_steps=task.max_steps(size), seed=E.TEST_SEED)
+        assert rows(joint, j) == rows(eager, 0), j
+    assert len({tuple(map(tuple, (e[0] for e in rows(joint, j)))) for j in range(len(models))}) == len(models)
+    assert E.evaluate_many(models, task, [3, size], n, device="cuda") == \
+        [E.evaluate(m, task, [3, size], n, device="cuda") for m in models]
+
+
+def test_graphed_step_uses_pinned_buffers():
+    step = greedy_policy(tiny("mamba"), 8, "cuda")
+    assert step.host_in.is_pinned() and step.host_out.is_pinned()
+    out = step(torch.zeros(8, dtype=torch.long))
+    assert out.data_ptr() != step.host_out.data_ptr()  # the caller's copy, not the reused buffer
+
+
 @pytest.mark.parametrize("name", ["mamba", "lstm", "pythia"])
 def test_forward_cuda_matches_cpu(name):
     model = tiny(name)

@@ -13,8 +13,11 @@ import torch
 
 from ssm_tools import reproduce as R
 from ssm_tools.cli import main
-from ssm_tools.plots import largest_common_size
+from ssm_tools.config import make_task
+from ssm_tools.evaluate import evaluate, exact_trajectory_size
+from ssm_tools.plots import largest_common_size, zero_skipped
 from ssm_tools.reproduce import SCALES, plot_curve, reproduce, run_parallel, task_config
+from ssm_tools.train import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = SCALES["cpu"]
@@ -57,9 +60,13 @@ QUICK = ["--steps", "1", "--n", "2", "--seeds", "0"]
 
 def in_process(jobs, workers=None, on_result=None):
     """run_parallel without the process pool (each spawned worker imports torch: seconds)."""
-    threads = torch.get_num_threads()
+    threads, results = torch.get_num_threads(), []
     try:
-        return [R.run_one(*job, threads=1, progress=False) for job in jobs]
+        for job in jobs:
+            results.append(R.run_one(*job, threads=1, progress=False))
+            if on_result is not None:
+                on_result(results[-1])
+        return results
     finally:
         torch.set_num_threads(threads)
 
@@ -204,30 +211,169 @@ class Sleeper:
 
 @pytest.mark.parametrize("fixed_state, evaluated", [(True, [10, 20]), (False, [10])])
 def test_eval_budget_skips_sizes_predicted_to_overrun(fixed_state, evaluated, monkeypatch, capsys):
-    monkeypatch.setattr(R, "evaluate_size", lambda model, task, size, n, device: (
-        time.sleep(0.005 * size), {"accuracy": 1.0})[1])
+    monkeypatch.setattr(R, "evaluate_size_many", lambda models, task, size, n, device: (
+        time.sleep(0.005 * size), [{"accuracy": 1.0, "correct": n}] * len(models))[1])
     monkeypatch.setattr(R, "exact_trajectory_size", lambda model, task, size, n, device: {"exact_trajectory": 0.5})
     model = type("M", (), {"fixed_size_state": fixed_state})()
     # 10: 0.05 s; 20 predicted 0.1 s (fixed state, total 0.15 <= 0.2) or 0.2 s (quadratic: over);
     # 40 predicted 0.2 s after 0.15 spent: over.
-    result = R.evaluate_within(model, Sleeper(), [40, 10, 20], 1, "cpu", max_seconds=0.2)
+    result, = R.evaluate_within([model], Sleeper(), [40, 10, 20], 1, "cpu", max_seconds=0.2)
     assert [int(s) for s, a in result["accuracy"].items() if a is not None] == evaluated
     assert result["skipped_sizes"] == [s for s in (10, 20, 40) if s not in evaluated]
     assert all(result["accuracy"][str(s)] is None for s in result["skipped_sizes"])
     assert result["exact_trajectory"] == {"10": 0.5, "20": 0.5, "40": 0.5}  # teacher forcing costs nothing here
+    assert set(result["skip_reasons"]) == {str(s) for s in result["skipped_sizes"]}
+    assert all("evaluation budget of 0 s" in why for why in result["skip_reasons"].values())
     # Each evaluated size is logged as it finishes (a log cut off by a time limit shows how far it got).
     assert [line.split(":")[0] for line in capsys.readouterr().out.splitlines() if line.startswith("evaluated")] == \
         [f"evaluated size {s}" for s in evaluated]
-    assert R.evaluate_within(model, Sleeper(), [10, 20, 40], 1, "cpu")["skipped_sizes"] == []
+    assert R.evaluate_within([model], Sleeper(), [10, 20, 40], 1, "cpu")[0]["skipped_sizes"] == []
+
+
+def test_a_run_at_zero_is_not_decoded_at_larger_sizes(monkeypatch, tmp_path):
+    """stop_after_zero: the run that scores 0/n at 20 is skipped at 40 and 80, with that reason, while
+    the other run of the joint evaluation goes on alone; without the option both run every size."""
+    calls = []
+
+    def fake(models, task, size, n, device):
+        calls.append((size, [m.name for m in models]))
+        return [{"accuracy": c / n, "correct": c} for c in (0 if m.name == "a" and size >= 20 else 1 for m in models)]
+
+    monkeypatch.setattr(R, "evaluate_size_many", fake)
+    monkeypatch.setattr(R, "exact_trajectory_size", lambda model, task, size, n, device: {
+        "exact_trajectory": 0.25 if model.name == "a" else 0.75})
+    models = [type("M", (), {"fixed_size_state": True, "name": name})() for name in "ab"]
+    a, b = R.evaluate_within(models, Sleeper(), [10, 20, 40, 80], 2, "cpu", stop_after_zero=True)
+    assert calls == [(10, ["a", "b"]), (20, ["a", "b"]), (40, ["b"]), (80, ["b"])]
+    # The teacher-forced score is each model's own, at every size, those it was not decoded at included.
+    assert a["exact_trajectory"] == dict.fromkeys(["10", "20", "40", "80"], 0.25)
+    assert b["exact_trajectory"] == dict.fromkeys(["10", "20", "40", "80"], 0.75)
+    assert a["accuracy"] == {"10": 0.5, "20": 0.0, "40": None, "80": None} and a["zero_at"] == 20
+    assert a["skipped_sizes"] == [40, 80] and a["skip_reasons"] == {"40": "0/2 at size 20", "80": "0/2 at size 20"}
+    assert b["skipped_sizes"] == [] and "zero_at" not in b and b["stop_after_zero"]
+    calls.clear()
+    assert R.evaluate_within(models, Sleeper(), [10, 20, 40], 2, "cpu")[0]["skipped_sizes"] == []
+    assert calls[-1] == (40, ["a", "b"])
+    # The plot draws the undecoded sizes (crosses at 0) beside a budget-skipped run.
+    runs = [{"model": "mamba", "mode": "interactive", "seed": s, "n": 2, "train": {"steps": 1, "lr": 1e-2}, **r}
+            for s, r in enumerate((a, b))]
+    curve = {"task": "addition", "scale": "paper", "train_sizes": [1, 5], "n_per_size": 2, "size_label": "digits",
+             "seeds": [0, 1], "runs": runs, "models": {"mamba": {"d_model": 64, "n_layers": 2}}}
+    legend = plot_curve(curve, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Undecoded after a 0/n is its own legend entry, not a budget skip of the line.
+    assert "x: not decoded (0/n at a smaller size)" in legend and not any("skipped" in t for t in legend)
+    assert zero_skipped(a) == [40, 80] and zero_skipped(b) == []
+
+
+def test_fixed_state_runs_are_evaluated_jointly_as_each_alone(tmp_path, monkeypatch):
+    """With joint_eval the Mamba and GRU runs train, then are evaluated in one rollout per size from
+    their checkpoints: each run's accuracies are those of evaluate() on its checkpoint alone; a run at
+    0/n is recorded as skipped at the larger size; the Transformer run is evaluated on its own."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(R, "run_parallel", in_process)
+    joint = []
+    real = R.evaluate_jointly
+    monkeypatch.setattr(R, "evaluate_jointly", lambda records, *a, **k: (joint.append(len(records)), real(records, *a, **k))[1])
+    runs = [("mamba", "interactive"), ("gru", "interactive"), ("pythia", "interactive")]
+    curve = R.reproduce("addition", "cpu", [0], tmp_path / "out", only=runs, sizes=[2, 4], n=2, steps=1,
+                        joint_eval=True, stop_after_zero=True, workers=2)
+    assert joint == [2] and curve["joint_eval"] and curve["stop_after_zero"]
+    assert [(r["model"], r["seed"]) for r in curve["runs"]] == [(m, s) for m, _ in runs for s in [0]]
+    task = make_task(task_config("addition", "interactive"))
+    for r in curve["runs"]:
+        assert ("evaluated_jointly" in r) == (r["model"] != "pythia")
+        folder = tmp_path / f"runs/reproduce-addition-cpu/{r['model']}-interactive-seed{r['seed']}"
+        model, meta = load_checkpoint(folder)
+        # The record says how the run was trained, evaluated jointly or not.
+        assert (r["model_cfg"], r["train"], r["trained_steps"]) == (meta["model_cfg"], meta["train"], 1)
+        assert r["machine"].startswith("cpu, ") and r["stop_after_zero"]
+        # Teacher-forced exact trajectory at every size, the skipped ones included, as for the model alone.
+        assert r["exact_trajectory"] == {str(s): exact_trajectory_size(model, task, s, 2)["exact_trajectory"]
+                                         for s in (2, 4)}
+        alone = evaluate(model, task, [2, 4], 2)["accuracy"]
+        assert r["accuracy"]["2"] == alone[2]
+        if alone[2] == 0:  # 1 training step: no run is right yet
+            assert r["accuracy"]["4"] is None and r["skip_reasons"] == {"4": "0/2 at size 2"}
+        else:
+            assert r["accuracy"]["4"] == alone[4]
+    assert json.loads((tmp_path / "out/curve.json").read_text())["runs"] == curve["runs"]
+
+
+def test_each_mode_is_evaluated_jointly_once_its_last_run_has_trained(tmp_path, monkeypatch):
+    """Joint evaluation per mode, started when the mode's last fixed-state run comes back (trained,
+    stopped or failed), with the runs that trained; the Transformer run was evaluated in its worker."""
+    calls = []
+
+    def fake_parallel(jobs, workers=None, on_result=None):
+        results = []
+        for config, model, _, train, seed, *rest in jobs:
+            key = {"model": model, "mode": config["task"]["mode"], "seed": seed, "train": {**train, "seed": seed}}
+            assert rest[-1] == (model == "pythia")  # evaluate_now: only the Transformer in its worker
+            if model == "pythia":
+                key.update(test_sizes=[7], n=1, accuracy={"7": 0.0})
+            elif (model, seed) == ("mamba", 1) and key["mode"] == "interactive":
+                key.update(stopped=3, steps=9)
+            else:
+                key.update(pending=f"runs/{model}-{seed}")
+            results.append(key)
+            on_result(key)
+        return results
+
+    def fake_joint(records, config, sizes, n, device, **budget):
+        calls.append((config["task"]["mode"], [(r["model"], r["seed"]) for r in records], budget["stop_after_zero"]))
+        return [{**{k: v for k, v in r.items() if k != "pending"}, "test_sizes": sizes, "n": n,
+                 "accuracy": {str(s): 1.0 for s in sizes}, "evaluated_jointly": len(records)} for r in records]
+
+    monkeypatch.setattr(R, "run_parallel", fake_parallel)
+    monkeypatch.setattr(R, "evaluate_jointly", fake_joint)
+    curve = R.reproduce("hanoi_recursive", "paper", [0, 1], tmp_path / "out", device="cuda", workers=4, sizes=[7])
+    # Jobs come back in the order mamba interactive, mamba single turn, LSTM, Pythia: single turn ends first.
+    assert calls == [("single_turn", [("mamba", 0), ("mamba", 1)], True),
+                     ("interactive", [("mamba", 0), ("lstm", 0), ("lstm", 1)], True)]
+    assert [r["model"] for r in curve["unfinished"]] == ["mamba"]
+    assert sorted((r["model"], r["mode"], r["seed"]) for r in curve["runs"]) == sorted(
+        [("mamba", "interactive", 0), ("lstm", "interactive", 0), ("lstm", "interactive", 1),
+         ("mamba", "single_turn", 0), ("mamba", "single_turn", 1), ("pythia", "interactive", 0),
+         ("pythia", "interactive", 1)])
+    assert curve["joint_eval"] and curve["stop_after_zero"]
+    assert not any("pending" in r for r in curve["runs"])
+
+
+def test_joint_evaluation_grades_the_eval_task_and_takes_the_stopped_runs(tmp_path, monkeypatch):
+    """A mixture's runs stopped by their time budget (--evaluate-stopped) are evaluated jointly, by
+    decoding and by teacher forcing, on the config's [eval] task (n x 2 multiplication), not on the
+    mixture they trained on; each record keeps its sweep point and how far it trained."""
+    monkeypatch.setattr(R, "run_parallel", in_process)
+    graded, joint = [], []
+    real_many, real_exact, real_joint = R.evaluate_size_many, R.exact_trajectory_size, R.evaluate_jointly
+    monkeypatch.setattr(R, "evaluate_size_many", lambda models, task, *a, **k: (
+        graded.append(("decoded", len(models), repr(task))), real_many(models, task, *a, **k))[1])
+    monkeypatch.setattr(R, "exact_trajectory_size", lambda model, task, *a, **k: (
+        graded.append(("teacher-forced", 1, repr(task))), real_exact(model, task, *a, **k))[1])
+    monkeypatch.setattr(R, "evaluate_jointly", lambda records, *a, **k: (
+        joint.append(len(records)), real_joint(records, *a, **k))[1])
+    curve = R.reproduce("multiplication_mixture", "cpu", [0, 1], tmp_path / "out", only=[("mamba", "interactive")],
+                        add_weights=[0.5], steps=3, sizes=[3], n=2, max_train_seconds=0.0, evaluate_stopped=True,
+                        joint_eval=True, workers=2, runs_dir=tmp_path / "runs")
+    config = R.setting_config("multiplication_mixture", "interactive", {"add_weight": 0.5, "steps": 3})
+    eval_task, train_task = repr(R.make_eval_task(config)), repr(make_task(config))
+    assert eval_task.startswith("Multiplication(") and train_task.startswith("Mixture(")
+    assert joint == [2] and curve["unfinished"] == []
+    assert graded == [("teacher-forced", 1, eval_task)] * 2 + [("decoded", 2, eval_task)]
+    assert [(r["seed"], r["setting"], r["trained_steps"], r["train"]["steps"], r["evaluated_jointly"])
+            for r in curve["runs"]] == [(s, {"add_weight": 0.5, "steps": 3}, 1, 3, 2) for s in (0, 1)]
+    assert all(set(r["accuracy"]) == set(r["exact_trajectory"]) == {"3"} for r in curve["runs"])
 
 
 def test_eval_budget_bounds_the_exact_trajectory_pass_too(monkeypatch):
     """Teacher forcing runs first, at every size the budget allows; decoding gets the time left."""
     monkeypatch.setattr(R, "exact_trajectory_size", lambda model, task, size, n, device: (
         time.sleep(0.005 * size), {"exact_trajectory": 0.5})[1])
-    monkeypatch.setattr(R, "evaluate_size", lambda model, task, size, n, device: {"accuracy": 1.0})
+    monkeypatch.setattr(R, "evaluate_size_many", lambda models, task, size, n, device: [
+        {"accuracy": 1.0, "correct": n}] * len(models))
     model = type("M", (), {"fixed_size_state": True})()
-    result = R.evaluate_within(model, Sleeper(), [10, 20, 40], 1, "cpu", max_seconds=0.2)
+    result, = R.evaluate_within([model], Sleeper(), [10, 20, 40], 1, "cpu", max_seconds=0.2)
     assert result["exact_trajectory"] == {"10": 0.5, "20": 0.5, "40": None}
     assert result["exact_trajectory_skipped_sizes"] == [40]
     # 0.15 s spent: decoding's smallest size always runs; the next is predicted at 0 s: it fits.

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import run_killed_after
+from conftest import OracleModel, run_killed_after
 from ssm_tools.cli import main
 from ssm_tools.config import load_config, make_task, validate
 from ssm_tools.evaluate import evaluate, exact_trajectory_size
@@ -197,44 +197,6 @@ def test_time_budget_checkpoints_and_a_later_run_finishes_identically(tmp_path):
     assert "stopped" not in later.run()
     for (name, a), b in zip(whole.model.state_dict().items(), later.model.state_dict().values()):
         assert torch.equal(a, b), name
-
-
-class OracleModel:
-    """A stand-in "model" that predicts, after each token of an episode, the next token of the
-    oracle's expected stream (teacher forcing in reverse): driven through the real loop by
-    evaluate(), it must score 1.0 -- or 0.0 once its answer digits are corrupted."""
-
-    def __init__(self, streams, corrupt=False):
-        self.streams = [list(s) for s in streams]
-        if corrupt:
-            for s in self.streams:
-                ans = s.index(3)  # [ANS]
-                s[ans + 4] = s[ans + 4] % 10 + 27 + 16  # a read-back output digit changed
-        self.pos = None
-
-    def eval(self):
-        return self
-
-    def __call__(self, x):
-        """Teacher-forced logits of a batch of episode prefixes (rows in any order, PAD after an
-        episode's end): each row's episode is found by its prompt (the first 8 tokens differ)."""
-        logits = torch.zeros(*x.shape, 128)
-        for r, row in enumerate(x.tolist()):
-            s = next(s for s in self.streams if s[:8] == row[:8])
-            for j in range(min(len(row), len(s) - 1)):
-                logits[r, j, s[j + 1]] = 1.0
-        return logits
-
-    def init_state(self, batch_size, device=None):
-        self.pos = [0] * batch_size
-        return None
-
-    def step(self, tokens, state):
-        logits = torch.zeros(len(self.streams), 128)
-        for i, s in enumerate(self.streams):
-            self.pos[i] += 1
-            logits[i, s[self.pos[i]] if self.pos[i] < len(s) else 0] = 1.0
-        return logits, state
 
 
 @pytest.mark.parametrize("corrupt", [False, True])

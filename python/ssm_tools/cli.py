@@ -110,7 +110,7 @@ def cmd_reproduce(args) -> None:
                       max_seconds=args.max_seconds, lr=args.lr, lr_grid=args.lr_grid, val_size=args.val_size,
                       val_steps=args.val_steps, add_weights=args.add_weights,
                       evaluate_stopped=args.evaluate_stopped, fit_train_seconds=args.fit_train_seconds,
-                      pack=not args.no_pack)
+                      pack=not args.no_pack, stop_after_zero=args.stop_after_zero, joint_eval=args.joint_eval)
     if not is_main():
         return
     print(f"wrote {out}/curve.json and {out}/curve.png ({len(curve['runs'])} runs)")
@@ -240,7 +240,13 @@ def parser() -> argparse.ArgumentParser:
                         "end later are skipped (null), as with --max-eval-seconds")
     r.add_argument("--workers", type=int,
                    help="runs at a time, each in its own process (default: one per core with --device cpu, "
-                        "else 1); on a GPU they train side by side and evaluate one at a time")
+                        "else 1); on a GPU they train side by side and evaluate one at a time (see --joint-eval)")
+    r.add_argument("--stop-after-zero", action=argparse.BooleanOptionalAction,
+                   help="a run at 0/n at some size is not decoded at larger ones: they are recorded as "
+                        "skipped, with that reason (default: on at --scale paper, off at cpu)")
+    r.add_argument("--joint-eval", action=argparse.BooleanOptionalAction,
+                   help="evaluate a mode's Mamba / LSTM / GRU runs together, in one rollout per size, once "
+                        "all are trained (default: on with a GPU device)")
     _nproc_option(r)
     r.set_defaults(func=cmd_reproduce)
 

@@ -3,6 +3,12 @@
 All n episodes of a size run as one batch through the C++ dispatch loop (`rollout`): the loop feeds
 each model the next token (prompt, tool answer or its own sample) and the model keeps its recurrent
 state / KV cache across calls, so an episode of length L costs L model steps, not L^2.
+
+Several fixed-size-state models (e.g. the seeds of one run) are evaluated in one rollout
+(`evaluate_many`): the batch holds n episodes per model on the same test instances, and on a GPU each
+model's graphed step is replayed on its own CUDA stream, with one host synchronization per step for
+all of them. Small models are latency-bound per step (a batch of 100 costs what a batch of 1 costs),
+so k models jointly cost about what one costs alone.
 """
 from __future__ import annotations
 
@@ -10,10 +16,18 @@ import numpy as np
 import torch
 from torch.utils._pytree import tree_flatten
 
-from .env import Env, rollout
+from .env import Env, Transcript, rollout
 from .models.base import check_tokens
 
 TEST_SEED = 1234  # one test set per (size, n) for every model and training seed: curves compare
+
+
+def greedy_step(model, tokens: torch.Tensor, state):
+    """The greedy decoding rule (its one place): one model step on token ids (B,) on the model's
+    device, then the argmax of the logits (ties: the lowest id). Returns (next tokens (B,), state).
+    The tokens are not checked here: callers check them on the host, which needs no device sync."""
+    logits, state = model.step_unchecked(tokens, state)
+    return logits.argmax(-1), state
 
 
 def greedy_policy(model, batch_size: int, device, cuda_graph: bool = True, tf32: bool = False):
@@ -26,71 +40,186 @@ def greedy_policy(model, batch_size: int, device, cuda_graph: bool = True, tf32:
     paper-scale Mamba's step at batch 100, results/bench_decode.json)."""
     if cuda_graph and torch.device(device).type == "cuda" and model.fixed_size_state:
         return GraphedGreedyStep(model, batch_size, device, tf32)
-    state = model.init_state(batch_size, device)
+    return EagerGreedyStep(model, batch_size, device)
+
+
+class EagerGreedyStep:
+    """Greedy decoding step by step from Python (CPU, or a model whose state grows)."""
+
+    def __init__(self, model, batch_size: int, device):
+        self.model, self.device = model, torch.device(device)
+        self.state = model.init_state(batch_size, device)
 
     @torch.no_grad()
-    def model_step(tokens: torch.Tensor) -> torch.Tensor:
-        nonlocal state
-        logits, state = model.step(tokens.to(device=device, dtype=torch.long), state)
-        return logits.argmax(-1).cpu()
-
-    return model_step
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        check_tokens(tokens, self.model.vocab_size, 1)
+        next_tokens, self.state = greedy_step(self.model, tokens.to(device=self.device, dtype=torch.long), self.state)
+        return next_tokens.cpu()
 
 
 class GraphedGreedyStep:
-    """Greedy decoding of a fixed-size-state model as a replayed CUDA graph. The graph reads the
-    input tokens from a static buffer, runs the step, writes the new state back into the static
-    state tensors and argmaxes; the tokens are checked on the host instead of inside the step."""
+    """Greedy decoding of a fixed-size-state model as a replayed CUDA graph on a stream of its own.
+    The graph reads the input tokens from a static buffer, runs the step, writes the new state back
+    into the static state tensors and argmaxes; the tokens are checked on the host instead of inside
+    the step. Host <-> device copies go through pinned buffers, asynchronously on the stream.
+
+    The graph is captured on its own stream (not torch's shared capture stream) because cuBLAS's
+    workspace is per stream: graphs captured on one stream share it, and would race when replayed
+    side by side (`JointGreedyPolicy`)."""
 
     def __init__(self, model, batch_size: int, device, tf32: bool = False):
         self.model = model
+        self.stream = torch.cuda.Stream(device)
         self.tokens = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.host_in = torch.zeros(batch_size, dtype=torch.long, pin_memory=True)
+        self.host_out = torch.zeros(batch_size, dtype=torch.long, pin_memory=True)
         self.state = model.init_state(batch_size, device)
         flat = tree_flatten(self.state)[0]
         initial = [t.clone() for t in flat]
 
         @torch.no_grad()
         def body():
-            logits, new_state = model.step_unchecked(self.tokens, self.state)
+            next_tokens, new_state = greedy_step(model, self.tokens, self.state)
             for old, new in zip(flat, tree_flatten(new_state)[0]):
                 if new is not old:
                     old.copy_(new)
-            return logits.argmax(-1)
+            return next_tokens
 
-        side = torch.cuda.Stream(device)  # warm-up (lazy init, autotuning) must run off the capture
-        side.wait_stream(torch.cuda.current_stream(device))
+        # Warm-up (lazy init, autotuning) runs on the stream before the capture, off the default stream.
+        self.stream.wait_stream(torch.cuda.current_stream(device))
         allow_tf32 = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = tf32
         try:
-            with torch.cuda.stream(side):
+            with torch.cuda.stream(self.stream):
                 for _ in range(2):
                     body()
-            torch.cuda.current_stream(device).wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
+            with torch.cuda.graph(self.graph, stream=self.stream):
                 self.next_tokens = body()
         finally:
             torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-        for t, t0 in zip(flat, initial):  # undo the warm-up steps
-            t.copy_(t0)
+        with torch.cuda.stream(self.stream):
+            for t, t0 in zip(flat, initial):  # undo the warm-up steps
+                t.copy_(t0)
+        self.stream.synchronize()
+
+    def launch(self, host_in: torch.Tensor, host_out: torch.Tensor) -> None:
+        """Queue one step on the stream: pinned `host_in` (B,) int64 -> device, replay, argmax ->
+        pinned `host_out`. Returns at once; the result is there after the stream synchronizes."""
+        with torch.cuda.stream(self.stream):
+            self.tokens.copy_(host_in, non_blocking=True)
+            self.graph.replay()
+            host_out.copy_(self.next_tokens, non_blocking=True)
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         check_tokens(tokens, self.model.vocab_size, 1)
-        self.tokens.copy_(tokens)
-        self.graph.replay()
-        return self.next_tokens.cpu()
+        self.host_in.copy_(tokens)
+        self.launch(self.host_in, self.host_out)
+        self.stream.synchronize()
+        return self.host_out.clone()
+
+
+class JointGreedyPolicy:
+    """model_step for `rollout` over len(models) x batch_size episodes: model j decodes episodes
+    j * batch_size ... (j + 1) * batch_size - 1 with its own state. On a GPU, fixed-size-state models'
+    graphed steps are launched on their own streams one after another (their kernels overlap) and
+    the host waits once per step for all; otherwise the models step one after another."""
+
+    def __init__(self, models, batch_size: int, device, cuda_graph: bool = True, tf32: bool = False):
+        if not models:
+            raise ValueError("models must be a non-empty list")
+        self.batch_size = batch_size
+        self.steps = [greedy_policy(m, batch_size, device, cuda_graph, tf32) for m in models]
+        self.vocab_size = min(m.vocab_size for m in models)
+        self.graphed = all(isinstance(s, GraphedGreedyStep) for s in self.steps)
+        if self.graphed:
+            total = batch_size * len(models)
+            self.host_in = torch.zeros(total, dtype=torch.long, pin_memory=True)
+            self.host_out = torch.zeros(total, dtype=torch.long, pin_memory=True)
+            self.device = torch.device(device)
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        check_tokens(tokens, self.vocab_size, 1)
+        if tokens.shape[0] != self.batch_size * len(self.steps):
+            raise ValueError(f"tokens: expected shape ({self.batch_size * len(self.steps)},), got {tuple(tokens.shape)}")
+        if not self.graphed:
+            return torch.cat([step(part) for step, part in zip(self.steps, tokens.split(self.batch_size))])
+        self.host_in.copy_(tokens)
+        for step, part_in, part_out in zip(self.steps, self.host_in.split(self.batch_size),
+                                           self.host_out.split(self.batch_size)):
+            step.launch(part_in, part_out)
+        main = torch.cuda.current_stream(self.device)
+        for step in self.steps:
+            main.wait_stream(step.stream)
+        main.synchronize()  # the one host sync of the step
+        return self.host_out.clone()
+
+
+def sample_instances(task, size: int, n: int, seed: int = TEST_SEED) -> list:
+    """The n test instances of a size: the same for every model, seed and call."""
+    rng = np.random.default_rng([seed, size])
+    return [task.sample(rng, size) for _ in range(n)]
+
+
+def rollout_many(models, task, size: int, instances: list, seed: int = TEST_SEED, device="cpu",
+                 tf32: bool = False) -> Transcript:
+    """Every model on the same `instances` in one rollout: model j's episode i is row j * n + i.
+    (The Env seeds each episode's tools from its row, so rows past the first model's get other
+    seeds than alone; no tool draws on its seed, the C++ ones and the tasks' alike.)"""
+    for m in models:
+        m.eval()
+    n, max_steps = len(instances), task.max_steps(size)
+    # max_len past what max_steps can reach: the episode-length bound is the task's, not the Env's default.
+    env = Env(task.tools(), batch_size=n * len(models), max_len=max_steps + 2)
+    prompts = [task.prompt(i) for i in instances] * len(models)
+    policy = greedy_policy(models[0], n, device, tf32=tf32) if len(models) == 1 else \
+        JointGreedyPolicy(models, n, device, tf32=tf32)
+    return rollout(policy, env, prompts, max_steps=max_steps, seed=seed)
+
+
+def evaluate_size_many(models, task, size: int, n: int, seed: int = TEST_SEED, device="cpu",
+                       tf32: bool = False) -> list[dict]:
+    """evaluate_size for each model, decoded jointly (rollout_many)."""
+    instances = sample_instances(task, size, n, seed)
+    transcript = rollout_many(models, task, size, instances, seed, device, tf32)
+    results = []
+    for j in range(len(models)):
+        rows = slice(j * n, (j + 1) * n)
+        correct = sum(bool(task.grade(inst, transcript.episode(j * n + i)[0])) for i, inst in enumerate(instances))
+        results.append({"accuracy": correct / n, "correct": correct, "n": n,
+                        "finished": int(transcript.done[rows].sum()),
+                        "mean_length": float(transcript.lengths[rows].float().mean())})
+    return results
 
 
 def evaluate_size(model, task, size: int, n: int, seed: int = TEST_SEED, device="cpu", tf32: bool = False) -> dict:
-    rng = np.random.default_rng([seed, size])
-    instances = [task.sample(rng, size) for _ in range(n)]
-    env = Env(task.tools(), batch_size=n, max_len=task.max_steps(size))  # the default max_len would cut long episodes
-    model.eval()
-    transcript = rollout(greedy_policy(model, n, device, tf32=tf32), env, [task.prompt(i) for i in instances],
-                         max_steps=task.max_steps(size), seed=seed)
-    correct = [bool(task.grade(inst, transcript.episode(i)[0])) for i, inst in enumerate(instances)]
-    return {"accuracy": sum(correct) / n, "correct": sum(correct), "n": n,
-            "finished": int(transcript.done.sum()), "mean_length": float(transcript.lengths.float().mean())}
+    return evaluate_size_many([model], task, size, n, seed, device, tf32)[0]
+
+
+def check_joint(models) -> None:
+    """Several models decode jointly only with fixed-size states (a KV cache per model grows with
+    the episode; Transformers are evaluated one at a time)."""
+    if not isinstance(models, (list, tuple)) or not models:
+        raise ValueError(f"models must be a non-empty list of models, got {models!r}")
+    if len(models) > 1:
+        growing = [type(m).__name__ for m in models if not m.fixed_size_state]
+        if growing:
+            raise ValueError(f"models: evaluate_many decodes fixed-size-state models only (Mamba, LSTM, GRU); "
+                             f"evaluate {growing} one at a time with evaluate()")
+
+
+def evaluate_many(models, task, sizes, n: int, seed: int = TEST_SEED, device="cpu", tf32: bool = False) -> list[dict]:
+    """evaluate() for each of several fixed-size-state models, decoded jointly in one rollout per
+    size (the same test instances for every model). Each model's result is the one evaluate() gives
+    it alone (a model's episodes depend only on its own inputs)."""
+    check_joint(models)
+    if not sizes or any(not isinstance(s, int) or s <= 0 for s in sizes):
+        raise ValueError(f"sizes must be a non-empty list of positive ints, got {sizes!r}")
+    if not isinstance(n, int) or n <= 0:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    per_size = {s: evaluate_size_many(models, task, s, n, seed, device, tf32) for s in sizes}
+    return [{"accuracy": {s: r[j]["accuracy"] for s, r in per_size.items()},
+             "per_size": {s: r[j] for s, r in per_size.items()}} for j in range(len(models))]
 
 
 @torch.no_grad()
@@ -128,9 +257,4 @@ def exact_trajectory_size(model, task, size: int, n: int, seed: int = TEST_SEED,
 def evaluate(model, task, sizes, n: int, seed: int = TEST_SEED, device="cpu", tf32: bool = False) -> dict:
     """Exact-answer accuracy per size: {"accuracy": {size: acc}, "per_size": {size: details}}.
     ``tf32``: decode with TF32 matmuls on a GPU (greedy_policy)."""
-    if not sizes or any(not isinstance(s, int) or s <= 0 for s in sizes):
-        raise ValueError(f"sizes must be a non-empty list of positive ints, got {sizes!r}")
-    if not isinstance(n, int) or n <= 0:
-        raise ValueError(f"n must be a positive int, got {n!r}")
-    per_size = {s: evaluate_size(model, task, s, n, seed, device, tf32) for s in sizes}
-    return {"accuracy": {s: r["accuracy"] for s, r in per_size.items()}, "per_size": per_size}
+    return evaluate_many([model], task, sizes, n, seed, device, tf32)[0]

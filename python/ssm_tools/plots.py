@@ -35,16 +35,23 @@ def recipe_text(curve: dict, runs: list[dict]) -> str:
             f"lr {values(lambda r: r['train']['lr'], lambda v: f'{v:g}')}, {seeds} seed{'s' * (seeds != 1)}")
 
 
+def zero_skipped(run: dict) -> list[int]:
+    """The sizes a run left undecoded because it scored 0/n at a smaller one (stop_after_zero)."""
+    return [s for s in run.get("skipped_sizes", []) if run.get("zero_at") is not None and s > run["zero_at"]]
+
+
 def plot_curve(curve: dict, path) -> list[str]:
     """Accuracy vs size (log x), one line per model/mode (mean over seeds) with a min-max band. A size
     is on a line only where every seed of it has a result (skipped or not-run sizes are not drawn);
-    where only some seeds have one, those seeds' points stand alone, hollow. A curve with
-    "every_seed" (Hanoi) also draws each seed's own line. A sweep's curve is plot_sweep's figure.
-    Returns the legend's lines."""
+    where only some seeds have one, those seeds' points stand alone, hollow. Sizes a run did not
+    decode after scoring 0/n at a smaller one (stop_after_zero) are crosses at 0. The teacher-forced
+    exact trajectory is dashed. A curve with "every_seed" (Hanoi) also draws each seed's own line.
+    A sweep's curve is plot_sweep's figure. Returns the legend's lines."""
     if curve.get("sweep"):
         return plot_sweep(curve, path)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    stopped = False
     lo, hi = curve["train_sizes"]
     ax.axvspan(lo, hi, color="0.9", label=f"training sizes {lo}..{hi}")
     n_shared = curve["n_per_size"]
@@ -56,7 +63,7 @@ def plot_curve(curve: dict, path) -> list[str]:
         ns = sorted({r["n"] for r in runs})
         text = f"{label}: {recipe_text(curve, runs)}"
         text += "" if n_shared is not None else f", n={'/'.join(map(str, ns))}"
-        skipped = sorted({s for r in runs for s in r.get("skipped_sizes", [])})
+        skipped = sorted({s for r in runs for s in r.get("skipped_sizes", []) if s not in zero_skipped(r)})
         text += f", skipped {','.join(map(str, skipped))}" if skipped else ""
         xs = [int(s) for s in full]
         line, = ax.plot(xs, [sum(a) / len(a) for a in per_size], marker="o", label=text)
@@ -65,6 +72,11 @@ def plot_curve(curve: dict, path) -> list[str]:
                    if r["accuracy"].get(s) is not None]
         if partial:
             ax.plot(*zip(*partial), linestyle="none", marker="o", markerfacecolor="none", color=line.get_color())
+        for r in runs:  # sizes left undecoded after a 0/n: crosses at 0, dotted from the 0/n point
+            if zero_skipped(r):
+                ax.plot([r["zero_at"], *zero_skipped(r)], [0] * (1 + len(zero_skipped(r))), linestyle=":",
+                        marker="x", markevery=slice(1, None), color=line.get_color(), alpha=0.7)
+                stopped = True
         tf_sizes = sorted({s for r in runs for s, a in r.get("exact_trajectory", {}).items() if a is not None}, key=int)
         tf_full = [s for s in tf_sizes if all(r.get("exact_trajectory", {}).get(s) is not None for r in runs)]
         if tf_full:  # teacher-forced exact trajectory (every size, skipped ones included): dashed
@@ -83,6 +95,8 @@ def plot_curve(curve: dict, path) -> list[str]:
     if any(r.get("exact_trajectory") for r in curve["runs"]):
         ax.plot([], [], linestyle="--", marker="x", color="0.4", label="dashed: exact trajectory (teacher-forced)")
         ax.plot([], [], marker="o", color="0.4", label="solid: exact answer (decoded with the tools)")
+    if stopped:  # one legend entry for the crosses of every line
+        ax.plot([], [], linestyle=":", marker="x", color="0.4", label="x: not decoded (0/n at a smaller size)")
     ax.set_title(f"{curve['task']}: length generalization, {curve['scale']} scale, seeds {curve['seeds']}")
     return _save(fig, ax, path)
 

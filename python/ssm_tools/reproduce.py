@@ -13,9 +13,14 @@ run was trained: model sizes, recipe, seed, machine, seconds; the test sizes, n 
 training range, the exact commands) and results/<task>/curve.png. With `merge`, the
 runs join those already in <out>/curve.json (a run of the same model, mode and seed is replaced), so
 separate calls (one GPU run per call) build one curve. A size left out by `max_eval_seconds` is null
-in the run's accuracy and listed in its "skipped_sizes"; a size outside the run's own test sizes
-(`sizes`) is absent. Neither is plotted. The logical graph, Tower of Hanoi and coding run small models
-at the paper scale (SMALL_MODELS: their episodes are up to a million decode steps) and have no cpu scale.
+in the run's accuracy and listed in its "skipped_sizes" (its reason in "skip_reasons"); a size outside
+the run's own test sizes (`sizes`) is absent. Neither is plotted. With `stop_after_zero` (on at the
+paper scale), a run at 0/n at some size is not decoded at larger ones: skipped with that reason, drawn
+as crosses at 0. Every size, skipped or not, also has the run's teacher-forced exact-trajectory score.
+On a GPU, the Mamba / LSTM / GRU runs of a mode are evaluated together once all are trained, one joint
+rollout per size (`joint_eval`, evaluate.evaluate_many). The logical graph, Tower of Hanoi and coding
+run small models at the paper scale (SMALL_MODELS: their episodes are up to a million decode steps)
+and have no cpu scale.
 The task mixture (App. D.6) is a sweep: one run per addition weight, step budget and seed, drawn as
 accuracy at the largest size against the weight. `--lr-grid` chooses the learning rate on a held-out
 size first (select_lr), as the paper did, and records every candidate.
@@ -25,6 +30,7 @@ processes, one run after another; rank 0 evaluates it and writes the curve.
 """
 from __future__ import annotations
 
+import collections
 import fcntl
 import json
 import os
@@ -40,8 +46,8 @@ from tqdm import tqdm
 
 from . import distributed
 from .config import CONFIGS, load_config, make_eval_task, make_task
-from .evaluate import evaluate_size, exact_trajectory_size
-from .models import preset
+from .evaluate import check_joint, evaluate_size_many, exact_trajectory_size
+from .models import MODELS, preset
 from .plots import plot_curve
 from .train import CHECKPOINT, load_checkpoint, make_trainer, model_config, train_config
 
@@ -59,6 +65,7 @@ SCALES = {
         "train": dict(steps=400, batch_size=32, lr=1e-2, warmup=40),
         "n": 50,
         "seeds": [0, 1],
+        "stop_after_zero": False,
     },
     "paper": {
         "model_scale": "paper",
@@ -68,6 +75,9 @@ SCALES = {
         "train": dict(steps=2000, batch_size=128, lr=5e-4, warmup=200, weight_decay=0.01),
         "n": 100,
         "seeds": [0, 1],
+        # A run at 0/n at some size is not decoded at larger ones (recorded as skipped, with why):
+        # the long episodes of the large sizes are most of the evaluation's time.
+        "stop_after_zero": True,
     },
 }
 
@@ -180,7 +190,8 @@ def run_one(config: dict, model: str, model_scale: str | dict, train: dict, seed
             out_dir: Path, device: str, max_eval_seconds: float | None = None,
             max_train_seconds: float | None = None, eval_until: float | None = None,
             eval_lock: Path | None = None, setting: dict | None = None, evaluate_stopped: bool = False,
-            fit_train_seconds: float | None = None, threads: int | None = None, progress: bool = True) -> dict:
+            fit_train_seconds: float | None = None, stop_after_zero: bool = False, evaluate_now: bool = True,
+            threads: int | None = None, progress: bool = True) -> dict:
     """Train one model (sizes: a preset's name, or the sizes themselves) on one task config with
     one seed, then evaluate it at `sizes` on the config's graded task (make_eval_task). A checkpoint
     left in `out_dir` by an earlier, stopped run of the same recipe is resumed. With
@@ -192,8 +203,11 @@ def run_one(config: dict, model: str, model_scale: str | dict, train: dict, seed
     `eval_lock` (a file), runs in other processes that hold the same lock evaluate one at a time.
     `setting` (a sweep's point, e.g. {"add_weight": 0.5, "steps": 250}) joins the run's name.
     `fit_train_seconds` sizes the run to that time (Trainer.run's fit_seconds: fewer steps, never
-    more, chosen from the warmup's pace; the recipe recorded is the one trained). The result records how the run was trained, read off the trainer itself: the model and its
-    sizes ("model_cfg"), the recipe ("train", the seed it used included), the machine."""
+    more, chosen from the warmup's pace; the recipe recorded is the one trained). `stop_after_zero`:
+    see evaluate_within. Without `evaluate_now`, the trained run is returned with "pending": its
+    folder, for evaluate_jointly. The result records how the run was trained, read off the trainer
+    itself: the model and its sizes ("model_cfg"), the recipe ("train", the seed it used included),
+    the machine."""
     if threads is not None:
         torch.set_num_threads(threads)
     trainer = make_trainer(config, model, model_scale, run_train(train, seed), out_dir, device=device,
@@ -208,13 +222,41 @@ def run_one(config: dict, model: str, model_scale: str | dict, train: dict, seed
         return {**name, "stopped": trainer.step, "steps": cfg.steps, "train_seconds": train_s}
     if trainer.rank != 0:  # rank 0 evaluates
         return name
+    trained = {**name, "model_cfg": trainer.meta["model_cfg"], "train": asdict(cfg), "trained_steps": trainer.step,
+               "machine": machine(trainer.device), "final_loss": trainer.last_loss, "train_seconds": train_s,
+               "train_processes": trainer.world}
+    if not evaluate_now:
+        return {**trained, "pending": str(out_dir)}
+    return evaluate_runs([trained], [trainer.model], make_eval_task(config), sizes, n, trainer.device,
+                         max_eval_seconds, eval_until, eval_lock, stop_after_zero)[0]
+
+
+def evaluate_runs(records: list[dict], models: list, task, sizes: list[int], n: int, device, max_eval_seconds=None,
+                  eval_until=None, eval_lock=None, stop_after_zero: bool = False) -> list[dict]:
+    """The trained runs `records` (their `models`, graded on `task`) evaluated together
+    (evaluate_within: jointly when several, decoding under the evaluation lock), each record
+    completed with its results."""
     t0 = time.perf_counter()
-    result = evaluate_within(trainer.model, make_eval_task(config), sizes, n, trainer.device, max_eval_seconds,
-                             label=run_name(name), lock=eval_lock, until=eval_until)
-    return {**name, "model_cfg": trainer.meta["model_cfg"], "train": asdict(cfg), "trained_steps": trainer.step,
-            "machine": machine(trainer.device), "final_loss": trainer.last_loss, "train_seconds": train_s,
-            "eval_seconds": round(time.perf_counter() - t0, 1), "train_processes": trainer.world,
-            "test_sizes": sorted(sizes), "n": n, **result}
+    results = evaluate_within(models, task, sizes, n, device, max_eval_seconds, labels=[run_name(r) for r in records],
+                              stop_after_zero=stop_after_zero, lock=eval_lock, until=eval_until)
+    seconds = round(time.perf_counter() - t0, 1)
+    return [{**{k: v for k, v in r.items() if k != "pending"}, "eval_seconds": seconds,
+             **({"evaluated_jointly": len(records)} if len(records) > 1 else {}),
+             "test_sizes": sorted(sizes), "n": n, **result} for r, result in zip(records, results)]
+
+
+def evaluate_jointly(records: list[dict], config: dict, sizes: list[int], n: int, device: str, **budget) -> list[dict]:
+    """Runs trained with evaluate_now=False on one task config, loaded from their checkpoints and
+    evaluated on its graded task (make_eval_task) in one joint rollout per size (evaluate_runs;
+    `budget`: its keyword arguments)."""
+    models = [load_checkpoint(r["pending"], device)[0] for r in records]
+    return evaluate_runs(records, models, make_eval_task(config), sizes, n, device, **budget)
+
+
+def fixed_size_state(model: str) -> bool:
+    """Whether model `model` (a name of MODELS) keeps a fixed-size state (joint evaluation)."""
+    cls = MODELS[model]
+    return getattr(cls, "func", cls).fixed_size_state
 
 
 def identity(model: str, mode: str, seed: int, setting: dict | None = None) -> dict:
@@ -278,44 +320,81 @@ def one_at_a_time(lock: Path | None):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def evaluate_within(model, task, sizes: list[int], n: int, device: str, max_seconds: float | None = None,
-                    label: str = "", lock: Path | None = None, until: float | None = None) -> dict:
-    """Scores at each size, smallest first, within `max_seconds` (the run's evaluation budget): first
-    the exact-trajectory score at every size ("exact_trajectory", evaluate.exact_trajectory_size:
-    teacher-forced, one forward pass per episode, so it reaches sizes whose decoding would take
-    minutes), then the exact-answer accuracy decoded with the tools ("accuracy", evaluate_size) in
-    the time left. In each pass, a size whose predicted time would take the evaluation past the
-    budget is skipped, and so is every larger one: its score null, the size listed in
-    "skipped_sizes" (decoding) or "exact_trajectory_skipped_sizes". The prediction scales the last
+def evaluate_within(models: list, task, sizes: list[int], n: int, device: str, max_seconds: float | None = None,
+                    labels: list[str] | None = None, stop_after_zero: bool = False, lock: Path | None = None,
+                    until: float | None = None) -> list[dict]:
+    """Scores of each model at each size, smallest first, within `max_seconds` (the evaluation's
+    budget): first each model's exact-trajectory score at every size ("exact_trajectory",
+    evaluate.exact_trajectory_size: teacher-forced, one forward pass per episode, so it reaches sizes
+    whose decoding would take minutes), then the exact-answer accuracy decoded with the tools
+    ("accuracy"; the models decoded jointly, evaluate_size_many: fixed-size-state models only, when
+    several) in the time left. Returns one result per model.
+
+    In each pass, a size whose predicted time would take the evaluation past the budget is skipped,
+    and so is every larger one: its score null, the size listed in "skipped_sizes" (decoding, its
+    reason in "skip_reasons") or "exact_trajectory_skipped_sizes". The prediction scales the last
     size's time by the growth of the episode-length bound (task.max_steps): linearly for fixed-state
     models, squared for the others (attention over the whole episode). Each pass's smallest size
-    always runs. `label` names the run in the log lines. `until` (a time.time()) ends the budget
-    earlier. Decoding holds `lock` (one_at_a_time: runs sharing a GPU decode one at a time; their
-    teacher-forced passes, mostly trajectories built on the host, run side by side), and the time
-    spent waiting for it is gone from the budget too."""
-    power = 1 if getattr(model, "fixed_size_state", False) else 2
-    suffix = f" ({label})" if label else ""
+    always runs. With `stop_after_zero`, a model with 0 correct at a size is not decoded at the
+    larger ones (that size is its "zero_at"; the reason "0/n at size s"). `labels` name the models in
+    the log lines. `until` (a time.time()) ends the budget earlier. Decoding holds `lock`
+    (one_at_a_time: runs sharing a GPU decode one at a time; their teacher-forced passes, mostly
+    trajectories built on the host, run side by side), and the time spent waiting for it is gone
+    from the budget too."""
+    check_joint(models)
+    labels = labels or [""] * len(models)
+    power = 1 if all(getattr(m, "fixed_size_state", False) for m in models) else 2
 
-    def exact(size: int) -> float:
-        value = exact_trajectory_size(model, task, size, n, device=device)["exact_trajectory"]
-        tqdm.write(f"exact trajectory at size {size}: {value:.3f}{suffix}")
-        return value
+    def named(j: int) -> str:
+        return f" ({labels[j]})" if labels[j] else ""
 
-    def decoded(size: int) -> float:
-        value = evaluate_size(model, task, size, n, device=device)["accuracy"]
-        # One line per size as it finishes, so that a log cut off by a time limit still shows how far it got.
-        tqdm.write(f"evaluated size {size}: accuracy {value:.3f}{suffix}")
-        return value
+    def exact(size: int) -> list[float]:
+        values = [exact_trajectory_size(m, task, size, n, device=device)["exact_trajectory"] for m in models]
+        for j, value in enumerate(values):
+            tqdm.write(f"exact trajectory at size {size}: {value:.3f}{named(j)}")
+        return values
+
+    zero_at: dict[int, int] = {}  # model -> the size it scored 0/n at (stop_after_zero)
+    decoded: dict[str, dict[int, dict]] = {}  # size -> {model: its evaluate_size result}
+
+    def decode(size: int) -> None:
+        active = [j for j in range(len(models)) if j not in zero_at]
+        if not active:
+            return
+        t0 = time.perf_counter()
+        rows = evaluate_size_many([models[j] for j in active], task, size, n, device=device)
+        decoded[str(size)] = dict(zip(active, rows))
+        for j, row in zip(active, rows):
+            if stop_after_zero and row["correct"] == 0:
+                zero_at[j] = size
+            # One line per size as it finishes, so that a log cut off by a time limit shows how far it got.
+            tqdm.write(f"evaluated size {size}: accuracy {row['accuracy']:.3f} in {time.perf_counter() - t0:.1f} s"
+                       + named(j) + (f", jointly with {len(active) - 1} more" if len(active) > 1 else ""))
 
     started, limit = time.perf_counter(), max_seconds
     if until is not None:
         limit = max(0.0, min(float("inf") if limit is None else limit, until - time.time()))
     tf, _, tf_skipped, _ = sizes_within(exact, sizes, task, power, limit, 0.0)
     with one_at_a_time(lock):
-        accuracy, seconds, skipped, _ = sizes_within(decoded, sizes, task, power, limit, time.perf_counter() - started)
-    return {"accuracy": accuracy, "exact_trajectory": tf, "skipped_sizes": skipped,
-            "exact_trajectory_skipped_sizes": tf_skipped, "max_eval_seconds": max_seconds,
-            "eval_seconds_per_size": seconds}
+        _, seconds, _, _ = sizes_within(decode, sizes, task, power, limit, time.perf_counter() - started)
+    results = []
+    for j in range(len(models)):
+        result = {"accuracy": {}, "exact_trajectory": {s: None if v is None else v[j] for s, v in tf.items()},
+                  "skipped_sizes": [], "skip_reasons": {}, "exact_trajectory_skipped_sizes": tf_skipped,
+                  "max_eval_seconds": max_seconds, "stop_after_zero": stop_after_zero, "eval_seconds_per_size": {}}
+        for size in sorted(sizes):
+            row = decoded.get(str(size), {}).get(j)
+            result["accuracy"][str(size)] = None if row is None else row["accuracy"]
+            result["eval_seconds_per_size"][str(size)] = None if row is None else seconds[str(size)]
+            if row is None:
+                result["skipped_sizes"].append(size)
+                result["skip_reasons"][str(size)] = (
+                    f"0/{n} at size {zero_at[j]}" if j in zero_at and zero_at[j] < size else
+                    f"predicted past the evaluation budget of {limit:.0f} s")
+        if j in zero_at:
+            result["zero_at"] = zero_at[j]
+        results.append(result)
+    return results
 
 
 def sizes_within(score, sizes: list[int], task, power: int, max_seconds: float | None, spent: float):
@@ -338,7 +417,6 @@ def sizes_within(score, sizes: list[int], task, power: int, max_seconds: float |
         spent += last[1]
         seconds[str(size)] = round(last[1], 1)
     return scores, seconds, skipped, spent
-
 
 def run_parallel(jobs: list[tuple], workers: int | None = None, on_result=None) -> list[dict]:
     """run_one over jobs, one single-threaded process each, `workers` at a time (default: one per
@@ -377,7 +455,8 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
               max_seconds: float | None = None, lr: float | None = None, lr_grid: list[float] | None = None,
               val_size: int | None = None, val_steps: int | None = None,
               add_weights: list[float] | None = None, evaluate_stopped: bool = False,
-              fit_train_seconds: float | None = None, pack: bool = True) -> dict:
+              fit_train_seconds: float | None = None, pack: bool = True, stop_after_zero: bool | None = None,
+              joint_eval: bool | None = None) -> dict:
     """Train and evaluate every (model, mode) of the scale that the task has (or the subset `only`)
     for each seed (`seeds`, else the task's seeds for that run, else the scale's). `sizes`, `n`,
     `steps`, `lr` override the scale's test sizes, episodes per size, training steps and learning
@@ -389,7 +468,12 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     written as each run ends, so a call cut short keeps the runs that finished. Runs side by side on
     a GPU train together and evaluate one at a time (a lock file in `runs_dir`, shared by every
     `reproduce` using it). `max_seconds`: every evaluation ends within this many seconds of the
-    call's start (sizes predicted to end later are skipped, as above).
+    call's start (sizes predicted to end later are skipped, as above). `stop_after_zero` (default:
+    the scale's): a run at 0 correct at some size is not decoded at larger ones (evaluate_within).
+    `joint_eval` (default: on a GPU, not under torchrun): the fixed-size-state runs of a mode (and
+    sweep point) are evaluated together once all of them are trained, in one rollout per size in
+    this process (evaluate_jointly), instead of each after its own training; runs stopped by their
+    time budget join it with `evaluate_stopped`.
 
     A task with a "sweep" (the mixture) runs every (model, mode) at every point of it: each addition
     weight (`add_weights`, default all) times each step budget (`steps`: that one budget instead).
@@ -431,10 +515,14 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
         check_lr_grid(built, lr_grid, val_size, val_steps, sizes)
         if distributed.launched():  # the ranks would each have to agree on the choice
             raise ValueError("lr_grid runs in one process: choose the learning rate without --nproc, then pass --lr")
+    stop_after_zero = spec["stop_after_zero"] if stop_after_zero is None else bool(stop_after_zero)
+    joint_eval = device != "cpu" if joint_eval is None else bool(joint_eval)
+    joint_eval = joint_eval and not distributed.launched()
     recipe = asdict(train_config(config, train))
     curve = {"task": task, "scale": scale, "command": command, "commands": [command], "device": device,
              "size_label": TASKS[task]["size_label"], "train_sizes": config["sizes"]["train"], "train": recipe,
-             "models": {m: spec["models"][m] for m, _ in runs}, "runs": [],
+             "models": {m: spec["models"][m] for m, _ in runs}, "runs": [], "stop_after_zero": stop_after_zero,
+             "joint_eval": joint_eval,
              **({"every_seed": True} if TASKS[task].get("every_seed") else {})}
     out_dir = Path(out_dir)
     if merge and (out_dir / "curve.json").is_file():  # checked before hours of training, not after
@@ -473,13 +561,15 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
                       **({"lr": chosen[model, mode]} if (model, mode) in chosen else {})}
         return (setting_config(task, mode, setting), model, spec["models"][model], run_recipe, seed, sizes, n,
                 folder / run_name(identity(model, mode, seed, setting)), device,
-                max_eval_seconds, max_train_seconds, eval_until, eval_lock, setting, evaluate_stopped, fit_train_seconds)
+                max_eval_seconds, max_train_seconds, eval_until, eval_lock, setting, evaluate_stopped,
+                fit_train_seconds, stop_after_zero, not (joint_eval and fixed_size_state(model)))
 
     jobs = [job(model, mode, setting, seed) for model, mode in runs for setting in settings
             for seed in run_seeds[model, mode]]
 
     def finished(results: list[dict]) -> dict:  # the curve with these runs (those trained to the end)
-        done = [{**r, "command": command} for r in results if "stopped" not in r and "error" not in r]
+        done = [{**r, "command": command} for r in results
+                if "stopped" not in r and "error" not in r and "pending" not in r]
         failed = [{**r, "command": command} for r in results if "error" in r]
         return summarize({**curve, "runs": replace_runs(curve["runs"], done), **({"failed": failed} if failed else {})})
 
@@ -490,7 +580,42 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
         if distributed.is_main():
             write_curve(finished(ended), out_dir)
 
-    results = execute(jobs, on_result=write_so_far)
+    # Joint evaluation: the fixed-size-state runs of a mode and sweep point (one graded task) are
+    # evaluated once the last of them has ended its training (or stopped, or failed), while other
+    # runs may still train.
+    def group(run: dict) -> tuple:
+        return run["mode"], json.dumps(run.get("setting"), sort_keys=True)
+
+    joint = {run_key(identity(j[1], j[0]["task"]["mode"], j[4], j[13])): j for j in jobs if not j[-1]}
+    left = collections.Counter(group(identity(j[1], j[0]["task"]["mode"], j[4], j[13])) for j in joint.values())
+    waiting = {g: [] for g in left}
+    evaluated = {}
+
+    def on_result(result: dict) -> None:
+        if "pending" not in result:
+            write_so_far(result)  # evaluated, stopped or failed
+        if run_key(result) not in joint:
+            return
+        g = group(result)
+        left[g] -= 1
+        if "pending" in result:
+            waiting[g].append(result)
+        if left[g] > 0 or not waiting[g]:
+            return
+        config_of_group = joint[run_key(waiting[g][0])][0]
+        try:
+            done = evaluate_jointly(waiting[g], config_of_group, sizes, n, device, max_eval_seconds=max_eval_seconds,
+                                    eval_until=eval_until, eval_lock=eval_lock, stop_after_zero=stop_after_zero)
+        except Exception as e:  # reported like a failed run; the other modes go on
+            done = [{**{k: v for k, v in r.items() if k != "pending"}, "error": f"{type(e).__name__}: {e}"[:2000]}
+                    for r in waiting[g]]
+        for r in done:
+            evaluated[run_key(r)] = r
+            tqdm.write(json.dumps(r))
+            write_so_far(r)
+
+    results = execute(jobs, on_result=on_result)
+    results = [evaluated.get(run_key(r), r) if "pending" in r else r for r in results]
     unfinished = [r for r in results if "stopped" in r]
     if not distributed.is_main():
         return {**curve, "unfinished": unfinished}
