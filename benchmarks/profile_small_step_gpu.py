@@ -19,6 +19,7 @@ import time
 import torch
 
 from ssm_tools.reproduce import task_config
+from sweep_recipes import BatchTimer  # benchmarks/, this script's folder
 from ssm_tools.train import make_trainer
 
 
@@ -40,16 +41,7 @@ def worker(args, rank: int, start_at: float) -> dict:
     for _ in range(3):  # warm-up: allocator, cuBLAS algorithm choice
         trainer.train_step()
     sync(args)
-    batch_s, original = 0.0, trainer.batch
-
-    def timed():
-        nonlocal batch_s
-        t0 = time.perf_counter()
-        b = original()
-        batch_s += time.perf_counter() - t0
-        return b
-
-    trainer.batch = timed
+    batches = BatchTimer(trainer)
     while time.time() < start_at:  # every process measures over the same wall-clock window
         time.sleep(0.01)
     t0, steps, tokens = time.perf_counter(), 0, 0
@@ -58,7 +50,7 @@ def worker(args, rank: int, start_at: float) -> dict:
         steps += 1
     sync(args)
     dt = time.perf_counter() - t0
-    return {"steps_per_s": round(steps / dt, 2), "tokens_per_s": round(tokens / dt), "batch_share": round(batch_s / dt, 3)}
+    return {"steps_per_s": round(steps / dt, 2), "tokens_per_s": round(tokens / dt), "batch_share": round(batches.seconds / dt, 3)}
 
 
 def profile(args) -> str:

@@ -33,6 +33,20 @@ from ssm_tools.train import load_checkpoint, make_trainer
 PROBE_STEPS = 10
 
 
+class BatchTimer:
+    """Stands in for trainer.batch and adds up the seconds spent building batches on the host."""
+
+    def __init__(self, trainer):
+        self.seconds, self.batch = 0.0, trainer.batch
+        trainer.batch = self
+
+    def __call__(self):
+        t0 = time.perf_counter()
+        out = self.batch()
+        self.seconds += time.perf_counter() - t0
+        return out
+
+
 def parse(recipe: str) -> dict:
     model, shape, lr, batch = recipe.split(":")
     d_model, layers = map(int, shape.split("x"))
@@ -47,20 +61,10 @@ def parse(recipe: str) -> dict:
 def train_one(args, recipe: dict, out: Path) -> dict:
     torch.set_num_threads(2)
     config = task_config(args.task, args.mode)
-    train = {"steps": 10 ** 6, "batch_size": recipe["batch"], "lr": recipe["lr"], "warmup": 20, "seed": args.seed,
+    train = {"steps": 10 ** 6, "batch_size": recipe["batch"], "lr": recipe["lr"], "warmup": PROBE_STEPS, "seed": args.seed,
              "ckpt_every": 10 ** 6}
     trainer = make_trainer(config, recipe["model"], recipe["sizes"], train, out, device=args.device, progress=False)
-    losses, batch_s, started = [], 0.0, time.perf_counter()
-    original = trainer.batch
-
-    def timed_batch():
-        nonlocal batch_s
-        t0 = time.perf_counter()
-        b = original()
-        batch_s += time.perf_counter() - t0
-        return b
-
-    trainer.batch = timed_batch
+    losses, started, batches = [], time.perf_counter(), BatchTimer(trainer)
     tokens = 0
     while True:
         loss, ntok = trainer.train_step()
@@ -69,8 +73,7 @@ def train_one(args, recipe: dict, out: Path) -> dict:
             losses.append((trainer.step, round(loss, 5)))
         spent = time.perf_counter() - started
         if trainer.step == PROBE_STEPS:  # size the schedule to the time left
-            trainer.cfg.steps = max(PROBE_STEPS + 1, int(args.seconds / spent * PROBE_STEPS))
-            trainer.cfg.warmup = max(1, trainer.cfg.steps // 20)
+            trainer.fit_steps(int(args.seconds / spent * PROBE_STEPS))
         if trainer.step >= trainer.cfg.steps:
             break
     train_s = time.perf_counter() - started
@@ -82,7 +85,7 @@ def train_one(args, recipe: dict, out: Path) -> dict:
         scores[str(size)] = exact_trajectory_size(trainer.model, task, size, args.n, device=args.device)["exact_trajectory"]
         eval_s[str(size)] = round(time.perf_counter() - t0, 1)
     return {**recipe, "steps": trainer.step, "train_seconds": round(train_s, 1), "tokens": tokens,
-            "tokens_per_s": round(tokens / train_s), "batch_share": round(batch_s / train_s, 3),
+            "tokens_per_s": round(tokens / train_s), "batch_share": round(batches.seconds / train_s, 3),
             "final_loss": losses[-1][1] if losses else None, "loss": losses,
             "exact_trajectory": scores, "exact_trajectory_seconds": eval_s}
 
