@@ -250,7 +250,7 @@ def exact_trajectory_size(model, task, size: int, n: int, seed: int = TEST_SEED,
         learned = mask[rows, 1:width].to(device)
         wrong = (model(x[:, :-1]).argmax(-1) != x[:, 1:]) & learned
         exact[rows] = ~wrong.any(1).cpu()
-    return {"exact_trajectory": float(exact.float().mean()), "exact": int(exact.sum()), "n": n,
+    return {"exact_trajectory": int(exact.sum()) / n, "exact": int(exact.sum()), "n": n,
             "mean_length": float(lengths.float().mean())}
 
 
