@@ -26,8 +26,9 @@ RECIPE = SCALES["cpu"]
 @pytest.mark.slow
 def test_tool_use_makes_tiny_mamba_generalize_10x_in_length(tmp_path):
     with_tools, no_tools = run_parallel([
-        (task_config("addition", mode), "mamba", RECIPE["model_scale"], RECIPE["train"], 0, [50], 40,
-         tmp_path / mode, "cpu") for mode in ("interactive", "direct")])
+        dict(config=task_config("addition", mode), model="mamba", model_scale=RECIPE["model_scale"],
+             train=RECIPE["train"], seed=0, sizes=[50], n=40, out_dir=tmp_path / mode, device="cpu")
+        for mode in ("interactive", "direct")])
     assert with_tools["accuracy"]["50"] >= 0.95
     assert no_tools["accuracy"]["50"] <= 0.20
 
@@ -63,7 +64,7 @@ def in_process(jobs, workers=None, on_result=None):
     threads, results = torch.get_num_threads(), []
     try:
         for job in jobs:
-            results.append(R.run_one(*job, threads=1, progress=False))
+            results.append(R.run_one(**job, threads=1, progress=False))
             if on_result is not None:
                 on_result(results[-1])
         return results
@@ -146,7 +147,7 @@ def test_train_time_budget_stops_then_the_same_command_resumes(tmp_path, monkeyp
     """A run out of training time is left out of the curve and listed as unfinished; the same call
     again resumes its checkpoint (one more step each time with a zero budget), then evaluates."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(R, "run_parallel", lambda jobs, *options, **more: [R.run_one(*job, progress=False)
+    monkeypatch.setattr(R, "run_parallel", lambda jobs, *options, **more: [R.run_one(**job, progress=False)
                                                                           for job in jobs])
     args = dict(only=[("mamba", "interactive")], steps=3, sizes=[3], n=4)
     for step in (1, 2):
@@ -166,7 +167,7 @@ def test_train_time_budget_stops_then_the_same_command_resumes(tmp_path, monkeyp
 
 def test_fit_train_seconds_records_the_steps_it_trained(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(R, "run_parallel", lambda jobs, *options, **more: [R.run_one(*job, progress=False)
+    monkeypatch.setattr(R, "run_parallel", lambda jobs, *options, **more: [R.run_one(**job, progress=False)
                                                                           for job in jobs])
     curve = R.reproduce("addition", "cpu", [0], tmp_path / "out", only=[("mamba", "interactive")], steps=10 ** 6,
                         sizes=[3], n=2, fit_train_seconds=1.0, pack=False)
@@ -307,9 +308,10 @@ def test_each_mode_is_evaluated_jointly_once_its_last_run_has_trained(tmp_path, 
 
     def fake_parallel(jobs, workers=None, on_result=None):
         results = []
-        for config, model, _, train, seed, *rest in jobs:
+        for job in jobs:
+            config, model, train, seed = job["config"], job["model"], job["train"], job["seed"]
             key = {"model": model, "mode": config["task"]["mode"], "seed": seed, "train": {**train, "seed": seed}}
-            assert rest[-1] == (model == "pythia")  # evaluate_now: only the Transformer in its worker
+            assert job["evaluate_now"] == (model == "pythia")  # only the Transformer in its worker
             if model == "pythia":
                 key.update(test_sizes=[7], n=1, accuracy={"7": 0.0})
             elif (model, seed) == ("mamba", 1) and key["mode"] == "interactive":
@@ -387,7 +389,9 @@ def test_long_episode_tasks_have_their_runs_seeds_and_models(tmp_path, monkeypat
 
     def fake_parallel(jobs, workers=None, on_result=None):
         results = []
-        for config, model, sizes_of_model, train, seed, sizes, n, *_ in jobs:
+        for job in jobs:
+            config, model, sizes_of_model, train, seed, sizes, n = (
+                job[k] for k in ("config", "model", "model_scale", "train", "seed", "sizes", "n"))
             seen.append((config["task"]["mode"], model, sizes_of_model, seed))
             results.append({"model": model, "mode": config["task"]["mode"], "seed": seed, "test_sizes": sizes,
                             "n": n, "accuracy": {str(s): 1.0 for s in sizes}, "train": {**train, "seed": seed}})
@@ -415,14 +419,15 @@ def test_long_episode_tasks_have_their_runs_seeds_and_models(tmp_path, monkeypat
 def test_a_failing_run_is_reported_and_the_others_still_join_the_curve(tmp_path, monkeypatch):
     # A run that raises in its worker process (here: no such model) comes back as {"error": ...}.
     config = task_config("hanoi_recursive", "interactive")
-    (failed,) = run_parallel([(config, "mamba", {"d_model": -1}, {"steps": 1}, 0, [2], 1, tmp_path / "x", "cpu")])
+    (failed,) = run_parallel([dict(config=config, model="mamba", model_scale={"d_model": -1}, train={"steps": 1}, seed=0,
+                                   sizes=[2], n=1, out_dir=tmp_path / "x", device="cpu")])
     assert (failed["model"], failed["mode"], failed["seed"]) == ("mamba", "interactive", 0)
     assert "d_model" in failed["error"]
     # Such a run is listed under "failed"; the runs that ended are in the curve.
     def fake_parallel(jobs, workers=None, on_result=None):
-        return [{**failed, "seed": 1} if job[4] == 1 else
-                {"model": "mamba", "mode": "interactive", "seed": job[4], "test_sizes": [7], "n": 1,
-                 "accuracy": {"7": 1.0}, "train": {**job[3], "seed": job[4]}} for job in jobs]
+        return [{**failed, "seed": 1} if job["seed"] == 1 else
+                {"model": "mamba", "mode": "interactive", "seed": job["seed"], "test_sizes": [7], "n": 1,
+                 "accuracy": {"7": 1.0}, "train": {**job["train"], "seed": job["seed"]}} for job in jobs]
 
     monkeypatch.setattr(R, "run_parallel", fake_parallel)
     curve = R.reproduce("hanoi_recursive", "paper", None, tmp_path / "out", device="cuda", workers=2,
@@ -478,8 +483,9 @@ def fake_runs(jobs, workers=None, on_result=None):
     less) at every size."""
     results = []
     for job in jobs:
-        config, model, sizes_of_model, train, seed, sizes, n = job[:7]
-        setting = job[13] if len(job) > 13 else None
+        config, model, sizes_of_model, train, seed, sizes, n = (
+            job[k] for k in ("config", "model", "model_scale", "train", "seed", "sizes", "n"))
+        setting = job.get("setting")
         score = (setting["add_weight"] + setting["steps"] / 1000 if setting else 0.5) - 0.01 * (seed == 0)
         results.append({**R.identity(model, config["task"]["mode"], seed, setting), "test_sizes": sizes, "n": n,
                         "accuracy": {str(s): score for s in sizes}, "train": {**train, "seed": seed},
@@ -536,7 +542,8 @@ def test_lr_chosen_on_a_held_out_size_highest_accuracy_then_lowest_loss(tmp_path
 
     def execute(jobs, on_result=None):
         seen.extend(jobs)
-        return [{"accuracy": {"30": scores[j[3]["lr"]][0]}, "final_loss": scores[j[3]["lr"]][1]} for j in jobs]
+        return [{"accuracy": {"30": scores[j["train"]["lr"]][0]}, "final_loss": scores[j["train"]["lr"]][1]}
+                for j in jobs]
 
     config = R.task_config("addition", "interactive")
     record = R.select_lr(execute, [("mamba", "interactive")], {"mamba": "tiny"}, lambda mode: config,
@@ -545,7 +552,7 @@ def test_lr_chosen_on_a_held_out_size_highest_accuracy_then_lowest_loss(tmp_path
     assert line["chosen_lr"] == 1e-2  # 0.75 ties; the lower loss wins
     assert [(c["lr"], c["val_accuracy"]) for c in line["candidates"]] == [(lr, a) for lr, (a, _) in scores.items()]
     assert (record["val_size"], record["steps"], record["seed"], record["n"]) == (30, 7, 2, 5)
-    assert all(j[3]["steps"] == 7 and j[4] == 2 and j[5] == [30] for j in seen)
+    assert all(j["train"]["steps"] == 7 and j["seed"] == 2 and j["sizes"] == [30] for j in seen)
 
 
 def test_lr_grid_trains_short_runs_then_the_curve_uses_and_records_the_choice(tmp_path, monkeypatch):

@@ -287,11 +287,12 @@ def same_recipe(checkpoint: Path, found: dict, wanted: dict) -> None:
         raise ValueError(f"{checkpoint} was trained with {found}, not {wanted}: remove {checkpoint.parent} to start over")
 
 
-def check_resumable(job: tuple) -> None:
+def check_resumable(job: dict) -> None:
     """A run_one job whose folder holds a checkpoint will resume it: that checkpoint must be of the
     same model and recipe, checked before any run trains (a mismatch found after hours of other
     runs' training would waste them)."""
-    config, model, model_scale, train, seed, _, _, out_dir = job[:8]
+    config, model, model_scale, train, seed, out_dir = (job[k] for k in ("config", "model", "model_scale", "train",
+                                                                        "seed", "out_dir"))
     checkpoint = Path(out_dir) / CHECKPOINT
     if not checkpoint.is_file():
         return
@@ -418,7 +419,12 @@ def sizes_within(score, sizes: list[int], task, power: int, max_seconds: float |
         seconds[str(size)] = round(last[1], 1)
     return scores, seconds, skipped, spent
 
-def run_parallel(jobs: list[tuple], workers: int | None = None, on_result=None) -> list[dict]:
+def job_identity(job: dict) -> dict:
+    """identity() of the run a run_one job (its keyword arguments) makes."""
+    return identity(job["model"], job["config"]["task"]["mode"], job["seed"], job.get("setting"))
+
+
+def run_parallel(jobs: list[dict], workers: int | None = None, on_result=None) -> list[dict]:
     """run_one over jobs, one single-threaded process each, `workers` at a time (default: one per
     core; tiny models use threads badly: two runs side by side beat one run on two threads). On a
     GPU the runs train side by side (see reproduce for their evaluations). Results in job order; each is
@@ -427,15 +433,13 @@ def run_parallel(jobs: list[tuple], workers: int | None = None, on_result=None) 
     results: list = [None] * len(jobs)
     workers = max(1, min(len(jobs), workers or os.cpu_count() or 1))
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(run_one, *job, threads=1, progress=False): i for i, job in enumerate(jobs)}
+        futures = {pool.submit(run_one, **job, threads=1, progress=False): i for i, job in enumerate(jobs)}
         for future in tqdm(as_completed(futures), total=len(jobs), desc="runs", dynamic_ncols=True):
             i = futures[future]
             try:
                 results[i] = future.result()
             except Exception as e:  # one run failing is reported; the others go on
-                config, model, *_ = job = jobs[i]
-                results[i] = {**identity(model, config["task"]["mode"], job[4], *job[13:14]),
-                              "error": f"{type(e).__name__}: {e}"[:2000]}
+                results[i] = {**job_identity(jobs[i]), "error": f"{type(e).__name__}: {e}"[:2000]}
             tqdm.write(json.dumps(results[i]))
             if on_result is not None:
                 on_result(results[i])
@@ -531,14 +535,14 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     eval_lock = None if sequential or device == "cpu" else Path(runs_dir) / f"evaluation-{device}.lock"
     folder = Path(runs_dir) / f"reproduce-{task}-{scale}"
 
-    def execute(jobs: list[tuple], on_result=None) -> list[dict]:
+    def execute(jobs: list[dict], on_result=None) -> list[dict]:
         for job in jobs:  # every folder checked before any run trains
             check_resumable(job)
         if not sequential:
             return run_parallel(jobs, workers, on_result=on_result)
         results = []
         for job in jobs:  # one at a time (under torchrun, each on all ranks)
-            results.append(run_one(*job))
+            results.append(run_one(**job))
             if on_result is not None:
                 on_result(results[-1])
         return results
@@ -556,13 +560,16 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
         if max_train_seconds is not None:  # the selection's training came out of this call's budget
             max_train_seconds = max(0.0, max_train_seconds - (time.perf_counter() - selection_start))
 
-    def job(model: str, mode: str, setting: dict | None, seed: int) -> tuple:
+    def job(model: str, mode: str, setting: dict | None, seed: int) -> dict:  # run_one's arguments
         run_recipe = {**train, **({"steps": setting["steps"]} if setting else {}),
                       **({"lr": chosen[model, mode]} if (model, mode) in chosen else {})}
-        return (setting_config(task, mode, setting), model, spec["models"][model], run_recipe, seed, sizes, n,
-                folder / run_name(identity(model, mode, seed, setting)), device,
-                max_eval_seconds, max_train_seconds, eval_until, eval_lock, setting, evaluate_stopped,
-                fit_train_seconds, stop_after_zero, not (joint_eval and fixed_size_state(model)))
+        return dict(config=setting_config(task, mode, setting), model=model, model_scale=spec["models"][model],
+                    train=run_recipe, seed=seed, sizes=sizes, n=n,
+                    out_dir=folder / run_name(identity(model, mode, seed, setting)), device=device,
+                    max_eval_seconds=max_eval_seconds, max_train_seconds=max_train_seconds, eval_until=eval_until,
+                    eval_lock=eval_lock, setting=setting, evaluate_stopped=evaluate_stopped,
+                    fit_train_seconds=fit_train_seconds, stop_after_zero=stop_after_zero,
+                    evaluate_now=not (joint_eval and fixed_size_state(model)))
 
     jobs = [job(model, mode, setting, seed) for model, mode in runs for setting in settings
             for seed in run_seeds[model, mode]]
@@ -586,8 +593,8 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     def group(run: dict) -> tuple:
         return run["mode"], json.dumps(run.get("setting"), sort_keys=True)
 
-    joint = {run_key(identity(j[1], j[0]["task"]["mode"], j[4], j[13])): j for j in jobs if not j[-1]}
-    left = collections.Counter(group(identity(j[1], j[0]["task"]["mode"], j[4], j[13])) for j in joint.values())
+    joint = {run_key(job_identity(j)): j for j in jobs if not j["evaluate_now"]}
+    left = collections.Counter(group(job_identity(j)) for j in joint.values())
     waiting = {g: [] for g in left}
     evaluated = {}
 
@@ -602,7 +609,7 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
             waiting[g].append(result)
         if left[g] > 0 or not waiting[g]:
             return
-        config_of_group = joint[run_key(waiting[g][0])][0]
+        config_of_group = joint[run_key(waiting[g][0])]["config"]
         try:
             done = evaluate_jointly(waiting[g], config_of_group, sizes, n, device, max_eval_seconds=max_eval_seconds,
                                     eval_until=eval_until, eval_lock=eval_lock, stop_after_zero=stop_after_zero)
@@ -668,8 +675,9 @@ def select_lr(execute, runs: list[tuple[str, str]], models: dict, config_of, tra
     final training loss. `execute` runs the jobs (reproduce's), `config_of(mode)` is the config
     trained on. Returns the record the curve keeps: the rule, the settings and, per (model, mode),
     every candidate and the chosen rate."""
-    jobs = [(config_of(mode), model, models[model], {**train, "steps": steps, "lr": lr}, seed,
-             [val_size], n, folder / f"{model}-{mode}-lr{lr:g}-seed{seed}", device)
+    jobs = [dict(config=config_of(mode), model=model, model_scale=models[model],
+                 train={**train, "steps": steps, "lr": lr}, seed=seed, sizes=[val_size], n=n,
+                 out_dir=folder / f"{model}-{mode}-lr{lr:g}-seed{seed}", device=device)
             for model, mode in runs for lr in grid]
     results = execute(jobs)
     lines = {}
