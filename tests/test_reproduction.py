@@ -214,7 +214,8 @@ class Sleeper:
 def test_eval_budget_skips_sizes_predicted_to_overrun(fixed_state, evaluated, monkeypatch, capsys):
     monkeypatch.setattr(R, "evaluate_size_many", lambda models, task, size, n, device: (
         time.sleep(0.005 * size), [{"accuracy": 1.0, "correct": n}] * len(models))[1])
-    monkeypatch.setattr(R, "exact_trajectory_size", lambda model, task, size, n, device: {"exact_trajectory": 0.5})
+    monkeypatch.setattr(R, "exact_trajectory_many", lambda models, task, size, n, device: [
+        {"exact_trajectory": 0.5}] * len(models))
     model = type("M", (), {"fixed_size_state": fixed_state})()
     # 10: 0.05 s; 20 predicted 0.1 s (fixed state, total 0.15 <= 0.2) or 0.2 s (quadratic: over);
     # 40 predicted 0.2 s after 0.15 spent: over.
@@ -241,8 +242,8 @@ def test_a_run_at_zero_is_not_decoded_at_larger_sizes(monkeypatch, tmp_path):
         return [{"accuracy": c / n, "correct": c} for c in (0 if m.name == "a" and size >= 20 else 1 for m in models)]
 
     monkeypatch.setattr(R, "evaluate_size_many", fake)
-    monkeypatch.setattr(R, "exact_trajectory_size", lambda model, task, size, n, device: {
-        "exact_trajectory": 0.25 if model.name == "a" else 0.75})
+    monkeypatch.setattr(R, "exact_trajectory_many", lambda models, task, size, n, device: [
+        {"exact_trajectory": 0.25 if m.name == "a" else 0.75} for m in models])
     models = [type("M", (), {"fixed_size_state": True, "name": name})() for name in "ab"]
     a, b = R.evaluate_within(models, Sleeper(), [10, 20, 40, 80], 2, "cpu", stop_after_zero=True)
     assert calls == [(10, ["a", "b"]), (20, ["a", "b"]), (40, ["b"]), (80, ["b"])]
@@ -348,11 +349,11 @@ def test_joint_evaluation_grades_the_eval_task_and_takes_the_stopped_runs(tmp_pa
     mixture they trained on; each record keeps its sweep point and how far it trained."""
     monkeypatch.setattr(R, "run_parallel", in_process)
     graded, joint = [], []
-    real_many, real_exact, real_joint = R.evaluate_size_many, R.exact_trajectory_size, R.evaluate_jointly
+    real_many, real_exact, real_joint = R.evaluate_size_many, R.exact_trajectory_many, R.evaluate_jointly
     monkeypatch.setattr(R, "evaluate_size_many", lambda models, task, *a, **k: (
         graded.append(("decoded", len(models), repr(task))), real_many(models, task, *a, **k))[1])
-    monkeypatch.setattr(R, "exact_trajectory_size", lambda model, task, *a, **k: (
-        graded.append(("teacher-forced", 1, repr(task))), real_exact(model, task, *a, **k))[1])
+    monkeypatch.setattr(R, "exact_trajectory_many", lambda models, task, *a, **k: (
+        graded.append(("teacher-forced", len(models), repr(task))), real_exact(models, task, *a, **k))[1])
     monkeypatch.setattr(R, "evaluate_jointly", lambda records, *a, **k: (
         joint.append(len(records)), real_joint(records, *a, **k))[1])
     curve = R.reproduce("multiplication_mixture", "cpu", [0, 1], tmp_path / "out", only=[("mamba", "interactive")],
@@ -362,7 +363,7 @@ def test_joint_evaluation_grades_the_eval_task_and_takes_the_stopped_runs(tmp_pa
     eval_task, train_task = repr(R.make_eval_task(config)), repr(make_task(config))
     assert eval_task.startswith("Multiplication(") and train_task.startswith("Mixture(")
     assert joint == [2] and curve["unfinished"] == []
-    assert graded == [("teacher-forced", 1, eval_task)] * 2 + [("decoded", 2, eval_task)]
+    assert graded == [("teacher-forced", 2, eval_task), ("decoded", 2, eval_task)]  # each pass once for both
     assert [(r["seed"], r["setting"], r["trained_steps"], r["train"]["steps"], r["evaluated_jointly"])
             for r in curve["runs"]] == [(s, {"add_weight": 0.5, "steps": 3}, 1, 3, 2) for s in (0, 1)]
     assert all(set(r["accuracy"]) == set(r["exact_trajectory"]) == {"3"} for r in curve["runs"])
@@ -370,8 +371,8 @@ def test_joint_evaluation_grades_the_eval_task_and_takes_the_stopped_runs(tmp_pa
 
 def test_eval_budget_bounds_the_exact_trajectory_pass_too(monkeypatch):
     """Teacher forcing runs first, at every size the budget allows; decoding gets the time left."""
-    monkeypatch.setattr(R, "exact_trajectory_size", lambda model, task, size, n, device: (
-        time.sleep(0.005 * size), {"exact_trajectory": 0.5})[1])
+    monkeypatch.setattr(R, "exact_trajectory_many", lambda models, task, size, n, device: (
+        time.sleep(0.005 * size), [{"exact_trajectory": 0.5}] * len(models))[1])
     monkeypatch.setattr(R, "evaluate_size_many", lambda models, task, size, n, device: [
         {"accuracy": 1.0, "correct": n}] * len(models))
     model = type("M", (), {"fixed_size_state": True})()

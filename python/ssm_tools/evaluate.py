@@ -223,11 +223,12 @@ def evaluate_many(models, task, sizes, n: int, seed: int = TEST_SEED, device="cp
 
 
 @torch.no_grad()
-def exact_trajectory_size(model, task, size: int, n: int, seed: int = TEST_SEED, device="cpu",
-                          max_tokens: int = 1 << 20) -> dict:
-    """The share of the size's test episodes (the same instances as `evaluate_size`) whose whole oracle
-    trajectory the model reproduces: at every position where the oracle emits a token, the model's
-    argmax given the oracle's prefix is that token.
+def exact_trajectory_many(models, task, size: int, n: int, seed: int = TEST_SEED, device="cpu",
+                          max_tokens: int = 1 << 20) -> list[dict]:
+    """For each model, the share of the size's test episodes (sample_instances: the ones
+    `evaluate_size` decodes) whose whole oracle trajectory the model reproduces: at every position
+    where the oracle emits a token, the model's argmax given the oracle's prefix is that token. The
+    oracle transcript is built once for all the models.
 
     This is exactly the set of episodes that greedy decoding plays out token for token as the oracle
     does (by induction: while its tokens match, so do the tools' answers, so its next input is the
@@ -236,22 +237,32 @@ def exact_trajectory_size(model, task, size: int, n: int, seed: int = TEST_SEED,
     scan, not 539k steps. It is a lower bound on `evaluate_size`'s exact-answer accuracy (a model may
     leave the oracle's path and still answer right) and equal to it up to float rounding of near-ties
     otherwise. Episodes are batched up to `max_tokens` tokens per forward pass (at least one)."""
-    rng = np.random.default_rng([seed, size])
-    transcript, _ = task.trajectories(rng, [size] * n)
+    transcript = task.oracle_transcript(sample_instances(task, size, n, seed), task.max_steps(size))
     tokens, mask, lengths = transcript.tokens, transcript.loss_mask, transcript.lengths
-    model.eval()
-    exact = torch.zeros(n, dtype=torch.bool)
     order = torch.argsort(lengths, descending=True).tolist()
+    batches = []
     while order:
         width = int(lengths[order[0]])
-        rows = order[:max(1, max_tokens // width)]
-        order = order[len(rows):]
-        x = tokens[rows, :width].to(device)
-        learned = mask[rows, 1:width].to(device)
-        wrong = (model(x[:, :-1]).argmax(-1) != x[:, 1:]) & learned
-        exact[rows] = ~wrong.any(1).cpu()
-    return {"exact_trajectory": int(exact.sum()) / n, "exact": int(exact.sum()), "n": n,
-            "mean_length": float(lengths.float().mean())}
+        batches.append((order[:max(1, max_tokens // width)], width))
+        order = order[len(batches[-1][0]):]
+    results = []
+    for model in models:
+        model.eval()
+        exact = torch.zeros(n, dtype=torch.bool)
+        for rows, width in batches:
+            x = tokens[rows, :width].to(device)
+            learned = mask[rows, 1:width].to(device)
+            wrong = (model(x[:, :-1]).argmax(-1) != x[:, 1:]) & learned
+            exact[rows] = ~wrong.any(1).cpu()
+        results.append({"exact_trajectory": int(exact.sum()) / n, "exact": int(exact.sum()), "n": n,
+                        "mean_length": float(lengths.float().mean())})
+    return results
+
+
+def exact_trajectory_size(model, task, size: int, n: int, seed: int = TEST_SEED, device="cpu",
+                          max_tokens: int = 1 << 20) -> dict:
+    """exact_trajectory_many for one model."""
+    return exact_trajectory_many([model], task, size, n, seed, device, max_tokens)[0]
 
 
 def evaluate(model, task, sizes, n: int, seed: int = TEST_SEED, device="cpu", tf32: bool = False) -> dict:

@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from . import distributed
 from .config import CONFIGS, load_config, make_eval_task, make_task
-from .evaluate import check_joint, evaluate_size_many, exact_trajectory_size
+from .evaluate import check_joint, evaluate_size_many, exact_trajectory_many
 from .models import MODELS, preset
 from .plots import plot_curve
 from .train import CHECKPOINT, load_checkpoint, make_trainer, model_config, train_config
@@ -326,7 +326,7 @@ def evaluate_within(models: list, task, sizes: list[int], n: int, device: str, m
                     until: float | None = None) -> list[dict]:
     """Scores of each model at each size, smallest first, within `max_seconds` (the evaluation's
     budget): first each model's exact-trajectory score at every size ("exact_trajectory",
-    evaluate.exact_trajectory_size: teacher-forced, one forward pass per episode, so it reaches sizes
+    evaluate.exact_trajectory_many: teacher-forced, one forward pass per episode, so it reaches sizes
     whose decoding would take minutes), then the exact-answer accuracy decoded with the tools
     ("accuracy"; the models decoded jointly, evaluate_size_many: fixed-size-state models only, when
     several) in the time left. Returns one result per model.
@@ -350,7 +350,7 @@ def evaluate_within(models: list, task, sizes: list[int], n: int, device: str, m
         return f" ({labels[j]})" if labels[j] else ""
 
     def exact(size: int) -> list[float]:
-        values = [exact_trajectory_size(m, task, size, n, device=device)["exact_trajectory"] for m in models]
+        values = [r["exact_trajectory"] for r in exact_trajectory_many(models, task, size, n, device=device)]
         for j, value in enumerate(values):
             tqdm.write(f"exact trajectory at size {size}: {value:.3f}{named(j)}")
         return values

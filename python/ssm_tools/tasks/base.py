@@ -256,14 +256,17 @@ class Task(ABC):
         real loop (`replay`)."""
         draw = self.sample_train if train else self.sample
         insts = [draw(rng, s) for s in sizes]
-        env = Env(self.tools(), batch_size=len(insts), max_len=max(map(self.max_steps, set(sizes))),
-                  num_threads=num_threads)
-        seed = int(rng.integers(1 << 31))
+        max_len = max(map(self.max_steps, set(sizes)))
+        return self.oracle_transcript(insts, max_len, int(rng.integers(1 << 31)), num_threads), insts
+
+    def oracle_transcript(self, insts: Sequence, max_len: int, seed: int = 0, num_threads: int = 0):
+        """The Transcript of the instances' oracles played through the real loop (`replay`), episodes
+        of at most `max_len` tokens."""
+        env = Env(self.tools(), batch_size=len(insts), max_len=max_len, num_threads=num_threads)
         prompts = [bytes(self.prompt(i)) for i in insts]
         if self.oracle_threads > 1:
             with ThreadPoolExecutor(self.oracle_threads) as pool:
                 oracles = list(pool.map(self.packed_oracle, insts))
         else:
             oracles = [self.packed_oracle(i) for i in insts]
-        transcript = replay(env, prompts, oracles, seed=seed)
-        return transcript, insts
+        return replay(env, prompts, oracles, seed=seed)
