@@ -12,6 +12,10 @@
 #     stays in runs/, so the same command on the same (still warm) machine resumes it;
 #   - every evaluation ends MARGIN_S seconds before CALL_S (--max-seconds): a size predicted to
 #     overrun is recorded as skipped (null), never dropped with the others.
+# A run longer than one call spans two: EVAL_S=0 EVALUATE_STOPPED=0 makes the first call train only
+# (the stopped run checkpoints in runs/ and is listed as unfinished in curve.json); the same command
+# with the defaults, issued at once on the still-warm machine, resumes it, ends its training and
+# evaluates it. A machine lost in between costs the first call, not the run's record.
 # Writes to $OUT (at most 8 files come back): curve.json, curve.png, command.txt, reproduce.txt (the
 # command's output), train_log.csv (loss per step), plan.txt (this call's budget), build.txt.
 #
@@ -62,6 +66,7 @@ STARTUP_S=${STARTUP_S:-20}  # Python, torch, CUDA and the model before the first
 N=${N:-100}
 SIZES=${SIZES:-10,20,50,100,200,500,1000}
 NPROC=${NPROC:-1}
+EVALUATE_STOPPED=${EVALUATE_STOPPED:-1}  # 0: a run stopped by the call's end is not evaluated (resumed later)
 BASE=${BASE-$([[ $DEVICE == cuda ]] && echo "results/$TASK/gpu/curve.json")}
 OUT=$(realpath -m "${OUT:-/tmp/gpu_multiplication}")
 WORK=$(realpath -m "${WORK:-.}")  # the run's checkpoint goes to $WORK/runs/ (default: the checkout's)
@@ -83,6 +88,8 @@ sys.exit(not torch._C._dispatch_has_kernel_for_dispatch_key('ssm_tools::selectiv
     -C build-dir=build/gpu > "$OUT/build.txt" 2>&1 || { tail -30 "$OUT/build.txt"; exit 1; }
 fi
 lr_args="--lr $LR"
+stopped_args=--evaluate-stopped
+[[ $EVALUATE_STOPPED == 0 ]] && stopped_args=
 [[ -n $LR_GRID ]] && lr_args="--lr-grid $LR_GRID --val-size $VAL_SIZE --val-steps $VAL_STEPS"
 train_s=$((CALL_S - (SECONDS - start) - STARTUP_S - EVAL_S - MARGIN_S))
 eval_end_s=$((CALL_S - (SECONDS - start) - MARGIN_S))
@@ -101,7 +108,7 @@ mkdir -p "$WORK" && cd "$WORK" || exit 2
 timeout --signal=INT --kill-after=10 $((CALL_S - (SECONDS - start))) \
   "$PYTHON" -m ssm_tools.cli reproduce "$TASK" --scale "$SCALE" --device "$DEVICE" --runs mamba:interactive \
   --seeds "$SEED" $lr_args --steps "$STEPS" --n "$N" --sizes "$SIZES" --nproc "$NPROC" \
-  --max-train-seconds "$train_s" --evaluate-stopped --max-seconds "$eval_end_s" --out "$OUT" --merge $ARGS \
+  --max-train-seconds "$train_s" $stopped_args --max-seconds "$eval_end_s" --out "$OUT" --merge $ARGS \
   > "$OUT/reproduce.txt" 2>&1
 status=$?
 log=$(ls -t runs/reproduce-"$TASK-$SCALE"/mamba-interactive*-seed"$SEED"/log.csv 2>/dev/null | head -1)
