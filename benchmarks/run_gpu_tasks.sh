@@ -13,6 +13,9 @@
 # predicted to overrun, or past a 0/n (--stop-after-zero), are recorded as skipped, never dropped. Everything stops CALL_S seconds after
 # the start (SIGINT); each curve is written as its runs finish, so a call cut short keeps the runs
 # that ended. TASKS="task/workers/eval_seconds/fit_seconds[/model:mode,...] ..." chooses the tasks.
+# Coding first builds its trajectory pools (one per mode, the scale's --pool-episodes, on every core,
+# while the other tasks train; its log's "pool" lines give the time), then trains its runs from them:
+#   OUT=/tmp/out CALL_S=585 TASKS="logical_graph/4/110/250 coding/5/150/200" bash benchmarks/run_gpu_tasks.sh
 # Results: $OUT/tasks.tar.gz holds <task>/gpu/{curve.json,curve.png,command.txt} and the logs
 # (<task>/gpu/logs/: the command's output, every run's log.csv); $OUT/summary.txt the scores.
 # Uses the machine's python3 (with a CUDA torch, numpy, tqdm, matplotlib); no venv, no downloads.
@@ -65,7 +68,7 @@ for spec in $TASKS; do
   for csv in "$work/$task"/cwd/runs/reproduce-"$task"-"$SCALE"/*/log.csv; do
     [[ -f $csv ]] && cp "$csv" "$work/$task/gpu/logs/$(basename "$(dirname "$csv")").log.csv"
   done
-  grep -E "^evaluated|^exact|rror" "$work/$task/gpu/logs/reproduce.txt" | sed "s/^/$task: /" | cut -c1-400
+  grep -E "^evaluated|^exact|^pool|rror" "$work/$task/gpu/logs/reproduce.txt" | sed "s/^/$task: /" | cut -c1-400
 done > "$OUT/summary.txt"
 "$PYTHON" - "$work" >> "$OUT/summary.txt" <<'EOF'
 import json, pathlib, sys

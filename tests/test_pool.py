@@ -22,9 +22,9 @@ TINY = dict(vocab_size=128, d_model=16, n_layers=1, d_state=4)
 
 @pytest.fixture(scope="module")
 def addition_pool(tmp_path_factory):
-    """A pool of 70 addition episodes (two build chunks) of 1..3-digit operands, and its file."""
+    """A pool of addition episodes (two build chunks) of 1..3-digit operands, and its file."""
     config = load_config("addition")
-    built = P.build_pool(config, 70, seed=5, train_max_size=3)
+    built = P.build_pool(config, P.BUILD_CHUNK + 6, seed=5, train_max_size=3)
     return config, built, P.save(built, tmp_path_factory.mktemp("pool") / "addition.npz")
 
 
@@ -36,12 +36,12 @@ def test_a_pool_holds_the_trainers_own_draw_and_loads_back_exactly(addition_pool
     assert torch.equal(lengths, first.lengths)
     assert torch.equal(tokens, first.tokens[:, :tokens.shape[1]]) and torch.equal(mask, first.loss_mask[:, :tokens.shape[1]])
     loaded = P.load(path)
-    assert loaded.meta == built.meta and len(loaded) == 70
+    assert loaded.meta == built.meta and len(loaded) == P.BUILD_CHUNK + 6
     for name in P.ARRAYS:
         assert np.array_equal(getattr(loaded, name), getattr(built, name)) and getattr(loaded, name).dtype == P.ARRAYS[name]
-    assert loaded.identity() == {"task": config["task"], "train_max_size": 3, "seed": 5, "episodes": 70,
+    assert loaded.identity() == {"task": config["task"], "train_max_size": 3, "seed": 5, "episodes": len(loaded),
                                  "digest": built.meta["digest"], "tokens": int(built.lengths.sum())}
-    assert P.build_pool(config, 70, seed=6, train_max_size=3).meta["digest"] != built.meta["digest"]
+    assert P.build_pool(config, len(loaded), seed=6, train_max_size=3).meta["digest"] != built.meta["digest"]
 
 
 def test_a_coding_pool_does_not_depend_on_the_threads_that_built_it():
@@ -79,7 +79,7 @@ def with_meta(path, **fields):
     (dict(meta=np.array("{not json")), "meta is not JSON"),
     (dict(meta=np.array(["a"])), "meta must be one string"),
     ("format", "format 'ssm-tools trajectory pool 1'"),
-    ("episodes", "70 episodes \\(meta: 71\\)"),
+    ("episodes", "262 episodes \\(meta: 263\\)"),
     ("flip", "its digest does not match its content"),
     ("vocab", "token id 200 is outside the vocabulary"),
 ])
@@ -89,7 +89,7 @@ def test_bad_pool_files_are_refused_naming_the_file_and_the_fault(addition_pool,
     if change == "format":
         change = dict(meta=with_meta(path, format="something else 1"))
     elif change == "episodes":
-        change = dict(meta=with_meta(path, episodes=71))
+        change = dict(meta=with_meta(path, episodes=P.BUILD_CHUNK + 7))
     elif change == "flip":
         change = dict(tokens=built.tokens ^ np.uint8(1))
     elif change == "vocab":  # a digest that matches: the vocabulary check itself refuses it

@@ -36,9 +36,10 @@ from . import vocab as V
 FORMAT = "ssm-tools trajectory pool 1"
 ARRAYS = {"tokens": np.uint8, "loss_mask": np.bool_, "lengths": np.int64}
 META_KEYS = {"format", "task", "train_max_size", "seed", "episodes", "digest"}
-# Episodes per replay while building. Fixed: the pool's content depends on (config, seed, episodes)
-# alone, not on the threads that built it.
-BUILD_CHUNK = 64
+# Episodes per replay while building: large, so that few threads wait on the chunk's longest
+# oracle; fixed, so that the pool's content depends on (config, seed, episodes) alone, not on the
+# threads that built it.
+BUILD_CHUNK = 256
 assert V.VOCAB_SIZE <= 256
 
 

@@ -155,12 +155,17 @@ TASKS = {
                              "models": SMALL_MODELS, "run_seeds": HANOI_SEEDS, "seeds": [0],
                              "train": dict(steps=600, batch_size=16, lr=3e-3, warmup=20)}}},
     "coding": {
-        # Up to twice the largest training size (16 functions): codebases growing past it.
-        "size_label": "functions", "sizes": {"paper": [4, 8, 16, 24, 32]},
-        "unavailable": {"cpu": _NO_CPU.format(why="its oracle trajectories cost sandbox runs (0.4 s each)")},
-        "scales": {"paper": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("pythia", "interactive")],
-                             "models": SMALL_MODELS, "run_seeds": MAMBA_SEEDS, "seeds": [0], "n": 50,
-                             "train": dict(steps=1000, batch_size=16, lr=3e-3, warmup=20)}}},
+        # Up to twice the largest training size (paper: 16 functions, cpu: 6): codebases growing past it.
+        # An interactive oracle runs the program in the sandbox several times (about 0.1 s each), so
+        # the runs of a call share one trajectory pool per mode, built once on every core ("pool":
+        # its episodes; results/tasks_notes.md has the build rates).
+        "size_label": "functions", "sizes": {"cpu": [4, 6, 8, 10, 12], "paper": [4, 8, 16, 24, 32]},
+        "scales": {"cpu": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("pythia", "interactive")],
+                           "run_seeds": MAMBA_SEEDS, "seeds": [0], "n": 20, "pool": 300,
+                           "train": dict(steps=150, batch_size=16, lr=1e-2, warmup=15, train_max_size=6)},
+                   "paper": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("pythia", "interactive")],
+                             "models": SMALL_MODELS, "run_seeds": MAMBA_SEEDS, "seeds": [0], "n": 50, "pool": 2000,
+                             "train": dict(steps=2000, batch_size=16, lr=3e-3, warmup=20)}}},
 }
 
 
@@ -422,17 +427,23 @@ def sizes_within(score, sizes: list[int], task, power: int, max_seconds: float |
         seconds[str(size)] = round(last[1], 1)
     return scores, seconds, skipped, spent
 
-def with_pool(job: dict, episodes: int, folder: Path) -> dict:
+def with_pool(job: dict, episodes: int, folder: Path, ready: set) -> dict:
     """The run_one job training from the pool of its task config and training range (`episodes`
     episodes in `folder`, built there by the first job that needs it: pool.ensure, one process at a
-    time), or the job as it is when `episodes` is 0."""
+    time; `ready`: the pools this process has), or the job as it is when `episodes` is 0."""
     if not episodes:
         return job
     config, max_size = job["config"], train_config(job["config"], job["train"]).train_max_size
     key = json.dumps({"task": config["task"], "train_max_size": max_size, "episodes": episodes}, sort_keys=True)
     path = Path(folder) / f"pool-{config['task']['mode']}-{hashlib.sha256(key.encode()).hexdigest()[:8]}.npz"
-    with one_at_a_time(path.with_suffix(".lock")):  # ranks under torchrun, calls sharing a runs folder
-        pool.ensure(path, config, episodes, train_max_size=max_size, progress=True)
+    if path not in ready:
+        start = time.perf_counter()
+        with one_at_a_time(path.with_suffix(".lock")):  # ranks under torchrun, calls sharing a runs folder
+            found = pool.ensure(path, config, episodes, train_max_size=max_size, progress=True)
+        tqdm.write(f"pool {path}: {len(found)} episodes of {config['task']['mode']} up to {max_size}, "
+                   f"{len(found.tokens)} tokens, digest {found.meta['digest']}, ready in "
+                   f"{time.perf_counter() - start:.1f} s")
+        ready.add(path)
     return {**job, "train": {**job["train"], "pool": str(path)}}
 
 
@@ -559,9 +570,10 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     sequential = distributed.launched() or (workers is None and device != "cpu") or workers == 1
     eval_lock = None if sequential or device == "cpu" else Path(runs_dir) / f"evaluation-{device}.lock"
     folder = Path(runs_dir) / f"reproduce-{task}-{scale}"
+    pools: set[Path] = set()  # the trajectory pools built or found (with_pool)
 
     def execute(jobs: list[dict], on_result=None) -> list[dict]:
-        jobs = [with_pool(job, pool_episodes, folder) for job in jobs]  # built before any run trains
+        jobs = [with_pool(job, pool_episodes, folder, pools) for job in jobs]  # built before any run trains
         for job in jobs:  # every folder checked before any run trains
             check_resumable(job)
         if not sequential:
