@@ -44,6 +44,16 @@ def test_a_pool_holds_the_trainers_own_draw_and_loads_back_exactly(addition_pool
     assert P.build_pool(config, len(loaded), seed=6, train_max_size=3).meta["digest"] != built.meta["digest"]
 
 
+def test_a_build_out_of_time_keeps_its_first_chunks_and_is_reused(addition_pool, tmp_path):
+    config, built, _ = addition_pool
+    short = P.ensure(tmp_path / "p.npz", config, len(built), seed=5, train_max_size=3, max_seconds=1e-9)
+    assert len(short) == P.BUILD_CHUNK and short.meta["episodes"] == P.BUILD_CHUNK
+    assert np.array_equal(short.lengths, built.lengths[:P.BUILD_CHUNK])
+    assert P.ensure(tmp_path / "p.npz", config, len(built), seed=5, train_max_size=3).meta == short.meta
+    with pytest.raises(ValueError, match=f"p.npz holds a pool of {P.BUILD_CHUNK} episodes of .*'seed': 5.*, not of .*'seed': 6"):
+        P.ensure(tmp_path / "p.npz", config, len(built), seed=6, train_max_size=3)
+
+
 def test_a_coding_pool_does_not_depend_on_the_threads_that_built_it():
     config = {**load_config("coding"), "sizes": {"train": [2, 3], "test": [4]}}
     one, two = (P.build_pool(config, 6, seed=1, threads=t) for t in (1, 2))

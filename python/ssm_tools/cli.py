@@ -74,7 +74,7 @@ def cmd_pool(args) -> None:
 
     started = time.perf_counter()
     built = build_pool(load_config(args.config), args.episodes, seed=args.seed, train_max_size=args.train_max_size,
-                       threads=args.threads, progress=not args.quiet)
+                       threads=args.threads, progress=not args.quiet, max_seconds=args.max_seconds)
     print(json.dumps({"pool": str(save(built, args.out)), **built.identity(),
                       "seconds": round(time.perf_counter() - started, 1)}))
 
@@ -124,7 +124,7 @@ def cmd_reproduce(args) -> None:
                       val_steps=args.val_steps, add_weights=args.add_weights,
                       evaluate_stopped=args.evaluate_stopped, fit_train_seconds=args.fit_train_seconds,
                       pack=not args.no_pack, stop_after_zero=args.stop_after_zero, joint_eval=args.joint_eval,
-                      pool_episodes=args.pool_episodes)
+                      pool_episodes=args.pool_episodes, pool_seconds=args.pool_seconds)
     if not is_main():
         return
     print(f"wrote {out}/curve.json and {out}/curve.png ({len(curve['runs'])} runs)")
@@ -210,6 +210,8 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--seed", type=int, default=0, help="seed of the instances drawn (default 0)")
     o.add_argument("--train-max-size", type=int,
                    help="largest training size drawn (default: the config's [sizes] train maximum)")
+    o.add_argument("--max-seconds", type=float,
+                   help="stop after the chunk of episodes that ends past this time (a pool of fewer episodes)")
     o.add_argument("--threads", type=int, default=0, help="threads building oracles and replays (default: one per core)")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
     o.set_defaults(func=cmd_pool)
@@ -261,6 +263,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--pool-episodes", type=int,
                    help="every run draws its batches from one trajectory pool of this many episodes per mode, "
                         "built on every core before the runs train (0: fresh trajectories; default: the scale's)")
+    r.add_argument("--pool-seconds", type=float,
+                   help="each pool's build stops after the chunk that ends past this time (a pool of fewer episodes)")
     r.add_argument("--no-pack", action="store_true",
                    help="train Mamba on rows padded to the longest episode instead of packed rows")
     r.add_argument("--max-eval-seconds", type=float,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,16 +93,20 @@ class Pool:
 
 
 def build_pool(config: dict, episodes: int, seed: int = 0, train_max_size: int | None = None, threads: int = 0,
-               progress: bool = False) -> Pool:
+               progress: bool = False, max_seconds: float | None = None) -> Pool:
     """`episodes` oracle trajectories of the config's task (`load_config`'s dict), drawn as the
     Trainer draws them (sizes up to `train_max_size`, default the config's largest training size),
-    from `seed`; oracles and replay on `threads` threads (0: one per core)."""
+    from `seed`; oracles and replay on `threads` threads (0: one per core). With `max_seconds`, the
+    build ends after the chunk of BUILD_CHUNK episodes that ends past that time: a pool of fewer
+    episodes (a call of fixed length keeps its time for training), the first ones of the whole pool."""
     from tqdm import tqdm
 
     from .config import make_task
 
     if not (isinstance(episodes, int) and not isinstance(episodes, bool) and episodes > 0):
         raise ValueError(f"episodes must be a positive integer, got {episodes!r}")
+    if max_seconds is not None and not max_seconds > 0:
+        raise ValueError(f"max_seconds must be positive, got {max_seconds!r}")
     if not (isinstance(threads, int) and threads >= 0):
         raise ValueError(f"threads must be a non-negative integer (0: one per core), got {threads!r}")
     task = make_task(config)
@@ -110,6 +115,7 @@ def build_pool(config: dict, episodes: int, seed: int = 0, train_max_size: int |
     threads = threads or os.cpu_count() or 1
     rng = np.random.default_rng(seed)
     tokens, masks, lengths = [], [], []
+    started = time.perf_counter()
     with tqdm(total=episodes, desc=f"pool {task.name} ({task.mode})", disable=not progress, dynamic_ncols=True) as bar:
         for start in range(0, episodes, BUILD_CHUNK):
             n = min(BUILD_CHUNK, episodes - start)
@@ -119,8 +125,11 @@ def build_pool(config: dict, episodes: int, seed: int = 0, train_max_size: int |
             masks.append(transcript.loss_mask[valid].numpy())
             lengths.append(transcript.lengths.numpy().astype(np.int64))
             bar.update(n)
-    meta = {"format": FORMAT, "task": config["task"], "train_max_size": train_max_size, "seed": seed, "episodes": episodes}
+            if max_seconds is not None and time.perf_counter() - started > max_seconds:
+                break
     arrays = (np.concatenate(tokens), np.concatenate(masks), np.concatenate(lengths))
+    meta = {"format": FORMAT, "task": config["task"], "train_max_size": train_max_size, "seed": seed,
+            "episodes": len(arrays[2])}
     return Pool(*arrays, {**meta, "digest": digest(*arrays, meta)})
 
 
@@ -183,19 +192,20 @@ def load(path) -> Pool:
 
 
 def ensure(path, config: dict, episodes: int, seed: int = 0, train_max_size: int | None = None, threads: int = 0,
-           progress: bool = False) -> Pool:
-    """The pool at `path` if there is one, which must be the pool these arguments build (e.g. left
-    by an earlier call of the same command, whose stopped runs resume from it); else build_pool's,
-    saved there."""
+           progress: bool = False, max_seconds: float | None = None) -> Pool:
+    """The pool at `path` if there is one, which must be a pool these arguments build (e.g. left
+    by an earlier call of the same command, whose stopped runs resume from it: of the same task,
+    seed and sizes, at most `episodes`); else build_pool's, saved there."""
     path = Path(path)
     if not path.is_file():
-        built = build_pool(config, episodes, seed, train_max_size, threads, progress)
+        built = build_pool(config, episodes, seed, train_max_size, threads, progress, max_seconds)
         save(built, path)
         return built
     found = load(path)
-    wanted = {"task": config["task"], "episodes": episodes, "seed": seed,
+    wanted = {"task": config["task"], "seed": seed,
               "train_max_size": config["sizes"]["train"][1] if train_max_size is None else train_max_size}
-    if {k: found.meta[k] for k in wanted} != wanted:
-        raise ValueError(f"{path} holds the pool of {({k: found.meta[k] for k in wanted})}, not of {wanted}: "
+    if {k: found.meta[k] for k in wanted} != wanted or found.meta["episodes"] > episodes:
+        raise ValueError(f"{path} holds a pool of {found.meta['episodes']} episodes of "
+                         f"{({k: found.meta[k] for k in wanted})}, not of {wanted} (at most {episodes} episodes): "
                          f"remove it to build that one")
     return found

@@ -427,10 +427,11 @@ def sizes_within(score, sizes: list[int], task, power: int, max_seconds: float |
         seconds[str(size)] = round(last[1], 1)
     return scores, seconds, skipped, spent
 
-def with_pool(job: dict, episodes: int, folder: Path, ready: set) -> dict:
+def with_pool(job: dict, episodes: int, folder: Path, ready: set, max_seconds: float | None = None) -> dict:
     """The run_one job training from the pool of its task config and training range (`episodes`
-    episodes in `folder`, built there by the first job that needs it: pool.ensure, one process at a
-    time; `ready`: the pools this process has), or the job as it is when `episodes` is 0."""
+    episodes in `folder`, built there by the first job that needs it, within `max_seconds`:
+    pool.ensure, one process at a time; `ready`: the pools this process has), or the job as it is
+    when `episodes` is 0."""
     if not episodes:
         return job
     config, max_size = job["config"], train_config(job["config"], job["train"]).train_max_size
@@ -439,7 +440,7 @@ def with_pool(job: dict, episodes: int, folder: Path, ready: set) -> dict:
     if path not in ready:
         start = time.perf_counter()
         with one_at_a_time(path.with_suffix(".lock")):  # ranks under torchrun, calls sharing a runs folder
-            found = pool.ensure(path, config, episodes, train_max_size=max_size, progress=True)
+            found = pool.ensure(path, config, episodes, train_max_size=max_size, progress=True, max_seconds=max_seconds)
         tqdm.write(f"pool {path}: {len(found)} episodes of {config['task']['mode']} up to {max_size}, "
                    f"{len(found.tokens)} tokens, digest {found.meta['digest']}, ready in "
                    f"{time.perf_counter() - start:.1f} s")
@@ -488,7 +489,8 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
               val_size: int | None = None, val_steps: int | None = None,
               add_weights: list[float] | None = None, evaluate_stopped: bool = False,
               fit_train_seconds: float | None = None, pack: bool = True, stop_after_zero: bool | None = None,
-              joint_eval: bool | None = None, pool_episodes: int | None = None) -> dict:
+              joint_eval: bool | None = None, pool_episodes: int | None = None,
+              pool_seconds: float | None = None) -> dict:
     """Train and evaluate every (model, mode) of the scale that the task has (or the subset `only`)
     for each seed (`seeds`, else the task's seeds for that run, else the scale's). `sizes`, `n`,
     `steps`, `lr` override the scale's test sizes, episodes per size, training steps and learning
@@ -519,7 +521,8 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     `pool_episodes` (default: the scale's "pool"; 0: none): every run draws its batches from a
     trajectory pool of that many episodes (ssm_tools.pool), one per task config and training range,
     built on every core before any run trains, in the runs folder (reused by a later call of the same
-    command: its stopped runs resume on the same pool)."""
+    command: its stopped runs resume on the same pool). `pool_seconds` bounds each pool's build (fewer
+    episodes if it runs out, as the runs' records say)."""
     eval_until = None if max_seconds is None else time.time() + max_seconds
     spec = scale_spec(task, scale)
     settings = sweep_settings(task, scale, add_weights, steps)
@@ -539,7 +542,7 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     if not (isinstance(n, int) and n > 0):
         raise ValueError(f"n must be a positive integer, got {n!r}")
     for name, value in (("max_eval_seconds", max_eval_seconds), ("max_seconds", max_seconds), ("lr", lr),
-                        ("fit_train_seconds", fit_train_seconds)):
+                        ("fit_train_seconds", fit_train_seconds), ("pool_seconds", pool_seconds)):
         if value is not None and not value > 0:
             raise ValueError(f"{name} must be positive, got {value!r}")
     if workers is not None and not (isinstance(workers, int) and workers > 0):
@@ -573,7 +576,7 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     pools: set[Path] = set()  # the trajectory pools built or found (with_pool)
 
     def execute(jobs: list[dict], on_result=None) -> list[dict]:
-        jobs = [with_pool(job, pool_episodes, folder, pools) for job in jobs]  # built before any run trains
+        jobs = [with_pool(job, pool_episodes, folder, pools, pool_seconds) for job in jobs]  # before any run trains
         for job in jobs:  # every folder checked before any run trains
             check_resumable(job)
         if not sequential:
