@@ -419,7 +419,7 @@ def test_long_episode_tasks_have_their_runs_seeds_and_models(tmp_path, monkeypat
     assert {s for *_, s in seen} == {3} and {(mode, m) for mode, m, *_ in seen} == \
         {("interactive", "mamba"), ("single_turn", "mamba"), ("interactive", "pythia")}
     assert [Path(p).parent.name for p in pools] == ["reproduce-coding-paper"] * 3 and len(set(pools)) == 2
-    assert R.scale_spec("coding", "paper")["pool"] > 0 and R.scale_spec("coding", "cpu")["pool"] > 0
+    assert R.scale_spec("coding", "paper")["pool"] > 0
 
 
 def test_a_failing_run_is_reported_and_the_others_still_join_the_curve(tmp_path, monkeypatch):
