@@ -13,6 +13,10 @@
 # predicted to overrun, or past a 0/n (--stop-after-zero), are recorded as skipped, never dropped. Everything stops CALL_S seconds after
 # the start (SIGINT); each curve is written as its runs finish, so a call cut short keeps the runs
 # that ended. TASKS="task/workers/eval_seconds/fit_seconds[/model:mode,...] ..." chooses the tasks.
+# Coding first builds its trajectory pools (one per mode, the scale's --pool-episodes, on every core,
+# while the other tasks train; each build stops after POOL_S seconds, a pool of fewer episodes then;
+# its log's "pool" lines give the time and size), then trains its runs from them:
+#   OUT=/tmp/out CALL_S=585 TASKS="logical_graph/4/110/250 coding/5/150/200" bash benchmarks/run_gpu_tasks.sh
 # Results: $OUT/tasks.tar.gz holds <task>/gpu/{curve.json,curve.png,command.txt} and the logs
 # (<task>/gpu/logs/: the command's output, every run's log.csv); $OUT/summary.txt the scores.
 # Uses the machine's python3 (with a CUDA torch, numpy, tqdm, matplotlib); no venv, no downloads.
@@ -27,6 +31,7 @@ DEVICE=${DEVICE:-cuda}
 SCALE=${SCALE:-paper}  # cpu: a dry run of this script on a CPU (tiny models)
 PYTHON=${PYTHON:-python3}
 ARGS=${ARGS:-}
+POOL_S=${POOL_S:-100}  # a task's trajectory pool stops growing after this (tasks without a pool ignore it)
 export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 start=$SECONDS
 work=$OUT/work
@@ -51,7 +56,7 @@ for spec in $TASKS; do
   # shellcheck disable=SC2086  # ARGS is a list of options
   (cd "$work/$task/cwd" && timeout --signal=INT --kill-after=15 $((CALL_S - (SECONDS - start))) \
     "$PYTHON" -m ssm_tools.cli reproduce "$task" --scale "$SCALE" --device "$DEVICE" --workers "$workers" \
-    --fit-train-seconds "$fit_s" --max-eval-seconds "$eval_s" \
+    --fit-train-seconds "$fit_s" --max-eval-seconds "$eval_s" --pool-seconds "$POOL_S" \
     --max-seconds $((CALL_S - MARGIN_S - (SECONDS - start))) \
     --out "$work/$task/gpu" ${runs:+--runs "$runs"} $ARGS > "$work/$task/gpu/logs/reproduce.txt" 2>&1) &
   pids+=($!)
@@ -65,7 +70,7 @@ for spec in $TASKS; do
   for csv in "$work/$task"/cwd/runs/reproduce-"$task"-"$SCALE"/*/log.csv; do
     [[ -f $csv ]] && cp "$csv" "$work/$task/gpu/logs/$(basename "$(dirname "$csv")").log.csv"
   done
-  grep -E "^evaluated|^exact|rror" "$work/$task/gpu/logs/reproduce.txt" | sed "s/^/$task: /" | cut -c1-400
+  grep -E "^evaluated|^exact|^pool|rror" "$work/$task/gpu/logs/reproduce.txt" | sed "s/^/$task: /" | cut -c1-400
 done > "$OUT/summary.txt"
 "$PYTHON" - "$work" >> "$OUT/summary.txt" <<'EOF'
 import json, pathlib, sys

@@ -386,7 +386,7 @@ def test_eval_budget_bounds_the_exact_trajectory_pass_too(monkeypatch):
 def test_long_episode_tasks_have_their_runs_seeds_and_models(tmp_path, monkeypatch):
     """Hanoi trains every Mamba seed of Figure 5's view (5) and one of each baseline, with the small
     models of the GPU scale; the curve is written as each run ends (a call cut short keeps them)."""
-    seen, out = [], tmp_path / "hanoi"
+    seen, pools, out = [], [], tmp_path / "hanoi"
 
     def fake_parallel(jobs, workers=None, on_result=None):
         results = []
@@ -394,6 +394,7 @@ def test_long_episode_tasks_have_their_runs_seeds_and_models(tmp_path, monkeypat
             config, model, sizes_of_model, train, seed, sizes, n = (
                 job[k] for k in ("config", "model", "model_scale", "train", "seed", "sizes", "n"))
             seen.append((config["task"]["mode"], model, sizes_of_model, seed))
+            pools.append(train.get("pool"))
             results.append({"model": model, "mode": config["task"]["mode"], "seed": seed, "test_sizes": sizes,
                             "n": n, "accuracy": {str(s): 1.0 for s in sizes}, "train": {**train, "seed": seed}})
             on_result(results[-1])
@@ -409,12 +410,16 @@ def test_long_episode_tasks_have_their_runs_seeds_and_models(tmp_path, monkeypat
     assert curve["test_sizes"] == [8, 9, 10, 11, 12] and curve["models"]["mamba"] == R.SMALL_MODELS["mamba"]
     assert curve["every_seed"]  # the plot draws each seed's line too
     assert (out / "curve.png").is_file()
-    # --seeds replaces every run's seeds.
+    assert set(pools) == {None}  # no trajectory pool: Hanoi's oracles are cheap
+    # --seeds replaces every run's seeds. Coding's runs share one trajectory pool per mode.
     seen.clear()
+    pools.clear()
     out = tmp_path / "coding"
-    R.reproduce("coding", "paper", [3], out, device="cuda", workers=2)
+    R.reproduce("coding", "paper", [3], out, device="cuda", workers=2, pool_episodes=3)
     assert {s for *_, s in seen} == {3} and {(mode, m) for mode, m, *_ in seen} == \
         {("interactive", "mamba"), ("single_turn", "mamba"), ("interactive", "pythia")}
+    assert [Path(p).parent.name for p in pools] == ["reproduce-coding-paper"] * 3 and len(set(pools)) == 2
+    assert R.scale_spec("coding", "paper")["pool"] > 0
 
 
 def test_a_failing_run_is_reported_and_the_others_still_join_the_curve(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""The `ssm-tools` command: train, evaluate, reproduce, bench, show.
+"""The `ssm-tools` command: train, pool, evaluate, reproduce, bench, show.
 
 Bad arguments or missing files end with one line `ssm-tools: error: ...` and exit status 2, never a
 traceback.
@@ -51,7 +51,7 @@ def cmd_train(args) -> None:
     scale = args.scale or model_section.get("scale", "tiny")
     model_overrides = {k: v for k, v in model_section.items() if k not in ("name", "scale")}
     overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("batch_size", args.batch_size),
-                                   ("seed", args.seed)) if v is not None}
+                                   ("seed", args.seed), ("pool", args.pool)) if v is not None}
     out = args.out or f"runs/{Path(args.config).stem}-{name}"
     trainer = make_trainer(config, name, scale, {**config.get("train", {}), **overrides}, out,
                            model_overrides=model_overrides, device=args.device, progress=not args.quiet)
@@ -64,6 +64,19 @@ def cmd_train(args) -> None:
     if trainer.rank == 0:
         print(json.dumps({"checkpoint": str(checkpoint), "step": trainer.step, "loss": row.get("loss"),
                           "processes": trainer.world}))
+
+
+def cmd_pool(args) -> None:
+    import time
+
+    from .config import load_config
+    from .pool import build_pool, save
+
+    started = time.perf_counter()
+    built = build_pool(load_config(args.config), args.episodes, seed=args.seed, train_max_size=args.train_max_size,
+                       threads=args.threads, progress=not args.quiet, max_seconds=args.max_seconds)
+    print(json.dumps({"pool": str(save(built, args.out)), **built.identity(),
+                      "seconds": round(time.perf_counter() - started, 1)}))
 
 
 def cmd_evaluate(args) -> None:
@@ -110,7 +123,8 @@ def cmd_reproduce(args) -> None:
                       max_seconds=args.max_seconds, lr=args.lr, lr_grid=args.lr_grid, val_size=args.val_size,
                       val_steps=args.val_steps, add_weights=args.add_weights,
                       evaluate_stopped=args.evaluate_stopped, fit_train_seconds=args.fit_train_seconds,
-                      pack=not args.no_pack, stop_after_zero=args.stop_after_zero, joint_eval=args.joint_eval)
+                      pack=not args.no_pack, stop_after_zero=args.stop_after_zero, joint_eval=args.joint_eval,
+                      pool_episodes=args.pool_episodes, pool_seconds=args.pool_seconds)
     if not is_main():
         return
     print(f"wrote {out}/curve.json and {out}/curve.png ({len(curve['runs'])} runs)")
@@ -180,12 +194,27 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, help="peak learning rate")
     t.add_argument("--batch-size", type=int, help="trajectories per step")
     t.add_argument("--seed", type=int, help="seed of the model init and the data stream")
+    t.add_argument("--pool", help="draw the batches from this trajectory pool (ssm-tools pool) instead of building "
+                                  "fresh oracle trajectories")
     t.add_argument("--out", help="run folder (checkpoint.pt, log.csv); default runs/<config>-<model>")
     t.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     t.add_argument("--device", default="cpu", help="torch device (default cpu; cuda trains in bf16 autocast)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     _nproc_option(t)
     t.set_defaults(func=cmd_train)
+
+    o = sub.add_parser("pool", help="build a trajectory pool: oracle trajectories built once, for train --pool")
+    o.add_argument("--config", required=True, help="experiment config (a TOML file or a shipped config's name)")
+    o.add_argument("--episodes", type=int, required=True, help="trajectories in the pool")
+    o.add_argument("--out", required=True, help="the pool file to write (.npz)")
+    o.add_argument("--seed", type=int, default=0, help="seed of the instances drawn (default 0)")
+    o.add_argument("--train-max-size", type=int,
+                   help="largest training size drawn (default: the config's [sizes] train maximum)")
+    o.add_argument("--max-seconds", type=float,
+                   help="stop after the chunk of episodes that ends past this time (a pool of fewer episodes)")
+    o.add_argument("--threads", type=int, default=0, help="threads building oracles and replays (default: one per core)")
+    o.add_argument("--quiet", action="store_true", help="no progress bar")
+    o.set_defaults(func=cmd_pool)
 
     e = sub.add_parser("evaluate", help="run a checkpoint interactively at test sizes, exact-answer accuracy")
     e.add_argument("--checkpoint", required=True,
@@ -231,6 +260,11 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--fit-train-seconds", type=float,
                    help="give each run this much training time: its steps are cut to fit, from the pace of its "
                         "warmup (the recipe recorded is the one trained; for GPU calls of fixed length)")
+    r.add_argument("--pool-episodes", type=int,
+                   help="every run draws its batches from one trajectory pool of this many episodes per mode, "
+                        "built on every core before the runs train (0: fresh trajectories; default: the scale's)")
+    r.add_argument("--pool-seconds", type=float,
+                   help="each pool's build stops after the chunk that ends past this time (a pool of fewer episodes)")
     r.add_argument("--no-pack", action="store_true",
                    help="train Mamba on rows padded to the longest episode instead of packed rows")
     r.add_argument("--max-eval-seconds", type=float,
@@ -265,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     args.argv = argv
-    for name in ("steps", "batch_size", "n", "nproc", "workers", "max_seconds", "lr", "val_size", "val_steps"):
+    for name in ("steps", "batch_size", "n", "nproc", "workers", "max_seconds", "lr", "val_size", "val_steps",
+                 "episodes"):
         if getattr(args, name, None) is not None and getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     from .distributed import launch, launched, shutdown

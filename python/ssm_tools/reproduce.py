@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import fcntl
+import hashlib
 import json
 import os
 import time
@@ -44,7 +45,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import distributed
+from . import distributed, pool
 from .config import CONFIGS, load_config, make_eval_task, make_task
 from .evaluate import check_joint, evaluate_size_many, exact_trajectory_many
 from .models import MODELS, preset
@@ -66,6 +67,7 @@ SCALES = {
         "n": 50,
         "seeds": [0, 1],
         "stop_after_zero": False,
+        "pool": 0,  # episodes of the trajectory pool the runs share (0: each run builds fresh trajectories)
     },
     "paper": {
         "model_scale": "paper",
@@ -78,6 +80,7 @@ SCALES = {
         # A run at 0/n at some size is not decoded at larger ones (recorded as skipped, with why):
         # the long episodes of the large sizes are most of the evaluation's time.
         "stop_after_zero": True,
+        "pool": 0,
     },
 }
 
@@ -153,11 +156,17 @@ TASKS = {
                              "train": dict(steps=600, batch_size=16, lr=3e-3, warmup=20)}}},
     "coding": {
         # Up to twice the largest training size (16 functions): codebases growing past it.
+        # An interactive oracle runs the program in the sandbox several times (about 0.1 s each), so
+        # the runs of a call share one trajectory pool per mode, built once on every core ("pool":
+        # its episodes, fewer if --pool-seconds runs out; results/tasks_notes.md has the build rates).
         "size_label": "functions", "sizes": {"paper": [4, 8, 16, 24, 32]},
-        "unavailable": {"cpu": _NO_CPU.format(why="its oracle trajectories cost sandbox runs (0.4 s each)")},
+        "unavailable": {"cpu": _NO_CPU.format(why="a tiny Mamba trained for 150 steps of 16 episodes of 2..6 "
+                                                  "functions from a pool (4 minutes a run) still copies files too "
+                                                  "loosely to fix any codebase: loss 0.08-0.10, 0/20 at 4 functions "
+                                                  "(results/tasks_notes.md)")},
         "scales": {"paper": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("pythia", "interactive")],
-                             "models": SMALL_MODELS, "run_seeds": MAMBA_SEEDS, "seeds": [0], "n": 50,
-                             "train": dict(steps=1000, batch_size=16, lr=3e-3, warmup=20)}}},
+                             "models": SMALL_MODELS, "run_seeds": MAMBA_SEEDS, "seeds": [0], "n": 50, "pool": 2000,
+                             "train": dict(steps=2000, batch_size=16, lr=3e-3, warmup=20)}}},
 }
 
 
@@ -207,7 +216,7 @@ def run_one(config: dict, model: str, model_scale: str | dict, train: dict, seed
     see evaluate_within. Without `evaluate_now`, the trained run is returned with "pending": its
     folder, for evaluate_jointly. The result records how the run was trained, read off the trainer
     itself: the model and its sizes ("model_cfg"), the recipe ("train", the seed it used included),
-    the machine."""
+    the machine, the trajectory pool it drew from ("pool": its identity, episodes included)."""
     if threads is not None:
         torch.set_num_threads(threads)
     trainer = make_trainer(config, model, model_scale, run_train(train, seed), out_dir, device=device,
@@ -224,7 +233,7 @@ def run_one(config: dict, model: str, model_scale: str | dict, train: dict, seed
         return name
     trained = {**name, "model_cfg": trainer.meta["model_cfg"], "train": asdict(cfg), "trained_steps": trainer.step,
                "machine": machine(trainer.device), "final_loss": trainer.last_loss, "train_seconds": train_s,
-               "train_processes": trainer.world}
+               "train_processes": trainer.world, **({"pool": trainer.meta["pool"]} if "pool" in trainer.meta else {})}
     if not evaluate_now:
         return {**trained, "pending": str(out_dir)}
     return evaluate_runs([trained], [trainer.model], make_eval_task(config), sizes, n, trainer.device,
@@ -419,6 +428,27 @@ def sizes_within(score, sizes: list[int], task, power: int, max_seconds: float |
         seconds[str(size)] = round(last[1], 1)
     return scores, seconds, skipped, spent
 
+def with_pool(job: dict, episodes: int, folder: Path, ready: set, max_seconds: float | None = None) -> dict:
+    """The run_one job training from the pool of its task config and training range (`episodes`
+    episodes in `folder`, built there by the first job that needs it, within `max_seconds`:
+    pool.ensure, one process at a time; `ready`: the pools this process has), or the job as it is
+    when `episodes` is 0."""
+    if not episodes:
+        return job
+    config, max_size = job["config"], train_config(job["config"], job["train"]).train_max_size
+    key = json.dumps({"task": config["task"], "train_max_size": max_size, "episodes": episodes}, sort_keys=True)
+    path = Path(folder) / f"pool-{config['task']['mode']}-{hashlib.sha256(key.encode()).hexdigest()[:8]}.npz"
+    if path not in ready:
+        start = time.perf_counter()
+        with one_at_a_time(path.with_suffix(".lock")):  # ranks under torchrun, calls sharing a runs folder
+            found = pool.ensure(path, config, episodes, train_max_size=max_size, progress=True, max_seconds=max_seconds)
+        tqdm.write(f"pool {path}: {len(found)} episodes of {config['task']['mode']} up to {max_size}, "
+                   f"{len(found.tokens)} tokens, digest {found.meta['digest']}, ready in "
+                   f"{time.perf_counter() - start:.1f} s")
+        ready.add(path)
+    return {**job, "train": {**job["train"], "pool": str(path)}}
+
+
 def job_identity(job: dict) -> dict:
     """identity() of the run a run_one job (its keyword arguments) makes."""
     return identity(job["model"], job["config"]["task"]["mode"], job["seed"], job.get("setting"))
@@ -460,7 +490,8 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
               val_size: int | None = None, val_steps: int | None = None,
               add_weights: list[float] | None = None, evaluate_stopped: bool = False,
               fit_train_seconds: float | None = None, pack: bool = True, stop_after_zero: bool | None = None,
-              joint_eval: bool | None = None) -> dict:
+              joint_eval: bool | None = None, pool_episodes: int | None = None,
+              pool_seconds: float | None = None) -> dict:
     """Train and evaluate every (model, mode) of the scale that the task has (or the subset `only`)
     for each seed (`seeds`, else the task's seeds for that run, else the scale's). `sizes`, `n`,
     `steps`, `lr` override the scale's test sizes, episodes per size, training steps and learning
@@ -486,7 +517,13 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     time comes out of `max_train_seconds` (the runs after it get what is left).
 
     `fit_train_seconds` gives each run that much training time, its steps cut to fit (see run_one):
-    for calls of fixed length. `pack=False` trains on padded rows instead of packed ones."""
+    for calls of fixed length. `pack=False` trains on padded rows instead of packed ones.
+
+    `pool_episodes` (default: the scale's "pool"; 0: none): every run draws its batches from a
+    trajectory pool of that many episodes (ssm_tools.pool), one per task config and training range,
+    built on every core before any run trains, in the runs folder (reused by a later call of the same
+    command: its stopped runs resume on the same pool). `pool_seconds` bounds each pool's build (fewer
+    episodes if it runs out, as the runs' records say)."""
     eval_until = None if max_seconds is None else time.time() + max_seconds
     spec = scale_spec(task, scale)
     settings = sweep_settings(task, scale, add_weights, steps)
@@ -506,11 +543,14 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     if not (isinstance(n, int) and n > 0):
         raise ValueError(f"n must be a positive integer, got {n!r}")
     for name, value in (("max_eval_seconds", max_eval_seconds), ("max_seconds", max_seconds), ("lr", lr),
-                        ("fit_train_seconds", fit_train_seconds)):
+                        ("fit_train_seconds", fit_train_seconds), ("pool_seconds", pool_seconds)):
         if value is not None and not value > 0:
             raise ValueError(f"{name} must be positive, got {value!r}")
     if workers is not None and not (isinstance(workers, int) and workers > 0):
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    pool_episodes = spec["pool"] if pool_episodes is None else pool_episodes
+    if not (isinstance(pool_episodes, int) and pool_episodes >= 0):
+        raise ValueError(f"pool_episodes must be a non-negative integer (0: no pool), got {pool_episodes!r}")
     if lr is not None and lr_grid is not None:
         raise ValueError("give lr or lr_grid, not both")
     train = {**spec["train"], **({} if steps is None else {"steps": steps}), **({} if lr is None else {"lr": lr}),
@@ -524,7 +564,7 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     joint_eval = joint_eval and not distributed.launched()
     recipe = asdict(train_config(config, train))
     curve = {"task": task, "scale": scale, "command": command, "commands": [command], "device": device,
-             "size_label": TASKS[task]["size_label"], "train_sizes": config["sizes"]["train"], "train": recipe,
+             "size_label": TASKS[task]["size_label"], "train_sizes": [config["sizes"]["train"][0], recipe["train_max_size"]], "train": recipe,
              "models": {m: spec["models"][m] for m, _ in runs}, "runs": [], "stop_after_zero": stop_after_zero,
              "joint_eval": joint_eval,
              **({"every_seed": True} if TASKS[task].get("every_seed") else {})}
@@ -534,8 +574,10 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     sequential = distributed.launched() or (workers is None and device != "cpu") or workers == 1
     eval_lock = None if sequential or device == "cpu" else Path(runs_dir) / f"evaluation-{device}.lock"
     folder = Path(runs_dir) / f"reproduce-{task}-{scale}"
+    pools: set[Path] = set()  # the trajectory pools built or found (with_pool)
 
     def execute(jobs: list[dict], on_result=None) -> list[dict]:
+        jobs = [with_pool(job, pool_episodes, folder, pools, pool_seconds) for job in jobs]  # before any run trains
         for job in jobs:  # every folder checked before any run trains
             check_resumable(job)
         if not sequential:

@@ -2,7 +2,8 @@
 
 Each step draws `batch_size` instances from the task's training distribution up to
 `train_max_size` (`task.sample_train`: for addition each operand's length uniform in 1..max), turns
-the task's oracle into trajectories through the real dispatch loop (`task.trajectories`), and minimises cross-entropy
+the task's oracle into trajectories through the real dispatch loop (`task.trajectories`) -- or, with
+`pool`, takes them from a trajectory pool built once (ssm_tools.pool) -- and minimises cross-entropy
 of tokens[:, j] given tokens[:, :j] wherever loss_mask[:, j] (prompt and tool answers are inputs, not
 targets). A model that takes packed rows (Mamba) trains on the batch's episodes packed several to
 a row with per-sequence state resets (`pack_batch`), the others on rows padded to the longest; the
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from . import checkpoint, distributed
+from . import checkpoint, distributed, pool
 from .config import make_task
 from .evaluate import evaluate
 from . import vocab as V
@@ -60,6 +61,7 @@ class TrainConfig:
     eval_n: int = 32
     dtype: str = "float32"  # parameters (float64 for exact comparisons); CUDA computes in bf16 autocast
     pack: bool = True  # episodes packed into rows for models that take packed rows (else padded rows)
+    pool: str = ""  # a trajectory pool file (ssm_tools.pool) to draw the batches from; "": fresh trajectories
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "train_max_size", "ckpt_every", "eval_n"):
@@ -72,6 +74,8 @@ class TrainConfig:
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         if not isinstance(self.pack, bool):
             raise ValueError(f"pack must be true or false, got {self.pack!r}")
+        if not isinstance(self.pool, str):
+            raise ValueError(f"pool must be a file name (a str; empty: no pool), got {self.pool!r}")
         if not (0 <= self.weight_decay and 0 <= self.min_lr_ratio <= 1 and self.grad_clip > 0):
             raise ValueError("weight_decay must be >= 0, min_lr_ratio in [0, 1], grad_clip > 0")
         if self.dtype not in DTYPES:
@@ -228,6 +232,11 @@ class Trainer:
                                      betas=(0.9, 0.95))
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, cfg))
         self.rng = np.random.default_rng(cfg.seed)
+        self.pool = None
+        if cfg.pool:  # checked against the run's task and training range, recorded in the checkpoint
+            self.pool = pool.load(cfg.pool)
+            self.pool.check(self.meta["run"].get("task"), cfg.train_max_size)
+            self.meta["pool"] = self.pool.identity()
         self.step = 0
         # Carried through checkpoints, so a run resumed across processes reports its whole training.
         self.train_seconds = 0.0  # training time of every run() so far (checkpoint writes excluded)
@@ -257,6 +266,8 @@ class Trainer:
         if (ck["model"], ck["model_cfg"]) != (self.meta["model"], self.meta["model_cfg"]):
             raise ValueError(f"checkpoint {path} holds model {ck['model']} {ck['model_cfg']}, "
                              f"not {self.meta['model']} {self.meta['model_cfg']}")
+        if ck.get("pool") != self.meta.get("pool"):
+            raise ValueError(f"checkpoint {path} was trained from pool {ck.get('pool')}, not {self.meta.get('pool')}")
         self.model.load_state_dict(ck["model_state"])
         self.opt.load_state_dict(ck["optimizer"])
         self.sched.load_state_dict(ck["scheduler"])
@@ -274,10 +285,14 @@ class Trainer:
         """(tokens, loss_mask, seq_idx) of this rank's rows of the next batch, on the device; the
         whole batch's token count and its count of learned positions (the loss's denominator).
         A model that takes packed rows gets the episodes packed (`pack_batch`) and their seq_idx;
-        the others get them padded to the longest (seq_idx None). Rows are aligned on a GPU."""
-        sizes = [self.cfg.train_max_size] * self.cfg.batch_size
-        transcript, _ = self.task.trajectories(self.rng, sizes, train=True)
-        tokens, mask, lengths = transcript.tokens, transcript.loss_mask, transcript.lengths
+        the others get them padded to the longest (seq_idx None). Rows are aligned on a GPU.
+        The episodes come from the pool (drawn by the data RNG), else fresh from the task's oracle."""
+        if self.pool is not None:
+            tokens, mask, lengths = self.pool.episodes(self.pool.draw(self.rng, self.cfg.batch_size))
+        else:
+            sizes = [self.cfg.train_max_size] * self.cfg.batch_size
+            transcript, _ = self.task.trajectories(self.rng, sizes, train=True)
+            tokens, mask, lengths = transcript.tokens, transcript.loss_mask, transcript.lengths
         ntok, learned = int(lengths.sum()), int(mask[:, 1:].sum())
         if self.world > 1:  # episodes rank, rank + world, ...
             rows = slice(self.rank, None, self.world)
@@ -371,8 +386,8 @@ class Trainer:
 
 def recipe(ck: dict) -> dict:
     """The TrainConfig fields a checkpoint was trained with; those from before `dtype` were float32,
-    those from before `pack` padded."""
-    return {"dtype": "float32", "pack": False, **ck["train"]}
+    those from before `pack` padded, those from before `pool` on fresh trajectories."""
+    return {"dtype": "float32", "pack": False, "pool": "", **ck["train"]}
 
 
 def load_checkpoint(path, device: str = "cpu"):

@@ -178,7 +178,7 @@ class Task(ABC):
     size_name: str
     min_size: int = 1
     # Oracles that wait on their tools (the coding sandbox runs programs, the GIL released) are
-    # built on this many threads by `trajectories`.
+    # built on this many threads by `trajectories` (on its num_threads instead, when given).
     oracle_threads: int = 1
 
     def __init__(self, mode: str = "interactive"):
@@ -253,7 +253,8 @@ class Task(ABC):
                      num_threads: int = 0):
         """(Transcript, instances): one instance per entry of `sizes` (drawn by `sample`, or by
         `sample_train` with the entry as max_size when train=True), its oracle played through the
-        real loop (`replay`)."""
+        real loop (`replay`). num_threads: the replay's threads (0: all cores), and the oracles' for a
+        task whose oracles wait on their tools (oracle_threads > 1)."""
         draw = self.sample_train if train else self.sample
         insts = [draw(rng, s) for s in sizes]
         max_len = max(map(self.max_steps, set(sizes)))
@@ -264,8 +265,9 @@ class Task(ABC):
         of at most `max_len` tokens."""
         env = Env(self.tools(), batch_size=len(insts), max_len=max_len, num_threads=num_threads)
         prompts = [bytes(self.prompt(i)) for i in insts]
-        if self.oracle_threads > 1:
-            with ThreadPoolExecutor(self.oracle_threads) as pool:
+        threads = (num_threads or self.oracle_threads) if self.oracle_threads > 1 else 1
+        if threads > 1:
+            with ThreadPoolExecutor(threads) as pool:
                 oracles = list(pool.map(self.packed_oracle, insts))
         else:
             oracles = [self.packed_oracle(i) for i in insts]
