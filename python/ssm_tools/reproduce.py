@@ -121,11 +121,14 @@ TASKS = {
                            "train": dict(batch_size=16, lr=1e-2, warmup=5)},
                    "paper": {"runs": [("mamba", "interactive")], "seeds": [0, 1, 2]}}},
     "logical_graph": {
-        "size_label": "gates", "sizes": {"paper": [10, 20, 50, 100, 200, 500, 1000]},
-        "unavailable": {"cpu": _NO_CPU.format(why="a tiny Mamba learns to copy labels in minutes but, after "
-                                                  "1,700 steps, still loses the current node beyond the last "
-                                                  "`find` result (results/tasks_notes.md)")},
+        "size_label": "gates", "sizes": {"cpu": [3, 5, 10, 15, 25], "paper": [10, 20, 50, 100, 200, 500, 1000]},
         "scales": {
+            # cpu: the local trajectory with labels v0..v99 (two digits to copy), trained on 1..3 gates
+            # (results/tasks_notes.md, "The local trajectory").
+            "cpu": {"runs": [("mamba", "interactive"), ("mamba", "cot")],
+                    "run_seeds": {("mamba", "interactive"): [0, 1]}, "seeds": [0], "n": 40,
+                    "config": {"task": {"options": {"labels": 100, "trajectory": "local"}}, "sizes": {"train": [1, 3]}},
+                    "train": dict(steps=800, batch_size=16, lr=1e-2, warmup=20)},
             "paper": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("lstm", "interactive"),
                                ("pythia", "interactive")],
                       "models": SMALL_MODELS, "run_seeds": MAMBA_SEEDS, "seeds": [0], "n": 50,
@@ -164,7 +167,7 @@ TASKS = {
 def scale_spec(task: str, scale: str) -> dict:
     """SCALES[scale] with the task's overrides on top: "runs", "train", "n", "seeds"; "models" (sizes
     per model, replacing the scale's preset); "run_seeds" ({(model, mode): seeds}, the default seeds
-    of those runs). A ValueError names a scale the task does not offer, and why."""
+    of those runs); "config" (tables of tasks/<task>.toml overridden key by key, see setting_config). A ValueError names a scale the task does not offer, and why."""
     _choose("task", task, TASKS)
     _choose("scale", scale, SCALES)
     if scale in TASKS[task].get("unavailable", {}):
@@ -490,7 +493,8 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     eval_until = None if max_seconds is None else time.time() + max_seconds
     spec = scale_spec(task, scale)
     settings = sweep_settings(task, scale, add_weights, steps)
-    config = setting_config(task, "interactive", settings[0])
+    overrides = spec.get("config")
+    config = setting_config(task, "interactive", settings[0], overrides)
     built = make_eval_task(config)
     runs = [r for r in spec["runs"] if r[1] in make_task(config).modes]  # e.g. multiplication has no "direct" mode
     if only is not None:
@@ -525,6 +529,7 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     recipe = asdict(train_config(config, train))
     curve = {"task": task, "scale": scale, "command": command, "commands": [command], "device": device,
              "size_label": TASKS[task]["size_label"], "train_sizes": config["sizes"]["train"], "train": recipe,
+             "task_options": config["task"].get("options", {}),
              "models": {m: spec["models"][m] for m, _ in runs}, "runs": [], "stop_after_zero": stop_after_zero,
              "joint_eval": joint_eval,
              **({"every_seed": True} if TASKS[task].get("every_seed") else {})}
@@ -551,7 +556,7 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     max_steps = max(s["steps"] for s in settings) if settings[0] else train["steps"]
     if lr_grid is not None:
         selection_start = time.perf_counter()
-        selection = select_lr(execute, runs, spec["models"], lambda mode: setting_config(task, mode, settings[0]),
+        selection = select_lr(execute, runs, spec["models"], lambda mode: setting_config(task, mode, settings[0], overrides),
                               train, lr_grid, val_size, val_steps or max(1, max_steps // 4),
                               min(min(s) for s in run_seeds.values()), n, folder / "lr-selection", device)
         selection = {**selection, **({"setting": settings[0]} if settings[0] else {})}
@@ -563,7 +568,7 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     def job(model: str, mode: str, setting: dict | None, seed: int) -> dict:  # run_one's arguments
         run_recipe = {**train, **({"steps": setting["steps"]} if setting else {}),
                       **({"lr": chosen[model, mode]} if (model, mode) in chosen else {})}
-        return dict(config=setting_config(task, mode, setting), model=model, model_scale=spec["models"][model],
+        return dict(config=setting_config(task, mode, setting, overrides), model=model, model_scale=spec["models"][model],
                     train=run_recipe, seed=seed, sizes=sizes, n=n,
                     out_dir=folder / run_name(identity(model, mode, seed, setting)), device=device,
                     max_eval_seconds=max_eval_seconds, max_train_seconds=max_train_seconds, eval_until=eval_until,
@@ -649,9 +654,13 @@ def sweep_settings(task: str, scale: str, add_weights: list[float] | None, steps
     return [{"add_weight": w, "steps": b} for w in weights for b in budgets]
 
 
-def setting_config(task: str, mode: str, setting: dict | None) -> dict:
-    """The config of one sweep point (tasks/<the sweep's config>.toml), or the task's own."""
-    return task_config(task if setting is None else TASKS[task]["sweep"]["config"].format(**setting), mode)
+def setting_config(task: str, mode: str, setting: dict | None, overrides: dict | None = None) -> dict:
+    """The config of one sweep point (tasks/<the sweep's config>.toml), or the task's own, with a
+    scale's "config" overrides: {table: {key: value}} over the config's tables, key by key."""
+    config = task_config(task if setting is None else TASKS[task]["sweep"]["config"].format(**setting), mode)
+    for table, values in (overrides or {}).items():
+        config[table] = {**config.get(table, {}), **values}
+    return config
 
 
 def check_lr_grid(task, grid: list[float], val_size: int | None, val_steps: int | None, sizes: list[int]) -> None:
@@ -722,14 +731,18 @@ def replace_runs(old: list[dict], new: list[dict]) -> list[dict]:
 
 
 def merge_curves(old: dict, new: dict) -> dict:
-    """`new` (no runs yet) on top of an existing curve: same task, scale, device and training
-    sizes, or a ValueError naming the field (a curve holds one experiment). The training recipe may
+    """`new` (no runs yet) on top of an existing curve: same task, scale, device, training sizes and
+    task options (none recorded: none given), or a ValueError naming the field (a curve holds one
+    experiment). The training recipe may
     differ (e.g. a baseline trained for the full steps beside a shorter run): each run records its own,
     and the curve's "train" is the one they share, or null."""
     for field in ("task", "scale", "device", "train_sizes"):
         if old.get(field) != new[field]:
             raise ValueError(f"cannot merge into the existing curve: its {field} is {old.get(field)!r}, "
                              f"this call's is {new[field]!r} (use another --out)")
+    if old.get("task_options", {}) != new.get("task_options", {}):
+        raise ValueError(f"cannot merge into the existing curve: its task options are {old.get('task_options', {})}, "
+                         f"this call's are {new.get('task_options', {})} (use another --out)")
     for model, cfg in new["models"].items():
         if old["models"].get(model, cfg) != cfg:
             raise ValueError(f"cannot merge into the existing curve: its {model} is {old['models'][model]}, "
