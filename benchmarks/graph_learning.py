@@ -36,6 +36,7 @@ from ssm_tools.train import TrainConfig, lr_factor, param_groups
 DIGITS = {V.encode(str(d))[0] for d in range(10)}
 VALUES = {V.encode("T")[0], V.encode("F")[0]}  # the first letter of True / False
 NEWLINE = V.encode("\n")[0]
+CHARS = {V.encode(chr(c))[0] for c in range(32, 127)}  # a thought line starts with one
 # The label a `find` call copies, by the event before it (thought "x from node", "node is value", a call).
 KINDS = {
     "c_output": "the output, from print(...) at the prompt's end",
@@ -63,84 +64,76 @@ LOCAL_KINDS = {
 }
 
 
-def token_kinds(tokens: list[int], mask: list[bool], trajectory: str = "carried") -> list[str | None]:
-    """The KINDS (LOCAL_KINDS for the local trajectory) name of each position of one oracle episode
-    (None: another model token or an input)."""
-    if trajectory == "local":
-        return local_kinds(tokens, mask)
+class CarriedKinds:
+    """KINDS of the carried trajectory, by the events before each call and thought line."""
+
+    def __init__(self):
+        self.events = ["prompt"]
+
+    def call(self) -> str:
+        last = self.events[-3:]
+        self.events.append("C")
+        return ("c_output" if last[-1] == "prompt" else "c_op1_child" if last[-1] == "from"
+                else "c_self" if last[-1] == "is" else "c_parent" if last[-2] == "is"
+                else "c_op1_back" if last == ["is", "C", "C"] else "c_op1_out" if last[-2] == "prompt"
+                else "c_next_op")
+
+    def thought(self, line: str):
+        """(kind of a digit at offset q, kind of a value) in this thought line."""
+        split = line.find(" from ")
+        self.events.append("from" if split >= 0 else "is")
+        if split < 0:
+            return lambda q: "t_is_node", "v_is"
+        return lambda q: "t_from_child" if q < split else "t_from_node", None
+
+
+class LocalKinds:
+    """LOCAL_KINDS, by the verb of the thought line before (needs, has, is)."""
+
+    def __init__(self):
+        self.last = "prompt"
+
+    def call(self) -> str:
+        return {"prompt": "c_output", "needs": "c_needed", "has": "c_node"}[self.last]
+
+    def thought(self, line: str):
+        verb = line.split()[1]
+        kind = {"needs": "t_needs_next" if self.last == "has" else "t_needs_first",
+                "has": "t_has_up" if self.last == "is" else "t_has_known", "is": "t_is_node"}[verb]
+        self.last = verb
+        return lambda q: kind, "v" + kind[1:] if verb == "has" else "v_is"
+
+
+def token_kinds(tokens: list[int], mask: list[bool], trajectory: str = "local") -> list[str | None]:
+    """The KINDS (carried) or LOCAL_KINDS (local trajectory) name of each position of one oracle
+    episode (None: another model token or an input)."""
+    kinds = LocalKinds() if trajectory == "local" else CarriedKinds()
     out: list[str | None] = [None] * len(tokens)
-    events = ["prompt"]
     i, n = 0, len(tokens)
     while i < n:
         t = tokens[i]
         if t == V.CALL:
-            last = events[-3:]
-            kind = ("c_output" if last[-1] == "prompt" else "c_op1_child" if last[-1] == "from"
-                    else "c_self" if last[-1] == "is" else "c_parent" if last[-2] == "is"
-                    else "c_op1_back" if last == ["is", "C", "C"] else "c_op1_out" if last[-2] == "prompt"
-                    else "c_next_op")
-            while tokens[i] != V.CALL_END:
-                out[i] = kind if tokens[i] in DIGITS else None
-                i += 1
-            events.append("C")
-        elif t == V.RESULT:
-            while tokens[i] != V.RESULT_END:
-                i += 1
-        elif t == V.ANS:
-            if i + 1 < n and tokens[i + 1] in VALUES:
-                out[i + 1] = "v_ans"
-            i += 1
-        elif mask[i] and t != NEWLINE:  # a thought line
-            j = i
-            while j < n and tokens[j] not in (NEWLINE, V.ANS):
-                j += 1
-            line = V.decode(tokens[i:j])
-            split = line.find(" from ")
-            for q in range(i, j):
-                if tokens[q] in DIGITS:
-                    out[q] = ("t_from_child" if q - i < split else "t_from_node") if split >= 0 else "t_is_node"
-                elif tokens[q] in VALUES and split < 0:
-                    out[q] = "v_is"
-            events.append("from" if split >= 0 else "is")
-            i = j
-        i += 1
-    return out
-
-
-def local_kinds(tokens: list[int], mask: list[bool]) -> list[str | None]:
-    out: list[str | None] = [None] * len(tokens)
-    last = "prompt"  # the last thought line's verb (needs, has, is)
-    i, n = 0, len(tokens)
-    while i < n:
-        t = tokens[i]
-        if t == V.CALL:
-            kind = {"prompt": "c_output", "needs": "c_needed", "has": "c_node"}[last]
+            kind = kinds.call()
             while tokens[i] != V.CALL_END:
                 out[i] = kind if tokens[i] in DIGITS else None
                 i += 1
         elif t == V.RESULT:
             while tokens[i] != V.RESULT_END:
                 i += 1
-        elif t == V.ANS:
+        elif t == V.ANS:  # the answer, then [EOS]
             if i + 1 < n and tokens[i + 1] in VALUES:
                 out[i + 1] = "v_ans"
-            i += 1
-        elif mask[i] and t != NEWLINE:  # a thought line: "node needs x", "node has x V", "node is V"
+            break
+        elif mask[i] and t in CHARS:  # a thought line
             j = i
             while j < n and tokens[j] not in (NEWLINE, V.ANS):
                 j += 1
-            words = V.decode(tokens[i:j]).split()
-            if len(words) < 2:  # [EOS], padding
-                break
-            verb = words[1]
-            kind = {"needs": "t_needs_next" if last == "has" else "t_needs_first",
-                    "has": "t_has_up" if last == "is" else "t_has_known", "is": "t_is_node"}[verb]
+            digit_kind, value_kind = kinds.thought(V.decode(tokens[i:j]))
             for q in range(i, j):
                 if tokens[q] in DIGITS:
-                    out[q] = kind
+                    out[q] = digit_kind(q - i)
                 elif tokens[q] in VALUES:
-                    out[q] = "v" + kind[1:] if verb == "has" else "v_is"
-            last = verb
+                    out[q] = value_kind
             i = j
         i += 1
     return out
@@ -150,7 +143,7 @@ def coarse(kind: str | None) -> str:
     return "other" if kind is None else "call_dig" if kind[0] == "c" else "value" if kind[0] == "v" else "thought_dig"
 
 
-def accuracy_by(name_of, tokens, mask, pred, stats: dict, trajectory: str = "carried") -> dict:
+def accuracy_by(name_of, tokens, mask, pred, stats: dict, trajectory: str = "local") -> dict:
     """Adds (right, total) per name_of(kind) over the model tokens of a batch to `stats`."""
     for b in range(tokens.shape[0]):
         toks, m = tokens[b].tolist(), mask[b].tolist()
