@@ -531,7 +531,8 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     recipe = asdict(train_config(config, train))
     curve = {"task": task, "scale": scale, "command": command, "commands": [command], "device": device,
              "size_label": TASKS[task]["size_label"], "train_sizes": config["sizes"]["train"], "train": recipe,
-             "task_options": config["task"].get("options", {}),
+             # A sweep's points differ in their options (each run records its "setting").
+             **({} if settings[0] else {"task_options": config["task"].get("options", {})}),
              "models": {m: spec["models"][m] for m, _ in runs}, "runs": [], "stop_after_zero": stop_after_zero,
              "joint_eval": joint_eval,
              **({"every_seed": True} if TASKS[task].get("every_seed") else {})}
