@@ -58,9 +58,9 @@ LOCAL_KINDS = {
     "t_needs_next": "'node needs x' for the next operand, from the definition and the last line 'node has y V'",
     "t_has_known": "'node has x' after `find x` showed x known, from the result's last line 'node needs x'",
     "t_has_up": "'parent has node' after 'node is V', from the result's line 'parent needs node'",
-    "t_is_node": "node in 'node is value'", "v_has_known": "the value in 't_has_known' (the result's last value)",
-    "v_has_up": "the value in 't_has_up' (copied from the line before)",
-    "v_is": "value in 'node is value' (the definition's gate over the result's has-lines)", "v_ans": "the answer",
+    "t_is_node": "node in 'node is value'", "v_has_known": "the value in 't_has_known' (x's value, negated if 'not x')",
+    "v_has_up": "the value in 't_has_up' (the line before's value, negated if 'not node')",
+    "v_is": "value in 'node is value' (the and / or over the result's has-lines)", "v_ans": "the answer",
 }
 
 

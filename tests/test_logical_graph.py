@@ -14,30 +14,38 @@ from ssm_tools.tasks.base import expected_stream
 SEGMENT = re.compile(r"\[CALL\]find (\w+)\[/CALL\]\[RESULT\](.*?)\[/RESULT\]", re.S)
 
 
+def literal_value(literal: str, value: str) -> str:
+    return str((value == "True") != literal.startswith("not "))
+
+
 def next_text(word: str, result: str) -> str:
     """What the model writes after `find word` answered `result`, up to its next call (included)."""
     lines = result.replace("[BOS]", "").split("\n")
     definition = next(line for line in lines if line.startswith(f"{word} = "))
     last = lines[-1].split()
-    values = re.findall(r"\b(True|False)\b", result)
-    if last[1:2] == ["needs"]:  # `word` is the operand just asked for: known (its value is the last one), or to visit
-        if values:
-            return f"{last[0]} has {word} {values[-1]}\n[CALL]find {last[0]}[/CALL]"
+    if last[1:2] == ["needs"]:  # `word` is the operand just asked for: known, or to visit
+        node, literal = last[0], " ".join(last[2:])
+        rhs = definition.split(" = ")[1]
+        known = [line.split()[2] for line in lines if line.startswith(f"{word} is ")]
+        value = rhs if rhs in ("True", "False") else known[0] if known else None
+        if value is not None:
+            return f"{node} has {literal} {literal_value(literal, value)}\n[CALL]find {node}[/CALL]"
         has = []
     else:  # back at `word` (its first visit, or an operand just logged)
-        has = [line.split()[-1] == "True" for line in lines if line.startswith(f"{word} has ")]
+        has = [line.split()[-1] for line in lines if line.startswith(f"{word} has ")]
     gate = definition.split(" = ")[1]
     op = "and" if " and " in gate else "or"
     literals = gate.split(f" {op} ")
     if len(has) < len(literals):
-        operand = literals[len(has)].split()[-1]
-        return f"{word} needs {operand}\n[CALL]find {operand}[/CALL]"
-    terms = [v != literal.startswith("not ") for v, literal in zip(has, literals)]
-    value = str(all(terms) if op == "and" else any(terms))
+        literal = literals[len(has)]
+        return f"{word} needs {literal}\n[CALL]find {literal.split()[-1]}[/CALL]"
+    values = [v == "True" for v in has]
+    value = str(all(values) if op == "and" else any(values))
     if f"print({word})" in lines:
         return f"{word} is {value}\n[ANS]{value}[EOS]"
-    parent = next(p[0] for p in map(str.split, lines) if p[1:] == ["needs", word])
-    return f"{word} is {value}\n{parent} has {word} {value}\n[CALL]find {parent}[/CALL]"
+    parent, literal = next((p[0], " ".join(p[2:])) for p in map(str.split, lines)
+                           if p[1:2] == ["needs"] and p[-1] == word)
+    return f"{word} is {value}\n{parent} has {literal} {literal_value(literal, value)}\n[CALL]find {parent}[/CALL]"
 
 
 @pytest.mark.parametrize("labels,sizes", [(10_000, [1, 2, 5, 20, 100, 1000]), (40, [1, 3, 10, 37])])

@@ -161,8 +161,8 @@ DIGESTS = {
     # Recorded when the option was added (the same oracle, with labels below 100).
     "logical_graph-interactive-100-carried": "013236357cf2b430",
     # Recorded when the local trajectory was added.
-    "logical_graph-interactive-local": "8ab5a78bfcc66f22", "logical_graph-cot-local": "64c63c03d1b872bf",
-    "logical_graph-single_turn-local": "270ad78e7f842273", "logical_graph-interactive-100-local": "023f5b4e366b1954",
+    "logical_graph-interactive-local": "fd895a704e22e458", "logical_graph-cot-local": "e7c299654b93f457",
+    "logical_graph-single_turn-local": "ddc15704a56cdd93", "logical_graph-interactive-100-local": "d8c20c7480f714f2",
 }
 
 

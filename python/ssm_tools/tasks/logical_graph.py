@@ -12,18 +12,16 @@ trajectory formats (option `trajectory`):
 "local": every label or value the model writes is copied from the latest `find` result or from
 its own line just before the call, so nothing is carried across a tool result. Visiting node N, the
 latest result R is `find N` (N's definition first, then its uses and every thought line holding N):
-  * while an operand of N has no "N has" line yet: the next operand x (from the definition) goes
-    into the thought "N needs x", then [CALL] find x [/CALL]. If that result holds a value, x is
-    known: the last True/False of the result is x's value (x's own "x = V" or "x is V" line, or a
-    later "P has x V" line, which copies it; x's own has-lines come before its "is" line), and the
-    thought "N has x V" logs it (N and x from the result's last line, "N needs x"), then
-    [CALL] find N [/CALL] returns to N. Otherwise (no value: nothing logged x yet) x is visited;
-    its "N needs x" line is the way back.
+  * while an operand of N has no "N has" line yet: the next operand's literal L ("x" or "not x",
+    copied from the definition) goes into the thought "N needs L", then [CALL] find x [/CALL]. If
+    that result shows x known (its own line "x = True/False", an input, or "x is True/False",
+    logged), the thought "N has L <value of L>" logs it (N and L from the result's last line,
+    "N needs L"; the value is x's, negated if L is "not x") and [CALL] find N [/CALL] returns to N.
+    Otherwise x is visited: its "N needs L" line is the way back.
   * once every operand has a has-line (the last line's operand is the definition's last), the
-    thought "N is <value>": the gate of the definition (its negations included) over the has-lines'
-    values. The parent P is in R's line "P needs N" (the only one: N was not known before); then
-    "P has N <value>" and [CALL] find P [/CALL]. The output has no parent (R holds "print(N)"):
-    [ANS] <value> [EOS].
+    thought "N is <value>" (the definition's and / or over the has-lines' values). The parent P is
+    in R's line "P needs L" (the only one: N was not known before); then "P has L <value of L>" and
+    [CALL] find P [/CALL]. The output has no parent (R holds "print(N)"): [ANS] <value> [EOS].
 "carried" (the first format; the current node's definition and label come from results further
 back than the latest): the current node's definition is the last `find` result that holds it.
   * for each operand x of the current node in order: [CALL] find x [/CALL]; x is known if the result
@@ -181,30 +179,31 @@ def local_script(x: Circuit) -> list[int]:
     the model's own line before it."""
     defs = {g.target: g for g in x.gates}
     values = dict(x.inputs)
-    parent: dict[str, tuple[str, int]] = {}  # node -> (its parent, its place among the parent's operands)
+    parent: dict[str, tuple[str, str, int]] = {}  # node -> (its parent, the literal there, its place there)
     search = _Search(x.code())
     node, k = x.output, 0  # the current node and how many of its operands are known
     search.find(node)
     while True:
         operands = defs[node].operands
         if k < len(operands):
-            v = operands[k][0]
-            search.write(f"{node} needs {v}")
+            v, negated = operands[k]
+            literal = ("not " if negated else "") + v
+            search.write(f"{node} needs {literal}")
             search.find(v)
             if v in values:
-                search.write(f"{node} has {v} {values[v]}")
+                search.write(f"{node} has {literal} {values[v] != negated}")
                 search.find(node)
                 k += 1
             else:
-                parent[v] = (node, k)
+                parent[v] = (node, literal, k)
                 node, k = v, 0
             continue
         values[node] = defs[node].value(values)
         search.write(f"{node} is {values[node]}")
         if node == x.output:
             return search.script + [V.ANS, *text(str(values[node])), V.EOS]
-        up, place = parent[node]
-        search.write(f"{up} has {node} {values[node]}")
+        up, literal, place = parent[node]
+        search.write(f"{up} has {literal} {values[node] != literal.startswith('not ')}")
         search.find(up)
         node, k = up, place + 1
 
