@@ -124,8 +124,8 @@ TASKS = {
         "size_label": "gates", "sizes": {"cpu": [3, 5, 10, 15, 25], "paper": [10, 20, 50, 100, 200, 500, 1000]},
         "scales": {
             # cpu: the local trajectory with labels v0..v99 (two digits to copy), trained on 1..3 gates:
-            # 1,000 steps took 21 minutes of a shared core and reproduced 100% of 3-gate trajectories and
-            # 63% of 15-gate ones (results/tasks_notes.md, "The local trajectory").
+            # 1,000 steps took 8-21 minutes of a core; seed 0 then reproduced 100% of 3-gate trajectories
+            # and 63% of 15-gate ones, seed 1 19% and 0% (results/tasks_notes.md, "The local trajectory").
             "cpu": {"runs": [("mamba", "interactive"), ("mamba", "cot")],
                     "run_seeds": {("mamba", "interactive"): [0, 1]}, "seeds": [0], "n": 40,
                     "config": {"task": {"options": {"labels": 100, "trajectory": "local"}}, "sizes": {"train": [1, 3]}},
