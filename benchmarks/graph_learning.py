@@ -3,13 +3,18 @@ token logged as it goes (results/tasks_notes.md, "Learning the logical graph").
 
     python benchmarks/graph_learning.py --labels 100 --train-max 3 --max-s 360 --out e5.jsonl
     python benchmarks/graph_learning.py --kinds-of e5.jsonl.pt --labels 100 --sizes 1,3,10
+    python benchmarks/graph_learning.py --trajectory local --labels 100 --exact-sizes 3,15 --exact-every 100 \
+        --out l1.jsonl
 
 Training: AdamW, warmup then cosine (train.lr_factor), batches of `--batch` episodes of 1..train-max
 gates (`--phases 300:1` trains the first 300 steps on 1 gate), one thread. Every `--log-every` steps
 one JSON line: the loss and the teacher-forced accuracy of the label digits in `find` calls, of the
 digits in thought lines, of the values (T/F) and of every other model token. At the end the model is
-saved (<out>.pt) and evaluated greedily with the tool (`--eval` sizes). `--kinds-of` splits the
-teacher-forced accuracy of a saved model finer, by what each token copies or computes (KINDS).
+saved (<out>.pt) and evaluated greedily with the tool (`--eval` sizes). `--exact-sizes`: the share
+of exact trajectories (teacher forced, evaluate.exact_trajectory_size, `--exact-n` test episodes) at
+these sizes, at the end and every `--exact-every` steps (a multiple of `--log-every`; its time is
+not counted in "s"). `--kinds-of` splits the teacher-forced accuracy of a saved model finer, by what
+each token copies or computes (KINDS; LOCAL_KINDS with `--trajectory local`).
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ssm_tools import vocab as V
-from ssm_tools.evaluate import evaluate_size
+from ssm_tools.evaluate import evaluate_size, exact_trajectory_size
 from ssm_tools.models import build_model
 from ssm_tools.tasks.logical_graph import LogicalGraph
 from ssm_tools.train import TrainConfig, lr_factor, param_groups
@@ -31,6 +36,7 @@ from ssm_tools.train import TrainConfig, lr_factor, param_groups
 DIGITS = {V.encode(str(d))[0] for d in range(10)}
 VALUES = {V.encode("T")[0], V.encode("F")[0]}  # the first letter of True / False
 NEWLINE = V.encode("\n")[0]
+CHARS = {V.encode(chr(c))[0] for c in range(32, 127)}  # a thought line starts with one
 # The label a `find` call copies, by the event before it (thought "x from node", "node is value", a call).
 KINDS = {
     "c_output": "the output, from print(...) at the prompt's end",
@@ -43,44 +49,91 @@ KINDS = {
     "t_from_child": "x in 'x from node'", "t_from_node": "node in 'x from node'",
     "t_is_node": "node in 'node is value'", "v_is": "value in 'node is value'", "v_ans": "the answer",
 }
+# The same for the "local" trajectory (every copy from the last result or the model's own last line).
+LOCAL_KINDS = {
+    "c_output": "the output, from print(...) at the prompt's end",
+    "c_needed": "the operand just asked for, from the model's own 'node needs x' line",
+    "c_node": "the node whose operand was just logged, from the model's own 'node has x V' line",
+    "t_needs_first": "'node needs x' for a node's first operand, from its definition (first line of the result)",
+    "t_needs_next": "'node needs x' for the next operand, from the definition and the last line 'node has y V'",
+    "t_has_known": "'node has x' after `find x` showed x known, from the result's last line 'node needs x'",
+    "t_has_up": "'parent has node' after 'node is V', from the result's line 'parent needs node'",
+    "t_is_node": "node in 'node is value'", "v_has_known": "the value in 't_has_known' (x's value, negated if 'not x')",
+    "v_has_up": "the value in 't_has_up' (the line before's value, negated if 'not node')",
+    "v_is": "value in 'node is value' (the and / or over the result's has-lines)", "v_ans": "the answer",
+}
 
 
-def token_kinds(tokens: list[int], mask: list[bool]) -> list[str | None]:
-    """The KINDS name of each position of one oracle episode (None: another model token or an input)."""
+class CarriedKinds:
+    """KINDS of the carried trajectory, by the events before each call and thought line."""
+
+    def __init__(self):
+        self.events = ["prompt"]
+
+    def call(self) -> str:
+        last = self.events[-3:]
+        self.events.append("C")
+        return ("c_output" if last[-1] == "prompt" else "c_op1_child" if last[-1] == "from"
+                else "c_self" if last[-1] == "is" else "c_parent" if last[-2] == "is"
+                else "c_op1_back" if last == ["is", "C", "C"] else "c_op1_out" if last[-2] == "prompt"
+                else "c_next_op")
+
+    def thought(self, line: str):
+        """(kind of a digit at offset q, kind of a value) in this thought line."""
+        split = line.find(" from ")
+        self.events.append("from" if split >= 0 else "is")
+        if split < 0:
+            return lambda q: "t_is_node", "v_is"
+        return lambda q: "t_from_child" if q < split else "t_from_node", None
+
+
+class LocalKinds:
+    """LOCAL_KINDS, by the verb of the thought line before (needs, has, is)."""
+
+    def __init__(self):
+        self.last = "prompt"
+
+    def call(self) -> str:
+        return {"prompt": "c_output", "needs": "c_needed", "has": "c_node"}[self.last]
+
+    def thought(self, line: str):
+        verb = line.split()[1]
+        kind = {"needs": "t_needs_next" if self.last == "has" else "t_needs_first",
+                "has": "t_has_up" if self.last == "is" else "t_has_known", "is": "t_is_node"}[verb]
+        self.last = verb
+        return lambda q: kind, "v" + kind[1:] if verb == "has" else "v_is"
+
+
+def token_kinds(tokens: list[int], mask: list[bool], trajectory: str = "local") -> list[str | None]:
+    """The KINDS (carried) or LOCAL_KINDS (local trajectory) name of each position of one oracle
+    episode (None: another model token or an input)."""
+    kinds = LocalKinds() if trajectory == "local" else CarriedKinds()
     out: list[str | None] = [None] * len(tokens)
-    events = ["prompt"]
     i, n = 0, len(tokens)
     while i < n:
         t = tokens[i]
         if t == V.CALL:
-            last = events[-3:]
-            kind = ("c_output" if last[-1] == "prompt" else "c_op1_child" if last[-1] == "from"
-                    else "c_self" if last[-1] == "is" else "c_parent" if last[-2] == "is"
-                    else "c_op1_back" if last == ["is", "C", "C"] else "c_op1_out" if last[-2] == "prompt"
-                    else "c_next_op")
+            kind = kinds.call()
             while tokens[i] != V.CALL_END:
                 out[i] = kind if tokens[i] in DIGITS else None
                 i += 1
-            events.append("C")
         elif t == V.RESULT:
             while tokens[i] != V.RESULT_END:
                 i += 1
-        elif t == V.ANS:
+        elif t == V.ANS:  # the answer, then [EOS]
             if i + 1 < n and tokens[i + 1] in VALUES:
                 out[i + 1] = "v_ans"
-            i += 1
-        elif mask[i] and t != NEWLINE:  # a thought line
+            break
+        elif mask[i] and t in CHARS:  # a thought line
             j = i
             while j < n and tokens[j] not in (NEWLINE, V.ANS):
                 j += 1
-            line = V.decode(tokens[i:j])
-            split = line.find(" from ")
+            digit_kind, value_kind = kinds.thought(V.decode(tokens[i:j]))
             for q in range(i, j):
                 if tokens[q] in DIGITS:
-                    out[q] = ("t_from_child" if q - i < split else "t_from_node") if split >= 0 else "t_is_node"
-                elif tokens[q] in VALUES and split < 0:
-                    out[q] = "v_is"
-            events.append("from" if split >= 0 else "is")
+                    out[q] = digit_kind(q - i)
+                elif tokens[q] in VALUES:
+                    out[q] = value_kind
             i = j
         i += 1
     return out
@@ -90,11 +143,11 @@ def coarse(kind: str | None) -> str:
     return "other" if kind is None else "call_dig" if kind[0] == "c" else "value" if kind[0] == "v" else "thought_dig"
 
 
-def accuracy_by(name_of, tokens, mask, pred, stats: dict) -> dict:
+def accuracy_by(name_of, tokens, mask, pred, stats: dict, trajectory: str = "local") -> dict:
     """Adds (right, total) per name_of(kind) over the model tokens of a batch to `stats`."""
     for b in range(tokens.shape[0]):
         toks, m = tokens[b].tolist(), mask[b].tolist()
-        for j, kind in enumerate(token_kinds(toks, m)):
+        for j, kind in enumerate(token_kinds(toks, m, trajectory)):
             if j and m[j]:
                 s = stats.setdefault(name_of(kind), [0, 0])
                 s[0] += int(pred[b, j - 1] == toks[j])
@@ -119,7 +172,7 @@ def kinds_of(a, task) -> None:
         tr, _ = task.trajectories(rng, [size] * 16)
         with torch.no_grad():
             pred = model(tr.tokens[:, :-1]).argmax(-1)
-        stats = accuracy_by(lambda k: k or "other", tr.tokens, tr.loss_mask, pred, {})
+        stats = accuracy_by(lambda k: k or "other", tr.tokens, tr.loss_mask, pred, {}, task.trajectory)
         print(json.dumps({"size": size, **{k: [round(r / t, 3), t] for k, (r, t) in sorted(stats.items())}}))
 
 
@@ -160,14 +213,22 @@ def train(a, task) -> None:
         opt.step()
         sched.step()
         step += 1
-        accuracy_by(coarse, tr.tokens, tr.loss_mask, logits.argmax(-1), stats)
+        accuracy_by(coarse, tr.tokens, tr.loss_mask, logits.argmax(-1), stats, task.trajectory)
         if step % a.log_every == 0 or step == a.steps:
-            log({"step": step, "loss": round(loss.item(), 4), "s": round(time.time() - t0, 1),
-                 **{k: round(r / t, 3) for k, (r, t) in stats.items()}})
+            row = {"step": step, "loss": round(loss.item(), 4), "s": round(time.time() - t0, 1),
+                   **{k: round(r / t, 3) for k, (r, t) in stats.items()}}
+            if a.exact_every and step % a.exact_every == 0:
+                t1 = time.time()
+                row["exact"] = {size: exact_trajectory_size(model, task, size, a.exact_n)["exact_trajectory"]
+                                for size in a.exact_sizes}
+                t0 += time.time() - t1  # "s" counts training time only
+            log(row)
             stats = {}
     if a.out:
         torch.save(model.state_dict(), a.out + ".pt")
     final = {"steps_done": step, "train_s": round(time.time() - t0, 1)}
+    for size in a.exact_sizes:
+        final[f"exact_{size}"] = exact_trajectory_size(model, task, size, a.exact_n)["exact_trajectory"]
     for size in a.eval:
         final[size] = evaluate_size(model, task, size, a.n)["accuracy"]
     log({"final": final})
@@ -190,6 +251,10 @@ def main() -> None:
     p.add_argument("--phases", default="", help="steps:max_size,... trained first (a curriculum)")
     p.add_argument("--labels", type=int, default=10_000)
     p.add_argument("--mode", default="interactive")
+    p.add_argument("--trajectory", default="local", help="the oracle's trajectory format (local, carried)")
+    p.add_argument("--exact-sizes", type=ints, default=[], help="sizes of the exact-trajectory checks")
+    p.add_argument("--exact-every", type=int, default=0, help="check exact trajectories every k steps (0: at the end)")
+    p.add_argument("--exact-n", type=int, default=32, help="episodes per exact-trajectory check")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-s", type=float, default=300, help="training time limit (seconds)")
     p.add_argument("--eval", type=ints, default=[3, 10])
@@ -201,8 +266,10 @@ def main() -> None:
                    help="a saved model (<out>.pt or a run's checkpoint.pt): print its accuracy per KINDS entry")
     p.add_argument("--sizes", type=ints, default=[1, 3, 10])
     a = p.parse_args()
+    if a.exact_every % a.log_every:
+        p.error("--exact-every must be a multiple of --log-every")
     torch.set_num_threads(1)
-    task = LogicalGraph(a.mode, labels=a.labels)
+    task = LogicalGraph(a.mode, labels=a.labels, trajectory=a.trajectory)
     kinds_of(a, task) if a.kinds_of else train(a, task)
 
 

@@ -143,6 +143,25 @@ def test_reproduce_tasks_have_their_sizes_and_modes(tmp_path, monkeypatch):
         R.reproduce("multiplication_nx1", "cpu", [0], tmp_path / "add", merge=True)
 
 
+def test_a_scale_overrides_the_task_config_and_the_curve_records_its_options(tmp_path, monkeypatch):
+    """The graph's cpu scale trains the local trajectory with 100 labels on 1..3 gates (its "config"
+    over tasks/logical_graph.toml); the curve records the task options, and a curve of other options
+    (the earlier carried-format runs) refuses to merge."""
+    monkeypatch.setattr(R, "run_parallel", in_process)
+    curve = R.reproduce("logical_graph", "cpu", [0], tmp_path / "out", only=[("mamba", "interactive")], steps=1,
+                        sizes=[1], n=2)
+    assert curve["task_options"] == {"labels": 100, "trajectory": "local"} and curve["train_sizes"] == [1, 3]
+    (run,) = curve["runs"]
+    assert run["train"]["train_max_size"] == 3 and run["accuracy"].keys() == {"1"}
+    paper = R.setting_config("logical_graph", "interactive", None, R.scale_spec("logical_graph", "paper").get("config"))
+    assert paper["task"]["options"] == {"trajectory": "local"} and paper["sizes"]["train"] == [1, 10]
+    (tmp_path / "old").mkdir()
+    old = {**json.loads((tmp_path / "out/curve.json").read_text()), "task_options": {}}
+    (tmp_path / "old/curve.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="its task options are {}, this call's are {'labels': 100"):
+        R.reproduce("logical_graph", "cpu", [0], tmp_path / "old", merge=True, only=[("mamba", "interactive")])
+
+
 def test_train_time_budget_stops_then_the_same_command_resumes(tmp_path, monkeypatch):
     """A run out of training time is left out of the curve and listed as unfinished; the same call
     again resumes its checkpoint (one more step each time with a zero budget), then evaluates."""

@@ -26,8 +26,9 @@ CASES += [("multiplication", m, {"second_digits": k}) for m in ("interactive", "
 CASES += [("mixture", "interactive", {"add_weight": 0.5})]
 CASES += [("hanoi", m, {"variant": v}) for m in ("interactive", "cot", "single_turn")
           for v in ("iterative", "recursive")]
-CASES += [("logical_graph", m, {}) for m in ("interactive", "cot", "single_turn")]
-CASES += [("logical_graph", "interactive", {"labels": 100})]
+CASES += [("logical_graph", m, {"trajectory": t}) for m in ("interactive", "cot", "single_turn")
+          for t in ("local", "carried")]
+CASES += [("logical_graph", "interactive", {"labels": 100, "trajectory": t}) for t in ("local", "carried")]
 
 
 def token_accuracy(task, inst, tokens, mask=None) -> float:
@@ -111,8 +112,10 @@ def test_oracle_through_real_loop_small_sizes(case, rng):
     ("addition", "interactive", {}, 1000),
     ("multiplication", "interactive", {"second_digits": 1}, 1000),
     ("multiplication", "interactive", {"second_digits": 2}, 1000),
-    ("logical_graph", "interactive", {}, 1000),
-    ("logical_graph", "single_turn", {}, 1000),
+    ("logical_graph", "interactive", {"trajectory": "local"}, 1000),
+    ("logical_graph", "single_turn", {"trajectory": "local"}, 1000),
+    ("logical_graph", "interactive", {"trajectory": "carried"}, 1000),
+    ("logical_graph", "single_turn", {"trajectory": "carried"}, 1000),
     ("hanoi", "interactive", {"variant": "iterative"}, 14),  # 16,383 moves, ~5M tokens
     ("hanoi", "interactive", {"variant": "recursive"}, 11),  # 2 copies of 2^k-move lists per k: 11 disks for time
     ("hanoi", "single_turn", {"variant": "iterative"}, 12),  # the paper's largest test size (~230k tokens)
@@ -153,10 +156,13 @@ DIGESTS = {
     "hanoi-interactive-iterative": "0271477696153c8f", "hanoi-interactive-recursive": "a8bb70225fae5376",
     "hanoi-cot-iterative": "b8378d15744e1671", "hanoi-cot-recursive": "de8b5f63098181ec",
     "hanoi-single_turn-iterative": "e22a9ba0b1bd8adb", "hanoi-single_turn-recursive": "121800bc00b6cfc4",
-    "logical_graph-interactive": "e26c8d84e630baac", "logical_graph-cot": "19e17eda69d52a74",
-    "logical_graph-single_turn": "23450d8a36d7eed5",
-    # Recorded when the option was added (the oracle is the default one's, with labels below 100).
-    "logical_graph-interactive-100": "013236357cf2b430",
+    "logical_graph-interactive-carried": "e26c8d84e630baac", "logical_graph-cot-carried": "19e17eda69d52a74",
+    "logical_graph-single_turn-carried": "23450d8a36d7eed5",
+    # Recorded when the option was added (the same oracle, with labels below 100).
+    "logical_graph-interactive-100-carried": "013236357cf2b430",
+    # Recorded when the local trajectory was added.
+    "logical_graph-interactive-local": "fd895a704e22e458", "logical_graph-cot-local": "e7c299654b93f457",
+    "logical_graph-single_turn-local": "ddc15704a56cdd93", "logical_graph-interactive-100-local": "d8c20c7480f714f2",
 }
 
 
@@ -185,7 +191,8 @@ def test_addition_carry_chains_match_recorded_digest():
 
 
 @pytest.mark.parametrize("name,options", [("hanoi", {"variant": "iterative"}), ("hanoi", {"variant": "recursive"}),
-                                          ("logical_graph", {})])
+                                          ("logical_graph", {"trajectory": "local"}),
+                                          ("logical_graph", {"trajectory": "carried"})])
 def test_single_turn_uses_the_tool_only_before_the_first_thought(name, options, rng):
     """One turn: tool use, then the model alone (no command, call or tool answer after its first
     thought), and the turn is the interactive policy's own first turn."""
@@ -305,6 +312,7 @@ def test_seeding_is_reproducible(rng):
     (lambda rng: get_task("hanoi").sample(rng, 101), r"size \(disks\) must be <= 100"),
     (lambda rng: get_task("logical_graph").sample_train(rng, -3), r"max_size \(gates\) must be an integer >= 1"),
     (lambda rng: get_task("logical_graph", labels=3), r"labels must be an integer > 3"),
+    (lambda rng: get_task("logical_graph", trajectory="dfs"), r"trajectory must be one of \['carried', 'local'\]"),
     (lambda rng: get_task("logical_graph", labels=100).sample(rng, 98), r"size \(gates\) must be <= 97 with 100 labels"),
     (lambda rng: get_task("multiplication").max_steps(0), r"size \(digits\)"),
 ])

@@ -19,8 +19,8 @@ paper scale), a run at 0/n at some size is not decoded at larger ones: skipped w
 as crosses at 0. Every size, skipped or not, also has the run's teacher-forced exact-trajectory score.
 On a GPU, the Mamba / LSTM / GRU runs of a mode are evaluated together once all are trained, one joint
 rollout per size (`joint_eval`, evaluate.evaluate_many). The logical graph, Tower of Hanoi and coding
-run small models at the paper scale (SMALL_MODELS: their episodes are up to a million decode steps)
-and have no cpu scale.
+run small models at the paper scale (SMALL_MODELS: their episodes are up to a million decode steps);
+of them only Hanoi recursive and the logical graph have a cpu scale.
 The task mixture (App. D.6) is a sweep: one run per addition weight, step budget and seed, drawn as
 accuracy at the largest size against the weight. `--lr-grid` chooses the learning rate on a held-out
 size first (select_lr), as the paper did, and records every candidate.
@@ -124,18 +124,24 @@ TASKS = {
                            "train": dict(batch_size=16, lr=1e-2, warmup=5)},
                    "paper": {"runs": [("mamba", "interactive")], "seeds": [0, 1, 2]}}},
     "logical_graph": {
-        "size_label": "gates", "sizes": {"paper": [10, 20, 50, 100, 200, 500, 1000]},
-        "unavailable": {"cpu": _NO_CPU.format(why="a tiny Mamba learns to copy labels in minutes but, after "
-                                                  "1,700 steps, still loses the current node beyond the last "
-                                                  "`find` result (results/tasks_notes.md)")},
+        "size_label": "gates", "sizes": {"cpu": [3, 5, 10, 15, 25], "paper": [10, 20, 50, 100, 200, 500, 1000]},
         "scales": {
+            # cpu: the local trajectory with labels v0..v99 (two digits to copy), trained on 1..3 gates:
+            # 1,000 steps took 8-21 minutes of a core; seed 0 then reproduced 100% of 3-gate trajectories
+            # and 63% of 15-gate ones, seed 1 19% and 0% (results/tasks_notes.md, "The local trajectory").
+            "cpu": {"runs": [("mamba", "interactive"), ("mamba", "cot")],
+                    "run_seeds": {("mamba", "interactive"): [0, 1]}, "seeds": [0], "n": 40,
+                    "config": {"task": {"options": {"labels": 100, "trajectory": "local"}}, "sizes": {"train": [1, 3]}},
+                    "train": dict(steps=1000, batch_size=16, lr=1e-2, warmup=20)},
             "paper": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("lstm", "interactive"),
                                ("pythia", "interactive")],
                       "models": SMALL_MODELS, "run_seeds": MAMBA_SEEDS, "seeds": [0], "n": 50,
-                      # 400 steps left the 2 x 256 Mamba at 0-6% on 10 gates; a tiny one needed about
-                      # 300 steps to copy labels and 2,150 to copy the second operand
-                      # (results/tasks_notes.md).
-                      "train": dict(steps=3000, batch_size=32, lr=3e-3, warmup=100)}}},
+                      # The local trajectory (tasks/logical_graph.toml): a tiny Mamba on 1..3 gates
+                      # copies labels after ~300 steps (batch 16) and is exact on 100% of its training
+                      # sizes by ~700; the 2 x 256 copied 4-digit labels after ~250 steps at lr 3e-3,
+                      # batch 32 (results/tasks_notes.md). About 350 s side by side with four more
+                      # runs give it ~2,000 steps of 1..10 gates (--fit-train-seconds cuts to fit).
+                      "train": dict(steps=2000, batch_size=32, lr=3e-3, warmup=100)}}},
     "hanoi_iterative": {
         "size_label": "disks", "every_seed": True, "sizes": {"paper": [8, 9, 10, 11, 12]},
         "unavailable": {"cpu": _NO_CPU.format(why="an 8-disk training episode is 45k tokens")},
@@ -173,7 +179,7 @@ TASKS = {
 def scale_spec(task: str, scale: str) -> dict:
     """SCALES[scale] with the task's overrides on top: "runs", "train", "n", "seeds"; "models" (sizes
     per model, replacing the scale's preset); "run_seeds" ({(model, mode): seeds}, the default seeds
-    of those runs). A ValueError names a scale the task does not offer, and why."""
+    of those runs); "config" (tables of tasks/<task>.toml overridden key by key, see setting_config). A ValueError names a scale the task does not offer, and why."""
     _choose("task", task, TASKS)
     _choose("scale", scale, SCALES)
     if scale in TASKS[task].get("unavailable", {}):
@@ -527,7 +533,8 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     eval_until = None if max_seconds is None else time.time() + max_seconds
     spec = scale_spec(task, scale)
     settings = sweep_settings(task, scale, add_weights, steps)
-    config = setting_config(task, "interactive", settings[0])
+    overrides = spec.get("config")
+    config = setting_config(task, "interactive", settings[0], overrides)
     built = make_eval_task(config)
     runs = [r for r in spec["runs"] if r[1] in make_task(config).modes]  # e.g. multiplication has no "direct" mode
     if only is not None:
@@ -565,6 +572,8 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     recipe = asdict(train_config(config, train))
     curve = {"task": task, "scale": scale, "command": command, "commands": [command], "device": device,
              "size_label": TASKS[task]["size_label"], "train_sizes": [config["sizes"]["train"][0], recipe["train_max_size"]], "train": recipe,
+             # A sweep's points differ in their options (each run records its "setting").
+             **({} if settings[0] else {"task_options": config["task"].get("options", {})}),
              "models": {m: spec["models"][m] for m, _ in runs}, "runs": [], "stop_after_zero": stop_after_zero,
              "joint_eval": joint_eval,
              **({"every_seed": True} if TASKS[task].get("every_seed") else {})}
@@ -593,7 +602,7 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     max_steps = max(s["steps"] for s in settings) if settings[0] else train["steps"]
     if lr_grid is not None:
         selection_start = time.perf_counter()
-        selection = select_lr(execute, runs, spec["models"], lambda mode: setting_config(task, mode, settings[0]),
+        selection = select_lr(execute, runs, spec["models"], lambda mode: setting_config(task, mode, settings[0], overrides),
                               train, lr_grid, val_size, val_steps or max(1, max_steps // 4),
                               min(min(s) for s in run_seeds.values()), n, folder / "lr-selection", device)
         selection = {**selection, **({"setting": settings[0]} if settings[0] else {})}
@@ -605,7 +614,7 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     def job(model: str, mode: str, setting: dict | None, seed: int) -> dict:  # run_one's arguments
         run_recipe = {**train, **({"steps": setting["steps"]} if setting else {}),
                       **({"lr": chosen[model, mode]} if (model, mode) in chosen else {})}
-        return dict(config=setting_config(task, mode, setting), model=model, model_scale=spec["models"][model],
+        return dict(config=setting_config(task, mode, setting, overrides), model=model, model_scale=spec["models"][model],
                     train=run_recipe, seed=seed, sizes=sizes, n=n,
                     out_dir=folder / run_name(identity(model, mode, seed, setting)), device=device,
                     max_eval_seconds=max_eval_seconds, max_train_seconds=max_train_seconds, eval_until=eval_until,
@@ -691,9 +700,13 @@ def sweep_settings(task: str, scale: str, add_weights: list[float] | None, steps
     return [{"add_weight": w, "steps": b} for w in weights for b in budgets]
 
 
-def setting_config(task: str, mode: str, setting: dict | None) -> dict:
-    """The config of one sweep point (tasks/<the sweep's config>.toml), or the task's own."""
-    return task_config(task if setting is None else TASKS[task]["sweep"]["config"].format(**setting), mode)
+def setting_config(task: str, mode: str, setting: dict | None, overrides: dict | None = None) -> dict:
+    """The config of one sweep point (tasks/<the sweep's config>.toml), or the task's own, with a
+    scale's "config" overrides: {table: {key: value}} over the config's tables, key by key."""
+    config = task_config(task if setting is None else TASKS[task]["sweep"]["config"].format(**setting), mode)
+    for table, values in (overrides or {}).items():
+        config[table] = {**config.get(table, {}), **values}
+    return config
 
 
 def check_lr_grid(task, grid: list[float], val_size: int | None, val_steps: int | None, sizes: list[int]) -> None:
@@ -764,14 +777,18 @@ def replace_runs(old: list[dict], new: list[dict]) -> list[dict]:
 
 
 def merge_curves(old: dict, new: dict) -> dict:
-    """`new` (no runs yet) on top of an existing curve: same task, scale, device and training
-    sizes, or a ValueError naming the field (a curve holds one experiment). The training recipe may
+    """`new` (no runs yet) on top of an existing curve: same task, scale, device, training sizes and
+    task options (none recorded: none given), or a ValueError naming the field (a curve holds one
+    experiment). The training recipe may
     differ (e.g. a baseline trained for the full steps beside a shorter run): each run records its own,
     and the curve's "train" is the one they share, or null."""
     for field in ("task", "scale", "device", "train_sizes"):
         if old.get(field) != new[field]:
             raise ValueError(f"cannot merge into the existing curve: its {field} is {old.get(field)!r}, "
                              f"this call's is {new[field]!r} (use another --out)")
+    if old.get("task_options", {}) != new.get("task_options", {}):
+        raise ValueError(f"cannot merge into the existing curve: its task options are {old.get('task_options', {})}, "
+                         f"this call's are {new.get('task_options', {})} (use another --out)")
     for model, cfg in new["models"].items():
         if old["models"].get(model, cfg) != cfg:
             raise ValueError(f"cannot merge into the existing curve: its {model} is {old['models'][model]}, "

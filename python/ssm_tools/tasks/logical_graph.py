@@ -6,8 +6,24 @@ are distinct random "v<0..9999>" (option `labels`: "v<0..labels-1>"; fewer label
 to copy, for tiny models, see results/tasks_notes.md). Prompt: the code, inputs first, one assignment per line, then
 "print(<output>)".
 
-Interactive policy (depth-first search with `find`, memory as the stack): the current node's
-definition is the last `find` result that holds it.
+Interactive policy: depth-first search from the output with `find`, the memory as the stack. Two
+trajectory formats (option `trajectory`):
+
+"local": every label or value the model writes is copied from the latest `find` result or from
+its own line just before the call, so nothing is carried across a tool result. Visiting node N, the
+latest result R is `find N` (N's definition first, then its uses and every thought line holding N):
+  * while an operand of N has no "N has" line yet: the next operand's literal L ("x" or "not x",
+    copied from the definition) goes into the thought "N needs L", then [CALL] find x [/CALL]. If
+    that result shows x known (its own line "x = True/False", an input, or "x is True/False",
+    logged), the thought "N has L <value of L>" logs it (N and L from the result's last line,
+    "N needs L"; the value is x's, negated if L is "not x") and [CALL] find N [/CALL] returns to N.
+    Otherwise x is visited: its "N needs L" line is the way back.
+  * once every operand has a has-line (the last line's operand is the definition's last), the
+    thought "N is <value>" (the definition's and / or over the has-lines' values). The parent P is
+    in R's line "P needs L" (the only one: N was not known before); then "P has L <value of L>" and
+    [CALL] find P [/CALL]. The output has no parent (R holds "print(N)"): [ANS] <value> [EOS].
+"carried" (the first format; the current node's definition and label come from results further
+back than the latest): the current node's definition is the last `find` result that holds it.
   * for each operand x of the current node in order: [CALL] find x [/CALL]; x is known if the result
     holds "x = True/False" (an input) or "x is True/False" (a logged value);
   * at the first unknown operand, the thought line "x from <node>" logs the way back and x (whose
@@ -15,12 +31,15 @@ definition is the last `find` result that holds it.
   * once all operands are known the thought line "<node> is <value>" logs its value; then
     [CALL] find <node> [/CALL] shows "<node> from <parent>" and [CALL] find <parent> [/CALL] its
     definition; the parent is current again. The output has no parent: [ANS] <value> [EOS].
+Labels are whole words ("v" and digits; `find` matches whole words), distinct from the format's
+words (needs, has, is, not, and, or, True, False, print).
 The search answers (all lines holding the word, joined by '\n') are forced tokens the oracle
 predicts; the tests check that the real SearchMemory answers exactly that.
 Modes: interactive; cot (the same with every `find` answer predicted as thought lines, no tool);
-single_turn (one turn of tool use, then none: the first `find` calls, up to the first thought line
-"x from <output>", are answered by the search memory as in interactive; from there on the
-trajectory is the cot one, every later definition and logged value recalled by the model itself).
+single_turn (one turn of tool use, then none: the `find` calls before the first thought line are
+answered by the search memory as in interactive (local: the output's own `find`; carried: its
+operands' up to "x from <output>"); from there on the trajectory is the cot one, every later
+definition and logged value recalled by the model itself).
 Sizes: n gates exactly (training: 1..max_size).
 """
 from __future__ import annotations
@@ -127,7 +146,8 @@ class _Search:
         self.script += text(line + "\n")
 
 
-def dfs_script(x: Circuit) -> list[int]:
+def carried_script(x: Circuit) -> list[int]:
+    """The "carried" trajectory (module docstring): the current node is carried across results."""
     defs = {g.target: g for g in x.gates}
     values = dict(x.inputs)
     parent: dict[str, str] = {}
@@ -154,19 +174,59 @@ def dfs_script(x: Circuit) -> list[int]:
         search.find(node)
 
 
+def local_script(x: Circuit) -> list[int]:
+    """The "local" trajectory (module docstring): every line copies from the latest result or from
+    the model's own line before it."""
+    defs = {g.target: g for g in x.gates}
+    values = dict(x.inputs)
+    parent: dict[str, tuple[str, str, int]] = {}  # node -> (its parent, the literal there, its place there)
+    search = _Search(x.code())
+    node, k = x.output, 0  # the current node and how many of its operands are known
+    search.find(node)
+    while True:
+        operands = defs[node].operands
+        if k < len(operands):
+            v, negated = operands[k]
+            literal = ("not " if negated else "") + v
+            search.write(f"{node} needs {literal}")
+            search.find(v)
+            if v in values:
+                search.write(f"{node} has {literal} {values[v] != negated}")
+                search.find(node)
+                k += 1
+            else:
+                parent[v] = (node, literal, k)
+                node, k = v, 0
+            continue
+        values[node] = defs[node].value(values)
+        search.write(f"{node} is {values[node]}")
+        if node == x.output:
+            return search.script + [V.ANS, *text(str(values[node])), V.EOS]
+        up, literal, place = parent[node]
+        search.write(f"{up} has {literal} {values[node] != literal.startswith('not ')}")
+        search.find(up)
+        node, k = up, place + 1
+
+
+TRAJECTORIES = {"local": local_script, "carried": carried_script}
+
+
 class LogicalGraph(Task):
     name = "logical_graph"
     modes = ("interactive", "cot", "single_turn")
     size_name = "gates"
 
-    def __init__(self, mode: str = "interactive", labels: int = LABELS):
+    def __init__(self, mode: str = "interactive", labels: int = LABELS, trajectory: str = "local"):
         super().__init__(mode)
         if isinstance(labels, bool) or not isinstance(labels, int) or labels <= NUM_INPUTS:
             raise ValueError(f"logical_graph: labels must be an integer > {NUM_INPUTS}, got {labels!r}")
+        if trajectory not in TRAJECTORIES:
+            raise ValueError(f"logical_graph: trajectory must be one of {sorted(TRAJECTORIES)}, got {trajectory!r}")
         self.labels = labels
+        self.trajectory = trajectory
 
     def __repr__(self) -> str:
-        return f"LogicalGraph(mode={self.mode!r}, labels={self.labels})"
+        return f"LogicalGraph(mode={self.mode!r}, labels={self.labels}, trajectory={self.trajectory!r})"
 
     def sample(self, rng: np.random.Generator, size: int) -> Circuit:
         n = self.check_size(size)
@@ -190,7 +250,7 @@ class LogicalGraph(Task):
         return [ToolSpec("search_memory", max_response_tokens=MAX_RESPONSE_TOKENS)]
 
     def _script(self, x: Circuit, mode: str) -> list[int]:
-        script = dfs_script(x)
+        script = TRAJECTORIES[self.trajectory](x)
         return cot_script(script, self.answer(x), keep_first_turn=True) if mode == "single_turn" else script
 
     def max_steps(self, size: int) -> int:
