@@ -31,6 +31,7 @@ DEVICE=${DEVICE:-cuda}
 SCALE=${SCALE:-paper}  # cpu: a dry run of this script on a CPU (tiny models)
 PYTHON=${PYTHON:-python3}
 ARGS=${ARGS:-}
+KEEP=${KEEP:-}  # e.g. "logical_graph/mamba-interactive": those runs' checkpoints come back as $OUT/<task>-<run>.pt
 POOL_S=${POOL_S:-100}  # a task's trajectory pool stops growing after this (tasks without a pool ignore it)
 export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 start=$SECONDS
@@ -84,6 +85,11 @@ for path in sorted(pathlib.Path(sys.argv[1]).glob("*/gpu/curve.json")):
         print(curve["task"], r["model"], r["mode"], "seed", r["seed"], "FAILED", r["error"][:200])
 EOF
 tar -czf "$OUT/tasks.tar.gz" --exclude=cwd -C "$work" .  # not the checkpoints
+for keep in $KEEP; do
+  for ckpt in "$work/${keep%%/*}"/cwd/runs/*/"${keep#*/}"*/checkpoint.pt; do
+    [[ -f $ckpt ]] && cp "$ckpt" "$OUT/${keep%%/*}-$(basename "$(dirname "$ckpt")").pt"
+  done
+done
 rm -rf "$work"
 echo "=== run_gpu_tasks.sh status $status after $((SECONDS - start)) s"
 cat "$OUT/summary.txt" | tail -60
