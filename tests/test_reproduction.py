@@ -666,3 +666,29 @@ def test_a_gpu_run_records_the_gpu_it_ran_on(tmp_path, monkeypatch):
                         steps=1, sizes=[2], n=2)
     (run,) = curve["runs"]
     assert run["machine"] == torch.cuda.get_device_name() and run["train"]["seed"] == 1
+
+
+def test_running_out_of_gpu_memory_at_a_size_keeps_the_smaller_sizes_scores(monkeypatch):
+    """A GPU shared with other runs can run out of memory at a long size: that size and the larger
+    ones are skipped with the reason, the smaller ones keep their scores, and nothing is lost."""
+    def exact(models, task, size, n, device):
+        if size >= 40:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
+        return [{"exact_trajectory": 1.0}] * len(models)
+
+    def decode(models, task, size, n, device):
+        if size >= 20:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
+        return [{"accuracy": 1.0, "correct": n}] * len(models)
+
+    monkeypatch.setattr(R, "exact_trajectory_many", exact)
+    monkeypatch.setattr(R, "evaluate_size_many", decode)
+    model = type("M", (), {"fixed_size_state": True})()
+    result, = R.evaluate_within([model], Sleeper(), [10, 20, 40, 80], 1, "cpu")
+    assert result["exact_trajectory"] == {"10": 1.0, "20": 1.0, "40": None, "80": None}
+    assert result["exact_trajectory_skipped_sizes"] == [40, 80]
+    assert result["exact_trajectory_skip_reasons"] == {"40": "out of GPU memory at size 40",
+                                                       "80": "out of GPU memory at size 40"}
+    assert result["accuracy"] == {"10": 1.0, "20": None, "40": None, "80": None}
+    assert result["skipped_sizes"] == [20, 40, 80]
+    assert set(result["skip_reasons"].values()) == {"out of GPU memory at size 20"}

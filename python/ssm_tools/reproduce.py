@@ -390,14 +390,16 @@ def evaluate_within(models: list, task, sizes: list[int], n: int, device: str, m
     started, limit = time.perf_counter(), max_seconds
     if until is not None:
         limit = max(0.0, min(float("inf") if limit is None else limit, until - time.time()))
-    tf, _, tf_skipped, _ = sizes_within(exact, sizes, task, power, limit, 0.0)
+    tf_reasons, reasons = {}, {}
+    tf, _, tf_skipped, _ = sizes_within(exact, sizes, task, power, limit, 0.0, tf_reasons)
     with one_at_a_time(lock):
-        _, seconds, _, _ = sizes_within(decode, sizes, task, power, limit, time.perf_counter() - started)
+        _, seconds, _, _ = sizes_within(decode, sizes, task, power, limit, time.perf_counter() - started, reasons)
     results = []
     for j in range(len(models)):
         result = {"accuracy": {}, "exact_trajectory": {s: None if v is None else v[j] for s, v in tf.items()},
                   "skipped_sizes": [], "skip_reasons": {}, "exact_trajectory_skipped_sizes": tf_skipped,
-                  "max_eval_seconds": max_seconds, "stop_after_zero": stop_after_zero, "eval_seconds_per_size": {}}
+                  "max_eval_seconds": max_seconds, "stop_after_zero": stop_after_zero, "eval_seconds_per_size": {},
+                  **({"exact_trajectory_skip_reasons": tf_reasons} if tf_reasons else {})}
         for size in sorted(sizes):
             row = decoded.get(str(size), {}).get(j)
             result["accuracy"][str(size)] = None if row is None else row["accuracy"]
@@ -406,6 +408,7 @@ def evaluate_within(models: list, task, sizes: list[int], n: int, device: str, m
                 result["skipped_sizes"].append(size)
                 result["skip_reasons"][str(size)] = (
                     f"0/{n} at size {zero_at[j]}" if j in zero_at and zero_at[j] < size else
+                    reasons[str(size)] if str(size) in reasons else
                     f"predicted past the evaluation budget of {limit:.0f} s")
         if j in zero_at:
             result["zero_at"] = zero_at[j]
@@ -413,26 +416,42 @@ def evaluate_within(models: list, task, sizes: list[int], n: int, device: str, m
     return results
 
 
-def sizes_within(score, sizes: list[int], task, power: int, max_seconds: float | None, spent: float):
+def sizes_within(score, sizes: list[int], task, power: int, max_seconds: float | None, spent: float,
+                 reasons: dict | None = None):
     """score(size) at each size, smallest first, while the predicted time keeps the total (`spent`
-    so far) within `max_seconds` (see evaluate_within). Returns ({size: score or None}, {size:
-    seconds or None}, the skipped sizes, the total spent)."""
+    so far) within `max_seconds` (see evaluate_within). A size that runs the GPU out of memory (a GPU
+    shared with other runs) ends the pass: it and the larger sizes are skipped, their reason put in
+    `reasons`, and the scores so far are kept. Returns ({size: score or None}, {size: seconds or
+    None}, the skipped sizes, the total spent)."""
     scores: dict[str, float | None] = {}
     seconds: dict[str, float | None] = {}
     skipped: list[int] = []
-    last = None
+    last, out_of_memory = None, None
     for size in sorted(sizes):
-        if max_seconds is not None and last is not None and (skipped or spent + last[1] * (
-                task.max_steps(size) / task.max_steps(last[0])) ** power > max_seconds):
+        if out_of_memory is not None or (max_seconds is not None and last is not None and (skipped or spent + last[1] * (
+                task.max_steps(size) / task.max_steps(last[0])) ** power > max_seconds)):
             skipped.append(size)
             scores[str(size)] = seconds[str(size)] = None
+            if out_of_memory is not None and reasons is not None:
+                reasons[str(size)] = f"out of GPU memory at size {out_of_memory}"
             continue
         t0 = time.perf_counter()
-        scores[str(size)] = score(size)
+        try:
+            scores[str(size)] = score(size)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            out_of_memory = size
+            skipped.append(size)
+            scores[str(size)] = seconds[str(size)] = None
+            if reasons is not None:
+                reasons[str(size)] = f"out of GPU memory at size {size}"
+            tqdm.write(f"out of GPU memory at size {size}: it and the larger sizes are skipped")
+            continue
         last = (size, time.perf_counter() - t0)
         spent += last[1]
         seconds[str(size)] = round(last[1], 1)
     return scores, seconds, skipped, spent
+
 
 def with_pool(job: dict, episodes: int, folder: Path, ready: set, max_seconds: float | None = None) -> dict:
     """The run_one job training from the pool of its task config and training range (`episodes`
