@@ -213,7 +213,8 @@ def test_cli_reproduce_errors_are_one_line(argv, words, capsys):
 def test_the_curves_in_results_merge_and_plot(tmp_path, path):
     """Every curve under results/ is in the current format: runs join it, and it plots."""
     old = json.loads(path.read_text())
-    header = {**{k: old[k] for k in ("task", "scale", "device", "train", "train_sizes", "models", "size_label")},
+    header = {**{k: old[k] for k in ("task", "scale", "device", "train", "train_sizes", "models", "size_label",
+                                     "task_options") if k in old},
               "command": f"ssm-tools reproduce {old['task']} --merge"}
     curve = R.summarize(R.merge_curves(old, header))
     assert curve["test_sizes"] == old["test_sizes"] and curve["n_per_size"] == old["n_per_size"]

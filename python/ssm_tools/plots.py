@@ -84,9 +84,10 @@ def plot_curve(curve: dict, path) -> list[str]:
                     linestyle="--", marker="x", color=line.get_color(), alpha=0.8)
         if curve.get("every_seed") and len(runs) > 1:  # each seed's own line, thin (the paper's Figure 5)
             for r in runs:
-                own = sorted((int(s), a) for s, a in r["accuracy"].items() if a is not None)
-                if own:
-                    ax.plot(*zip(*own), linewidth=0.7, alpha=0.6, color=line.get_color())
+                for key, style in (("accuracy", "-"), ("exact_trajectory", "--")):
+                    own = sorted((int(s), a) for s, a in r.get(key, {}).items() if a is not None)
+                    if own:
+                        ax.plot(*zip(*own), linewidth=0.7, linestyle=style, alpha=0.6, color=line.get_color())
     ax.set_xscale("log")
     ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel(f"problem size ({curve['task']}, {curve['size_label']})")
@@ -97,7 +98,7 @@ def plot_curve(curve: dict, path) -> list[str]:
         ax.plot([], [], marker="o", color="0.4", label="solid: exact answer (decoded with the tools)")
     if stopped:  # one legend entry for the crosses of every line
         ax.plot([], [], linestyle=":", marker="x", color="0.4", label="x: not decoded (0/n at a smaller size)")
-    ax.set_title(f"{curve['task']}: length generalization, {curve['scale']} scale, seeds {curve['seeds']}")
+    ax.set_title(f"{curve['task']}: length generalization, {curve['scale']} scale, seeds {sorted({r['seed'] for r in curve['runs']}) or curve['seeds']}")
     return _save(fig, ax, path)
 
 

@@ -124,7 +124,7 @@ TASKS = {
                            "train": dict(batch_size=16, lr=1e-2, warmup=5)},
                    "paper": {"runs": [("mamba", "interactive")], "seeds": [0, 1, 2]}}},
     "logical_graph": {
-        "size_label": "gates", "sizes": {"cpu": [3, 5, 10, 15, 25], "paper": [10, 20, 50, 100, 200, 500, 1000]},
+        "size_label": "gates", "every_seed": True, "sizes": {"cpu": [3, 5, 10, 15, 25], "paper": [10, 20, 50, 100, 200, 500, 1000]},
         "scales": {
             # cpu: the local trajectory with labels v0..v99 (two digits to copy), trained on 1..3 gates:
             # 1,000 steps took 8-21 minutes of a core; seed 0 then reproduced 100% of 3-gate trajectories
