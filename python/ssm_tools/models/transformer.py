@@ -45,9 +45,13 @@ class Attention(nn.Module):
         B, T, d = x.shape
         pos = torch.arange(T, device=x.device)
         q, k, v = self._qkv(x, pos)
-        lag = pos[:, None] - pos[None, :]  # query i sees key j iff 0 <= i - j < window
-        mask = (lag >= 0) & (lag < (self.window or T))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if self.window is None or self.window >= T:
+            # Plain causal attention: is_causal lets SDPA use its fused kernels, whose memory grows
+            # with T, not T^2 (an explicit T x T mask forces the one that materializes the scores).
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            lag = pos[:, None] - pos[None, :]  # query i sees key j iff 0 <= i - j < window
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=(lag >= 0) & (lag < self.window))
         return self.out(y.transpose(1, 2).reshape(B, T, d))
 
     def step(self, x: torch.Tensor, cache, pos: int):  # x (B, d); cache (k, v) (B, H, capacity, dh)
