@@ -164,7 +164,7 @@ def build(a) -> torch.nn.Module:
 
 def kinds_of(a, task) -> None:
     model = build(a)
-    saved = torch.load(a.kinds_of)  # a model saved here, or a run's checkpoint.pt (its model_state)
+    saved = torch.load(a.kinds_of, map_location="cpu")  # a model saved here, or a run's checkpoint.pt (its model_state)
     model.load_state_dict(saved.get("model_state", saved))
     model.eval()
     rng = np.random.default_rng(99)
