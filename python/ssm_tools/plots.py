@@ -98,7 +98,8 @@ def plot_curve(curve: dict, path) -> list[str]:
         ax.plot([], [], marker="o", color="0.4", label="solid: exact answer (decoded with the tools)")
     if stopped:  # one legend entry for the crosses of every line
         ax.plot([], [], linestyle=":", marker="x", color="0.4", label="x: not decoded (0/n at a smaller size)")
-    ax.set_title(f"{curve['task']}: length generalization, {curve['scale']} scale, seeds {sorted({r['seed'] for r in curve['runs']}) or curve['seeds']}")
+    seeds = sorted({r["seed"] for r in curve["runs"]}) or curve["seeds"]
+    ax.set_title(f"{curve['task']}: length generalization, {curve['scale']} scale, seeds {seeds}")
     return _save(fig, ax, path)
 
 

@@ -124,7 +124,8 @@ TASKS = {
                            "train": dict(batch_size=16, lr=1e-2, warmup=5)},
                    "paper": {"runs": [("mamba", "interactive")], "seeds": [0, 1, 2]}}},
     "logical_graph": {
-        "size_label": "gates", "every_seed": True, "sizes": {"cpu": [3, 5, 10, 15, 25], "paper": [10, 20, 50, 100, 200, 500, 1000]},
+        "size_label": "gates", "every_seed": True,
+        "sizes": {"cpu": [3, 5, 10, 15, 25], "paper": [10, 20, 50, 100, 200, 500, 1000]},
         "scales": {
             # cpu: the local trajectory with labels v0..v99 (two digits to copy), trained on 1..3 gates:
             # 1,000 steps took 8-21 minutes of a core; seed 0 then reproduced 100% of 3-gate trajectories
@@ -179,7 +180,8 @@ TASKS = {
 def scale_spec(task: str, scale: str) -> dict:
     """SCALES[scale] with the task's overrides on top: "runs", "train", "n", "seeds"; "models" (sizes
     per model, replacing the scale's preset); "run_seeds" ({(model, mode): seeds}, the default seeds
-    of those runs); "config" (tables of tasks/<task>.toml overridden key by key, see setting_config). A ValueError names a scale the task does not offer, and why."""
+    of those runs); "config" (tables of tasks/<task>.toml overridden key by key, see setting_config).
+    A ValueError names a scale the task does not offer, and why."""
     _choose("task", task, TASKS)
     _choose("scale", scale, SCALES)
     if scale in TASKS[task].get("unavailable", {}):
@@ -408,8 +410,7 @@ def evaluate_within(models: list, task, sizes: list[int], n: int, device: str, m
                 result["skipped_sizes"].append(size)
                 result["skip_reasons"][str(size)] = (
                     f"0/{n} at size {zero_at[j]}" if j in zero_at and zero_at[j] < size else
-                    reasons[str(size)] if str(size) in reasons else
-                    f"predicted past the evaluation budget of {limit:.0f} s")
+                    reasons.get(str(size)) or f"predicted past the evaluation budget of {limit:.0f} s")
         if j in zero_at:
             result["zero_at"] = zero_at[j]
         results.append(result)
@@ -428,28 +429,24 @@ def sizes_within(score, sizes: list[int], task, power: int, max_seconds: float |
     skipped: list[int] = []
     last, out_of_memory = None, None
     for size in sorted(sizes):
-        if out_of_memory is not None or (max_seconds is not None and last is not None and (skipped or spent + last[1] * (
-                task.max_steps(size) / task.max_steps(last[0])) ** power > max_seconds)):
-            skipped.append(size)
-            scores[str(size)] = seconds[str(size)] = None
-            if out_of_memory is not None and reasons is not None:
-                reasons[str(size)] = f"out of GPU memory at size {out_of_memory}"
-            continue
-        t0 = time.perf_counter()
-        try:
-            scores[str(size)] = score(size)
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            out_of_memory = size
-            skipped.append(size)
-            scores[str(size)] = seconds[str(size)] = None
-            if reasons is not None:
-                reasons[str(size)] = f"out of GPU memory at size {size}"
-            tqdm.write(f"out of GPU memory at size {size}: it and the larger sizes are skipped")
-            continue
-        last = (size, time.perf_counter() - t0)
-        spent += last[1]
-        seconds[str(size)] = round(last[1], 1)
+        over_budget = max_seconds is not None and last is not None and (skipped or spent + last[1] * (
+            task.max_steps(size) / task.max_steps(last[0])) ** power > max_seconds)
+        if out_of_memory is None and not over_budget:
+            t0 = time.perf_counter()
+            try:
+                scores[str(size)] = score(size)
+                last = (size, time.perf_counter() - t0)
+                spent += last[1]
+                seconds[str(size)] = round(last[1], 1)
+                continue
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                out_of_memory = size
+                tqdm.write(f"out of GPU memory at size {size}: it and the larger sizes are skipped")
+        skipped.append(size)
+        scores[str(size)] = seconds[str(size)] = None
+        if out_of_memory is not None and reasons is not None:
+            reasons[str(size)] = f"out of GPU memory at size {out_of_memory}"
     return scores, seconds, skipped, spent
 
 
@@ -590,7 +587,8 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     joint_eval = joint_eval and not distributed.launched()
     recipe = asdict(train_config(config, train))
     curve = {"task": task, "scale": scale, "command": command, "commands": [command], "device": device,
-             "size_label": TASKS[task]["size_label"], "train_sizes": [config["sizes"]["train"][0], recipe["train_max_size"]], "train": recipe,
+             "size_label": TASKS[task]["size_label"],
+             "train_sizes": [config["sizes"]["train"][0], recipe["train_max_size"]], "train": recipe,
              # A sweep's points differ in their options (each run records its "setting").
              **({} if settings[0] else {"task_options": config["task"].get("options", {})}),
              "models": {m: spec["models"][m] for m, _ in runs}, "runs": [], "stop_after_zero": stop_after_zero,
