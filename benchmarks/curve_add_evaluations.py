@@ -1,6 +1,7 @@
 """Put runs whose evaluation failed back on their curve, scored from `ssm-tools evaluate` reports of
 their checkpoints (a run that trained and then lost its evaluation, e.g. to a GPU shared with other
-runs running out of memory, keeps its training record under the curve's "failed"):
+runs running out of memory, keeps its training record under the curve's "failed"), or fill the sizes
+an evaluated run skipped (e.g. decoding cut by the call's evaluation budget):
 
     python benchmarks/curve_add_evaluations.py results/logical_graph/gpu/curve.json \
         --run mamba:interactive:0 --exact s0_exact.json --decoded s0_decoded.json [--run ...]
@@ -8,8 +9,9 @@ runs running out of memory, keeps its training record under the curve's "failed"
 Each --run takes the record of that (model, mode, seed) out of "failed", drops its error, and fills
 "exact_trajectory" from the --exact report and "accuracy" from the --decoded one (sizes a report
 lacks are null, listed as skipped with the reason); the reports' commands go to "evaluated_by".
-The reports must grade the curve's task with the run's trained step and the curve's episodes per
-size. The curve and its PNG are rewritten in place.
+A run already on the curve keeps its scores and takes from the reports only the sizes it skipped
+("-" for no report of a kind). The reports must grade the curve's task with the run's trained step
+and the curve's episodes per size. The curve and its PNG are rewritten in place.
 """
 from __future__ import annotations
 
@@ -21,13 +23,29 @@ from ssm_tools.plots import plot_curve
 
 
 def report(path: str | None, record: dict, n: int, key: str) -> tuple[dict, str | None]:
-    if path is None:
+    if path in (None, "-"):
         return {}, None
     rep = json.loads(Path(path).read_text())
     if rep.get("step") != record["trained_steps"] or rep.get("n") != n or key not in rep:
         raise SystemExit(f"{path}: step {rep.get('step')} / n {rep.get('n')} / {key!r} do not match the run's "
                          f"{record['trained_steps']} steps and the curve's n = {n}")
     return rep[key], rep["command"]
+
+
+def fill_skipped(record: dict, exact_path: str | None, decoded_path: str | None, n: int) -> None:
+    """The sizes `record` skipped, scored from the reports; its other scores stay."""
+    exact, exact_cmd = report(exact_path, record, n, "exact_trajectory")
+    decoded, decoded_cmd = report(decoded_path, record, n, "accuracy")
+    for size in list(record["skipped_sizes"]):
+        if str(size) in decoded:
+            record["accuracy"][str(size)] = decoded[str(size)]
+            record["skipped_sizes"].remove(size)
+            record.get("skip_reasons", {}).pop(str(size), None)
+    for size in list(record.get("exact_trajectory_skipped_sizes", [])):
+        if str(size) in exact:
+            record["exact_trajectory"][str(size)] = exact[str(size)]
+            record["exact_trajectory_skipped_sizes"].remove(size)
+    record["evaluated_by"] = record.get("evaluated_by", []) + [c for c in (exact_cmd, decoded_cmd) if c]
 
 
 def main() -> None:
@@ -43,9 +61,14 @@ def main() -> None:
     sizes, n = curve["test_sizes"], curve["n_per_size"]
     for run, exact_path, decoded_path in zip(args.run, args.exact, args.decoded):
         model, mode, seed = run.split(":")
-        match = [r for r in curve.get("failed", []) if (r["model"], r["mode"], r["seed"]) == (model, mode, int(seed))]
-        if len(match) != 1:
-            raise SystemExit(f"{args.curve}: no failed run {run}")
+        key = (model, mode, int(seed))
+        match = [r for r in curve.get("failed", []) if (r["model"], r["mode"], r["seed"]) == key]
+        done = [r for r in curve["runs"] if (r["model"], r["mode"], r["seed"]) == key]
+        if len(match) + len(done) != 1:
+            raise SystemExit(f"{args.curve}: no failed or evaluated run {run}")
+        if done:
+            fill_skipped(done[0], exact_path, decoded_path, n)
+            continue
         record = {k: v for k, v in match[0].items() if k != "error"}
         exact, exact_cmd = report(exact_path, record, n, "exact_trajectory")
         decoded, decoded_cmd = report(decoded_path, record, n, "accuracy")

@@ -181,11 +181,15 @@ def test_tool_spec_options_are_checked():
 
 
 # ------------------------------------------------------------------------------------- the task
-@pytest.mark.parametrize("n", [2, 5, 12])
-def test_generated_bug_and_fix(n):
-    codebase = generate(fresh_rng(), n)
+@pytest.mark.parametrize("n, name_pool", [(2, 100), (5, 0), (12, 100), (12, 11)])
+def test_generated_bug_and_fix(n, name_pool):
+    codebase = generate(fresh_rng(), n, name_pool)
     names = [fn.name for fn in codebase.functions]
-    assert names == ["main"] + [f"f{i}" for i in range(n - 1)] + ["foo"]
+    assert names[0] == "main" and names[-1] == "foo" and len(set(names)) == n + 1
+    if name_pool:
+        assert all(0 <= int(name[1:]) < name_pool for name in names[1:-1])
+    else:
+        assert names == ["main"] + [f"f{i}" for i in range(n - 1)] + ["foo"]
     files = codebase.files()
     assert f"{BUG_VAR} = " in files["main.py"] and BUG_VAR in files["foo.py"]
     assert all(BUG_VAR not in files[f"{name}.py"] for name in names[1:-1])
@@ -206,6 +210,21 @@ def test_generator_is_seeded_and_checks_n():
         get_task("coding").sample(fresh_rng(), 1)
     with pytest.raises(ValueError, match="mode must be one of"):
         get_task("coding", mode="cot")
+
+
+def test_every_size_draws_its_names_from_one_pool():
+    """A codebase past the training sizes holds names that small ones hold too."""
+    rng = fresh_rng()
+    small = {fn.name for _ in range(200) for fn in generate(rng, 4).functions}
+    large = {fn.name for fn in generate(rng, 30).functions}
+    assert large <= small
+    in_order = {fn.name for _ in range(200) for fn in generate(rng, 4, name_pool=0).functions}
+    assert "f28" in {fn.name for fn in generate(rng, 30, name_pool=0).functions} - in_order
+    for bad in (-1, 2.0, True, "100"):
+        with pytest.raises(ValueError, match="name_pool must be an int >= 0"):
+            get_task("coding", name_pool=bad)
+    with pytest.raises(ValueError, match="name_pool 10 holds too few names for 12 functions"):
+        get_task("coding", name_pool=10).sample(rng, 12)
 
 
 def test_needs_v10_is_the_set_of_paths_to_foo():

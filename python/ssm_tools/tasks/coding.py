@@ -1,8 +1,9 @@
 """Coding (bug fixing): thread a missing variable through a synthetic Python codebase.
 
-A codebase of n functions, one per file (f0.py .. f{n-2}.py and foo.py), called from main.py along a
-random dependency graph (calls only go to higher-numbered functions, foo last: a DAG that main
-reaches entirely). Locals are v0..v9; main.py defines v10, foo.py uses it, nobody passes it, so the
+A codebase of n functions, one per file (n - 1 names drawn from f0 .. f99, and foo.py), called from
+main.py along a random dependency graph (calls only go to functions later in the drawn order, foo
+last: a DAG that main reaches entirely). Names come from one pool at every size, as the logical
+graph's labels do: a codebase larger than any seen in training holds no name the model never wrote. Locals are v0..v9; main.py defines v10, foo.py uses it, nobody passes it, so the
 first run dies with NameError. The fix gives every function on a path from main to foo a last
 parameter v10 and passes v10 to it at every call.
 
@@ -45,6 +46,7 @@ BUG_VAR = "v10"
 MODULUS = 1000  # every function returns (...) % 1000: numbers stay short at any depth
 MAX_EDITS_PER_RUN = 3
 EXTRA_CALL_PROBABILITY = 0.3
+NAME_POOL = 100  # function names f0 .. f99
 _OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 _FRAME = re.compile(r'File "(\w+)\.py", line \d+, in ')
 _MISSING = re.compile(rf"(\w+)\(\) missing 1 required positional argument: '{BUG_VAR}'")
@@ -99,7 +101,7 @@ class Function:
 
 @dataclass(frozen=True)
 class Codebase:
-    functions: tuple[Function, ...]  # main first, then f0 .. foo (callees always come later)
+    functions: tuple[Function, ...]  # main first, then the functions in call order, foo last
 
     def function(self, name: str) -> Function:
         return next(f for f in self.functions if f.name == name)
@@ -169,8 +171,14 @@ def render(fn: Function, state: FixState = FixState()) -> str:
 
 
 # ---------------------------------------------------------------------------------- generation
-def function_names(n: int) -> list[str]:
-    return [f"f{i}" for i in range(n - 1)] + ["foo"]
+def function_names(rng: np.random.Generator, n: int, name_pool: int = NAME_POOL) -> list[str]:
+    """The names of n functions in call order, foo last: n - 1 drawn without replacement from
+    f0 .. f{name_pool-1} in random order; name_pool 0: f0 .. f{n-2} in order (draws nothing)."""
+    if name_pool == 0:
+        return [f"f{i}" for i in range(n - 1)] + ["foo"]
+    if n - 1 > name_pool:
+        raise ValueError(f"name_pool {name_pool} holds too few names for {n} functions")
+    return [f"f{int(i)}" for i in rng.choice(name_pool, n - 1, replace=False)] + ["foo"]
 
 
 def _build_function(rng: np.random.Generator, name: str, params: tuple[str, ...], callees: list[str],
@@ -192,11 +200,11 @@ def _build_function(rng: np.random.Generator, name: str, params: tuple[str, ...]
     return Function(name, params, tuple(body), Expr(names[-1], str(rng.choice(["+", "-"])), names[-2]), constants)
 
 
-def generate(rng: np.random.Generator, n: int) -> Codebase:
-    """A random codebase of n >= 2 functions (f0 .. f{n-2}, foo) plus main.py."""
+def generate(rng: np.random.Generator, n: int, name_pool: int = NAME_POOL) -> Codebase:
+    """A random codebase of n >= 2 functions (function_names) plus main.py."""
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 2:
         raise ValueError(f"n (number of functions) must be an int >= 2, got {n!r}")
-    names = function_names(int(n))
+    names = function_names(rng, int(n), name_pool)
     calls: dict[str, list[str]] = {name: [] for name in ["main"] + names}
     calls["main"].append(names[0])
     for j in range(1, len(names)):  # a random earlier caller: a tree that main reaches entirely
@@ -333,10 +341,15 @@ class Coding(Task):
     oracle_threads = 8  # each oracle waits on its sandbox's runs (tens of ms each)
 
     def __init__(self, mode: str = "interactive", cpu_seconds: int = 2, wall_ms: int = 5000,
-                 memory_bytes: int = 256 << 20, max_response_chars: int = 320, isolation: str = "namespaces"):
+                 memory_bytes: int = 256 << 20, max_response_chars: int = 320, isolation: str = "namespaces",
+                 name_pool: int = NAME_POOL):
         """isolation: "namespaces" (the sandbox's jail) or "none" (no jail: programs run with your
-        rights; only for kernels that refuse user namespaces, see docs/sandbox.md)."""
+        rights; only for kernels that refuse user namespaces, see docs/sandbox.md). name_pool: the
+        function names f0 .. f{name_pool-1} every codebase draws from (0: f0 .. f{n-2} in order)."""
         super().__init__(mode)
+        if not isinstance(name_pool, int) or isinstance(name_pool, bool) or name_pool < 0:
+            raise ValueError(f"name_pool must be an int >= 0, got {name_pool!r}")
+        self.name_pool = name_pool
         # The interpreter running this code, given by path: no PATH lookup (pyenv shims cost 0.2 s a
         # run); its site-packages stay out (-S in the sandbox).
         self.sandbox_options = dict(cpu_seconds=cpu_seconds, wall_ms=wall_ms, memory_bytes=memory_bytes,
@@ -349,7 +362,7 @@ class Coding(Task):
         return CodeSandbox(**self.sandbox_options)
 
     def sample(self, rng: np.random.Generator, size: int) -> Instance:
-        codebase = generate(rng, self.check_size(size))
+        codebase = generate(rng, self.check_size(size), self.name_pool)
         digest = hashlib.sha1(repr(sorted(codebase.files().items())).encode()).hexdigest()[:12]
         return Instance(codebase, f"fix codebase {digest}")
 
