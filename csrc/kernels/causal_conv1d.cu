@@ -2,7 +2,17 @@
 //   out[b, d, t] = act(bias[d] + sum_k weight[d, k] x[b, d, t - width + 1 + k])   (x = 0 before t = 0)
 // forward, backward (dx, dweight, dbias), the one-position decode update against a rolling state,
 // and the tiled transpose that lays channel-first gradients out token-major. All memory-bound: each
-// reads and writes every activation once (neighbouring positions come from L1).
+// reads and writes every activation once.
+//
+// Forward and backward work on chunks of two 16-byte vectors of consecutive positions of a row, one
+// chunk a thread. A block serves one channel d (its weights in registers, its dweight/dbias summed
+// over the block), its threads the (batch, chunk) pairs of that channel with 32-bit index math. The
+// taps before a chunk (and, backward, after it) come from overlapping vector loads of the
+// neighbouring chunks (L1 hits); the backward recomputes the gradient of those few positions instead
+// of exchanging it. Rows that are not 16-byte aligned (odd lengths, offset pointers) and the ends of
+// rows take scalar loads.
+#include <algorithm>
+
 #include "kernels/mamba_block_params.h"
 #include "kernels/scan_common.cuh"
 
@@ -11,126 +21,216 @@ namespace {
 
 constexpr int kConvThreads = 128;
 constexpr int kConvWarps = kConvThreads / 32;
+// The backward's per-block dweight/dbias partials: dweight by tap shift, then dbias.
+constexpr int kConvPartials = kMaxConvWidth + 1;
+// Blocks per channel at most (more (batch, chunk) pairs loop): bounds the partials the second,
+// deterministic pass sums.
+constexpr int kMaxConvBlocksPerDim = 1024;
+
+// A thread's chunk of positions and the halo of taps around it, rounded up to whole vectors.
+template <typename T>
+struct ConvChunk {
+  static constexpr int kVec = 16 / sizeof(T);
+  static constexpr int kItems = 2 * kVec;
+  static constexpr int kPad = (kMaxConvWidth - 1 + kVec - 1) / kVec * kVec;
+  static_assert(kPad >= kMaxConvWidth - 1 && kPad % 4 == 0, "the halo covers the taps in whole int32 vectors");
+};
 
 __device__ __forceinline__ float silu_grad(float v) {
   const float s = sigmoid(v);
   return s * (1.f + v * (1.f - s));
 }
 
-// Packed rows: how many positions before t (at most width - 1) belong to t's sequence, i.e. the
-// taps t - j, j <= back, that the conv reads (q: the row's seq_idx, or null: one sequence).
-__device__ __forceinline__ int seq_back(const int* q, int t, int width) {
-  int j = 0;
-  while (j < width - 1 && j < t && (q == nullptr || q[t - j - 1] == q[t - j])) ++j;
-  return j;
-}
-
-// The same after t: the positions t + j, j <= ahead, whose taps read x[t].
-__device__ __forceinline__ int seq_ahead(const int* q, int t, int width, int seqlen) {
-  int j = 0;
-  while (j < width - 1 && t + j + 1 < seqlen && (q == nullptr || q[t + j + 1] == q[t + j])) ++j;
-  return j;
-}
-
-// The pre-activation at position t of one row, from the taps up to `back` positions before t.
+__device__ __forceinline__ int to_value(int v) { return v; }
 template <typename T>
-__device__ __forceinline__ float conv_at(const T* x, const float (&w)[kMaxConvWidth], int width, float bias, int t,
-                                         int back) {
+__device__ __forceinline__ float to_value(T v) { return to_float(v); }
+
+// v[i] = row[start + i], 0 outside [0, len). start is a multiple of the 16-byte vector width (it may
+// be negative); a vector wholly inside the row is one 16-byte load when the row is 16-byte aligned.
+template <typename T, typename V, int N>
+__device__ __forceinline__ void load_run(const T* row, int start, int len, bool aligned, V (&v)[N]) {
+  constexpr int kVec = 16 / sizeof(T);
+  static_assert(N % kVec == 0, "whole vectors");
+#pragma unroll
+  for (int j = 0; j < N; j += kVec) {
+    const int s = start + j;
+    if (aligned && s >= 0 && s + kVec <= len) {
+      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(row + s));
+      const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) v[j + k] = to_value(e[k]);
+    } else {
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) v[j + k] = s + k >= 0 && s + k < len ? to_value(row[s + k]) : V(0);
+    }
+  }
+}
+
+// row[start + i] = v[i] for start + i < len; start is a multiple of the vector width.
+template <typename T, int N>
+__device__ __forceinline__ void store_run(T* row, int start, int len, bool aligned, const float (&v)[N]) {
+  constexpr int kVec = 16 / sizeof(T);
+  static_assert(N % kVec == 0, "whole vectors");
+#pragma unroll
+  for (int j = 0; j < N; j += kVec) {
+    const int s = start + j;
+    if (aligned && s + kVec <= len) {
+      uint4 raw;
+      T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) e[k] = from_float<T>(v[j + k]);
+      *reinterpret_cast<uint4*>(row + s) = raw;
+    } else {
+#pragma unroll
+      for (int k = 0; k < kVec; ++k)
+        if (s + k < len) row[s + k] = from_float<T>(v[j + k]);
+    }
+  }
+}
+
+// Channel d's weights by tap shift: ws[s] multiplies x[t - s]; 0 past the width.
+__device__ __forceinline__ void load_shift_weights(const CausalConv1dParams& p, int d, float (&ws)[kMaxConvWidth]) {
+  const float* w = p.weight + static_cast<size_t>(d) * p.width;
+#pragma unroll
+  for (int s = 0; s < kMaxConvWidth; ++s) ws[s] = s < p.width ? __ldg(w + p.width - 1 - s) : 0.f;
+}
+
+// Packed rows: back[i] = how many positions right before window position i share its sequence (a
+// run of equal seq_idx), counted from the window's start; the tap pair (t - s, t) is in one sequence
+// iff back[t] >= s. One sequence a row: every pair is (taps before t = 0 read zeros).
+template <bool kPacked, int N>
+__device__ __forceinline__ void sequence_runs(const CausalConv1dParams& p, unsigned b, int start, int (&back)[N]) {
+  if (!kPacked) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) back[i] = kMaxConvWidth;
+    return;
+  }
+  const int* q = p.seq_idx + static_cast<size_t>(b) * p.seqlen;
+  int qv[N];
+  load_run(q, start, p.seqlen, is_aligned16(q), qv);
+  back[0] = 0;
+#pragma unroll
+  for (int i = 1; i < N; ++i) back[i] = qv[i] == qv[i - 1] ? back[i - 1] + 1 : 0;
+}
+
+// The pre-activation at window position i (i >= kMaxConvWidth - 1).
+template <int N>
+__device__ __forceinline__ float conv_pre(const float (&xv)[N], const float (&ws)[kMaxConvWidth], const int (&back)[N],
+                                          float bias, int i) {
   float acc = bias;
 #pragma unroll
-  for (int k = 0; k < kMaxConvWidth; ++k) {
-    const int shift = width - 1 - k;
-    if (k < width && shift <= back) acc = fmaf(w[k], to_float(x[t - shift]), acc);
-  }
+  for (int s = 0; s < kMaxConvWidth; ++s)
+    if (s <= back[i]) acc = fmaf(ws[s], xv[i - s], acc);
   return acc;
 }
 
-__device__ __forceinline__ void load_weights(const float* weight, int width, float (&w)[kMaxConvWidth]) {
-#pragma unroll
-  for (int k = 0; k < kMaxConvWidth; ++k) w[k] = k < width ? __ldg(weight + k) : 0.f;
-}
-
-// The row's seq_idx, or null.
-__device__ __forceinline__ const int* row_seq_idx(const CausalConv1dParams& p, size_t row) {
-  return p.seq_idx ? p.seq_idx + row / p.dim * p.seqlen : nullptr;
-}
-
-// One thread per output element, consecutive threads on consecutive positions of a row.
-template <typename T>
-__global__ __launch_bounds__(kConvThreads) void conv_fwd_kernel(CausalConv1dParams p) {
-  const size_t i = static_cast<size_t>(blockIdx.x) * kConvThreads + threadIdx.x;
-  if (i >= static_cast<size_t>(p.batch) * p.dim * p.seqlen) return;
-  const size_t row = i / p.seqlen;
-  const int t = static_cast<int>(i - row * p.seqlen), d = static_cast<int>(row % p.dim);
-  float w[kMaxConvWidth];
-  load_weights(p.weight + static_cast<size_t>(d) * p.width, p.width, w);
-  const float pre = conv_at(static_cast<const T*>(p.x) + row * p.seqlen, w, p.width, p.bias ? p.bias[d] : 0.f, t,
-                            seq_back(row_seq_idx(p, row), t, p.width));
-  static_cast<T*>(p.out)[i] = from_float<T>(p.silu ? pre * sigmoid(pre) : pre);
-}
-
-// One block per (batch, dim) row, walking it in tiles of kConvThreads positions. Per tile, the
-// gradient of the pre-activation (recomputed from x) is staged in shared memory with a halo of
-// width - 1 positions after the tile, which dx[t] = sum_k weight[k] g[t + width - 1 - k] reads (over
-// the positions of t's sequence: packed rows). Each
-// thread sums its positions' dweight/dbias terms; the block reduces them and adds them atomically.
-template <typename T>
-__global__ __launch_bounds__(kConvThreads) void conv_bwd_kernel(CausalConv1dParams p) {
-  __shared__ float g[kConvThreads + kMaxConvWidth];
-  __shared__ float partial[kConvWarps][kMaxConvWidth + 1];
-  const size_t row = blockIdx.x;
-  const int d = static_cast<int>(row % p.dim), width = p.width;
-  const T* x = static_cast<const T*>(p.x) + row * p.seqlen;
-  const int* q = row_seq_idx(p, row);
-  const T* dout = static_cast<const T*>(p.dout) + row * p.seqlen;
-  T* dx = static_cast<T*>(p.dx) + row * p.seqlen;
-  float w[kMaxConvWidth];
-  load_weights(p.weight + static_cast<size_t>(d) * width, width, w);
-  const float bias = p.bias ? p.bias[d] : 0.f;
-  float dw[kMaxConvWidth + 1] = {};  // dweight[0 .. width), then dbias
-  for (int t0 = 0; t0 < p.seqlen; t0 += kConvThreads) {
-    for (int j = threadIdx.x; j < kConvThreads + width - 1; j += kConvThreads) {
-      const int t = t0 + j;
-      float v = 0.f;
-      if (t < p.seqlen) {
-        v = to_float(dout[t]);
-        if (p.silu) v *= silu_grad(conv_at(x, w, width, bias, t, seq_back(q, t, width)));
-      }
-      g[j] = v;
-    }
-    __syncthreads();
-    const int t = t0 + threadIdx.x;
-    if (t < p.seqlen) {
-      const float gt = g[threadIdx.x];
-      const int back = seq_back(q, t, width), ahead = seq_ahead(q, t, width, p.seqlen);
-      float acc = 0.f;
-#pragma unroll
-      for (int k = 0; k < kMaxConvWidth; ++k) {
-        if (k >= width) break;
-        const int shift = width - 1 - k;
-        if (shift <= back) dw[k] = fmaf(gt, to_float(x[t - shift]), dw[k]);
-        if (shift <= ahead) acc = fmaf(w[k], g[threadIdx.x + shift], acc);
-      }
-      dw[kMaxConvWidth] += gt;
-      dx[t] = from_float<T>(acc);
-    }
-    __syncthreads();
+// Walks the (batch, chunk) pairs of channel blockIdx.x that fall to this thread: f(b, first, row
+// offset) with 32-bit index math (the host checks that batch * seqlen fits).
+template <typename T, typename F>
+__device__ __forceinline__ void for_each_chunk(const CausalConv1dParams& p, F&& f) {
+  constexpr int kItems = ConvChunk<T>::kItems;
+  const unsigned chunks = (static_cast<unsigned>(p.seqlen) + kItems - 1) / kItems;
+  const unsigned n = chunks * static_cast<unsigned>(p.batch);
+  for (unsigned i = blockIdx.y * kConvThreads + threadIdx.x; i < n; i += gridDim.y * kConvThreads) {
+    const unsigned b = i / chunks;
+    const int first = static_cast<int>(i - b * chunks) * kItems;
+    f(b, first, (static_cast<size_t>(b) * p.dim + blockIdx.x) * p.seqlen);
   }
+}
+
+template <typename T, bool kPacked>
+__global__ __launch_bounds__(kConvThreads) void conv_fwd_kernel(CausalConv1dParams p) {
+  using C = ConvChunk<T>;
+  constexpr int kWin = C::kPad + C::kItems;  // positions first - kPad .. first + kItems
+  const int d = blockIdx.x;
+  float ws[kMaxConvWidth];
+  load_shift_weights(p, d, ws);
+  const float bias = p.bias ? p.bias[d] : 0.f;
+  for_each_chunk<T>(p, [&](unsigned b, int first, size_t row) {
+    const T* x = static_cast<const T*>(p.x) + row;
+    T* out = static_cast<T*>(p.out) + row;
+    const bool aligned = is_aligned16(x) && is_aligned16(out);
+    float xv[kWin];
+    load_run(x, first - C::kPad, p.seqlen, aligned, xv);
+    int back[kWin];
+    sequence_runs<kPacked>(p, b, first - C::kPad, back);
+    float o[C::kItems];
+#pragma unroll
+    for (int j = 0; j < C::kItems; ++j) {
+      const float pre = conv_pre(xv, ws, back, bias, C::kPad + j);
+      o[j] = p.silu ? pre * sigmoid(pre) : pre;
+    }
+    store_run(out, first, p.seqlen, aligned, o);
+  });
+}
+
+// g = dout * act'(pre) on the chunk and the kPad positions after it; dx[t] = sum_s ws[s] g[t + s] over
+// t's sequence; the chunk's dweight/dbias terms go to per-thread sums, reduced per block into
+// partials[d][blockIdx.y] (conv_bwd_reduce_kernel adds those up in a fixed order: deterministic).
+template <typename T, bool kPacked>
+__global__ __launch_bounds__(kConvThreads) void conv_bwd_kernel(CausalConv1dParams p) {
+  using C = ConvChunk<T>;
+  constexpr int kWin = C::kPad + C::kItems + C::kPad;  // x, seq_idx: first - kPad .. first + kItems + kPad
+  constexpr int kG = C::kItems + C::kPad;             // g: first .. first + kItems + kPad
+  __shared__ float partial[kConvWarps][kConvPartials];
+  const int d = blockIdx.x;
+  float ws[kMaxConvWidth];
+  load_shift_weights(p, d, ws);
+  const float bias = p.bias ? p.bias[d] : 0.f;
+  float acc[kConvPartials] = {};
+  for_each_chunk<T>(p, [&](unsigned b, int first, size_t row) {
+    const T* x = static_cast<const T*>(p.x) + row;
+    const T* dout = static_cast<const T*>(p.dout) + row;
+    T* dx = static_cast<T*>(p.dx) + row;
+    const bool aligned = is_aligned16(x) && is_aligned16(dout) && is_aligned16(dx);
+    float xv[kWin], g[kG];
+    load_run(x, first - C::kPad, p.seqlen, aligned, xv);
+    load_run(dout, first, p.seqlen, aligned, g);
+    int back[kWin];
+    sequence_runs<kPacked>(p, b, first - C::kPad, back);
+    if (p.silu) {
+#pragma unroll
+      for (int i = 0; i < kG; ++i) g[i] *= silu_grad(conv_pre(xv, ws, back, bias, C::kPad + i));
+    }
+    float dxv[C::kItems];
+#pragma unroll
+    for (int j = 0; j < C::kItems; ++j) {
+      float a = 0.f;
+#pragma unroll
+      for (int s = 0; s < kMaxConvWidth; ++s) {
+        if (s <= back[C::kPad + j + s]) a = fmaf(ws[s], g[j + s], a);
+        if (s <= back[C::kPad + j]) acc[s] = fmaf(g[j], xv[C::kPad + j - s], acc[s]);
+      }
+      dxv[j] = a;
+      acc[kMaxConvWidth] += g[j];
+    }
+    store_run(dx, first, p.seqlen, aligned, dxv);
+  });
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll
-  for (int k = 0; k <= kMaxConvWidth; ++k) {
-    float v = dw[k];
+  for (int k = 0; k < kConvPartials; ++k) {
+    float v = acc[k];
     for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(kFullMask, v, off);
     if (lane == 0) partial[warp][k] = v;
   }
   __syncthreads();
-  if (threadIdx.x <= kMaxConvWidth) {
-    const int k = threadIdx.x;
+  if (threadIdx.x < kConvPartials) {
     float v = 0.f;
-    for (int i = 0; i < kConvWarps; ++i) v += partial[i][k];
-    if (k < width) atomicAdd(p.dweight + static_cast<size_t>(d) * width + k, v);
-    else if (k == kMaxConvWidth && p.dbias) atomicAdd(p.dbias + d, v);
+    for (int i = 0; i < kConvWarps; ++i) v += partial[i][threadIdx.x];
+    p.partials[(static_cast<size_t>(d) * gridDim.y + blockIdx.y) * kConvPartials + threadIdx.x] = v;
   }
+}
+
+// One thread per (channel, partial): the sum over the channel's blocks, in block order.
+__global__ __launch_bounds__(kConvThreads) void conv_bwd_reduce_kernel(CausalConv1dParams p, int blocks_per_dim) {
+  const unsigned i = blockIdx.x * kConvThreads + threadIdx.x;
+  if (i >= static_cast<unsigned>(p.dim) * kConvPartials) return;
+  const int d = static_cast<int>(i / kConvPartials), k = static_cast<int>(i % kConvPartials);
+  const float* src = p.partials + static_cast<size_t>(d) * blocks_per_dim * kConvPartials + k;
+  float v = 0.f;
+  for (int j = 0; j < blocks_per_dim; ++j) v += src[static_cast<size_t>(j) * kConvPartials];
+  if (k < p.width) p.dweight[static_cast<size_t>(d) * p.width + p.width - 1 - k] = v;
+  else if (k == kMaxConvWidth && p.dbias) p.dbias[d] = v;
 }
 
 // One thread per (batch, dim) row of the state.
@@ -178,23 +278,52 @@ __global__ void transpose_kernel(TransposeParams p) {
 
 unsigned blocks(size_t n, int threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
 
+// Blocks per channel for the forward and backward: enough for one chunk a thread, at most
+// kMaxConvBlocksPerDim.
+template <typename T>
+int conv_blocks_per_dim(const CausalConv1dParams& p) {
+  constexpr int kItems = ConvChunk<T>::kItems;
+  const size_t pairs = static_cast<size_t>(p.batch) * ((p.seqlen + kItems - 1) / kItems);
+  return static_cast<int>(std::min<size_t>(std::max<size_t>(blocks(pairs, kConvThreads), 1), kMaxConvBlocksPerDim));
+}
+
+template <typename T>
+dim3 conv_grid(const CausalConv1dParams& p) {
+  return dim3(static_cast<unsigned>(p.dim), static_cast<unsigned>(conv_blocks_per_dim<T>(p)));
+}
+
 }  // namespace
 }  // namespace ssm_tools_cuda
+
+int64_t causal_conv1d_bwd_partials(const CausalConv1dParams& p, ScanInputType type) {
+  using namespace ssm_tools_cuda;
+  return static_cast<int64_t>(p.dim) * kConvPartials * dispatch_input_type(type, [&](auto tag) {
+    return conv_blocks_per_dim<decltype(tag)>(p);
+  });
+}
 
 int causal_conv1d_fwd_launch(const CausalConv1dParams& p, ScanInputType type, void* stream) {
   using namespace ssm_tools_cuda;
   return dispatch_input_type(type, [&](auto tag) {
-    conv_fwd_kernel<decltype(tag)><<<blocks(static_cast<size_t>(p.batch) * p.dim * p.seqlen, kConvThreads),
-                                     kConvThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
+    using T = decltype(tag);
+    const auto kernel = p.seq_idx ? conv_fwd_kernel<T, true> : conv_fwd_kernel<T, false>;
+    kernel<<<conv_grid<T>(p), kConvThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
     return static_cast<int>(cudaGetLastError());
   });
 }
 
 int causal_conv1d_bwd_launch(const CausalConv1dParams& p, ScanInputType type, void* stream) {
   using namespace ssm_tools_cuda;
+  const auto s = static_cast<cudaStream_t>(stream);
   return dispatch_input_type(type, [&](auto tag) {
-    conv_bwd_kernel<decltype(tag)><<<static_cast<unsigned>(static_cast<size_t>(p.batch) * p.dim), kConvThreads, 0,
-                                     static_cast<cudaStream_t>(stream)>>>(p);
+    using T = decltype(tag);
+    const dim3 grid = conv_grid<T>(p);
+    const auto kernel = p.seq_idx ? conv_bwd_kernel<T, true> : conv_bwd_kernel<T, false>;
+    kernel<<<grid, kConvThreads, 0, s>>>(p);
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return static_cast<int>(err);
+    conv_bwd_reduce_kernel<<<blocks(static_cast<size_t>(p.dim) * kConvPartials, kConvThreads), kConvThreads, 0, s>>>(
+        p, static_cast<int>(grid.y));
     return static_cast<int>(cudaGetLastError());
   });
 }

@@ -22,8 +22,9 @@ struct CausalConv1dParams {
   void* out = nullptr;           // forward output
   const void* dout = nullptr;    // backward: gradient of out
   void* dx = nullptr;            // written once
-  float* dweight = nullptr;      // accumulated with atomics: the caller zero-fills them
+  float* dweight = nullptr;      // written once (a deterministic second pass over per-block sums)
   float* dbias = nullptr;        // null without bias
+  float* partials = nullptr;     // backward workspace: causal_conv1d_bwd_partials(p, type) floats
 };
 
 // One decode position: state (batch, dim, width) holds the last `width` inputs; it shifts left by
@@ -69,6 +70,8 @@ struct TransposeParams {
 // Launchers (stream: a cudaStream_t); each returns its launch's cudaError_t as an int.
 int causal_conv1d_fwd_launch(const CausalConv1dParams& p, ScanInputType type, void* stream);
 int causal_conv1d_bwd_launch(const CausalConv1dParams& p, ScanInputType type, void* stream);
+// The backward's workspace size, in floats, for p's shape (batch * seqlen below 2^31).
+int64_t causal_conv1d_bwd_partials(const CausalConv1dParams& p, ScanInputType type);
 int causal_conv1d_update_launch(const CausalConv1dUpdateParams& p, ScanInputType type, void* stream);
 int mamba_state_update_launch(const MambaStateUpdateParams& p, ScanInputType type, void* stream);
 int transpose_launch(const TransposeParams& p, ScanInputType type, void* stream);

@@ -64,6 +64,9 @@ ConvCall conv_call(const Tensor& x, const Tensor& weight, const OptTensor& bias,
   constexpr const char* op = "causal_conv1d";
   TORCH_CHECK(x.is_cuda(), op, ": x must be a CUDA tensor");
   const ConvShape s = check_conv(x, weight, bias, seq_idx, op);
+  // The kernels index the (batch, position) pairs of a channel in 32 bits.
+  TORCH_CHECK(s.batch * s.seqlen < (int64_t{1} << 31), op, ": batch * seqlen must be below 2^31 on CUDA, got ",
+              ssm_tools::text(s.batch * s.seqlen));
   ConvCall c{x.contiguous(), param(weight), opt_param(bias), seq_idx ? seq_idx->contiguous() : Tensor(), {}};
   c.p.batch = static_cast<int>(s.batch);
   c.p.dim = static_cast<int>(s.dim);
@@ -95,13 +98,16 @@ std::tuple<Tensor, Tensor, Tensor> causal_conv1d_bwd_cuda(const Tensor& dout, co
   ssm_tools::check_input("causal_conv1d", "dout", dout, x.sizes(), x);
   const Tensor g = dout.to(x.scalar_type()).contiguous();
   Tensor dx = at::empty(x.sizes(), c.x.options());
-  Tensor dweight = at::zeros({c.p.dim, c.p.width}, c.weight.options());
-  Tensor dbias = bias ? at::zeros({c.p.dim}, c.weight.options()) : at::empty({0}, c.weight.options());
+  Tensor dweight = at::empty({c.p.dim, c.p.width}, c.weight.options());
+  Tensor dbias = at::empty({bias ? c.p.dim : 0}, c.weight.options());
+  const ScanInputType type = input_type(x, "causal_conv1d");
+  const Tensor partials = at::empty({causal_conv1d_bwd_partials(c.p, type)}, c.weight.options());
   c.p.dout = g.data_ptr();
   c.p.dx = dx.data_ptr();
   c.p.dweight = dweight.data_ptr<float>();
   c.p.dbias = bias ? dbias.data_ptr<float>() : nullptr;
-  check_launch(causal_conv1d_bwd_launch(c.p, input_type(x, "causal_conv1d"), stream()), "causal_conv1d");
+  c.p.partials = partials.data_ptr<float>();
+  check_launch(causal_conv1d_bwd_launch(c.p, type, stream()), "causal_conv1d");
   return {dx, dweight, dbias};
 }
 
