@@ -1,8 +1,9 @@
 """One small case of each Mamba-block CUDA kernel other than the scan (causal conv1d forward and
 backward, its decode update, the block's SSM decode step, transpose_cat) and one fused layer's
 forward and backward, for compute-sanitizer's memcheck and racecheck (benchmarks/run_gpu_train_decode.sh).
-A row longer than the conv backward's tile (300 > 128 positions), width 4 and 3, bf16 and float32,
-the conv also on packed rows (seq_idx).
+Rows of several conv chunks (300 positions), widths 4, 3 and 8, bf16, float32 and float16, the conv
+also on packed rows (seq_idx) and on rows that are not 16-byte aligned (37 positions, x one element
+into its storage: the scalar loads).
 Exits non-zero if an output is not finite."""
 import torch
 
@@ -15,10 +16,11 @@ OPS = torch.ops.ssm_tools
 def main():
     dev = "cuda"
     outs = []
-    for dtype, width in ((torch.bfloat16, 4), (torch.float32, 3)):
-        x = torch.randn(2, 12, 300, device=dev).to(dtype)
+    for dtype, width, seqlen, offset in ((torch.bfloat16, 4, 300, 0), (torch.float32, 3, 300, 0),
+                                         (torch.float16, 8, 37, 1)):
+        x = torch.randn(2 * 12 * seqlen + offset, device=dev).to(dtype)[offset:].view(2, 12, seqlen)
         w, b = torch.randn(12, width, device=dev), torch.randn(12, device=dev)
-        seq_idx = (torch.arange(300, device=dev) // 7).to(torch.int32).expand(2, 300).contiguous()
+        seq_idx = (torch.arange(seqlen, device=dev) // 7).to(torch.int32).expand(2, seqlen).contiguous()
         for packed in (None, seq_idx):
             outs.append(OPS.causal_conv1d_fwd(x, w, b, True, packed))
             outs.extend(OPS.causal_conv1d_bwd(torch.randn_like(x), x, w, b, True, packed))
@@ -30,7 +32,7 @@ def main():
         outs.append(ops.mamba_state_update(ssm, xz[:, :12], xdbl, torch.randn(12, 3, device=dev),
                                            torch.randn(12, device=dev), torch.randn(12, 16, device=dev),
                                            torch.randn(12, device=dev), xz[:, 12:]))
-        outs.append(OPS.transpose_cat([x, torch.randn(2, 5, 300, device=dev).to(dtype)]))
+        outs.append(OPS.transpose_cat([x, torch.randn(2, 5, seqlen, device=dev).to(dtype)]))
     mixer = MambaMixer(16).to(dev)
     h = torch.randn(3, 70, 16, device=dev, requires_grad=True)
     with torch.autocast("cuda", dtype=torch.bfloat16):

@@ -17,6 +17,7 @@ OPS = torch.ops.ssm_tools
 CUDA = pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),
                                                                         reason="needs a CUDA GPU")])
 DEVICES = ["cpu", CUDA]
+MAX_CONV_WIDTH = 8  # kMaxConvWidth of csrc/kernels/mamba_block_params.h
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 
 
@@ -113,6 +114,69 @@ def test_conv_packed_rows_equal_separate_rows(gen, device):
     packed = ops.causal_conv1d(torch.cat(parts, dim=-1), w, b, True, seq_idx)
     torch.testing.assert_close(packed, torch.cat([ops.causal_conv1d(p, w, b, True) for p in parts], dim=-1),
                                rtol=1e-6, atol=1e-6)
+
+
+def offset_rnd(gen, shape, dtype, device, offset):
+    """Random (batch, dim, seqlen) values starting `offset` elements into their storage: with offset
+    1 no row is 16-byte aligned (the CUDA kernels' scalar loads)."""
+    n = torch.Size(shape).numel()
+    buf = torch.empty(n + offset, dtype=dtype, device=device)
+    buf[offset:] = rnd(gen, n, dtype=dtype, device=device)
+    return buf[offset:].view(shape)
+
+
+# Lengths below, at and across the CUDA kernels' chunks (two 16-byte vectors: 16 positions in
+# bf16/fp16, 8 in fp32), the paper's 216 and a long 1000; odd channel counts; width 4 and, over the
+# dtypes, every width from 1 to MAX_CONV_WIDTH; packed rows with sequences shorter than the taps.
+CHUNK_SHAPES = [(3, 5, 1), (2, 7, 7), (2, 3, 216), (1, 3, 1000), (4, 9, 33)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", CHUNK_SHAPES, ids=str)
+@pytest.mark.parametrize("packed", [False, True], ids=["one_sequence", "packed"])
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "unaligned"])
+def test_conv_chunks_match_reference(gen, device, shape, packed, offset):
+    """Forward and all three gradients on fresh inputs against the float64 reference, for every
+    dtype and widths (and x, dout that start off a 16-byte boundary)."""
+    batch, dim, seqlen = shape
+    rows = [[1, 2, 3, 17, 18], seqlen // 5, 0, seqlen // 20][:batch]
+    seq_idx = packed_seq_idx(gen, seqlen, [[s for s in r if s < seqlen] if isinstance(r, list) else r
+                                           for r in rows]).to(device) if packed else None
+    for i, dtype in enumerate(dtypes(device)):
+        for width in sorted({4, *range(1 + i, MAX_CONV_WIDTH + 1, len(dtypes(device)))}):
+            silu = bool(width % 2)
+            x = offset_rnd(gen, shape, dtype, device, offset).requires_grad_()
+            w = rnd(gen, dim, width, dtype=x.dtype if dtype == torch.float64 else torch.float32, device=device,
+                    scale=0.5).requires_grad_()
+            b = rnd(gen, dim, dtype=w.dtype, device=device).requires_grad_()
+            g = offset_rnd(gen, shape, dtype, device, offset)
+            out = ops.causal_conv1d(x, w, b, silu, seq_idx=seq_idx)
+            grads = torch.autograd.grad(out, (x, w, b), g)
+            up = [t.detach().double().cpu().requires_grad_() for t in (x, w, b)]
+            ref = causal_conv1d_ref(*up, silu, seq_idx=None if seq_idx is None else seq_idx.cpu())
+            ref_grads = torch.autograd.grad(ref, up, g.double().cpu())
+            assert rel_err(out, ref) < TOL[dtype], (dtype, width)
+            for got, want, name in zip(grads, ref_grads, ("x", "weight", "bias")):
+                assert rel_err(got, want) < TOL[dtype] * 3, (dtype, width, name)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_conv_cuda_long_rows_and_deterministic_weight_grads(gen, dtype):
+    """Rows long enough that every channel's blocks loop over several chunks a thread (more than
+    1024 blocks' worth), against the reference; dweight and dbias (per-block sums added in a fixed
+    order) come out bitwise equal on a second call."""
+    shape = (2, 3, 1_100_000)
+    x, g = rnd(gen, *shape, dtype=dtype, device="cuda"), rnd(gen, *shape, dtype=dtype, device="cuda")
+    w, b = rnd(gen, 3, 4, device="cuda", scale=0.5), rnd(gen, 3, device="cuda")
+    got = OPS.causal_conv1d_bwd(g, x, w, b, True)
+    assert all(torch.equal(a, c) for a, c in zip(got, OPS.causal_conv1d_bwd(g, x, w, b, True)))
+    up = [t.double().cpu().requires_grad_() for t in (x, w, b)]
+    ref = causal_conv1d_ref(*up, True)
+    assert rel_err(OPS.causal_conv1d_fwd(x, w, b, True), ref) < TOL[dtype]
+    for got_t, want in zip(got, torch.autograd.grad(ref, up, g.double().cpu())):
+        assert rel_err(got_t, want) < TOL[dtype] * 3
 
 
 def test_conv_packed_gradcheck(gen):
