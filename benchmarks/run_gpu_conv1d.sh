@@ -11,10 +11,7 @@ source benchmarks/gpu_step.sh
 export MAX_JOBS=$(nproc)
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
-  (t0=$SECONDS; PYTHONPATH=benchmarks nice -n 19 timeout "${MAMBA_BUILD_TIMEOUT:-360}" python3 -c \
-    "import mamba_ssm_baseline as m; print(m.load_causal_conv1d())" > "$OUT/causal_conv1d_build.txt" 2>&1
-   echo "causal_conv1d build rc $? after $((SECONDS - t0)) s" >> "$OUT/causal_conv1d_build.txt") &
-  baseline_build=$!
+  baseline_build causal_conv1d_build.txt 360 "m.load_causal_conv1d()"
   step build 300 python3 -m pip install -q --no-build-isolation --no-deps -e . \
     -C cmake.define.SSM_TOOLS_CUDA=ON -C build-dir=build/gpu
   step tests 180 python3 -m pytest -q -rf -p no:cacheprovider tests/test_mamba_block_ops.py
@@ -23,7 +20,7 @@ export MAX_JOBS=$(nproc)
       --log-file "$OUT/sanitizer_mamba_block_$tool.txt" python3 tests/cuda_sanitize_mamba_block.py
     tail -2 "$OUT/sanitizer_mamba_block_$tool.txt"
   done
-  wait "$baseline_build"; tail -3 "$OUT/causal_conv1d_build.txt"
+  wait "$baseline_pid"; tail -3 "$OUT/causal_conv1d_build.txt"
   # Without a built baseline, time ours alone (the benchmark would otherwise start the build again).
   grep -q "module 'causal_conv1d_cuda'" "$OUT/causal_conv1d_build.txt" || unset CAUSAL_CONV1D_PKG
   step bench 180 python3 benchmarks/bench_conv1d_cuda.py --out "$OUT/bench_conv1d_cuda.json"

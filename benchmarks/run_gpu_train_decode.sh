@@ -15,10 +15,7 @@ export MAX_JOBS=$(nproc)
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
   python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
-  (t0=$SECONDS; PYTHONPATH=benchmarks nice -n 19 timeout "${MAMBA_BUILD_TIMEOUT:-420}" python3 -c \
-    "import mamba_ssm_baseline as m; print(m.lm_head_model())" > "$OUT/mamba_ssm_build.txt" 2>&1
-   echo "mamba_ssm build rc $? after $((SECONDS - t0)) s" >> "$OUT/mamba_ssm_build.txt") &
-  mamba_build=$!
+  baseline_build mamba_ssm_build.txt 420 "m.lm_head_model()"
   step build 300 python3 -m pip install -q --no-build-isolation --no-deps -e . \
     -C cmake.define.SSM_TOOLS_CUDA=ON -C build-dir=build/gpu
   step tests 180 python3 -m pytest -q -rf -p no:cacheprovider tests/test_mamba_block_ops.py \
@@ -30,7 +27,7 @@ export MAX_JOBS=$(nproc)
     tail -2 "$OUT/sanitizer_mamba_block_$tool.txt"
   done
   step decode 150 python3 benchmarks/bench_decode.py --out "$OUT/bench_decode.json"
-  wait "$mamba_build"; tail -3 "$OUT/mamba_ssm_build.txt"
+  wait "$baseline_pid"; tail -3 "$OUT/mamba_ssm_build.txt"
   # Without a built baseline, time ours alone (the benchmark would otherwise start the build again).
   grep -q "MambaLMHeadModel" "$OUT/mamba_ssm_build.txt" || unset MAMBA_SSM_PKG
   step train 300 python3 benchmarks/bench_train_step.py --profile "$OUT/train_step_profile.txt" \
