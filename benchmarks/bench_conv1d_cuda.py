@@ -14,6 +14,8 @@ Shapes: the paper-scale training step's conv (batch 128, dim 1536 = 2 x 768, seq
 and 24 backward calls a step, step_conv_ms), the kernel benchmark's 8 x 2048 x 2048 and 1 x 5120 x
 16384, and the training shape with packed rows (seq_idx: random sequence lengths 1..216 filling each
 row; mamba_ssm's channel-first kernel takes no seq_idx).
+Also transpose_cat of one (batch, dim, seqlen) part at the first shape (what the step's in_proj
+gradient does per part) against its floor and PyTorch's own transpose copy, x.mT.contiguous().
 Writes JSON (with the exact command) to --out. --device cpu is a dry run of the same code on the CPU
 ops with perf_counter timing (use tiny --shapes).
 """
@@ -107,6 +109,19 @@ def bench_case(shape, dtype, packed, args, copy_rate, mamba, gen):
     return row
 
 
+def bench_transpose(shape, dtype, args, gen):
+    x = torch.randn(shape, generator=gen).to(args.device, dtype)
+    assert torch.equal(OPS.transpose_cat([x]), x.mT.contiguous())
+    row = dict(batch=shape[0], dim=shape[1], seqlen=shape[2], dtype=str(dtype).removeprefix("torch."),
+               bytes=2 * x.numel() * x.element_size())
+    row["us"] = time_us(lambda: OPS.transpose_cat([x]), args.device, 3, args.reps)
+    row["torch_us"] = time_us(lambda: x.mT.contiguous(), args.device, 3, args.reps)
+    row["floor_us"] = 1e6 * row["bytes"] / NOMINAL_BYTES_PER_S
+    row["x_floor"] = row["us"] / row["floor_us"]
+    row["speedup_vs_torch"] = row["torch_us"] / row["us"]
+    return row
+
+
 def parse_shape(text):
     try:
         batch, dim, seqlen = (int(v) for v in text.lower().split("x"))
@@ -143,6 +158,8 @@ def main():
     for shape, dtype, packed in cases:
         rows.append(bench_case(shape, dtype, packed, args, copy_rate, mamba, gen))
         print(json.dumps(rows[-1]), flush=True)
+    transpose = bench_transpose(first, dtype0, args, gen)
+    print(json.dumps(transpose), flush=True)
     train = rows[0]
     write_result(args.out, dict(
         device_kind=args.device, seed=args.seed, reps=args.reps,
@@ -153,13 +170,16 @@ def main():
         notes=("step_conv_*: the first shape's 48 forward (24 + 24 recomputed in the backward) and 24 backward "
                "calls of one training step of the 24-layer model. Floors count each activation read or "
                "written once; neighbouring taps come from L1."),
-        cases=rows))
+        cases=rows, transpose=transpose))
     print(f"\n{'shape':>18} {'dtype':9} {'packed':6} {'fwd us':>8} {'x floor':>7} {'bwd us':>8} {'x floor':>7} "
           f"{'x mamba fwd':>11} {'bwd':>6}")
     for r in rows:
         print(f"{r['batch']:>5}x{r['dim']}x{r['seqlen']:<6} {r['dtype']:9} {str(r['packed']):6} {r['fwd_us']:8.1f} "
               f"{r['x_floor_fwd']:7.2f} {r['bwd_us']:8.1f} {r['x_floor_bwd']:7.2f} "
               f"{r.get('speedup_fwd_vs_mamba_ssm', float('nan')):11.2f} {r.get('speedup_bwd_vs_mamba_ssm', float('nan')):6.2f}")
+    t = transpose
+    print(f"transpose_cat one part: {t['us']:.1f} us, {t['x_floor']:.2f}x its floor, {t['speedup_vs_torch']:.2f}x "
+          f"x.mT.contiguous()")
 
 
 if __name__ == "__main__":

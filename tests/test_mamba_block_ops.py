@@ -252,9 +252,12 @@ def test_mamba_state_update_float64_equals_selective_state_update(gen):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_transpose_cat(gen, device):
+@pytest.mark.parametrize("seqlen", [45, 216])
+def test_transpose_cat(gen, device, seqlen):
+    """Parts across the CUDA kernel's 64 x 64 tiles; odd lengths and an odd column offset (the part
+    after 33 rows) take its element-by-element accesses, the others its paired ones."""
     for dtype in dtypes(device):
-        parts = [rnd(gen, 3, d, 45, dtype=dtype, device=device) for d in (33, 7, 64)]
+        parts = [rnd(gen, 3, d, seqlen, dtype=dtype, device=device) for d in (33, 7, 130)]
         got = OPS.transpose_cat(parts)
         assert got.is_contiguous() and torch.equal(got, torch.cat([p.mT for p in parts], dim=-1))
 

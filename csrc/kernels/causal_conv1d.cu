@@ -254,25 +254,60 @@ __global__ __launch_bounds__(kConvThreads) void conv_update_kernel(CausalConv1dU
   static_cast<T*>(p.out)[row] = from_float<T>(p.silu ? acc * sigmoid(acc) : acc);
 }
 
-// 32 x 32 tiles through shared memory, so that both the reads (along t) and the writes (along r)
-// are coalesced.
-constexpr int kTile = 32, kTileRows = 8;
+// 64 x 64 tiles through shared memory, two neighbouring elements a thread and access, so that both
+// the reads (along t) and the writes (along r) are coalesced and each thread keeps 16 elements in
+// flight. A pair is one access where both elements exist and it is aligned (even seqlen; even
+// dst_cols and offset); else two.
+constexpr int kTile = 64, kTileRows = 8;  // block: (kTile / 2, kTileRows) threads
 
 template <typename T>
-__global__ void transpose_kernel(TransposeParams p) {
+struct alignas(2 * sizeof(T)) PairOf {
+  T v[2];
+};
+
+template <typename T>
+__device__ __forceinline__ bool pair_aligned(const T* p) {
+  return reinterpret_cast<uintptr_t>(p) % sizeof(PairOf<T>) == 0;
+}
+
+template <typename T>
+__global__ __launch_bounds__(kTile / 2 * kTileRows) void transpose_kernel(TransposeParams p) {
   __shared__ float tile[kTile][kTile + 1];
-  const int t0 = blockIdx.x * kTile, r0 = blockIdx.y * kTile;
+  const int t0 = blockIdx.x * kTile, r0 = blockIdx.y * kTile, x2 = 2 * threadIdx.x;
   const size_t b = blockIdx.z;
   const T* src = static_cast<const T*>(p.src) + b * p.rows * p.seqlen;
   T* dst = static_cast<T*>(p.dst) + b * p.seqlen * p.dst_cols + p.offset;
+  const bool src_pairs = p.seqlen % 2 == 0 && pair_aligned(src);
+  const bool dst_pairs = p.dst_cols % 2 == 0 && p.offset % 2 == 0 && pair_aligned(dst);
+#pragma unroll
   for (int i = threadIdx.y; i < kTile; i += kTileRows) {
-    const int r = r0 + i, t = t0 + threadIdx.x;
-    if (r < p.rows && t < p.seqlen) tile[i][threadIdx.x] = to_float(src[static_cast<size_t>(r) * p.seqlen + t]);
+    const int r = r0 + i, t = t0 + x2;
+    if (r >= p.rows || t >= p.seqlen) continue;
+    const T* s = src + static_cast<size_t>(r) * p.seqlen + t;
+    if (src_pairs && t + 1 < p.seqlen) {
+      const PairOf<T> v = *reinterpret_cast<const PairOf<T>*>(s);
+      tile[i][x2] = to_float(v.v[0]);
+      tile[i][x2 + 1] = to_float(v.v[1]);
+    } else {
+      tile[i][x2] = to_float(s[0]);
+      if (t + 1 < p.seqlen) tile[i][x2 + 1] = to_float(s[1]);
+    }
   }
   __syncthreads();
+#pragma unroll
   for (int i = threadIdx.y; i < kTile; i += kTileRows) {
-    const int t = t0 + i, r = r0 + threadIdx.x;
-    if (r < p.rows && t < p.seqlen) dst[static_cast<size_t>(t) * p.dst_cols + r] = from_float<T>(tile[threadIdx.x][i]);
+    const int t = t0 + i, r = r0 + x2;
+    if (t >= p.seqlen || r >= p.rows) continue;
+    T* d = dst + static_cast<size_t>(t) * p.dst_cols + r;
+    if (dst_pairs && r + 1 < p.rows) {
+      PairOf<T> v;
+      v.v[0] = from_float<T>(tile[x2][i]);
+      v.v[1] = from_float<T>(tile[x2 + 1][i]);
+      *reinterpret_cast<PairOf<T>*>(d) = v;
+    } else {
+      d[0] = from_float<T>(tile[x2][i]);
+      if (r + 1 < p.rows) d[1] = from_float<T>(tile[x2 + 1][i]);
+    }
   }
 }
 
@@ -341,7 +376,7 @@ int transpose_launch(const TransposeParams& p, ScanInputType type, void* stream)
   using namespace ssm_tools_cuda;
   const dim3 grid((p.seqlen + kTile - 1) / kTile, (p.rows + kTile - 1) / kTile, p.batch);
   return dispatch_input_type(type, [&](auto tag) {
-    transpose_kernel<decltype(tag)><<<grid, dim3(kTile, kTileRows), 0, static_cast<cudaStream_t>(stream)>>>(p);
+    transpose_kernel<decltype(tag)><<<grid, dim3(kTile / 2, kTileRows), 0, static_cast<cudaStream_t>(stream)>>>(p);
     return static_cast<int>(cudaGetLastError());
   });
 }
