@@ -48,7 +48,7 @@ def dtypes(device):
 @pytest.mark.parametrize("shape", [(2, 3, 1, 4), (3, 5, 17, 4), (1, 130, 300, 4), (2, 7, 40, 2), (2, 4, 9, 8)], ids=str)
 @pytest.mark.parametrize("silu, bias", [(True, True), (False, False)])
 def test_conv_matches_reference(gen, device, shape, silu, bias):
-    """Forward and all three gradients; 300 positions cross the CUDA backward's 128-position tiles."""
+    """Forward and all three gradients; 300 positions span many of the CUDA kernels' chunks."""
     batch, dim, seqlen, width = shape
     for dtype in dtypes(device):
         wdtype = torch.float64 if dtype == torch.float64 else torch.float32
@@ -79,7 +79,8 @@ def conv_case(gen, shape, dtype, device, bias):
 
 
 # Packed rows of 300 positions: sequences of 1, 2, 3 positions (shorter than the taps), starts at and
-# around the CUDA backward's 128-position tiles, random starts, and a row of one sequence.
+# around the CUDA kernels' chunk boundaries (multiples of 8 and 16), random starts, and a row of one
+# sequence.
 PACKED_CONV_ROWS = [[1, 2, 4, 7, 127, 128, 130, 256, 299], 40, []]
 
 
