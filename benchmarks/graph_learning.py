@@ -223,6 +223,8 @@ def train(a, task, kinds_fn, coarse_fn=coarse) -> None:
                 row["exact"] = {size: exact_trajectory_size(model, task, size, a.exact_n)["exact_trajectory"]
                                 for size in a.exact_sizes}
                 t0 += time.time() - t1  # "s" counts training time only
+                if a.out:  # the model as checked, for --kinds-of while the run goes on
+                    torch.save(model.state_dict(), a.out + ".pt")
             log(row)
             stats = {}
     if a.out:

@@ -26,16 +26,18 @@ from ssm_tools.tasks.hanoi import Hanoi
 CMDS = {CMD[1, op] for op in ("read", "left", "right")}
 READ = CMD[1, "read"]
 FLAGS = {CHAR[c] for c in "oOeE"}
+DIRECTIONS = {CHAR["+"], CHAR["-"]}
 DOLLAR, CLOSE, EQ = CHAR["$"], CHAR[")"], CHAR["="]
 LETTERS = {CHAR[c] for c in "ABCabc"}
 KINDS = {
     # both formats
     "walk": "a pointer command while walking over the prompt or back to the state to copy",
-    "parity": "carried: the initial flag o/e after the walks over the prompt; local: a running parity letter",
+    "parity": "carried: the initial flag o/e after the walks over the prompt; local: a disk's direction +/- "
+              "(the pass over the prompt and the initial state)",
     "init": "the initial state's other tokens (disks copied from the prompt, rods, '$', [ANS])",
     "cmd": "a pointer command while copying a state (read / right)",
-    "flag": "the new state's flag, from the old one's",
-    "label": "a disk label copied from the cell just read",
+    "flag": "carried: the new state's flag, from the old one's",
+    "label": "a disk label copied from the cell just read (local: its direction and the '$' too)",
     "rod": "a rod letter that does not change",
     "end": "after a state's '$': the next move's first command or [EOS]",
     # carried
@@ -44,8 +46,8 @@ KINDS = {
     "drop": "carried: the command instead of the moving disk's copy (its ')' just read)",
     "insert": "carried: the moving disk written on top of rod Y (its label from the move, far back)",
     # local
-    "small": "local: the smallest disk's new rod in a lower step (by the flag's parity)",
-    "moved": "local: an upper step's moving disk's new rod (the first rod unlike the last written one)",
+    "small": "local: the smallest disk's new rod when it moves (the next of its direction)",
+    "moved": "local: the other move's disk's new rod (the first rod unlike the last written one; its next)",
     "after": "local: a rod after the move (lower case)",
 }
 
@@ -95,17 +97,17 @@ def local_kinds(tokens: list[int], mask: list[bool]) -> list[str | None]:
             phase = "copy" if phase == "seek" and obs == V.ANS else phase
         elif phase == "parity":
             kind = "init" if t == V.ANS else "parity"
-            phase = "init" if t in FLAGS and prev == V.ANS else "parity"
+            phase = "init" if t == V.ANS else "parity"
         elif phase == "init":
-            kind = "init"
+            kind = "parity" if t in DIRECTIONS else "init"
             phase = "seek" if t == DOLLAR else "init"
         elif t in LETTERS:
             changed = CHAR_OF[t].upper() != CHAR_OF[obs].upper()
             kind = ("small" if letters == 0 else "moved") if changed else "after" if CHAR_OF[t].islower() else "rod"
             letters += 1
         else:
-            kind = "flag" if obs in FLAGS else "label"
-            letters = 0 if obs in FLAGS else letters
+            kind = "label"
+            letters = 0 if t == DOLLAR else letters
         out[j], prev = kind, t
     return out
 

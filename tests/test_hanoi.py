@@ -13,7 +13,7 @@ from ssm_tools.tasks.hanoi import Disks
 
 WINDOW = 48  # tokens: 16 pointer steps, a little over two disk entries (labels up to "(100)")
 RT, LT, RD = CMD[1, "right"], CMD[1, "left"], CMD[1, "read"]
-CYCLE = {"o": "ACB", "e": "ABC"}  # the smallest disk's rods, by the parity of n
+CYCLE = {"-": "ACB", "+": "ABC"}  # the way a disk moves round
 
 
 def events(window):
@@ -32,8 +32,8 @@ def events(window):
 
 
 def phase(reads) -> str:
-    """Which pass a read walking right belongs to: "parity" (over the prompt, writing the running
-    parity), "seek" (back to the first state, writing nothing) or "copy"."""
+    """Which pass a read walking right belongs to: "parity" (over the prompt, writing each disk's
+    direction), "seek" (back to the first state, writing nothing) or "copy"."""
     before = reads[:-1]
     if not before:
         return "parity"
@@ -43,11 +43,11 @@ def phase(reads) -> str:
     if obs == V.BOS:
         return "seek"
     if written:
-        return "parity" if CHAR_OF[written[0]] in "oe" and obs == CHAR[")"] else "copy"
+        return "parity" if CHAR_OF[written[0]] in "+-" and obs == CHAR[")"] else "copy"
     closes = [w for o, _, w in before if o == CHAR[")"]]
     if closes:
         return "parity" if closes[-1] else "seek"
-    return "seek" if any(o in (CHAR["o"], CHAR["e"]) for o, _, _ in before) else "parity"
+    return "seek" if any(o in (CHAR["+"], CHAR["-"]) for o, _, _ in before) else "parity"
 
 
 def next_tokens(window) -> list[int]:
@@ -57,38 +57,40 @@ def next_tokens(window) -> list[int]:
     obs, command, _ = reads[-1]
     c = CHAR_OF.get(obs)
     step = [RT, RD]
+    written = [CHAR_OF[t] for _, _, w in reads[:-1] for t in w if t in CHAR_OF]
     if command == LT:  # walking back to [BOS], writing the disks smallest first
         if obs == V.BOS:
             return [CHAR["$"], *step]
         if c == "(":
             latest_first = [CHAR_OF[o] for o, _, _ in reads[:-1]][::-1]  # the digits, then the ')'
             label = "".join(latest_first[:latest_first.index(")")])
-            return [CHAR[ch] for ch in f"({label})A"] + [LT, RD]
+            last = [ch for ch in written if ch in "+-"][-1]  # the smallest disk's, or the entry before's
+            direction = last if "A" not in written else "+-"[last == "+"]
+            return [CHAR[ch] for ch in f"({label}){direction}A"] + [LT, RD]
         return [LT, RD]
-    written = [CHAR_OF[t] for _, _, w in reads[:-1] for t in w if t in CHAR_OF]
     where = phase(reads)
     if where == "seek":
         return step
     if where == "parity":
         parities = [ch for o, _, w in reads[:-1] for ch in map(CHAR_OF.get, w) if o == CHAR[")"]]
         if c == ")":
-            return [CHAR["e" if parities and parities[-1] == "o" else "o"], *step]
+            return [CHAR["+" if parities and parities[-1] == "-" else "-"], *step]
         if c == "=":
-            return [V.ANS, CHAR[parities[-1]], LT, RD]
+            return [V.ANS, LT, RD]
         return step
     rods = [ch for ch in written if ch in "ABCabc"]
-    flags = [i for i, ch in enumerate(written) if ch in "oe"]
-    since_flag = [ch for ch in written[flags[-1]:] if ch in "ABCabc"] if flags else rods
+    since_state = written[len(written) - written[::-1].index("$"):] if "$" in written else written
     if c in "ABCabc":
-        if not since_flag:  # the first entry: the smallest disk
-            cycle = CYCLE[written[flags[-1]]]
-            new = cycle[(cycle.index(c) + 1) % 3].lower() if c.isupper() else c.upper()
+        cycle = CYCLE[CHAR_OF[reads[-2][0]]]  # the direction, read just before
+        next_rod = cycle[(cycle.index(c.upper()) + 1) % 3].lower()
+        if not any(ch in "ABCabc" for ch in since_state):  # the first entry: the smallest disk
+            new = next_rod if c.isupper() else c.upper()
         elif rods[-1].islower():
             new = c.lower()
         elif c.upper() == rods[-1]:
             new = rods[-1]
         else:
-            new = next(r for r in "ABC" if r not in (c.upper(), rods[-1])).lower()
+            new = next_rod
         return [CHAR[new], *step]
     if c == "$":
         return [CHAR["$"], *(step if rods[-1].islower() else [V.EOS])]
@@ -142,7 +144,7 @@ def test_local_states_are_legal_moves_of_the_smallest_disk_and_the_other_one():
     text = V.decode(task.answer(x), readable=False)
     states = [s for s in text.split("$") if s]
     assert len(states) == (1 << n) + 1 and text.endswith("$")
-    parse = lambda s: [e.split(")") for e in s[2:].split("(")]  # noqa: E731
+    parse = lambda s: [(e.split(")")[0], e[-1]) for e in s[1:].split("(")]  # noqa: E731
     for k, (old, new) in enumerate(zip(states, states[1:-1])):
         a, b = parse(old), parse(new)
         changed = [i for i, ((_, r), (_, q)) in enumerate(zip(a, b)) if r.upper() != q.upper()]
@@ -152,7 +154,7 @@ def test_local_states_are_legal_moves_of_the_smallest_disk_and_the_other_one():
         assert all(q.isupper() for _, q in b[:i]) and all(q.islower() for _, q in b[i:])
         assert all(q.upper() != b[i][1].upper() for _, q in b[:i])  # a smaller disk is not on the target
         assert all(r.upper() != a[i][1].upper() for _, r in a[:i])  # nor on top of the moved one
-    assert states[-1] == "e" + "".join(f"({d})C" for d in reversed(x.sizes))  # n = 6: even
+    assert states[-1] == "".join(f"({d}){'+-'[i % 2]}C" for i, d in enumerate(reversed(x.sizes)))  # n = 6
 
 
 def test_trajectory_option():
@@ -164,4 +166,4 @@ def test_trajectory_option():
     x = Disks((7, 5, 2))
     carried = V.decode(get_task("hanoi", trajectory="carried").answer(x), readable=False)
     assert carried.startswith("(2)ACO") and "(2)c" not in carried
-    assert V.decode(get_task("hanoi").answer(x), readable=False).startswith("o(2)A(5)A(7)A$o(2)c(5)a(7)a$")
+    assert V.decode(get_task("hanoi").answer(x), readable=False).startswith("(2)-A(5)+A(7)-A$(2)-c(5)+a(7)-a$")

@@ -87,12 +87,12 @@ def hanoi_reference(task, sizes) -> str:
 
 def hanoi_local_reference(sizes) -> str:
     """The local format's states (ssm_tools/tasks/hanoi.py) from the recursive solver's moves: every
-    disk's rod, smallest disk first; the moved disk and every larger one lower case; then the last
-    state again, upper case."""
+    disk's direction ('-' for the largest, alternating) and rod, smallest disk first; the moved disk
+    and every larger one lower case; then the last state again, upper case."""
     rod_of = {d: "A" for d in sizes}
-    parity = "o" if len(sizes) % 2 else "e"
-    state = lambda lower_from: parity + "".join(  # noqa: E731
-        f"({d}){rod_of[d].lower() if d >= lower_from else rod_of[d]}" for d in reversed(sizes)) + "$"
+    direction = {d: "-+"[i % 2] for i, d in enumerate(sizes)}
+    state = lambda lower_from: "".join(  # noqa: E731
+        f"({d}){direction[d]}{rod_of[d].lower() if d >= lower_from else rod_of[d]}" for d in reversed(sizes)) + "$"
     out = [state(max(sizes) + 1)]
     for d, s, t in hanoi_moves(len(sizes), sizes):
         assert rod_of[d] == s and all(rod_of[e] not in (s, t) for e in sizes if e < d)  # a legal move
@@ -186,8 +186,8 @@ DIGESTS = {
     "logical_graph-interactive-local": "fd895a704e22e458", "logical_graph-cot-local": "e7c299654b93f457",
     "logical_graph-single_turn-local": "ddc15704a56cdd93", "logical_graph-interactive-100-local": "d8c20c7480f714f2",
     # Recorded when Hanoi's local iterative trajectory was added.
-    "hanoi-interactive-iterative-local": "cd83cb823ce1ada5", "hanoi-cot-iterative-local": "fcd62e26a4cfd667",
-    "hanoi-single_turn-iterative-local": "406341471accb171",
+    "hanoi-interactive-iterative-local": "d2062159c43fa195", "hanoi-cot-iterative-local": "3874ffd064ce8891",
+    "hanoi-single_turn-iterative-local": "d2a688d0d1b8c4ae",
 }
 
 

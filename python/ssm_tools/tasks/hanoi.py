@@ -5,23 +5,27 @@ to Y). Prompt: [BOS](7)(5)(2)= (bottom to top).
 variant="iterative" (1 pointer; the paper trains to 8 disks), in two trajectory formats (option
 `trajectory`):
 * "local" (the default): every token the policy writes depends on the cell the pointer just read
-  and on the last few tokens it wrote. A state is "<parity>(d)R(d)R...$", one entry per disk,
-  smallest first, R its rod; parity 'o' / 'e' (n odd / even) sets the smallest disk's cycle (A->C->B
-  for odd n, A->B->C for even). Each state is copied from the one before, cell by cell ([p1.right]
-  [p1.read] <cell> <the new cell>), with one rod changed; case marks what was decided:
+  and on the last few tokens it wrote (tests/test_hanoi.py plays it from a 48-token window). A
+  state is "(d)<dir><rod>(d)<dir><rod>...$", one entry per disk, smallest first: its label, the way
+  it always moves round ('-': A->C->B->A, '+': A->B->C->A; the largest disk is '-', and the
+  directions alternate from disk to disk) and its rod. Each state is copied from the one before,
+  cell by cell ([p1.right] [p1.read] <cell> <the new cell>), with one rod changed; case marks what
+  was decided:
   - an upper-case first rod in the old state means the last move was not the smallest disk's, so
-    this one is: the first entry takes the next rod of the cycle, written lower case;
+    this one is: the first entry takes its next rod, written lower case;
   - a lower-case first rod: the first entry is copied upper case, and so is every entry on the
     same rod (the rod just written); the first entry on another rod is the other legal move's disk
-    (the smallest disk off the smallest disk's rod) and goes to the third rod, written lower case;
+    (the smallest disk off the smallest disk's rod) and takes its next rod, written lower case;
   - after the moved entry every rod is copied lower case (the case of the last rod written tells
     whether this state's move is done);
   - a state copied with nothing moved (only possible with every disk on C) is the last: [EOS].
-  The answer is the initial state, one state per move, then that last copy (every disk on C, upper
-  case). Before it: a parity pass (the pointer walks right to '=', writing the running parity 'o' /
-  'e' after each disk), [ANS] and the flag, then the pointer walks back left to [BOS] writing the
-  disks smallest first on rod A (a label is written when its '(' is read), '$', and walks right to
-  [ANS], next to the first state.
+  So the rod a disk moves to is always a function of the two cells just read (its direction and
+  rod), the same at every place in the state. The answer is the initial state, one state per move,
+  then that last copy (every disk on C, upper case). Before it: a direction pass (the pointer walks
+  right to '=', writing each disk's direction after its ')': '-', '+', '-', ...), [ANS], then the
+  pointer walks back left to [BOS] writing the disks smallest first on rod A (a label is written when
+  its '(' is read; the smallest disk's direction is the last one of the pass, and they alternate),
+  '$', and walks right to [ANS], next to the first state.
 * "carried" (the first format, as the paper describes it). The output is the initial state, then
   each move followed by the full new state. A state is "<flag>A<disks>B<disks>C<disks>$" (each rod's
   disks bottom to top); the flag carries the two bits the iterative rule needs, so the policy reads
@@ -48,7 +52,7 @@ move with rods swapped, then back to its start, then forward again).
      with A<->B; then [p1.left] [p1.read]: ')' -> '#' and p2 steps onto S_k; [BOS] -> [EOS].
 Modes: interactive; cot (the same with every observation predicted as a thought, no tool);
 single_turn (one turn of tool use, then none: the pointer reads the prompt as in interactive up to
-the first thought -- iterative local: the first disk; carried: right to '=' and back to [BOS];
+the first thought -- iterative local: the largest disk; carried: right to '=' and back to [BOS];
 recursive: right to '=' -- and from the first thought on, the trajectory is the cot one: the
 copies come from the model's own state). Paper, Theorem 1:
 with cot or a single turn, a fixed-size state fails once the move lists outgrow it.
@@ -165,53 +169,53 @@ def _copied(cells: list[int], disk: str | None, dst: str | None) -> list[list[in
     return out
 
 
-CYCLE = {"o": {"A": "C", "C": "B", "B": "A"}, "e": {"A": "B", "B": "C", "C": "A"}}
+# Each disk always moves the same way round: '-' A->C->B->A, '+' A->B->C->A. The largest disk is a
+# '-' one (it moves once, A->C) and the directions alternate from one disk to the next smaller.
+NEXT_ROD = {"-": {"A": "C", "C": "B", "B": "A"}, "+": {"A": "B", "B": "C", "C": "A"}}
 
 
 def local_states(x: Disks) -> list[str]:
     """The local format's states (module docstring), each copied from the one before by the rule."""
-    parity = "o" if len(x.sizes) % 2 else "e"
-    labels = [f"({d})" for d in reversed(x.sizes)]
-    rods = ["A"] * len(labels)
-    states = []
+    n = len(x.sizes)
+    entries = [f"({d})" + "-+"[(n - 1 - i) % 2] for i, d in enumerate(reversed(x.sizes))]
+    rods, states = ["A"] * n, []
     while True:
-        states.append(parity + "".join(map(str.__add__, labels, rods)) + "$")
-        rods, moved = _local_step(parity, rods)
+        states.append("".join(map(str.__add__, entries, rods)) + "$")
+        rods, moved = _local_step([e[-1] for e in entries], rods)
         if not moved:
-            return states + [parity + "".join(map(str.__add__, labels, rods)) + "$"]
+            return states + ["".join(map(str.__add__, entries, rods)) + "$"]
 
 
-def _local_step(parity: str, rods: list[str]) -> tuple[list[str], bool]:
+def _local_step(directions: list[str], rods: list[str]) -> tuple[list[str], bool]:
     """The rods of the next state, written as the copy writes them, and whether a disk moved."""
-    first = rods[0].upper()
-    out = [CYCLE[parity][first].lower() if rods[0].isupper() else first]
-    for rod in rods[1:]:
+    out = [NEXT_ROD[directions[0]][rods[0]].lower() if rods[0].isupper() else rods[0].upper()]
+    for direction, rod in zip(directions[1:], rods[1:]):
         rod, last = rod.upper(), out[-1]
-        out.append(rod.lower() if last.islower() else rod if rod == last
-                   else next(r for r in RODS if r not in (rod, last)).lower())
+        out.append(rod.lower() if last.islower() else rod if rod == last else NEXT_ROD[direction][rod].lower())
     return out, out[-1].islower()
 
 
 def local_iterative_script(x: Disks) -> bytes:
     prompt = hanoi_prompt(x)
     states = local_states(x)
-    parities, script = bytearray(), bytearray()
-    for c in prompt[1:]:  # parity pass
+    directions, script = bytearray(), bytearray()
+    for c in prompt[1:]:  # the direction pass
         script += bytes((RT1, RD1, c + FORCED))
         if c == CHAR[")"]:
-            parities.append(CHAR["e" if parities and parities[-1] == CHAR["o"] else "o"])
-            script.append(parities[-1])
-    script += bytes((V.ANS, parities[-1]))
-    label = []
+            directions.append(CHAR["+" if directions and directions[-1] == CHAR["-"] else "-"])
+            script.append(directions[-1])
+    script.append(V.ANS)
+    label, direction = [], directions[-1]
     for c in reversed(prompt[:-1]):  # back to [BOS], writing the disks smallest first
         script += bytes((LT1, RD1, c + FORCED))
         if c == CHAR["("]:
-            script += bytes(text("(" + "".join(CHAR_OF[d] for d in reversed(label)) + ")A"))
-            label = []
+            script += bytes(text("(" + "".join(CHAR_OF[d] for d in reversed(label)) + ")"))
+            script += bytes((direction, CHAR["A"]))
+            label, direction = [], CHAR["+"] + CHAR["-"] - direction
         elif c in DIGITS:
             label.append(c)
     script.append(DOLLAR)
-    script += packed_walk(1, "right", [*prompt[1:], *parities, V.ANS])
+    script += packed_walk(1, "right", [*prompt[1:], *directions, V.ANS])
     for old, new in zip(states, states[1:]):
         script += _copy_cells(chars(old), chars(new))
     return bytes(script + bytes((V.EOS,)))
