@@ -163,16 +163,25 @@ def build(a) -> torch.nn.Module:
     return build_model(a.model, **cfg)
 
 
-def kinds_of(a, task, kinds_fn) -> None:
+def saved_model(a) -> torch.nn.Module:
+    """The model of --kinds-of: one saved here, or a run's checkpoint.pt (its model_state)."""
     model = build(a)
-    saved = torch.load(a.kinds_of, map_location="cpu")  # a model saved here, or a run's checkpoint.pt (its model_state)
+    saved = torch.load(a.kinds_of, map_location="cpu")
     model.load_state_dict(saved.get("model_state", saved))
-    model.eval()
-    rng = np.random.default_rng(99)
+    return model.eval()
+
+
+def predictions(model, task, rng, size: int):
+    """16 oracle episodes of one size and the model's teacher-forced argmax after each position."""
+    tr, _ = task.trajectories(rng, [size] * 16)
+    with torch.no_grad():
+        return tr, model(tr.tokens[:, :-1]).argmax(-1)
+
+
+def kinds_of(a, task, kinds_fn) -> None:
+    model, rng = saved_model(a), np.random.default_rng(99)
     for size in a.sizes:
-        tr, _ = task.trajectories(rng, [size] * 16)
-        with torch.no_grad():
-            pred = model(tr.tokens[:, :-1]).argmax(-1)
+        tr, pred = predictions(model, task, rng, size)
         stats = accuracy_by(lambda k: k or "other", tr.tokens, tr.loss_mask, pred, {}, kinds_fn)
         print(json.dumps({"size": size, **{k: [round(r / t, 3), t] for k, (r, t) in sorted(stats.items())}}))
 

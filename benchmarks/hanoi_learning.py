@@ -16,9 +16,8 @@ import json
 from collections import Counter
 
 import numpy as np
-import torch
 
-from graph_learning import build, kinds_of, parse, parser, train
+from graph_learning import kinds_of, parse, parser, predictions, saved_model, train
 from ssm_tools import vocab as V
 from ssm_tools.tasks.base import CHAR, CHAR_OF, CMD
 from ssm_tools.tasks.hanoi import Hanoi
@@ -130,15 +129,9 @@ TRAJECTORY_KINDS = {"carried": carried_kinds, "local": local_kinds}
 
 def first_errors_of(a, task, kinds_fn) -> None:
     """For each size: the kinds of the episodes' first wrong tokens and where they fall."""
-    model = build(a)
-    saved = torch.load(a.kinds_of, map_location="cpu")
-    model.load_state_dict(saved.get("model_state", saved))
-    model.eval()
-    rng = np.random.default_rng(98)
+    model, rng = saved_model(a), np.random.default_rng(98)
     for size in a.sizes:
-        tr, _ = task.trajectories(rng, [size] * 16)
-        with torch.no_grad():
-            pred = model(tr.tokens[:, :-1]).argmax(-1)
+        tr, pred = predictions(model, task, rng, size)
         errors = first_errors(tr.tokens, tr.loss_mask, pred, kinds_fn)
         print(json.dumps({"size": size, "first_errors": dict(Counter(e[0] if e else "exact" for e in errors)),
                           "where": sorted(e[1] for e in errors if e)}))
