@@ -1,6 +1,7 @@
 """Tower of Hanoi: n disks with sizes drawn without replacement from 1..100, stacked largest first
-on rod A; output the moves that bring the pile to rod C. A move is written "(d)XY" (disk d from X
-to Y). Prompt: [BOS](7)(5)(2)= (bottom to top).
+on rod A; output the moves that bring the pile to rod C (the recursive variant and the carried
+iterative format write a move as "(d)XY", disk d from X to Y; the local one writes the state after
+each move). Prompt: [BOS](7)(5)(2)= (bottom to top).
 
 variant="iterative" (1 pointer; the paper trains to 8 disks), in two trajectory formats (option
 `trajectory`):
