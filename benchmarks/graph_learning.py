@@ -143,11 +143,12 @@ def coarse(kind: str | None) -> str:
     return "other" if kind is None else "call_dig" if kind[0] == "c" else "value" if kind[0] == "v" else "thought_dig"
 
 
-def accuracy_by(name_of, tokens, mask, pred, stats: dict, trajectory: str = "local") -> dict:
-    """Adds (right, total) per name_of(kind) over the model tokens of a batch to `stats`."""
+def accuracy_by(name_of, tokens, mask, pred, stats: dict, kinds_fn) -> dict:
+    """Adds (right, total) per name_of(kind) over the model tokens of a batch to `stats`;
+    kinds_fn(tokens, mask) names the kind of each position of one episode."""
     for b in range(tokens.shape[0]):
         toks, m = tokens[b].tolist(), mask[b].tolist()
-        for j, kind in enumerate(token_kinds(toks, m, trajectory)):
+        for j, kind in enumerate(kinds_fn(toks, m)):
             if j and m[j]:
                 s = stats.setdefault(name_of(kind), [0, 0])
                 s[0] += int(pred[b, j - 1] == toks[j])
@@ -162,21 +163,30 @@ def build(a) -> torch.nn.Module:
     return build_model(a.model, **cfg)
 
 
-def kinds_of(a, task) -> None:
+def saved_model(a) -> torch.nn.Module:
+    """The model of --kinds-of: one saved here, or a run's checkpoint.pt (its model_state)."""
     model = build(a)
-    saved = torch.load(a.kinds_of, map_location="cpu")  # a model saved here, or a run's checkpoint.pt (its model_state)
+    saved = torch.load(a.kinds_of, map_location="cpu")
     model.load_state_dict(saved.get("model_state", saved))
-    model.eval()
-    rng = np.random.default_rng(99)
+    return model.eval()
+
+
+def predictions(model, task, rng, size: int):
+    """16 oracle episodes of one size and the model's teacher-forced argmax after each position."""
+    tr, _ = task.trajectories(rng, [size] * 16)
+    with torch.no_grad():
+        return tr, model(tr.tokens[:, :-1]).argmax(-1)
+
+
+def kinds_of(a, task, kinds_fn) -> None:
+    model, rng = saved_model(a), np.random.default_rng(99)
     for size in a.sizes:
-        tr, _ = task.trajectories(rng, [size] * 16)
-        with torch.no_grad():
-            pred = model(tr.tokens[:, :-1]).argmax(-1)
-        stats = accuracy_by(lambda k: k or "other", tr.tokens, tr.loss_mask, pred, {}, task.trajectory)
+        tr, pred = predictions(model, task, rng, size)
+        stats = accuracy_by(lambda k: k or "other", tr.tokens, tr.loss_mask, pred, {}, kinds_fn)
         print(json.dumps({"size": size, **{k: [round(r / t, 3), t] for k, (r, t) in sorted(stats.items())}}))
 
 
-def train(a, task) -> None:
+def train(a, task, kinds_fn, coarse_fn=coarse) -> None:
     torch.manual_seed(a.seed)
     rng = np.random.default_rng(a.seed)
     model = build(a)
@@ -213,7 +223,7 @@ def train(a, task) -> None:
         opt.step()
         sched.step()
         step += 1
-        accuracy_by(coarse, tr.tokens, tr.loss_mask, logits.argmax(-1), stats, task.trajectory)
+        accuracy_by(coarse_fn, tr.tokens, tr.loss_mask, logits.argmax(-1), stats, kinds_fn)
         if step % a.log_every == 0 or step == a.steps:
             row = {"step": step, "loss": round(loss.item(), 4), "s": round(time.time() - t0, 1),
                    **{k: round(r / t, 3) for k, (r, t) in stats.items()}}
@@ -222,6 +232,8 @@ def train(a, task) -> None:
                 row["exact"] = {size: exact_trajectory_size(model, task, size, a.exact_n)["exact_trajectory"]
                                 for size in a.exact_sizes}
                 t0 += time.time() - t1  # "s" counts training time only
+                if a.out:  # the model as checked, for --kinds-of while the run goes on
+                    torch.save(model.state_dict(), a.out + ".pt")
             log(row)
             stats = {}
     if a.out:
@@ -234,9 +246,9 @@ def train(a, task) -> None:
     log({"final": final})
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
+def parser(doc: str, train_max: int) -> argparse.ArgumentParser:
+    """The options of the training loop and of --kinds-of (shared with hanoi_learning.py)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--model", default="mamba")
     p.add_argument("--d", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
@@ -247,9 +259,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--train-min", type=int, default=1)
-    p.add_argument("--train-max", type=int, default=3)
+    p.add_argument("--train-max", type=int, default=train_max)
     p.add_argument("--phases", default="", help="steps:max_size,... trained first (a curriculum)")
-    p.add_argument("--labels", type=int, default=10_000)
     p.add_argument("--mode", default="interactive")
     p.add_argument("--trajectory", default="local", help="the oracle's trajectory format (local, carried)")
     p.add_argument("--exact-sizes", type=ints, default=[], help="sizes of the exact-trajectory checks")
@@ -265,12 +276,28 @@ def main() -> None:
     p.add_argument("--kinds-of", default=None,
                    help="a saved model (<out>.pt or a run's checkpoint.pt): print its accuracy per KINDS entry")
     p.add_argument("--sizes", type=ints, default=[1, 3, 10])
+    return p
+
+
+def ints(s: str) -> list[int]:
+    return [int(x) for x in s.split(",") if x]
+
+
+def parse(p: argparse.ArgumentParser) -> argparse.Namespace:
     a = p.parse_args()
     if a.exact_every % a.log_every:
         p.error("--exact-every must be a multiple of --log-every")
     torch.set_num_threads(1)
+    return a
+
+
+def main() -> None:
+    p = parser(__doc__, train_max=3)
+    p.add_argument("--labels", type=int, default=10_000)
+    a = parse(p)
     task = LogicalGraph(a.mode, labels=a.labels, trajectory=a.trajectory)
-    kinds_of(a, task) if a.kinds_of else train(a, task)
+    kinds_fn = lambda toks, m: token_kinds(toks, m, task.trajectory)  # noqa: E731
+    kinds_of(a, task, kinds_fn) if a.kinds_of else train(a, task, kinds_fn)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def test_joint_evaluation_grades_each_model_on_its_own_episodes():
 
 
 def test_env_holds_episodes_as_long_as_the_task_allows(monkeypatch):
-    """The Env's max_len is past the task's max_steps: a long episode (a 12-disk Hanoi one is 967k
+    """The Env's max_len is past the task's max_steps: a long episode (a 12-disk Hanoi one is ~1.2M
     tokens) is bounded by the task's budget, not cut at the Env's default of 65,536 tokens."""
     seen = {}
     real_env = E.Env

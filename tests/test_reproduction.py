@@ -126,8 +126,8 @@ def test_reproduce_tasks_have_their_sizes_and_modes(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"task must be one of \['addition', 'coding', 'hanoi_iterative', "):
         R.reproduce("sorting", "cpu", [0], "unused")
     # A task whose cpu scale would take hours says so, and where to go instead.
-    with pytest.raises(ValueError, match=r"hanoi_iterative has no cpu scale: an 8-disk .* use --scale paper"):
-        R.reproduce("hanoi_iterative", "cpu", None, "unused")
+    with pytest.raises(ValueError, match=r"coding has no cpu scale: a tiny Mamba .* use --scale paper"):
+        R.reproduce("coding", "cpu", None, "unused")
     with pytest.raises(ValueError, match=r"scale must be one of \['cpu', 'paper'\], got 'gpu'"):
         R.reproduce("multiplication_nx1", "gpu", [0], "unused")
     # Multiplication has no "direct" mode: not in its runs.

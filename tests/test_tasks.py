@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CASES = [("addition", m, {}) for m in ("interactive", "cot", "single_turn", "direct", "direct_reversed")]
 CASES += [("multiplication", m, {"second_digits": k}) for m in ("interactive", "cot", "single_turn") for k in (1, 2)]
 CASES += [("mixture", "interactive", {"add_weight": 0.5})]
-CASES += [("hanoi", m, {"variant": v}) for m in ("interactive", "cot", "single_turn")
-          for v in ("iterative", "recursive")]
+CASES += [("hanoi", m, {"variant": "iterative", "trajectory": t}) for m in ("interactive", "cot", "single_turn")
+          for t in ("local", "carried")]
+CASES += [("hanoi", m, {"variant": "recursive"}) for m in ("interactive", "cot", "single_turn")]
 CASES += [("logical_graph", m, {"trajectory": t}) for m in ("interactive", "cot", "single_turn")
           for t in ("local", "carried")]
 CASES += [("logical_graph", "interactive", {"labels": 100, "trajectory": t}) for t in ("local", "carried")]
@@ -71,6 +72,8 @@ def hanoi_reference(task, sizes) -> str:
     fmt = lambda moves: "".join(f"({d}){s}{t}" for d, s, t in moves)  # noqa: E731
     if task.variant == "recursive":
         return "#" + "#".join(fmt(hanoi_moves(k, sizes[len(sizes) - k:])) for k in range(1, len(sizes) + 1))
+    if task.trajectory == "local":
+        return hanoi_local_reference(sizes)
     rods = {"A": list(sizes), "B": [], "C": []}
     out, flag = [], "o" if len(sizes) % 2 else "e"
     for d, s, t in hanoi_moves(len(sizes), sizes):
@@ -80,6 +83,23 @@ def hanoi_reference(task, sizes) -> str:
         out.append(f"({d}){s}{t}{flag}" + "".join(r + "".join(f"({v})" for v in rods[r]) for r in "ABC") + "$")
     assert rods["C"] == list(sizes)
     return "".join(out)
+
+
+def hanoi_local_reference(sizes) -> str:
+    """The local format's states (ssm_tools/tasks/hanoi.py) from the recursive solver's moves: every
+    disk's direction ('-' for the largest, alternating) and rod, smallest disk first; the moved disk
+    and every larger one lower case; then the last state again, upper case."""
+    rod_of = {d: "A" for d in sizes}
+    direction = {d: "-+"[i % 2] for i, d in enumerate(sizes)}
+    state = lambda lower_from: "".join(  # noqa: E731
+        f"({d}){direction[d]}{rod_of[d].lower() if d >= lower_from else rod_of[d]}" for d in reversed(sizes)) + "$"
+    out = [state(max(sizes) + 1)]
+    for d, s, t in hanoi_moves(len(sizes), sizes):
+        assert rod_of[d] == s and all(rod_of[e] not in (s, t) for e in sizes if e < d)  # a legal move
+        rod_of[d] = t
+        out.append(state(d))
+    assert set(rod_of.values()) == {"C"}
+    return "".join(out) + state(max(sizes) + 1)
 
 
 def check_transcript(task, transcript, insts, sizes):
@@ -116,9 +136,11 @@ def test_oracle_through_real_loop_small_sizes(case, rng):
     ("logical_graph", "single_turn", {"trajectory": "local"}, 1000),
     ("logical_graph", "interactive", {"trajectory": "carried"}, 1000),
     ("logical_graph", "single_turn", {"trajectory": "carried"}, 1000),
-    ("hanoi", "interactive", {"variant": "iterative"}, 14),  # 16,383 moves, ~5M tokens
+    ("hanoi", "interactive", {"variant": "iterative", "trajectory": "local"}, 14),  # 16,383 moves, ~4.5M tokens
+    ("hanoi", "interactive", {"variant": "iterative", "trajectory": "carried"}, 14),  # ~5M tokens
     ("hanoi", "interactive", {"variant": "recursive"}, 11),  # 2 copies of 2^k-move lists per k: 11 disks for time
-    ("hanoi", "single_turn", {"variant": "iterative"}, 12),  # the paper's largest test size (~230k tokens)
+    ("hanoi", "single_turn", {"variant": "iterative", "trajectory": "local"}, 12),  # the paper's largest test size
+    ("hanoi", "single_turn", {"variant": "iterative", "trajectory": "carried"}, 12),  # (~230k tokens)
     ("hanoi", "single_turn", {"variant": "recursive"}, 11),
 ], ids=lambda v: str(v))
 def test_oracle_through_real_loop_large_sizes(name, mode, options, size, rng):
@@ -153,9 +175,9 @@ DIGESTS = {
     "multiplication-cot-1": "c0211f92725b0177", "multiplication-cot-2": "e80e45adf63dc083",
     "multiplication-single_turn-1": "18c78fa927feb481", "multiplication-single_turn-2": "ae4f4064514a08da",
     "mixture-interactive-0.5": "55765404d6c36760",
-    "hanoi-interactive-iterative": "0271477696153c8f", "hanoi-interactive-recursive": "a8bb70225fae5376",
-    "hanoi-cot-iterative": "b8378d15744e1671", "hanoi-cot-recursive": "de8b5f63098181ec",
-    "hanoi-single_turn-iterative": "e22a9ba0b1bd8adb", "hanoi-single_turn-recursive": "121800bc00b6cfc4",
+    "hanoi-interactive-iterative-carried": "0271477696153c8f", "hanoi-interactive-recursive": "a8bb70225fae5376",
+    "hanoi-cot-iterative-carried": "b8378d15744e1671", "hanoi-cot-recursive": "de8b5f63098181ec",
+    "hanoi-single_turn-iterative-carried": "e22a9ba0b1bd8adb", "hanoi-single_turn-recursive": "121800bc00b6cfc4",
     "logical_graph-interactive-carried": "e26c8d84e630baac", "logical_graph-cot-carried": "19e17eda69d52a74",
     "logical_graph-single_turn-carried": "23450d8a36d7eed5",
     # Recorded when the option was added (the same oracle, with labels below 100).
@@ -163,6 +185,9 @@ DIGESTS = {
     # Recorded when the local trajectory was added.
     "logical_graph-interactive-local": "fd895a704e22e458", "logical_graph-cot-local": "e7c299654b93f457",
     "logical_graph-single_turn-local": "ddc15704a56cdd93", "logical_graph-interactive-100-local": "d8c20c7480f714f2",
+    # Recorded when Hanoi's local iterative trajectory was added.
+    "hanoi-interactive-iterative-local": "d2062159c43fa195", "hanoi-cot-iterative-local": "3874ffd064ce8891",
+    "hanoi-single_turn-iterative-local": "d2a688d0d1b8c4ae",
 }
 
 
@@ -190,7 +215,9 @@ def test_addition_carry_chains_match_recorded_digest():
     assert digest.hexdigest()[:16] == "a5703820792b9d68"
 
 
-@pytest.mark.parametrize("name,options", [("hanoi", {"variant": "iterative"}), ("hanoi", {"variant": "recursive"}),
+@pytest.mark.parametrize("name,options", [("hanoi", {"variant": "iterative", "trajectory": "local"}),
+                                          ("hanoi", {"variant": "iterative", "trajectory": "carried"}),
+                                          ("hanoi", {"variant": "recursive"}),
                                           ("logical_graph", {"trajectory": "local"}),
                                           ("logical_graph", {"trajectory": "carried"})])
 def test_single_turn_uses_the_tool_only_before_the_first_thought(name, options, rng):
@@ -406,3 +433,11 @@ def test_hanoi_iterative_rule_matches_recursive_solver():
         sizes = list(range(n, 0, -1))  # label = rank: disk index d is label d + 1
         assert [(d + 1, s, t) for d, s, t in solve_iterative(n)] == hanoi_moves(n, sizes)
     assert isinstance(get_task("hanoi"), Hanoi)
+
+
+def test_hanoi_local_iterative_exact_at_every_size_to_12(rng):
+    """The local iterative oracle through the real loop at 1..12 disks (the paper's test range)."""
+    task = get_task("hanoi", variant="iterative", trajectory="local")
+    sizes = list(range(1, 13))
+    transcript, insts = task.trajectories(rng, sizes)
+    check_transcript(task, transcript, insts, sizes)
