@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -188,51 +189,17 @@ def carried_script(x: Circuit) -> list[int]:
         search.find(node)
 
 
-def local_script(x: Circuit) -> list[int]:
+def local_script(x: Circuit, linked: bool = False) -> list[int]:
     """The "local" trajectory (module docstring): every line copies from the latest result or from
-    the model's own line before it."""
+    the model's own line before it. With `linked`, the "linked" one: a node's needs / is lines end
+    with its way back, and inputs are visited like gates of no operand (known once logged)."""
     defs = {g.target: g for g in x.gates}
-    values = dict(x.inputs)
+    inputs = dict(x.inputs)
+    values = {} if linked else dict(inputs)
+    back = {x.output: ""}  # node -> the link its needs / is lines end with ("" in local)
     parent: dict[str, tuple[str, str, int]] = {}  # node -> (its parent, the literal there, its place there)
     search = _Search(x.code())
     node, k = x.output, 0  # the current node and how many of its operands are known
-    search.find(node)
-    while True:
-        operands = defs[node].operands
-        if k < len(operands):
-            v, negated = operands[k]
-            literal = ("not " if negated else "") + v
-            search.write(f"{node} needs {literal}")
-            search.find(v)
-            if v in values:
-                search.write(f"{node} has {literal} {values[v] != negated}")
-                search.find(node)
-                k += 1
-            else:
-                parent[v] = (node, literal, k)
-                node, k = v, 0
-            continue
-        values[node] = defs[node].value(values)
-        search.write(f"{node} is {values[node]}")
-        if node == x.output:
-            return search.script + [V.ANS, *text(str(values[node])), V.EOS]
-        up, literal, place = parent[node]
-        search.write(f"{up} has {literal} {values[node] != literal.startswith('not ')}")
-        search.find(up)
-        node, k = up, place + 1
-
-
-def linked_script(x: Circuit) -> list[int]:
-    """The "linked" trajectory (module docstring): the local one, with each node's way back written
-    into its own lines, so that returning to the parent reads the model's own line; inputs are
-    visited like gates of no operand, so that every known variable is known by its "is" line."""
-    defs = {g.target: g for g in x.gates}
-    inputs = dict(x.inputs)
-    values: dict[str, bool] = {}  # the nodes logged ("is" lines)
-    back = {x.output: ""}  # node -> the link its needs / is lines end with ("" for the output)
-    parent: dict[str, tuple[str, str, int]] = {}  # node -> (its parent, the literal there, its place there)
-    search = _Search(x.code())
-    node, k = x.output, 0
     search.find(node)
     while True:
         operands = defs[node].operands if node in defs else ()
@@ -247,7 +214,7 @@ def linked_script(x: Circuit) -> list[int]:
                 k += 1
             else:
                 # The parent's number without its letter: no `find` of a label matches the link.
-                back[v] = f" ^{'!' if negated else ''}{node[1:]}"
+                back[v] = f" ^{'!' if negated else ''}{node[1:]}" if linked else ""
                 parent[v] = (node, literal, k)
                 node, k = v, 0
             continue
@@ -261,7 +228,7 @@ def linked_script(x: Circuit) -> list[int]:
         node, k = up, place + 1
 
 
-TRAJECTORIES = {"local": local_script, "carried": carried_script, "linked": linked_script}
+TRAJECTORIES = {"local": local_script, "carried": carried_script, "linked": partial(local_script, linked=True)}
 
 
 class LogicalGraph(Task):
