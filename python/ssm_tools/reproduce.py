@@ -129,8 +129,9 @@ TASKS = {
         "sizes": {"cpu": [3, 5, 10, 15], "paper": [10, 20, 50, 100, 200, 500, 1000]},
         "scales": {
             # cpu: the linked trajectory with labels v0..v99 (two digits to copy), trained on 1..3 gates
-            # whose gates often reread a variable (shared), tested on the plain graphs up to 15 gates (5x);
-            # single turn on the same recipe. Measured per seed in results/tasks_notes.md ("A CPU recipe").
+            # whose gates often reread a variable (shared), graded on the plain graphs up to 15 gates
+            # (5x); single turn on the same recipe. About 5 minutes of a core a run; the Mamba + tool
+            # seeds differ widely (results/tasks_notes.md, "A CPU recipe for the logical graph").
             "cpu": {"runs": [("mamba", "interactive"), ("mamba", "single_turn")],
                     "run_seeds": {("mamba", "interactive"): [0, 1]}, "seeds": [0], "n": 40,
                     "config": {"task": {"options": GRAPH_CPU_OPTIONS | {"shared": 0.7}}, "sizes": {"train": [1, 3]},
