@@ -7,10 +7,11 @@ token logged as it goes (results/tasks_notes.md, "Learning the logical graph").
         --out l1.jsonl
 
 Training: AdamW, warmup then cosine (train.lr_factor), batches of `--batch` episodes of 1..train-max
-gates (`--phases 300:1` trains the first 300 steps on 1 gate), one thread. Every `--log-every` steps
-one JSON line: the loss and the teacher-forced accuracy of the label digits in `find` calls, of the
-digits in thought lines, of the values (T/F) and of every other model token. At the end the model is
-saved (<out>.pt) and evaluated greedily with the tool (`--eval` sizes). `--exact-sizes`: the share
+gates (`--phases 300:1` trains the first 300 steps on 1 gate; `--shared`: the training graphs' task
+option, the tests stay plain), one thread; `--pack` packs the episodes into rows as the Trainer does.
+Every `--log-every` steps one JSON line: the loss and the teacher-forced accuracy of the label digits in
+`find` calls, of the digits in thought lines, of the values (T/F) and of every other model token (with
+`--pack`, of each row's first episode). At the end the model is saved (<out>.pt) and evaluated greedily with the tool (`--eval` sizes). `--exact-sizes`: the share
 of exact trajectories (teacher forced, evaluate.exact_trajectory_size, `--exact-n` test episodes) at
 these sizes, at the end and every `--exact-every` steps (a multiple of `--log-every`; its time is
 not counted in "s"). `--kinds-of` splits the teacher-forced accuracy of a saved model finer, by what
@@ -31,7 +32,7 @@ from ssm_tools import vocab as V
 from ssm_tools.evaluate import evaluate_size, exact_trajectory_size
 from ssm_tools.models import build_model
 from ssm_tools.tasks.logical_graph import LogicalGraph
-from ssm_tools.train import TrainConfig, lr_factor, param_groups
+from ssm_tools.train import TrainConfig, lr_factor, pack_batch, param_groups
 
 DIGITS = {V.encode(str(d))[0] for d in range(10)}
 VALUES = {V.encode("T")[0], V.encode("F")[0]}  # the first letter of True / False
@@ -107,7 +108,7 @@ class LocalKinds:
 def token_kinds(tokens: list[int], mask: list[bool], trajectory: str = "local") -> list[str | None]:
     """The KINDS (carried) or LOCAL_KINDS (local trajectory) name of each position of one oracle
     episode (None: another model token or an input)."""
-    kinds = LocalKinds() if trajectory == "local" else CarriedKinds()
+    kinds = CarriedKinds() if trajectory == "carried" else LocalKinds()
     out: list[str | None] = [None] * len(tokens)
     i, n = 0, len(tokens)
     while i < n:
@@ -159,7 +160,7 @@ def accuracy_by(name_of, tokens, mask, pred, stats: dict, kinds_fn) -> dict:
 def build(a) -> torch.nn.Module:
     cfg = dict(vocab_size=V.VOCAB_SIZE, d_model=a.d, n_layers=a.layers)
     if a.model == "mamba":
-        cfg.update(d_state=a.d_state, expand=a.expand)
+        cfg.update(d_state=a.d_state, expand=a.expand, d_conv=a.d_conv)
     return build_model(a.model, **cfg)
 
 
@@ -186,7 +187,10 @@ def kinds_of(a, task, kinds_fn) -> None:
         print(json.dumps({"size": size, **{k: [round(r / t, 3), t] for k, (r, t) in sorted(stats.items())}}))
 
 
-def train(a, task, kinds_fn, coarse_fn=coarse) -> None:
+def train(a, task, kinds_fn, coarse_fn=coarse, test_task=None) -> None:
+    """Trains on `task`; the exact-trajectory checks and the evaluation are on `test_task` (default:
+    `task`)."""
+    test_task = test_task or task
     torch.manual_seed(a.seed)
     rng = np.random.default_rng(a.seed)
     model = build(a)
@@ -213,23 +217,25 @@ def train(a, task, kinds_fn, coarse_fn=coarse) -> None:
                 break
         sizes = [int(s) for s in rng.integers(a.train_min, top + 1, a.batch)]
         tr, _ = task.trajectories(rng, sizes)
+        tokens, mask, seq_idx = tr.tokens, tr.loss_mask, None
+        if a.pack:  # as the Trainer packs them (the kinds below then see each row's first episode)
+            tokens, mask, seq_idx = pack_batch(tokens, mask, tr.lengths, 1)
         model.train()
-        logits = model(tr.tokens[:, :-1])
-        mask = tr.loss_mask[:, 1:]
-        loss = F.cross_entropy(logits[mask], tr.tokens[:, 1:][mask])
+        logits = model(tokens[:, :-1]) if seq_idx is None else model(tokens[:, :-1], seq_idx[:, :-1].contiguous())
+        loss = F.cross_entropy(logits[mask[:, 1:]], tokens[:, 1:][mask[:, 1:]])
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         step += 1
-        accuracy_by(coarse_fn, tr.tokens, tr.loss_mask, logits.argmax(-1), stats, kinds_fn)
+        accuracy_by(coarse_fn, tokens, mask, logits.argmax(-1), stats, kinds_fn)
         if step % a.log_every == 0 or step == a.steps:
             row = {"step": step, "loss": round(loss.item(), 4), "s": round(time.time() - t0, 1),
                    **{k: round(r / t, 3) for k, (r, t) in stats.items()}}
             if a.exact_every and step % a.exact_every == 0:
                 t1 = time.time()
-                row["exact"] = {size: exact_trajectory_size(model, task, size, a.exact_n)["exact_trajectory"]
+                row["exact"] = {size: exact_trajectory_size(model, test_task, size, a.exact_n)["exact_trajectory"]
                                 for size in a.exact_sizes}
                 t0 += time.time() - t1  # "s" counts training time only
                 if a.out:  # the model as checked, for --kinds-of while the run goes on
@@ -240,9 +246,9 @@ def train(a, task, kinds_fn, coarse_fn=coarse) -> None:
         torch.save(model.state_dict(), a.out + ".pt")
     final = {"steps_done": step, "train_s": round(time.time() - t0, 1)}
     for size in a.exact_sizes:
-        final[f"exact_{size}"] = exact_trajectory_size(model, task, size, a.exact_n)["exact_trajectory"]
+        final[f"exact_{size}"] = exact_trajectory_size(model, test_task, size, a.exact_n)["exact_trajectory"]
     for size in a.eval:
-        final[size] = evaluate_size(model, task, size, a.n)["accuracy"]
+        final[size] = evaluate_size(model, test_task, size, a.n)["accuracy"]
     log({"final": final})
 
 
@@ -254,6 +260,7 @@ def parser(doc: str, train_max: int) -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--d-state", type=int, default=16)
     p.add_argument("--expand", type=int, default=2)
+    p.add_argument("--d-conv", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--batch", type=int, default=16)
@@ -262,6 +269,7 @@ def parser(doc: str, train_max: int) -> argparse.ArgumentParser:
     p.add_argument("--train-max", type=int, default=train_max)
     p.add_argument("--phases", default="", help="steps:max_size,... trained first (a curriculum)")
     p.add_argument("--mode", default="interactive")
+    p.add_argument("--shared", type=float, default=0.0, help="the training graphs' task option shared (tests: 0)")
     p.add_argument("--trajectory", default="local", help="the oracle's trajectory format (local, carried)")
     p.add_argument("--exact-sizes", type=ints, default=[], help="sizes of the exact-trajectory checks")
     p.add_argument("--exact-every", type=int, default=0, help="check exact trajectories every k steps (0: at the end)")
@@ -272,6 +280,7 @@ def parser(doc: str, train_max: int) -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=30)
     p.add_argument("--init", default="", help="start from this saved model (<out>.pt)")
     p.add_argument("--log-every", type=int, default=20)
+    p.add_argument("--pack", action="store_true", help="pack episodes into rows as the Trainer does (else padded)")
     p.add_argument("--out", default=None, help="JSON lines file (default: stdout)")
     p.add_argument("--kinds-of", default=None,
                    help="a saved model (<out>.pt or a run's checkpoint.pt): print its accuracy per KINDS entry")
@@ -297,7 +306,11 @@ def main() -> None:
     a = parse(p)
     task = LogicalGraph(a.mode, labels=a.labels, trajectory=a.trajectory)
     kinds_fn = lambda toks, m: token_kinds(toks, m, task.trajectory)  # noqa: E731
-    kinds_of(a, task, kinds_fn) if a.kinds_of else train(a, task, kinds_fn)
+    if a.kinds_of:
+        kinds_of(a, task, kinds_fn)
+    else:
+        train(a, LogicalGraph(a.mode, labels=a.labels, trajectory=a.trajectory, shared=a.shared), kinds_fn,
+              test_task=task)
 
 
 if __name__ == "__main__":

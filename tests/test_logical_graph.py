@@ -1,5 +1,5 @@
-"""The logical graph's "local" trajectory: every model line follows from the latest `find` result and
-the model's own call alone. A policy that sees nothing else (`next_text` below, written from the
+"""The logical graph's "local" and "linked" trajectories: every model line follows from the latest
+`find` result and the model's own call alone. A policy that sees nothing else (`next_text` below, written from the
 format's description, not from the oracle's code) reproduces the whole oracle trajectory, up to
 1,000 gates and with short labels (many shared variables, labels that are prefixes of others)."""
 import re
@@ -18,6 +18,18 @@ def literal_value(literal: str, value: str) -> str:
     return str((value == "True") != literal.startswith("not "))
 
 
+def gate_step(word: str, rhs: str, has: list[str], back: str = "") -> tuple[str | None, str | None]:
+    """(the next "needs" line and its call, None) while gate `word` (right side `rhs`) has operands
+    without a has-line (their values `has`), else (None, its value)."""
+    op = "and" if " and " in rhs else "or"
+    literals = rhs.split(f" {op} ")
+    if len(has) < len(literals):
+        literal = literals[len(has)]
+        return f"{word} needs {literal}{back}\n[CALL]find {literal.split()[-1]}[/CALL]", None
+    values = [v == "True" for v in has]
+    return None, str(all(values) if op == "and" else any(values))
+
+
 def next_text(word: str, result: str) -> str:
     """What the model writes after `find word` answered `result`, up to its next call (included)."""
     lines = result.replace("[BOS]", "").split("\n")
@@ -33,14 +45,9 @@ def next_text(word: str, result: str) -> str:
         has = []
     else:  # back at `word` (its first visit, or an operand just logged)
         has = [line.split()[-1] for line in lines if line.startswith(f"{word} has ")]
-    gate = definition.split(" = ")[1]
-    op = "and" if " and " in gate else "or"
-    literals = gate.split(f" {op} ")
-    if len(has) < len(literals):
-        literal = literals[len(has)]
-        return f"{word} needs {literal}\n[CALL]find {literal.split()[-1]}[/CALL]"
-    values = [v == "True" for v in has]
-    value = str(all(values) if op == "and" else any(values))
+    needs, value = gate_step(word, definition.split(" = ")[1], has)
+    if needs:
+        return needs
     if f"print({word})" in lines:
         return f"{word} is {value}\n[ANS]{value}[EOS]"
     parent, literal = next((p[0], " ".join(p[2:])) for p in map(str.split, lines)
@@ -48,20 +55,74 @@ def next_text(word: str, result: str) -> str:
     return f"{word} is {value}\n{parent} has {literal} {literal_value(literal, value)}\n[CALL]find {parent}[/CALL]"
 
 
+def next_text_linked(word: str, result: str) -> str:
+    """The same for the "linked" trajectory: the way back is the link a node's own lines end with, and
+    a variable is known when the result holds its "is" line (inputs are visited too)."""
+    lines = result.replace("[BOS]", "").split("\n")
+    rhs = next(line for line in lines if line.startswith(f"{word} = ")).split(" = ")[1]
+    last = lines[-1].split()
+    if last[1:2] == ["needs"] and last[-1].startswith("^"):
+        last = last[:-1]  # the asking node's own link
+    if last[1:2] == ["needs"] and last[-1] == word:  # `word` is the operand just asked for
+        node, literal = last[0], " ".join(last[2:])
+        known = [line.split()[2] for line in lines if line.startswith(f"{word} is ")]
+        if known:
+            return f"{node} has {literal} {literal_value(literal, known[0])}\n[CALL]find {node}[/CALL]"
+        back, has = f" ^{'!' if literal.startswith('not ') else ''}{node[1:]}", []
+    else:  # back at `word` after an operand was logged: its link is the latest in the result
+        back = next((" " + line.split()[-1] for line in reversed(lines) if line.split()[-1].startswith("^")), "")
+        has = [line.split()[-1] for line in lines if line.startswith(f"{word} has ")]
+    if rhs in ("True", "False"):  # an input
+        value = rhs
+    else:
+        needs, value = gate_step(word, rhs, has, back)
+        if needs:
+            return needs
+    if not back:
+        return f"{word} is {value}\n[ANS]{value}[EOS]"
+    negated = back.startswith(" ^!")
+    parent, literal = "v" + back[3 if negated else 2:], ("not " if negated else "") + word
+    has_line = f"{parent} has {literal} {literal_value(literal, value)}"
+    return f"{word} is {value}{back}\n{has_line}\n[CALL]find {parent}[/CALL]"
+
+
+def check_policy(task, x, policy) -> None:
+    stream = V.decode(expected_stream(task.script(x)))
+    calls = list(SEGMENT.finditer(stream))
+    defs, cone, todo = {g.target: g for g in x.gates}, set(), [x.output]
+    while todo:  # the gates the output depends on: a few of a graph's gates may feed nothing
+        node = todo.pop()
+        if node in defs and node not in cone:
+            cone.add(node)
+            todo += [v for v, _ in defs[node].operands]
+    assert len(calls) >= len(cone)
+    assert stream.startswith(f"[CALL]find {x.output}[/CALL]")
+    for call, after in zip(calls, calls[1:] + [None]):
+        written = stream[call.end():after.start() + len(f"[CALL]find {after[1]}[/CALL]") if after else len(stream)]
+        assert written == policy(call[1], call[2]), (len(x.gates), call[1])
+    assert stream.endswith(f"[ANS]{x.evaluate()}[EOS]")
+
+
+@pytest.mark.parametrize("trajectory,policy", [("local", next_text), ("linked", next_text_linked)])
 @pytest.mark.parametrize("labels,sizes", [(10_000, [1, 2, 5, 20, 100, 1000]), (40, [1, 3, 10, 37])])
-def test_local_trajectory_follows_from_the_latest_result_alone(labels, sizes, rng):
-    task = get_task("logical_graph", labels=labels, trajectory="local")
+def test_local_trajectory_follows_from_the_latest_result_alone(trajectory, policy, labels, sizes, rng):
+    task = get_task("logical_graph", labels=labels, trajectory=trajectory)
     for size in sizes:
-        x = task.sample(rng, size)
-        stream = V.decode(expected_stream(task.script(x)))
-        calls = list(SEGMENT.finditer(stream))
-        assert len(calls) >= size
-        assert stream.startswith(f"[CALL]find {x.output}[/CALL]")
-        for call, after in zip(calls, calls[1:] + [None]):
-            written = stream[call.end():after.start() + len(f"[CALL]find {after[1]}[/CALL]")
-                             if after else len(stream)]
-            assert written == next_text(call[1], call[2]), (size, call[1])
-        assert stream.endswith(f"[ANS]{x.evaluate()}[EOS]")
+        check_policy(task, task.sample(rng, size), policy)
+
+
+def test_shared_training_graphs_meet_variables_twice_like_large_ones(rng):
+    """The option `shared` (for training graphs) makes a 3-gate graph reach an already-known variable
+    (its "has" line right after the result) several times as often; the format is the same."""
+    known = {}
+    for shared in (0.0, 0.7):
+        task = get_task("logical_graph", labels=100, trajectory="linked", shared=shared)
+        graphs = [task.sample(rng, 3) for _ in range(300)]
+        for x in graphs[:30]:
+            check_policy(task, x, next_text_linked)
+        streams = [V.decode(expected_stream(task.script(x))) for x in graphs]
+        known[shared] = sum(len(re.findall(r"\[/RESULT\]v\d+ has", s)) for s in streams)
+    assert known[0.7] >= 4 * max(known[0.0], 1)
 
 
 def test_carried_trajectory_is_the_original_format(rng):

@@ -28,8 +28,9 @@ CASES += [("hanoi", m, {"variant": "iterative", "trajectory": t}) for m in ("int
           for t in ("local", "carried")]
 CASES += [("hanoi", m, {"variant": "recursive"}) for m in ("interactive", "cot", "single_turn")]
 CASES += [("logical_graph", m, {"trajectory": t}) for m in ("interactive", "cot", "single_turn")
-          for t in ("local", "carried")]
-CASES += [("logical_graph", "interactive", {"labels": 100, "trajectory": t}) for t in ("local", "carried")]
+          for t in ("local", "carried", "linked")]
+CASES += [("logical_graph", "interactive", {"labels": 100, "trajectory": t}) for t in ("local", "carried", "linked")]
+CASES += [("logical_graph", "interactive", {"labels": 100, "trajectory": "linked", "shared": 0.7})]
 
 
 def token_accuracy(task, inst, tokens, mask=None) -> float:
@@ -136,6 +137,7 @@ def test_oracle_through_real_loop_small_sizes(case, rng):
     ("logical_graph", "single_turn", {"trajectory": "local"}, 1000),
     ("logical_graph", "interactive", {"trajectory": "carried"}, 1000),
     ("logical_graph", "single_turn", {"trajectory": "carried"}, 1000),
+    ("logical_graph", "interactive", {"trajectory": "linked"}, 1000),
     ("hanoi", "interactive", {"variant": "iterative", "trajectory": "local"}, 14),  # 16,383 moves, ~4.5M tokens
     ("hanoi", "interactive", {"variant": "iterative", "trajectory": "carried"}, 14),  # ~5M tokens
     ("hanoi", "interactive", {"variant": "recursive"}, 11),  # 2 copies of 2^k-move lists per k: 11 disks for time
@@ -188,6 +190,10 @@ DIGESTS = {
     # Recorded when Hanoi's local iterative trajectory was added.
     "hanoi-interactive-iterative-local": "d2062159c43fa195", "hanoi-cot-iterative-local": "3874ffd064ce8891",
     "hanoi-single_turn-iterative-local": "d2a688d0d1b8c4ae",
+    # Recorded when the linked trajectory was added.
+    "logical_graph-interactive-linked": "fd3dd9bef3351883", "logical_graph-cot-linked": "42c149f6fb0f549b",
+    "logical_graph-single_turn-linked": "68c42f968fe967eb", "logical_graph-interactive-100-linked": "26e9996db412cf06",
+    "logical_graph-interactive-100-linked-0.7": "5b6199c2e1e284a8",
 }
 
 
@@ -219,7 +225,8 @@ def test_addition_carry_chains_match_recorded_digest():
                                           ("hanoi", {"variant": "iterative", "trajectory": "carried"}),
                                           ("hanoi", {"variant": "recursive"}),
                                           ("logical_graph", {"trajectory": "local"}),
-                                          ("logical_graph", {"trajectory": "carried"})])
+                                          ("logical_graph", {"trajectory": "carried"}),
+                                          ("logical_graph", {"trajectory": "linked"})])
 def test_single_turn_uses_the_tool_only_before_the_first_thought(name, options, rng):
     """One turn: tool use, then the model alone (no command, call or tool answer after its first
     thought), and the turn is the interactive policy's own first turn."""
@@ -339,7 +346,9 @@ def test_seeding_is_reproducible(rng):
     (lambda rng: get_task("hanoi").sample(rng, 101), r"size \(disks\) must be <= 100"),
     (lambda rng: get_task("logical_graph").sample_train(rng, -3), r"max_size \(gates\) must be an integer >= 1"),
     (lambda rng: get_task("logical_graph", labels=3), r"labels must be an integer > 3"),
-    (lambda rng: get_task("logical_graph", trajectory="dfs"), r"trajectory must be one of \['carried', 'local'\]"),
+    (lambda rng: get_task("logical_graph", trajectory="dfs"),
+     r"trajectory must be one of \['carried', 'linked', 'local'\]"),
+    (lambda rng: get_task("logical_graph", shared=1.5), r"shared must be a number in \[0, 1\]"),
     (lambda rng: get_task("logical_graph", labels=100).sample(rng, 98), r"size \(gates\) must be <= 97 with 100 labels"),
     (lambda rng: get_task("multiplication").max_steps(0), r"size \(digits\)"),
 ])

@@ -22,6 +22,15 @@ latest result R is `find N` (N's definition first, then its uses and every thoug
     thought "N is <value>" (the definition's and / or over the has-lines' values). The parent P is
     in R's line "P needs L" (the only one: N was not known before); then "P has L <value of L>" and
     [CALL] find P [/CALL]. The output has no parent (R holds "print(N)"): [ANS] <value> [EOS].
+"linked": the local trajectory with two changes. A node's "needs" and "is" lines end with its way
+back, " ^" + the parent's number (its label without the "v": no `find` matches it), "^!" when the
+parent reads "not node" ("v76 needs not v79 ^97", "v76 is True ^97"; the output's lines have none):
+a node's first line writes the link from the result's last line ("P needs L"), later ones copy the
+latest link in the result, and after "N is V ^P" the line "vP has L V" reads that line alone, where
+"local" looks up the line "P needs L" inside the result. And an input is visited like a gate of no
+operand the first time it is needed ("v79 is False ^!76", its value from its line "v79 = False"),
+so that a variable is known exactly when the result holds its "is" line: small training graphs
+reach a gate a second time almost never, but an input often.
 "carried" (the first format; the current node's definition and label come from results further
 back than the latest): the current node's definition is the last `find` result that holds it.
   * for each operand x of the current node in order: [CALL] find x [/CALL]; x is known if the result
@@ -46,6 +55,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -94,7 +104,7 @@ class Circuit:
         return values[self.output]
 
 
-def random_circuit(rng: np.random.Generator, n: int, label_space: int = LABELS) -> Circuit:
+def random_circuit(rng: np.random.Generator, n: int, label_space: int = LABELS, shared: float = 0.0) -> Circuit:
     labels = [f"v{i}" for i in rng.choice(label_space, NUM_INPUTS + n, replace=False).tolist()]
     inputs = tuple((v, bool(b)) for v, b in zip(labels, rng.integers(0, 2, NUM_INPUTS).tolist()))
     gates = []
@@ -102,10 +112,15 @@ def random_circuit(rng: np.random.Generator, n: int, label_space: int = LABELS) 
     for i in range(n):
         earlier = NUM_INPUTS + i
         # Operands come first from the unused variables, so (nearly) every gate feeds the output and
-        # the search has the whole circuit to walk, not a small cone.
+        # the search has the whole circuit to walk, not a small cone. With `shared`, a gate is that
+        # often the previous gate and a variable an earlier gate reads already: a variable the
+        # search meets twice, as it does often in large circuits and almost never in small ones.
+        reuse = i > 0 and shared > 0 and rng.random() < shared
         picks = []
-        for _ in range(int(rng.integers(1, 3))):
-            pool = unused or [j for j in range(earlier) if j not in picks]
+        for _ in range(2 if reuse else int(rng.integers(1, 3))):
+            read = [j for j in range(earlier) if j not in unused and j not in picks]
+            pool = ([earlier - 1] if not picks else read) if reuse else unused or [
+                j for j in range(earlier) if j not in picks]
             if not pool:
                 break
             j = pool[int(rng.integers(len(pool)))]
@@ -174,32 +189,37 @@ def carried_script(x: Circuit) -> list[int]:
         search.find(node)
 
 
-def local_script(x: Circuit) -> list[int]:
+def local_script(x: Circuit, linked: bool = False) -> list[int]:
     """The "local" trajectory (module docstring): every line copies from the latest result or from
-    the model's own line before it."""
+    the model's own line before it. With `linked`, the "linked" one: a node's needs / is lines end
+    with its way back, and inputs are visited like gates of no operand (known once logged)."""
     defs = {g.target: g for g in x.gates}
-    values = dict(x.inputs)
+    inputs = dict(x.inputs)
+    values = {} if linked else dict(inputs)
+    back = {x.output: ""}  # node -> the link its needs / is lines end with ("" in local)
     parent: dict[str, tuple[str, str, int]] = {}  # node -> (its parent, the literal there, its place there)
     search = _Search(x.code())
     node, k = x.output, 0  # the current node and how many of its operands are known
     search.find(node)
     while True:
-        operands = defs[node].operands
+        operands = defs[node].operands if node in defs else ()
         if k < len(operands):
             v, negated = operands[k]
             literal = ("not " if negated else "") + v
-            search.write(f"{node} needs {literal}")
+            search.write(f"{node} needs {literal}{back[node]}")
             search.find(v)
             if v in values:
                 search.write(f"{node} has {literal} {values[v] != negated}")
                 search.find(node)
                 k += 1
             else:
+                # The parent's number without its letter: no `find` of a label matches the link.
+                back[v] = f" ^{'!' if negated else ''}{node[1:]}" if linked else ""
                 parent[v] = (node, literal, k)
                 node, k = v, 0
             continue
-        values[node] = defs[node].value(values)
-        search.write(f"{node} is {values[node]}")
+        values[node] = defs[node].value(values) if node in defs else inputs[node]
+        search.write(f"{node} is {values[node]}{back[node]}")
         if node == x.output:
             return search.script + [V.ANS, *text(str(values[node])), V.EOS]
         up, literal, place = parent[node]
@@ -208,7 +228,7 @@ def local_script(x: Circuit) -> list[int]:
         node, k = up, place + 1
 
 
-TRAJECTORIES = {"local": local_script, "carried": carried_script}
+TRAJECTORIES = {"local": local_script, "carried": carried_script, "linked": partial(local_script, linked=True)}
 
 
 class LogicalGraph(Task):
@@ -216,24 +236,29 @@ class LogicalGraph(Task):
     modes = ("interactive", "cot", "single_turn")
     size_name = "gates"
 
-    def __init__(self, mode: str = "interactive", labels: int = LABELS, trajectory: str = "local"):
+    def __init__(self, mode: str = "interactive", labels: int = LABELS, trajectory: str = "local",
+                 shared: float = 0.0):
         super().__init__(mode)
         if isinstance(labels, bool) or not isinstance(labels, int) or labels <= NUM_INPUTS:
             raise ValueError(f"logical_graph: labels must be an integer > {NUM_INPUTS}, got {labels!r}")
         if trajectory not in TRAJECTORIES:
             raise ValueError(f"logical_graph: trajectory must be one of {sorted(TRAJECTORIES)}, got {trajectory!r}")
+        if isinstance(shared, bool) or not isinstance(shared, (int, float)) or not 0 <= shared <= 1:
+            raise ValueError(f"logical_graph: shared must be a number in [0, 1], got {shared!r}")
         self.labels = labels
         self.trajectory = trajectory
+        self.shared = float(shared)
 
     def __repr__(self) -> str:
-        return f"LogicalGraph(mode={self.mode!r}, labels={self.labels}, trajectory={self.trajectory!r})"
+        return (f"LogicalGraph(mode={self.mode!r}, labels={self.labels}, trajectory={self.trajectory!r}, "
+                f"shared={self.shared})")
 
     def sample(self, rng: np.random.Generator, size: int) -> Circuit:
         n = self.check_size(size)
         if n > self.labels - NUM_INPUTS:
             raise ValueError(f"logical_graph: size (gates) must be <= {self.labels - NUM_INPUTS} with {self.labels} "
                              f"labels, got {n}")
-        return random_circuit(rng, n, self.labels)
+        return random_circuit(rng, n, self.labels, self.shared)
 
     def sample_train(self, rng: np.random.Generator, max_size: int) -> Circuit:
         return self.sample(rng, int(rng.integers(1, self.check_size(max_size, "max_size") + 1)))
