@@ -10,13 +10,13 @@ same test episodes and the same criterion as `evaluate --exact-trajectory`):
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 
 from ssm_tools import vocab as V
 from ssm_tools.config import make_eval_task
 from ssm_tools.evaluate import sample_instances
+from ssm_tools.tasks import parse_option
 from ssm_tools.train import load_checkpoint
 
 
@@ -26,11 +26,11 @@ def main() -> None:
     ap.add_argument("--size", type=int, required=True)
     ap.add_argument("--n", type=int, default=10)
     ap.add_argument("--context", type=int, default=600, help="tokens of text shown before the wrong one")
-    ap.add_argument("--option", action="append", default=[], help="task option key=value (value as JSON)")
+    ap.add_argument("--option", type=parse_option, action="append", default=[], help="task option key=value")
     args = ap.parse_args()
     model, meta = load_checkpoint(args.checkpoint)
     spec = {"mode": "interactive", "options": {}, **meta["run"]["task"]}
-    spec["options"] = {**spec["options"], **{k: json.loads(v) for k, v in (o.split("=", 1) for o in args.option)}}
+    spec["options"] = {**spec["options"], **dict(args.option)}
     task = make_eval_task({"task": spec, "eval": meta["run"].get("eval", {})})
     transcript = task.oracle_transcript(sample_instances(task, args.size, args.n), task.max_steps(args.size))
     exact = 0

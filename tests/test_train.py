@@ -250,6 +250,11 @@ def test_cli_train_resume_evaluate(tmp_path, capsys):
                  "--out", str(report)]) == 0
     data = json.loads(report.read_text())
     assert set(data["exact_trajectory"]) == {"3"} and "accuracy" not in data and data["per_size"]["3"]["n"] == 5
+    # --option overrides the checkpoint's task options: one the task does not have is named.
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--checkpoint", str(out), "--sizes", "3", "--n", "2", "--option", "bogus=1"])
+    assert "bad option in ['bogus']" in capsys.readouterr().err
 
 
 def test_a_mixture_checkpoint_is_graded_on_its_target_task(tmp_path, capsys):

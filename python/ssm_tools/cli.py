@@ -87,6 +87,8 @@ def cmd_evaluate(args) -> None:
     model, meta = load_checkpoint(args.checkpoint, args.device)
     run = meta["run"]
     spec = {"mode": "interactive", "options": {}, **run["task"]}
+    # Options given here override the checkpoint's (e.g. a task default changed since it trained).
+    spec["options"] = {**spec["options"], **dict(args.option)}
     task = make_eval_task({"task": spec, "eval": run.get("eval", {})})  # [eval] task, else [task]
     # Defaults from the training config: [eval] sizes / n, else [sizes] test.
     sizes = args.sizes or run.get("eval", {}).get("sizes") or run.get("sizes", {}).get("test")
@@ -180,6 +182,7 @@ def _nproc_option(p) -> None:
 def parser() -> argparse.ArgumentParser:
     from .models import MODELS, PRESETS
     from .reproduce import SCALES, TASKS
+    from .tasks import parse_option
 
     p = argparse.ArgumentParser(prog="ssm-tools", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -229,6 +232,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--exact-trajectory", action="store_true",
                    help="score whole trajectories by teacher forcing (one forward pass per episode: fast at "
                         "sizes whose decoding takes minutes) instead of decoding with the tools")
+    e.add_argument("--option", type=parse_option, action="append", default=[],
+                   help="task option key=value over the checkpoint's, e.g. name_pool=0 for a coding run "
+                        "trained before function names were drawn from a pool")
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("reproduce", help="length-generalization curves: train, evaluate, plot")

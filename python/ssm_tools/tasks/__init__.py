@@ -8,6 +8,8 @@ See base.Task for the interface. `python -m ssm_tools.tasks show addition --size
 """
 from __future__ import annotations
 
+import argparse
+import ast
 import importlib
 
 from .base import Task
@@ -35,4 +37,16 @@ def get_task(name: str, mode: str = "interactive", **options) -> Task:
         raise ValueError(f"{name}: bad option in {sorted(options)}: {e}") from None
 
 
-__all__ = ["Task", "TASKS", "get_task"]
+__all__ = ["Task", "TASKS", "get_task", "parse_option"]
+
+
+def parse_option(text: str) -> tuple[str, object]:
+    """A command line's task option "key=value" (the value a Python literal, else a string), for
+    argparse (`type=`)."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--option must be key=value, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value  # a bare word: a string option

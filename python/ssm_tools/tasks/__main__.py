@@ -5,12 +5,11 @@ Prints one oracle trajectory as the real loop produced it: model tokens plain, f
 from __future__ import annotations
 
 import argparse
-import ast
 
 import numpy as np
 
 from .. import vocab as V
-from . import TASKS, get_task
+from . import TASKS, get_task, parse_option
 
 
 def readable(tokens: list[int], mask: list[bool]) -> str:
@@ -24,16 +23,6 @@ def readable(tokens: list[int], mask: list[bool]) -> str:
     return "".join(out) + ("»" if forced else "")
 
 
-def _option(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"--option must be key=value, got {text!r}")
-    try:
-        return key, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return key, value  # a bare word: a string option
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ssm_tools.tasks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -42,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     show.add_argument("--size", type=int, default=3)
     show.add_argument("--mode", default="interactive")
     show.add_argument("--seed", type=int, default=0)
-    show.add_argument("--option", type=_option, action="append", default=[],
+    show.add_argument("--option", type=parse_option, action="append", default=[],
                       help="task option, e.g. second_digits=2, variant=recursive, add_weight=0.5")
     args = parser.parse_args(argv)
     try:
