@@ -3,8 +3,9 @@
 A codebase of n functions, one per file (n - 1 names drawn from f0 .. f99, and foo.py), called from
 main.py along a random dependency graph (calls only go to functions later in the drawn order, foo
 last: a DAG that main reaches entirely). Names come from one pool at every size, as the logical
-graph's labels do: a codebase larger than any seen in training holds no name the model never wrote. Locals are v0..v9; main.py defines v10, foo.py uses it, nobody passes it, so the
-first run dies with NameError. The fix gives every function on a path from main to foo a last
+graph's labels do: a codebase larger than any seen in training holds no name the model never wrote.
+Locals are v0..v9; main.py defines v10, foo.py uses it, nobody passes it, so the first run dies with
+NameError. The fix gives every function on a path from main to foo a last
 parameter v10 and passes v10 to it at every call.
 
 Functions are structures (`Function`), rendered to Python source for the sandbox and evaluated
