@@ -215,9 +215,11 @@ def test_generator_is_seeded_and_checks_n():
 def test_every_size_draws_its_names_from_one_pool():
     """A codebase past the training sizes holds names that small ones hold too."""
     rng = fresh_rng()
-    small = {fn.name for _ in range(200) for fn in generate(rng, 4).functions}
+    # 3 drawn names a codebase: 2,000 codebases miss a given name of 100 with p = 0.97**2000 ~ 1e-26
+    pool = {f"f{i}" for i in range(100)} | {"foo", "main"}
+    small = {fn.name for _ in range(2000) for fn in generate(rng, 4).functions}
     large = {fn.name for fn in generate(rng, 30).functions}
-    assert large <= small
+    assert small == pool and large <= pool
     in_order = {fn.name for _ in range(200) for fn in generate(rng, 4, name_pool=0).functions}
     assert "f28" in {fn.name for fn in generate(rng, 30, name_pool=0).functions} - in_order
     for bad in (-1, 2.0, True, "100"):
