@@ -1,5 +1,5 @@
 """One small case of each Mamba-block CUDA kernel other than the scan (causal conv1d forward and
-backward, its decode update, the block's SSM decode step, transpose_cat) and one fused layer's
+backward, its decode update, the block's SSM decode step, the decode's add + RMSNorm, transpose_cat) and one fused layer's
 forward and backward, for compute-sanitizer's memcheck and racecheck (benchmarks/run_gpu_train_decode.sh).
 Rows of several conv chunks (300 positions), widths 4, 3 and 8, bf16, float32 and float16, the conv
 also on packed rows (seq_idx) and on rows that are not 16-byte aligned (37 positions, x one element
@@ -33,6 +33,9 @@ def main():
                                            torch.randn(12, device=dev), torch.randn(12, 16, device=dev),
                                            torch.randn(12, device=dev), xz[:, 12:]))
         outs.append(OPS.transpose_cat([x, torch.randn(2, 5, seqlen, device=dev).to(dtype)]))
+        stream = torch.randn(3, 300, device=dev)  # 300: more than one pass of the norm's 256 threads
+        for residual in (None, torch.randn(3, 300, device=dev).to(dtype)):
+            outs.extend(ops.add_rms_norm(stream, residual, torch.randn(300, device=dev), None, dtype))
     mixer = MambaMixer(16).to(dev)
     h = torch.randn(3, 70, 16, device=dev, requires_grad=True)
     with torch.autocast("cuda", dtype=torch.bfloat16):

@@ -48,16 +48,25 @@ def test_graphed_step_equals_eager_greedy(name):
     assert agree >= 0.99 * steps * batch
 
 
-def test_graphed_step_with_tf32_matmuls():
-    """TF32 decoding: the flag holds while the graph is captured only, and the argmax stays that of
-    float32 decoding bar near-ties."""
+@pytest.mark.parametrize("precision", ["tf32", "bfloat16"])
+def test_graphed_step_with_faster_matmuls(precision):
+    """TF32 decoding (the flag holds while the graph is captured only) and bf16 decoding (a copy of
+    the model with bf16 matmul weights; the model itself untouched): the argmax stays that of
+    float32 decoding bar near-ties, and the graph replays what the same copy decodes eagerly."""
     model = tiny("mamba")
     before = torch.backends.cuda.matmul.allow_tf32
-    fp32, tf32 = greedy_policy(model, 16, "cuda"), greedy_policy(model, 16, "cuda", tf32=True)
+    fp32, fast = greedy_policy(model, 16, "cuda"), greedy_policy(model, 16, "cuda", precision=precision)
     assert torch.backends.cuda.matmul.allow_tf32 == before
+    assert all(p.dtype == torch.float32 for p in model.parameters())
     tokens = torch.randint(0, VOCAB_SIZE, (30, 16), generator=torch.Generator().manual_seed(2))
-    agree = sum(int((fp32(t) == tf32(t)).sum()) for t in tokens)
+    eager = greedy_policy(fast.model, 16, "cuda", cuda_graph=False)
+    agree = same = 0
+    for t in tokens:
+        got = fast(t)
+        agree += int((fp32(t) == got).sum())
+        same += int((eager(t) == got).sum())
     assert agree >= 0.9 * tokens.numel()
+    assert same >= (0.9 if precision == "tf32" else 0.99) * tokens.numel()  # eager runs without TF32
 
 
 def test_graphed_step_rejects_bad_tokens():

@@ -1,5 +1,5 @@
 """The Mamba block's kernels other than the scan (causal conv1d forward/backward and decode update,
-the block's SSM decode step, the transposing concatenation) against the references of
+the block's SSM decode step, the decode step's residual add + RMSNorm, the transposing concatenation) against the references of
 ssm_tools.reference computed in float64 on the same, upcast inputs. Fresh random inputs per run (the
 seed is printed). Every test runs on the CPU kernels and, where torch sees a GPU, on the CUDA ones
 (the device machine runs this file with the other CUDA tests)."""
@@ -10,8 +10,8 @@ import torch
 
 import ssm_tools.ops as ops
 from conftest import packed_seq_idx
-from ssm_tools.reference import (causal_conv1d_ref, causal_conv1d_update_ref, mamba_state_update_ref,
-                                 selective_state_update_ref)
+from ssm_tools.reference import (add_rms_norm_ref, causal_conv1d_ref, causal_conv1d_update_ref,
+                                 mamba_state_update_ref, selective_state_update_ref)
 
 OPS = torch.ops.ssm_tools
 CUDA = pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),
@@ -263,6 +263,36 @@ def test_transpose_cat(gen, device, seqlen):
         assert got.is_contiguous() and torch.equal(got, torch.cat([p.mT for p in parts], dim=-1))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("rows, dim", [(1, 1), (3, 5), (100, 768), (2, 1000), (1, 4099)], ids=str)
+def test_add_rms_norm_matches_reference(gen, device, rows, dim):
+    """Every out dtype, with and without a residual; dims past one pass of the CUDA block (256) and
+    not a multiple of it. The sum is exact (one add in x's dtype); the norm's output to its dtype."""
+    stream_dtypes = [torch.float64, torch.float32] if device == "cpu" else [torch.float32]
+    for x_dtype in stream_dtypes:
+        for out_dtype in [x_dtype] + [d for d in dtypes(device) if d not in (torch.float32, torch.float64)]:
+            x = rnd(gen, rows, dim, dtype=x_dtype, device=device, scale=3.0)
+            w = rnd(gen, dim, dtype=torch.float32, device=device)
+            for residual in (None, rnd(gen, rows, dim, dtype=out_dtype, device=device)):
+                total, out = ops.add_rms_norm(x, residual, w, None, out_dtype)
+                ref_total, ref_out = add_rms_norm_ref(x.double().cpu(), None if residual is None else
+                                                      residual.double().cpu(), w.double(), torch.finfo(x_dtype).eps)
+                assert total.dtype == x_dtype and out.dtype == out_dtype and total.device == x.device
+                assert rel_err(total, ref_total) <= TOL[x_dtype]
+                assert rel_err(out, ref_out) <= TOL[out_dtype]
+                assert x.shape == total.shape == out.shape
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_add_rms_norm_is_torch_rms_norm(gen, device):
+    """The decode step's norm is nn.RMSNorm's (eps None: the dtype's machine epsilon), bar rounding."""
+    norm = torch.nn.RMSNorm(64).to(device)
+    with torch.no_grad():
+        norm.weight.copy_(rnd(gen, 64, device=device))
+        x = rnd(gen, 4, 64, device=device, scale=1e-3)  # small: eps matters
+        torch.testing.assert_close(ops.add_rms_norm(x, None, norm.weight)[1], norm(x), rtol=1e-5, atol=1e-6)
+
+
 def test_opcheck(gen):
     x, w, b = rnd(gen, 2, 3, 7), rnd(gen, 3, 4), rnd(gen, 3)
     torch.library.opcheck(OPS.causal_conv1d_fwd, (x, w, b, True))
@@ -275,6 +305,9 @@ def test_opcheck(gen):
     torch.library.opcheck(OPS.mamba_state_update, (torch.zeros(2, 3, 4), x[..., 0], rnd(gen, 2, 10), rnd(gen, 2, 3),
                                                    rnd(gen, 3, 2), rnd(gen, 3), rnd(gen, 3, 4), rnd(gen, 3)))
     torch.library.opcheck(OPS.transpose_cat, ([x, rnd(gen, 2, 5, 7)],))
+    torch.library.opcheck(OPS.add_rms_norm, (rnd(gen, 3, 7), rnd(gen, 3, 7, dtype=torch.bfloat16), rnd(gen, 7), 1e-6,
+                                             torch.bfloat16))
+    torch.library.opcheck(OPS.add_rms_norm, (rnd(gen, 3, 7), None, rnd(gen, 7), 1e-6, torch.float32))
 
 
 BAD = {
@@ -303,6 +336,19 @@ BAD = {
     "A_log_shape": (lambda x, w, b: ops.mamba_state_update(torch.zeros(2, 3, 4), x[..., 0], torch.randn(2, 10),
                                                            torch.randn(3, 2), b, torch.randn(4, 4)),
                     "A_log must be (dim=3, dstate)"),
+    "norm_x_rank": (lambda x, w, b: ops.add_rms_norm(x, None, b), "add_rms_norm: x must be a non-empty (rows, dim)"),
+    "norm_x_dtype": (lambda x, w, b: ops.add_rms_norm(x[..., 0].bfloat16(), None, b),
+                     "add_rms_norm: x (the residual stream) must be float32 or float64, got BFloat16"),
+    "norm_residual_shape": (lambda x, w, b: ops.add_rms_norm(x[..., 0], x[0], b),
+                            "add_rms_norm: residual must have shape (2, 3), got (3, 5)"),
+    "norm_residual_dtype": (lambda x, w, b: ops.add_rms_norm(x[..., 0], x[..., 0].half(), b, None, torch.bfloat16),
+                            "add_rms_norm: residual must have out_dtype BFloat16, got Half"),
+    "norm_weight_shape": (lambda x, w, b: ops.add_rms_norm(x[..., 0], None, w),
+                          "add_rms_norm: weight must have shape (3,), got (3, 4)"),
+    "norm_out_dtype": (lambda x, w, b: ops.add_rms_norm(x[..., 0], None, b, None, torch.int32),
+                       "add_rms_norm: out_dtype must be a floating dtype, got Int"),
+    "norm_weight_device": (lambda x, w, b: ops.add_rms_norm(x[..., 0], None, b.to("meta")),
+                           "add_rms_norm: weight must be on cpu like x, got meta"),
 }
 
 

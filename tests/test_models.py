@@ -229,3 +229,31 @@ def test_models_without_packed_rows_refuse_seq_idx():
     model = build_model("lstm", vocab_size=128, d_model=16, n_layers=1)
     with pytest.raises(ValueError, match="does not take packed rows"):
         model(torch.zeros(1, 5, dtype=torch.long), torch.zeros(1, 5, dtype=torch.int32))
+
+
+def test_bfloat16_decode_copy_decodes_what_autocast_trains():
+    """A decode_copy in bfloat16 casts the body's matmul weights once, leaves the model as it was, and
+    steps to the logits of the bf16-autocast forward (the training numerics), bar rounding."""
+    model = make("mamba", dtype=torch.float32, d_model=32, n_layers=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    twin = model.decode_copy(torch.bfloat16)
+    assert all(torch.equal(v, before[k]) and v.dtype == torch.float32 for k, v in model.state_dict().items())
+    cast = {id(p) for layer in twin.matmul_layers() for p in layer.parameters()}
+    for name, p in twin.named_parameters():
+        assert p.dtype == (torch.bfloat16 if id(p) in cast else torch.float32), name
+    assert {n.split(".")[-2] for n, p in twin.named_parameters() if id(p) in cast} == {"in_proj", "x_proj", "out_proj"}
+    tokens = torch.randint(1, V, (4, 30))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        trained = model(tokens).float()
+    with torch.no_grad():
+        stepped, full = decode(twin, tokens), model(tokens)
+    assert stepped.dtype == torch.float32  # the head stays float32: no bf16 ties in the argmax
+    scale = full.abs().max().item()
+    torch.testing.assert_close(stepped, trained, rtol=0, atol=2e-2 * scale)
+    assert (stepped - full).abs().max().item() > 0  # the weights really are bf16
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru", "pythia", "mistral"])
+def test_models_without_a_low_precision_decode_refuse_it(name):
+    with pytest.raises(ValueError, match=f"decodes in its parameters' dtype only, not torch.bfloat16"):
+        make(name).decode_copy(torch.bfloat16)

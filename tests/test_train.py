@@ -231,6 +231,8 @@ def test_evaluate_rejects_bad_sizes():
         evaluate(model, get_task("addition"), [0, 5], 4)
     with pytest.raises(ValueError, match="n must be"):
         evaluate(model, get_task("addition"), [5], 0)
+    with pytest.raises(ValueError, match="precision must be one of float32, tf32, bfloat16, got 'fp16'"):
+        evaluate(model, get_task("addition"), [5], 4, precision="fp16")
 
 
 def test_cli_train_resume_evaluate(tmp_path, capsys):
@@ -250,6 +252,10 @@ def test_cli_train_resume_evaluate(tmp_path, capsys):
                  "--out", str(report)]) == 0
     data = json.loads(report.read_text())
     assert set(data["exact_trajectory"]) == {"3"} and "accuracy" not in data and data["per_size"]["3"]["n"] == 5
+    assert main(["evaluate", "--checkpoint", str(out), "--sizes", "3", "--n", "5", "--precision", "bfloat16",
+                 "--out", str(report)]) == 0
+    data = json.loads(report.read_text())
+    assert "--precision bfloat16" in data["command"] and data["per_size"]["3"]["n"] == 5
     # --option overrides the checkpoint's task options: one the task does not have is named.
     capsys.readouterr()
     with pytest.raises(SystemExit):

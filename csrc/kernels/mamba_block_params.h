@@ -67,6 +67,19 @@ struct TransposeParams {
   void* dst = nullptr;
 };
 
+// The pre-norm of a decode step, with the residual add before it: sum = x + residual (or x), out =
+// sum * rsqrt(mean(sum^2) + eps) * weight, per row of `dim`. x and sum are the float32 residual
+// stream; residual and out are of the input type (the dtype the layer's matmuls run in).
+struct AddRmsNormParams {
+  int rows = 0, dim = 0;
+  float eps = 0.f;
+  const float* x = nullptr;         // (rows, dim)
+  const void* residual = nullptr;   // (rows, dim) or null
+  const float* weight = nullptr;    // (dim,)
+  float* sum = nullptr;             // (rows, dim)
+  void* out = nullptr;              // (rows, dim)
+};
+
 // Launchers (stream: a cudaStream_t); each returns its launch's cudaError_t as an int.
 int causal_conv1d_fwd_launch(const CausalConv1dParams& p, ScanInputType type, void* stream);
 int causal_conv1d_bwd_launch(const CausalConv1dParams& p, ScanInputType type, void* stream);
@@ -75,3 +88,4 @@ int64_t causal_conv1d_bwd_partials(const CausalConv1dParams& p, ScanInputType ty
 int causal_conv1d_update_launch(const CausalConv1dUpdateParams& p, ScanInputType type, void* stream);
 int mamba_state_update_launch(const MambaStateUpdateParams& p, ScanInputType type, void* stream);
 int transpose_launch(const TransposeParams& p, ScanInputType type, void* stream);
+int add_rms_norm_launch(const AddRmsNormParams& p, ScanInputType type, void* stream);

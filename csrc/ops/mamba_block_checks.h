@@ -89,6 +89,23 @@ inline StateUpdateShape check_mamba_state_update(const at::Tensor& state, const 
   return {batch, dim, dstate, dt_rank};
 }
 
+// x (rows, dim) the residual stream (float32 or float64), residual like x or None, weight (dim,);
+// out_dtype floating, and residual's dtype when there is one (a decode step's matmul dtype).
+inline void check_add_rms_norm(const at::Tensor& x, const std::optional<at::Tensor>& residual,
+                               const at::Tensor& weight, at::ScalarType out_dtype) {
+  constexpr const char* op = "add_rms_norm";
+  check_float(op, "x", x, x.device());
+  TORCH_CHECK_VALUE(x.dim() == 2 && x.numel() > 0, op, ": x must be a non-empty (rows, dim), got ", text(x.sizes()));
+  TORCH_CHECK_VALUE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
+                    ": x (the residual stream) must be float32 or float64, got ", dtype_text(x));
+  check_optional(op, "residual", residual, {x.size(0), x.size(1)}, x);
+  check_input(op, "weight", weight, {x.size(1)}, x);
+  TORCH_CHECK_VALUE(at::isFloatingType(out_dtype), op, ": out_dtype must be a floating dtype, got ",
+                    c10::toString(out_dtype));
+  TORCH_CHECK_VALUE(!residual || residual->scalar_type() == out_dtype, op, ": residual must have out_dtype ",
+                    c10::toString(out_dtype), ", got ", dtype_text(*residual));
+}
+
 inline void check_transpose_cat(at::TensorList parts) {
   constexpr const char* op = "transpose_cat";
   TORCH_CHECK_VALUE(!parts.empty(), op, ": needs at least one part");

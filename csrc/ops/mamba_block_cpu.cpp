@@ -231,6 +231,13 @@ Tensor mamba_state_update_cpu(const Tensor& state, const Tensor& x, const Tensor
   return y.to(x.scalar_type());
 }
 
+std::tuple<Tensor, Tensor> add_rms_norm_cpu(const Tensor& x, const OptTensor& residual, const Tensor& weight,
+                                            double eps, at::ScalarType out_dtype) {
+  check_add_rms_norm(x, residual, weight, out_dtype);
+  const Tensor sum = residual ? x + residual->to(x.scalar_type()) : x.clone();
+  return {sum, at::rms_norm(sum, {x.size(1)}, weight.to(x.scalar_type()), eps).to(out_dtype)};
+}
+
 Tensor transpose_cat_cpu(at::TensorList parts) {
   check_transpose_cat(parts);
   std::vector<Tensor> t;
@@ -247,4 +254,5 @@ TORCH_LIBRARY_IMPL(ssm_tools, CPU, m) {
   m.impl("causal_conv1d_update", &ssm_tools_cpu::causal_conv1d_update_cpu);
   m.impl("mamba_state_update", &ssm_tools_cpu::mamba_state_update_cpu);
   m.impl("transpose_cat", &ssm_tools_cpu::transpose_cat_cpu);
+  m.impl("add_rms_norm", &ssm_tools_cpu::add_rms_norm_cpu);
 }

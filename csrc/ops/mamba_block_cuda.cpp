@@ -8,6 +8,7 @@
 #include <cuda_runtime_api.h>
 #include <torch/library.h>
 
+#include <limits>
 #include <optional>
 #include <tuple>
 
@@ -189,6 +190,31 @@ Tensor transpose_cat_cuda(at::TensorList parts) {
   return out;
 }
 
+std::tuple<Tensor, Tensor> add_rms_norm_cuda(const Tensor& x, const OptTensor& residual, const Tensor& weight,
+                                             double eps, at::ScalarType out_dtype) {
+  constexpr const char* op = "add_rms_norm";
+  TORCH_CHECK(x.is_cuda(), op, ": x must be a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(x.device());
+  check_add_rms_norm(x, residual, weight, out_dtype);
+  TORCH_CHECK_VALUE(x.scalar_type() == at::kFloat, op, ": x (the residual stream) must be float32 on CUDA, got ",
+                    c10::toString(x.scalar_type()));
+  const Tensor x_c = x.contiguous(), r = residual ? residual->contiguous() : Tensor(), w = param(weight);
+  Tensor sum = at::empty(x.sizes(), x.options());
+  Tensor out = at::empty(x.sizes(), x.options().dtype(out_dtype));
+  TORCH_CHECK(x.size(0) <= std::numeric_limits<int>::max(), op, ": at most 2^31 - 1 rows on CUDA, got ", ssm_tools::text(x.size(0)));
+  AddRmsNormParams p;
+  p.rows = static_cast<int>(x.size(0));
+  p.dim = static_cast<int>(x.size(1));
+  p.eps = static_cast<float>(eps);
+  p.x = x_c.data_ptr<float>();
+  p.residual = r.defined() ? r.data_ptr() : nullptr;
+  p.weight = w.data_ptr<float>();
+  p.sum = sum.data_ptr<float>();
+  p.out = out.data_ptr();
+  check_launch(add_rms_norm_launch(p, input_type(out, op), stream()), op);
+  return {sum, out};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(ssm_tools, CUDA, m) {
@@ -197,4 +223,5 @@ TORCH_LIBRARY_IMPL(ssm_tools, CUDA, m) {
   m.impl("causal_conv1d_update", &causal_conv1d_update_cuda);
   m.impl("mamba_state_update", &mamba_state_update_cuda);
   m.impl("transpose_cat", &transpose_cat_cuda);
+  m.impl("add_rms_norm", &add_rms_norm_cuda);
 }

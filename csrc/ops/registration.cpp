@@ -46,6 +46,11 @@ TORCH_LIBRARY(ssm_tools, m) {
   // as by selective_state_update; returns y (batch, dim) in x's dtype.
   m.def("mamba_state_update(Tensor(a!) state, Tensor x, Tensor xdbl, Tensor? z, Tensor dt_weight, Tensor dt_bias, "
         "Tensor A_log, Tensor? D) -> Tensor");
+  // A decode step's pre-norm with the residual add before it: sum = x + residual (x alone without
+  // one), out = rms_norm(sum) * weight cast to out_dtype. x and sum: the float32 (float64) residual
+  // stream; residual: of out_dtype.
+  m.def("add_rms_norm(Tensor x, Tensor? residual, Tensor weight, float eps, ScalarType out_dtype) -> "
+        "(Tensor sum, Tensor out)");
   // Channel-first parts (batch, dim_i, seqlen) concatenated token-major: (batch, seqlen, sum dim_i).
   m.def("transpose_cat(Tensor[] parts) -> Tensor");
 }

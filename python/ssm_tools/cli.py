@@ -99,7 +99,7 @@ def cmd_evaluate(args) -> None:
         per_size = {s: exact_trajectory_size(model, task, s, n, device=args.device) for s in sizes}
         result = {"exact_trajectory": {s: r["exact_trajectory"] for s, r in per_size.items()}, "per_size": per_size}
     else:
-        result = evaluate(model, task, sizes, n, device=args.device, tf32=args.tf32)
+        result = evaluate(model, task, sizes, n, device=args.device, precision=args.precision)
     scores = {k: {str(s): a for s, a in result[k].items()} for k in ("accuracy", "exact_trajectory") if k in result}
     report = {"checkpoint": str(args.checkpoint), "task": spec, "graded_task": repr(task), "model": meta["model"], "step": meta["step"],
               "n": n, **scores, "per_size": {str(s): r for s, r in result["per_size"].items()}, "command": _command(args)}
@@ -180,6 +180,7 @@ def _nproc_option(p) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    from .evaluate import PRECISIONS
     from .models import MODELS, PRESETS
     from .reproduce import SCALES, TASKS
     from .tasks import parse_option
@@ -227,8 +228,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--n", type=int, help="episodes per size, run as one batch (default: [eval] n or 100)")
     e.add_argument("--out", help="also write the JSON report here")
     e.add_argument("--device", default="cpu", help="torch device")
-    e.add_argument("--tf32", action="store_true",
-                   help="on a GPU, decode with TF32 matmuls (about 1.5x faster at batch 100, see README)")
+    e.add_argument("--precision", choices=PRECISIONS, default="float32",
+                   help="the decode's matmuls: float32; tf32 (GPU: float32 on TF32 tensor cores); bfloat16 "
+                        "(Mamba: bf16 weights, as in training under autocast); see README, Performance")
     e.add_argument("--exact-trajectory", action="store_true",
                    help="score whole trajectories by teacher forcing (one forward pass per episode: fast at "
                         "sizes whose decoding takes minutes) instead of decoding with the tools")

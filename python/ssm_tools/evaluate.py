@@ -30,16 +30,32 @@ def greedy_step(model, tokens: torch.Tensor, state):
     return logits.argmax(-1), state
 
 
-def greedy_policy(model, batch_size: int, device, cuda_graph: bool = True, tf32: bool = False):
+# The matmul precisions of greedy decoding (greedy_policy's `precision`).
+PRECISIONS = ("float32", "tf32", "bfloat16")
+
+
+def check_precision(precision) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
+def greedy_policy(model, batch_size: int, device, cuda_graph: bool = True, precision: str = "float32"):
     """model_step for `rollout`: input tokens (B,) -> argmax next tokens (B,), state kept inside.
 
     On a GPU, a model with a fixed-size state decodes through one captured CUDA graph per step
     (`GraphedGreedyStep`): a 24-layer Mamba step is hundreds of small kernels, whose launches from
-    Python otherwise take far longer than the kernels themselves. ``tf32``: its float32 matmuls
-    run on TF32 tensor cores (10-bit mantissa, finer than the bf16 the models train in; 1.5x the
-    paper-scale Mamba's step at batch 100, results/bench_decode.json)."""
+    Python otherwise take far longer than the kernels themselves.
+
+    ``precision`` of the matmuls: "float32"; "tf32" (CUDA graphs only; elsewhere float32): float32
+    matmuls on TF32 tensor cores (10-bit mantissa); "bfloat16" (Mamba): the body's matmuls on a copy
+    of the model with bfloat16 weights (`decode_copy`), as they ran in training under bf16
+    autocast; norms, states, the residual stream and the head stay float32
+    (results/bench_decode.json has the speed of each and their argmax agreement)."""
+    if check_precision(precision) == "bfloat16":
+        model = model.decode_copy(torch.bfloat16)
     if cuda_graph and torch.device(device).type == "cuda" and model.fixed_size_state:
-        return GraphedGreedyStep(model, batch_size, device, tf32)
+        return GraphedGreedyStep(model, batch_size, device, precision == "tf32")
     return EagerGreedyStep(model, batch_size, device)
 
 
@@ -67,7 +83,7 @@ class GraphedGreedyStep:
     workspace is per stream: graphs captured on one stream share it, and would race when replayed
     side by side (`JointGreedyPolicy`)."""
 
-    def __init__(self, model, batch_size: int, device, tf32: bool = False):
+    def __init__(self, model, batch_size: int, device, precision: str = "float32"):
         self.model = model
         self.stream = torch.cuda.Stream(device)
         self.tokens = torch.zeros(batch_size, dtype=torch.long, device=device)
@@ -125,11 +141,11 @@ class JointGreedyPolicy:
     graphed steps are launched on their own streams one after another (their kernels overlap) and
     the host waits once per step for all; otherwise the models step one after another."""
 
-    def __init__(self, models, batch_size: int, device, cuda_graph: bool = True, tf32: bool = False):
+    def __init__(self, models, batch_size: int, device, cuda_graph: bool = True, precision: str = "float32"):
         if not models:
             raise ValueError("models must be a non-empty list")
         self.batch_size = batch_size
-        self.steps = [greedy_policy(m, batch_size, device, cuda_graph, tf32) for m in models]
+        self.steps = [greedy_policy(m, batch_size, device, cuda_graph, precision) for m in models]
         self.vocab_size = min(m.vocab_size for m in models)
         self.graphed = all(isinstance(s, GraphedGreedyStep) for s in self.steps)
         if self.graphed:
@@ -162,7 +178,7 @@ def sample_instances(task, size: int, n: int, seed: int = TEST_SEED) -> list:
 
 
 def rollout_many(models, task, size: int, instances: list, seed: int = TEST_SEED, device="cpu",
-                 tf32: bool = False) -> Transcript:
+                 precision: str = "float32") -> Transcript:
     """Every model on the same `instances` in one rollout: model j's episode i is row j * n + i.
     (The Env seeds each episode's tools from its row, so rows past the first model's get other
     seeds than alone; no tool draws on its seed, the C++ ones and the tasks' alike.)"""
@@ -172,16 +188,16 @@ def rollout_many(models, task, size: int, instances: list, seed: int = TEST_SEED
     # max_len past what max_steps can reach: the episode-length bound is the task's, not the Env's default.
     env = Env(task.tools(), batch_size=n * len(models), max_len=max_steps + 2)
     prompts = [task.prompt(i) for i in instances] * len(models)
-    policy = greedy_policy(models[0], n, device, tf32=tf32) if len(models) == 1 else \
-        JointGreedyPolicy(models, n, device, tf32=tf32)
+    policy = greedy_policy(models[0], n, device, precision=precision) if len(models) == 1 else \
+        JointGreedyPolicy(models, n, device, precision=precision)
     return rollout(policy, env, prompts, max_steps=max_steps, seed=seed)
 
 
 def evaluate_size_many(models, task, size: int, n: int, seed: int = TEST_SEED, device="cpu",
-                       tf32: bool = False) -> list[dict]:
+                       precision: str = "float32") -> list[dict]:
     """evaluate_size for each model, decoded jointly (rollout_many)."""
     instances = sample_instances(task, size, n, seed)
-    transcript = rollout_many(models, task, size, instances, seed, device, tf32)
+    transcript = rollout_many(models, task, size, instances, seed, device, precision)
     results = []
     for j in range(len(models)):
         rows = slice(j * n, (j + 1) * n)
@@ -192,8 +208,8 @@ def evaluate_size_many(models, task, size: int, n: int, seed: int = TEST_SEED, d
     return results
 
 
-def evaluate_size(model, task, size: int, n: int, seed: int = TEST_SEED, device="cpu", tf32: bool = False) -> dict:
-    return evaluate_size_many([model], task, size, n, seed, device, tf32)[0]
+def evaluate_size(model, task, size: int, n: int, seed: int = TEST_SEED, device="cpu", precision: str = "float32") -> dict:
+    return evaluate_size_many([model], task, size, n, seed, device, precision)[0]
 
 
 def check_joint(models) -> None:
@@ -208,7 +224,7 @@ def check_joint(models) -> None:
                              f"evaluate {growing} one at a time with evaluate()")
 
 
-def evaluate_many(models, task, sizes, n: int, seed: int = TEST_SEED, device="cpu", tf32: bool = False) -> list[dict]:
+def evaluate_many(models, task, sizes, n: int, seed: int = TEST_SEED, device="cpu", precision: str = "float32") -> list[dict]:
     """evaluate() for each of several fixed-size-state models, decoded jointly in one rollout per
     size (the same test instances for every model). Each model's result is the one evaluate() gives
     it alone (a model's episodes depend only on its own inputs)."""
@@ -217,7 +233,7 @@ def evaluate_many(models, task, sizes, n: int, seed: int = TEST_SEED, device="cp
         raise ValueError(f"sizes must be a non-empty list of positive ints, got {sizes!r}")
     if not isinstance(n, int) or n <= 0:
         raise ValueError(f"n must be a positive int, got {n!r}")
-    per_size = {s: evaluate_size_many(models, task, s, n, seed, device, tf32) for s in sizes}
+    per_size = {s: evaluate_size_many(models, task, s, n, seed, device, precision) for s in sizes}
     return [{"accuracy": {s: r[j]["accuracy"] for s, r in per_size.items()},
              "per_size": {s: r[j] for s, r in per_size.items()}} for j in range(len(models))]
 
@@ -265,7 +281,7 @@ def exact_trajectory_size(model, task, size: int, n: int, seed: int = TEST_SEED,
     return exact_trajectory_many([model], task, size, n, seed, device, max_tokens)[0]
 
 
-def evaluate(model, task, sizes, n: int, seed: int = TEST_SEED, device="cpu", tf32: bool = False) -> dict:
+def evaluate(model, task, sizes, n: int, seed: int = TEST_SEED, device="cpu", precision: str = "float32") -> dict:
     """Exact-answer accuracy per size: {"accuracy": {size: acc}, "per_size": {size: details}}.
-    ``tf32``: decode with TF32 matmuls on a GPU (greedy_policy)."""
-    return evaluate_many([model], task, sizes, n, seed, device, tf32)[0]
+    ``precision``: the decode's matmul precision (greedy_policy)."""
+    return evaluate_many([model], task, sizes, n, seed, device, precision)[0]

@@ -161,6 +161,19 @@ def mamba_state_update(state, x, xdbl, dt_weight, dt_bias, A_log, D=None, z=None
     return _ops.mamba_state_update(state, x, xdbl, z, dt_weight, dt_bias, A_log, D)
 
 
+def add_rms_norm(x, residual, weight, eps=None, out_dtype=None):
+    """A decode step's pre-norm with the residual add before it, in one kernel: returns (sum, out),
+    sum = x + residual (x alone if residual is None) and out = rms_norm(sum, weight, eps) cast to
+    out_dtype (default x's dtype). x (rows, dim): the float32 (CPU also float64) residual stream;
+    residual (rows, dim) of out_dtype: the previous layer's output; weight (dim,). eps None: as
+    torch.nn.RMSNorm, the machine epsilon of x's dtype. Not differentiable (inference only)."""
+    _on_device_of_x("add_rms_norm", x, residual=residual, weight=weight)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"add_rms_norm: x must be a torch.Tensor, got {type(x).__name__}")
+    eps = torch.finfo(x.dtype).eps if eps is None and x.is_floating_point() else eps
+    return _ops.add_rms_norm(x, residual, weight, 0.0 if eps is None else float(eps), out_dtype or x.dtype)
+
+
 def _conv_setup_context(ctx, inputs, output):
     x, weight, bias, silu, seq_idx = inputs
     ctx.save_for_backward(x, weight, bias, seq_idx)
@@ -196,6 +209,11 @@ def _conv_update_fake(conv_state, x, weight, bias, silu):
 @torch.library.register_fake("ssm_tools::mamba_state_update")
 def _mamba_state_update_fake(state, x, xdbl, z, dt_weight, dt_bias, A_log, D):
     return x.new_empty(x.shape)
+
+
+@torch.library.register_fake("ssm_tools::add_rms_norm")
+def _add_rms_norm_fake(x, residual, weight, eps, out_dtype):
+    return x.new_empty(x.shape), x.new_empty(x.shape, dtype=out_dtype)
 
 
 @torch.library.register_fake("ssm_tools::transpose_cat")

@@ -261,6 +261,14 @@ def mamba_state_update_ref(state, x, xdbl, dt_weight, dt_bias, A_log, D=None, z=
                                       dt_softplus=True)
 
 
+def add_rms_norm_ref(x, residual, weight, eps=None, out_dtype=None):
+    """ops.add_rms_norm: (x + residual, RMSNorm(x + residual) * weight in out_dtype), in x's dtype."""
+    s = x if residual is None else x + residual.to(x.dtype)
+    eps = torch.finfo(x.dtype).eps if eps is None else eps
+    out = s * torch.rsqrt(s.pow(2).mean(-1, keepdim=True) + eps) * weight.to(x.dtype)
+    return s, out.to(out_dtype or x.dtype)
+
+
 def mamba_mixer_ref(mixer, h, seq_idx=None):
     """A ``models.mamba.MambaMixer``'s forward written plainly, token-major, with nn layers, F.conv1d
     and selective_scan_ref (autograd differentiates it): what the fused forward and backward are

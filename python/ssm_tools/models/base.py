@@ -7,6 +7,8 @@ must agree exactly; tests/test_models.py checks that for every model.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -77,6 +79,23 @@ class LanguageModel(nn.Module):
 
     # True when `body` takes seq_idx (packed rows of several sequences).
     packs_rows = False
+
+    def matmul_layers(self) -> list[nn.Module]:
+        """The body's matmul layers that `decode_copy` casts; [] for a model that decodes in float32
+        only."""
+        return []
+
+    def decode_copy(self, dtype: torch.dtype) -> "LanguageModel":
+        """A copy for decoding whose body matmuls (`matmul_layers`) hold `dtype` weights, cast once:
+        the models train under bf16 autocast, whose matmuls round their inputs and weights to bfloat16
+        the same way. The embedding, norms, head, recurrent states and residual stream stay in the
+        parameters' dtype. The copy shares nothing with the model (deep copy, eval mode)."""
+        if not self.matmul_layers():
+            raise ValueError(f"{type(self).__name__} decodes in its parameters' dtype only, not {dtype}")
+        twin = copy.deepcopy(self).eval()
+        for layer in twin.matmul_layers():
+            layer.to(dtype)
+        return twin
 
     # True when every state tensor keeps its shape from step to step (recurrent models), so a decode
     # step can be captured once as a CUDA graph; a growing KV cache cannot.

@@ -156,7 +156,9 @@ class MambaMixer(nn.Module):
                                  self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
                                  self.dt_proj.bias, self.A_log, self.D, self.out_proj.weight)
 
-    def step(self, h: torch.Tensor, state):  # h (B, d_model); state (conv (B, d_inner, d_conv), ssm), updated in place
+    def step(self, h: torch.Tensor, state):
+        """h (B, d_model) in in_proj's weight dtype; state (conv (B, d_inner, d_conv), ssm), float,
+        updated in place. Returns out_proj's output (B, d_model) in the same dtype as h."""
         conv_state, ssm_state = state
         x, z = F.linear(h, self.in_proj.weight).split(self.d_inner, dim=-1)  # row-strided views
         x = ops.causal_conv1d_update(conv_state, x, self.conv1d.weight[:, 0], self.conv1d.bias, silu=True)
@@ -182,12 +184,18 @@ class Mamba(LanguageModel):
         return x
 
     def body_step(self, x, state):
-        new_state = []
+        new_state, out = [], None
         for norm, mixer, layer_state in zip(self.norms, self.mixers, state):
-            out, layer_state = mixer.step(norm(x), layer_state)
-            x = x + out
+            # The previous layer's residual add and this layer's norm in one kernel, the norm's output
+            # in the dtype of the layer's matmuls (bfloat16 in a decode_copy).
+            x, h = ops.add_rms_norm(x, out, norm.weight, norm.eps, mixer.in_proj.weight.dtype)
+            out, layer_state = mixer.step(h, layer_state)
             new_state.append(layer_state)
-        return x, new_state
+        return x + out, new_state
+
+    def matmul_layers(self):
+        # dt_proj stays: mamba_state_update reads its weight in float32 inside the state update.
+        return [layer for m in self.mixers for layer in (m.in_proj, m.x_proj, m.out_proj)]
 
     def init_state(self, batch_size: int, device=None):
         check_positive(batch_size=batch_size)

@@ -1,0 +1,48 @@
+// The residual add and RMSNorm before each layer of a decode step, in one kernel: a block a row
+// (a decode step has batch rows of d_model), the row's sum of squares reduced over the block. It
+// replaces three launches of the step's graph (add, norm, cast to the matmul dtype) with one; at
+// decode sizes every launch costs a few microseconds, more than the bytes it moves.
+#include "kernels/mamba_block_params.h"
+#include "kernels/scan_common.cuh"
+
+namespace ssm_tools_cuda {
+namespace {
+
+constexpr int kNormThreads = 256;
+
+template <typename T>
+__global__ __launch_bounds__(kNormThreads) void add_rms_norm_kernel(AddRmsNormParams p) {
+  const size_t offset = static_cast<size_t>(blockIdx.x) * p.dim;
+  const float* x = p.x + offset;
+  const T* residual = p.residual ? static_cast<const T*>(p.residual) + offset : nullptr;
+  float* sum = p.sum + offset;
+  float squares = 0.f;
+  for (int i = threadIdx.x; i < p.dim; i += kNormThreads) {
+    const float v = residual ? x[i] + to_float(residual[i]) : x[i];
+    sum[i] = v;  // read back below by this same thread
+    squares = fmaf(v, v, squares);
+  }
+  __shared__ float warp_sums[kNormThreads / 32];
+  __shared__ float inv_rms;
+  squares = warp_sum(squares);
+  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = squares;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    squares = warp_sum(threadIdx.x < kNormThreads / 32 ? warp_sums[threadIdx.x] : 0.f);
+    if (threadIdx.x == 0) inv_rms = rsqrtf(squares / p.dim + p.eps);
+  }
+  __syncthreads();
+  T* out = static_cast<T*>(p.out) + offset;
+  for (int i = threadIdx.x; i < p.dim; i += kNormThreads) out[i] = from_float<T>(sum[i] * inv_rms * p.weight[i]);
+}
+
+}  // namespace
+}  // namespace ssm_tools_cuda
+
+int add_rms_norm_launch(const AddRmsNormParams& p, ScanInputType type, void* stream) {
+  using namespace ssm_tools_cuda;
+  return dispatch_input_type(type, [&](auto tag) {
+    add_rms_norm_kernel<decltype(tag)><<<p.rows, kNormThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
+    return static_cast<int>(cudaGetLastError());
+  });
+}
