@@ -1,6 +1,6 @@
-# Sourced by the GPU scripts (run_gpu.sh, run_gpu_train_decode.sh) from the repository root: the
-# output folder, the environment, and `step`, which runs one stage with a time limit, logs it and
-# remembers a failure in $status.
+# Sourced by the GPU scripts (run_gpu.sh, run_gpu_kernels.sh, run_gpu_train_decode.sh) from the
+# repository root: the output folder, the environment, and `step`, which runs one stage with a time
+# limit, logs it and remembers a failure in $status.
 OUT=${OUT:-results/gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
@@ -22,4 +22,20 @@ baseline_build() {
     "import mamba_ssm_baseline as m; print($expr)" > "$log" 2>&1
    echo "baseline build rc $? after $((SECONDS - t0)) s" >> "$log") &
   baseline_pid=$!
+}
+# block_checks: what both kernel scripts run first: the package built with CUDA, the tests of the
+# Mamba block's kernels and of the models' graphed decode (packed rows included), compute-sanitizer
+# memcheck/racecheck on one case of each kernel, and the decode benchmark.
+block_checks() {
+  step build 300 python3 -m pip install -q --no-build-isolation --no-deps -e . \
+    -C cmake.define.SSM_TOOLS_CUDA=ON -C build-dir=build/gpu
+  step tests 180 python3 -m pytest -q -rf -p no:cacheprovider tests/test_mamba_block_ops.py \
+    tests/test_cuda_models.py
+  step tests-decode-packed 90 python3 -m pytest -q -rf -p no:cacheprovider tests/test_cuda.py -k "decode or packed"
+  for tool in memcheck racecheck; do
+    step "sanitizer-$tool" 60 compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 \
+      --log-file "$OUT/sanitizer_mamba_block_$tool.txt" python3 tests/cuda_sanitize_mamba_block.py
+    tail -2 "$OUT/sanitizer_mamba_block_$tool.txt"
+  done
+  step decode 150 python3 benchmarks/bench_decode.py --out "$OUT/bench_decode.json"
 }

@@ -15,17 +15,7 @@ export MAX_JOBS=$(nproc)
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
   baseline_build causal_conv1d_build.txt 360 "m.load_causal_conv1d()"
-  step build 300 python3 -m pip install -q --no-build-isolation --no-deps -e . \
-    -C cmake.define.SSM_TOOLS_CUDA=ON -C build-dir=build/gpu
-  step tests 180 python3 -m pytest -q -rf -p no:cacheprovider tests/test_mamba_block_ops.py \
-    tests/test_cuda_models.py
-  step tests-decode 90 python3 -m pytest -q -rf -p no:cacheprovider tests/test_cuda.py -k decode
-  for tool in memcheck racecheck; do
-    step "sanitizer-$tool" 60 compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 \
-      --log-file "$OUT/sanitizer_mamba_block_$tool.txt" python3 tests/cuda_sanitize_mamba_block.py
-    tail -2 "$OUT/sanitizer_mamba_block_$tool.txt"
-  done
-  step decode 150 python3 benchmarks/bench_decode.py --out "$OUT/bench_decode.json"
+  block_checks
   wait "$baseline_pid"; tail -3 "$OUT/causal_conv1d_build.txt"
   # Without a built baseline, time ours alone (the benchmark would otherwise start the build again).
   grep -q "module 'causal_conv1d_cuda'" "$OUT/causal_conv1d_build.txt" || unset CAUSAL_CONV1D_PKG
