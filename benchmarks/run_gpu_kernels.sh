@@ -3,7 +3,8 @@
 # benchmarks/run_gpu_kernels.sh`): builds causal-conv1d's CUDA extension from its sources in the
 # background (niced; CAUSAL_CONV1D_PKG from benchmarks/fetch_mamba_ssm.sh, optional) while it builds
 # the package with CUDA, runs the tests of the block's kernels and of the models' graphed decode
-# (tests/test_mamba_block_ops.py, tests/test_cuda_models.py, the decode tests of tests/test_cuda.py)
+# (tests/test_mamba_block_ops.py, tests/test_cuda_models.py, the decode and packed tests of
+# tests/test_cuda.py)
 # and compute-sanitizer memcheck/racecheck on tests/cuda_sanitize_mamba_block.py; the decode
 # benchmark (benchmarks/bench_decode.py: float32, TF32 and bf16 weights against the unfused step);
 # then, the baseline built, the conv benchmark (benchmarks/bench_conv1d_cuda.py). Logs and JSON go to

@@ -236,7 +236,7 @@ class Sleeper:
 
 @pytest.mark.parametrize("fixed_state, evaluated", [(True, [10, 20]), (False, [10])])
 def test_eval_budget_skips_sizes_predicted_to_overrun(fixed_state, evaluated, monkeypatch, capsys):
-    monkeypatch.setattr(R, "evaluate_size_many", lambda models, task, size, n, device: (
+    monkeypatch.setattr(R, "evaluate_size_many", lambda models, task, size, n, device, **_: (
         time.sleep(0.005 * size), [{"accuracy": 1.0, "correct": n}] * len(models))[1])
     monkeypatch.setattr(R, "exact_trajectory_many", lambda models, task, size, n, device: [
         {"exact_trajectory": 0.5}] * len(models))
@@ -261,7 +261,7 @@ def test_a_run_at_zero_is_not_decoded_at_larger_sizes(monkeypatch, tmp_path):
     the other run of the joint evaluation goes on alone; without the option both run every size."""
     calls = []
 
-    def fake(models, task, size, n, device):
+    def fake(models, task, size, n, device, **_):
         calls.append((size, [m.name for m in models]))
         return [{"accuracy": c / n, "correct": c} for c in (0 if m.name == "a" and size >= 20 else 1 for m in models)]
 
@@ -397,7 +397,7 @@ def test_eval_budget_bounds_the_exact_trajectory_pass_too(monkeypatch):
     """Teacher forcing runs first, at every size the budget allows; decoding gets the time left."""
     monkeypatch.setattr(R, "exact_trajectory_many", lambda models, task, size, n, device: (
         time.sleep(0.005 * size), [{"exact_trajectory": 0.5}] * len(models))[1])
-    monkeypatch.setattr(R, "evaluate_size_many", lambda models, task, size, n, device: [
+    monkeypatch.setattr(R, "evaluate_size_many", lambda models, task, size, n, device, **_: [
         {"accuracy": 1.0, "correct": n}] * len(models))
     model = type("M", (), {"fixed_size_state": True})()
     result, = R.evaluate_within([model], Sleeper(), [10, 20, 40], 1, "cpu", max_seconds=0.2)
@@ -492,6 +492,23 @@ def _append(path, line):
 
 
 # -- how each run was trained, the task mixture's sweep, the learning rate chosen on a held-out size ----
+def test_bfloat16_decoding_applies_to_the_models_that_have_it_and_is_recorded(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(R, "run_parallel", in_process)
+    runs = [("mamba", "interactive"), ("gru", "interactive")]
+    curve = R.reproduce("addition", "cpu", [0], tmp_path / "out", only=runs, sizes=[2, 3], n=3, steps=1,
+                        joint_eval=True, precision="bfloat16")
+    assert {r["model"]: r["decode_precision"] for r in curve["runs"]} == {"mamba": "bfloat16", "gru": "float32"}
+    task = make_task(task_config("addition", "interactive"))
+    for r in curve["runs"]:
+        model, _ = load_checkpoint(tmp_path / f"runs/reproduce-addition-cpu/{r['model']}-interactive-seed0")
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        alone = evaluate(model, task, [2, 3], 3, precision=r["decode_precision"])["accuracy"]
+        assert [r["accuracy"][str(s)] for s in (2, 3)] == [alone[2], alone[3]]
+    with pytest.raises(ValueError, match="precision must be one of float32, tf32, bfloat16, got 'half'"):
+        R.reproduce("addition", "cpu", [0], tmp_path / "x", precision="half")
+
+
 def test_each_run_records_how_it_was_trained_with_the_seed_it_used(tmp_path, monkeypatch):
     monkeypatch.setattr(R, "run_parallel", in_process)
     curve = R.reproduce("addition", "cpu", [1], tmp_path / "out", only=[("mamba", "interactive")], steps=2,
@@ -681,7 +698,7 @@ def test_running_out_of_gpu_memory_at_a_size_keeps_the_smaller_sizes_scores(monk
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
         return [{"exact_trajectory": 1.0}] * len(models)
 
-    def decode(models, task, size, n, device):
+    def decode(models, task, size, n, device, **_):
         if size >= 20:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
         return [{"accuracy": 1.0, "correct": n}] * len(models)

@@ -126,7 +126,7 @@ def cmd_reproduce(args) -> None:
                       val_steps=args.val_steps, add_weights=args.add_weights,
                       evaluate_stopped=args.evaluate_stopped, fit_train_seconds=args.fit_train_seconds,
                       pack=not args.no_pack, stop_after_zero=args.stop_after_zero, joint_eval=args.joint_eval,
-                      pool_episodes=args.pool_episodes, pool_seconds=args.pool_seconds)
+                      pool_episodes=args.pool_episodes, pool_seconds=args.pool_seconds, precision=args.precision)
     if not is_main():
         return
     print(f"wrote {out}/curve.json and {out}/curve.png ({len(curve['runs'])} runs)")
@@ -283,6 +283,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int,
                    help="runs at a time, each in its own process (default: one per core with --device cpu, "
                         "else 1); on a GPU they train side by side and evaluate one at a time (see --joint-eval)")
+    r.add_argument("--precision", choices=PRECISIONS, default="float32",
+                   help="the evaluation's decode matmuls (as evaluate --precision); recorded in each run")
     r.add_argument("--stop-after-zero", action=argparse.BooleanOptionalAction,
                    help="a run at 0/n at some size is not decoded at larger ones: they are recorded as "
                         "skipped, with that reason (default: on at --scale paper, off at cpu)")

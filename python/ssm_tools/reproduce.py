@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from . import distributed, pool
 from .config import CONFIGS, load_config, make_eval_task, make_task
-from .evaluate import check_joint, evaluate_size_many, exact_trajectory_many
+from .evaluate import check_joint, check_precision, evaluate_size_many, exact_trajectory_many
 from .models import MODELS, preset
 from .plots import plot_curve
 from .train import CHECKPOINT, load_checkpoint, make_trainer, model_config, train_config
@@ -221,7 +221,7 @@ def run_one(config: dict, model: str, model_scale: str | dict, train: dict, seed
             max_train_seconds: float | None = None, eval_until: float | None = None,
             eval_lock: Path | None = None, setting: dict | None = None, evaluate_stopped: bool = False,
             fit_train_seconds: float | None = None, stop_after_zero: bool = False, evaluate_now: bool = True,
-            threads: int | None = None, progress: bool = True) -> dict:
+            threads: int | None = None, progress: bool = True, precision: str = "float32") -> dict:
     """Train one model (sizes: a preset's name, or the sizes themselves) on one task config with
     one seed, then evaluate it at `sizes` on the config's graded task (make_eval_task). A checkpoint
     left in `out_dir` by an earlier, stopped run of the same recipe is resumed. With
@@ -258,17 +258,18 @@ def run_one(config: dict, model: str, model_scale: str | dict, train: dict, seed
     if not evaluate_now:
         return {**trained, "pending": str(out_dir)}
     return evaluate_runs([trained], [trainer.model], make_eval_task(config), sizes, n, trainer.device,
-                         max_eval_seconds, eval_until, eval_lock, stop_after_zero)[0]
+                         max_eval_seconds, eval_until, eval_lock, stop_after_zero, precision)[0]
 
 
 def evaluate_runs(records: list[dict], models: list, task, sizes: list[int], n: int, device, max_eval_seconds=None,
-                  eval_until=None, eval_lock=None, stop_after_zero: bool = False) -> list[dict]:
+                  eval_until=None, eval_lock=None, stop_after_zero: bool = False,
+                  precision: str = "float32") -> list[dict]:
     """The trained runs `records` (their `models`, graded on `task`) evaluated together
     (evaluate_within: jointly when several, decoding under the evaluation lock), each record
     completed with its results."""
     t0 = time.perf_counter()
     results = evaluate_within(models, task, sizes, n, device, max_eval_seconds, labels=[run_name(r) for r in records],
-                              stop_after_zero=stop_after_zero, lock=eval_lock, until=eval_until)
+                              stop_after_zero=stop_after_zero, lock=eval_lock, until=eval_until, precision=precision)
     seconds = round(time.perf_counter() - t0, 1)
     return [{**{k: v for k, v in r.items() if k != "pending"}, "eval_seconds": seconds,
              **({"evaluated_jointly": len(records)} if len(records) > 1 else {}),
@@ -353,7 +354,7 @@ def one_at_a_time(lock: Path | None):
 
 def evaluate_within(models: list, task, sizes: list[int], n: int, device: str, max_seconds: float | None = None,
                     labels: list[str] | None = None, stop_after_zero: bool = False, lock: Path | None = None,
-                    until: float | None = None) -> list[dict]:
+                    until: float | None = None, precision: str = "float32") -> list[dict]:
     """Scores of each model at each size, smallest first, within `max_seconds` (the evaluation's
     budget): first each model's exact-trajectory score at every size ("exact_trajectory",
     evaluate.exact_trajectory_many: teacher-forced, one forward pass per episode, so it reaches sizes
@@ -371,8 +372,14 @@ def evaluate_within(models: list, task, sizes: list[int], n: int, device: str, m
     the log lines. `until` (a time.time()) ends the budget earlier. Decoding holds `lock`
     (one_at_a_time: runs sharing a GPU decode one at a time; their teacher-forced passes, mostly
     trajectories built on the host, run side by side), and the time spent waiting for it is gone
-    from the budget too."""
+    from the budget too. `precision`: the decode's matmuls (evaluate.greedy_policy); "bfloat16"
+    applies to the models that decode in it (`matmul_layers`: Mamba), the others decode in float32;
+    each result records its own as "decode_precision"."""
     check_joint(models)
+    precisions = [precision if precision != "bfloat16" or m.matmul_layers() else "float32" for m in models]
+    # bf16 copies made once for every size; evaluate_size_many then decodes each as it is.
+    decoders = [m.decode_copy(torch.bfloat16) if p == "bfloat16" else m for m, p in zip(models, precisions)]
+    decode_matmuls = "tf32" if precision == "tf32" else "float32"
     labels = labels or [""] * len(models)
     power = 1 if all(getattr(m, "fixed_size_state", False) for m in models) else 2
 
@@ -393,7 +400,7 @@ def evaluate_within(models: list, task, sizes: list[int], n: int, device: str, m
         if not active:
             return
         t0 = time.perf_counter()
-        rows = evaluate_size_many([models[j] for j in active], task, size, n, device=device)
+        rows = evaluate_size_many([decoders[j] for j in active], task, size, n, device=device, precision=decode_matmuls)
         decoded[str(size)] = dict(zip(active, rows))
         for j, row in zip(active, rows):
             if stop_after_zero and row["correct"] == 0:
@@ -414,6 +421,7 @@ def evaluate_within(models: list, task, sizes: list[int], n: int, device: str, m
         result = {"accuracy": {}, "exact_trajectory": {s: None if v is None else v[j] for s, v in tf.items()},
                   "skipped_sizes": [], "skip_reasons": {}, "exact_trajectory_skipped_sizes": tf_skipped,
                   "max_eval_seconds": max_seconds, "stop_after_zero": stop_after_zero, "eval_seconds_per_size": {},
+                  "decode_precision": precisions[j],
                   **({"exact_trajectory_skip_reasons": tf_reasons} if tf_reasons else {})}
         for size in sorted(sizes):
             row = decoded.get(str(size), {}).get(j)
@@ -526,7 +534,7 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
               add_weights: list[float] | None = None, evaluate_stopped: bool = False,
               fit_train_seconds: float | None = None, pack: bool = True, stop_after_zero: bool | None = None,
               joint_eval: bool | None = None, pool_episodes: int | None = None,
-              pool_seconds: float | None = None) -> dict:
+              pool_seconds: float | None = None, precision: str = "float32") -> dict:
     """Train and evaluate every (model, mode) of the scale that the task has (or the subset `only`)
     for each seed (`seeds`, else the task's seeds for that run, else the scale's). `sizes`, `n`,
     `steps`, `lr` override the scale's test sizes, episodes per size, training steps and learning
@@ -553,6 +561,9 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
 
     `fit_train_seconds` gives each run that much training time, its steps cut to fit (see run_one):
     for calls of fixed length. `pack=False` trains on padded rows instead of packed ones.
+
+    `precision`: the evaluation's decode matmuls (evaluate.greedy_policy: float32, tf32 or bfloat16),
+    recorded in each run as "decode_precision".
 
     `pool_episodes` (default: the scale's "pool"; 0: none): every run draws its batches from a
     trajectory pool of that many episodes (ssm_tools.pool), one per task config and training range,
@@ -582,6 +593,7 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
                         ("fit_train_seconds", fit_train_seconds), ("pool_seconds", pool_seconds)):
         if value is not None and not value > 0:
             raise ValueError(f"{name} must be positive, got {value!r}")
+    check_precision(precision)
     if workers is not None and not (isinstance(workers, int) and workers > 0):
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
     pool_episodes = spec["pool"] if pool_episodes is None else pool_episodes
@@ -650,7 +662,7 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
                     max_eval_seconds=max_eval_seconds, max_train_seconds=max_train_seconds, eval_until=eval_until,
                     eval_lock=eval_lock, setting=setting, evaluate_stopped=evaluate_stopped,
                     fit_train_seconds=fit_train_seconds, stop_after_zero=stop_after_zero,
-                    evaluate_now=not (joint_eval and fixed_size_state(model)))
+                    evaluate_now=not (joint_eval and fixed_size_state(model)), precision=precision)
 
     jobs = [job(model, mode, setting, seed) for model, mode in runs for setting in settings
             for seed in run_seeds[model, mode]]
@@ -693,7 +705,8 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
         config_of_group = joint[run_key(waiting[g][0])]["config"]
         try:
             done = evaluate_jointly(waiting[g], config_of_group, sizes, n, device, max_eval_seconds=max_eval_seconds,
-                                    eval_until=eval_until, eval_lock=eval_lock, stop_after_zero=stop_after_zero)
+                                    eval_until=eval_until, eval_lock=eval_lock, stop_after_zero=stop_after_zero,
+                                    precision=precision)
         except Exception as e:  # reported like a failed run; the other modes go on
             done = [{**{k: v for k, v in r.items() if k != "pending"}, "error": f"{type(e).__name__}: {e}"[:2000]}
                     for r in waiting[g]]
