@@ -509,6 +509,29 @@ def test_bfloat16_decoding_applies_to_the_models_that_have_it_and_is_recorded(tm
         R.reproduce("addition", "cpu", [0], tmp_path / "x", precision="half")
 
 
+def test_select_every_evaluates_each_run_with_its_selected_step(tmp_path, monkeypatch):
+    """Checkpoint selection at the held-out val_size: the record has every score and the step chosen,
+    and the curve's scores are those of that step's weights (evaluated alone and jointly alike)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(R, "run_parallel", in_process)
+    runs = [("mamba", "interactive"), ("gru", "interactive")]
+    curve = R.reproduce("addition", "cpu", [0], tmp_path / "out", only=runs, sizes=[2, 3], n=3, steps=4,
+                        val_size=7, select_every=2, joint_eval=True)
+    task = make_task(task_config("addition", "interactive"))
+    for r in curve["runs"]:
+        sel = r["selection"]
+        assert [s[0] for s in sel["scores"]] == [2, 4] and sel["best_step"] in (2, 4)
+        assert r["train"]["select_size"] == 7 and r["train"]["select_every"] == 2
+        model, meta = load_checkpoint(tmp_path / f"runs/reproduce-addition-cpu/{r['model']}-interactive-seed0")
+        assert meta["selected_step"] == sel["best_step"]
+        assert r["exact_trajectory"] == {str(s): exact_trajectory_size(model, task, s, 3)["exact_trajectory"]
+                                         for s in (2, 3)}
+    with pytest.raises(ValueError, match="select_every needs val_size"):
+        R.reproduce("addition", "cpu", [0], tmp_path / "x", select_every=2)
+    with pytest.raises(ValueError, match="val_size 3 is a test size"):
+        R.reproduce("addition", "cpu", [0], tmp_path / "x", sizes=[2, 3], val_size=3, select_every=2)
+
+
 def test_each_run_records_how_it_was_trained_with_the_seed_it_used(tmp_path, monkeypatch):
     monkeypatch.setattr(R, "run_parallel", in_process)
     curve = R.reproduce("addition", "cpu", [1], tmp_path / "out", only=[("mamba", "interactive")], steps=2,

@@ -151,14 +151,15 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
 
 
 @pytest.mark.parametrize("field, value", [("steps", 0), ("batch_size", -2), ("lr", 0.0), ("warmup", -1),
-                                           ("train_max_size", 0), ("eval_n", 1.5), ("pack", "yes")])
+                                           ("train_max_size", 0), ("eval_n", 1.5), ("pack", "yes"),
+                                           ("select_size", -1), ("select_every", 0), ("select_n", 2.0)])
 def test_train_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})
 
 
-def make_trainer(out, steps=6, seed=3):
-    cfg = TrainConfig(steps=steps, batch_size=4, lr=3e-3, warmup=2, seed=seed, ckpt_every=2)
+def make_trainer(out, steps=6, seed=3, **recipe):
+    cfg = TrainConfig(steps=steps, batch_size=4, lr=3e-3, warmup=2, seed=seed, ckpt_every=2, **recipe)
     return Trainer(get_task("addition"), "mamba", TINY, cfg, out, progress=False,
                    run_info={"task": {"name": "addition", "mode": "interactive", "options": {}}})
 
@@ -197,6 +198,57 @@ def test_time_budget_checkpoints_and_a_later_run_finishes_identically(tmp_path):
     assert "stopped" not in later.run()
     for (name, a), b in zip(whole.model.state_dict().items(), later.model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def scripted_scores(monkeypatch, scores: dict, kept: dict):
+    """Checkpoint selection scored by step (`scores`: step -> (exact share, token accuracy)), the
+    weights of each scored step (every 2nd, in order) copied into `kept`; the held-out episodes are
+    not the test ones."""
+    import ssm_tools.evaluate as E
+    import ssm_tools.train as T
+
+    def score(model, task, size, n, seed, device):
+        assert (size, n, seed) == (9, 3, T.VALIDATION_SEED) and seed != E.TEST_SEED
+        step = 2 * len(kept) + 2
+        kept[step] = {k: v.clone() for k, v in model.state_dict().items()}
+        return {"exact_trajectory": scores[step][0], "token_accuracy": scores[step][1]}
+    monkeypatch.setattr(T, "exact_trajectory_size", score)
+
+
+@pytest.mark.parametrize("scores, best", [({2: (0.5, 0.9), 4: (0.75, 0.8), 6: (0.25, 1.0)}, 4),
+                                          ({2: (0.5, 0.9), 4: (0.5, 0.95), 6: (0.5, 0.95)}, 4)])
+def test_checkpoint_selection_keeps_the_best_step_and_resumes_exactly(tmp_path, monkeypatch, scores, best):
+    """The best held-out score wins (its token accuracy breaks ties of the exact share, then the
+    earlier step); the selected weights are that step's, in the checkpoint beside the last step's; a
+    run stopped and resumed selects the same step and weights."""
+    kept = {}
+    scripted_scores(monkeypatch, scores, kept)
+    whole = make_trainer(tmp_path / "whole", select_size=9, select_every=2, select_n=3)
+    whole.run()
+    assert whole.selection == {"scores": [[s, *scores[s]] for s in (2, 4, 6)], "best_step": best}
+    model, meta = load_checkpoint(tmp_path / "whole")
+    assert meta["selected_step"] == best and meta["step"] == 6
+    for name, w in model.state_dict().items():
+        assert torch.equal(w, kept[best][name]), name
+    last, meta = load_checkpoint(tmp_path / "whole", weights="last")
+    assert "selected_step" not in meta
+    assert all(torch.equal(w, whole.model.state_dict()[k]) for k, w in last.state_dict().items())
+    assert all(torch.equal(w, kept[best][k]) for k, w in whole.selected_model().state_dict().items())
+    log = (tmp_path / "whole" / "log.csv").read_text().splitlines()
+    assert [row.split(",")[-1] for row in log] == ["select", "", str(scores[2][0]), "", str(scores[4][0]), "",
+                                                   str(scores[6][0])]
+    kept.clear()
+    cut = make_trainer(tmp_path / "cut", select_size=9, select_every=2, select_n=3)
+    run_killed_after(cut, 5)  # the last checkpoint is at step 4, after two selections
+    resumed = make_trainer(tmp_path / "cut", seed=99, select_size=9, select_every=2, select_n=3)
+    resumed.load(tmp_path / "cut" / CHECKPOINT)
+    assert resumed.selection["scores"] == [[s, *scores[s]] for s in (2, 4)]
+    resumed.run()
+    assert resumed.selection == whole.selection
+    again, _ = load_checkpoint(tmp_path / "cut")
+    assert all(torch.equal(w, model.state_dict()[k]) for k, w in again.state_dict().items())
+    with pytest.raises(ValueError, match="weights must be 'selected' or 'last'"):
+        load_checkpoint(tmp_path / "cut", weights="best")
 
 
 @pytest.mark.parametrize("corrupt", [False, True])

@@ -73,12 +73,13 @@ def convert(old, new) -> Path:
 
 
 def export(checkpoint, folder) -> Path:
-    """A training checkpoint's model as a save_pretrained folder, with what evaluation needs."""
+    """A training checkpoint's model (the selected step's, under checkpoint selection) as a
+    save_pretrained folder, with what evaluation needs."""
     from .models import save_pretrained
     from .train import load_checkpoint
 
     model, meta = load_checkpoint(checkpoint)
-    return save_pretrained(model, folder, run=meta["run"], step=meta["step"])
+    return save_pretrained(model, folder, run=meta["run"], step=meta.get("selected_step", meta["step"]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -101,7 +101,8 @@ def cmd_evaluate(args) -> None:
     else:
         result = evaluate(model, task, sizes, n, device=args.device, precision=args.precision)
     scores = {k: {str(s): a for s, a in result[k].items()} for k in ("accuracy", "exact_trajectory") if k in result}
-    report = {"checkpoint": str(args.checkpoint), "task": spec, "graded_task": repr(task), "model": meta["model"], "step": meta["step"],
+    report = {"checkpoint": str(args.checkpoint), "task": spec, "graded_task": repr(task), "model": meta["model"],
+              "step": meta["step"], **({"selected_step": meta["selected_step"]} if "selected_step" in meta else {}),
               "n": n, **scores, "per_size": {str(s): r for s, r in result["per_size"].items()}, "command": _command(args)}
     text = json.dumps(report, indent=1)
     if args.out:
@@ -126,7 +127,8 @@ def cmd_reproduce(args) -> None:
                       val_steps=args.val_steps, add_weights=args.add_weights,
                       evaluate_stopped=args.evaluate_stopped, fit_train_seconds=args.fit_train_seconds,
                       pack=not args.no_pack, stop_after_zero=args.stop_after_zero, joint_eval=args.joint_eval,
-                      pool_episodes=args.pool_episodes, pool_seconds=args.pool_seconds, precision=args.precision)
+                      pool_episodes=args.pool_episodes, pool_seconds=args.pool_seconds, precision=args.precision,
+                      select_every=args.select_every)
     if not is_main():
         return
     print(f"wrote {out}/curve.json and {out}/curve.png ({len(curve['runs'])} runs)")
@@ -255,7 +257,10 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--lr-grid", type=_float_list,
                    help="choose the learning rate first: one short run per rate (comma-separated), graded at "
                         "--val-size; the choice and every candidate go into curve.json")
-    r.add_argument("--val-size", type=int, help="the held-out size --lr-grid grades at (not a test size)")
+    r.add_argument("--val-size", type=int, help="the held-out size --lr-grid and --select-every grade at (not a test size)")
+    r.add_argument("--select-every", type=int,
+                   help="checkpoint selection: every run scores its weights at --val-size (exact trajectories, "
+                        "teacher forced) every this many steps and is evaluated with the best step's")
     r.add_argument("--val-steps", type=int, help="steps of each --lr-grid run (default: a quarter of --steps)")
     r.add_argument("--add-weights", type=_float_list,
                    help="multiplication_mixture: only these addition weights (default: 0,0.33,0.5,0.6)")
@@ -310,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.argv = argv
     for name in ("steps", "batch_size", "n", "nproc", "workers", "max_seconds", "lr", "val_size", "val_steps",
-                 "episodes"):
+                 "episodes", "select_every"):
         if getattr(args, name, None) is not None and getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     from .distributed import launch, launched, shutdown

@@ -265,12 +265,15 @@ def exact_trajectory_many(models, task, size: int, n: int, seed: int = TEST_SEED
     for model in models:
         model.eval()
         exact = torch.zeros(n, dtype=torch.bool)
+        wrong_tokens = 0
         for rows, width in batches:
             x = tokens[rows, :width].to(device)
             learned = mask[rows, 1:width].to(device)
             wrong = (model(x[:, :-1]).argmax(-1) != x[:, 1:]) & learned
             exact[rows] = ~wrong.any(1).cpu()
+            wrong_tokens += int(wrong.sum())
         results.append({"exact_trajectory": int(exact.sum()) / n, "exact": int(exact.sum()), "n": n,
+                        "token_accuracy": 1 - wrong_tokens / max(1, int(mask[:, 1:].sum())),
                         "mean_length": float(lengths.float().mean())})
     return results
 

@@ -254,10 +254,11 @@ def run_one(config: dict, model: str, model_scale: str | dict, train: dict, seed
         return name
     trained = {**name, "model_cfg": trainer.meta["model_cfg"], "train": asdict(cfg), "trained_steps": trainer.step,
                "machine": machine(trainer.device), "final_loss": trainer.last_loss, "train_seconds": train_s,
-               "train_processes": trainer.world, **({"pool": trainer.meta["pool"]} if "pool" in trainer.meta else {})}
+               "train_processes": trainer.world, **({"pool": trainer.meta["pool"]} if "pool" in trainer.meta else {}),
+               **({"selection": trainer.selection} if cfg.select_size else {})}
     if not evaluate_now:
         return {**trained, "pending": str(out_dir)}
-    return evaluate_runs([trained], [trainer.model], make_eval_task(config), sizes, n, trainer.device,
+    return evaluate_runs([trained], [trainer.selected_model()], make_eval_task(config), sizes, n, trainer.device,
                          max_eval_seconds, eval_until, eval_lock, stop_after_zero, precision)[0]
 
 
@@ -534,7 +535,8 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
               add_weights: list[float] | None = None, evaluate_stopped: bool = False,
               fit_train_seconds: float | None = None, pack: bool = True, stop_after_zero: bool | None = None,
               joint_eval: bool | None = None, pool_episodes: int | None = None,
-              pool_seconds: float | None = None, precision: str = "float32") -> dict:
+              pool_seconds: float | None = None, precision: str = "float32",
+              select_every: int | None = None) -> dict:
     """Train and evaluate every (model, mode) of the scale that the task has (or the subset `only`)
     for each seed (`seeds`, else the task's seeds for that run, else the scale's). `sizes`, `n`,
     `steps`, `lr` override the scale's test sizes, episodes per size, training steps and learning
@@ -561,6 +563,10 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
 
     `fit_train_seconds` gives each run that much training time, its steps cut to fit (see run_one):
     for calls of fixed length. `pack=False` trains on padded rows instead of packed ones.
+
+    `select_every`: checkpoint selection (TrainConfig.select_size): every run scores its weights at
+    `val_size` (held out, not a test size) every this many steps and is evaluated with the best
+    step's; its record's "selection" has every score.
 
     `precision`: the evaluation's decode matmuls (evaluate.greedy_policy: float32, tf32 or bfloat16),
     recorded in each run as "decode_precision".
@@ -603,6 +609,11 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
         raise ValueError("give lr or lr_grid, not both")
     train = {**spec["train"], **({} if steps is None else {"steps": steps}), **({} if lr is None else {"lr": lr}),
              **({} if pack else {"pack": False})}
+    if select_every is not None:  # checkpoint selection at the held-out size (TrainConfig.select_size)
+        check_val_size(built, val_size, sizes, "select_every")
+        if not (isinstance(select_every, int) and select_every > 0):
+            raise ValueError(f"select_every must be a positive integer, got {select_every!r}")
+        train = {**train, "select_size": val_size, "select_every": select_every}
     if lr_grid is not None:
         check_lr_grid(built, lr_grid, val_size, val_steps, sizes)
         if distributed.launched():  # the ranks would each have to agree on the choice
@@ -752,15 +763,20 @@ def setting_config(task: str, mode: str, setting: dict | None, overrides: dict |
     return config
 
 
+def check_val_size(task, val_size: int | None, sizes: list[int], what: str) -> None:
+    """The held-out size that `what` (lr_grid, select_every) grades at: given, valid, not a test size."""
+    if val_size is None:
+        raise ValueError(f"{what} needs val_size: the held-out size it grades at")
+    task.check_size(val_size, "validation size")
+    if val_size in sizes:
+        raise ValueError(f"val_size {val_size} is a test size {sizes}: {what} chooses on a size the curve does "
+                         f"not report")
+
+
 def check_lr_grid(task, grid: list[float], val_size: int | None, val_steps: int | None, sizes: list[int]) -> None:
     if not grid or any(not (isinstance(lr, (int, float)) and lr > 0) for lr in grid):
         raise ValueError(f"lr_grid must be a non-empty list of positive learning rates, got {grid!r}")
-    if val_size is None:
-        raise ValueError("lr_grid needs val_size: the held-out size the learning rates are graded at")
-    task.check_size(val_size, "validation size")
-    if val_size in sizes:
-        raise ValueError(f"val_size {val_size} is a test size {sizes}: the learning rate is chosen on a size "
-                         f"the curve does not report")
+    check_val_size(task, val_size, sizes, "lr_grid")
     if val_steps is not None and not (isinstance(val_steps, int) and val_steps > 0):
         raise ValueError(f"val_steps must be a positive integer, got {val_steps!r}")
 

@@ -33,13 +33,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import checkpoint, distributed, pool
-from .config import make_task
-from .evaluate import evaluate
+from .config import make_eval_task, make_task
+from .evaluate import evaluate, exact_trajectory_size
 from . import vocab as V
 from .models import build_model, load_pretrained, preset
 from .models.pretrained import is_pretrained, read_config
 
 CHECKPOINT = "checkpoint.pt"
+VALIDATION_SEED = 4321  # the held-out episodes of checkpoint selection: never the test episodes (TEST_SEED)
 LOG = "log.csv"
 DTYPES = {"float32": torch.float32, "float64": torch.float64}  # the parameters' dtype
 
@@ -59,15 +60,22 @@ class TrainConfig:
     eval_every: int = 0  # 0: no evaluation during training
     eval_sizes: list[int] = field(default_factory=lambda: [10])
     eval_n: int = 32
+    # Checkpoint selection on a held-out size (0: off, the last step's weights are the run's): every
+    # select_every steps and at the last, the share of select_n validation episodes of size
+    # select_size whose whole trajectory the model reproduces (teacher forced); the best step's
+    # weights are kept in the checkpoint beside the last step's (ties: the earlier step).
+    select_size: int = 0
+    select_every: int = 100
+    select_n: int = 32
     dtype: str = "float32"  # parameters (float64 for exact comparisons); CUDA computes in bf16 autocast
     pack: bool = True  # episodes packed into rows for models that take packed rows (else padded rows)
     pool: str = ""  # a trajectory pool file (ssm_tools.pool) to draw the batches from; "": fresh trajectories
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "train_max_size", "ckpt_every", "eval_n"):
+        for name in ("steps", "batch_size", "train_max_size", "ckpt_every", "eval_n", "select_every", "select_n"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
-        for name in ("warmup", "eval_every"):
+        for name in ("warmup", "eval_every", "select_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {getattr(self, name)!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
@@ -202,7 +210,7 @@ def make_trainer(config: dict, model: str, scale: str | dict, train: dict, out_d
     `model` at size preset `scale`, the recipe `train_config(config, train)`, the checkpoint and log
     in `out_dir`. The checkpoint records the config's [task], [sizes] and [eval] for `evaluate`."""
     return Trainer(make_task(config), model, model_config(model, scale, model_overrides), train_config(config, train),
-                   out_dir, device=device, progress=progress,
+                   out_dir, device=device, progress=progress, select_task=make_eval_task(config),
                    run_info={k: config.get(k, {}) for k in ("task", "sizes", "eval")})
 
 
@@ -210,9 +218,10 @@ class Trainer:
     """Owns a model, its optimizer and the data stream of one task; `run()` trains to cfg.steps."""
 
     def __init__(self, task, model_name: str, model_cfg: dict, cfg: TrainConfig, out_dir, *,
-                 device: str = "cpu", run_info: dict | None = None, progress: bool = True):
+                 device: str = "cpu", run_info: dict | None = None, progress: bool = True, select_task=None):
         """run_info: what evaluation needs later, stored in the checkpoint as "run": the config's
-        [task] table ("task"), and optionally its "sizes" and "eval" tables."""
+        [task] table ("task"), and optionally its "sizes" and "eval" tables. select_task: the task
+        checkpoint selection grades (default `task`; the graded task of a mixture)."""
         # Under torchrun this joins the process group and takes the local rank's GPU.
         self.task, self.cfg, self.progress = task, cfg, progress
         self.device = torch.device(distributed.setup(str(device)))
@@ -241,11 +250,17 @@ class Trainer:
         # Carried through checkpoints, so a run resumed across processes reports its whole training.
         self.train_seconds = 0.0  # training time of every run() so far (checkpoint writes excluded)
         self.last_loss: float | None = None  # the loss of the last step taken
+        # Checkpoint selection (cfg.select_size): every scored step as [step, exact share, token
+        # accuracy], the best step, and its weights (on the CPU).
+        self.select_task = task if select_task is None else select_task
+        self.selection: dict = {"scores": [], "best_step": None}
+        self.selected_state: dict | None = None
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {**self.meta, "step": self.step, "train_seconds": self.train_seconds, "last_loss": self.last_loss,
-                "model_state": self.model.state_dict(),
+                "model_state": self.model.state_dict(), "selection": self.selection,
+                **({"selected_state": self.selected_state} if self.selected_state is not None else {}),
                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                 "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state(),
                         # this process's GPU only: another rank's would start a CUDA context there
@@ -273,12 +288,36 @@ class Trainer:
         self.sched.load_state_dict(ck["scheduler"])
         self.step = ck["step"]
         self.train_seconds, self.last_loss = ck.get("train_seconds", 0.0), ck.get("last_loss")
+        self.selection = ck.get("selection", {"scores": [], "best_step": None})
+        self.selected_state = ck.get("selected_state")
         self.rng.bit_generator.state = ck["rng"]["numpy"]
         # RNG states are CPU byte tensors, whatever map_location moved the rest of the checkpoint to.
         torch.set_rng_state(ck["rng"]["torch"].cpu())
         if ck["rng"]["cuda"] and self.device.type == "cuda":  # older checkpoints: one state per GPU
             torch.cuda.set_rng_state(ck["rng"]["cuda"][0].cpu(), self.device)
         return recipe(ck)
+
+    def select(self) -> list:
+        """Scores this step on the held-out episodes (cfg.select_size, seed VALIDATION_SEED, never the
+        test ones) and keeps its weights if no earlier step scored as high. Returns the score
+        [step, share of exact trajectories, token accuracy]."""
+        r = exact_trajectory_size(self.model, self.select_task, self.cfg.select_size, self.cfg.select_n,
+                                  seed=VALIDATION_SEED, device=self.device)
+        score = [self.step, r["exact_trajectory"], r["token_accuracy"]]
+        self.selection["scores"].append(score)
+        if max(self.selection["scores"], key=lambda s: (s[1], s[2], -s[0])) is score:
+            self.selection["best_step"] = self.step
+            self.selected_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        return score
+
+    def selected_model(self):
+        """The run's model: the selected step's weights (a copy) under checkpoint selection, else the
+        model as trained."""
+        if self.selected_state is None:
+            return self.model
+        model = build_model(self.meta["model"], **self.meta["model_cfg"]).to(self.device, DTYPES[self.cfg.dtype])
+        model.load_state_dict(self.selected_state)
+        return model.eval()
 
     # -- training ------------------------------------------------------------------------------
     def batch(self):
@@ -355,7 +394,7 @@ class Trainer:
                      desc=f"train {self.meta['model']}", dynamic_ncols=True) as bar:
             writer = csv.writer(f)
             if new_log:
-                writer.writerow(["step", "loss", "lr", "tokens_per_s", "eval"])
+                writer.writerow(["step", "loss", "lr", "tokens_per_s", "eval", "select"])
             while self.step < self.cfg.steps:
                 t0 = time.perf_counter()
                 loss, ntok = self.train_step()
@@ -365,7 +404,11 @@ class Trainer:
                 if main and self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
                     row["eval"] = evaluate(self.model, self.task, self.cfg.eval_sizes, self.cfg.eval_n,
                                            device=self.device)["accuracy"]
-                writer.writerow([row["step"], f"{loss:.5f}", f"{row['lr']:.3e}", f"{tps:.0f}", row.get("eval", "")])
+                if main and self.cfg.select_size and (self.step % self.cfg.select_every == 0
+                                                      or self.step == self.cfg.steps):
+                    row["select"] = self.select()[1]
+                writer.writerow([row["step"], f"{loss:.5f}", f"{row['lr']:.3e}", f"{tps:.0f}", row.get("eval", ""),
+                                 row.get("select", "")])
                 bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:.0f}", **({"acc": row["eval"]} if "eval" in row else {}))
                 bar.update(1)
                 self.train_seconds += time.perf_counter() - t0
@@ -390,9 +433,13 @@ def recipe(ck: dict) -> dict:
     return {"dtype": "float32", "pack": False, "pool": "", **ck["train"]}
 
 
-def load_checkpoint(path, device: str = "cpu"):
+def load_checkpoint(path, device: str = "cpu", weights: str = "selected"):
     """(model in eval mode, checkpoint metadata) from a checkpoint file, its run folder, or a
-    save_pretrained model folder (whose config.json may carry "run" and "step")."""
+    save_pretrained model folder (whose config.json may carry "run" and "step"). `weights`: of a run
+    trained with checkpoint selection, "selected" (the selected step's; its step is the metadata's
+    "selected_step") or "last" (the last step's); other runs have the last step's only."""
+    if weights not in ("selected", "last"):
+        raise ValueError(f"weights must be 'selected' or 'last', got {weights!r}")
     path = Path(path)
     if is_pretrained(path):
         config = read_config(path)
@@ -404,5 +451,7 @@ def load_checkpoint(path, device: str = "cpu"):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     ck = checkpoint.load(path, map_location=device)
     model = build_model(ck["model"], **ck["model_cfg"]).to(device, DTYPES[recipe(ck)["dtype"]])
-    model.load_state_dict(ck["model_state"])
-    return model.eval(), {k: ck[k] for k in ("model", "model_cfg", "run", "train", "step")}
+    selected = weights == "selected" and "selected_state" in ck
+    model.load_state_dict(ck["selected_state"] if selected else ck["model_state"])
+    meta = {k: ck[k] for k in ("model", "model_cfg", "run", "train", "step")}
+    return model.eval(), {**meta, **({"selected_step": ck["selection"]["best_step"]} if selected else {})}
