@@ -276,6 +276,32 @@ def test_addition_train_and_test_distributions(rng):
     assert lengths == {(i, j) for i in range(1, 6) for j in range(1, 6)}
 
 
+@pytest.mark.parametrize("name,options", [("addition", {}), ("multiplication", {"second_digits": 1}),
+                                          ("multiplication", {"second_digits": 2})])
+def test_stress_operands_are_what_they_say_and_the_oracle_plays_them(name, options, rng):
+    """Carry-heavy and zero-run test operands: n digits, no leading zero, a carry at every column
+    (addition: a + b = 10^n) or long zero runs; the oracle exact on them through the real loop;
+    training draws uniform operands whatever the option."""
+    sizes = [1, 2, 3, 7, 40, 300]
+    for kind in ("carries", "zero_runs"):
+        task = get_task(name, **options, operands=kind)
+        assert f"operands='{kind}'" in repr(task)
+        transcript, insts = task.trajectories(rng, sizes)
+        check_transcript(task, transcript, insts, sizes)
+        for x, n in zip(insts, sizes):
+            assert len(x.a) == n and x.a[0] != "0" and x.b[0] != "0" and len(x.b) == (n if name == "addition" else
+                                                                                     options["second_digits"])
+            if kind == "carries" and name == "addition":
+                assert int(x.a) + int(x.b) == 10 ** n
+            elif kind == "carries":
+                assert set(x.a) <= set("56789") and set(x.b) <= set("789")
+        many = "".join(task.sample(rng, 40).a for _ in range(50)) if kind == "zero_runs" else ""
+        assert kind != "zero_runs" or (many.count("0") > 0.4 * len(many) and many.count("0" * 8) >= 25)
+        train = [task.sample_train(rng, 5) for _ in range(300)]
+        assert sum(x.a.count("0") for x in train) < 0.2 * sum(len(x.a) for x in train)
+    assert "operands" not in repr(get_task(name, **options))
+
+
 def test_hanoi_disks_drawn_without_replacement_largest_first(rng):
     x = get_task("hanoi").sample(rng, 30)
     assert len(set(x.sizes)) == 30 and list(x.sizes) == sorted(x.sizes, reverse=True)
@@ -340,6 +366,9 @@ def test_seeding_is_reproducible(rng):
     (lambda rng: get_task("multiplication", second_digits=3), "second_digits must be 1 or 2"),
     (lambda rng: get_task("hanoi", variant="fast"), r"variant must be one of \('iterative', 'recursive'\)"),
     (lambda rng: get_task("mixture", add_weight=1.5), r"add_weight must be a number in \[0, 1\]"),
+    (lambda rng: get_task("addition", operands="nines"), "addition: operands must be one of uniform, carries, "
+                                                        "zero_runs, got 'nines'"),
+    (lambda rng: get_task("multiplication", operands=1), "multiplication: operands must be one of"),
     (lambda rng: get_task("addition").sample(rng, 0), r"size \(digits\) must be an integer >= 1"),
     (lambda rng: get_task("addition").sample(rng, 2.5), r"size \(digits\) must be an integer"),
     (lambda rng: get_task("addition").sample(rng, True), r"size \(digits\) must be an integer"),

@@ -10,8 +10,9 @@ Interactive trajectory (every step decided by the last few tokens):
      until it reads '='; [EOS].
 Modes: interactive, cot (the same with observations predicted), single_turn (alias calculator: one
 `add a b` call), direct (answer at once), direct_reversed (answer reversed, least significant first).
-Sizes: sample(rng, n) draws two n-digit operands; sample_train(rng, m) draws each operand's length
-uniformly in 1..m (the paper: 1..5).
+Sizes: sample(rng, n) draws two n-digit operands (uniform digits, or carry-heavy / zero-run ones:
+the `operands` option, arithmetic.OPERANDS); sample_train(rng, m) draws each operand's length uniformly
+in 1..m (the paper: 1..5) and its digits uniformly.
 """
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ from itertools import zip_longest
 import numpy as np
 
 from .. import vocab as V
-from .arithmetic import (BOS_F, DIGITS_F, LT1, LT2, RD1, RD2, ArithmeticTask, Operands, operands_prompt,
-                         position_pointers, random_number, read_back, to_int, to_str)
+from .arithmetic import (BOS_F, DIGITS_F, LT1, LT2, RD1, RD2, ArithmeticTask, Operands, check_operands, digits_in,
+                         operands_prompt, position_pointers, random_number, read_back, to_int, to_str,
+                         zero_runs_number)
 from .base import CHAR, DIGITS, FORCED, number
 
 
@@ -72,8 +74,20 @@ class Addition(ArithmeticTask):
     modes = ("interactive", "cot", "single_turn", "direct", "direct_reversed")
     num_pointers = 2
 
+    def __init__(self, mode: str = "interactive", operands: str = "uniform"):
+        super().__init__(mode)
+        self.operands = check_operands(self.name, operands)
+
+    def __repr__(self) -> str:
+        return f"Addition(mode={self.mode!r}" + (f", operands={self.operands!r})" if self.operands != "uniform" else ")")
+
     def sample(self, rng: np.random.Generator, size: int) -> Operands:
         n = self.check_size(size)
+        if self.operands == "carries":  # a's first digit below 9: b = 10^n - a keeps n digits
+            a = digits_in(rng, 1, 1, 8) + (random_number(rng, n - 1).zfill(n - 1) if n > 1 else "")
+            return Operands(a, "+", to_str(10 ** n - to_int(a)))
+        if self.operands == "zero_runs":
+            return Operands(zero_runs_number(rng, n), "+", zero_runs_number(rng, n))
         return Operands(random_number(rng, n), "+", random_number(rng, n))
 
     def sample_train(self, rng: np.random.Generator, max_size: int) -> Operands:

@@ -75,6 +75,38 @@ def random_number(rng: np.random.Generator, digits: int, allow_zero: bool = True
     return to_str(low + int.from_bytes(words.tobytes(), "little") % span)
 
 
+# What the test operands look like (the arithmetic tasks' `operands` option). Training always draws
+# uniform ones; the others are what reviewers of length-generalization claims test besides them:
+#   uniform    every digit uniform;
+#   carries    a carry at every column: addition draws a and takes b = 10^n - a (a + b = 10^n),
+#              multiplication draws the first operand's digits in 5..9 and the second's in 7..9;
+#   zero_runs  long runs of zeros inside the number (runs of up to n // 4 zeros between random digits),
+#              in both addends, in the first factor.
+OPERANDS = ("uniform", "carries", "zero_runs")
+
+
+def check_operands(task: str, operands) -> str:
+    if operands not in OPERANDS:
+        raise ValueError(f"{task}: operands must be one of {', '.join(OPERANDS)}, got {operands!r}")
+    return operands
+
+
+def digits_in(rng: np.random.Generator, digits: int, low: int, high: int) -> str:
+    """A `digits`-digit number whose digits are uniform in low..high (low >= 1: no leading zero)."""
+    return "".join(map(str, rng.integers(low, high + 1, size=digits)))
+
+
+def zero_runs_number(rng: np.random.Generator, digits: int) -> str:
+    """A `digits`-digit number made of runs of zeros (each 1..max(1, digits // 4) long) between
+    uniform digits; its first and last digits are not zero."""
+    out = [str(rng.integers(1, 10))]
+    longest = max(1, digits // 4)
+    while len(out) < digits - 1:
+        out += ["0"] * int(rng.integers(1, longest + 1)) if rng.random() < 0.5 else [str(rng.integers(0, 10))]
+    out = out[:max(1, digits - 1)]
+    return "".join(out + ([str(rng.integers(1, 10))] if digits > 1 else []))
+
+
 def operands_prompt(x: Operands) -> bytes:
     return bytes((V.BOS,)) + chars(f"{x.a}{x.op}{x.b}=")
 

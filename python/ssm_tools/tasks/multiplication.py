@@ -28,8 +28,8 @@ import numpy as np
 
 from .. import vocab as V
 from .addition import Addition, addition_script
-from .arithmetic import (BOS_F, DIGITS_F, LT1, LT2, RD1, RD2, ArithmeticTask, Operands,
-                         position_pointers, random_number, read_back, to_int)
+from .arithmetic import (BOS_F, DIGITS_F, LT1, LT2, RD1, RD2, ArithmeticTask, Operands, check_operands, digits_in,
+                         position_pointers, random_number, read_back, to_int, zero_runs_number)
 from .base import CHAR, CMD, DIGITS, FORCED, number, walk
 
 RD3, RT3 = CMD[3, "read"], CMD[3, "right"]
@@ -87,17 +87,24 @@ class Multiplication(ArithmeticTask):
     modes = ("interactive", "cot", "single_turn")
     num_pointers = 3
 
-    def __init__(self, mode: str = "interactive", second_digits: int = 1):
+    def __init__(self, mode: str = "interactive", second_digits: int = 1, operands: str = "uniform"):
         super().__init__(mode)
         if second_digits not in (1, 2):
             raise ValueError(f"multiplication: second_digits must be 1 or 2, got {second_digits!r}")
         self.second_digits = second_digits
+        self.operands = check_operands(self.name, operands)
 
     def __repr__(self) -> str:
-        return f"Multiplication(mode={self.mode!r}, second_digits={self.second_digits})"
+        return (f"Multiplication(mode={self.mode!r}, second_digits={self.second_digits}"
+                + (f", operands={self.operands!r})" if self.operands != "uniform" else ")"))
 
     def sample(self, rng: np.random.Generator, size: int) -> Operands:
-        return self._draw(rng, self.check_size(size))
+        n = self.check_size(size)
+        if self.operands == "carries":
+            return Operands(digits_in(rng, n, 5, 9), "*", digits_in(rng, self.second_digits, 7, 9))
+        if self.operands == "zero_runs":
+            return Operands(zero_runs_number(rng, n), "*", random_number(rng, self.second_digits, allow_zero=False))
+        return self._draw(rng, n)
 
     def sample_train(self, rng: np.random.Generator, max_size: int) -> Operands:
         return self._draw(rng, int(rng.integers(1, self.check_size(max_size, "max_size") + 1)))
