@@ -169,8 +169,8 @@ TASKS = {
                       "train": dict(steps=3000, batch_size=8, lr=3e-3, warmup=40)}}},
     "hanoi_recursive": {
         "size_label": "disks", "every_seed": True, "sizes": {"cpu": [7, 8, 9], "paper": [7, 8, 9, 10]},
-        # cpu: about 12 CPU-minutes per run with the tool (results/hanoi_recursive: 37 minutes on 2
-        # busy shared cores), the longest of the cpu scales. Five Mamba + tool seeds (Figure 5's view).
+        # cpu: about 6 minutes of one busy core to train a run with the tool (packed rows) and 1-2 to
+        # decode it (results/hanoi_recursive). Five Mamba + tool seeds (Figure 5's view).
         "scales": {"cpu": {"runs": [("mamba", "interactive"), ("mamba", "single_turn")],
                            "run_seeds": {("mamba", "interactive"): [0, 1, 2, 3, 4]}, "seeds": [0], "n": 20,
                            "train": dict(steps=150, batch_size=16, lr=1e-2, warmup=15)},
