@@ -409,8 +409,9 @@ def test_eval_budget_bounds_the_exact_trajectory_pass_too(monkeypatch):
 
 def test_long_episode_tasks_have_their_runs_seeds_and_models(tmp_path, monkeypatch):
     """Hanoi trains every Mamba seed of Figure 5's view (5) and one of each baseline, with the small
-    models of the GPU scale; the curve is written as each run ends (a call cut short keeps them)."""
-    seen, pools, out = [], [], tmp_path / "hanoi"
+    models of the GPU scale; the curve is written as each run ends (a call cut short keeps them). Hanoi
+    iterative's cpu scale is the same view with tiny models, its decoding bounded by default."""
+    seen, pools, budgets, out = [], [], [], tmp_path / "hanoi"
 
     def fake_parallel(jobs, workers=None, on_result=None):
         results = []
@@ -419,6 +420,7 @@ def test_long_episode_tasks_have_their_runs_seeds_and_models(tmp_path, monkeypat
                 job[k] for k in ("config", "model", "model_scale", "train", "seed", "sizes", "n"))
             seen.append((config["task"]["mode"], model, sizes_of_model, seed))
             pools.append(train.get("pool"))
+            budgets.append(job["max_eval_seconds"])
             results.append({"model": model, "mode": config["task"]["mode"], "seed": seed, "test_sizes": sizes,
                             "n": n, "accuracy": {str(s): 1.0 for s in sizes}, "train": {**train, "seed": seed}})
             on_result(results[-1])
@@ -444,6 +446,18 @@ def test_long_episode_tasks_have_their_runs_seeds_and_models(tmp_path, monkeypat
         {("interactive", "mamba"), ("single_turn", "mamba"), ("interactive", "pythia")}
     assert [Path(p).parent.name for p in pools] == ["reproduce-coding-paper"] * 3 and len(set(pools)) == 2
     assert R.scale_spec("coding", "paper")["pool"] > 0
+    seen.clear()
+    budgets.clear()
+    out = tmp_path / "cpu"
+    R.reproduce("hanoi_iterative", "cpu", None, out, workers=2)
+    assert [(m, mode, s) for mode, m, _, s in seen] == [("mamba", "interactive", s) for s in range(5)] + [
+        ("mamba", "single_turn", 0), ("lstm", "interactive", 0)]
+    assert all(sizes == R.preset(m, "tiny") for _, m, sizes, _ in seen)
+    assert set(budgets) == {R.scale_spec("hanoi_iterative", "cpu")["max_eval_seconds"]}
+    budgets.clear()
+    R.reproduce("hanoi_iterative", "cpu", [0], out, workers=2, only=[("mamba", "single_turn")],
+                max_eval_seconds=7.5)
+    assert budgets == [7.5]  # the command line's budget over the scale's
 
 
 def test_a_failing_run_is_reported_and_the_others_still_join_the_curve(tmp_path, monkeypatch):

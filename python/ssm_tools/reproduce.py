@@ -147,15 +147,19 @@ TASKS = {
                       # runs give it ~2,000 steps of 1..10 gates (--fit-train-seconds cuts to fit).
                       "train": dict(steps=2000, batch_size=32, lr=3e-3, warmup=100)}}},
     "hanoi_iterative": {
-        "size_label": "disks", "every_seed": True, "sizes": {"cpu": [5, 6, 7], "paper": [8, 9, 10, 11, 12]},
+        "size_label": "disks", "every_seed": True, "sizes": {"cpu": [5, 6, 7, 8], "paper": [8, 9, 10, 11, 12]},
         "scales": {
             # cpu: the local trajectory (tasks/hanoi_iterative.toml) on 1..5 disks: the tiny Mamba is exact
             # on every 5-disk trajectory after 200 steps (5-6 minutes of a busy core) and on some of 6 and 7
             # (results/tasks_notes.md, "Tower of Hanoi iterative: the local trajectory"). Trained on 1..4
-            # disks it learns a rod sequence per size instead and fails at 5.
-            "cpu": {"runs": [("mamba", "interactive"), ("mamba", "single_turn")],
-                    "run_seeds": {("mamba", "interactive"): [0, 1]}, "seeds": [0], "n": 20,
-                    "config": {"sizes": {"train": [1, 5]}},
+            # disks it learns a rod sequence per size instead and fails at 5. Five Mamba + tool seeds
+            # (Figure 5's view), the LSTM one, on the same data, steps and learning rate. No Pythia: its
+            # padded rows of 1..5-disk episodes (up to 4.8k tokens) train at ~11 s a step on one busy
+            # core, about an hour for the 300 steps. 8 disks (47k-token episodes) is most of the
+            # decoding: "max_eval_seconds" bounds each run's.
+            "cpu": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("lstm", "interactive")],
+                    "run_seeds": {("mamba", "interactive"): [0, 1, 2, 3, 4]}, "seeds": [0], "n": 20,
+                    "max_eval_seconds": 300, "config": {"sizes": {"train": [1, 5]}},
                     "train": dict(steps=300, batch_size=16, lr=1e-2, warmup=20)},
             "paper": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("lstm", "interactive"),
                                ("pythia", "interactive")],
@@ -165,10 +169,10 @@ TASKS = {
                       "train": dict(steps=3000, batch_size=8, lr=3e-3, warmup=40)}}},
     "hanoi_recursive": {
         "size_label": "disks", "every_seed": True, "sizes": {"cpu": [7, 8, 9], "paper": [7, 8, 9, 10]},
-        # cpu: about 12 CPU-minutes per run with the tool (results/hanoi_recursive: 37 minutes on 2
-        # busy shared cores), the longest of the cpu scales.
+        # cpu: about 6 minutes of one busy core to train a run with the tool (packed rows) and 1-2 to
+        # decode it (results/hanoi_recursive). Five Mamba + tool seeds (Figure 5's view).
         "scales": {"cpu": {"runs": [("mamba", "interactive"), ("mamba", "single_turn")],
-                           "run_seeds": {("mamba", "interactive"): [0, 1]}, "seeds": [0], "n": 20,
+                           "run_seeds": {("mamba", "interactive"): [0, 1, 2, 3, 4]}, "seeds": [0], "n": 20,
                            "train": dict(steps=150, batch_size=16, lr=1e-2, warmup=15)},
                    "paper": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("lstm", "interactive"),
                                       ("pythia", "interactive")],
@@ -193,7 +197,8 @@ TASKS = {
 def scale_spec(task: str, scale: str) -> dict:
     """SCALES[scale] with the task's overrides on top: "runs", "train", "n", "seeds"; "models" (sizes
     per model, replacing the scale's preset); "run_seeds" ({(model, mode): seeds}, the default seeds
-    of those runs); "config" (tables of tasks/<task>.toml overridden key by key, see setting_config).
+    of those runs); "config" (tables of tasks/<task>.toml overridden key by key, see setting_config);
+    "max_eval_seconds" (each run's evaluation budget when the call gives none).
     A ValueError names a scale the task does not offer, and why."""
     _choose("task", task, TASKS)
     _choose("scale", scale, SCALES)
@@ -539,8 +544,8 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
               select_every: int | None = None) -> dict:
     """Train and evaluate every (model, mode) of the scale that the task has (or the subset `only`)
     for each seed (`seeds`, else the task's seeds for that run, else the scale's). `sizes`, `n`,
-    `steps`, `lr` override the scale's test sizes, episodes per size, training steps and learning
-    rate; `merge` adds the runs to <out_dir>/curve.json instead of replacing it. `max_train_seconds`
+    `steps`, `lr`, `max_eval_seconds` override the scale's test sizes, episodes per size, training
+    steps, learning rate and evaluation budget; `merge` adds the runs to <out_dir>/curve.json instead of replacing it. `max_train_seconds`
     bounds each run's training in this call (see run_one): runs that stop are left out of the curve
     and listed in its "unfinished" entry, to be resumed by the same command (with `evaluate_stopped`
     they are evaluated as they are and join the curve, "trained_steps" saying how far they got). `workers`: runs at a
@@ -593,6 +598,7 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     for s in sizes:
         built.check_size(s, "test size")
     n = spec["n"] if n is None else n
+    max_eval_seconds = spec.get("max_eval_seconds") if max_eval_seconds is None else max_eval_seconds
     if not (isinstance(n, int) and n > 0):
         raise ValueError(f"n must be a positive integer, got {n!r}")
     for name, value in (("max_eval_seconds", max_eval_seconds), ("max_seconds", max_seconds), ("lr", lr),
