@@ -76,8 +76,11 @@ def all_sum(values: list[float], device) -> list[float]:
 
 
 def shutdown() -> None:
-    """Leaves the process group (at the end of a command; torch warns about a group left open)."""
+    """Leaves the process group (at the end of a command; torch warns about a group left open).
+    The ranks meet first: a rank that tore its gloo connections down while another was still using
+    them could abort that one at exit ("terminate called without an active exception")."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
