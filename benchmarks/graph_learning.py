@@ -55,6 +55,7 @@ LOCAL_KINDS = {
     "c_output": "the output, from print(...) at the prompt's end",
     "c_needed": "the operand just asked for, from the model's own 'node needs x' line",
     "c_node": "the node whose operand was just logged, from the model's own 'node has x V' line",
+    "c_back": "the node just valued, from its own 'node = V' line (phrase_back: `find needs node`)",
     "t_needs_first": "'node needs x' for a node's first operand, from its definition (first line of the result)",
     "t_needs_next": "'node needs x' for the next operand, from the definition and the last line 'node has y V'",
     "t_has_known": "'node has x' after `find x` showed x known, from the result's last line 'node needs x'",
@@ -95,7 +96,7 @@ class LocalKinds:
         self.last = "prompt"
 
     def call(self) -> str:
-        return {"prompt": "c_output", "needs": "c_needed", "has": "c_node"}[self.last]
+        return {"prompt": "c_output", "needs": "c_needed", "has": "c_node", "is": "c_back"}[self.last]
 
     def thought(self, line: str):
         verb = {"=": "is"}.get(line.split()[1], line.split()[1])  # the phrase trajectory's "node = value"

@@ -30,9 +30,9 @@ CASES += [("hanoi", m, {"variant": "recursive"}) for m in ("interactive", "cot",
 CASES += [("logical_graph", m, {"trajectory": t}) for m in ("interactive", "cot", "single_turn")
           for t in ("local", "carried", "linked", "phrase")]
 CASES += [("logical_graph", "interactive", {"labels": 100, "trajectory": t})
-          for t in ("local", "carried", "linked", "phrase")]
+          for t in ("local", "carried", "linked", "phrase", "phrase_back")]
 CASES += [("logical_graph", "interactive", {"labels": 100, "trajectory": t, "shared": 0.7})
-          for t in ("linked", "phrase")]
+          for t in ("linked", "phrase", "phrase_back")]
 
 
 def token_accuracy(task, inst, tokens, mask=None) -> float:
@@ -142,6 +142,7 @@ def test_oracle_through_real_loop_small_sizes(case, rng):
     ("logical_graph", "interactive", {"trajectory": "linked"}, 1000),
     ("logical_graph", "interactive", {"trajectory": "phrase"}, 1000),
     ("logical_graph", "single_turn", {"trajectory": "phrase"}, 1000),
+    ("logical_graph", "interactive", {"trajectory": "phrase_back"}, 1000),
     ("hanoi", "interactive", {"variant": "iterative", "trajectory": "local"}, 14),  # 16,383 moves, ~4.5M tokens
     ("hanoi", "interactive", {"variant": "iterative", "trajectory": "carried"}, 14),  # ~5M tokens
     ("hanoi", "interactive", {"variant": "recursive"}, 11),  # 2 copies of 2^k-move lists per k: 11 disks for time
@@ -202,6 +203,8 @@ DIGESTS = {
     "logical_graph-interactive-phrase": "1d57412fb5dc8cff", "logical_graph-cot-phrase": "97fd9342dea27d16",
     "logical_graph-single_turn-phrase": "4a9527ed64ff1830", "logical_graph-interactive-100-phrase": "952293f6a20e9b45",
     "logical_graph-interactive-100-phrase-0.7": "abe320c8f79c2d6d",
+    "logical_graph-interactive-100-phrase_back": "0a04741149d855bb",
+    "logical_graph-interactive-100-phrase_back-0.7": "bc85b867b46c7385",
 }
 
 
@@ -356,7 +359,7 @@ def test_seeding_is_reproducible(rng):
     (lambda rng: get_task("logical_graph").sample_train(rng, -3), r"max_size \(gates\) must be an integer >= 1"),
     (lambda rng: get_task("logical_graph", labels=3), r"labels must be an integer > 3"),
     (lambda rng: get_task("logical_graph", trajectory="dfs"),
-     r"trajectory must be one of \['carried', 'linked', 'local', 'phrase'\]"),
+     r"trajectory must be one of \['carried', 'linked', 'local', 'phrase', 'phrase_back'\]"),
     (lambda rng: get_task("logical_graph", shared=1.5), r"shared must be a number in \[0, 1\]"),
     (lambda rng: get_task("logical_graph", labels=100).sample(rng, 98), r"size \(gates\) must be <= 97 with 100 labels"),
     (lambda rng: get_task("multiplication").max_steps(0), r"size \(digits\)"),

@@ -42,6 +42,11 @@ last line a value (an input, or x valued): "N has L <value of L>", then `find N 
 "needs" lines, the latest last: N is valued ("N = V ^P", V the has-line's) or needs its next literal.
 Otherwise x is visited: "x needs <x's right side> ^[!]N". After "x = V ^P": "vP has L <value of L>"
 (L: x, or "not x" for "^!") and `find vP needs` again.
+"phrase_back": the phrase trajectory with links of one bit (" ^" or " ^!", no number) and no
+has-lines: once the value of N's literal L is known (`find x =` answered x's value line, or the model
+wrote "x = V ^[!]"), `find needs L` answers the lines where L was a node's first pending literal, the
+asking node's latest needs line last; N is valued or needs its next literal from that line and the
+value, carried across the answer. No label is copied from before a search, only bits (a value, "!").
 "carried" (the first format; the current node's definition and label come from results further
 back than the latest): the current node's definition is the last `find` result that holds it.
   * for each operand x of the current node in order: [CALL] find x [/CALL]; x is known if the result
@@ -245,9 +250,11 @@ def local_script(x: Circuit, linked: bool = False) -> list[int]:
         node, k = up, place + 1
 
 
-def phrase_script(x: Circuit) -> list[int]:
+def phrase_script(x: Circuit, by_search: bool = False) -> list[int]:
     """The "phrase" trajectory (module docstring): every search a phrase whose answer is at most two
-    short lines, the gates valued left to right with short circuit."""
+    short lines, the gates valued left to right with short circuit. With `by_search`, "phrase_back":
+    a link is "^" or "^!" alone, no has-lines, and once a literal's value is known `find needs x` (or
+    `needs not x`) answers the asking node's latest "needs" line last."""
     defs = {g.target: g for g in x.gates}
     values: dict[str, bool] = dict(x.inputs)
     back = {x.output: ""}
@@ -270,15 +277,18 @@ def phrase_script(x: Circuit) -> list[int]:
         search.find(f"{v} =")  # the definition, then the value line once there is one
         if v not in values:
             # The parent's number without its letter: no search of a label's phrases matches it.
-            back[v] = f" ^{'!' if negated else ''}{node[1:]}"
+            back[v] = f" ^{'!' if negated else ''}{'' if by_search else node[1:]}"
             parent[v], node = node, v
             rest[node] = list(defs[node].operands)
             ask(node)
             continue
         value = values[v] != negated
-        while True:  # log the literal's value, back at the node: it is valued, or needs its next literal
-            search.write(f"{node} has {literal(v, negated)} {value}")
-            search.find(f"{node} needs")
+        while True:  # the literal's value known, back at the node: it is valued, or needs its next literal
+            if by_search:
+                search.find(f"needs {literal(v, negated)}")
+            else:
+                search.write(f"{node} has {literal(v, negated)} {value}")
+                search.find(f"{node} needs")
             rest[node].pop(0)
             if rest[node] and value != (defs[node].op == "or"):
                 ask(node)
@@ -292,7 +302,7 @@ def phrase_script(x: Circuit) -> list[int]:
 
 
 TRAJECTORIES = {"local": local_script, "carried": carried_script, "linked": partial(local_script, linked=True),
-                "phrase": phrase_script}
+                "phrase": phrase_script, "phrase_back": partial(phrase_script, by_search=True)}
 
 
 class LogicalGraph(Task):
