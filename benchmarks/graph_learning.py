@@ -8,7 +8,8 @@ token logged as it goes (results/tasks_notes.md, "Learning the logical graph").
 
 Training: AdamW, warmup then cosine (train.lr_factor), batches of `--batch` episodes of 1..train-max
 gates (`--phases 300:1` trains the first 300 steps on 1 gate; `--shared`: the training graphs' task
-option, the tests stay plain), one thread; `--pack` packs the episodes into rows as the Trainer does.
+option, the tests stay plain), one thread; `--pack` packs the episodes into rows as the Trainer does
+(`--carry`: with no state reset between a row's episodes).
 Every `--log-every` steps one JSON line: the loss and the teacher-forced accuracy of the label digits in
 `find` calls, of the digits in thought lines, of the values (T/F) and of every other model token (with
 `--pack`, of each row's first episode). At the end the model is saved (<out>.pt) and evaluated greedily with the tool (`--eval` sizes). `--exact-sizes`: the share
