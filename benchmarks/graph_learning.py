@@ -8,7 +8,8 @@ token logged as it goes (results/tasks_notes.md, "Learning the logical graph").
 
 Training: AdamW, warmup then cosine (train.lr_factor), batches of `--batch` episodes of 1..train-max
 gates (`--phases 300:1` trains the first 300 steps on 1 gate; `--shared`: the training graphs' task
-option, the tests stay plain), one thread; `--pack` packs the episodes into rows as the Trainer does.
+option, the tests stay plain), one thread; `--pack` packs the episodes into rows as the Trainer does
+(`--carry`: with no state reset between a row's episodes).
 Every `--log-every` steps one JSON line: the loss and the teacher-forced accuracy of the label digits in
 `find` calls, of the digits in thought lines, of the values (T/F) and of every other model token (with
 `--pack`, of each row's first episode). At the end the model is saved (<out>.pt) and evaluated greedily with the tool (`--eval` sizes). `--exact-sizes`: the share
@@ -55,6 +56,7 @@ LOCAL_KINDS = {
     "c_output": "the output, from print(...) at the prompt's end",
     "c_needed": "the operand just asked for, from the model's own 'node needs x' line",
     "c_node": "the node whose operand was just logged, from the model's own 'node has x V' line",
+    "c_back": "the node just valued, from its own 'node = V' line (phrase_back: `find needs node`)",
     "t_needs_first": "'node needs x' for a node's first operand, from its definition (first line of the result)",
     "t_needs_next": "'node needs x' for the next operand, from the definition and the last line 'node has y V'",
     "t_has_known": "'node has x' after `find x` showed x known, from the result's last line 'node needs x'",
@@ -95,10 +97,10 @@ class LocalKinds:
         self.last = "prompt"
 
     def call(self) -> str:
-        return {"prompt": "c_output", "needs": "c_needed", "has": "c_node"}[self.last]
+        return {"prompt": "c_output", "needs": "c_needed", "has": "c_node", "is": "c_back"}[self.last]
 
     def thought(self, line: str):
-        verb = line.split()[1]
+        verb = {"=": "is"}.get(line.split()[1], line.split()[1])  # the phrase trajectory's "node = value"
         kind = {"needs": "t_needs_next" if self.last == "has" else "t_needs_first",
                 "has": "t_has_up" if self.last == "is" else "t_has_known", "is": "t_is_node"}[verb]
         self.last = verb
@@ -221,6 +223,8 @@ def train(a, task, kinds_fn, coarse_fn=coarse, test_task=None) -> None:
         if a.pack:  # as the Trainer packs them (the kinds below then see each row's first episode)
             tokens, mask, seq_idx = pack_batch(tokens, mask, tr.lengths, 1)
         model.train()
+        if a.carry:  # one sequence per row: an episode's state starts from the episodes before it
+            seq_idx = None
         logits = model(tokens[:, :-1]) if seq_idx is None else model(tokens[:, :-1], seq_idx[:, :-1].contiguous())
         loss = F.cross_entropy(logits[mask[:, 1:]], tokens[:, 1:][mask[:, 1:]])
         opt.zero_grad()
@@ -270,7 +274,7 @@ def parser(doc: str, train_max: int) -> argparse.ArgumentParser:
     p.add_argument("--phases", default="", help="steps:max_size,... trained first (a curriculum)")
     p.add_argument("--mode", default="interactive")
     p.add_argument("--shared", type=float, default=0.0, help="the training graphs' task option shared (tests: 0)")
-    p.add_argument("--trajectory", default="local", help="the oracle's trajectory format (local, carried)")
+    p.add_argument("--trajectory", default="local", help="the oracle's trajectory format (local, linked, phrase, carried)")
     p.add_argument("--exact-sizes", type=ints, default=[], help="sizes of the exact-trajectory checks")
     p.add_argument("--exact-every", type=int, default=0, help="check exact trajectories every k steps (0: at the end)")
     p.add_argument("--exact-n", type=int, default=32, help="episodes per exact-trajectory check")
@@ -281,6 +285,8 @@ def parser(doc: str, train_max: int) -> argparse.ArgumentParser:
     p.add_argument("--init", default="", help="start from this saved model (<out>.pt)")
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--pack", action="store_true", help="pack episodes into rows as the Trainer does (else padded)")
+    p.add_argument("--carry", action="store_true",
+                   help="with --pack: no state reset between a row's episodes (the model sees long contexts)")
     p.add_argument("--out", default=None, help="JSON lines file (default: stdout)")
     p.add_argument("--kinds-of", default=None,
                    help="a saved model (<out>.pt or a run's checkpoint.pt): print its accuracy per KINDS entry")

@@ -1,5 +1,5 @@
-"""The logical graph's "local" and "linked" trajectories: every model line follows from the latest
-`find` result and the model's own call alone. A policy that sees nothing else (`next_text` below, written from the
+"""The logical graph's "local", "linked" and "phrase" trajectories: every model line follows from the latest
+`find` result and the model's own call alone (phrase: and its own latest line). A policy that sees nothing else (`next_text` below, written from the
 format's description, not from the oracle's code) reproduces the whole oracle trajectory, up to
 1,000 gates and with short labels (many shared variables, labels that are prefixes of others)."""
 import re
@@ -84,6 +84,83 @@ def next_text_linked(word: str, result: str) -> str:
     parent, literal = "v" + back[3 if negated else 2:], ("not " if negated else "") + word
     has_line = f"{parent} has {literal} {literal_value(literal, value)}"
     return f"{word} is {value}{back}\n{has_line}\n[CALL]find {parent}[/CALL]"
+
+
+def split_needs(line: str) -> tuple[str, list[str], str]:
+    """A "needs" line: its node, its literals and operators, its link (" ^..." or "")."""
+    words = line.split()
+    back = " " + words.pop() if words[-1].startswith("^") else ""
+    return words[0], words[2:], back
+
+
+def next_text_phrase(query: str, result: str, own: str | None, by_search: bool = False, before: str = "") -> str:
+    """The same for the "phrase" trajectory, from the latest result and the model's own latest line
+    (`own`: None before its first): what it writes after a search up to its next call (included).
+    `by_search`: "phrase_back", whose links hold no number and whose literal values are known from
+    the model's own value line or the result `before` the latest."""
+    lines = result.replace("[BOS]", "").split("\n")
+    if query.startswith("needs "):  # the asking node's latest "needs" line last
+        literal = query.removeprefix("needs ")
+        if own.split()[1] == "=":  # back from the literal's visit: its own "x = V ^[!]"
+            value = own.split()[2]
+        else:  # `find x =` answered its value line just before
+            value = before.split("\n")[-1].split()[2]
+        node, terms, back = split_needs(lines[-1])
+        return decide(node, terms, literal_value(literal, value), back, by_search)
+    word, verb = query.rsplit(" ", 1)
+    if verb == "=":  # the definition of the literal the model's own "needs" line asks for, then its value
+        rhs = lines[-1].split(" = ")[1].split(" ^")[0]
+        if rhs in ("True", "False"):
+            node, terms, _ = split_needs(own)
+            literal = " ".join(terms[:2] if terms[0] == "not" else terms[:1])
+            if by_search:
+                return f"[CALL]find needs {literal}[/CALL]"
+            return f"{node} has {literal} {literal_value(literal, rhs)}\n[CALL]find {node} needs[/CALL]"
+        back = ""
+        if own is not None:
+            node, terms, _ = split_needs(own)
+            back = f" ^{'!' if terms[0] == 'not' else ''}{'' if by_search else node[1:]}"
+        return f"{word} needs {rhs}{back}\n[CALL]find {rhs.split()[1 if rhs.startswith('not ') else 0]} =[/CALL]"
+    node, terms, back = split_needs(lines[-1])  # back at a node: its latest "needs" line
+    return decide(node, terms, own.split()[-1], back, by_search)  # the value: its has-line's
+
+
+def decide(node: str, terms: list[str], value: str, back: str, by_search: bool) -> str:
+    """What the phrase trajectories write at `node`, whose literals left are `terms`, once the first
+    one's value is known: the next literal's search, or the node's value line and the way back."""
+    rest = terms[2 if terms[0] == "not" else 1:]
+    if rest and (rest[0] == "and") == (value == "True"):
+        return f"{node} needs {' '.join(rest[1:])}{back}\n[CALL]find {rest[-1]} =[/CALL]"
+    if not back:
+        return f"{node} = {value}\n[ANS]{value}[EOS]"
+    negated = back.startswith(" ^!")
+    literal = ("not " if negated else "") + node
+    if by_search:
+        return f"{node} = {value}{back}\n[CALL]find needs {literal}[/CALL]"
+    return (f"{node} = {value}{back}\nv{back.lstrip(' ^!')} has {literal} {literal_value(literal, value)}"
+            f"\n[CALL]find v{back.lstrip(' ^!')} needs[/CALL]")
+
+
+@pytest.mark.parametrize("trajectory", ["phrase", "phrase_back"])
+def test_phrase_trajectory_follows_from_the_latest_result_and_own_line(trajectory, rng):
+    """Every search of the "phrase" trajectory answers at most two lines whatever the graph's size,
+    and what the model writes follows from that answer and its own latest line alone."""
+    segment = re.compile(r"\[CALL\]find ([^[]*)\[/CALL\]\[RESULT\](.*?)\[/RESULT\]", re.S)
+    for labels, sizes in ((10_000, [1, 2, 5, 20, 100, 1000]), (40, [1, 3, 10, 37])):
+        task = get_task("logical_graph", labels=labels, trajectory=trajectory)
+        for size in sizes:
+            x = task.sample(rng, size)
+            stream = V.decode(expected_stream(task.script(x)))
+            calls, own, before = list(segment.finditer(stream)), None, ""
+            assert stream.startswith(f"[CALL]find {x.output} =[/CALL]")
+            for call, after in zip(calls, calls[1:] + [None]):
+                written = stream[call.end():after.start() + len(f"[CALL]find {after[1]}[/CALL]") if after else len(stream)]
+                assert call[2].count("\n") <= 1 or call[1].startswith("needs ")  # (one line per asker)
+                assert written == next_text_phrase(call[1], call[2], own, trajectory == "phrase_back", before), \
+                    (size, call[1])
+                thoughts = written.split("[CALL]")[0].split("\n")[:-1]
+                own, before = thoughts[-1] if thoughts else own, call[2]
+            assert stream.endswith(f"[ANS]{x.evaluate()}[EOS]")
 
 
 def check_policy(task, x, policy) -> None:

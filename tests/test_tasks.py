@@ -28,9 +28,11 @@ CASES += [("hanoi", m, {"variant": "iterative", "trajectory": t}) for m in ("int
           for t in ("local", "carried")]
 CASES += [("hanoi", m, {"variant": "recursive"}) for m in ("interactive", "cot", "single_turn")]
 CASES += [("logical_graph", m, {"trajectory": t}) for m in ("interactive", "cot", "single_turn")
-          for t in ("local", "carried", "linked")]
-CASES += [("logical_graph", "interactive", {"labels": 100, "trajectory": t}) for t in ("local", "carried", "linked")]
-CASES += [("logical_graph", "interactive", {"labels": 100, "trajectory": "linked", "shared": 0.7})]
+          for t in ("local", "carried", "linked", "phrase")]
+CASES += [("logical_graph", "interactive", {"labels": 100, "trajectory": t})
+          for t in ("local", "carried", "linked", "phrase", "phrase_back")]
+CASES += [("logical_graph", "interactive", {"labels": 100, "trajectory": t, "shared": 0.7})
+          for t in ("linked", "phrase", "phrase_back")]
 
 
 def token_accuracy(task, inst, tokens, mask=None) -> float:
@@ -138,6 +140,9 @@ def test_oracle_through_real_loop_small_sizes(case, rng):
     ("logical_graph", "interactive", {"trajectory": "carried"}, 1000),
     ("logical_graph", "single_turn", {"trajectory": "carried"}, 1000),
     ("logical_graph", "interactive", {"trajectory": "linked"}, 1000),
+    ("logical_graph", "interactive", {"trajectory": "phrase"}, 1000),
+    ("logical_graph", "single_turn", {"trajectory": "phrase"}, 1000),
+    ("logical_graph", "interactive", {"trajectory": "phrase_back"}, 1000),
     ("hanoi", "interactive", {"variant": "iterative", "trajectory": "local"}, 14),  # 16,383 moves, ~4.5M tokens
     ("hanoi", "interactive", {"variant": "iterative", "trajectory": "carried"}, 14),  # ~5M tokens
     ("hanoi", "interactive", {"variant": "recursive"}, 11),  # 2 copies of 2^k-move lists per k: 11 disks for time
@@ -194,6 +199,12 @@ DIGESTS = {
     "logical_graph-interactive-linked": "fd3dd9bef3351883", "logical_graph-cot-linked": "42c149f6fb0f549b",
     "logical_graph-single_turn-linked": "68c42f968fe967eb", "logical_graph-interactive-100-linked": "26e9996db412cf06",
     "logical_graph-interactive-100-linked-0.7": "5b6199c2e1e284a8",
+    # Recorded when the phrase trajectory was added.
+    "logical_graph-interactive-phrase": "1d57412fb5dc8cff", "logical_graph-cot-phrase": "97fd9342dea27d16",
+    "logical_graph-single_turn-phrase": "4a9527ed64ff1830", "logical_graph-interactive-100-phrase": "952293f6a20e9b45",
+    "logical_graph-interactive-100-phrase-0.7": "abe320c8f79c2d6d",
+    "logical_graph-interactive-100-phrase_back": "0a04741149d855bb",
+    "logical_graph-interactive-100-phrase_back-0.7": "bc85b867b46c7385",
 }
 
 
@@ -226,7 +237,8 @@ def test_addition_carry_chains_match_recorded_digest():
                                           ("hanoi", {"variant": "recursive"}),
                                           ("logical_graph", {"trajectory": "local"}),
                                           ("logical_graph", {"trajectory": "carried"}),
-                                          ("logical_graph", {"trajectory": "linked"})])
+                                          ("logical_graph", {"trajectory": "linked"}),
+                                          ("logical_graph", {"trajectory": "phrase"})])
 def test_single_turn_uses_the_tool_only_before_the_first_thought(name, options, rng):
     """One turn: tool use, then the model alone (no command, call or tool answer after its first
     thought), and the turn is the interactive policy's own first turn."""
@@ -376,7 +388,7 @@ def test_seeding_is_reproducible(rng):
     (lambda rng: get_task("logical_graph").sample_train(rng, -3), r"max_size \(gates\) must be an integer >= 1"),
     (lambda rng: get_task("logical_graph", labels=3), r"labels must be an integer > 3"),
     (lambda rng: get_task("logical_graph", trajectory="dfs"),
-     r"trajectory must be one of \['carried', 'linked', 'local'\]"),
+     r"trajectory must be one of \['carried', 'linked', 'local', 'phrase', 'phrase_back'\]"),
     (lambda rng: get_task("logical_graph", shared=1.5), r"shared must be a number in \[0, 1\]"),
     (lambda rng: get_task("logical_graph", labels=100).sample(rng, 98), r"size \(gates\) must be <= 97 with 100 labels"),
     (lambda rng: get_task("multiplication").max_steps(0), r"size \(digits\)"),

@@ -31,6 +31,22 @@ latest link in the result, and after "N is V ^P" the line "vP has L V" reads tha
 operand the first time it is needed ("v79 is False ^!76", its value from its line "v79 = False"),
 so that a variable is known exactly when the result holds its "is" line: small training graphs
 reach a gate a second time almost never, but an input often.
+"phrase": the linked trajectory's lines and links, with every search a phrase (`find` matches any
+text, like grep, with no word character right before or after it), so that each answer is at most two
+short lines whatever the graph's size. A node's "needs" line holds what is left of its definition
+("v76 needs not v79 and not v86 ^97"), evaluated left to right with short circuit (an "and" whose
+literal is False, an "or" whose literal is True, is valued at once; the operands after it are not
+searched), and its value line is "N = V ^P". With "N needs L ... ^P" its latest line, the model asks
+`find x =` (x: L's variable): the answer is x's definition, then x's value line if it has one. Its
+last line a value (an input, or x valued): "N has L <value of L>", then `find N needs` answers N's
+"needs" lines, the latest last: N is valued ("N = V ^P", V the has-line's) or needs its next literal.
+Otherwise x is visited: "x needs <x's right side> ^[!]N". After "x = V ^P": "vP has L <value of L>"
+(L: x, or "not x" for "^!") and `find vP needs` again.
+"phrase_back": the phrase trajectory with links of one bit (" ^" or " ^!", no number) and no
+has-lines: once the value of N's literal L is known (`find x =` answered x's value line, or the model
+wrote "x = V ^[!]"), `find needs L` answers the lines where L was a node's first pending literal, the
+asking node's latest needs line last; N is valued or needs its next literal from that line and the
+value, carried across the answer. No label is copied from before a search, only bits (a value, "!").
 "carried" (the first format; the current node's definition and label come from results further
 back than the latest): the current node's definition is the last `find` result that holds it.
   * for each operand x of the current node in order: [CALL] find x [/CALL]; x is known if the result
@@ -149,12 +165,18 @@ class _Search:
             self.index.setdefault(word, []).append(len(self.lines))
         self.lines.append(line)
 
-    def find(self, word: str) -> None:
-        hits = self.index.get(word, [])
+    def find(self, word: str) -> bool:
+        """The script of `find word`; `word` may be a phrase ("v7 is"), matched like the tool: its
+        text with no word character right before or after it. Whether any line matched."""
+        hits = self.index.get(WORD.match(word)[0], [])
+        if " " in word:
+            phrase = re.compile(r"(?<!\w)" + re.escape(word) + (r"(?!\w)" if word[-1].isalnum() else ""), re.ASCII)
+            hits = [i for i in hits if phrase.search(self.lines[i])]
         # The first line starts with the prompt's [BOS], which the search memory keeps.
         answer = [t for i in hits for t in ([V.NEWLINE] if i != hits[0] else []) + ([V.BOS] if i == 0 else [])
                   + text(self.lines[i])]
         self.script += [V.CALL, *text(f"find {word}"), V.CALL_END, *forced([V.RESULT, *answer, V.RESULT_END])]
+        return bool(hits)
 
     def write(self, line: str) -> None:
         self.add(line)
@@ -228,7 +250,59 @@ def local_script(x: Circuit, linked: bool = False) -> list[int]:
         node, k = up, place + 1
 
 
-TRAJECTORIES = {"local": local_script, "carried": carried_script, "linked": partial(local_script, linked=True)}
+def phrase_script(x: Circuit, by_search: bool = False) -> list[int]:
+    """The "phrase" trajectory (module docstring): every search a phrase whose answer is at most two
+    short lines, the gates valued left to right with short circuit. With `by_search`, "phrase_back":
+    a link is "^" or "^!" alone, no has-lines, and once a literal's value is known `find needs x` (or
+    `needs not x`) answers the asking node's latest "needs" line last."""
+    defs = {g.target: g for g in x.gates}
+    values: dict[str, bool] = dict(x.inputs)
+    back = {x.output: ""}
+    rest: dict[str, list[tuple[str, bool]]] = {}  # gate -> its operands not valued yet
+    parent: dict[str, str] = {}
+    search = _Search(x.code())
+
+    def literal(v: str, negated: bool) -> str:
+        return ("not " if negated else "") + v
+
+    def ask(node: str) -> None:
+        search.write(f"{node} needs " + f" {defs[node].op} ".join(literal(*o) for o in rest[node]) + back[node])
+
+    node = x.output
+    search.find(f"{node} =")
+    rest[node] = list(defs[node].operands)
+    ask(node)
+    while True:
+        v, negated = rest[node][0]
+        search.find(f"{v} =")  # the definition, then the value line once there is one
+        if v not in values:
+            # The parent's number without its letter: no search of a label's phrases matches it.
+            back[v] = f" ^{'!' if negated else ''}{'' if by_search else node[1:]}"
+            parent[v], node = node, v
+            rest[node] = list(defs[node].operands)
+            ask(node)
+            continue
+        value = values[v] != negated
+        while True:  # the literal's value known, back at the node: it is valued, or needs its next literal
+            if by_search:
+                search.find(f"needs {literal(v, negated)}")
+            else:
+                search.write(f"{node} has {literal(v, negated)} {value}")
+                search.find(f"{node} needs")
+            rest[node].pop(0)
+            if rest[node] and value != (defs[node].op == "or"):
+                ask(node)
+                break
+            values[node] = value
+            search.write(f"{node} = {value}{back[node]}")
+            if node == x.output:
+                return search.script + [V.ANS, *text(str(value)), V.EOS]
+            (v, negated), node = rest[parent[node]][0], parent[node]
+            value = values[v] != negated
+
+
+TRAJECTORIES = {"local": local_script, "carried": carried_script, "linked": partial(local_script, linked=True),
+                "phrase": phrase_script, "phrase_back": partial(phrase_script, by_search=True)}
 
 
 class LogicalGraph(Task):
