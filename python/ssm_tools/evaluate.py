@@ -40,6 +40,14 @@ def check_precision(precision) -> str:
     return precision
 
 
+def decode_precision(model, precision: str) -> str:
+    """The precision `model` decodes in when asked for `precision`: bfloat16 needs matmul layers to
+    cast (`matmul_layers`: Mamba); the other models decode in float32 then."""
+    if check_precision(precision) == "bfloat16" and not model.matmul_layers():
+        return "float32"
+    return precision
+
+
 def greedy_policy(model, batch_size: int, device, cuda_graph: bool = True, precision: str = "float32"):
     """model_step for `rollout`: input tokens (B,) -> argmax next tokens (B,), state kept inside.
 
@@ -48,11 +56,12 @@ def greedy_policy(model, batch_size: int, device, cuda_graph: bool = True, preci
     Python otherwise take far longer than the kernels themselves.
 
     ``precision`` of the matmuls: "float32"; "tf32" (CUDA graphs only; elsewhere float32): float32
-    matmuls on TF32 tensor cores (10-bit mantissa); "bfloat16" (Mamba): the body's matmuls on a copy
-    of the model with bfloat16 weights (`decode_copy`), as they ran in training under bf16
-    autocast; norms, states, the residual stream and the head stay float32
-    (results/bench_decode.json has the speed of each and their argmax agreement)."""
-    if check_precision(precision) == "bfloat16":
+    matmuls on TF32 tensor cores (10-bit mantissa); "bfloat16": the body's matmuls on a copy of the
+    model with bfloat16 weights (`decode_copy`), as they ran in training under bf16 autocast; norms,
+    states, the residual stream and the head stay float32; a model without matmul layers to cast
+    decodes in float32 (`decode_precision`). results/bench_decode.json has the speed of each and
+    their argmax agreement."""
+    if decode_precision(model, precision) == "bfloat16":
         model = model.decode_copy(torch.bfloat16)
     if cuda_graph and torch.device(device).type == "cuda" and model.fixed_size_state:
         return GraphedGreedyStep(model, batch_size, device, precision == "tf32")
@@ -83,7 +92,7 @@ class GraphedGreedyStep:
     workspace is per stream: graphs captured on one stream share it, and would race when replayed
     side by side (`JointGreedyPolicy`)."""
 
-    def __init__(self, model, batch_size: int, device, precision: str = "float32"):
+    def __init__(self, model, batch_size: int, device, tf32: bool = False):
         self.model = model
         self.stream = torch.cuda.Stream(device)
         self.tokens = torch.zeros(batch_size, dtype=torch.long, device=device)

@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from . import distributed, pool
 from .config import CONFIGS, load_config, make_eval_task, make_task
-from .evaluate import check_joint, check_precision, evaluate_size_many, exact_trajectory_many
+from .evaluate import check_joint, check_precision, decode_precision, evaluate_size_many, exact_trajectory_many
 from .models import MODELS, preset
 from .plots import plot_curve
 from .train import CHECKPOINT, load_checkpoint, make_trainer, model_config, train_config
@@ -378,14 +378,9 @@ def evaluate_within(models: list, task, sizes: list[int], n: int, device: str, m
     the log lines. `until` (a time.time()) ends the budget earlier. Decoding holds `lock`
     (one_at_a_time: runs sharing a GPU decode one at a time; their teacher-forced passes, mostly
     trajectories built on the host, run side by side), and the time spent waiting for it is gone
-    from the budget too. `precision`: the decode's matmuls (evaluate.greedy_policy); "bfloat16"
-    applies to the models that decode in it (`matmul_layers`: Mamba), the others decode in float32;
-    each result records its own as "decode_precision"."""
+    from the budget too. `precision`: the decode's matmuls (evaluate.greedy_policy); each result
+    records the one its model decoded in as "decode_precision"."""
     check_joint(models)
-    precisions = [precision if precision != "bfloat16" or m.matmul_layers() else "float32" for m in models]
-    # bf16 copies made once for every size; evaluate_size_many then decodes each as it is.
-    decoders = [m.decode_copy(torch.bfloat16) if p == "bfloat16" else m for m, p in zip(models, precisions)]
-    decode_matmuls = "tf32" if precision == "tf32" else "float32"
     labels = labels or [""] * len(models)
     power = 1 if all(getattr(m, "fixed_size_state", False) for m in models) else 2
 
@@ -406,7 +401,7 @@ def evaluate_within(models: list, task, sizes: list[int], n: int, device: str, m
         if not active:
             return
         t0 = time.perf_counter()
-        rows = evaluate_size_many([decoders[j] for j in active], task, size, n, device=device, precision=decode_matmuls)
+        rows = evaluate_size_many([models[j] for j in active], task, size, n, device=device, precision=precision)
         decoded[str(size)] = dict(zip(active, rows))
         for j, row in zip(active, rows):
             if stop_after_zero and row["correct"] == 0:
@@ -427,7 +422,7 @@ def evaluate_within(models: list, task, sizes: list[int], n: int, device: str, m
         result = {"accuracy": {}, "exact_trajectory": {s: None if v is None else v[j] for s, v in tf.items()},
                   "skipped_sizes": [], "skip_reasons": {}, "exact_trajectory_skipped_sizes": tf_skipped,
                   "max_eval_seconds": max_seconds, "stop_after_zero": stop_after_zero, "eval_seconds_per_size": {},
-                  "decode_precision": precisions[j],
+                  "decode_precision": decode_precision(models[j], precision),
                   **({"exact_trajectory_skip_reasons": tf_reasons} if tf_reasons else {})}
         for size in sorted(sizes):
             row = decoded.get(str(size), {}).get(j)

@@ -22,7 +22,7 @@ from itertools import zip_longest
 import numpy as np
 
 from .. import vocab as V
-from .arithmetic import (BOS_F, DIGITS_F, LT1, LT2, RD1, RD2, ArithmeticTask, Operands, check_operands, digits_in,
+from .arithmetic import (BOS_F, DIGITS_F, LT1, LT2, RD1, RD2, ArithmeticTask, Operands, digits_in,
                          operands_prompt, position_pointers, random_number, read_back, to_int, to_str,
                          zero_runs_number)
 from .base import CHAR, DIGITS, FORCED, number
@@ -74,12 +74,8 @@ class Addition(ArithmeticTask):
     modes = ("interactive", "cot", "single_turn", "direct", "direct_reversed")
     num_pointers = 2
 
-    def __init__(self, mode: str = "interactive", operands: str = "uniform"):
-        super().__init__(mode)
-        self.operands = check_operands(self.name, operands)
-
     def __repr__(self) -> str:
-        return f"Addition(mode={self.mode!r}" + (f", operands={self.operands!r})" if self.operands != "uniform" else ")")
+        return f"Addition(mode={self.mode!r}{self._operands_repr()})"
 
     def sample(self, rng: np.random.Generator, size: int) -> Operands:
         n = self.check_size(size)

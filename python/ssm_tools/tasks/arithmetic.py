@@ -85,12 +85,6 @@ def random_number(rng: np.random.Generator, digits: int, allow_zero: bool = True
 OPERANDS = ("uniform", "carries", "zero_runs")
 
 
-def check_operands(task: str, operands) -> str:
-    if operands not in OPERANDS:
-        raise ValueError(f"{task}: operands must be one of {', '.join(OPERANDS)}, got {operands!r}")
-    return operands
-
-
 def digits_in(rng: np.random.Generator, digits: int, low: int, high: int) -> str:
     """A `digits`-digit number whose digits are uniform in low..high (low >= 1: no leading zero)."""
     return "".join(map(str, rng.integers(low, high + 1, size=digits)))
@@ -142,8 +136,15 @@ class ArithmeticTask(Task):
             return [ToolSpec("pointer_memory", num_pointers=self.num_pointers)]
         return [ToolSpec("calculator")] if self.mode == "single_turn" else []
 
-    def __init__(self, mode: str = "interactive"):
+    def __init__(self, mode: str = "interactive", operands: str = "uniform"):
         super().__init__(self.aliases.get(mode, mode))
+        if operands not in OPERANDS:
+            raise ValueError(f"{self.name}: operands must be one of {', '.join(OPERANDS)}, got {operands!r}")
+        self.operands = operands
+
+    def _operands_repr(self) -> str:
+        """", operands='...'" for test operands other than uniform (uniform tasks keep their repr)."""
+        return "" if self.operands == "uniform" else f", operands={self.operands!r}"
 
     def prompt(self, x: Operands) -> list[int]:
         return list(operands_prompt(x))

@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import vocab as V
 from .addition import Addition, addition_script
-from .arithmetic import (BOS_F, DIGITS_F, LT1, LT2, RD1, RD2, ArithmeticTask, Operands, check_operands, digits_in,
+from .arithmetic import (BOS_F, DIGITS_F, LT1, LT2, RD1, RD2, ArithmeticTask, Operands, digits_in,
                          position_pointers, random_number, read_back, to_int, zero_runs_number)
 from .base import CHAR, CMD, DIGITS, FORCED, number, walk
 
@@ -88,15 +88,13 @@ class Multiplication(ArithmeticTask):
     num_pointers = 3
 
     def __init__(self, mode: str = "interactive", second_digits: int = 1, operands: str = "uniform"):
-        super().__init__(mode)
+        super().__init__(mode, operands)
         if second_digits not in (1, 2):
             raise ValueError(f"multiplication: second_digits must be 1 or 2, got {second_digits!r}")
         self.second_digits = second_digits
-        self.operands = check_operands(self.name, operands)
 
     def __repr__(self) -> str:
-        return (f"Multiplication(mode={self.mode!r}, second_digits={self.second_digits}"
-                + (f", operands={self.operands!r})" if self.operands != "uniform" else ")"))
+        return f"Multiplication(mode={self.mode!r}, second_digits={self.second_digits}{self._operands_repr()})"
 
     def sample(self, rng: np.random.Generator, size: int) -> Operands:
         n = self.check_size(size)
