@@ -85,9 +85,17 @@ for path in sorted(pathlib.Path(sys.argv[1]).glob("*/gpu/curve.json")):
         print(curve["task"], r["model"], r["mode"], "seed", r["seed"], "FAILED", r["error"][:200])
 EOF
 tar -czf "$OUT/tasks.tar.gz" --exclude=cwd -C "$work" .  # not the checkpoints
+# The device tool returns at most 8 files of $OUT, 64 MiB in all: checkpoints come back only while
+# they leave room for the curves (tasks.tar.gz), the summary and the test log.
 for keep in $KEEP; do
   for ckpt in "$work/${keep%%/*}"/cwd/runs/*/"${keep#*/}"*/checkpoint.pt; do
-    [[ -f $ckpt ]] && cp "$ckpt" "$OUT/${keep%%/*}-$(basename "$(dirname "$ckpt")").pt"
+    [[ -f $ckpt ]] || continue
+    if (( $(find "$OUT" -maxdepth 1 -type f | wc -l) >= 8 )) ||
+       (( $(find "$OUT" -maxdepth 1 -type f -printf "%s\n" | awk -v c="$(stat -c %s "$ckpt")" '{s += $1} END {print s + c}') > 60 * 1024 * 1024 )); then
+      echo "not kept (the returned files' limits): $ckpt"
+      continue
+    fi
+    cp "$ckpt" "$OUT/${keep%%/*}-$(basename "$(dirname "$ckpt")").pt"
   done
 done
 rm -rf "$work"

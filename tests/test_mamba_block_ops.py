@@ -276,7 +276,7 @@ def test_add_rms_norm_matches_reference(gen, device, rows, dim):
             for residual in (None, rnd(gen, rows, dim, dtype=out_dtype, device=device)):
                 total, out = ops.add_rms_norm(x, residual, w, None, out_dtype)
                 ref_total, ref_out = add_rms_norm_ref(x.double().cpu(), None if residual is None else
-                                                      residual.double().cpu(), w.double(), torch.finfo(x_dtype).eps)
+                                                      residual.double().cpu(), w.double().cpu(), torch.finfo(x_dtype).eps)
                 assert total.dtype == x_dtype and out.dtype == out_dtype and total.device == x.device
                 assert rel_err(total, ref_total) <= TOL[x_dtype]
                 assert rel_err(out, ref_out) <= TOL[out_dtype]
