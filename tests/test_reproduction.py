@@ -11,9 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from ssm_tools import evaluate as E
 from ssm_tools import reproduce as R
+from ssm_tools import vocab as V
 from ssm_tools.cli import main
 from ssm_tools.config import make_eval_task, make_task
+from ssm_tools.models import build_model, preset
+from ssm_tools.tasks import get_task
 from ssm_tools.evaluate import evaluate, exact_trajectory_size
 from ssm_tools.plots import largest_common_size, zero_skipped
 from ssm_tools.reproduce import SCALES, plot_curve, reproduce, run_parallel, task_config
@@ -238,7 +242,7 @@ class Sleeper:
 def test_eval_budget_skips_sizes_predicted_to_overrun(fixed_state, evaluated, monkeypatch, capsys):
     monkeypatch.setattr(R, "evaluate_size_many", lambda models, task, size, n, device, **_: (
         time.sleep(0.005 * size), [{"accuracy": 1.0, "correct": n}] * len(models))[1])
-    monkeypatch.setattr(R, "exact_trajectory_many", lambda models, task, size, n, device: [
+    monkeypatch.setattr(R, "exact_trajectory_many", lambda models, task, size, n, device, **_: [
         {"exact_trajectory": 0.5}] * len(models))
     model = type("M", (), {"fixed_size_state": fixed_state})()
     # 10: 0.05 s; 20 predicted 0.1 s (fixed state, total 0.15 <= 0.2) or 0.2 s (quadratic: over);
@@ -395,7 +399,7 @@ def test_joint_evaluation_grades_the_eval_task_and_takes_the_stopped_runs(tmp_pa
 
 def test_eval_budget_bounds_the_exact_trajectory_pass_too(monkeypatch):
     """Teacher forcing runs first, at every size the budget allows; decoding gets the time left."""
-    monkeypatch.setattr(R, "exact_trajectory_many", lambda models, task, size, n, device: (
+    monkeypatch.setattr(R, "exact_trajectory_many", lambda models, task, size, n, device, **_: (
         time.sleep(0.005 * size), [{"exact_trajectory": 0.5}] * len(models))[1])
     monkeypatch.setattr(R, "evaluate_size_many", lambda models, task, size, n, device, **_: [
         {"accuracy": 1.0, "correct": n}] * len(models))
@@ -405,6 +409,42 @@ def test_eval_budget_bounds_the_exact_trajectory_pass_too(monkeypatch):
     assert result["exact_trajectory_skipped_sizes"] == [40]
     # 0.15 s spent: decoding's smallest size always runs; the next is predicted at 0 s: it fits.
     assert result["accuracy"] == {"10": 1.0, "20": 1.0, "40": 1.0} and result["skipped_sizes"] == []
+
+
+def test_a_size_that_overruns_the_budget_is_stopped_at_the_deadline_and_skipped(monkeypatch):
+    """The smallest size of a pass always starts, and a GPU slowed by other runs can make any size
+    slower than predicted: the evaluation stops at its deadline (the budget's end) instead of running
+    on, records that size and the larger ones as skipped with the reason, and keeps the rest."""
+    def decode(models, task, size, n, device, deadline=None, **_):
+        while size >= 20:  # a decode that would never end on its own
+            E.check_deadline(deadline)
+            time.sleep(0.01)
+        return [{"accuracy": 1.0, "correct": n}] * len(models)
+
+    monkeypatch.setattr(R, "exact_trajectory_many", lambda models, task, size, n, device, **_: (
+        time.sleep(0.004 * size), [{"exact_trajectory": 0.5}] * len(models))[1])
+    monkeypatch.setattr(R, "evaluate_size_many", decode)
+    model = type("M", (), {"fixed_size_state": True})()
+    t0 = time.perf_counter()
+    result, = R.evaluate_within([model], Sleeper(), [10, 20, 40], 1, "cpu", max_seconds=0.5)
+    assert time.perf_counter() - t0 < 1.5
+    assert result["exact_trajectory"] == {"10": 0.5, "20": 0.5, "40": 0.5}  # 0.28 s: within the budget
+    assert result["accuracy"] == {"10": 1.0, "20": None, "40": None} and result["skipped_sizes"] == [20, 40]
+    assert result["skip_reasons"]["20"].startswith("over the evaluation budget at size 20")
+    assert result["skip_reasons"]["40"] == result["skip_reasons"]["20"]
+
+
+def test_a_real_rollout_and_teacher_forced_pass_stop_at_their_deadline():
+    """The deadline reaches the C++ dispatch loop's rollout (through the policy it calls each step)
+    and the teacher-forced pass (between its forward passes)."""
+    task = get_task("addition")
+    model = build_model("mamba", vocab_size=V.VOCAB_SIZE, **preset("mamba", "tiny"))
+    past = time.perf_counter() - 1.0
+    with pytest.raises(E.EvaluationDeadline, match="past the evaluation's deadline"):
+        E.evaluate_size_many([model], task, 5, 2, deadline=past)
+    with pytest.raises(E.EvaluationDeadline):
+        E.exact_trajectory_many([model], task, 5, 2, deadline=past)
+    assert E.evaluate_size_many([model], task, 3, 2, deadline=time.perf_counter() + 600)[0]["n"] == 2
 
 
 def test_long_episode_tasks_have_their_runs_seeds_and_models(tmp_path, monkeypatch):
@@ -730,7 +770,7 @@ def test_a_gpu_run_records_the_gpu_it_ran_on(tmp_path, monkeypatch):
 def test_running_out_of_gpu_memory_at_a_size_keeps_the_smaller_sizes_scores(monkeypatch):
     """A GPU shared with other runs can run out of memory at a long size: that size and the larger
     ones are skipped with the reason, the smaller ones keep their scores, and nothing is lost."""
-    def exact(models, task, size, n, device):
+    def exact(models, task, size, n, device, **_):
         if size >= 40:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
         return [{"exact_trajectory": 1.0}] * len(models)

@@ -12,6 +12,8 @@ so k models jointly cost about what one costs alone.
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 from torch.utils._pytree import tree_flatten
@@ -20,6 +22,27 @@ from .env import Env, Transcript, rollout
 from .models.base import check_tokens
 
 TEST_SEED = 1234  # one test set per (size, n) for every model and training seed: curves compare
+
+
+class EvaluationDeadline(Exception):
+    """An evaluation ran past its `deadline` (a time.perf_counter() value) and was abandoned: its
+    caller records the size as skipped instead of waiting for it (reproduce.sizes_within)."""
+
+
+def check_deadline(deadline: float | None) -> None:
+    if deadline is not None and time.perf_counter() > deadline:
+        raise EvaluationDeadline(f"past the evaluation's deadline by {time.perf_counter() - deadline:.1f} s")
+
+
+def until(policy, deadline: float | None):
+    """`policy` (a rollout's model_step) that raises EvaluationDeadline once `deadline` has passed."""
+    if deadline is None:
+        return policy
+
+    def step(tokens):
+        check_deadline(deadline)
+        return policy(tokens)
+    return step
 
 
 def greedy_step(model, tokens: torch.Tensor, state):
@@ -187,10 +210,11 @@ def sample_instances(task, size: int, n: int, seed: int = TEST_SEED) -> list:
 
 
 def rollout_many(models, task, size: int, instances: list, seed: int = TEST_SEED, device="cpu",
-                 precision: str = "float32") -> Transcript:
+                 precision: str = "float32", deadline: float | None = None) -> Transcript:
     """Every model on the same `instances` in one rollout: model j's episode i is row j * n + i.
     (The Env seeds each episode's tools from its row, so rows past the first model's get other
-    seeds than alone; no tool draws on its seed, the C++ ones and the tasks' alike.)"""
+    seeds than alone; no tool draws on its seed, the C++ ones and the tasks' alike.) Past `deadline`
+    (time.perf_counter()) the rollout stops with EvaluationDeadline."""
     for m in models:
         m.eval()
     n, max_steps = len(instances), task.max_steps(size)
@@ -199,14 +223,14 @@ def rollout_many(models, task, size: int, instances: list, seed: int = TEST_SEED
     prompts = [task.prompt(i) for i in instances] * len(models)
     policy = greedy_policy(models[0], n, device, precision=precision) if len(models) == 1 else \
         JointGreedyPolicy(models, n, device, precision=precision)
-    return rollout(policy, env, prompts, max_steps=max_steps, seed=seed)
+    return rollout(until(policy, deadline), env, prompts, max_steps=max_steps, seed=seed)
 
 
 def evaluate_size_many(models, task, size: int, n: int, seed: int = TEST_SEED, device="cpu",
-                       precision: str = "float32") -> list[dict]:
-    """evaluate_size for each model, decoded jointly (rollout_many)."""
+                       precision: str = "float32", deadline: float | None = None) -> list[dict]:
+    """evaluate_size for each model, decoded jointly (rollout_many; `deadline`: see there)."""
     instances = sample_instances(task, size, n, seed)
-    transcript = rollout_many(models, task, size, instances, seed, device, precision)
+    transcript = rollout_many(models, task, size, instances, seed, device, precision, deadline)
     results = []
     for j in range(len(models)):
         rows = slice(j * n, (j + 1) * n)
@@ -249,7 +273,7 @@ def evaluate_many(models, task, sizes, n: int, seed: int = TEST_SEED, device="cp
 
 @torch.no_grad()
 def exact_trajectory_many(models, task, size: int, n: int, seed: int = TEST_SEED, device="cpu",
-                          max_tokens: int = 1 << 20) -> list[dict]:
+                          max_tokens: int = 1 << 20, deadline: float | None = None) -> list[dict]:
     """For each model, the share of the size's test episodes (sample_instances: the ones
     `evaluate_size` decodes) whose whole oracle trajectory the model reproduces: at every position
     where the oracle emits a token, the model's argmax given the oracle's prefix is that token. The
@@ -261,7 +285,8 @@ def exact_trajectory_many(models, task, size: int, n: int, seed: int = TEST_SEED
     pass per episode instead of one decode step per token: a 1,000-gate graph (539k tokens) costs a
     scan, not 539k steps. It is a lower bound on `evaluate_size`'s exact-answer accuracy (a model may
     leave the oracle's path and still answer right) and equal to it up to float rounding of near-ties
-    otherwise. Episodes are batched up to `max_tokens` tokens per forward pass (at least one)."""
+    otherwise. Episodes are batched up to `max_tokens` tokens per forward pass (at least one). Past
+    `deadline` (time.perf_counter()) it stops between two passes with EvaluationDeadline."""
     transcript = task.oracle_transcript(sample_instances(task, size, n, seed), task.max_steps(size))
     tokens, mask, lengths = transcript.tokens, transcript.loss_mask, transcript.lengths
     order = torch.argsort(lengths, descending=True).tolist()
@@ -276,6 +301,7 @@ def exact_trajectory_many(models, task, size: int, n: int, seed: int = TEST_SEED
         exact = torch.zeros(n, dtype=torch.bool)
         wrong_tokens = 0
         for rows, width in batches:
+            check_deadline(deadline)
             x = tokens[rows, :width].to(device)
             learned = mask[rows, 1:width].to(device)
             wrong = (model(x[:, :-1]).argmax(-1) != x[:, 1:]) & learned

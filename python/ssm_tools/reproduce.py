@@ -47,7 +47,8 @@ from tqdm import tqdm
 
 from . import distributed, pool
 from .config import CONFIGS, load_config, make_eval_task, make_task
-from .evaluate import check_joint, check_precision, decode_precision, evaluate_size_many, exact_trajectory_many
+from .evaluate import (EvaluationDeadline, check_joint, check_precision, decode_precision, evaluate_size_many,
+                       exact_trajectory_many)
 from .models import MODELS, preset
 from .plots import plot_curve
 from .train import CHECKPOINT, load_checkpoint, make_trainer, model_config, train_config
@@ -388,7 +389,8 @@ def evaluate_within(models: list, task, sizes: list[int], n: int, device: str, m
         return f" ({labels[j]})" if labels[j] else ""
 
     def exact(size: int) -> list[float]:
-        values = [r["exact_trajectory"] for r in exact_trajectory_many(models, task, size, n, device=device)]
+        values = [r["exact_trajectory"] for r in exact_trajectory_many(models, task, size, n, device=device,
+                                                                        deadline=deadline)]
         for j, value in enumerate(values):
             tqdm.write(f"exact trajectory at size {size}: {value:.3f}{named(j)}")
         return values
@@ -401,7 +403,8 @@ def evaluate_within(models: list, task, sizes: list[int], n: int, device: str, m
         if not active:
             return
         t0 = time.perf_counter()
-        rows = evaluate_size_many([models[j] for j in active], task, size, n, device=device, precision=precision)
+        rows = evaluate_size_many([models[j] for j in active], task, size, n, device=device, precision=precision,
+                                  deadline=deadline)
         decoded[str(size)] = dict(zip(active, rows))
         for j, row in zip(active, rows):
             if stop_after_zero and row["correct"] == 0:
@@ -413,6 +416,9 @@ def evaluate_within(models: list, task, sizes: list[int], n: int, device: str, m
     started, limit = time.perf_counter(), max_seconds
     if until is not None:
         limit = max(0.0, min(float("inf") if limit is None else limit, until - time.time()))
+    # The predictions below skip the sizes expected to overrun; the deadline stops one that overruns
+    # all the same (the first size of each pass, which always starts; a GPU slowed by other runs).
+    deadline = None if limit is None else started + limit
     tf_reasons, reasons = {}, {}
     tf, _, tf_skipped, _ = sizes_within(exact, sizes, task, power, limit, 0.0, tf_reasons)
     with one_at_a_time(lock):
@@ -443,17 +449,17 @@ def sizes_within(score, sizes: list[int], task, power: int, max_seconds: float |
                  reasons: dict | None = None):
     """score(size) at each size, smallest first, while the predicted time keeps the total (`spent`
     so far) within `max_seconds` (see evaluate_within). A size that runs the GPU out of memory (a GPU
-    shared with other runs) ends the pass: it and the larger sizes are skipped, their reason put in
-    `reasons`, and the scores so far are kept. Returns ({size: score or None}, {size: seconds or
-    None}, the skipped sizes, the total spent)."""
+    shared with other runs) or past the evaluation's deadline (EvaluationDeadline) ends the pass: it
+    and the larger sizes are skipped, their reason put in `reasons`, and the scores so far are kept.
+    Returns ({size: score or None}, {size: seconds or None}, the skipped sizes, the total spent)."""
     scores: dict[str, float | None] = {}
     seconds: dict[str, float | None] = {}
     skipped: list[int] = []
-    last, out_of_memory = None, None
+    last, stopped = None, None  # stopped: why a size ended the pass
     for size in sorted(sizes):
         over_budget = max_seconds is not None and last is not None and (skipped or spent + last[1] * (
             task.max_steps(size) / task.max_steps(last[0])) ** power > max_seconds)
-        if out_of_memory is None and not over_budget:
+        if stopped is None and not over_budget:
             t0 = time.perf_counter()
             try:
                 scores[str(size)] = score(size)
@@ -463,12 +469,15 @@ def sizes_within(score, sizes: list[int], task, power: int, max_seconds: float |
                 continue
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
-                out_of_memory = size
-                tqdm.write(f"out of GPU memory at size {size}: it and the larger sizes are skipped")
+                stopped = f"out of GPU memory at size {size}"
+            except EvaluationDeadline:
+                stopped = f"over the evaluation budget at size {size} (stopped after {time.perf_counter() - t0:.0f} s)"
+                spent += time.perf_counter() - t0
+            tqdm.write(f"{stopped}: it and the larger sizes are skipped")
         skipped.append(size)
         scores[str(size)] = seconds[str(size)] = None
-        if out_of_memory is not None and reasons is not None:
-            reasons[str(size)] = f"out of GPU memory at size {out_of_memory}"
+        if stopped is not None and reasons is not None:
+            reasons[str(size)] = stopped
     return scores, seconds, skipped, spent
 
 
