@@ -19,27 +19,22 @@
 # Writes to $OUT (at most 8 files come back): curve.json, curve.png, command.txt, reproduce.txt (the
 # command's output), train_log.csv (loss per step), plan.txt (this call's budget), build.txt.
 #
-# What fits in one call (planning numbers: ../shared/measurements.md, results/bench_train_step.json,
-# results/multiplication_nx2/gpu). Training batches are padded to their longest episode: 334 tokens
-# (n x 1) and 637 (n x 2) at up to 10 digits (means 222 and 404); the 24 x 768 step is ~190 ms at
-# seqlen 216 and ~500 ms at 640 (batch 128, H200), about 32 ms + 0.73 ms per token: ~276 ms (n x 1)
-# and ~500 ms (n x 2); the committed H100 runs took 0.64 s (n x 2) and 0.9 s (n x 1, older code) per
-# step end to end, so the steps below are a ceiling. Evaluation at n=100 decodes ~2.4 ms per step over the
-# sizes' step bounds: n x 1 10..1,000 digits ~135 s (1,000 alone ~70 s), n x 2 246 s measured
-# (1,000 alone 130 s). Build ~40 s; start-up 20 s; MARGIN_S 20 s.
-#   task   EVAL_S (to 1,000)   training left of 570 s   steps that fit (padded)   2,000 steps need
-#   n x 1        150 s               ~340 s                   ~1,230                ~170 ms/step
-#   n x 2        260 s               ~230 s                     ~460                ~115 ms/step
-# So the paper's 2,000 steps do not fit one call on one H200 with padded rows: n x 1 fits once the
-# step is about 1.6x faster (packed rows: mean 222 of 334 tokens), n x 2 needs about 4.3x. Until
-# then choose: STEPS=2000 (the run stops near step 1,230 / 460 with its cosine schedule unfinished,
-# recorded as such), or STEPS that fit (a finished schedule, shorter than the paper's). NPROC=2 on a
+# What fits in one call (results/bench_train_step.json, "task_batches": the 24 x 768 step on real
+# batches of 128 episodes packed into rows, H200): n x 2 (1..10 digits, ~50k real tokens) 297 ms a
+# step; n x 1 (about half the tokens) ~165 ms by the same rate. Evaluation at n=100 decodes ~2.4 ms
+# per step (float32) over the sizes' step bounds: n x 1 10..1,000 digits ~135 s, n x 2 246 s measured.
+# Build ~40 s; start-up 20 s; MARGIN_S 20 s.
+#   task   EVAL_S (to 1,000)   training left of 570 s   steps that fit (packed)
+#   n x 1        150 s               ~340 s                 ~2,000 (the paper's, with no room to spare)
+#   n x 2        260 s               ~230 s                   ~770
+# So n x 2's 2,000 steps (~600 s) span two calls on one warm machine: EVAL_S=0 EVALUATE_STOPPED=0
+# first (it trains ~1,700 steps), then the defaults (the rest and the evaluation). NPROC=2 on a
 # 2-GPU machine halves the step (data-parallel, --nproc) where one is lent.
 #
 # One point of the task mixture (App. D.6) the same way, e.g. weight 0.5 for 250 steps, graded to 200
 # digits: TASK=multiplication_mixture STEPS=250 ARGS="--add-weights 0.5" SIZES=20,50,100,200 EVAL_S=60.
-# Its training episodes reach 20 digits (1,137 tokens, ~860 ms a padded step): the whole sweep (36
-# runs, 18,600 steps) is about 4.4 GPU-hours of training by these numbers, not a session's budget.
+# Its training episodes reach 20 digits (up to 1,137 tokens): the whole sweep (36 runs, 18,600 steps)
+# is about 2 GPU-hours of training at the packed rate (~0.4 s a step), not one session's device time.
 #
 # LR_GRID=3e-4,1e-3,3e-3 chooses the learning rate in the same call, as the paper did, on a held-out
 # size: VAL_STEPS (100) steps per rate, graded at VAL_SIZE (30) digits (~60 s a rate for n x 2 by the
