@@ -95,7 +95,8 @@ def test_cli_reproduce_multiplication_writes_curve_and_merges_runs(tmp_path, mon
     assert 0 <= run["accuracy"]["10"] <= 1
 
     monkeypatch.setattr(R, "run_parallel", in_process)
-    # Another model and seed join the curve, with larger sizes whose evaluation the budget skips.
+    # Another model and seed join the curve; a budget too small for any size stops the evaluation at
+    # its deadline and skips every size, with the reason.
     assert main(base[:-1] + ["gru:interactive", "--merge", "--max-eval-seconds", "1e-9", "--sizes", "10,20,50"]
                 + QUICK[:-1] + ["1"]) == 0
     # The first run again with another n: replaced in place, not added.
@@ -104,8 +105,9 @@ def test_cli_reproduce_multiplication_writes_curve_and_merges_runs(tmp_path, mon
     assert [(r["model"], r["seed"], r["n"]) for r in curve["runs"]] == [("mamba", 0, 3), ("gru", 1, 2)]
     assert curve["test_sizes"] == [10, 20, 50] and curve["seeds"] == [0, 1] and curve["n_per_size"] is None
     gru = curve["runs"][1]
-    assert gru["accuracy"]["20"] is None and gru["accuracy"]["50"] is None and gru["skipped_sizes"] == [20, 50]
-    assert gru["eval_seconds_per_size"]["50"] is None and gru["accuracy"]["10"] is not None
+    assert gru["accuracy"] == {"10": None, "20": None, "50": None} and gru["skipped_sizes"] == [10, 20, 50]
+    assert gru["skip_reasons"]["10"].startswith("over the evaluation budget at size 10")
+    assert gru["eval_seconds_per_size"]["50"] is None and gru["exact_trajectory_skipped_sizes"] == [10, 20, 50]
     assert set(curve["models"]) == {"mamba", "gru"} and len(curve["commands"]) == 3
     assert (out / "command.txt").read_text().splitlines() == curve["commands"]
     assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -270,7 +272,7 @@ def test_a_run_at_zero_is_not_decoded_at_larger_sizes(monkeypatch, tmp_path):
         return [{"accuracy": c / n, "correct": c} for c in (0 if m.name == "a" and size >= 20 else 1 for m in models)]
 
     monkeypatch.setattr(R, "evaluate_size_many", fake)
-    monkeypatch.setattr(R, "exact_trajectory_many", lambda models, task, size, n, device: [
+    monkeypatch.setattr(R, "exact_trajectory_many", lambda models, task, size, n, device, **_: [
         {"exact_trajectory": 0.25 if m.name == "a" else 0.75} for m in models])
     models = [type("M", (), {"fixed_size_state": True, "name": name})() for name in "ab"]
     a, b = R.evaluate_within(models, Sleeper(), [10, 20, 40, 80], 2, "cpu", stop_after_zero=True)
@@ -407,7 +409,7 @@ def test_eval_budget_bounds_the_exact_trajectory_pass_too(monkeypatch):
     result, = R.evaluate_within([model], Sleeper(), [10, 20, 40], 1, "cpu", max_seconds=0.2)
     assert result["exact_trajectory"] == {"10": 0.5, "20": 0.5, "40": None}
     assert result["exact_trajectory_skipped_sizes"] == [40]
-    # 0.15 s spent: decoding's smallest size always runs; the next is predicted at 0 s: it fits.
+    # 0.15 s spent: decoding's smallest size always starts (and ends here, instantly); the next is predicted at 0 s: it fits.
     assert result["accuracy"] == {"10": 1.0, "20": 1.0, "40": 1.0} and result["skipped_sizes"] == []
 
 

@@ -281,8 +281,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--no-pack", action="store_true",
                    help="train Mamba on rows padded to the longest episode instead of packed rows")
     r.add_argument("--max-eval-seconds", type=float,
-                   help="evaluation budget per run: sizes that would take it past this are skipped (null); "
-                        "default: the scale's, if it has one")
+                   help="evaluation budget per run: sizes predicted to take it past this are skipped (null), "
+                        "and one still running at its end is stopped and skipped; default: the scale's, if it has one")
     r.add_argument("--max-seconds", type=float,
                    help="every evaluation ends within this many seconds of the start: sizes predicted to "
                         "end later are skipped (null), as with --max-eval-seconds")

@@ -374,7 +374,8 @@ def evaluate_within(models: list, task, sizes: list[int], n: int, device: str, m
     reason in "skip_reasons") or "exact_trajectory_skipped_sizes". The prediction scales the last
     size's time by the growth of the episode-length bound (task.max_steps): linearly for fixed-state
     models, squared for the others (attention over the whole episode). Each pass's smallest size
-    always runs. With `stop_after_zero`, a model with 0 correct at a size is not decoded at the
+    always starts; any size still running when the budget ends is stopped there (EvaluationDeadline)
+    and skipped with the reason, so the evaluation never outlasts its budget. With `stop_after_zero`, a model with 0 correct at a size is not decoded at the
     larger ones (that size is its "zero_at"; the reason "0/n at size s"). `labels` name the models in
     the log lines. `until` (a time.time()) ends the budget earlier. Decoding holds `lock`
     (one_at_a_time: runs sharing a GPU decode one at a time; their teacher-forced passes, mostly
