@@ -5,6 +5,8 @@ batch 1, 100 and 1,000. Variants, side by side in one run:
     a layer), with float32 matmuls, TF32 ones (greedy_policy's precision "tf32": cuBLAS's TF32 kernels
     captured in the graph) and bfloat16 weights ("bfloat16": a copy of the model with bf16 matmul
     weights, as trained under autocast);
+  * fused_bf16_rows{1,2,4}: fused_bf16 with the mixer kernel's batch rows a CUDA block forced (the
+    default chooses 1 up to the SM count, more beyond): the data for that choice;
   * six_kernel: the step before ops.mamba_mixer_step (ops.add_rms_norm, ops.causal_conv1d_update,
     ops.mamba_state_update and the three projections: 6 kernels a layer;
     reference.separate_ops_mixer_step), float32 and bfloat16: the baseline of the ratios
@@ -19,6 +21,7 @@ extrapolated from the 1,000-digit one, linear in digits).
     python3 benchmarks/bench_decode.py [--batches 1 100 1000] [--out results/bench_decode.json]
 """
 import argparse
+import functools
 import time
 
 import numpy as np
@@ -57,15 +60,17 @@ def unfused_body_step(self, x, state):
     return x, new_state
 
 
-VARIANTS = {  # name: (MambaMixer.step, Mamba.body_step, precision)
-    "fused_fp32": (MambaMixer.step, Mamba.body_step, "float32"),
-    "fused_tf32": (MambaMixer.step, Mamba.body_step, "tf32"),
-    "fused_bf16": (MambaMixer.step, Mamba.body_step, "bfloat16"),
-    "six_kernel_fp32": (separate_ops_mixer_step, Mamba.body_step, "float32"),
-    "six_kernel_bf16": (separate_ops_mixer_step, Mamba.body_step, "bfloat16"),
-    "unfused_fp32": (unfused_step, unfused_body_step, "float32"),
-    "unfused_tf32": (unfused_step, unfused_body_step, "tf32"),
+VARIANTS = {  # name: (MambaMixer.step, Mamba.body_step, precision, the mixer kernel's rows a block: 0 = its choice)
+    "fused_fp32": (MambaMixer.step, Mamba.body_step, "float32", 0),
+    "fused_tf32": (MambaMixer.step, Mamba.body_step, "tf32", 0),
+    "fused_bf16": (MambaMixer.step, Mamba.body_step, "bfloat16", 0),
+    **{f"fused_bf16_rows{r}": (MambaMixer.step, Mamba.body_step, "bfloat16", r) for r in (1, 2, 4)},
+    "six_kernel_fp32": (separate_ops_mixer_step, Mamba.body_step, "float32", 0),
+    "six_kernel_bf16": (separate_ops_mixer_step, Mamba.body_step, "bfloat16", 0),
+    "unfused_fp32": (unfused_step, unfused_body_step, "float32", 0),
+    "unfused_tf32": (unfused_step, unfused_body_step, "tf32", 0),
 }
+MIXER_STEP = ops.mamba_mixer_step
 
 
 def time_policy(model, batch, precision, calls):
@@ -98,11 +103,13 @@ def main():
     for batch in args.batches:
         row = {"batch": batch}
         policies = {}
-        for key, (step, body_step, precision) in VARIANTS.items():
+        for key, (step, body_step, precision, rows) in VARIANTS.items():
             MambaMixer.step, Mamba.body_step = step, body_step  # the graph captures the variant's kernels
+            ops.mamba_mixer_step = functools.partial(MIXER_STEP, rows_per_block=rows)
             row[f"{key}_step_ms"], row[f"{key}_replay_ms"], policies[key] = time_policy(model, batch, precision,
                                                                                           args.calls)
         MambaMixer.step, Mamba.body_step = VARIANTS["fused_fp32"][:2]
+        ops.mamba_mixer_step = MIXER_STEP
         # The variants decode the same tokens from the initial state: the argmax of each against float32.
         tokens = torch.randint(0, V.VOCAB_SIZE, (batch,))
         for p in policies.values():
@@ -111,6 +118,9 @@ def main():
                     old.copy_(new)
         outs = {k: p(tokens) for k, p in policies.items()}
         row["argmax_agreement_fused_vs_unfused_fp32"] = float((outs["fused_fp32"] == outs["unfused_fp32"]).float().mean())
+        for r in (1, 2, 4):
+            row[f"argmax_agreement_fused_bf16_rows{r}_vs_fused_bf16"] = float(
+                (outs[f"fused_bf16_rows{r}"] == outs["fused_bf16"]).float().mean())
         for prec in ("fp32", "bf16"):
             row[f"argmax_agreement_fused_vs_six_kernel_{prec}"] = float(
                 (outs[f"fused_{prec}"] == outs[f"six_kernel_{prec}"]).float().mean())

@@ -367,6 +367,24 @@ def test_mamba_mixer_step_cuda_large(gen, shape):
         assert rel_err(args["ssm_state"], ref_args["ssm_state"]) < 1e-5, dtype
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("rows_per_block", [1, 2, 3, 4])
+@pytest.mark.parametrize("shape", [(7, 40, 16, 5, 4), (5, 37, 7, 13, 3)], ids=str)
+def test_mamba_mixer_step_rows_per_block(gen, device, rows_per_block, shape):
+    """Every number of batch rows a CUDA block takes, whatever the GPU's SM count, on batches that
+    leave the last block part-full (7 and 5 rows), x_proj's vector (dim 40) and scalar (37) paths, the
+    state's vector (dstate 16) and scalar (7) paths: the same result as the kernel's own choice, and
+    the reference's. (The CPU ignores rows_per_block: the same checks, the same numbers.)"""
+    for dtype in (torch.float32, torch.bfloat16):
+        args = mixer_step_case(gen, shape, dtype, device)
+        ref_args, auto = upcast(args), {k: v.clone() if k.endswith("state") else v for k, v in args.items()}
+        y = ops.mamba_mixer_step(**args, rows_per_block=rows_per_block)
+        assert rel_err(y, mamba_mixer_step_ref(**ref_args)) < MIXER_STEP_TOL[device][dtype], dtype
+        assert rel_err(y, ops.mamba_mixer_step(**auto)) < 1e-6, dtype  # float32 sums, the same order per row
+        for name in ("conv_state", "ssm_state"):
+            assert rel_err(args[name], auto[name]) < 1e-6, (dtype, name)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_mamba_mixer_step_cuda_shared_memory_limit(gen):
@@ -381,6 +399,11 @@ def test_mamba_mixer_step_cuda_shared_memory_limit(gen):
                     "mamba_mixer_step: dim + dt_rank + 2 * dstate must be at most 12288 on CUDA (the row's u and "
                     "x_proj output live in shared memory), got dim=12280, dt_rank=1, dstate=4")):
                 ops.mamba_mixer_step(**args)
+    args = mixer_step_case(gen, (2, 4000, 16, 8, 4), torch.bfloat16, "cuda")  # 4040 floats a row: 3 rows fit
+    assert rel_err(ops.mamba_mixer_step(**args, rows_per_block=3), mamba_mixer_step_ref(**upcast(args))) < 1e-2
+    with pytest.raises(ValueError, match=re.escape("mamba_mixer_step: rows_per_block=4 rows of dim + dt_rank + 2 * "
+                                                   "dstate = 4040 floats exceed the 12288 of shared memory on CUDA")):
+        ops.mamba_mixer_step(**args, rows_per_block=4)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -496,6 +519,10 @@ BAD = {
                       "mamba_mixer_step: z must have shape (2, 3), got (2, 2)"),
     "mixer_z_int": (lambda x, w, b: mixer_step(x, w, b, z=x[..., 0].long()),
                     "mamba_mixer_step: z must be float16, bfloat16, float32 or float64, got Long"),
+    "mixer_rows_per_block": (lambda x, w, b: mixer_step(x, w, b, rows_per_block=5),
+                             "mamba_mixer_step: rows_per_block must be in [0, 4] (0: chosen by the kernel), got 5"),
+    "mixer_rows_per_block_negative": (lambda x, w, b: mixer_step(x, w, b, rows_per_block=-1),
+                                      "mamba_mixer_step: rows_per_block must be in [0, 4] (0: chosen by the kernel), got -1"),
     "mixer_device": (lambda x, w, b: mixer_step(x, w, b, A_log=torch.randn(3, 4, device="meta")),
                      "mamba_mixer_step: A_log must be on cpu like x, got meta"),
     "norm_x_rank": (lambda x, w, b: ops.add_rms_norm(x, None, b), "add_rms_norm: x must be a non-empty (rows, dim)"),

@@ -60,12 +60,16 @@ struct MambaStateUpdateParams {
 
 // The whole SSM part of a Mamba mixer's decode step in one kernel (the step between in_proj and
 // out_proj): u = silu(conv update of x), xdbl = x_proj_weight @ u = [dt_low | B | C], then the
-// MambaStateUpdateParams step on u and xdbl, gated by silu(z). One block a batch row: u and xdbl
-// stay in shared memory, kMixerStepMaxSharedFloats floats at most (dim + dt_rank + 2 dstate).
+// MambaStateUpdateParams step on u and xdbl, gated by silu(z). A block takes rows_per_block batch
+// rows, whose u and xdbl stay in shared memory: rows_per_block (dim + dt_rank + 2 dstate) floats, at
+// most kMixerStepMaxSharedFloats.
 constexpr int kMixerStepMaxSharedFloats = 48 * 1024 / 4;  // the default dynamic shared memory limit
+// Batch rows a block at most (x_proj's accumulators a row live in registers).
+constexpr int kMixerStepMaxRows = 4;
 
 struct MambaMixerStepParams {
   int batch = 0, dim = 0, width = 0, dstate = 0, dt_rank = 0;
+  int rows_per_block = 0;                // 1 .. kMixerStepMaxRows, or 0: chosen from the batch and SM count
   float* conv_state = nullptr;           // (batch, dim, width), updated in place
   float* ssm_state = nullptr;            // (batch, dim, dstate), updated in place
   const void* x = nullptr;               // (batch, dim) with row stride x_stride, input type (as are z, y)

@@ -6,8 +6,8 @@
 // A decode step is bound by launch latency (a few microseconds a kernel against bytes that take
 // less), so this replaces three kernels of a layer (conv update, x_proj GEMV, state update).
 //
-// A block takes a few batch rows (one while the batch is below the SM count, up to kMixerMaxRows as
-// it grows), in three phases separated by barriers: (1) the conv update of every channel, u into
+// A block takes a few batch rows (rows_per_block, or by default one while the batch is below the SM
+// count, up to kMixerMaxRows as it grows), in three phases separated by barriers: (1) the conv update of every channel, u into
 // shared memory; (2) x_proj as a block-level GEMV, a warp a row of the weight (read from L2 in
 // 16-byte vectors where rows are aligned, once for all the block's rows), xdbl into shared memory;
 // (3) the state update, a team of threads a channel, as mamba_state_update's kernel
@@ -26,8 +26,7 @@ constexpr int kMixerWarps = kMixerThreads / 32;
 // 1024 threads: at batch <= the SM count a block is alone on its SM, and phase 3 is a chain of
 // dependent L2 round trips (dt_proj's row, then the state) a channel, so the more channels in flight
 // the shorter the chain (1536 channels: 6 a team).
-// Batch rows a block at most (x_proj's accumulators a row live in registers; 64 a thread at most).
-constexpr int kMixerMaxRows = 4;
+constexpr int kMixerMaxRows = kMixerStepMaxRows;  // x_proj's accumulators: 64 registers a thread at most
 
 // Block blockIdx.x takes batch rows b0 .. b0 + rows - 1 (b0 = blockIdx.x * rows_per_block), so that
 // each weight read from L2 serves `rows` rows: x_proj's from registers, dt_proj's and A_log's from L1.
@@ -140,16 +139,20 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 int mamba_mixer_step_launch(const MambaMixerStepParams& p, ScanInputType type, void* stream) {
   using namespace ssm_tools_cuda;
   const int row_floats = p.dim + p.dt_rank + 2 * p.dstate;  // a row's u and xdbl
-  if (row_floats > kMixerStepMaxSharedFloats) return static_cast<int>(cudaErrorInvalidValue);
-  // Rows a block: one while there are SMs to spare (a row a block spreads the work widest), more as
-  // the batch outgrows the SMs (each weight byte read from L2 then serves several rows), at most
-  // kMixerMaxRows and what shared memory holds.
-  int device = 0, sms = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  if (err != cudaSuccess) return static_cast<int>(err);
-  int rows = static_cast<int>((static_cast<int64_t>(p.batch) + sms - 1) / sms);
-  rows = std::max(1, std::min({rows, kMixerMaxRows, kMixerStepMaxSharedFloats / row_floats}));
+  int rows = p.rows_per_block;
+  if (rows == 0) {
+    // One row a block while there are SMs to spare (the work spread widest), more as the batch
+    // outgrows the SMs (each weight byte read from L2 then serves several rows), at most
+    // kMixerMaxRows and what shared memory holds.
+    int device = 0, sms = 0;
+    cudaError_t err = cudaGetDevice(&device);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (err != cudaSuccess) return static_cast<int>(err);
+    rows = static_cast<int>((static_cast<int64_t>(p.batch) + sms - 1) / sms);
+    rows = std::max(1, std::min({rows, kMixerMaxRows, kMixerStepMaxSharedFloats / row_floats}));
+  }
+  if (rows < 1 || rows > kMixerMaxRows || rows * row_floats > kMixerStepMaxSharedFloats)
+    return static_cast<int>(cudaErrorInvalidValue);
   const unsigned blocks = static_cast<unsigned>((static_cast<int64_t>(p.batch) + rows - 1) / rows);
   const size_t shared = static_cast<size_t>(rows) * row_floats * sizeof(float);
   const int team_log2 = team_log2_for(p.dstate);

@@ -114,14 +114,18 @@ struct MixerStepShape {
 };
 
 // mamba_mixer_step: the conv update's arguments (conv_state, x, conv_weight, conv_bias), x_proj's
-// weight (dt_rank + 2 dstate, dim) in x's dtype (the dtype x_proj runs in), then the SSM step's.
+// weight (dt_rank + 2 dstate, dim) in x's dtype (the dtype x_proj runs in), then the SSM step's;
+// rows_per_block, the CUDA kernel's batch rows a block (0: its own choice; the CPU ignores it).
 inline MixerStepShape check_mamba_mixer_step(const at::Tensor& conv_state, const at::Tensor& ssm_state,
                                              const at::Tensor& x, const std::optional<at::Tensor>& z,
                                              const at::Tensor& conv_weight, const std::optional<at::Tensor>& conv_bias,
                                              const at::Tensor& x_proj_weight, const at::Tensor& dt_weight,
                                              const at::Tensor& dt_bias, const at::Tensor& A_log,
-                                             const std::optional<at::Tensor>& D) {
+                                             const std::optional<at::Tensor>& D, int64_t rows_per_block) {
   constexpr const char* op = "mamba_mixer_step";
+  TORCH_CHECK_VALUE(rows_per_block >= 0 && rows_per_block <= kMixerStepMaxRows, op,
+                    ": rows_per_block must be in [0, ", text(kMixerStepMaxRows), "] (0: chosen by the kernel), got ",
+                    text(rows_per_block));
   const ConvUpdateShape c = check_conv_update(conv_state, x, conv_weight, conv_bias, op, "conv_weight", "conv_bias");
   const StateUpdateShape s = check_ssm_step(op, "ssm_state", ssm_state, x, z, dt_weight, dt_bias, A_log, D);
   check_float(op, "x_proj_weight", x_proj_weight, x.device());

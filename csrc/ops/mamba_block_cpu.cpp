@@ -235,9 +235,10 @@ Tensor mamba_state_update_cpu(const Tensor& state, const Tensor& x, const Tensor
 // update (u in x's dtype), x_proj in x's dtype, then the SSM step.
 Tensor mamba_mixer_step_cpu(const Tensor& conv_state, const Tensor& ssm_state, const Tensor& x, const OptTensor& z,
                             const Tensor& conv_weight, const OptTensor& conv_bias, const Tensor& x_proj_weight,
-                            const Tensor& dt_weight, const Tensor& dt_bias, const Tensor& A_log, const OptTensor& D) {
+                            const Tensor& dt_weight, const Tensor& dt_bias, const Tensor& A_log, const OptTensor& D,
+                            int64_t rows_per_block) {
   check_mamba_mixer_step(conv_state, ssm_state, x, z, conv_weight, conv_bias, x_proj_weight, dt_weight, dt_bias, A_log,
-                         D);
+                         D, rows_per_block);
   const Tensor u = causal_conv1d_update_cpu(conv_state, x, conv_weight, conv_bias, true);
   return mamba_state_update_cpu(ssm_state, u, at::linear(u, x_proj_weight), z, dt_weight, dt_bias, A_log, D);
 }

@@ -166,17 +166,22 @@ Tensor mamba_state_update_cuda(const Tensor& state, const Tensor& x, const Tenso
 
 Tensor mamba_mixer_step_cuda(const Tensor& conv_state, const Tensor& ssm_state, const Tensor& x, const OptTensor& z,
                              const Tensor& conv_weight, const OptTensor& conv_bias, const Tensor& x_proj_weight,
-                             const Tensor& dt_weight, const Tensor& dt_bias, const Tensor& A_log, const OptTensor& D) {
+                             const Tensor& dt_weight, const Tensor& dt_bias, const Tensor& A_log, const OptTensor& D,
+                             int64_t rows_per_block) {
   constexpr const char* op = "mamba_mixer_step";
   TORCH_CHECK(x.is_cuda(), op, ": x must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(x.device());
   const MixerStepShape s = check_mamba_mixer_step(conv_state, ssm_state, x, z, conv_weight, conv_bias, x_proj_weight,
-                                                  dt_weight, dt_bias, A_log, D);
-  // One block a batch row holds the row's u and xdbl in shared memory.
-  TORCH_CHECK_VALUE(s.dim + s.dt_rank + 2 * s.dstate <= kMixerStepMaxSharedFloats, op,
-                    ": dim + dt_rank + 2 * dstate must be at most ", ssm_tools::text(kMixerStepMaxSharedFloats),
+                                                  dt_weight, dt_bias, A_log, D, rows_per_block);
+  // A block holds its rows' u and xdbl in shared memory.
+  const int64_t row_floats = s.dim + s.dt_rank + 2 * s.dstate;
+  TORCH_CHECK_VALUE(row_floats <= kMixerStepMaxSharedFloats, op, ": dim + dt_rank + 2 * dstate must be at most ",
+                    ssm_tools::text(kMixerStepMaxSharedFloats),
                     " on CUDA (the row's u and x_proj output live in shared memory), got dim=", ssm_tools::text(s.dim),
                     ", dt_rank=", ssm_tools::text(s.dt_rank), ", dstate=", ssm_tools::text(s.dstate));
+  TORCH_CHECK_VALUE(rows_per_block * row_floats <= kMixerStepMaxSharedFloats, op, ": rows_per_block=",
+                    ssm_tools::text(rows_per_block), " rows of dim + dt_rank + 2 * dstate = ", ssm_tools::text(row_floats),
+                    " floats exceed the ", ssm_tools::text(kMixerStepMaxSharedFloats), " of shared memory on CUDA");
   TORCH_CHECK(s.batch <= std::numeric_limits<int>::max(), op, ": at most 2^31 - 1 rows on CUDA, got ",
               ssm_tools::text(s.batch));
   const Tensor x_r = rows(x, x), z_r = z ? rows(*z, x) : Tensor(), w_x = x_proj_weight.contiguous();
@@ -189,6 +194,7 @@ Tensor mamba_mixer_step_cuda(const Tensor& conv_state, const Tensor& ssm_state, 
   p.width = static_cast<int>(s.width);
   p.dstate = static_cast<int>(s.dstate);
   p.dt_rank = static_cast<int>(s.dt_rank);
+  p.rows_per_block = static_cast<int>(rows_per_block);
   p.conv_state = state_ptr(conv_state, op, "conv_state");
   p.ssm_state = state_ptr(ssm_state, op, "ssm_state");
   p.x = x_r.data_ptr();
