@@ -1,6 +1,7 @@
 """One small case of each Mamba-block CUDA kernel other than the scan (causal conv1d forward and
-backward, its decode update, the block's SSM decode step, the mixer's one-kernel decode step, the decode's add + RMSNorm, transpose_cat) and one fused layer's
-forward and backward, for compute-sanitizer's memcheck and racecheck (benchmarks/run_gpu_train_decode.sh).
+backward, its decode update, the block's SSM decode step, the mixer's one-kernel decode step, the
+decode's add + RMSNorm, transpose_cat) and one fused layer's forward and backward, for
+compute-sanitizer's memcheck and racecheck (benchmarks/run_gpu_train_decode.sh).
 Rows of several conv chunks (300 positions), widths 4, 3 and 8, bf16, float32 and float16, the conv
 also on packed rows (seq_idx) and on rows that are not 16-byte aligned (37 positions, x one element
 into its storage: the scalar loads).

@@ -7,11 +7,11 @@
 // less), so this replaces three kernels of a layer (conv update, x_proj GEMV, state update).
 //
 // A block takes a few batch rows (rows_per_block, or by default one while the batch is below the SM
-// count, up to kMixerMaxRows as it grows), in three phases separated by barriers: (1) the conv update of every channel, u into
-// shared memory; (2) x_proj as a block-level GEMV, a warp a row of the weight (read from L2 in
-// 16-byte vectors where rows are aligned, once for all the block's rows), xdbl into shared memory;
-// (3) the state update, a team of threads a channel, as mamba_state_update's kernel
-// (decode_rows.cuh). u and xdbl stay in float32 throughout: only y is rounded to the input type.
+// count, up to kMixerMaxRows as it grows), in three phases separated by barriers: (1) the conv
+// update of every channel, u into shared memory; (2) x_proj as a block-level GEMV, a warp a row of
+// the weight (read from L2 in 16-byte vectors where rows are aligned, once for all the block's
+// rows), xdbl into shared memory; (3) the state update, a team of threads a channel, as
+// mamba_state_update's kernel (decode_rows.cuh). u and xdbl stay in float32 throughout: only y is rounded to the input type.
 #include <algorithm>
 
 #include "kernels/decode_rows.cuh"
@@ -52,7 +52,8 @@ __global__ __launch_bounds__(kMixerThreads) void mamba_mixer_step_kernel(MambaMi
     const int r = i / p.dim, d = i - r * p.dim;
     const size_t b = b0 + r;
     const float pre = conv_update_row(p.conv_state + (b * p.dim + d) * p.width,
-                                      p.conv_weight + static_cast<size_t>(d) * p.width, p.conv_bias ? p.conv_bias[d] : 0.f,
+                                      p.conv_weight + static_cast<size_t>(d) * p.width,
+                                      p.conv_bias ? p.conv_bias[d] : 0.f,
                                       to_float(static_cast<const T*>(p.x)[b * p.x_stride + d]), p.width);
     u_s[i] = pre * sigmoid(pre);
   }

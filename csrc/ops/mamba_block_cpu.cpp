@@ -1,6 +1,7 @@
 // CPU kernels of the Mamba block's ops other than the scan (schemas in registration.cpp): the
 // causal depthwise conv1d (forward, backward, decode update), the block's SSM decode step, the
-// mixer's whole decode step between its projections and the transposing concatenation. They compute in float64 for float64 inputs, float32 otherwise.
+// mixer's whole decode step between its projections and the transposing concatenation. They compute
+// in float64 for float64 inputs, float32 otherwise.
 // python/ssm_tools/ops.py checks arguments with precise messages; the checks here guard what the
 // kernels index into.
 #include <ATen/ATen.h>

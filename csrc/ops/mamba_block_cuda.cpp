@@ -180,8 +180,9 @@ Tensor mamba_mixer_step_cuda(const Tensor& conv_state, const Tensor& ssm_state, 
                     " on CUDA (the row's u and x_proj output live in shared memory), got dim=", ssm_tools::text(s.dim),
                     ", dt_rank=", ssm_tools::text(s.dt_rank), ", dstate=", ssm_tools::text(s.dstate));
   TORCH_CHECK_VALUE(rows_per_block * row_floats <= kMixerStepMaxSharedFloats, op, ": rows_per_block=",
-                    ssm_tools::text(rows_per_block), " rows of dim + dt_rank + 2 * dstate = ", ssm_tools::text(row_floats),
-                    " floats exceed the ", ssm_tools::text(kMixerStepMaxSharedFloats), " of shared memory on CUDA");
+                    ssm_tools::text(rows_per_block), " rows of dim + dt_rank + 2 * dstate = ",
+                    ssm_tools::text(row_floats), " floats exceed the ", ssm_tools::text(kMixerStepMaxSharedFloats),
+                    " of shared memory on CUDA");
   TORCH_CHECK(s.batch <= std::numeric_limits<int>::max(), op, ": at most 2^31 - 1 rows on CUDA, got ",
               ssm_tools::text(s.batch));
   const Tensor x_r = rows(x, x), z_r = z ? rows(*z, x) : Tensor(), w_x = x_proj_weight.contiguous();

@@ -5,9 +5,9 @@ dt -> dt_proj (its bias is the scan's delta_bias, softplus inside the op); selec
 z gating -> out_proj. Layers are RMSNorm pre-norm residual. The parallel forward is one autograd
 node per layer (`_MambaLayer`: norm, projections, the fused conv1d + SiLU kernel, the selective scan)
 that recomputes its cheap parts in the backward instead of saving them; decoding runs the same
-recurrence one position at a time (`ops.mamba_mixer_step`: conv update, x_proj and the state update in
-one kernel), so a tool-augmented episode costs O(1) per token whatever its length. `reference.mamba_mixer_ref` is the
-plain formulation the tests compare against.
+recurrence one position at a time (`ops.mamba_mixer_step`: conv update, x_proj and the state update
+in one kernel), so a tool-augmented episode costs O(1) per token whatever its length.
+`reference.mamba_mixer_ref` is the plain formulation the tests compare against.
 """
 from __future__ import annotations
 
