@@ -76,14 +76,15 @@ def test_graphed_step_with_faster_matmuls(precision):
 def test_one_kernel_mixer_step_agrees_with_separate_ops(precision, batch, monkeypatch):
     """The decode step with ops.mamba_mixer_step against the same step through the separate ops
     (the previous six kernels a layer), on two layers of the paper model's shape (d_model 768: 1536
-    channels, dt_rank 48, d_state 16), eager and graphed: logits close, argmax equal bar near-ties."""
+    channels, dt_rank 48, d_state 16), eager and graphed: logits close, argmax mostly equal."""
     torch.manual_seed(7)
     model = build_model("mamba", vocab_size=VOCAB_SIZE, **dict(preset("mamba", "paper"), n_layers=2)).cuda().eval()
     with torch.no_grad():  # logits spread out: greedy tokens that differ between tokens and steps
         model.norm_f.weight.mul_(30.0)
     if precision == "bfloat16":
         model = model.decode_copy(torch.bfloat16)
-    tokens = torch.randint(0, VOCAB_SIZE, (20, batch), generator=torch.Generator().manual_seed(3))
+    # At least 200 tokens: the agreement fractions below are not decided by one or two near-ties.
+    tokens = torch.randint(0, VOCAB_SIZE, (max(20, 200 // batch), batch), generator=torch.Generator().manual_seed(3))
 
     def decode():
         state, logits = model.init_state(batch, "cuda"), []
@@ -104,9 +105,9 @@ def test_one_kernel_mixer_step_agrees_with_separate_ops(precision, batch, monkey
     # round u and xdbl to bfloat16, the one kernel keeps them in float32.
     assert err < (1e-4 if precision == "float32" else 3e-2), err
     assert (fused_argmax == separate_argmax).float().mean() >= (0.99 if precision == "float32" else 0.9)
-    # The graph replays the eager step: the same argmax bar near-ties.
-    top2 = fused.topk(2, dim=-1).values
-    assert ((fused_argmax == fused.argmax(-1).cpu()) | ((top2[..., 0] - top2[..., 1]).cpu() < 1e-3)).all()
+    # The graph replays the eager step (as test_graphed_step_with_faster_matmuls: cuBLAS may pick
+    # other GEMM kernels under capture).
+    assert (fused_argmax == fused.argmax(-1).cpu()).float().mean() >= 0.99
 
 
 def test_graphed_step_rejects_bad_tokens():
