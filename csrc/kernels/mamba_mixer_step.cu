@@ -28,6 +28,9 @@ constexpr int kMixerWarps = kMixerThreads / 32;
 // the shorter the chain (1536 channels: 6 a team).
 constexpr int kMixerMaxRows = kMixerStepMaxRows;  // x_proj's accumulators: 64 registers a thread at most
 
+// Asks for the 128-byte line holding `p` in L1 without waiting for it (a hint: no result depends on it).
+__device__ __forceinline__ void prefetch_l1(const void* p) { asm volatile("prefetch.global.L1 [%0];" ::"l"(p)); }
+
 // Block blockIdx.x takes batch rows b0 .. b0 + rows - 1 (b0 = blockIdx.x * rows_per_block), so that
 // each weight read from L2 serves `rows` rows: x_proj's from registers, dt_proj's and A_log's from L1.
 // `team_log2`: log2 of the threads a channel in phase 3 (team_log2_for(dstate)); `vectorized`:
@@ -116,15 +119,22 @@ __global__ __launch_bounds__(kMixerThreads) void mamba_mixer_step_kernel(MambaMi
     const float* A_log = p.A_log + static_cast<size_t>(d) * p.dstate;
     const float dt_bias = p.dt_bias[d];
     for (int r = 0; r < rows; ++r) {
+      const size_t b = b0 + r;
+      float* state = p.ssm_state + (b * p.dim + d) * p.dstate;
+      // The state and A_log do not depend on dt: their first loads are asked for before dt's loads
+      // and shuffles, so that the update finds them in L1 rather than making a second round trip.
+      if (member * kStates < p.dstate) {
+        prefetch_l1(state + member * kStates);
+        if (r == 0) prefetch_l1(A_log + member * kStates);
+      }
       const float* xdbl = xdbl_s + r * n_out;  // [dt_low | B | C] of row r
       float raw = 0.f;
       for (int k = member; k < p.dt_rank; k += team) raw = fmaf(__ldg(w + k), xdbl[k], raw);
       for (int off = team / 2; off > 0; off /= 2) raw += __shfl_xor_sync(mask, raw, off);
-      const size_t b = b0 + r;
       const float u = u_s[static_cast<size_t>(r) * p.dim + d];
       const float dt = step_size(raw, dt_bias, true);
-      const float out = update_row(p.ssm_state + (b * p.dim + d) * p.dstate, A_log, true, xdbl + p.dt_rank,
-                                   xdbl + p.dt_rank + p.dstate, p.dstate, dt, dt * u, member, team, mask, vectorized);
+      const float out = update_row(state, A_log, true, xdbl + p.dt_rank, xdbl + p.dt_rank + p.dstate, p.dstate, dt,
+                                   dt * u, member, team, mask, vectorized);
       if (member == 0)
         finish_row(out, u, p.D, d, p.z ? static_cast<const T*>(p.z) + b * p.z_stride + d : nullptr,
                    static_cast<T*>(p.y) + b * p.dim + d);
