@@ -136,7 +136,8 @@ __device__ __forceinline__ void load_tile_items(const T* plane, int lane, float 
   }
 }
 
-template <typename T, bool kVarlen>
+// kVarBC: B and C are both input-dependent (Mamba's case); the code for constant ones is left out.
+template <typename T, bool kVarlen, bool kVarBC>
 __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kernel(SelectiveScanParams p, int blocks_per_group) {
   __shared__ float4 s_parts4[kRows * kScanChunk];                        // dB/dC parts
   __shared__ uint4 s_tile4[4 * kScanChunk * sizeof(T) / sizeof(uint4)];  // B/C tile
@@ -147,6 +148,8 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
   T* s_tile = reinterpret_cast<T*>(s_tile4);
   extern __shared__ float s_rows[];
   const int N = p.dstate;
+  // Input-dependent B and C (kVarBC: both, known when compiling; the launcher checks).
+  const bool var_B = kVarBC || p.variable_B, var_C = kVarBC || p.variable_C;
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, b = blockIdx.x;
   const int dims_per_group = p.dim / p.n_groups, group = blockIdx.y / blocks_per_group;
@@ -162,15 +165,15 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
     v[kAdj] = valid && p.dlast_state ? p.dlast_state[static_cast<size_t>(b) * p.dim * N + param] : 0.f;
     v[kDA] = v[kDB] = v[kDC] = v[kSaved] = 0.f;
     v[kRowA] = valid ? p.A[param] : 0.f;
-    v[kRowB] = valid && !p.variable_B ? static_cast<const float*>(p.B)[param] : 0.f;
-    v[kRowC] = valid && !p.variable_C ? static_cast<const float*>(p.C)[param] : 0.f;
+    v[kRowB] = valid && !var_B ? static_cast<const float*>(p.B)[param] : 0.f;
+    v[kRowC] = valid && !var_C ? static_cast<const float*>(p.C)[param] : 0.f;
   }
   float* const row_values = s_rows + warp * N * kRowValues;  // this warp's state n: row_values + n * kRowValues
   // The dB/dC parts of rows past `rows` stay zero, so the sum over rows needs no bound.
   for (int i = rows * kScanChunk + tid; i < kRows * kScanChunk; i += kThreads)
     for (int k = 0; k < 4; ++k) s_parts[k * kRows * kScanChunk + i] = 0.f;
 
-  const bool tiled = p.variable_B || p.variable_C;
+  const bool tiled = var_B || var_C;
   TileLoader<T> tile_loader(p, b, group);
   if (tiled) {
     tile_loader.issue((p.n_chunks - 1) * kScanChunk, 0, s_tile);
@@ -232,13 +235,13 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
         float* const v = row_values + n * kRowValues;
         const float An = v[kRowA], An2 = An * kLog2e;
         float Bv[kItems], Cv[kItems], a[kItems], x[kItems];
-        if (p.variable_B) {
+        if (var_B) {
           load_tile_items<T>(tile, lane, Bv);
         } else {
 #pragma unroll
           for (int i = 0; i < kItems; ++i) Bv[i] = v[kRowB];
         }
-        if (p.variable_C) {
+        if (var_C) {
           load_tile_items<T>(tile + kScanChunk, lane, Cv);
         } else {
 #pragma unroll
@@ -292,23 +295,23 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
           S[i] = fmaf(g, Bv[i], S[i]);
           E[i] = fmaf(An, gd, E[i]);
           dA = fmaf(dt[i], gd, dA);
-          if (!p.variable_B) dB += dBv[i];
-          if (!p.variable_C) dC += dCv[i];
+          if (!var_B) dB += dBv[i];
+          if (!var_C) dC += dCv[i];
           if (i % 4 == 0) {
-            if (p.variable_B) dB_part[i / 4] = make_float4(dBv[i], dBv[i + 1], dBv[i + 2], dBv[i + 3]);
-            if (p.variable_C) dC_part[i / 4] = make_float4(dCv[i], dCv[i + 1], dCv[i + 2], dCv[i + 3]);
+            if (var_B) dB_part[i / 4] = make_float4(dBv[i], dBv[i + 1], dBv[i + 2], dBv[i + 3]);
+            if (var_C) dC_part[i / 4] = make_float4(dCv[i], dCv[i + 1], dCv[i + 2], dCv[i + 3]);
           }
         }
         // Positions past seqlen have dt = u = dy = 0, so they add nothing to dA, dB, dC.
         dA = warp_sum(dA);
-        if (!p.variable_B) dB = warp_sum(dB);
-        if (!p.variable_C) dC = warp_sum(dC);
+        if (!var_B) dB = warp_sum(dB);
+        if (!var_C) dC = warp_sum(dC);
         __syncwarp();  // every lane has read v[kAdj]
         if (lane == 0) {  // lane 0 alone updates its row's entries
           v[kAdj] = a[0] * g;  // what flows into the previous chunk's last position
           v[kDA] += dA;
-          if (!p.variable_B) v[kDB] += dB;
-          if (!p.variable_C) v[kDC] += dC;
+          if (!var_B) v[kDB] += dB;
+          if (!var_C) v[kDC] += dC;
         }
         __syncwarp();  // and the warp sees them (v[kAdj] is read again in the next chunk)
       }
@@ -321,7 +324,7 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
         constexpr int kQuads = kScanChunk / 4;
         for (int k = tid; k < 2 * kQuads; k += kThreads) {
           const int part = k / kQuads, q = k % kQuads;
-          if (!(part == 0 ? p.variable_B : p.variable_C)) continue;
+          if (!(part == 0 ? var_B : var_C)) continue;
           float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
           for (int w = 0; w < kRows; ++w) {  // rows past `rows` hold zeros
@@ -377,8 +380,8 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
   for (int n = lane; n < N; n += 32) {
     const float* v = row_values + n * kRowValues;
     atomicAdd(p.dA + param_row + n, v[kDA]);
-    if (!p.variable_B) atomicAdd(p.dB + param_row + n, v[kDB]);
-    if (!p.variable_C) atomicAdd(p.dC + param_row + n, v[kDC]);
+    if (!var_B) atomicAdd(p.dB + param_row + n, v[kDB]);
+    if (!var_C) atomicAdd(p.dC + param_row + n, v[kDC]);
   }
 }
 
@@ -387,7 +390,9 @@ int launch(const SelectiveScanParams& p, cudaStream_t stream) {
   const int blocks_per_group = (p.dim / p.n_groups + kRows - 1) / kRows;
   // Grid y is limited to 65535 (batch entries run along x, up to 2^31 - 1).
   if (static_cast<long>(p.n_groups) * blocks_per_group > 65535) return static_cast<int>(cudaErrorInvalidConfiguration);
-  auto kernel = p.seq_idx ? selective_scan_bwd_kernel<T, true> : selective_scan_bwd_kernel<T, false>;
+  const bool var_BC = p.variable_B && p.variable_C;
+  auto kernel = p.seq_idx ? (var_BC ? selective_scan_bwd_kernel<T, true, true> : selective_scan_bwd_kernel<T, true, false>)
+                          : (var_BC ? selective_scan_bwd_kernel<T, false, true> : selective_scan_bwd_kernel<T, false, false>);
   const size_t smem = smem_bytes(p.dstate);
   if (smem + static_smem_bytes<T>() > 48 * 1024) {
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
