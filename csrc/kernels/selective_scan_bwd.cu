@@ -182,6 +182,14 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
   __syncthreads();
   // dB/dC rows start at multiples of seqlen floats in zero-filled (aligned) buffers.
   const bool atomics_aligned = p.seqlen % 4 == 0;
+  // The sums over rows of input-dependent dB/dC: thread tid < 2 * kQuads adds one quad (4 positions)
+  // of dB (first kQuads threads) or dC in every state, from the parts of buffer 0 at red_in (buffer 1
+  // follows 2 * kRows * kScanChunk floats later) into red_out, the group's (dstate, seqlen) dB or dC.
+  constexpr int kQuads = kScanChunk / 4;
+  const int red_part = tid / kQuads, red_q = tid % kQuads;
+  const bool reducer = tid < 2 * kQuads && (red_part == 0 ? var_B : var_C);
+  const float4* const red_in = s_parts4 + red_part * kRows * kQuads + red_q;
+  float* const red_out = (red_part == 0 ? p.dB : p.dC) + (static_cast<size_t>(b) * p.n_groups + group) * N * p.seqlen;
   float dD_sum = 0.f, dbias_sum = 0.f;
   int buf = 0;  // parts buffer and tile stage of the current state
 
@@ -321,20 +329,17 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
         // stage were last read before this barrier, so they are free to write in the next state.
         if (prefetch) tile_loader.finish(next_tile);
         __syncthreads();
-        constexpr int kQuads = kScanChunk / 4;
-        for (int k = tid; k < 2 * kQuads; k += kThreads) {
-          const int part = k / kQuads, q = k % kQuads;
-          if (!(part == 0 ? var_B : var_C)) continue;
-          float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (reducer) {
+          const float4* in = red_in + buf * 2 * kRows * kQuads;
+          float4 sum = in[0];
 #pragma unroll
-          for (int w = 0; w < kRows; ++w) {  // rows past `rows` hold zeros
-            const float4 s = reinterpret_cast<const float4*>(parts + (part * kRows + w) * kScanChunk)[q];
+          for (int w = 1; w < kRows; ++w) {  // rows past `rows` hold zeros
+            const float4 s = in[w * kQuads];
             sum.x += s.x, sum.y += s.y, sum.z += s.z, sum.w += s.w;
           }
           const float s4[4] = {sum.x, sum.y, sum.z, sum.w};
-          const int t = c * kScanChunk + 4 * q;
-          const size_t dst = ((static_cast<size_t>(b) * p.n_groups + group) * N + n) * p.seqlen;
-          if (t < p.seqlen) atomic_add_items<4>((part == 0 ? p.dB : p.dC) + dst, t, p.seqlen, atomics_aligned, s4);
+          const int t = c * kScanChunk + 4 * red_q;
+          if (t < p.seqlen) atomic_add_items<4>(red_out + static_cast<size_t>(n) * p.seqlen, t, p.seqlen, atomics_aligned, s4);
         }
         buf ^= 1;
       }
