@@ -110,16 +110,18 @@ __device__ __forceinline__ float2 compose(float2 first, float2 then) {
 }
 
 // __shfl_up_sync(kFullMask, v, off) (kDown: __shfl_down_sync), also telling whether the source lane
-// was inside the warp: the shuffle's own predicate, so that no lane comparison is kept live.
+// was inside the warp: the shuffle's own predicate, so that no lane comparison is kept live (the
+// compiler kept the ten comparisons of the two scans in a register's bits otherwise). volatile: a
+// warp-synchronous instruction, not to be moved or merged.
 template <bool kDown>
 __device__ __forceinline__ float shfl_in_warp(float v, int off, bool& inside) {
   float out;
   unsigned in;
   if (kDown) {
-    asm("{\n .reg .pred p;\n shfl.sync.down.b32 %0|p, %2, %3, 0x1f, 0xffffffff;\n selp.u32 %1, 1, 0, p;\n}"
+    asm volatile("{\n .reg .pred p;\n shfl.sync.down.b32 %0|p, %2, %3, 0x1f, 0xffffffff;\n selp.u32 %1, 1, 0, p;\n}"
         : "=f"(out), "=r"(in) : "f"(v), "r"(off));
   } else {
-    asm("{\n .reg .pred p;\n shfl.sync.up.b32 %0|p, %2, %3, 0x0, 0xffffffff;\n selp.u32 %1, 1, 0, p;\n}"
+    asm volatile("{\n .reg .pred p;\n shfl.sync.up.b32 %0|p, %2, %3, 0x0, 0xffffffff;\n selp.u32 %1, 1, 0, p;\n}"
         : "=f"(out), "=r"(in) : "f"(v), "r"(off));
   }
   inside = in != 0;
