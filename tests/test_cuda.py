@@ -291,6 +291,21 @@ def test_misaligned_and_non_contiguous_inputs_match_aligned():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_backward_with_misaligned_inputs_matches_reference(dtype):
+    """u, B and C starting one element past a 16-byte boundary (contiguous views, seqlen a multiple of
+    the vector width): the backward's scalar loads of the rows and of the shared B/C tile, against the
+    float64 reference (aligned inputs of the same seqlen take the vector and cp.async loads)."""
+    inputs = make_inputs(2, 16, 520, 16, dtype, groups=2)
+    for name in ("u", "B", "C"):
+        t = inputs[name]
+        shifted = torch.empty(t.numel() + 1, dtype=t.dtype, device="cuda")[1:].view_as(t)
+        shifted.copy_(t)
+        assert shifted.data_ptr() % 16 != 0 and shifted.is_contiguous()
+        inputs[name] = shifted
+    check_against_reference(inputs, TOL[dtype])
+
+
 @pytest.mark.parametrize("change,message", [
     (dict(u=lambda i: i["u"].double()), "u must be float32, bfloat16 or float16 on CUDA"),
     (dict(A=lambda i: torch.randn(4, 257, device="cuda"), B=lambda i: torch.randn(4, 257, device="cuda"),

@@ -109,24 +109,46 @@ __device__ __forceinline__ float2 compose(float2 first, float2 then) {
   return make_float2(then.x * first.x, fmaf(then.x, first.y, then.y));
 }
 
+// __shfl_up_sync(kFullMask, v, off) (kDown: __shfl_down_sync), also telling whether the source lane
+// was inside the warp: the shuffle's own predicate, so that no lane comparison is kept live (the
+// compiler kept the ten comparisons of the two scans in a register's bits otherwise). volatile: a
+// warp-synchronous instruction, not to be moved or merged.
+template <bool kDown>
+__device__ __forceinline__ float shfl_in_warp(float v, int off, bool& inside) {
+  float out;
+  unsigned in;
+  if (kDown) {
+    asm volatile("{\n .reg .pred p;\n shfl.sync.down.b32 %0|p, %2, %3, 0x1f, 0xffffffff;\n selp.u32 %1, 1, 0, p;\n}"
+        : "=f"(out), "=r"(in) : "f"(v), "r"(off));
+  } else {
+    asm volatile("{\n .reg .pred p;\n shfl.sync.up.b32 %0|p, %2, %3, 0x0, 0xffffffff;\n selp.u32 %1, 1, 0, p;\n}"
+        : "=f"(out), "=r"(in) : "f"(v), "r"(off));
+  }
+  inside = in != 0;
+  return out;
+}
+
 // Warp-wide exclusive scan of one affine map per lane, in lane order (kReverse: from the last lane
 // to the first, for the adjoint recurrence that runs backwards in time). Returns the value entering
 // this lane's first item: the maps of all lanes before it applied to `carry`. Also a warp barrier.
 template <bool kReverse>
 __device__ __forceinline__ float warp_scan_affine(float2 map, float carry) {
-  const int lane = threadIdx.x % 32;
-  float2 incl = map;
 #pragma unroll
   for (int off = 1; off < 32; off *= 2) {
-    const float oa = kReverse ? __shfl_down_sync(kFullMask, incl.x, off) : __shfl_up_sync(kFullMask, incl.x, off);
-    const float ob = kReverse ? __shfl_down_sync(kFullMask, incl.y, off) : __shfl_up_sync(kFullMask, incl.y, off);
-    if (kReverse ? lane + off < 32 : lane >= off) incl = compose(make_float2(oa, ob), incl);
+    bool inside;
+    float oa = shfl_in_warp<kReverse>(map.x, off, inside);
+    float ob = shfl_in_warp<kReverse>(map.y, off, inside);
+    // A lane with no lane `off` before it composes with the identity (selects, not a branch: the
+    // map is then updated in place, without register copies).
+    oa = inside ? oa : 1.f;
+    ob = inside ? ob : 0.f;
+    map = compose(make_float2(oa, ob), map);
   }
-  // The inclusive map of the neighbour before this lane is the exclusive map of this lane.
-  const float ea = kReverse ? __shfl_down_sync(kFullMask, incl.x, 1) : __shfl_up_sync(kFullMask, incl.x, 1);
-  const float eb = kReverse ? __shfl_down_sync(kFullMask, incl.y, 1) : __shfl_up_sync(kFullMask, incl.y, 1);
-  const bool first_lane = kReverse ? lane == 31 : lane == 0;
-  return first_lane ? carry : fmaf(ea, carry, eb);
+  // map is now this lane's inclusive map; the value it gives is what enters the next lane, and the
+  // first lane (no lane before it) takes the carry itself.
+  bool inside;
+  const float prev = shfl_in_warp<kReverse>(fmaf(map.x, carry, map.y), 1, inside);
+  return inside ? prev : carry;
 }
 
 // Sum over the warp, result in every lane.

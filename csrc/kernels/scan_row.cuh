@@ -1,5 +1,7 @@
-// The (batch, dim) row that one thread block of the backward scan owns: its slices of every
-// tensor, and loads of B/C for one state whether they are constant or input-dependent.
+// The (batch, dim) row that one warp of the backward scan owns: where it starts in every tensor of
+// shape (batch, dim, seqlen), its per-dim scalars, and whether vector loads are allowed. Pointers are
+// formed from the kernel parameters when used (one 64-bit offset kept, not one pointer per tensor),
+// which keeps the backward's register count down.
 #pragma once
 
 #include "kernels/scan_common.cuh"
@@ -8,60 +10,53 @@ namespace ssm_tools_cuda {
 
 template <typename T>
 struct ScanRow {
-  size_t row;           // b * dim + d
-  int d;
-  const T* u;
-  const T* delta;
-  const T* z;           // null without z gating
-  const T* B_var;       // (dstate, seqlen) of this row's group, or null for constant B
-  const T* C_var;
-  const float* B_const; // (dstate,) of this dim, or null for input-dependent B
-  const float* C_const;
-  const float* A;       // (dstate,)
+  size_t offset;  // (b * dim + d) * seqlen
   float D, bias;
-  bool aligned;         // every per-position pointer is 16-byte aligned: vector loads allowed
+  bool aligned;   // every per-position pointer is 16-byte aligned: vector loads allowed
 
-  __device__ ScanRow(const SelectiveScanParams& p, int d_, int b) {
-    d = d_;
-    row = static_cast<size_t>(b) * p.dim + d;
-    const size_t offset = row * p.seqlen;
-    u = static_cast<const T*>(p.u) + offset;
-    delta = static_cast<const T*>(p.delta) + offset;
-    z = p.z ? static_cast<const T*>(p.z) + offset : nullptr;
-    const size_t group_offset = (static_cast<size_t>(b) * p.n_groups + d / (p.dim / p.n_groups)) * p.dstate * p.seqlen;
-    B_var = p.variable_B ? static_cast<const T*>(p.B) + group_offset : nullptr;
-    C_var = p.variable_C ? static_cast<const T*>(p.C) + group_offset : nullptr;
-    B_const = p.variable_B ? nullptr : static_cast<const float*>(p.B) + static_cast<size_t>(d) * p.dstate;
-    C_const = p.variable_C ? nullptr : static_cast<const float*>(p.C) + static_cast<size_t>(d) * p.dstate;
-    A = p.A + static_cast<size_t>(d) * p.dstate;
+  __device__ ScanRow(const SelectiveScanParams& p, int d, int b) {
+    offset = (static_cast<size_t>(b) * p.dim + d) * p.seqlen;
     D = p.D ? p.D[d] : 0.f;
     bias = p.delta_bias ? p.delta_bias[d] : 0.f;
-    // Rows start at multiples of seqlen elements, so alignment holds for all rows or none; the
-    // group slices of B/C start at multiples of seqlen too. Absent tensors (null) count as aligned.
+    // Rows start at multiples of seqlen elements, so alignment holds for all rows or none. Absent
+    // tensors (null) count as aligned.
     auto ok = [](const void* ptr) { return !ptr || is_aligned16(ptr); };
-    aligned = (p.seqlen * sizeof(T)) % 16 == 0 && ok(p.u) && ok(p.delta) && ok(p.z) && ok(p.out) &&
-              ok(p.dout) && ok(p.du) && ok(p.ddelta) && ok(p.dz) && (!p.variable_B || ok(p.B)) &&
-              (!p.variable_C || ok(p.C));
+    aligned = (p.seqlen * sizeof(T)) % 16 == 0 && ok(p.u) && ok(p.delta) && ok(p.z) && ok(p.dout) && ok(p.du) &&
+              ok(p.ddelta) && ok(p.dz);
   }
 
-  // B (or C) of state n at this thread's positions; 0 past `end` for input-dependent B/C.
+  // This row of a (batch, dim, seqlen) tensor.
+  __device__ __forceinline__ const T* in(const void* base) const { return static_cast<const T*>(base) + offset; }
+  __device__ __forceinline__ T* out(void* base) const { return static_cast<T*>(base) + offset; }
+
   template <int kItems>
-  __device__ __forceinline__ void load_state_input(const T* var, const float* constant, int n, int seqlen,
-                                                   int first, float (&v)[kItems]) const {
-    if (var) {
-      load_items<T, kItems>(var + static_cast<size_t>(n) * seqlen, first, seqlen, aligned, v);
-    } else {
-      const float c = constant[n];
-#pragma unroll
-      for (int i = 0; i < kItems; ++i) v[i] = c;
-    }
+  __device__ __forceinline__ void load(const void* base, const SelectiveScanParams& p, int first,
+                                       float (&v)[kItems]) const {
+    load_items<T, kItems>(in(base), first, p.seqlen, aligned, v);
   }
 
-  // delta after bias and softplus; 0 past `end` so that padded positions are identity steps.
+  // Loads again what an earlier load() of the same tensor read. The pointer goes through an empty asm
+  // the compiler cannot see through: read-only loads of one address would otherwise be merged, which
+  // keeps the first load's registers live in between (the backward's state loop).
+  template <int kItems>
+  __device__ __forceinline__ void reload(const void* base, const SelectiveScanParams& p, int first,
+                                         float (&v)[kItems]) const {
+    const T* ptr = in(base);
+    asm volatile("" : "+l"(ptr));
+    load_items<T, kItems>(ptr, first, p.seqlen, aligned, v);
+  }
+
+  template <int kItems>
+  __device__ __forceinline__ void store(void* base, const SelectiveScanParams& p, int first,
+                                        const float (&v)[kItems]) const {
+    store_items<T, kItems>(out(base), first, p.seqlen, aligned, v);
+  }
+
+  // delta after bias and softplus; 0 past seqlen so that padded positions are identity steps.
   template <int kItems>
   __device__ __forceinline__ void load_delta(const SelectiveScanParams& p, int first, float (&raw)[kItems],
                                              float (&dt)[kItems]) const {
-    load_items<T, kItems>(delta, first, p.seqlen, aligned, raw);
+    load(p.delta, p, first, raw);
 #pragma unroll
     for (int i = 0; i < kItems; ++i) dt[i] = first + i < p.seqlen ? step_size(raw[i], bias, p.delta_softplus) : 0.f;
   }

@@ -6,15 +6,27 @@
 //      scan, started from the adjoint carried out of the next chunk (dlast_state for the last one),
 //   3. accumulates every gradient from (x_{t-1}, x_t, g_t).
 // So it stores nothing of size (batch, dim, seqlen, dstate), and every scan is a warp scan: no block
-// barrier inside a row's work. Per-row sums (dA, constant dB/dC, the carried adjoint) live in shared
-// memory; sums over rows (dA, dD, ddelta_bias over batch) are float32 atomics into zero-filled outputs.
+// barrier inside a row's work. Per-row values of each state (A, constant B/C, the saved state entering
+// the chunk, the carried adjoint, the sums dA and constant dB/dC) live in shared memory; sums over rows
+// (dA, dD, ddelta_bias over batch) are float32 atomics into zero-filled outputs.
+//
+// Few live registers (no spills under the 128-register cap of two blocks per SM): the per-position
+// factors that do not depend on the state are formed once per chunk (delta * u; dy = dL/dy before
+// gating), and the state loop keeps two sums per position: S = sum_n g B_n, from which du = delta S +
+// D dy and ddelta's input term u S follow at the chunk's end, and E = sum_n A_n dL/d(delta A_n).
+//
+// Input-dependent B/C of the block's group, one state over one chunk, are read from global memory
+// once per block into a shared tile (all kRows warps use the same values), one state ahead: while the
+// warps compute state n, the tile of the next state (or of the previous chunk's first state) is in
+// flight (cp.async when B/C rows are 16-byte aligned, else two elements per thread held in registers).
 //
 // Input-dependent dB/dC are sums over the dims of a group at every position: the block's warps put
 // their rows' values of state n in shared memory, and after one barrier the block adds their sum into
 // dB/dC with float4 atomics of consecutive positions (kRows times fewer atomics than one per row, and
-// each warp's atomic instruction covers 512 contiguous bytes). Two buffers alternate between states, so
-// one barrier per state suffices. The grid runs batch entries fastest, so the blocks resident at once
-// add into many different dB/dC rows rather than colliding on one.
+// each warp's atomic instruction covers 512 contiguous bytes). The same barrier publishes the next
+// state's B/C tile. Two buffers of each alternate between states, so one barrier per state suffices.
+// The grid runs batch entries fastest, so the blocks resident at once add into many different dB/dC
+// rows rather than colliding on one.
 //
 // Packed rows (kVarlen, p.seq_idx): the decay into a position that starts a sequence is 0, so the
 // recomputed state restarts there, no adjoint flows back into the sequence before, and the decay's
@@ -37,52 +49,156 @@ constexpr int kRows = 8;
 constexpr int kThreads = kRows * 32;
 constexpr int kMinBlocks = 2;
 
-// Shared memory: the dB/dC parts [2 buffers][B, C][kRows][kScanChunk] (static), and per-row arrays
-// [kRows][dstate] (dynamic, this many bytes): the adjoint flowing into the current chunk, dA, constant
-// dB and dC.
-size_t smem_bytes(int dstate) { return 4 * kRows * static_cast<size_t>(dstate) * sizeof(float); }
+// Per-row values of each state in dynamic shared memory, [kRows][dstate][kRowValues] floats (one
+// address per state for all of them): kAdj, the adjoint flowing into the current chunk's last
+// position; kDA, kDB, kDC, the sums of dA and of constant dB/dC; kRowA, kRowB, kRowC, A and constant
+// B/C; kSaved, the state entering the current chunk.
+enum RowValue { kAdj, kDA, kDB, kDC, kRowA, kRowB, kRowC, kSaved, kRowValues };
+size_t smem_bytes(int dstate) { return kRowValues * kRows * static_cast<size_t>(dstate) * sizeof(float); }
 
-template <typename T, bool kVarlen>
+// Static shared memory: the dB/dC parts [2 buffers][B, C][kRows][kScanChunk] float32, y [kRows][kScanChunk]
+// float32 and the B/C tile [2 stages][B, C][kScanChunk] in the input type.
+template <typename T>
+constexpr size_t static_smem_bytes() { return (5 * kRows * sizeof(float) + 4 * sizeof(T)) * kScanChunk; }
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  // src_bytes < 16: the rest of the 16 bytes is zero-filled (positions past seqlen).
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes) : "memory");
+}
+
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+
+// Loads of one state's input-dependent B/C over one chunk into a stage of the shared tile, issued
+// before the state's work and completed after it (before the barrier that publishes the stage).
+template <typename T>
+struct TileLoader {
+  static constexpr int kVec = 16 / sizeof(T);          // elements per 16-byte piece
+  static constexpr int kPieces = kScanChunk / kVec;    // pieces per plane (B or C)
+  static_assert(2 * kPieces <= kThreads && kScanChunk == kThreads, "one piece, or one B and one C element, per thread");
+  const T* B;      // the group's (dstate, seqlen) B, or null when B is constant; likewise C
+  const T* C;
+  int seqlen;
+  bool async;      // B/C rows are 16-byte aligned: 16-byte cp.async pieces
+  T held_B, held_C;  // the other path: this thread's position of each plane
+
+  __device__ TileLoader(const SelectiveScanParams& p, int b, int group) {
+    const size_t group_offset = (static_cast<size_t>(b) * p.n_groups + group) * p.dstate * p.seqlen;
+    B = p.variable_B ? static_cast<const T*>(p.B) + group_offset : nullptr;
+    C = p.variable_C ? static_cast<const T*>(p.C) + group_offset : nullptr;
+    seqlen = p.seqlen;
+    async = (p.seqlen * sizeof(T)) % 16 == 0 && (!B || is_aligned16(B)) && (!C || is_aligned16(C));
+  }
+
+  // Starts loading state n of the chunk starting at position t0 into stage ([B, C][kScanChunk]).
+  __device__ __forceinline__ void issue(int t0, int n, T* stage) {
+    const int tid = threadIdx.x;
+    const size_t row = static_cast<size_t>(n) * seqlen;
+    if (async) {
+      if (tid < 2 * kPieces) {
+        const int plane = tid / kPieces, piece = tid % kPieces;
+        const T* src = plane == 0 ? B : C;
+        if (src) {
+          const int t = t0 + piece * kVec;
+          const int bytes = min(max(seqlen - t, 0), kVec) * static_cast<int>(sizeof(T));
+          cp_async16(stage + plane * kScanChunk + piece * kVec, src + row + (bytes > 0 ? t : 0), bytes);
+        }
+      }
+    } else {
+      const int t = t0 + tid;
+      held_B = B && t < seqlen ? B[row + t] : from_float<T>(0.f);
+      held_C = C && t < seqlen ? C[row + t] : from_float<T>(0.f);
+    }
+  }
+
+  // Completes this thread's part of the stage started by issue(); a block barrier must follow.
+  __device__ __forceinline__ void finish(T* stage) {
+    if (async) {
+      cp_async_wait_all();
+    } else {
+      stage[threadIdx.x] = held_B;
+      stage[kScanChunk + threadIdx.x] = held_C;
+    }
+  }
+};
+
+// This lane's kItems positions of one plane of a tile stage, as float.
+template <typename T>
+__device__ __forceinline__ void load_tile_items(const T* plane, int lane, float (&v)[kItems]) {
+  constexpr int kVec = 16 / sizeof(T);
+  const uint4* src = reinterpret_cast<const uint4*>(plane + lane * kItems);
+#pragma unroll
+  for (int j = 0; j < kItems / kVec; ++j) {
+    const uint4 raw = src[j];
+    const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) v[j * kVec + k] = to_float(e[k]);
+  }
+}
+
+// kVarBC: B and C are both input-dependent (Mamba's case); the code for constant ones is left out.
+template <typename T, bool kVarlen, bool kVarBC>
 __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kernel(SelectiveScanParams p, int blocks_per_group) {
-  __shared__ float4 s_parts4[kRows * kScanChunk];  // dB/dC parts (see smem_bytes)
+  __shared__ float4 s_parts4[kRows * kScanChunk];                        // dB/dC parts
+  __shared__ uint4 s_tile4[4 * kScanChunk * sizeof(T) / sizeof(uint4)];  // B/C tile
+  // y = D u + sum_n C_n x_n of every row's positions, [kRows][kItems / 4][32 lanes] float4: read back
+  // at the chunk's end only (for dz), so it is summed here rather than held in registers.
+  __shared__ float4 s_y4[kRows * kScanChunk / 4];
   float* s_parts = reinterpret_cast<float*>(s_parts4);
+  T* s_tile = reinterpret_cast<T*>(s_tile4);
   extern __shared__ float s_rows[];
   const int N = p.dstate;
-  float* s_adj = s_rows;
-  float* s_dA = s_adj + kRows * N;
-  float* s_dB = s_dA + kRows * N;
-  float* s_dC = s_dB + kRows * N;
+  // Input-dependent B and C (kVarBC: both, known when compiling; the launcher checks).
+  const bool var_B = kVarBC || p.variable_B, var_C = kVarBC || p.variable_C;
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, b = blockIdx.x;
   const int dims_per_group = p.dim / p.n_groups, group = blockIdx.y / blocks_per_group;
   const int d0 = group * dims_per_group + (blockIdx.y % blocks_per_group) * kRows;
   const int rows = min(kRows, (group + 1) * dims_per_group - d0);
-  // Warps past `rows` (the group's last block) compute nothing but take part in the barriers.
+  // Warps past `rows` (the group's last block) compute nothing but take part in the barriers and loads.
   const bool active = warp < rows;
   const ScanRow<T> r(p, active ? d0 + warp : d0, b);
-  for (int i = tid; i < kRows * N; i += kThreads) {
-    const int w = i / N;
-    s_adj[i] = w < rows && p.dlast_state ? p.dlast_state[(static_cast<size_t>(b) * p.dim + d0 + w) * N + i % N] : 0.f;
-    s_dA[i] = s_dB[i] = s_dC[i] = 0.f;
+  for (int i = tid; i < kRows * N; i += kThreads) {  // i = w * N + n: row w, state n
+    const bool valid = i / N < rows;
+    const size_t param = static_cast<size_t>(d0) * N + i;  // (dim, dstate) entry of row w, state n
+    float* v = s_rows + i * kRowValues;
+    v[kAdj] = valid && p.dlast_state ? p.dlast_state[static_cast<size_t>(b) * p.dim * N + param] : 0.f;
+    v[kDA] = v[kDB] = v[kDC] = v[kSaved] = 0.f;
+    v[kRowA] = valid ? p.A[param] : 0.f;
+    v[kRowB] = valid && !var_B ? static_cast<const float*>(p.B)[param] : 0.f;
+    v[kRowC] = valid && !var_C ? static_cast<const float*>(p.C)[param] : 0.f;
+  }
+  float* const row_values = s_rows + warp * N * kRowValues;  // this warp's state n: row_values + n * kRowValues
+  // The dB/dC parts of rows past `rows` stay zero, so the sum over rows needs no bound.
+  for (int i = rows * kScanChunk + tid; i < kRows * kScanChunk; i += kThreads)
+    for (int k = 0; k < 4; ++k) s_parts[k * kRows * kScanChunk + i] = 0.f;
+
+  const bool tiled = var_B || var_C;
+  TileLoader<T> tile_loader(p, b, group);
+  if (tiled) {
+    tile_loader.issue((p.n_chunks - 1) * kScanChunk, 0, s_tile);
+    tile_loader.finish(s_tile);
   }
   __syncthreads();
-  float* row_adj = s_adj + warp * N;
-  const size_t group_offset = (static_cast<size_t>(b) * p.n_groups + group) * N * p.seqlen;
-  float* dB_var = p.variable_B ? p.dB + group_offset : nullptr;
-  float* dC_var = p.variable_C ? p.dC + group_offset : nullptr;
-  const T* dout_row = static_cast<const T*>(p.dout) + r.row * p.seqlen;
-  const float* saved = p.saved + r.row * p.n_chunks * N;
   // dB/dC rows start at multiples of seqlen floats in zero-filled (aligned) buffers.
   const bool atomics_aligned = p.seqlen % 4 == 0;
+  // The sums over rows of input-dependent dB/dC: thread tid < 2 * kQuads adds one quad (4 positions)
+  // of dB (first kQuads threads) or dC in every state, from the parts of buffer 0 at red_in (buffer 1
+  // follows 2 * kRows * kScanChunk floats later) into red_out, the group's (dstate, seqlen) dB or dC.
+  constexpr int kQuads = kScanChunk / 4;
+  const int red_part = tid / kQuads, red_q = tid % kQuads;
+  const bool reducer = tid < 2 * kQuads && (red_part == 0 ? var_B : var_C);
+  const float4* const red_in = s_parts4 + red_part * kRows * kQuads + red_q;
+  float* const red_out = (red_part == 0 ? p.dB : p.dC) + (static_cast<size_t>(b) * p.n_groups + group) * N * p.seqlen;
   float dD_sum = 0.f, dbias_sum = 0.f;
-  int buf = 0;
+  int buf = 0;  // parts buffer and tile stage of the current state
 
 #pragma unroll 1
   for (int c = p.n_chunks - 1; c >= 0; --c) {
     const int first = c * kScanChunk + lane * kItems;
-    // Kept through the state loop: u, dt, dy = dL/dy before gating, and the accumulators y, du, ddt.
-    // (dout, z and the raw delta are read again after it, for dz and ddelta: fewer live registers.)
-    float u[kItems], dt[kItems], dy[kItems], y[kItems], du[kItems], ddt[kItems];
+    // Kept through the state loop: dt, dt * u, dy = dL/dy before gating, and the sums S, E.
+    float dt[kItems], dtu[kItems], dy[kItems], S[kItems], E[kItems];
+    float4* y4 = s_y4 + warp * kScanChunk / 4 + lane;  // this lane's y: y4[32 j] holds items 4j .. 4j + 3
     unsigned starts = 0;  // bit i: position first + i starts a sequence
     if (kVarlen && active) {
       const int32_t* seq = p.seq_idx + static_cast<size_t>(b) * p.seqlen;
@@ -93,51 +209,85 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
       }
     }
     {
-      float raw[kItems], dout[kItems], z[kItems];
-      load_items<T, kItems>(r.u, first, p.seqlen, r.aligned, u);
+      float u[kItems], raw[kItems], dout[kItems], z[kItems];
+      r.load(p.u, p, first, u);
       r.load_delta(p, first, raw, dt);
-      load_items<T, kItems>(dout_row, first, p.seqlen, r.aligned, dout);
-      if (r.z) load_items<T, kItems>(r.z, first, p.seqlen, r.aligned, z);
+      r.load(p.dout, p, first, dout);
+      if (p.z) r.load(p.z, p, first, z);
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
-        dy[i] = r.z ? dout[i] * z[i] * sigmoid(z[i]) : dout[i];
-        y[i] = r.D * u[i];
-        du[i] = r.D * dy[i];
-        ddt[i] = 0.f;
+        dy[i] = p.z ? dout[i] * z[i] * sigmoid(z[i]) : dout[i];
+        dtu[i] = dt[i] * u[i];
+        // Kept as is: without this the compiler keeps u and forms dt * u again in every state.
+        asm("" : "+f"(dtu[i]));
+        S[i] = E[i] = 0.f;
       }
+#pragma unroll
+      for (int j = 0; j < kItems / 4; ++j)
+        y4[32 * j] = make_float4(r.D * u[4 * j], r.D * u[4 * j + 1], r.D * u[4 * j + 2], r.D * u[4 * j + 3]);
+    }
+    if (active) {  // the states entering this chunk (the previous chunk's reads ended at a warp barrier)
+      const float* saved = p.saved + ((static_cast<size_t>(b) * p.dim + d0 + warp) * p.n_chunks + c) * N;
+      for (int n = lane; n < N; n += 32) row_values[n * kRowValues + kSaved] = saved[n];
+      __syncwarp();
     }
 #pragma unroll 1
     for (int n = 0; n < N; ++n) {
       float* parts = s_parts + buf * 2 * kRows * kScanChunk;  // [B, C][kRows][kScanChunk]
+      const T* tile = s_tile + buf * 2 * kScanChunk;          // [B, C][kScanChunk]
+      T* next_tile = s_tile + (buf ^ 1) * 2 * kScanChunk;
+      // The next state's B/C: state n + 1 of this chunk, or state 0 of the previous chunk.
+      const bool prefetch = tiled && (n + 1 < N || c > 0);
+      if (prefetch) tile_loader.issue(n + 1 < N ? c * kScanChunk : (c - 1) * kScanChunk, n + 1 < N ? n + 1 : 0, next_tile);
       if (active) {
-        const float An = r.A[n];
+        float* const v = row_values + n * kRowValues;
+        const float An = v[kRowA], An2 = An * kLog2e;
         float Bv[kItems], Cv[kItems], a[kItems], x[kItems];
-        r.load_state_input(r.B_var, r.B_const, n, p.seqlen, first, Bv);
-        r.load_state_input(r.C_var, r.C_const, n, p.seqlen, first, Cv);
+        if (var_B) {
+          load_tile_items<T>(tile, lane, Bv);
+        } else {
+#pragma unroll
+          for (int i = 0; i < kItems; ++i) Bv[i] = v[kRowB];
+        }
+        if (var_C) {
+          load_tile_items<T>(tile + kScanChunk, lane, Cv);
+        } else {
+#pragma unroll
+          for (int i = 0; i < kItems; ++i) Cv[i] = v[kRowC];
+        }
         // 1. states of this chunk
         float2 map = make_float2(1.f, 0.f);
 #pragma unroll
         for (int i = 0; i < kItems; ++i) {
-          a[i] = kVarlen && (starts >> i & 1) ? 0.f : exp2f(dt[i] * An * kLog2e);
-          x[i] = dt[i] * u[i] * Bv[i];
+          a[i] = kVarlen && (starts >> i & 1) ? 0.f : exp2f(dt[i] * An2);
+          x[i] = dtu[i] * Bv[i];
           map = compose(map, make_float2(a[i], x[i]));
         }
-        const float adj_in = row_adj[n];  // read before the scans' warp barriers; lane 0 rewrites it below
-        const float x_in = warp_scan_affine<false>(map, saved[c * N + n]);
+        const float adj_in = v[kAdj];  // read before the scans' warp barriers; lane 0 rewrites it below
+        const float x_in = warp_scan_affine<false>(map, v[kSaved]);
         float xs = x_in;
 #pragma unroll
         for (int i = 0; i < kItems; ++i) {
           xs = fmaf(a[i], xs, x[i]);
           x[i] = xs;
-          y[i] = fmaf(Cv[i], xs, y[i]);
         }
+#pragma unroll
+        for (int j = 0; j < kItems / 4; ++j) {
+          float4 yj = y4[32 * j];
+          yj.x = fmaf(Cv[4 * j], x[4 * j], yj.x);
+          yj.y = fmaf(Cv[4 * j + 1], x[4 * j + 1], yj.y);
+          yj.z = fmaf(Cv[4 * j + 2], x[4 * j + 2], yj.z);
+          yj.w = fmaf(Cv[4 * j + 3], x[4 * j + 3], yj.w);
+          y4[32 * j] = yj;
+        }
+#pragma unroll
+        for (int i = 0; i < kItems; ++i) Cv[i] *= dy[i];  // from here on Cv holds C dy, the adjoint's input
         // 2. adjoint: g_i = a_{i+1} g_{i+1} + C_i dy_i; the chunk's last position takes adj_in as is.
         float a_next = __shfl_down_sync(kFullMask, a[0], 1);
         if (lane == 31) a_next = 1.f;
         map = make_float2(1.f, 0.f);
 #pragma unroll
-        for (int i = kItems - 1; i >= 0; --i)
-          map = compose(map, make_float2(i + 1 < kItems ? a[i + 1] : a_next, Cv[i] * dy[i]));
+        for (int i = kItems - 1; i >= 0; --i) map = compose(map, make_float2(i + 1 < kItems ? a[i + 1] : a_next, Cv[i]));
         float g = warp_scan_affine<true>(map, adj_in);
         // 3. gradients, walking the lane's positions backwards. Input-dependent dB/dC of 4 positions
         // at a time go to this row's parts (16-byte stores).
@@ -146,89 +296,97 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
         float dA = 0.f, dB = 0.f, dC = 0.f, dBv[kItems], dCv[kItems];
 #pragma unroll
         for (int i = kItems - 1; i >= 0; --i) {
-          g = fmaf(i + 1 < kItems ? a[i + 1] : a_next, g, Cv[i] * dy[i]);
-          const float x_prev = i > 0 ? x[i - 1] : x_in;
-          const float g_decay = g * a[i] * x_prev;  // dL/d(delta_i A_n)
-          dBv[i] = g * dt[i] * u[i];
+          g = fmaf(i + 1 < kItems ? a[i + 1] : a_next, g, Cv[i]);
+          const float gd = g * (a[i] * (i > 0 ? x[i - 1] : x_in));  // dL/d(delta_i A_n)
+          dBv[i] = g * dtu[i];
           dCv[i] = dy[i] * x[i];
-          du[i] = fmaf(g * dt[i], Bv[i], du[i]);
-          ddt[i] += g * Bv[i] * u[i] + An * g_decay;
-          dA = fmaf(dt[i], g_decay, dA);
-          dB += dBv[i];
-          dC += dCv[i];
+          S[i] = fmaf(g, Bv[i], S[i]);
+          E[i] = fmaf(An, gd, E[i]);
+          dA = fmaf(dt[i], gd, dA);
+          if (!var_B) dB += dBv[i];
+          if (!var_C) dC += dCv[i];
           if (i % 4 == 0) {
-            if (dB_var) dB_part[i / 4] = make_float4(dBv[i], dBv[i + 1], dBv[i + 2], dBv[i + 3]);
-            if (dC_var) dC_part[i / 4] = make_float4(dCv[i], dCv[i + 1], dCv[i + 2], dCv[i + 3]);
+            if (var_B) dB_part[i / 4] = make_float4(dBv[i], dBv[i + 1], dBv[i + 2], dBv[i + 3]);
+            if (var_C) dC_part[i / 4] = make_float4(dCv[i], dCv[i + 1], dCv[i + 2], dCv[i + 3]);
           }
         }
         // Positions past seqlen have dt = u = dy = 0, so they add nothing to dA, dB, dC.
         dA = warp_sum(dA);
-        if (!dB_var) dB = warp_sum(dB);
-        if (!dC_var) dC = warp_sum(dC);
-        __syncwarp();  // every lane has read row_adj[n]
+        if (!var_B) dB = warp_sum(dB);
+        if (!var_C) dC = warp_sum(dC);
+        __syncwarp();  // every lane has read v[kAdj]
         if (lane == 0) {  // lane 0 alone updates its row's entries
-          row_adj[n] = a[0] * g;  // what flows into the previous chunk's last position
-          s_dA[warp * N + n] += dA;
-          if (!dB_var) s_dB[warp * N + n] += dB;
-          if (!dC_var) s_dC[warp * N + n] += dC;
+          v[kAdj] = a[0] * g;  // what flows into the previous chunk's last position
+          v[kDA] += dA;
+          if (!var_B) v[kDB] += dB;
+          if (!var_C) v[kDC] += dC;
         }
-        __syncwarp();  // and the warp sees them (row_adj[n] is read again in the next chunk)
+        __syncwarp();  // and the warp sees them (v[kAdj] is read again in the next chunk)
       }
-      if (dB_var || dC_var) {
-        // Every row's part of state n is written; sum over rows and add. The other buffer is the next
-        // state's: it was last read before this barrier, so it is free to write.
+      if (tiled) {
+        // Every row's part of state n is written, and this thread's loads of the next tile are done;
+        // after the barrier both are visible to the block. The other parts buffer and this state's tile
+        // stage were last read before this barrier, so they are free to write in the next state.
+        if (prefetch) tile_loader.finish(next_tile);
         __syncthreads();
-        constexpr int kQuads = kScanChunk / 4;
-        for (int v = tid; v < 2 * kQuads; v += kThreads) {
-          const int part = v / kQuads, q = v % kQuads;
-          float* dst = part == 0 ? dB_var : dC_var;
-          if (!dst) continue;
-          float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
-          for (int w = 0; w < rows; ++w) {
-            const float4 s = reinterpret_cast<const float4*>(parts + (part * kRows + w) * kScanChunk)[q];
+        if (reducer) {
+          const float4* in = red_in + buf * 2 * kRows * kQuads;
+          float4 sum = in[0];
+#pragma unroll
+          for (int w = 1; w < kRows; ++w) {  // rows past `rows` hold zeros
+            const float4 s = in[w * kQuads];
             sum.x += s.x, sum.y += s.y, sum.z += s.z, sum.w += s.w;
           }
           const float s4[4] = {sum.x, sum.y, sum.z, sum.w};
-          const int t = c * kScanChunk + 4 * q;
-          if (t < p.seqlen) atomic_add_items<4>(dst + static_cast<size_t>(n) * p.seqlen, t, p.seqlen, atomics_aligned, s4);
+          const int t = c * kScanChunk + 4 * red_q;
+          if (t < p.seqlen) atomic_add_items<4>(red_out + static_cast<size_t>(n) * p.seqlen, t, p.seqlen, atomics_aligned, s4);
         }
         buf ^= 1;
       }
     }
     if (active) {
-      float raw[kItems], dout[kItems], z[kItems], dz[kItems], ddelta[kItems];
-      load_items<T, kItems>(r.delta, first, p.seqlen, r.aligned, raw);
-      load_items<T, kItems>(dout_row, first, p.seqlen, r.aligned, dout);
-      if (r.z) load_items<T, kItems>(r.z, first, p.seqlen, r.aligned, z);
+      float u[kItems], raw[kItems], dout[kItems], z[kItems], du[kItems], ddelta[kItems], dz[kItems], y[kItems];
+#pragma unroll
+      for (int j = 0; j < kItems / 4; ++j) {
+        const float4 yj = y4[32 * j];
+        y[4 * j] = yj.x, y[4 * j + 1] = yj.y, y[4 * j + 2] = yj.z, y[4 * j + 3] = yj.w;
+      }
+      r.reload(p.u, p, first, u);
+      r.reload(p.delta, p, first, raw);
+      r.reload(p.dout, p, first, dout);
+      if (p.z) r.reload(p.z, p, first, z);
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
-        const float s = r.z ? sigmoid(z[i]) : 0.f;
-        dz[i] = r.z ? dout[i] * s * (1.f + z[i] * (1.f - s)) * y[i] : 0.f;
-        ddelta[i] = p.delta_softplus ? ddt[i] * sigmoid(raw[i] + r.bias) : ddt[i];
+        const float s = p.z ? sigmoid(z[i]) : 0.f;
+        dz[i] = p.z ? dout[i] * s * (1.f + z[i] * (1.f - s)) * y[i] : 0.f;
+        du[i] = fmaf(dt[i], S[i], r.D * dy[i]);
+        const float ddt = fmaf(u[i], S[i], E[i]);
+        ddelta[i] = p.delta_softplus ? ddt * sigmoid(raw[i] + r.bias) : ddt;
         if (first + i < p.seqlen) {
           dD_sum += dy[i] * u[i];
           dbias_sum += ddelta[i];
         }
       }
-      const size_t offset = r.row * p.seqlen;
-      store_items<T, kItems>(static_cast<T*>(p.du) + offset, first, p.seqlen, r.aligned, du);
-      store_items<T, kItems>(static_cast<T*>(p.ddelta) + offset, first, p.seqlen, r.aligned, ddelta);
-      if (r.z) store_items<T, kItems>(static_cast<T*>(p.dz) + offset, first, p.seqlen, r.aligned, dz);
+      r.store(p.du, p, first, du);
+      r.store(p.ddelta, p, first, ddelta);
+      if (p.z) r.store(p.dz, p, first, dz);
     }
   }
   if (!active) return;  // no barrier follows
+  const int d = d0 + warp;
   dD_sum = warp_sum(dD_sum);
   dbias_sum = warp_sum(dbias_sum);
   if (lane == 0) {
-    if (p.dD) atomicAdd(p.dD + r.d, dD_sum);
-    if (p.ddelta_bias) atomicAdd(p.ddelta_bias + r.d, dbias_sum);
+    if (p.dD) atomicAdd(p.dD + d, dD_sum);
+    if (p.ddelta_bias) atomicAdd(p.ddelta_bias + d, dbias_sum);
   }
   __syncwarp();  // lane 0's last updates of this row's shared sums are visible to the warp
-  const size_t param_row = static_cast<size_t>(r.d) * N;
+  const size_t param_row = static_cast<size_t>(d) * N;
   for (int n = lane; n < N; n += 32) {
-    atomicAdd(p.dA + param_row + n, s_dA[warp * N + n]);
-    if (!dB_var) atomicAdd(p.dB + param_row + n, s_dB[warp * N + n]);
-    if (!dC_var) atomicAdd(p.dC + param_row + n, s_dC[warp * N + n]);
+    const float* v = row_values + n * kRowValues;
+    atomicAdd(p.dA + param_row + n, v[kDA]);
+    if (!var_B) atomicAdd(p.dB + param_row + n, v[kDB]);
+    if (!var_C) atomicAdd(p.dC + param_row + n, v[kDC]);
   }
 }
 
@@ -237,9 +395,11 @@ int launch(const SelectiveScanParams& p, cudaStream_t stream) {
   const int blocks_per_group = (p.dim / p.n_groups + kRows - 1) / kRows;
   // Grid y is limited to 65535 (batch entries run along x, up to 2^31 - 1).
   if (static_cast<long>(p.n_groups) * blocks_per_group > 65535) return static_cast<int>(cudaErrorInvalidConfiguration);
-  auto kernel = p.seq_idx ? selective_scan_bwd_kernel<T, true> : selective_scan_bwd_kernel<T, false>;
+  const bool var_BC = p.variable_B && p.variable_C;
+  auto kernel = p.seq_idx ? (var_BC ? selective_scan_bwd_kernel<T, true, true> : selective_scan_bwd_kernel<T, true, false>)
+                          : (var_BC ? selective_scan_bwd_kernel<T, false, true> : selective_scan_bwd_kernel<T, false, false>);
   const size_t smem = smem_bytes(p.dstate);
-  if (smem + 4 * kRows * kScanChunk * sizeof(float) > 48 * 1024) {
+  if (smem + static_smem_bytes<T>() > 48 * 1024) {
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (err != cudaSuccess) return static_cast<int>(err);
   }
