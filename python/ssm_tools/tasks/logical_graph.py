@@ -301,8 +301,46 @@ def phrase_script(x: Circuit, by_search: bool = False) -> list[int]:
             value = values[v] != negated
 
 
+def answered_script(x: Circuit) -> list[int]:
+    """The "answered" trajectory (module docstring): every model line follows from the latest search's
+    answer alone, the calls from the model's own line just before them."""
+    defs = {g.target: g for g in x.gates}
+    values: dict[str, bool] = dict(x.inputs)
+    rest: dict[str, list[tuple[str, bool]]] = {}  # gate -> its operands not valued yet
+    parent: dict[str, str] = {}
+    search = _Search(x.code())
+
+    def ask(node: str) -> None:
+        search.write(f"{node} needs " + f" {defs[node].op} ".join(v + "'" * neg for v, neg in rest[node]))
+
+    node = x.output
+    search.find(f"{node} =")
+    rest[node] = list(defs[node].operands)
+    ask(node)
+    while True:
+        v = rest[node][0][0]
+        search.find(f"{v} =")  # the definition, then the value lines once there are some
+        if v not in values:
+            parent[v], node = node, v
+            rest[node] = list(defs[node].operands)
+            ask(node)
+            continue
+        while True:  # v valued: its value line, then the search that answers it after its asker's line
+            search.write(f"{v} = {values[v]} needs {v}")
+            search.find(f"needs {v}")
+            if v == x.output:
+                return search.script + [V.ANS, *text(str(values[v])), V.EOS]
+            value = values[v] != rest[node].pop(0)[1]
+            if rest[node] and value != (defs[node].op == "or"):
+                ask(node)
+                break
+            values[node], v = value, node
+            node = parent.get(node, node)
+
+
 TRAJECTORIES = {"local": local_script, "carried": carried_script, "linked": partial(local_script, linked=True),
-                "phrase": phrase_script, "phrase_back": partial(phrase_script, by_search=True)}
+                "phrase": phrase_script, "phrase_back": partial(phrase_script, by_search=True),
+                "answered": answered_script}
 
 
 class LogicalGraph(Task):
