@@ -222,9 +222,10 @@ def next_text_answered(query: str, result: str) -> str:
             return f"[ANS]{value}[EOS]"
         node, _, literal, *rest = lines[-2].split()
         value = str((value == "True") != literal.endswith("'"))
+        has = " ".join([node, "has", value, *rest]) + "\n"
         if rest and (rest[0] == "and") == (value == "True"):
-            return f"{node} needs {rest[1]}\n[CALL]find {rest[1].rstrip(chr(39))} =[/CALL]"
-        return f"{node} = {value} needs {node}\n[CALL]find needs {node}[/CALL]"
+            return has + f"{node} needs {rest[1]}\n[CALL]find {rest[1].rstrip(chr(39))} =[/CALL]"
+        return has + f"{node} = {value} needs {node}\n[CALL]find needs {node}[/CALL]"
     word = query.removesuffix(" =")
     rhs = lines[-1].split(" = ")[1]
     if rhs.split()[0] in ("True", "False"):  # an input, or a value line: valued

@@ -310,8 +310,11 @@ def answered_script(x: Circuit) -> list[int]:
     parent: dict[str, str] = {}
     search = _Search(x.code())
 
+    def terms(node: str) -> str:  # its literals left, "x'" for "not x" (`find needs x` matches both)
+        return "".join(f" {defs[node].op} {v}" + "'" * neg for v, neg in rest[node])
+
     def ask(node: str) -> None:
-        search.write(f"{node} needs " + f" {defs[node].op} ".join(v + "'" * neg for v, neg in rest[node]))
+        search.write(f"{node} needs {terms(node)[len(defs[node].op) + 2:]}")
 
     node = x.output
     search.find(f"{node} =")
@@ -330,7 +333,10 @@ def answered_script(x: Circuit) -> list[int]:
             search.find(f"needs {v}")
             if v == x.output:
                 return search.script + [V.ANS, *text(str(values[v])), V.EOS]
+            # The literal's value written next to the operator after it, so that whether the node
+            # is valued (short circuit, or its last literal) is read from two neighbouring words.
             value = values[v] != rest[node].pop(0)[1]
+            search.write(f"{node} has {value}{terms(node)}")
             if rest[node] and value != (defs[node].op == "or"):
                 ask(node)
                 break
