@@ -221,8 +221,8 @@ def next_text_answered(query: str, result: str) -> str:
         if len(lines) == 1:  # nobody needs the output
             return f"[ANS]{value}[EOS]"
         node, _, literal, *rest = lines[-2].split()
-        value = str((value == "True") != literal.endswith("'"))
-        has = " ".join([node, "has", value, *rest]) + "\n"
+        has = " ".join([node, "has", literal, value, str((value == "True") != literal.endswith("'")), *rest]) + "\n"
+        value = has.split()[4]
         if rest and (rest[0] == "and") == (value == "True"):
             return has + f"{node} needs {rest[1]}\n[CALL]find {rest[1].rstrip(chr(39))} =[/CALL]"
         return has + f"{node} = {value} needs {node}\n[CALL]find needs {node}[/CALL]"

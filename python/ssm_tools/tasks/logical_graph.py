@@ -333,10 +333,11 @@ def answered_script(x: Circuit) -> list[int]:
             search.find(f"needs {v}")
             if v == x.output:
                 return search.script + [V.ANS, *text(str(values[v])), V.EOS]
-            # The literal's value written next to the operator after it, so that whether the node
-            # is valued (short circuit, or its last literal) is read from two neighbouring words.
-            value = values[v] != rest[node].pop(0)[1]
-            search.write(f"{node} has {value}{terms(node)}")
+            # The literal as the asker wrote it, x's value, the literal's value: each value is then
+            # read from the words just before it (the negation, and the operator after it).
+            negated = rest[node].pop(0)[1]
+            value = values[v] != negated
+            search.write(f"{node} has {v}{chr(39) * negated} {values[v]} {value}{terms(node)}")
             if rest[node] and value != (defs[node].op == "or"):
                 ask(node)
                 break
