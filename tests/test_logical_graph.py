@@ -221,11 +221,14 @@ def next_text_answered(query: str, result: str) -> str:
         if len(lines) == 1:  # nobody needs the output
             return f"[ANS]{value}[EOS]"
         node, _, literal, *rest = lines[-2].split()
-        has = " ".join([node, "has", literal, value, str((value == "True") != literal.endswith("'")), *rest]) + "\n"
-        value = has.split()[4]
+        value = str((value == "True") != literal.endswith("'"))
+        has = " ".join([node, "has", literal, lines[-1].split()[2], value, *rest[:1]]) + "\n"
         if rest and (rest[0] == "and") == (value == "True"):
-            return has + f"{node} needs {rest[1]}\n[CALL]find {rest[1].rstrip(chr(39))} =[/CALL]"
+            return has + f"[CALL]find {node} needs[/CALL]"
         return has + f"{node} = {value} needs {node}\n[CALL]find needs {node}[/CALL]"
+    if query.endswith(" needs"):  # the node's own needs line: its next literal
+        node, _, _, _, literal = lines[-1].split()
+        return f"{node} needs {literal}\n[CALL]find {literal.rstrip(chr(39))} =[/CALL]"
     word = query.removesuffix(" =")
     rhs = lines[-1].split(" = ")[1]
     if rhs.split()[0] in ("True", "False"):  # an input, or a value line: valued

@@ -333,12 +333,15 @@ def answered_script(x: Circuit) -> list[int]:
             search.find(f"needs {v}")
             if v == x.output:
                 return search.script + [V.ANS, *text(str(values[v])), V.EOS]
-            # The literal as the asker wrote it, x's value, the literal's value: each value is then
-            # read from the words just before it (the negation, and the operator after it).
+            # The literal as the asker wrote it, x's value, the literal's value, the operator if a
+            # literal is left: each value is read from the words just before it, and whether the
+            # node is valued from the last two. Its next literal comes from a search of its own.
             negated = rest[node].pop(0)[1]
             value = values[v] != negated
-            search.write(f"{node} has {v}{chr(39) * negated} {values[v]} {value}{terms(node)}")
+            op = f" {defs[node].op}" if rest[node] else ""
+            search.write(f"{node} has {v}{chr(39) * negated} {values[v]} {value}{op}")
             if rest[node] and value != (defs[node].op == "or"):
+                search.find(f"{node} needs")
                 ask(node)
                 break
             values[node], v = value, node
