@@ -47,6 +47,17 @@ has-lines: once the value of N's literal L is known (`find x =` answered x's val
 wrote "x = V ^[!]"), `find needs L` answers the lines where L was a node's first pending literal, the
 asking node's latest needs line last; N is valued or needs its next literal from that line and the
 value, carried across the answer. No label is copied from before a search, only bits (a value, "!").
+"answered": every model line follows from the latest search's answer alone (a call copies the line
+written just before it): nothing is copied or carried across an answer, the values are computed from
+neighbouring words. A literal is written "x", or "x'" for "not x" (`find needs x` matches both). At
+node N, its latest line "N needs L [op M]", the model asks `find x =` (x: L's variable): x's
+definition, then x's value lines if any. If the answer's last line holds a value ("x = True": an
+input, or an earlier "x = V needs x"), it writes "x = V needs x" and asks `find needs x`, whose
+answer ends with the asker's needs line and that value line; otherwise x is visited ("x needs <x's
+right side>"). After `find needs x`: one line (the output's: nobody needs it): [ANS] V; else the
+has-line "N has L V W [op]" (L as N wrote it, V: x's value, W: L's, the operator if a literal is
+left); N valued (its last literal, or W decides the operator): "N = W needs N" and `find needs N`;
+otherwise `find N needs` answers N's needs line, and the model writes "N needs M".
 "carried" (the first format; the current node's definition and label come from results further
 back than the latest): the current node's definition is the last `find` result that holds it.
   * for each operand x of the current node in order: [CALL] find x [/CALL]; x is known if the result
@@ -303,7 +314,7 @@ def phrase_script(x: Circuit, by_search: bool = False) -> list[int]:
 
 def answered_script(x: Circuit) -> list[int]:
     """The "answered" trajectory (module docstring): every model line follows from the latest search's
-    answer alone, the calls from the model's own line just before them."""
+    answer alone, every call from the model's own line just before it."""
     defs = {g.target: g for g in x.gates}
     values: dict[str, bool] = dict(x.inputs)
     rest: dict[str, list[tuple[str, bool]]] = {}  # gate -> its operands not valued yet
