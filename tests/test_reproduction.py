@@ -161,17 +161,17 @@ def test_reproduce_tasks_have_their_sizes_and_modes(tmp_path, monkeypatch):
 
 
 def test_a_scale_overrides_the_task_config_and_the_curve_records_its_options(tmp_path, monkeypatch):
-    """The graph's cpu scale trains the linked trajectory with 100 labels on 1..3 gates that often
+    """The graph's cpu scale trains the answered trajectory with 100 labels on 1..3 gates that often
     reread a variable (its "config" over tasks/logical_graph.toml) and grades the plain graphs; the
     curve records the task options, and a curve of other options (earlier runs) refuses to merge."""
     monkeypatch.setattr(R, "run_parallel", in_process)
     curve = R.reproduce("logical_graph", "cpu", [0], tmp_path / "out", only=[("mamba", "interactive")], steps=1,
                         sizes=[1], n=2)
-    assert curve["task_options"] == {"labels": 100, "trajectory": "linked", "shared": 0.7}
+    assert curve["task_options"] == {"labels": 100, "trajectory": "answered", "shared": 0.7}
     assert curve["train_sizes"] == [1, 3]
     cpu = R.scale_spec("logical_graph", "cpu")["config"]
     graded = make_eval_task(R.setting_config("logical_graph", "interactive", None, cpu))
-    assert (graded.labels, graded.trajectory, graded.shared) == (100, "linked", 0.0)
+    assert (graded.labels, graded.trajectory, graded.shared) == (100, "answered", 0.0)
     (run,) = curve["runs"]
     assert run["train"]["train_max_size"] == 3 and run["accuracy"].keys() == {"1"}
     paper = R.setting_config("logical_graph", "interactive", None, R.scale_spec("logical_graph", "paper").get("config"))
