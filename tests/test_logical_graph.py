@@ -224,17 +224,18 @@ def next_text_answered(query: str, result: str) -> str:
         value = str((value == "True") != literal.endswith("'"))
         has = " ".join([node, "has", literal, lines[-1].split()[2], value, *rest[:1]]) + "\n"
         if rest and (rest[0] == "and") == (value == "True"):
-            return has + f"[CALL]find {node} needs[/CALL]"
+            return has + f"[CALL]find {node} rest[/CALL]"
         return has + f"{node} = {value} needs {node}\n[CALL]find needs {node}[/CALL]"
-    if query.endswith(" needs"):  # the node's own needs line: its next literal
-        node, _, _, _, literal = lines[-1].split()
+    if query.endswith(" rest"):  # the node's rest line: its next literal
+        node, _, literal = lines[-1].split()
         return f"{node} needs {literal}\n[CALL]find {literal.rstrip(chr(39))} =[/CALL]"
     word = query.removesuffix(" =")
     rhs = lines[-1].split(" = ")[1]
     if rhs.split()[0] in ("True", "False"):  # an input, or a value line: valued
         return f"{word} = {rhs.split()[0]} needs {word}\n[CALL]find needs {word}[/CALL]"
-    terms = re.sub(r"not (\w+)", r"\1'", rhs)
-    return f"{word} needs {terms}\n[CALL]find {terms.split()[0].rstrip(chr(39))} =[/CALL]"
+    first, *more = re.sub(r"not (\w+)", r"\1'", rhs).split()
+    lines = f"{word} needs {first} {more[0]}\n{word} rest {more[1]}" if more else f"{word} needs {first}"
+    return f"{lines}\n[CALL]find {first.rstrip(chr(39))} =[/CALL]"
 
 
 def test_answered_trajectory_follows_from_the_latest_answer_alone(rng):

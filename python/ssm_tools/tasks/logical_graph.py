@@ -53,11 +53,12 @@ neighbouring words. A literal is written "x", or "x'" for "not x" (`find needs x
 node N, its latest line "N needs L [op M]", the model asks `find x =` (x: L's variable): x's
 definition, then x's value lines if any. If the answer's last line holds a value ("x = True": an
 input, or an earlier "x = V needs x"), it writes "x = V needs x" and asks `find needs x`, whose
-answer ends with the asker's needs line and that value line; otherwise x is visited ("x needs <x's
-right side>"). After `find needs x`: one line (the output's: nobody needs it): [ANS] V; else the
-has-line "N has L V W [op]" (L as N wrote it, V: x's value, W: L's, the operator if a literal is
-left); N valued (its last literal, or W decides the operator): "N = W needs N" and `find needs N`;
-otherwise `find N needs` answers N's needs line, and the model writes "N needs M".
+answer ends with the asker's needs line and that value line; otherwise x is visited: "x needs L
+[op]" (x's first literal, and its operator if it has two), then "x rest M" (the second). After
+`find needs x`: one line (the output's: nobody needs it): [ANS] V; else the has-line "N has L V W
+[op]" (L as N wrote it, V: x's value, W: L's, the operator if a literal is left); N valued (its
+last literal, or W decides the operator): "N = W needs N" and `find needs N`; otherwise `find N
+rest` answers "N rest M", and the model writes "N needs M".
 "carried" (the first format; the current node's definition and label come from results further
 back than the latest): the current node's definition is the last `find` result that holds it.
   * for each operand x of the current node in order: [CALL] find x [/CALL]; x is known if the result
@@ -321,11 +322,13 @@ def answered_script(x: Circuit) -> list[int]:
     parent: dict[str, str] = {}
     search = _Search(x.code())
 
-    def terms(node: str) -> str:  # its literals left, "x'" for "not x" (`find needs x` matches both)
-        return "".join(f" {defs[node].op} {v}" + "'" * neg for v, neg in rest[node])
-
     def ask(node: str) -> None:
-        search.write(f"{node} needs {terms(node)[len(defs[node].op) + 2:]}")
+        """Its first literal left ("x'" for "not x": `find needs x` matches both) and the operator if
+        another is left; that one in a line of its own, so that no copy of it follows "needs"."""
+        literals = [v + "'" * neg for v, neg in rest[node]]
+        search.write(f"{node} needs {literals[0]}" + (f" {defs[node].op}" if len(literals) > 1 else ""))
+        if len(literals) > 1:
+            search.write(f"{node} rest {literals[1]}")
 
     node = x.output
     search.find(f"{node} =")
@@ -346,13 +349,13 @@ def answered_script(x: Circuit) -> list[int]:
                 return search.script + [V.ANS, *text(str(values[v])), V.EOS]
             # The literal as the asker wrote it, x's value, the literal's value, the operator if a
             # literal is left: each value is read from the words just before it, and whether the
-            # node is valued from the last two. Its next literal comes from a search of its own.
+            # node is valued from the last two. Its next literal comes from its rest line, searched.
             negated = rest[node].pop(0)[1]
             value = values[v] != negated
             op = f" {defs[node].op}" if rest[node] else ""
             search.write(f"{node} has {v}{chr(39) * negated} {values[v]} {value}{op}")
             if rest[node] and value != (defs[node].op == "or"):
-                search.find(f"{node} needs")
+                search.find(f"{node} rest")
                 ask(node)
                 break
             values[node], v = value, node
