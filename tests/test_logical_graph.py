@@ -4,7 +4,6 @@ format's description, not from the oracle's code) reproduces the whole oracle tr
 1,000 gates and with short labels (many shared variables, labels that are prefixes of others)."""
 import re
 
-import numpy as np
 import pytest
 
 from ssm_tools import vocab as V
