@@ -210,11 +210,11 @@ DIGESTS = {
     "logical_graph-interactive-100-phrase_back": "0a04741149d855bb",
     "logical_graph-interactive-100-phrase_back-0.7": "bc85b867b46c7385",
     # Recorded when the answered trajectory was added.
-    "logical_graph-interactive-100-answered-0.0": "3dc380d50fc3553b",
-    "logical_graph-interactive-100-answered-0.7": "11fd7098389a464a",
-    "logical_graph-cot-100-answered-0.0": "c84c8d8c06af740a", "logical_graph-cot-100-answered-0.7": "55e896217844f9da",
-    "logical_graph-single_turn-100-answered-0.0": "3abecd66337eb771",
-    "logical_graph-single_turn-100-answered-0.7": "d5399e81e08e22a1",
+    "logical_graph-interactive-100-answered-0.0": "fc196e17eabe7cba",
+    "logical_graph-interactive-100-answered-0.7": "2928da33c5814249",
+    "logical_graph-cot-100-answered-0.0": "b91376e4d0fd15b8", "logical_graph-cot-100-answered-0.7": "566db05d76094bf8",
+    "logical_graph-single_turn-100-answered-0.0": "3a346074c5fea97a",
+    "logical_graph-single_turn-100-answered-0.7": "4fc75e577e4aedfe",
 }
 
 
