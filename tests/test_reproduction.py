@@ -1,7 +1,8 @@
 """`ssm-tools reproduce`. The slow test is the paper's central claim at CPU scale: a tiny Mamba trained
 on 1..5-digit additions WITH the pointer-memory tool adds 50-digit numbers (10x the training length)
 exactly; the same model trained to answer directly (no tool) does not (seeded; the `reproduce --scale
-cpu` recipe). The others check the per-task settings, merging runs into one curve, the evaluation
+cpu` recipe); a second does the same for the logical graph with the search memory (1..3 gates ->
+15). The others check the per-task settings, merging runs into one curve, the evaluation
 budget and the errors, with 1-step trainings."""
 import json
 import shutil
