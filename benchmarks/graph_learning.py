@@ -274,7 +274,7 @@ def parser(doc: str, train_max: int) -> argparse.ArgumentParser:
     p.add_argument("--phases", default="", help="steps:max_size,... trained first (a curriculum)")
     p.add_argument("--mode", default="interactive")
     p.add_argument("--shared", type=float, default=0.0, help="the training graphs' task option shared (tests: 0)")
-    p.add_argument("--trajectory", default="local", help="the oracle's trajectory format (local, linked, phrase, carried)")
+    p.add_argument("--trajectory", default="local", help="the oracle's trajectory format (logical_graph.TRAJECTORIES: local, linked, phrase, answered, ...)")
     p.add_argument("--exact-sizes", type=ints, default=[], help="sizes of the exact-trajectory checks")
     p.add_argument("--exact-every", type=int, default=0, help="check exact trajectories every k steps (0: at the end)")
     p.add_argument("--exact-n", type=int, default=32, help="episodes per exact-trajectory check")

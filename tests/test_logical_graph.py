@@ -4,7 +4,6 @@ format's description, not from the oracle's code) reproduces the whole oracle tr
 1,000 gates and with short labels (many shared variables, labels that are prefixes of others)."""
 import re
 
-import numpy as np
 import pytest
 
 from ssm_tools import vocab as V
@@ -210,3 +209,47 @@ def test_carried_trajectory_is_the_original_format(rng):
     local = V.decode(expected_stream(get_task("logical_graph", trajectory="local").script(x)))
     assert " from " in carried and " needs " not in carried and " has " not in carried
     assert " needs " in local and " from " not in local
+
+
+def next_text_answered(query: str, result: str) -> str:
+    """What the "answered" trajectory writes after a search up to its next call (included), from that
+    search's answer alone (the call copies the line written just before it)."""
+    lines = result.replace("[BOS]", "").split("\n")
+    if query.startswith("needs "):  # the asker's latest "needs" line, then the value line just written
+        value = lines[-1].split()[2]
+        if len(lines) == 1:  # nobody needs the output
+            return f"[ANS]{value}[EOS]"
+        node, _, literal, *rest = lines[-2].split()
+        value = str((value == "True") != literal.endswith("'"))
+        has = " ".join([node, "has", literal, lines[-1].split()[2], value, *rest[:1]]) + "\n"
+        if rest and (rest[0] == "and") == (value == "True"):
+            return has + f"[CALL]find {node} rest[/CALL]"
+        return has + f"{node} = {value} needs {node}\n[CALL]find needs {node}[/CALL]"
+    if query.endswith(" rest"):  # the node's rest line: its next literal
+        node, _, literal = lines[-1].split()
+        return f"{node} needs {literal}\n[CALL]find {literal.rstrip(chr(39))} =[/CALL]"
+    word = query.removesuffix(" =")
+    rhs = lines[-1].split(" = ")[1]
+    if rhs.split()[0] in ("True", "False"):  # an input, or a value line: valued
+        return f"{word} = {rhs.split()[0]} needs {word}\n[CALL]find needs {word}[/CALL]"
+    first, *more = re.sub(r"not (\w+)", r"\1'", rhs).split()
+    lines = f"{word} needs {first} {more[0]}\n{word} rest {more[1]}" if more else f"{word} needs {first}"
+    return f"{lines}\n[CALL]find {first.rstrip(chr(39))} =[/CALL]"
+
+
+def test_answered_trajectory_follows_from_the_latest_answer_alone(rng):
+    """Every line of the "answered" trajectory follows from the latest search's answer alone, so that
+    nothing is carried across an answer, at any graph size and with labels that prefix others."""
+    segment = re.compile(r"\[CALL\]find ([^[]*)\[/CALL\]\[RESULT\](.*?)\[/RESULT\]", re.S)
+    for labels, sizes in ((10_000, [1, 2, 5, 20, 100, 1000]), (40, [1, 3, 10, 37])):
+        for shared in (0.0, 0.7):
+            task = get_task("logical_graph", labels=labels, trajectory="answered", shared=shared)
+            for size in sizes:
+                x = task.sample(rng, size)
+                stream = V.decode(expected_stream(task.script(x)))
+                calls = list(segment.finditer(stream))
+                assert stream.startswith(f"[CALL]find {x.output} =[/CALL]")
+                for call, after in zip(calls, calls[1:] + [None]):
+                    end = after.start() + len(f"[CALL]find {after[1]}[/CALL]") if after else len(stream)
+                    assert stream[call.end():end] == next_text_answered(call[1], call[2]), (size, call[1])
+                assert stream.endswith(f"[ANS]{x.evaluate()}[EOS]")

@@ -1,7 +1,8 @@
 """`ssm-tools reproduce`. The slow test is the paper's central claim at CPU scale: a tiny Mamba trained
 on 1..5-digit additions WITH the pointer-memory tool adds 50-digit numbers (10x the training length)
 exactly; the same model trained to answer directly (no tool) does not (seeded; the `reproduce --scale
-cpu` recipe). The others check the per-task settings, merging runs into one curve, the evaluation
+cpu` recipe); a second does the same for the logical graph with the search memory (1..3 gates ->
+15). The others check the per-task settings, merging runs into one curve, the evaluation
 budget and the errors, with 1-step trainings."""
 import json
 import shutil
@@ -35,6 +36,23 @@ def test_tool_use_makes_tiny_mamba_generalize_10x_in_length(tmp_path):
         for mode in ("interactive", "direct")])
     assert with_tools["accuracy"]["50"] >= 0.95
     assert no_tools["accuracy"]["50"] <= 0.20
+
+
+@pytest.mark.slow
+def test_search_tool_makes_tiny_mamba_evaluate_graphs_5x_its_training_size(tmp_path):
+    """The logical graph at CPU scale (the `reproduce --scale cpu` recipe, seed 0): trained on graphs of
+    1..3 gates, the tiny Mamba with the search memory answers >= 95% of 15-gate graphs right; the same
+    model trained single turn (one turn of searches, then on its own) does not (chance is 50%: the answer
+    is True or False) and plays none of their trajectories exactly."""
+    spec = R.scale_spec("logical_graph", "cpu")
+    assert spec["config"]["sizes"]["train"] == [1, 3]
+    with_tool, single_turn = run_parallel([
+        dict(config=R.setting_config("logical_graph", mode, None, spec["config"]), model="mamba",
+             model_scale=spec["models"]["mamba"], train=spec["train"], seed=0, sizes=[15], n=40,
+             out_dir=tmp_path / mode, device="cpu")
+        for mode in ("interactive", "single_turn")])
+    assert with_tool["accuracy"]["15"] >= 0.95
+    assert single_turn["accuracy"]["15"] <= 0.75 and single_turn["exact_trajectory"]["15"] <= 0.05
 
 
 def test_plot_curve_writes_a_png_with_one_band_per_model(tmp_path, rng):
@@ -150,17 +168,17 @@ def test_reproduce_tasks_have_their_sizes_and_modes(tmp_path, monkeypatch):
 
 
 def test_a_scale_overrides_the_task_config_and_the_curve_records_its_options(tmp_path, monkeypatch):
-    """The graph's cpu scale trains the linked trajectory with 100 labels on 1..3 gates that often
+    """The graph's cpu scale trains the answered trajectory with 100 labels on 1..3 gates that often
     reread a variable (its "config" over tasks/logical_graph.toml) and grades the plain graphs; the
     curve records the task options, and a curve of other options (earlier runs) refuses to merge."""
     monkeypatch.setattr(R, "run_parallel", in_process)
     curve = R.reproduce("logical_graph", "cpu", [0], tmp_path / "out", only=[("mamba", "interactive")], steps=1,
                         sizes=[1], n=2)
-    assert curve["task_options"] == {"labels": 100, "trajectory": "linked", "shared": 0.7}
+    assert curve["task_options"] == {"labels": 100, "trajectory": "answered", "shared": 0.7}
     assert curve["train_sizes"] == [1, 3]
     cpu = R.scale_spec("logical_graph", "cpu")["config"]
     graded = make_eval_task(R.setting_config("logical_graph", "interactive", None, cpu))
-    assert (graded.labels, graded.trajectory, graded.shared) == (100, "linked", 0.0)
+    assert (graded.labels, graded.trajectory, graded.shared) == (100, "answered", 0.0)
     (run,) = curve["runs"]
     assert run["train"]["train_max_size"] == 3 and run["accuracy"].keys() == {"1"}
     paper = R.setting_config("logical_graph", "interactive", None, R.scale_spec("logical_graph", "paper").get("config"))

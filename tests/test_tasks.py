@@ -33,6 +33,8 @@ CASES += [("logical_graph", "interactive", {"labels": 100, "trajectory": t})
           for t in ("local", "carried", "linked", "phrase", "phrase_back")]
 CASES += [("logical_graph", "interactive", {"labels": 100, "trajectory": t, "shared": 0.7})
           for t in ("linked", "phrase", "phrase_back")]
+CASES += [("logical_graph", m, {"labels": 100, "trajectory": "answered", "shared": s})
+          for m in ("interactive", "cot", "single_turn") for s in (0.0, 0.7)]
 
 
 def token_accuracy(task, inst, tokens, mask=None) -> float:
@@ -143,6 +145,8 @@ def test_oracle_through_real_loop_small_sizes(case, rng):
     ("logical_graph", "interactive", {"trajectory": "phrase"}, 1000),
     ("logical_graph", "single_turn", {"trajectory": "phrase"}, 1000),
     ("logical_graph", "interactive", {"trajectory": "phrase_back"}, 1000),
+    ("logical_graph", "interactive", {"trajectory": "answered"}, 1000),
+    ("logical_graph", "single_turn", {"trajectory": "answered"}, 1000),
     ("hanoi", "interactive", {"variant": "iterative", "trajectory": "local"}, 14),  # 16,383 moves, ~4.5M tokens
     ("hanoi", "interactive", {"variant": "iterative", "trajectory": "carried"}, 14),  # ~5M tokens
     ("hanoi", "interactive", {"variant": "recursive"}, 11),  # 2 copies of 2^k-move lists per k: 11 disks for time
@@ -205,6 +209,12 @@ DIGESTS = {
     "logical_graph-interactive-100-phrase-0.7": "abe320c8f79c2d6d",
     "logical_graph-interactive-100-phrase_back": "0a04741149d855bb",
     "logical_graph-interactive-100-phrase_back-0.7": "bc85b867b46c7385",
+    # Recorded when the answered trajectory was added.
+    "logical_graph-interactive-100-answered-0.0": "fc196e17eabe7cba",
+    "logical_graph-interactive-100-answered-0.7": "2928da33c5814249",
+    "logical_graph-cot-100-answered-0.0": "b91376e4d0fd15b8", "logical_graph-cot-100-answered-0.7": "566db05d76094bf8",
+    "logical_graph-single_turn-100-answered-0.0": "3a346074c5fea97a",
+    "logical_graph-single_turn-100-answered-0.7": "4fc75e577e4aedfe",
 }
 
 

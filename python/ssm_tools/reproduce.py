@@ -103,7 +103,7 @@ SMALL_MODELS = {"mamba": dict(d_model=256, n_layers=2, d_state=16), "lstm": dict
 HANOI_SEEDS = {("mamba", "interactive"): [0, 1, 2, 3, 4], ("mamba", "single_turn"): [0, 1]}
 MAMBA_SEEDS = {("mamba", "interactive"): [0, 1], ("mamba", "single_turn"): [0, 1]}
 _NO_CPU = "has no cpu scale: {why}; use --scale paper on a GPU"
-GRAPH_CPU_OPTIONS = {"labels": 100, "trajectory": "linked"}
+GRAPH_CPU_OPTIONS = {"labels": 100, "trajectory": "answered"}
 TASKS = {
     "addition": {"size_label": "digits per operand",
                  "sizes": {"cpu": [5, 10, 20, 50, 100], "paper": [5, 10, 20, 50, 100, 200, 500, 1000]}},
@@ -129,15 +129,15 @@ TASKS = {
         "size_label": "gates", "every_seed": True,
         "sizes": {"cpu": [3, 5, 10, 15], "paper": [10, 20, 50, 100, 200, 500, 1000]},
         "scales": {
-            # cpu: the linked trajectory with labels v0..v99 (two digits to copy), trained on 1..3 gates
-            # whose gates often reread a variable (shared), graded on the plain graphs up to 15 gates
-            # (5x); single turn on the same recipe. About 5 minutes of a core a run; the Mamba + tool
-            # seeds differ widely (results/tasks_notes.md, "A CPU recipe for the logical graph").
+            # cpu: the answered trajectory (every line from the latest answer alone) with labels v0..v99
+            # (two digits to copy), trained on 1..3 gates whose gates often reread a variable (shared),
+            # graded on the plain graphs up to 15 gates (5x); single turn on the same recipe. About 5
+            # minutes of a core a run (results/tasks_notes.md, "The answered trajectory").
             "cpu": {"runs": [("mamba", "interactive"), ("mamba", "single_turn")],
-                    "run_seeds": {("mamba", "interactive"): [0, 1]}, "seeds": [0], "n": 40,
+                    "run_seeds": {("mamba", "interactive"): [0, 1, 2, 3]}, "seeds": [0], "n": 40,
                     "config": {"task": {"options": GRAPH_CPU_OPTIONS | {"shared": 0.7}}, "sizes": {"train": [1, 3]},
                                "eval": {"task": {"name": "logical_graph", "options": GRAPH_CPU_OPTIONS}}},
-                    "train": dict(steps=700, batch_size=16, lr=1e-2, warmup=20)},
+                    "train": dict(steps=1000, batch_size=16, lr=1e-2, warmup=20)},
             "paper": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("lstm", "interactive"),
                                ("pythia", "interactive")],
                       "models": SMALL_MODELS, "run_seeds": MAMBA_SEEDS, "seeds": [0], "n": 50,

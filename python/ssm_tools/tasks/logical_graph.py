@@ -47,6 +47,18 @@ has-lines: once the value of N's literal L is known (`find x =` answered x's val
 wrote "x = V ^[!]"), `find needs L` answers the lines where L was a node's first pending literal, the
 asking node's latest needs line last; N is valued or needs its next literal from that line and the
 value, carried across the answer. No label is copied from before a search, only bits (a value, "!").
+"answered": every model line follows from the latest search's answer alone (a call copies the line
+written just before it): nothing is copied or carried across an answer, the values are computed from
+neighbouring words. A literal is written "x", or "x'" for "not x" (`find needs x` matches both). At
+node N, its latest line "N needs L [op M]", the model asks `find x =` (x: L's variable): x's
+definition, then x's value lines if any. If the answer's last line holds a value ("x = True": an
+input, or an earlier "x = V needs x"), it writes "x = V needs x" and asks `find needs x`, whose
+answer ends with the asker's needs line and that value line; otherwise x is visited: "x needs L
+[op]" (x's first literal, and its operator if it has two), then "x rest M" (the second). After
+`find needs x`: one line (the output's: nobody needs it): [ANS] V; else the has-line "N has L V W
+[op]" (L as N wrote it, V: x's value, W: L's, the operator if a literal is left); N valued (its
+last literal, or W decides the operator): "N = W needs N" and `find needs N`; otherwise `find N
+rest` answers "N rest M", and the model writes "N needs M".
 "carried" (the first format; the current node's definition and label come from results further
 back than the latest): the current node's definition is the last `find` result that holds it.
   * for each operand x of the current node in order: [CALL] find x [/CALL]; x is known if the result
@@ -301,8 +313,58 @@ def phrase_script(x: Circuit, by_search: bool = False) -> list[int]:
             value = values[v] != negated
 
 
+def answered_script(x: Circuit) -> list[int]:
+    """The "answered" trajectory (module docstring): every model line follows from the latest search's
+    answer alone, every call from the model's own line just before it."""
+    defs = {g.target: g for g in x.gates}
+    values: dict[str, bool] = dict(x.inputs)
+    rest: dict[str, list[tuple[str, bool]]] = {}  # gate -> its operands not valued yet
+    parent: dict[str, str] = {}
+    search = _Search(x.code())
+
+    def ask(node: str) -> None:
+        """Its first literal left ("x'" for "not x": `find needs x` matches both) and the operator if
+        another is left; that one in a line of its own, so that no copy of it follows "needs"."""
+        literals = [v + "'" * neg for v, neg in rest[node]]
+        search.write(f"{node} needs {literals[0]}" + (f" {defs[node].op}" if len(literals) > 1 else ""))
+        if len(literals) > 1:
+            search.write(f"{node} rest {literals[1]}")
+
+    node = x.output
+    search.find(f"{node} =")
+    rest[node] = list(defs[node].operands)
+    ask(node)
+    while True:
+        v = rest[node][0][0]
+        search.find(f"{v} =")  # the definition, then the value lines once there are some
+        if v not in values:
+            parent[v], node = node, v
+            rest[node] = list(defs[node].operands)
+            ask(node)
+            continue
+        while True:  # v valued: its value line, then the search that answers it after its asker's line
+            search.write(f"{v} = {values[v]} needs {v}")
+            search.find(f"needs {v}")
+            if v == x.output:
+                return search.script + [V.ANS, *text(str(values[v])), V.EOS]
+            # The literal as the asker wrote it, x's value, the literal's value, the operator if a
+            # literal is left: each value is read from the words just before it, and whether the
+            # node is valued from the last two. Its next literal comes from its rest line, searched.
+            negated = rest[node].pop(0)[1]
+            value = values[v] != negated
+            op = f" {defs[node].op}" if rest[node] else ""
+            search.write(f"{node} has {v}{chr(39) * negated} {values[v]} {value}{op}")
+            if rest[node] and value != (defs[node].op == "or"):
+                search.find(f"{node} rest")
+                ask(node)
+                break
+            values[node], v = value, node
+            node = parent.get(node, node)
+
+
 TRAJECTORIES = {"local": local_script, "carried": carried_script, "linked": partial(local_script, linked=True),
-                "phrase": phrase_script, "phrase_back": partial(phrase_script, by_search=True)}
+                "phrase": phrase_script, "phrase_back": partial(phrase_script, by_search=True),
+                "answered": answered_script}
 
 
 class LogicalGraph(Task):
