@@ -398,7 +398,7 @@ def test_seeding_is_reproducible(rng):
     (lambda rng: get_task("logical_graph").sample_train(rng, -3), r"max_size \(gates\) must be an integer >= 1"),
     (lambda rng: get_task("logical_graph", labels=3), r"labels must be an integer > 3"),
     (lambda rng: get_task("logical_graph", trajectory="dfs"),
-     r"trajectory must be one of \['carried', 'linked', 'local', 'phrase', 'phrase_back'\]"),
+     r"trajectory must be one of \['answered', 'carried', 'linked', 'local', 'phrase', 'phrase_back'\]"),
     (lambda rng: get_task("logical_graph", shared=1.5), r"shared must be a number in \[0, 1\]"),
     (lambda rng: get_task("logical_graph", labels=100).sample(rng, 98), r"size \(gates\) must be <= 97 with 100 labels"),
     (lambda rng: get_task("multiplication").max_steps(0), r"size \(digits\)"),
