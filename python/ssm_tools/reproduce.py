@@ -375,13 +375,15 @@ def evaluate_within(models: list, task, sizes: list[int], n: int, device: str, m
     size's time by the growth of the episode-length bound (task.max_steps): linearly for fixed-state
     models, squared for the others (attention over the whole episode). Each pass's smallest size
     always starts; any size still running when the budget ends is stopped there (EvaluationDeadline)
-    and skipped with the reason, so the evaluation never outlasts its budget. With `stop_after_zero`, a model with 0 correct at a size is not decoded at the
-    larger ones (that size is its "zero_at"; the reason "0/n at size s"). `labels` name the models in
-    the log lines. `until` (a time.time()) ends the budget earlier. Decoding holds `lock`
-    (one_at_a_time: runs sharing a GPU decode one at a time; their teacher-forced passes, mostly
-    trajectories built on the host, run side by side), and the time spent waiting for it is gone
-    from the budget too. `precision`: the decode's matmuls (evaluate.greedy_policy); each result
-    records the one its model decoded in as "decode_precision"."""
+    and skipped with the reason, so the evaluation never outlasts its budget. With
+    `stop_after_zero`, a model with 0 correct at a size is not decoded at the larger ones (that size
+    is its "zero_at"; the reason "0/n at size s"). `labels` name the models in the log lines.
+    `until` (a time.time()) ends the budget earlier. Decoding holds `lock` (one_at_a_time: runs
+    sharing a GPU decode one at a time; their teacher-forced passes, mostly trajectories built on
+    the host, run side by side), and the time spent waiting for it is gone from the budget too.
+    `precision`: the decode's matmuls (evaluate.greedy_policy); each result records the one its
+    model decoded in as "decode_precision".
+    """
     check_joint(models)
     labels = labels or [""] * len(models)
     power = 1 if all(getattr(m, "fixed_size_state", False) for m in models) else 2
