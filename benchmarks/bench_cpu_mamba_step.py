@@ -1,6 +1,6 @@
 """The CPU reproduction's Mamba (tiny preset, 2 x 64) against its code at an earlier commit, side by
 side in one process from the same weights: a training step (batch 32, 216 positions, AdamW) and a
-decode step (batch 100, --decode-batch), CPU time of this process on one thread (the shared machine's load moves wall
+decode step (batch 100), CPU time of this process on one thread (the shared machine's load moves wall
 times several-fold; CPU time much less). The earlier models/mamba.py is read with `git show`.
 Then the current model's training step on real task batches (--tasks, --task-batch episodes, the
 Trainer's packed rows against the same episodes padded to the longest): "task_batches".
@@ -51,7 +51,6 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--baseline", default="99690b5", help="commit whose models/mamba.py is the baseline")
     ap.add_argument("--rounds", type=int, default=10)
-    ap.add_argument("--decode-batch", type=int, default=100)
     ap.add_argument("--tasks", nargs="*", default=["addition", "multiplication_nx2"])
     ap.add_argument("--task-batch", type=int, default=32, help="episodes per task batch (the CPU configs' batch)")
     ap.add_argument("--out", default="results/bench_cpu_mamba_step.json")
@@ -74,8 +73,8 @@ def main():
         return loss.item()
 
     losses = {k: train_step(k) for k in models}  # same weights, same batch: the same loss
-    decode_tokens = torch.randint(0, V.VOCAB_SIZE, (args.decode_batch,))
-    states = {k: m.init_state(args.decode_batch) for k, m in models.items()}
+    decode_tokens = torch.randint(0, V.VOCAB_SIZE, (100,))
+    states = {k: m.init_state(100) for k, m in models.items()}
 
     def decode_step(name):
         with torch.no_grad():
@@ -88,7 +87,7 @@ def main():
             times[f"decode_{k}"].append(cpu_ms(lambda: decode_step(k), 30))
     median = {k: statistics.median(v) for k, v in times.items()}
     result = {"model": {"name": "mamba", **cfg}, "baseline_commit": args.baseline, "threads": 1,
-              "train_batch": list(tokens[:, :-1].shape), "decode_batch": args.decode_batch, "first_losses": losses,
+              "train_batch": list(tokens[:, :-1].shape), "decode_batch": 100, "first_losses": losses,
               "cpu_ms_median": median, "cpu_ms_all": times,
               "speedup_train_vs_baseline": median["train_baseline"] / median["train_current"],
               "speedup_decode_vs_baseline": median["decode_baseline"] / median["decode_current"]}

@@ -1,16 +1,10 @@
 """One greedy decode step of the paper-scale Mamba (24 x 768), as the interactive evaluation runs it
 (`evaluate.greedy_policy`: tokens to the GPU, one replayed CUDA graph, argmax back to the host), at
 batch 1, 100 and 1,000. Variants, side by side in one run:
-  * fused: the model's step (ops.add_rms_norm, in_proj, ops.mamba_mixer_step and out_proj: 4 kernels
-    a layer), with float32 matmuls, TF32 ones (greedy_policy's precision "tf32": cuBLAS's TF32 kernels
-    captured in the graph) and bfloat16 weights ("bfloat16": a copy of the model with bf16 matmul
-    weights, as trained under autocast);
-  * fused_bf16_rows{1,2,4}: fused_bf16 with the mixer kernel's batch rows a CUDA block forced (the
-    default chooses 1 up to the SM count, more beyond): the data for that choice;
-  * six_kernel: the step before ops.mamba_mixer_step (ops.add_rms_norm, ops.causal_conv1d_update,
-    ops.mamba_state_update and the three projections: 6 kernels a layer;
-    reference.separate_ops_mixer_step), float32 and bfloat16: the baseline of the ratios
-    speedup_fused_vs_six_kernel_*;
+  * fused: the model's step (ops.add_rms_norm, ops.causal_conv1d_update, ops.mamba_state_update and
+    the three projections: 6 kernels a layer), with float32 matmuls, TF32 ones (greedy_policy's
+    precision "tf32": cuBLAS's TF32 kernels captured in the graph) and bfloat16 weights ("bfloat16":
+    a copy of the model with bf16 matmul weights, as trained under autocast);
   * unfused: the step as it was before the fused kernels (residual add and norm apart, conv state
     concatenated, conv as a multiply-sum, dt_proj and B/C copies, selective_state_update), float32
     and TF32: the baseline of the ratios speedup_fused_vs_unfused_*.
@@ -21,7 +15,6 @@ extrapolated from the 1,000-digit one, linear in digits).
     python3 benchmarks/bench_decode.py [--batches 1 100 1000] [--out results/bench_decode.json]
 """
 import argparse
-import functools
 import time
 
 import numpy as np
@@ -34,7 +27,6 @@ from ssm_tools import vocab as V
 from ssm_tools.evaluate import greedy_policy
 from ssm_tools.models import build_model, preset
 from ssm_tools.models.mamba import Mamba, MambaMixer
-from ssm_tools.reference import separate_ops_mixer_step
 from ssm_tools.tasks import get_task
 
 
@@ -60,17 +52,13 @@ def unfused_body_step(self, x, state):
     return x, new_state
 
 
-VARIANTS = {  # name: (MambaMixer.step, Mamba.body_step, precision, the mixer kernel's rows a block: 0 = its choice)
-    "fused_fp32": (MambaMixer.step, Mamba.body_step, "float32", 0),
-    "fused_tf32": (MambaMixer.step, Mamba.body_step, "tf32", 0),
-    "fused_bf16": (MambaMixer.step, Mamba.body_step, "bfloat16", 0),
-    **{f"fused_bf16_rows{r}": (MambaMixer.step, Mamba.body_step, "bfloat16", r) for r in (1, 2, 4)},
-    "six_kernel_fp32": (separate_ops_mixer_step, Mamba.body_step, "float32", 0),
-    "six_kernel_bf16": (separate_ops_mixer_step, Mamba.body_step, "bfloat16", 0),
-    "unfused_fp32": (unfused_step, unfused_body_step, "float32", 0),
-    "unfused_tf32": (unfused_step, unfused_body_step, "tf32", 0),
+VARIANTS = {  # name: (MambaMixer.step, Mamba.body_step, precision)
+    "fused_fp32": (MambaMixer.step, Mamba.body_step, "float32"),
+    "fused_tf32": (MambaMixer.step, Mamba.body_step, "tf32"),
+    "fused_bf16": (MambaMixer.step, Mamba.body_step, "bfloat16"),
+    "unfused_fp32": (unfused_step, unfused_body_step, "float32"),
+    "unfused_tf32": (unfused_step, unfused_body_step, "tf32"),
 }
-MIXER_STEP = ops.mamba_mixer_step
 
 
 def time_policy(model, batch, precision, calls):
@@ -103,13 +91,11 @@ def main():
     for batch in args.batches:
         row = {"batch": batch}
         policies = {}
-        for key, (step, body_step, precision, rows) in VARIANTS.items():
+        for key, (step, body_step, precision) in VARIANTS.items():
             MambaMixer.step, Mamba.body_step = step, body_step  # the graph captures the variant's kernels
-            ops.mamba_mixer_step = functools.partial(MIXER_STEP, rows_per_block=rows)
             row[f"{key}_step_ms"], row[f"{key}_replay_ms"], policies[key] = time_policy(model, batch, precision,
                                                                                           args.calls)
         MambaMixer.step, Mamba.body_step = VARIANTS["fused_fp32"][:2]
-        ops.mamba_mixer_step = MIXER_STEP
         # The variants decode the same tokens from the initial state: the argmax of each against float32.
         tokens = torch.randint(0, V.VOCAB_SIZE, (batch,))
         for p in policies.values():
@@ -118,20 +104,10 @@ def main():
                     old.copy_(new)
         outs = {k: p(tokens) for k, p in policies.items()}
         row["argmax_agreement_fused_vs_unfused_fp32"] = float((outs["fused_fp32"] == outs["unfused_fp32"]).float().mean())
-        for r in (1, 2, 4):
-            row[f"argmax_agreement_fused_bf16_rows{r}_vs_fused_bf16"] = float(
-                (outs[f"fused_bf16_rows{r}"] == outs["fused_bf16"]).float().mean())
-        for prec in ("fp32", "bf16"):
-            row[f"argmax_agreement_fused_vs_six_kernel_{prec}"] = float(
-                (outs[f"fused_{prec}"] == outs[f"six_kernel_{prec}"]).float().mean())
         for fast in ("tf32", "bf16"):
             row[f"argmax_agreement_{fast}_vs_fp32"] = float((outs[f"fused_{fast}"] == outs["fused_fp32"]).float().mean())
         for prec in ("fp32", "tf32"):
             row[f"speedup_fused_vs_unfused_{prec}"] = row[f"unfused_{prec}_step_ms"] / row[f"fused_{prec}_step_ms"]
-        for prec in ("fp32", "bf16"):
-            for kind in ("step", "replay"):
-                row[f"speedup_fused_vs_six_kernel_{prec}_{kind}"] = (row[f"six_kernel_{prec}_{kind}_ms"] /
-                                                                     row[f"fused_{prec}_{kind}_ms"])
         row["speedup_fused_bf16_vs_unfused_fp32"] = row["unfused_fp32_step_ms"] / row["fused_bf16_step_ms"]
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
         rows.append(row)

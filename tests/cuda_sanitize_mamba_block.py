@@ -1,7 +1,6 @@
 """One small case of each Mamba-block CUDA kernel other than the scan (causal conv1d forward and
-backward, its decode update, the block's SSM decode step, the mixer's one-kernel decode step, the
-decode's add + RMSNorm, transpose_cat) and one fused layer's forward and backward, for
-compute-sanitizer's memcheck and racecheck (benchmarks/run_gpu_train_decode.sh).
+backward, its decode update, the block's SSM decode step, the decode's add + RMSNorm, transpose_cat) and one fused layer's
+forward and backward, for compute-sanitizer's memcheck and racecheck (benchmarks/run_gpu_train_decode.sh).
 Rows of several conv chunks (300 positions), widths 4, 3 and 8, bf16, float32 and float16, the conv
 also on packed rows (seq_idx) and on rows that are not 16-byte aligned (37 positions, x one element
 into its storage: the scalar loads).
@@ -33,17 +32,6 @@ def main():
         outs.append(ops.mamba_state_update(ssm, xz[:, :12], xdbl, torch.randn(12, 3, device=dev),
                                            torch.randn(12, device=dev), torch.randn(12, 16, device=dev),
                                            torch.randn(12, device=dev), xz[:, 12:]))
-        # The mixer's one-kernel step: dim 12 (x_proj rows of whole 16-byte vectors in float32 only),
-        # dstate 16 (the 128-bit state path); dim 40 (whole vectors in every dtype), dstate 7 (scalar
-        # state path), no conv bias, D or z.
-        outs.append(ops.mamba_mixer_step(state, ssm, xz[:, :12], w, b, torch.randn(3 + 32, 12, device=dev).to(dtype),
-                                         torch.randn(12, 3, device=dev), torch.randn(12, device=dev),
-                                         torch.randn(12, 16, device=dev), torch.randn(12, device=dev), xz[:, 12:]))
-        outs.append(ops.mamba_mixer_step(torch.randn(3, 40, width, device=dev), torch.randn(3, 40, 7, device=dev),
-                                         torch.randn(3, 40, device=dev).to(dtype), torch.randn(40, width, device=dev),
-                                         None, torch.randn(5 + 14, 40, device=dev).to(dtype),
-                                         torch.randn(40, 5, device=dev), torch.randn(40, device=dev),
-                                         torch.randn(40, 7, device=dev)))
         outs.append(OPS.transpose_cat([x, torch.randn(2, 5, seqlen, device=dev).to(dtype)]))
         stream = torch.randn(3, 300, device=dev)  # 300: more than one pass of the norm's 256 threads
         for residual in (None, torch.randn(3, 300, device=dev).to(dtype)):

@@ -1,6 +1,5 @@
 """The Mamba block's kernels other than the scan (causal conv1d forward/backward and decode update,
-the block's SSM decode step, the mixer's one-kernel decode step, the decode step's residual add +
-RMSNorm, the transposing concatenation) against the references of
+the block's SSM decode step, the decode step's residual add + RMSNorm, the transposing concatenation) against the references of
 ssm_tools.reference computed in float64 on the same, upcast inputs. Fresh random inputs per run (the
 seed is printed). Every test runs on the CPU kernels and, where torch sees a GPU, on the CUDA ones
 (the device machine runs this file with the other CUDA tests)."""
@@ -12,7 +11,7 @@ import torch
 import ssm_tools.ops as ops
 from conftest import packed_seq_idx
 from ssm_tools.reference import (add_rms_norm_ref, causal_conv1d_ref, causal_conv1d_update_ref,
-                                 mamba_mixer_step_ref, mamba_state_update_ref, selective_state_update_ref)
+                                 mamba_state_update_ref, selective_state_update_ref)
 
 OPS = torch.ops.ssm_tools
 CUDA = pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),
@@ -253,161 +252,6 @@ def test_mamba_state_update_float64_equals_selective_state_update(gen):
     torch.testing.assert_close(state, state2, rtol=1e-12, atol=1e-12)
 
 
-# (batch, dim, dstate, dt_rank, width) of the mixer's decode step: batch 1 and 100 (a row a CUDA
-# block), 301 and 1101 (3 and 4 rows a block on a GPU of 132 SMs, the last block part-full); dims
-# that are and are not whole 16-byte vectors of x_proj's rows (40, 20; 37, 1100: the CUDA GEMV's
-# scalar path) and that need several passes of the CUDA block's 512 threads (1100, 1536 = the paper
-# model's); dstate 16 (the 128-bit state path), 7 (scalar, a team of 2 threads), 33 (a team of 16, the
-# last members idle) and 130 (a warp a channel, two passes); dt_rank 1, 3, 5, 7, 13, 48 (the paper's);
-# widths 2, 3, 4, 8.
-MIXER_STEP_SHAPES = [(1, 40, 16, 5, 4), (100, 37, 16, 13, 4), (3, 1536, 16, 48, 4), (2, 1100, 7, 1, 3),
-                     (5, 24, 33, 7, 8), (2, 20, 130, 3, 2), (301, 24, 16, 5, 4), (1101, 20, 16, 3, 4)]
-
-
-def mixer_step_case(gen, shape, dtype, device, bias=True, gate=True):
-    """Fresh inputs of ops.mamba_mixer_step as MambaMixer.step passes them: x and z the halves of
-    in_proj's output (row-strided views), parameters in float32 (float64 for float64 x), x_proj's
-    weight in x's dtype, the states in the parameters' dtype."""
-    batch, dim, dstate, dt_rank, width = shape
-    pdtype = torch.float64 if dtype == torch.float64 else torch.float32
-    xz = rnd(gen, batch, 2 * dim, dtype=dtype, device=device)
-    args = dict(
-        conv_state=rnd(gen, batch, dim, width, dtype=pdtype, device=device),
-        ssm_state=rnd(gen, batch, dim, dstate, dtype=pdtype, device=device),
-        x=xz[:, :dim],
-        conv_weight=rnd(gen, dim, width, dtype=pdtype, device=device, scale=0.5),
-        conv_bias=rnd(gen, dim, dtype=pdtype, device=device) if bias else None,
-        x_proj_weight=rnd(gen, dt_rank + 2 * dstate, dim, dtype=dtype, device=device, scale=dim ** -0.5),
-        dt_weight=rnd(gen, dim, dt_rank, dtype=pdtype, device=device, scale=dt_rank ** -0.5),
-        dt_bias=rnd(gen, dim, dtype=pdtype, device=device) - 2,
-        A_log=rnd(gen, dim, dstate, dtype=pdtype, device=device, scale=0.5),
-        D=rnd(gen, dim, dtype=pdtype, device=device) if gate else None,
-        z=xz[:, dim:] if gate else None)
-    return args
-
-
-def upcast(args):
-    """float64 copies on the CPU (copies even of float64 CPU tensors: the reference updates its states)."""
-    return {k: None if v is None else v.detach().double().cpu().clone() for k, v in args.items()}
-
-
-# The mixer step's y against the float64 reference: CUDA rounds only y to x's dtype (u and xdbl stay
-# in float32); the CPU op is the composition of the ops, which round u and xdbl to x's dtype too, so
-# in bfloat16/float16 its y carries three roundings where the other ops' tests have one.
-MIXER_STEP_TOL = {"cpu": {**TOL, torch.bfloat16: 3e-2, torch.float16: 3e-2}, "cuda": TOL}
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("shape", MIXER_STEP_SHAPES, ids=str)
-def test_mamba_mixer_step_matches_reference(gen, device, shape):
-    """Three consecutive steps (each reads the states the last one wrote) on fresh inputs, every
-    dtype, against the composition of the float64 references of the ops it fuses; both states move
-    as the reference's (the conv state exactly: it holds x's values)."""
-    for dtype in dtypes(device):
-        args = mixer_step_case(gen, shape, dtype, device)
-        ref_args = upcast(args)
-        for step in range(3):
-            if step:  # fresh x and z, the states carried over
-                xz = rnd(gen, shape[0], 2 * shape[1], dtype=dtype, device=device)
-                args.update(x=xz[:, :shape[1]], z=xz[:, shape[1]:])
-                ref_args.update(x=xz[:, :shape[1]].double().cpu(), z=xz[:, shape[1]:].double().cpu())
-            y = ops.mamba_mixer_step(**args)
-            ref = mamba_mixer_step_ref(**ref_args)
-            assert y.dtype == dtype and y.device.type == device and y.shape == shape[:2]
-            assert rel_err(y, ref) < MIXER_STEP_TOL[device][dtype], (dtype, step)
-            assert rel_err(args["conv_state"], ref_args["conv_state"]) == 0, (dtype, step)
-            state_tol = max(TOL[args["ssm_state"].dtype], MIXER_STEP_TOL[device][dtype] / 2)
-            assert rel_err(args["ssm_state"], ref_args["ssm_state"]) < state_tol, (dtype, step)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("bias, gate", [(False, True), (True, False), (False, False)])
-def test_mamba_mixer_step_optional_inputs(gen, device, bias, gate):
-    """Without the conv bias, without D and z (y = <C, state> ungated), or neither."""
-    shape = (4, 36, 16, 5, 4)
-    for dtype in (torch.float32, torch.bfloat16):
-        args = mixer_step_case(gen, shape, dtype, device, bias=bias, gate=gate)
-        ref_args = upcast(args)
-        y = ops.mamba_mixer_step(**args)
-        assert rel_err(y, mamba_mixer_step_ref(**ref_args)) < MIXER_STEP_TOL[device][dtype], dtype
-        assert rel_err(args["ssm_state"], ref_args["ssm_state"]) < MIXER_STEP_TOL[device][dtype] / 2, dtype
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("shape", [(1, 40, 16, 5, 4), (100, 37, 16, 13, 4), (2, 1100, 7, 1, 3)], ids=str)
-def test_mamba_mixer_step_equals_separate_ops(gen, device, shape):
-    """The step is the composition of causal_conv1d_update, x_proj and mamba_state_update: bitwise on
-    CPU (it is that composition), to float32 rounding on CUDA (one kernel, u and xdbl unrounded)."""
-    args = mixer_step_case(gen, shape, torch.float32, device)
-    sep = {k: v.clone() if k.endswith("state") else v for k, v in args.items()}
-    y = ops.mamba_mixer_step(**args)
-    u = ops.causal_conv1d_update(sep["conv_state"], sep["x"], sep["conv_weight"], sep["conv_bias"], silu=True)
-    want = ops.mamba_state_update(sep["ssm_state"], u, torch.nn.functional.linear(u, sep["x_proj_weight"]),
-                                  sep["dt_weight"], sep["dt_bias"], sep["A_log"], sep["D"], sep["z"])
-    if device == "cpu":
-        assert torch.equal(y, want)
-        assert torch.equal(args["ssm_state"], sep["ssm_state"])
-    else:
-        assert rel_err(y, want) < 1e-5
-        assert rel_err(args["ssm_state"], sep["ssm_state"]) < 1e-5
-    assert torch.equal(args["conv_state"], sep["conv_state"])
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("shape", [(1, 1536, 16, 48, 4), (100, 1536, 16, 48, 4), (1000, 1536, 16, 48, 4),
-                                   (401, 4000, 16, 8, 4)], ids=str)
-def test_mamba_mixer_step_cuda_large(gen, shape):
-    """The paper model's layer (1536 channels, dstate 16, dt_rank 48) at the benchmark's batches (at
-    1000 four rows a block, the most); 4000 channels at batch 401: shared memory holds three rows'
-    u and xdbl where the batch asks four (the last block part-full)."""
-    for dtype in (torch.float32, torch.bfloat16):
-        args = mixer_step_case(gen, shape, dtype, "cuda")
-        ref_args = upcast(args)
-        assert rel_err(ops.mamba_mixer_step(**args), mamba_mixer_step_ref(**ref_args)) < TOL[dtype], dtype
-        assert rel_err(args["ssm_state"], ref_args["ssm_state"]) < 1e-5, dtype
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("rows_per_block", [1, 2, 3, 4])
-@pytest.mark.parametrize("shape", [(7, 40, 16, 5, 4), (5, 37, 7, 13, 3)], ids=str)
-def test_mamba_mixer_step_rows_per_block(gen, device, rows_per_block, shape):
-    """Every number of batch rows a CUDA block takes, whatever the GPU's SM count, on batches that
-    leave the last block part-full (7 and 5 rows), x_proj's vector (dim 40) and scalar (37) paths, the
-    state's vector (dstate 16) and scalar (7) paths: the reference's result, and bitwise the kernel's
-    own choice (a row's float32 operations and their order do not depend on the rows beside it). (The
-    CPU ignores rows_per_block: the same checks, the same numbers.)"""
-    for dtype in (torch.float32, torch.bfloat16):
-        args = mixer_step_case(gen, shape, dtype, device)
-        ref_args, auto = upcast(args), {k: v.clone() if k.endswith("state") else v for k, v in args.items()}
-        y = ops.mamba_mixer_step(**args, rows_per_block=rows_per_block)
-        assert rel_err(y, mamba_mixer_step_ref(**ref_args)) < MIXER_STEP_TOL[device][dtype], dtype
-        assert torch.equal(y, ops.mamba_mixer_step(**auto)), dtype
-        for name in ("conv_state", "ssm_state"):
-            assert torch.equal(args[name], auto[name]), (dtype, name)
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_mamba_mixer_step_cuda_shared_memory_limit(gen):
-    """A row's u and xdbl must fit the CUDA block's shared memory: the largest dim that does runs,
-    one more is refused with the sizes named."""
-    for dim, ok in ((12288 - 1 - 2 * 4, True), (12288 - 2 * 4, False)):
-        args = mixer_step_case(gen, (2, dim, 4, 1, 4), torch.bfloat16, "cuda")
-        if ok:
-            assert rel_err(ops.mamba_mixer_step(**args), mamba_mixer_step_ref(**upcast(args))) < TOL[torch.bfloat16]
-        else:
-            with pytest.raises(ValueError, match=re.escape(
-                    "mamba_mixer_step: dim + dt_rank + 2 * dstate must be at most 12288 on CUDA (the row's u and "
-                    "x_proj output live in shared memory), got dim=12280, dt_rank=1, dstate=4")):
-                ops.mamba_mixer_step(**args)
-    args = mixer_step_case(gen, (2, 4000, 16, 8, 4), torch.bfloat16, "cuda")  # 4040 floats a row: 3 rows fit
-    assert rel_err(ops.mamba_mixer_step(**args, rows_per_block=3), mamba_mixer_step_ref(**upcast(args))) < 1e-2
-    with pytest.raises(ValueError, match=re.escape("mamba_mixer_step: rows_per_block=4 rows of dim + dt_rank + 2 * "
-                                                   "dstate = 4040 floats exceed the 12288 of shared memory on CUDA")):
-        ops.mamba_mixer_step(**args, rows_per_block=4)
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("seqlen", [45, 216])
 def test_transpose_cat(gen, device, seqlen):
@@ -460,11 +304,6 @@ def test_opcheck(gen):
     torch.library.opcheck(OPS.causal_conv1d_update, (torch.zeros(2, 3, 4), x[..., 0], w, b, True))
     torch.library.opcheck(OPS.mamba_state_update, (torch.zeros(2, 3, 4), x[..., 0], rnd(gen, 2, 10), rnd(gen, 2, 3),
                                                    rnd(gen, 3, 2), rnd(gen, 3), rnd(gen, 3, 4), rnd(gen, 3)))
-    for bias, gate in ((True, True), (False, False)):
-        a = mixer_step_case(gen, (2, 6, 4, 3, 4), torch.float32, "cpu", bias=bias, gate=gate)
-        torch.library.opcheck(OPS.mamba_mixer_step, (a["conv_state"], a["ssm_state"], a["x"], a["z"], a["conv_weight"],
-                                                     a["conv_bias"], a["x_proj_weight"], a["dt_weight"], a["dt_bias"],
-                                                     a["A_log"], a["D"]))
     torch.library.opcheck(OPS.transpose_cat, ([x, rnd(gen, 2, 5, 7)],))
     torch.library.opcheck(OPS.add_rms_norm, (rnd(gen, 3, 7), rnd(gen, 3, 7, dtype=torch.bfloat16), rnd(gen, 7), 1e-6,
                                              torch.bfloat16))
@@ -497,37 +336,6 @@ BAD = {
     "A_log_shape": (lambda x, w, b: ops.mamba_state_update(torch.zeros(2, 3, 4), x[..., 0], torch.randn(2, 10),
                                                            torch.randn(3, 2), b, torch.randn(4, 4)),
                     "A_log must be (dim=3, dstate)"),
-    "mixer_x_rank": (lambda x, w, b: mixer_step(x, w, b, x=x), "mamba_mixer_step: x must be a non-empty (batch, dim)"),
-    "mixer_conv_weight_wide": (lambda x, w, b: mixer_step(x, w, b, conv_weight=torch.randn(3, 9)),
-                               "mamba_mixer_step: conv_weight must be (dim=3, width) with width in [1, 8], got (3, 9)"),
-    "mixer_conv_bias_shape": (lambda x, w, b: mixer_step(x, w, b, conv_bias=b[:2]),
-                              "mamba_mixer_step: conv_bias must have shape (3,), got (2,)"),
-    "mixer_conv_state_shape": (lambda x, w, b: mixer_step(x, w, b, conv_state=torch.zeros(2, 3, 3)),
-                               "mamba_mixer_step: conv_state must have shape (2, 3, 4), got (2, 3, 3)"),
-    "mixer_ssm_state_shape": (lambda x, w, b: mixer_step(x, w, b, ssm_state=torch.zeros(2, 3, 5)),
-                              "mamba_mixer_step: ssm_state must have shape (2, 3, 4), got (2, 3, 5)"),
-    "mixer_ssm_state_dtype": (lambda x, w, b: mixer_step(x, w, b, ssm_state=torch.zeros(2, 3, 4, dtype=torch.bfloat16)),
-                              "mamba_mixer_step: ssm_state must be float32 or float64, got BFloat16"),
-    "mixer_x_proj_shape": (lambda x, w, b: mixer_step(x, w, b, x_proj_weight=torch.randn(9, 3)),
-                           "mamba_mixer_step: x_proj_weight must have shape (10, 3), got (9, 3)"),
-    "mixer_x_proj_dtype": (lambda x, w, b: mixer_step(x, w, b, x_proj_weight=torch.randn(10, 3).bfloat16()),
-                           "mamba_mixer_step: x_proj_weight must have x's dtype Float (x_proj runs in it), "
-                           "got BFloat16"),
-    "mixer_dt_weight_shape": (lambda x, w, b: mixer_step(x, w, b, dt_weight=torch.randn(4, 2)),
-                              "mamba_mixer_step: dt_weight must be (dim=3, dt_rank), got (4, 2)"),
-    "mixer_A_log_shape": (lambda x, w, b: mixer_step(x, w, b, A_log=torch.randn(3)),
-                          "mamba_mixer_step: A_log must be (dim=3, dstate), got (3,)"),
-    "mixer_D_shape": (lambda x, w, b: mixer_step(x, w, b, D=torch.randn(4)), "mamba_mixer_step: D must have shape (3,), got (4,)"),
-    "mixer_z_shape": (lambda x, w, b: mixer_step(x, w, b, z=x[:, :2, 0]),
-                      "mamba_mixer_step: z must have shape (2, 3), got (2, 2)"),
-    "mixer_z_int": (lambda x, w, b: mixer_step(x, w, b, z=x[..., 0].long()),
-                    "mamba_mixer_step: z must be float16, bfloat16, float32 or float64, got Long"),
-    "mixer_rows_per_block": (lambda x, w, b: mixer_step(x, w, b, rows_per_block=5),
-                             "mamba_mixer_step: rows_per_block must be in [0, 4] (0: chosen by the kernel), got 5"),
-    "mixer_rows_per_block_negative": (lambda x, w, b: mixer_step(x, w, b, rows_per_block=-1),
-                                      "mamba_mixer_step: rows_per_block must be in [0, 4] (0: chosen by the kernel), got -1"),
-    "mixer_device": (lambda x, w, b: mixer_step(x, w, b, A_log=torch.randn(3, 4, device="meta")),
-                     "mamba_mixer_step: A_log must be on cpu like x, got meta"),
     "norm_x_rank": (lambda x, w, b: ops.add_rms_norm(x, None, b), "add_rms_norm: x must be a non-empty (rows, dim)"),
     "norm_x_dtype": (lambda x, w, b: ops.add_rms_norm(x[..., 0].bfloat16(), None, b),
                      "add_rms_norm: x (the residual stream) must be float32 or float64, got BFloat16"),
@@ -542,15 +350,6 @@ BAD = {
     "norm_weight_device": (lambda x, w, b: ops.add_rms_norm(x[..., 0], None, b.to("meta")),
                            "add_rms_norm: weight must be on cpu like x, got meta"),
 }
-
-
-def mixer_step(x_, w, b, **given):
-    """ops.mamba_mixer_step on valid (batch 2, dim 3, width 4, dstate 4, dt_rank 2) arguments built
-    from BAD's x (2, 3, 5), w (3, 4), b (3,), but for those given."""
-    args = dict(conv_state=torch.zeros(2, 3, 4), ssm_state=torch.zeros(2, 3, 4), x=x_[..., 0], conv_weight=w,
-                conv_bias=b, x_proj_weight=torch.randn(2 + 2 * 4, 3), dt_weight=torch.randn(3, 2), dt_bias=b,
-                A_log=torch.randn(3, 4), D=b, z=x_[..., 1])
-    return ops.mamba_mixer_step(**{**args, **given})
 
 
 @pytest.mark.parametrize("case", BAD)

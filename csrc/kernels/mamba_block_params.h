@@ -58,34 +58,6 @@ struct MambaStateUpdateParams {
   void* y = nullptr;                // (batch, dim)
 };
 
-// The whole SSM part of a Mamba mixer's decode step in one kernel (the step between in_proj and
-// out_proj): u = silu(conv update of x), xdbl = x_proj_weight @ u = [dt_low | B | C], then the
-// MambaStateUpdateParams step on u and xdbl, gated by silu(z). A block takes rows_per_block batch
-// rows, whose u and xdbl stay in shared memory: rows_per_block (dim + dt_rank + 2 dstate) floats, at
-// most kMixerStepMaxSharedFloats.
-constexpr int kMixerStepMaxSharedFloats = 48 * 1024 / 4;  // the default dynamic shared memory limit
-// Batch rows a block at most (x_proj's accumulators a row live in registers).
-constexpr int kMixerStepMaxRows = 4;
-
-struct MambaMixerStepParams {
-  int batch = 0, dim = 0, width = 0, dstate = 0, dt_rank = 0;
-  int rows_per_block = 0;                // 1 .. kMixerStepMaxRows, or 0: chosen from the batch and SM count
-  float* conv_state = nullptr;           // (batch, dim, width), updated in place
-  float* ssm_state = nullptr;            // (batch, dim, dstate), updated in place
-  const void* x = nullptr;               // (batch, dim) with row stride x_stride, input type (as are z, y)
-  int64_t x_stride = 0;
-  const void* z = nullptr;               // (batch, dim) with row stride z_stride, or null
-  int64_t z_stride = 0;
-  const float* conv_weight = nullptr;    // (dim, width)
-  const float* conv_bias = nullptr;      // (dim,) or null
-  const void* x_proj_weight = nullptr;   // (dt_rank + 2 dstate, dim), input type
-  const float* dt_weight = nullptr;      // (dim, dt_rank)
-  const float* dt_bias = nullptr;        // (dim,)
-  const float* A_log = nullptr;          // (dim, dstate)
-  const float* D = nullptr;              // (dim,) or null
-  void* y = nullptr;                     // (batch, dim), contiguous
-};
-
 // dst[b, t, offset + r] = src[b, r, t] for src (batch, rows, seqlen): one part of a token-major
 // (batch, seqlen, dst_cols) concatenation.
 struct TransposeParams {
@@ -115,6 +87,5 @@ int causal_conv1d_bwd_launch(const CausalConv1dParams& p, ScanInputType type, vo
 int64_t causal_conv1d_bwd_partials(const CausalConv1dParams& p, ScanInputType type);
 int causal_conv1d_update_launch(const CausalConv1dUpdateParams& p, ScanInputType type, void* stream);
 int mamba_state_update_launch(const MambaStateUpdateParams& p, ScanInputType type, void* stream);
-int mamba_mixer_step_launch(const MambaMixerStepParams& p, ScanInputType type, void* stream);
 int transpose_launch(const TransposeParams& p, ScanInputType type, void* stream);
 int add_rms_norm_launch(const AddRmsNormParams& p, ScanInputType type, void* stream);

@@ -164,56 +164,6 @@ Tensor mamba_state_update_cuda(const Tensor& state, const Tensor& x, const Tenso
   return y;
 }
 
-Tensor mamba_mixer_step_cuda(const Tensor& conv_state, const Tensor& ssm_state, const Tensor& x, const OptTensor& z,
-                             const Tensor& conv_weight, const OptTensor& conv_bias, const Tensor& x_proj_weight,
-                             const Tensor& dt_weight, const Tensor& dt_bias, const Tensor& A_log, const OptTensor& D,
-                             int64_t rows_per_block) {
-  constexpr const char* op = "mamba_mixer_step";
-  TORCH_CHECK(x.is_cuda(), op, ": x must be a CUDA tensor");
-  const c10::cuda::CUDAGuard guard(x.device());
-  const MixerStepShape s = check_mamba_mixer_step(conv_state, ssm_state, x, z, conv_weight, conv_bias, x_proj_weight,
-                                                  dt_weight, dt_bias, A_log, D, rows_per_block);
-  // A block holds its rows' u and xdbl in shared memory.
-  const int64_t row_floats = s.dim + s.dt_rank + 2 * s.dstate;
-  TORCH_CHECK_VALUE(row_floats <= kMixerStepMaxSharedFloats, op, ": dim + dt_rank + 2 * dstate must be at most ",
-                    ssm_tools::text(kMixerStepMaxSharedFloats),
-                    " on CUDA (the row's u and x_proj output live in shared memory), got dim=", ssm_tools::text(s.dim),
-                    ", dt_rank=", ssm_tools::text(s.dt_rank), ", dstate=", ssm_tools::text(s.dstate));
-  TORCH_CHECK_VALUE(rows_per_block * row_floats <= kMixerStepMaxSharedFloats, op, ": rows_per_block=",
-                    ssm_tools::text(rows_per_block), " rows of dim + dt_rank + 2 * dstate = ",
-                    ssm_tools::text(row_floats), " floats exceed the ", ssm_tools::text(kMixerStepMaxSharedFloats),
-                    " of shared memory on CUDA");
-  TORCH_CHECK(s.batch <= std::numeric_limits<int>::max(), op, ": at most 2^31 - 1 rows on CUDA, got ",
-              ssm_tools::text(s.batch));
-  const Tensor x_r = rows(x, x), z_r = z ? rows(*z, x) : Tensor(), w_x = x_proj_weight.contiguous();
-  const Tensor conv_w = param(conv_weight), conv_b = opt_param(conv_bias);
-  const Tensor dt_w = param(dt_weight), dt_b = param(dt_bias), a = param(A_log), d = opt_param(D);
-  Tensor y = at::empty({s.batch, s.dim}, x.options());
-  MambaMixerStepParams p;
-  p.batch = static_cast<int>(s.batch);
-  p.dim = static_cast<int>(s.dim);
-  p.width = static_cast<int>(s.width);
-  p.dstate = static_cast<int>(s.dstate);
-  p.dt_rank = static_cast<int>(s.dt_rank);
-  p.rows_per_block = static_cast<int>(rows_per_block);
-  p.conv_state = state_ptr(conv_state, op, "conv_state");
-  p.ssm_state = state_ptr(ssm_state, op, "ssm_state");
-  p.x = x_r.data_ptr();
-  p.x_stride = x_r.stride(0);
-  p.z = z_r.defined() ? z_r.data_ptr() : nullptr;
-  p.z_stride = z_r.defined() ? z_r.stride(0) : 0;
-  p.conv_weight = conv_w.data_ptr<float>();
-  p.conv_bias = ptr(conv_b);
-  p.x_proj_weight = w_x.data_ptr();
-  p.dt_weight = dt_w.data_ptr<float>();
-  p.dt_bias = dt_b.data_ptr<float>();
-  p.A_log = a.data_ptr<float>();
-  p.D = ptr(d);
-  p.y = y.data_ptr();
-  check_launch(mamba_mixer_step_launch(p, input_type(x, op), stream()), op);
-  return y;
-}
-
 Tensor transpose_cat_cuda(at::TensorList parts) {
   constexpr const char* op = "transpose_cat";
   check_transpose_cat(parts);
@@ -272,7 +222,6 @@ TORCH_LIBRARY_IMPL(ssm_tools, CUDA, m) {
   m.impl("causal_conv1d_bwd", &causal_conv1d_bwd_cuda);
   m.impl("causal_conv1d_update", &causal_conv1d_update_cuda);
   m.impl("mamba_state_update", &mamba_state_update_cuda);
-  m.impl("mamba_mixer_step", &mamba_mixer_step_cuda);
   m.impl("transpose_cat", &transpose_cat_cuda);
   m.impl("add_rms_norm", &add_rms_norm_cuda);
 }

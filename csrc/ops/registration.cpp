@@ -46,16 +46,6 @@ TORCH_LIBRARY(ssm_tools, m) {
   // as by selective_state_update; returns y (batch, dim) in x's dtype.
   m.def("mamba_state_update(Tensor(a!) state, Tensor x, Tensor xdbl, Tensor? z, Tensor dt_weight, Tensor dt_bias, "
         "Tensor A_log, Tensor? D) -> Tensor");
-  // A Mamba mixer's decode step between in_proj and out_proj, one kernel on CUDA: u =
-  // causal_conv1d_update(conv_state, x, conv_weight, conv_bias, silu=True), xdbl = u @
-  // x_proj_weight^T (x_proj_weight (dt_rank + 2 dstate, dim) in x's dtype), then
-  // mamba_state_update(ssm_state, u, xdbl, z, dt_weight, dt_bias, A_log, D); both states updated in
-  // place; returns y (batch, dim) in x's dtype. The CPU kernel is that composition; CUDA keeps u and
-  // xdbl in float32, a block taking rows_per_block batch rows (1 to 4; 0: its choice from the batch
-  // and the SM count; the CPU ignores it).
-  m.def("mamba_mixer_step(Tensor(a!) conv_state, Tensor(b!) ssm_state, Tensor x, Tensor? z, Tensor conv_weight, "
-        "Tensor? conv_bias, Tensor x_proj_weight, Tensor dt_weight, Tensor dt_bias, Tensor A_log, Tensor? D, "
-        "int rows_per_block=0) -> Tensor");
   // A decode step's pre-norm with the residual add before it: sum = x + residual (x alone without
   // one), out = rms_norm(sum) * weight cast to out_dtype. x and sum: the float32 (float64) residual
   // stream; residual: of out_dtype.

@@ -5,9 +5,9 @@ dt -> dt_proj (its bias is the scan's delta_bias, softplus inside the op); selec
 z gating -> out_proj. Layers are RMSNorm pre-norm residual. The parallel forward is one autograd
 node per layer (`_MambaLayer`: norm, projections, the fused conv1d + SiLU kernel, the selective scan)
 that recomputes its cheap parts in the backward instead of saving them; decoding runs the same
-recurrence one position at a time (`ops.mamba_mixer_step`: conv update, x_proj and the state update
-in one kernel), so a tool-augmented episode costs O(1) per token whatever its length.
-`reference.mamba_mixer_ref` is the plain formulation the tests compare against.
+recurrence one position at a time (`ops.causal_conv1d_update`, `ops.mamba_state_update`), so a
+tool-augmented episode costs O(1) per token whatever its length. `reference.mamba_mixer_ref` is the
+plain formulation the tests compare against.
 """
 from __future__ import annotations
 
@@ -161,10 +161,9 @@ class MambaMixer(nn.Module):
         updated in place. Returns out_proj's output (B, d_model) in the same dtype as h."""
         conv_state, ssm_state = state
         x, z = F.linear(h, self.in_proj.weight).split(self.d_inner, dim=-1)  # row-strided views
-        # conv update + SiLU, x_proj, dt_proj + softplus, the state update, D and the z gate: one
-        # kernel on CUDA (a layer's step is 4 kernels with the norm and the two projections).
-        y = ops.mamba_mixer_step(conv_state, ssm_state, x, self.conv1d.weight[:, 0], self.conv1d.bias,
-                                 self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D, z)
+        x = ops.causal_conv1d_update(conv_state, x, self.conv1d.weight[:, 0], self.conv1d.bias, silu=True)
+        y = ops.mamba_state_update(ssm_state, x, F.linear(x, self.x_proj.weight), self.dt_proj.weight,
+                                   self.dt_proj.bias, self.A_log, self.D, z)
         return self.out_proj(y), (conv_state, ssm_state)
 
 
@@ -195,7 +194,7 @@ class Mamba(LanguageModel):
         return x + out, new_state
 
     def matmul_layers(self):
-        # dt_proj stays: mamba_mixer_step reads its weight in float32 inside the state update.
+        # dt_proj stays: mamba_state_update reads its weight in float32 inside the state update.
         return [layer for m in self.mixers for layer in (m.in_proj, m.x_proj, m.out_proj)]
 
     def init_state(self, batch_size: int, device=None):
