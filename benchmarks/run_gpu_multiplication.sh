@@ -20,15 +20,15 @@
 # command's output), train_log.csv (loss per step), plan.txt (this call's budget), build.txt.
 #
 # What fits in one call (results/bench_train_step.json, "task_batches": the 24 x 768 step on real
-# batches of 128 episodes packed into rows, H200): n x 2 (1..10 digits, ~50k real tokens) 297 ms a
-# step; n x 1 (about half the tokens) ~165 ms by the same rate. Evaluation at n=100 decodes ~2.4 ms
+# batches of 128 episodes packed into rows, H200): n x 2 (1..10 digits, ~50k real tokens) 248 ms a
+# step; n x 1 (about half the tokens) ~140 ms by the same rate. Evaluation at n=100 decodes ~2.4 ms
 # per step (float32) over the sizes' step bounds: n x 1 10..1,000 digits ~135 s, n x 2 246 s measured.
-# Build ~40 s; start-up 20 s; MARGIN_S 20 s.
+# Build ~55 s; start-up 20 s; MARGIN_S 20 s.
 #   task   EVAL_S (to 1,000)   training left of 570 s   steps that fit (packed)
-#   n x 1        150 s               ~340 s                 ~2,000 (the paper's, with no room to spare)
-#   n x 2        260 s               ~230 s                   ~770
-# So n x 2's 2,000 steps (~600 s) span two calls on one warm machine: EVAL_S=0 EVALUATE_STOPPED=0
-# first (it trains ~1,700 steps), then the defaults (the rest and the evaluation). NPROC=2 on a
+#   n x 1        150 s               ~325 s                 ~2,000 (the paper's, ~45 s to spare)
+#   n x 2        260 s               ~215 s                   ~870
+# So n x 2's 2,000 steps (~500 s) span two calls on one warm machine: EVAL_S=0 EVALUATE_STOPPED=0
+# first (it trains ~1,900 steps), then the defaults (the rest and the evaluation). NPROC=2 on a
 # 2-GPU machine halves the step (data-parallel, --nproc) where one is lent.
 #
 # One point of the task mixture (App. D.6) the same way, e.g. weight 0.5 for 250 steps, graded to 200
