@@ -10,7 +10,8 @@ memory poisoned with NaN before every block), compiled with g++ and run on fresh
 the last state are compared with ssm_tools.reference in float64, `saved` (the state entering each
 chunk) with the CPU op's. Cases: tests/test_cuda.py's (its CASES and PACKED_CASES; its cases of the
 forward split into segments, read from that test's parameters, each also with packed rows), and inputs
-one element past a 16-byte boundary (the scalar loads). What it cannot see: timing-dependent races
+one element past a 16-byte boundary (the scalar loads). First, softplus_accuracy.cpp checks the kernels'
+branch-free softplus against long double over float32 inputs in [-104, 104]. What it cannot see: timing-dependent races
 beyond a barrier-ordered run, the GPU's float rounding and its exp2 (the CPU's are used). Exits 1 if any
 case fails.
 """
@@ -47,6 +48,16 @@ for segment, (b, d, l, n, o) in _split.args[1]:
 CASES += [(2, 6, 520, 8, dict(), 0, True), (2, 16, 520, 16, dict(groups=2), 0, True),
           (1, 3, 7, 5, dict(variable_B=False, variable_C=False, z=False), 0, True)]
 QUICK = [c for c in CASES if c[:4] in [(2, 16, 2049, 16), (3, 16, 549, 16), (2, 8, 700, 40), (2, 6, 520, 8)]][:5]
+
+
+SOFTPLUS_BOUND = 3e-7  # largest relative error allowed (5 ulp; __expf on the GPU adds more for large |v|)
+
+
+def check_softplus(folder: pathlib.Path) -> bool:
+    binary = folder / "softplus_accuracy"
+    subprocess.run(["g++", "-std=c++20", "-O2", f"-I{BWD / 'fake'}", f"-I{KERNELS.parent}",
+                    str(HERE / "softplus_accuracy.cpp"), "-o", str(binary)], check=True)
+    return subprocess.run([str(binary), str(SOFTPLUS_BOUND)]).returncode == 0
 
 
 def emulation_source(build: pathlib.Path) -> None:
@@ -125,6 +136,9 @@ def main() -> None:
     args = parser.parse_args()
     failures = []
     with tempfile.TemporaryDirectory() as folder:
+        sys.stdout.flush()
+        if not check_softplus(pathlib.Path(folder)):
+            failures.append("softplus")
         binary = build(pathlib.Path(folder))
         for dtype in (torch.float32, torch.bfloat16, torch.float16):
             for n, (batch, dim, seqlen, dstate, options, segment, misaligned) in enumerate(

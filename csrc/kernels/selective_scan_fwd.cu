@@ -62,7 +62,7 @@ static_assert(kTile / kBCLoadItems * (kPass / kStates) == kThreads, "one B/C loa
 constexpr int kDtOff = 0, kDuOff = kRows * kStride, kYOff = 2 * kRows * kStride, kBCOff = 3 * kRows * kStride;
 template <typename T>
 constexpr int kXOff = kBCOff + kTile * kUnitsPerPosition * static_cast<int>(sizeof(BCUnit<T>) / sizeof(float));
-static_assert(kStride % 4 == 0 && kBCOff % 4 == 0, "tiles are read as float4");
+static_assert(kStride % 4 == 0 && kBCOff % 4 == 0 && kRowItems % 4 == 0, "tiles are read and written as float4");
 template <typename T>
 size_t smem_bytes(int dstate, bool end_only) {
   return (kXOff<T> + static_cast<size_t>(kRows) * dstate * (end_only ? 2 : 1)) * sizeof(float);
@@ -167,14 +167,23 @@ __global__ __launch_bounds__(kThreads, 8) void selective_scan_fwd_kernel(Selecti
         load_items<T, kRowItems>(static_cast<const T*>(p.u) + load_offset, t0 + lt, p.seqlen, aligned, u);
         load_items<T, kRowItems>(static_cast<const T*>(p.delta) + load_offset, t0 + lt, p.seqlen, aligned, raw);
       }
+      // 0 past the end: identity steps. Four positions per 128-bit store.
 #pragma unroll
-      for (int i = 0; i < kRowItems; ++i) {
-        const bool in = load_row && t0 + lt + i < p.seqlen;
-        const float dt = in ? step_size(raw[i], bias, p.delta_softplus) : 0.f;
-        const float uv = in ? u[i] : 0.f;
-        s_dt[lr * kStride + lt + i] = dt;  // 0 past the end: identity steps
-        s_du[lr * kStride + lt + i] = dt * uv;
-        s_y[lr * kStride + lt + i] = D * uv;
+      for (int i = 0; i < kRowItems; i += 4) {
+        float dt[4], uv[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          // Selects, not branches: softplus is computed whether used or not (cheaper than a branch
+          // around it per position).
+          const bool in = load_row && t0 + lt + i + k < p.seqlen;
+          const float v = raw[i + k] + bias, sp = softplus(v);
+          dt[k] = in ? (p.delta_softplus ? sp : v) : 0.f;
+          uv[k] = in ? u[i + k] : 0.f;
+        }
+        const int at = lr * kStride + lt + i;
+        *reinterpret_cast<float4*>(s_dt + at) = make_float4(dt[0], dt[1], dt[2], dt[3]);
+        *reinterpret_cast<float4*>(s_du + at) = make_float4(dt[0] * uv[0], dt[1] * uv[1], dt[2] * uv[2], dt[3] * uv[3]);
+        *reinterpret_cast<float4*>(s_y + at) = make_float4(D * uv[0], D * uv[1], D * uv[2], D * uv[3]);
       }
     }
     if constexpr (kVarlen) {
