@@ -99,9 +99,10 @@ def read_back(path: pathlib.Path, like: torch.Tensor, dtype: torch.dtype) -> tor
     return torch.from_numpy(np.frombuffer(data, dtype=np.float32).copy()).reshape(like.shape)
 
 
-def run_case(binary, batch, dim, seqlen, dstate, dtype, seed, groups=1, variable_B=True, variable_C=True, D=True,
-             z=True, delta_bias=True, softplus=True, A_scale=1.0, dlast=True, starts=None) -> float:
-    """The largest relative error (norm) of any gradient against float64; inf if one is not finite."""
+def make_inputs(batch, dim, seqlen, dstate, dtype, seed, groups=1, variable_B=True, variable_C=True, D=True, z=True,
+                delta_bias=True, softplus=True, A_scale=1.0, starts=None):
+    """Fresh random inputs of one case (as tests/test_cuda.py makes them, on the CPU) from `seed`, a
+    generator for what the caller draws next, and seq_idx (None unless `starts`)."""
     g = torch.Generator().manual_seed(seed)
 
     def rnd(*shape, dt=dtype, scale=1.0, shift=0.0):
@@ -126,6 +127,14 @@ def run_case(binary, batch, dim, seqlen, dstate, dtype, seed, groups=1, variable
             row = starts if b == 0 else torch.randint(1, seqlen, (max(1, seqlen // 97),), generator=g).tolist()
             for t in sorted(t for t in set(row) if t < seqlen):
                 seq_idx[b, t:] = (seq_idx[b, t - 1] + 1) % 3
+    return inputs, g, seq_idx
+
+
+def run_case(binary, batch, dim, seqlen, dstate, dtype, seed, groups=1, variable_B=True, variable_C=True, D=True,
+             z=True, delta_bias=True, softplus=True, A_scale=1.0, dlast=True, starts=None) -> float:
+    """The largest relative error (norm) of any gradient against float64; inf if one is not finite."""
+    inputs, g, seq_idx = make_inputs(batch, dim, seqlen, dstate, dtype, seed, groups, variable_B, variable_C, D, z,
+                                     delta_bias, softplus, A_scale, starts)
     i = inputs
     out, last, saved = OPS.selective_scan_fwd(i["u"], i["delta"], i["A"], i["B"], i["C"], i["D"], i["z"],
                                               i["delta_bias"], softplus, seq_idx)

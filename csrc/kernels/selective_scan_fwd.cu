@@ -3,12 +3,16 @@
 // A block owns kRows dims of one batch entry, all in the same group of B/C, and walks the sequence
 // in tiles of kTile positions. Each tile's u and delta are loaded once (128-bit loads), turned into
 // delta and delta*u, and kept in shared memory; the tile of input-dependent B/C is loaded once per
-// block and read by all kRows dims from shared memory (a broadcast). kSplit threads share a dim,
+// block and read by all kRows dims from shared memory (a broadcast), in the input type with each
+// thread's 4 states of B and of C side by side, so that one 128-bit read gives both at 16-bit input
+// types (two at float32). kSplit threads share a dim,
 // each carrying kStates states in registers through the tile: per position and state one exp2, two
 // FMAs, and no block-wide scan or barrier. States beyond kSplit * kStates (dstate up to 256) are
 // done in further passes over the same tile; states live in shared memory between passes and tiles.
-// Measured on the H100 (results/selective_scan_cuda_notes.md) it is bound by shared-memory
-// wavefronts, mostly the B/C tile reads, ahead of its exponentials (one per position and state).
+// Measured on the H100 and H200 (results/selective_scan_cuda_notes.md) it is bound by the bytes its
+// shared-memory reads return (the B/C tile reads first) and by instruction issue, ahead of its
+// exponentials (one per position and state). Whether B and C are input-dependent (kVarB, kVarC) is a
+// template parameter, so that the time loop makes no run-time choice between the tile and constant B/C.
 //
 // Long rows, few of them (p.n_segments > 1): with batch * dim / kRows blocks too few to fill the GPU,
 // each row's sequence is cut into segments of p.segment_len positions (whole saved chunks), each its
@@ -22,6 +26,7 @@
 #include "kernels/scan_common.cuh"
 
 #include <algorithm>
+#include <cstring>
 
 namespace ssm_tools_cuda {
 namespace {
@@ -36,19 +41,63 @@ constexpr int kTile = 64;                    // positions per tile
 // float4 read, and 4 banks past the previous row so that the 8 dims of a warp read 32 distinct banks.
 constexpr int kStride = kTile + 4;
 constexpr int kRowItems = kRows * kTile / kThreads;    // positions of one dim each thread loads
-constexpr int kStateItems = kPass * kTile / kThreads;  // positions of one state each thread loads
 static_assert(kScanChunk % kTile == 0, "saved chunks start at tile starts");
 static_assert(kSplit == 4 && kStates == 4, "the time loop reads float4s of states and shuffles over 4 lanes");
 static_assert(kTile == 64 && kThreads == 64, "one ballot bit per position of a tile: two warps of sequence starts");
 
-// Shared-memory layout, in floats: per-dim tiles of delta, delta*u and y; the B and C tiles of one
-// pass ([position][state], so a thread reads its kStates states as one float4); the states; with
-// kEndOnly, the decay products after them.
-constexpr int kDtOff = 0, kDuOff = kRows * kStride, kYOff = 2 * kRows * kStride;
-constexpr int kBOff = 3 * kRows * kStride, kCOff = kBOff + kTile * kPass, kXOff = kCOff + kTile * kPass;
-static_assert(kStride % 4 == 0 && kBOff % 4 == 0 && kCOff % 4 == 0, "tiles are read as float4");
+// One thread's B and C of one position and pass, in the input type: what one time step reads from
+// the B/C tile (16 bytes at 16-bit types, one LDS.128; 32 at float32).
+template <typename T>
+struct alignas(16) BCUnit {
+  T b[kStates], c[kStates];
+};
+// The B/C tile is [position][kSplit units + 1 of padding]: the padding puts the positions that the
+// tile's loaders store in one go (4 apart) on different banks.
+constexpr int kUnitsPerPosition = kSplit + 1;
+constexpr int kBCLoadItems = 4;  // positions of one state quad each thread loads into the tile
+static_assert(kTile / kBCLoadItems * (kPass / kStates) == kThreads, "one B/C loading role per thread");
+
+// Shared-memory layout, in floats: per-dim tiles of delta, delta*u and y; the B/C tile of one pass;
+// the states; with kEndOnly, the decay products after them.
+constexpr int kDtOff = 0, kDuOff = kRows * kStride, kYOff = 2 * kRows * kStride, kBCOff = 3 * kRows * kStride;
+template <typename T>
+constexpr int kXOff = kBCOff + kTile * kUnitsPerPosition * static_cast<int>(sizeof(BCUnit<T>) / sizeof(float));
+static_assert(kStride % 4 == 0 && kBCOff % 4 == 0 && kRowItems % 4 == 0, "tiles are read and written as float4");
+template <typename T>
 size_t smem_bytes(int dstate, bool end_only) {
-  return (kXOff + static_cast<size_t>(kRows) * dstate * (end_only ? 2 : 1)) * sizeof(float);
+  return (kXOff<T> + static_cast<size_t>(kRows) * dstate * (end_only ? 2 : 1)) * sizeof(float);
+}
+
+// A unit's B and C as float. bfloat16 pairs are split with one integer instruction per value (the
+// high half masked, the low half shifted up): the conversion per value otherwise takes two.
+template <typename T>
+__device__ __forceinline__ void unpack(const BCUnit<T>& unit, float (&b)[kStates], float (&c)[kStates]) {
+#pragma unroll
+  for (int j = 0; j < kStates; ++j) b[j] = to_float(unit.b[j]), c[j] = to_float(unit.c[j]);
+}
+__device__ __forceinline__ void unpack(const BCUnit<__nv_bfloat16>& unit, float (&b)[kStates], float (&c)[kStates]) {
+  const uint32_t* w = reinterpret_cast<const uint32_t*>(&unit);
+#pragma unroll
+  for (int j = 0; j < kStates / 2; ++j) {
+    b[2 * j] = __uint_as_float(w[j] << 16), b[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
+    c[2 * j] = __uint_as_float(w[kStates / 2 + j] << 16), c[2 * j + 1] = __uint_as_float(w[kStates / 2 + j] & 0xffff0000u);
+  }
+}
+
+// A run of kBCLoadItems positions of one state row, as raw 32-bit words; loaded with one vector
+// load (the row aligned to the run's size).
+template <typename T>
+constexpr int kRunWords = static_cast<int>(sizeof(T)) * kBCLoadItems / 4;
+template <typename T>
+__device__ __forceinline__ void load_run(const T* row, uint32_t (&v)[kRunWords<T>]) {
+  if constexpr (kRunWords<T> == 4) {
+    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(row));
+    v[0] = raw.x, v[1] = raw.y, v[2] = raw.z, v[3] = raw.w;
+  } else {
+    static_assert(kRunWords<T> == 2, "runs of 8 or 16 bytes");
+    const uint2 raw = __ldg(reinterpret_cast<const uint2*>(row));
+    v[0] = raw.x, v[1] = raw.y;
+  }
 }
 
 // Whether position t of batch entry b starts a sequence of a packed row (never t = 0: the state
@@ -58,13 +107,14 @@ __device__ __forceinline__ bool starts_sequence(const SelectiveScanParams& p, in
   return t > 0 && t < p.seqlen && seq[t] != seq[t - 1];
 }
 
-template <typename T, bool kVarlen, bool kEndOnly>
+template <typename T, bool kVarlen, bool kEndOnly, bool kVarB, bool kVarC>
 __global__ __launch_bounds__(kThreads, 8) void selective_scan_fwd_kernel(SelectiveScanParams p, int blocks_per_group) {
   __shared__ uint32_t s_starts[kTile / 32];  // sequence starts of the tile, one bit per position
   extern __shared__ float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
-  float *s_dt = smem + kDtOff, *s_du = smem + kDuOff, *s_y = smem + kYOff, *s_B = smem + kBOff,
-        *s_C = smem + kCOff, *s_x = smem + kXOff, *s_P = s_x + kRows * p.dstate;
+  float *s_dt = smem + kDtOff, *s_du = smem + kDuOff, *s_y = smem + kYOff, *s_x = smem + kXOff<T>,
+        *s_P = s_x + kRows * p.dstate;
+  BCUnit<T>* s_bc = reinterpret_cast<BCUnit<T>*>(smem + kBCOff);
   const int tid = threadIdx.x, b = blockIdx.y, N = p.dstate;
   const int segment = blockIdx.z, t_begin = segment * p.segment_len;
   const int t_end = min(p.seqlen, t_begin + p.segment_len);
@@ -79,11 +129,13 @@ __global__ __launch_bounds__(kThreads, 8) void selective_scan_fwd_kernel(Selecti
   const size_t load_offset = (row0 + lr) * p.seqlen;
   const float D = load_row && p.D ? p.D[d0 + lr] : 0.f;
   const float bias = load_row && p.delta_bias ? p.delta_bias[d0 + lr] : 0.f;
-  // B/C loading role: state ln of the pass, positions ls .. ls + kStateItems.
-  const int ln = tid / (kTile / kStateItems), ls = tid % (kTile / kStateItems) * kStateItems;
+  // B/C loading role: states lq * kStates .. + kStates of the pass (the unit of split lq), positions
+  // ls .. ls + kBCLoadItems (consecutive threads: the units of one position, then the next run).
+  const int lq = tid % kSplit, ls = tid / kSplit * kBCLoadItems;
   const size_t group_offset = (static_cast<size_t>(b) * p.n_groups + group) * N * p.seqlen;
-  const T* B_var = p.variable_B ? static_cast<const T*>(p.B) + group_offset : nullptr;
-  const T* C_var = p.variable_C ? static_cast<const T*>(p.C) + group_offset : nullptr;
+  constexpr bool var_B = kVarB, var_C = kVarC && !kEndOnly;  // the end-only pass does not read C
+  const T* B_var = var_B ? static_cast<const T*>(p.B) + group_offset : nullptr;
+  const T* C_var = var_C ? static_cast<const T*>(p.C) + group_offset : nullptr;
   // Compute role: dim r (threads past `rows` run on zero inputs and write nothing), states
   // split * kStates + j of each pass.
   const int r = tid / kSplit, split = tid % kSplit;
@@ -115,14 +167,23 @@ __global__ __launch_bounds__(kThreads, 8) void selective_scan_fwd_kernel(Selecti
         load_items<T, kRowItems>(static_cast<const T*>(p.u) + load_offset, t0 + lt, p.seqlen, aligned, u);
         load_items<T, kRowItems>(static_cast<const T*>(p.delta) + load_offset, t0 + lt, p.seqlen, aligned, raw);
       }
+      // 0 past the end: identity steps. Four positions per 128-bit store.
 #pragma unroll
-      for (int i = 0; i < kRowItems; ++i) {
-        const bool in = load_row && t0 + lt + i < p.seqlen;
-        const float dt = in ? step_size(raw[i], bias, p.delta_softplus) : 0.f;
-        const float uv = in ? u[i] : 0.f;
-        s_dt[lr * kStride + lt + i] = dt;  // 0 past the end: identity steps
-        s_du[lr * kStride + lt + i] = dt * uv;
-        s_y[lr * kStride + lt + i] = D * uv;
+      for (int i = 0; i < kRowItems; i += 4) {
+        float dt[4], uv[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          // Selects, not branches: softplus is computed whether used or not (cheaper than a branch
+          // around it per position).
+          const bool in = load_row && t0 + lt + i + k < p.seqlen;
+          const float v = raw[i + k] + bias, sp = softplus(v);
+          dt[k] = in ? (p.delta_softplus ? sp : v) : 0.f;
+          uv[k] = in ? u[i + k] : 0.f;
+        }
+        const int at = lr * kStride + lt + i;
+        *reinterpret_cast<float4*>(s_dt + at) = make_float4(dt[0], dt[1], dt[2], dt[3]);
+        *reinterpret_cast<float4*>(s_du + at) = make_float4(dt[0] * uv[0], dt[1] * uv[1], dt[2] * uv[2], dt[3] * uv[3]);
+        *reinterpret_cast<float4*>(s_y + at) = make_float4(D * uv[0], D * uv[1], D * uv[2], D * uv[3]);
       }
     }
     if constexpr (kVarlen) {
@@ -131,20 +192,55 @@ __global__ __launch_bounds__(kThreads, 8) void selective_scan_fwd_kernel(Selecti
     }
     for (int pass = 0; pass < n_passes; ++pass) {
       const int n0 = pass * kPass;
-      __syncthreads();  // tiles written; the previous pass is done with s_B, s_C
-      for (int m = 0; m < (kEndOnly ? 1 : 2); ++m) {
-        const T* var = m == 0 ? B_var : C_var;
-        if (!var) continue;
-        float v[kStateItems];
-        if (n0 + ln < N) {
-          load_items<T, kStateItems>(var + static_cast<size_t>(n0 + ln) * p.seqlen, t0 + ls, p.seqlen, aligned, v);
+      __syncthreads();  // tiles written; the previous pass is done with s_bc
+      {
+        // The tile's B and C of states n0 + lq * kStates + j at positions ls + i (zero for states past
+        // N, and for C in the end-only pass, which does not read it); constant B or C is not in the tile.
+        // One vector load per state row when the whole pass's runs are in range and aligned (one
+        // uniform branch for all rows); else element by element, zero past seqlen and past N. The
+        // runs stay raw 32-bit words: at 16-bit types each word of a unit is one byte permute of two
+        // rows' words.
+        const bool whole = aligned && t0 + ls + kBCLoadItems <= p.seqlen && n0 + kPass <= N;
+        const int nq = n0 + lq * kStates;
+        const auto load_rows = [&](const T* var, uint32_t (&v)[kStates][kRunWords<T>]) {
+          const T* base = var + static_cast<size_t>(nq) * p.seqlen + t0 + ls;
+#pragma unroll
+          for (int j = 0; j < kStates; ++j) {
+            const T* row = base + static_cast<size_t>(j) * p.seqlen;
+            if (whole) {
+              load_run<T>(row, v[j]);
+            } else {
+              T e[kBCLoadItems];
+#pragma unroll
+              for (int i = 0; i < kBCLoadItems; ++i) e[i] = nq + j < N && t0 + ls + i < p.seqlen ? row[i] : T{};
+              memcpy(v[j], e, sizeof(e));
+            }
+          }
+        };
+        uint32_t bv[kStates][kRunWords<T>] = {}, cv[kStates][kRunWords<T>] = {};
+        uint4* dst = reinterpret_cast<uint4*>(s_bc + ls * kUnitsPerPosition + lq);
+        if constexpr (sizeof(T) == 4) {
+          // B's half of each unit first: the B and C runs of 16 floats each would not both fit in
+          // registers beside the states.
+          if (var_B) load_rows(B_var, bv);
+#pragma unroll
+          for (int i = 0; i < kBCLoadItems; ++i)
+            dst[2 * kUnitsPerPosition * i] = make_uint4(bv[0][i], bv[1][i], bv[2][i], bv[3][i]);
+          if (var_C) load_rows(C_var, cv);
+#pragma unroll
+          for (int i = 0; i < kBCLoadItems; ++i)
+            dst[2 * kUnitsPerPosition * i + 1] = make_uint4(cv[0][i], cv[1][i], cv[2][i], cv[3][i]);
         } else {
+          if (var_B) load_rows(B_var, bv);
+          if (var_C) load_rows(C_var, cv);
 #pragma unroll
-          for (int i = 0; i < kStateItems; ++i) v[i] = 0.f;
+          for (int i = 0; i < kBCLoadItems; ++i) {
+            const int w = i / 2;
+            const unsigned sel = i % 2 ? 0x7632u : 0x5410u;  // the high or low halves of two words
+            dst[kUnitsPerPosition * i] = make_uint4(__byte_perm(bv[0][w], bv[1][w], sel), __byte_perm(bv[2][w], bv[3][w], sel),
+                                                    __byte_perm(cv[0][w], cv[1][w], sel), __byte_perm(cv[2][w], cv[3][w], sel));
+          }
         }
-        float* dst = m == 0 ? s_B : s_C;
-#pragma unroll
-        for (int i = 0; i < kStateItems; ++i) dst[(ls + i) * kPass + ln] = v[i];
       }
       __syncthreads();
       float x[kStates], A2[kStates], Bc[kStates], Cc[kStates], P[kStates];
@@ -155,23 +251,10 @@ __global__ __launch_bounds__(kThreads, 8) void selective_scan_fwd_kernel(Selecti
         x[j] = in ? s_x[r * N + n] : 0.f;
         P[j] = kEndOnly && in ? s_P[r * N + n] : 1.f;
         A2[j] = in ? p.A[param_row + n] * kLog2e : 0.f;
-        Bc[j] = in && !B_var ? static_cast<const float*>(p.B)[param_row + n] : 0.f;
-        Cc[j] = in && !C_var ? static_cast<const float*>(p.C)[param_row + n] : 0.f;
+        Bc[j] = in && !kVarB ? static_cast<const float*>(p.B)[param_row + n] : 0.f;
+        Cc[j] = in && !kVarC && !kEndOnly ? static_cast<const float*>(p.C)[param_row + n] : 0.f;
       }
-      const float4* sB4 = reinterpret_cast<const float4*>(s_B);
-      const float4* sC4 = reinterpret_cast<const float4*>(s_C);
       const uint64_t starts = kVarlen ? s_starts[0] | static_cast<uint64_t>(s_starts[1]) << 32 : 0;
-      // A state input of this thread's states at tile position t: from the tile, or the constant one.
-      const auto state_input = [&](const float4* tile, bool variable, const float (&constant)[kStates], int t,
-                                   float (&v)[kStates]) {
-        if (variable) {
-          const float4 f = tile[t * kSplit + split];
-          v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
-        } else {
-#pragma unroll
-          for (int j = 0; j < kStates; ++j) v[j] = constant[j];
-        }
-      };
       for (int t0 = 0; t0 < kTile; t0 += kSplit) {
         // kSplit positions, each thread with its partial y (its states) of every one of them.
         float y[kSplit];
@@ -182,9 +265,14 @@ __global__ __launch_bounds__(kThreads, 8) void selective_scan_fwd_kernel(Selecti
         for (int q = 0; q < kSplit; ++q) {
           const int t = t0 + q;
           const float dt = dts[q], du = dus[q];
+          // This thread's B and C at tile position t: from the tile, or the constant ones.
           float Bv[kStates], Cv[kStates];
-          state_input(sB4, B_var, Bc, t, Bv);
-          if (!kEndOnly) state_input(sC4, C_var, Cc, t, Cv);
+          unpack(s_bc[t * kUnitsPerPosition + split], Bv, Cv);
+#pragma unroll
+          for (int j = 0; j < kStates; ++j) {
+            Bv[j] = var_B ? Bv[j] : Bc[j];
+            Cv[j] = var_C ? Cv[j] : Cc[j];
+          }
           y[q] = 0.f;
           // A sequence starts at t: the state restarts from zero (the end-only pass's decay is 0 there).
           const bool restart = kVarlen && (starts >> t & 1);
@@ -269,12 +357,12 @@ int selective_scan_fwd_segment_len(int batch, int dim, int n_groups, int seqlen)
 
 namespace {
 
-template <typename T, bool kVarlen, bool kEndOnly>
+template <typename T, bool kVarlen, bool kEndOnly, bool kVarB, bool kVarC>
 int launch(const SelectiveScanParams& p, int segments, cudaStream_t stream) {
   using namespace ssm_tools_cuda;
   const int blocks_per_group = (p.dim / p.n_groups + kRows - 1) / kRows;
-  auto kernel = selective_scan_fwd_kernel<T, kVarlen, kEndOnly>;
-  const size_t smem = smem_bytes(p.dstate, kEndOnly);
+  auto kernel = selective_scan_fwd_kernel<T, kVarlen, kEndOnly, kVarB, kVarC>;
+  const size_t smem = smem_bytes<T>(p.dstate, kEndOnly);
   if (smem > 48 * 1024) {
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (err != cudaSuccess) return static_cast<int>(err);
@@ -283,13 +371,22 @@ int launch(const SelectiveScanParams& p, int segments, cudaStream_t stream) {
   return static_cast<int>(cudaGetLastError());
 }
 
-template <typename T, bool kVarlen>
+// The end-only pass does not read C: its kernel is the one for constant C whatever C is.
+template <typename T, bool kVarlen, bool kVarB, bool kVarC>
 int launch_all(const SelectiveScanParams& p, cudaStream_t stream) {
   if (p.n_segments > 1) {
-    const int err = launch<T, kVarlen, true>(p, p.n_segments - 1, stream);
+    const int err = launch<T, kVarlen, true, kVarB, false>(p, p.n_segments - 1, stream);
     if (err) return err;
   }
-  return launch<T, kVarlen, false>(p, p.n_segments, stream);
+  return launch<T, kVarlen, false, kVarB, kVarC>(p, p.n_segments, stream);
+}
+
+template <typename T, bool kVarlen>
+int launch_all(const SelectiveScanParams& p, cudaStream_t stream) {
+  if (p.variable_B) {
+    return p.variable_C ? launch_all<T, kVarlen, true, true>(p, stream) : launch_all<T, kVarlen, true, false>(p, stream);
+  }
+  return p.variable_C ? launch_all<T, kVarlen, false, true>(p, stream) : launch_all<T, kVarlen, false, false>(p, stream);
 }
 
 }  // namespace

@@ -1,5 +1,5 @@
-// CPU stand-in for the CUDA runtime features csrc/kernels/selective_scan_bwd.cu uses, so that its code
-// runs on a machine without a GPU (run.py). One std::thread per CUDA thread; blocks run one after
+// CPU stand-in for the CUDA runtime features csrc/kernels/selective_scan_bwd.cu and selective_scan_fwd.cu
+// use, so that their code runs on a machine without a GPU (emulate_scan_bwd/run.py, emulate_scan_fwd/run.py). One std::thread per CUDA thread; blocks run one after
 // another; a block's __syncthreads / a warp's __syncwarp are std::barriers; shuffles exchange through
 // a per-warp array between two warp barriers. run.py rewrites the kernel's __shared__ arrays into
 // emu_static buffers (poisoned with NaN bytes before every block, as is the dynamic shared memory) and
@@ -29,18 +29,33 @@ struct EmuIndex { unsigned x, y, z; };
 inline thread_local EmuIndex threadIdx, blockIdx;
 struct float2 { float x, y; };
 struct float4 { float x, y, z, w; };
+struct uint2 { unsigned x, y; };
 struct uint4 { unsigned x, y, z, w; };
 inline float2 make_float2(float a, float b) { return {a, b}; }
 inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
+inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
+inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
+// Byte i of the result is byte (s >> 4 i) & 7 of the 8 bytes {x, y} (PTX prmt, default mode).
+inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
+  const uint64_t both = uint64_t(y) << 32 | x;
+  unsigned out = 0;
+  for (int i = 0; i < 4; ++i) out |= unsigned(both >> (8 * ((s >> (4 * i)) & 7)) & 0xff) << (8 * i);
+  return out;
+}
 
 typedef void* cudaStream_t;
-enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorInvalidConfiguration = 9 };
+enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorInvalidConfiguration = 9, cudaErrorNoDevice = 100 };
+enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount };
+inline cudaError_t cudaGetDevice(int*) { return cudaErrorNoDevice; }
+inline cudaError_t cudaDeviceGetAttribute(int*, cudaDeviceAttr, int) { return cudaErrorNoDevice; }
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize };
 template <typename K> cudaError_t cudaFuncSetAttribute(K, cudaFuncAttribute, int) { return cudaSuccess; }
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
 
 template <typename T> T __ldg(const T* p) { return *p; }
 inline float __expf(float v) { return std::exp(v); }
+using std::exp2f;
+using std::log1pf;
 using std::max;
 using std::min;
 inline size_t __cvta_generic_to_shared(const void*) { return 0; }
@@ -82,6 +97,12 @@ T emu_shuffle(T v, F src_of, bool* inside = nullptr) {
   std::memcpy(&out, &got, 4);
   return out;
 }
+inline unsigned __ballot_sync(unsigned, bool pred) {
+  unsigned mask = 0;
+  for (int l = 0; l < 32; ++l)
+    if (emu_shuffle(static_cast<unsigned>(pred), [l](int) { return l; })) mask |= 1u << l;
+  return mask;
+}
 template <typename T> T __shfl_down_sync(unsigned, T v, int off) { return emu_shuffle(v, [off](int l) { return l + off; }); }
 template <typename T> T __shfl_up_sync(unsigned, T v, int off) { return emu_shuffle(v, [off](int l) { return l - off; }); }
 template <typename T> T __shfl_xor_sync(unsigned, T v, int off) { return emu_shuffle(v, [off](int l) { return l ^ off; }); }
@@ -100,6 +121,7 @@ inline void emu_cp_async_wait_all() {
 template <typename K, typename... Args>
 void emu_launch(K kernel, dim3 grid, int threads, size_t smem, Args... args) {
   std::vector<float> dyn(smem / sizeof(float) + 1);
+  for (unsigned bz = 0; bz < grid.z; ++bz)
   for (unsigned by = 0; by < grid.y; ++by)
     for (unsigned bx = 0; bx < grid.x; ++bx) {
       std::fill(dyn.begin(), dyn.end(), std::nanf(""));
@@ -116,7 +138,7 @@ void emu_launch(K kernel, dim3 grid, int threads, size_t smem, Args... args) {
       for (int t = 0; t < threads; ++t)
         team.emplace_back([=]() {
           threadIdx = {unsigned(t), 0, 0};
-          blockIdx = {bx, by, 0};
+          blockIdx = {bx, by, bz};
           kernel(args...);
         });
       for (std::thread& t : team) t.join();
