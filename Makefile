@@ -25,8 +25,10 @@ build: $(STAMP)
 reproduce: build
 	$(VENV)/bin/ssm-tools reproduce addition --scale cpu
 
+# Two pytest-xdist workers: the slow tests start first, the longest first (tests/conftest.py), and a
+# worker that runs out of tests takes half of the other's queue (worksteal).
 test: build
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist worksteal tests
 
 # Compile every CUDA kernel with nvcc (sm_90 + compute_80 PTX) and the CUDA binding against torch's
 # headers (compile only: no GPU needed).

@@ -11,7 +11,8 @@ work=$(mktemp -d /tmp/ssm-tools-wheel.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
 echo "== wheel: build"
-"$PY" -m pip wheel -q --no-build-isolation --no-deps -w "$work/dist" .
+# The same build folder as `make build` (pyproject.toml's build-dir): the same lock (see the Makefile).
+flock /tmp/ssm-tools-build.lock "$PY" -m pip wheel -q --no-build-isolation --no-deps -w "$work/dist" .
 echo "== wheel: install into a fresh venv ($work/venv) with $TORCH"
 python3 -m venv "$work/venv"
 "$work/venv/bin/pip" install -q "$TORCH" "$work"/dist/ssm_tools-*.whl

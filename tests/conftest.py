@@ -80,16 +80,63 @@ def pytest_sessionstart(session):
 def pytest_sessionfinish(session):
     if COMPILE_CACHE in session.config.stash:
         shutil.rmtree(session.config.stash[COMPILE_CACHE], ignore_errors=True)
+    if DEFERRED_CHECK in session.config.stash:
+        run_deferred_check(session)
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """The checkout check runs after every other test."""
+    """Slow tests first: under pytest-xdist (`make test` runs the tests on 2 workers) the longest start
+    first and the short ones fill the other worker around them. The checkout check runs after every
+    other test: in a worker (which cannot know when the others are done) it is deselected, and the
+    controller runs it once every worker has finished (pytest_testnodedown, run_deferred_check)."""
     last = [item for item in items if item.name == CHECK_NAME]
-    items[:] = [item for item in items if item.name != CHECK_NAME] + last
+    rest = sorted((item for item in items if item.name != CHECK_NAME), key=start_order)
+    if last and hasattr(config, "workerinput"):
+        config.hook.pytest_deselected(items=last)
+        config.workeroutput[CHECK_NAME] = {"nodeid": last[0].nodeid, "location": list(last[0].location)}
+        last = []
+    items[:] = rest + last
+
+
+def start_order(item) -> tuple[bool, float]:
+    """Slow tests first, the longest (the `minutes` of their `slow` marker) first among them; the sort is
+    stable, so files keep their order."""
+    slow = item.get_closest_marker("slow")
+    return slow is None, -(slow.kwargs.get("minutes", 0) if slow else 0)
+
+
+def pytest_configure(config):
+    """An xdist worker takes its share of the cores for torch's threads: workers each on every core
+    would oversubscribe them."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if hasattr(config, "workerinput") and workers > 1:
+        torch.set_num_threads(max(1, torch.get_num_threads() // workers))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """In the xdist controller: a worker that deselected the checkout check hands it over."""
+    check = getattr(node, "workeroutput", {}).get(CHECK_NAME)
+    if check is not None:
+        node.config.stash[DEFERRED_CHECK] = check
+
+
+def run_deferred_check(session) -> None:
+    """The checkout check, run by the xdist controller after every worker finished, and reported as
+    the test itself (pass or fail, counted in the summary and the exit status)."""
+    check = session.config.stash[DEFERRED_CHECK]
+    changes = tree_changes(session.config.stash[TREE], tree_state(ROOT))
+    report = pytest.TestReport(check["nodeid"], tuple(check["location"]), {}, "failed" if changes else "passed",
+                               "the tests changed the checkout:\n" + "\n".join(changes) if changes else None, "call")
+    session.testscollected += 1  # the workers' counts left it out
+    session.config.hook.pytest_runtest_logreport(report=report)
+    if changes:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 TREE = pytest.StashKey[dict]()
 COMPILE_CACHE = pytest.StashKey[str]()
+DEFERRED_CHECK = pytest.StashKey[dict]()
 CHECK_NAME = "test_the_tests_leave_the_checkout_as_they_found_it"
 
 

@@ -38,7 +38,7 @@ def test_tool_use_makes_tiny_mamba_generalize_10x_in_length(tmp_path):
     assert no_tools["accuracy"]["50"] <= 0.20
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=7)
 def test_search_tool_makes_tiny_mamba_evaluate_graphs_5x_its_training_size(tmp_path):
     """The logical graph at CPU scale (the `reproduce --scale cpu` recipe, seed 0): trained on graphs of
     1..3 gates, the tiny Mamba with the search memory answers >= 95% of 15-gate graphs right; the same
