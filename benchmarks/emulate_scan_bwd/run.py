@@ -92,6 +92,14 @@ def raw_bytes(t: torch.Tensor) -> bytes:
     return (t.view(torch.int16) if t.dtype in (torch.bfloat16, torch.float16) else t).numpy().tobytes()
 
 
+def rel(got: torch.Tensor, want: torch.Tensor) -> float:
+    """The relative error of `got` against `want` (float64 norms); inf where `got` is not finite."""
+    got, want = got.double(), want.double()
+    if not torch.isfinite(got).all():
+        return float("inf")
+    return ((got - want).norm() / want.norm().clamp_min(1e-30)).item()
+
+
 def read_back(path: pathlib.Path, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     data = path.read_bytes()
     if dtype in (torch.bfloat16, torch.float16):
@@ -170,11 +178,7 @@ def run_case(binary, batch, dim, seqlen, dstate, dtype, seed, groups=1, variable
             got["z"] = read_back(d / "out_dz.bin", i["z"], dtype)
         if delta_bias:
             got["delta_bias"] = read_back(d / "out_dbias.bin", i["delta_bias"], torch.float32)
-    errors = {}
-    for name in names:
-        g64 = got[name].double()
-        errors[name] = ((g64 - want[name]).norm() / want[name].norm().clamp_min(1e-30)).item() \
-            if torch.isfinite(g64).all() else float("inf")
+    errors = {name: rel(got[name], want[name]) for name in names}
     print(f"({batch}, {dim}, {seqlen}, {dstate}) {str(dtype)[6:]} seed {seed} "
           f"groups={groups} variable_B={variable_B} variable_C={variable_C} D={D} z={z} delta_bias={delta_bias} "
           f"softplus={softplus} A_scale={A_scale} dlast={dlast} packed={starts is not None}: "

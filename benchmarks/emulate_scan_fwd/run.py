@@ -34,7 +34,7 @@ BWD = HERE.parent / "emulate_scan_bwd"
 _spec = importlib.util.spec_from_file_location("emulate_scan_bwd_run", BWD / "run.py")
 bwd = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bwd)  # shared: input generation, byte conversion, tolerances, test cases
-OPS, KERNELS, ELEMENT, TOL, test_cuda = bwd.OPS, bwd.KERNELS, bwd.ELEMENT, bwd.TOL, bwd.test_cuda
+OPS, KERNELS, ELEMENT, TOL, test_cuda, rel = bwd.OPS, bwd.KERNELS, bwd.ELEMENT, bwd.TOL, bwd.test_cuda, bwd.rel
 
 # (batch, dim, seqlen, dstate, options, segment length (0: no split), misaligned)
 CASES = [(b, d, l, n, o, 0, False) for b, d, l, n, o in test_cuda.CASES]
@@ -86,13 +86,6 @@ def build(folder: pathlib.Path) -> pathlib.Path:
                     f"-I{folder}", "-x", "c++", str(folder / "kernels" / "selective_scan_fwd.cu"), "-x", "c++",
                     str(HERE / "harness.cpp"), "-o", str(binary)], check=True)
     return binary
-
-
-def rel(got: torch.Tensor, want: torch.Tensor) -> float:
-    got, want = got.double(), want.double()
-    if not torch.isfinite(got).all():
-        return float("inf")
-    return ((got - want).norm() / want.norm().clamp_min(1e-30)).item()
 
 
 def run_case(binary, batch, dim, seqlen, dstate, dtype, seed, options, segment, misaligned) -> float:
