@@ -1,6 +1,7 @@
 """One small case of each Mamba-block CUDA kernel other than the scan (causal conv1d forward and
-backward, its decode update, the block's SSM decode step, the decode's add + RMSNorm, transpose_cat) and one fused layer's
-forward and backward, for compute-sanitizer's memcheck and racecheck (benchmarks/run_gpu_train_decode.sh).
+backward, its decode update, the block's SSM decode step, the two kernels of conv_ssm_step, the
+decode's add + RMSNorm, transpose_cat) and one fused layer's forward and backward, for
+compute-sanitizer's memcheck and racecheck (benchmarks/run_gpu_train_decode.sh, run_gpu_decode.sh).
 Rows of several conv chunks (300 positions), widths 4, 3 and 8, bf16, float32 and float16, the conv
 also on packed rows (seq_idx) and on rows that are not 16-byte aligned (37 positions, x one element
 into its storage: the scalar loads).
@@ -32,10 +33,30 @@ def main():
         outs.append(ops.mamba_state_update(ssm, xz[:, :12], xdbl, torch.randn(12, 3, device=dev),
                                            torch.randn(12, device=dev), torch.randn(12, 16, device=dev),
                                            torch.randn(12, device=dev), xz[:, 12:]))
+        # conv_ssm_step: dim 12 (one part-full slice of kernel 1), dstate 16 (the 128-bit state path);
+        # dim 100 (two slices, the second part-full), batch 5 (kernel 1's second block of rows
+        # part-full), dstate 7 (scalar path), no conv bias, D or z; dim 200 at batch 200: kernel 2's
+        # blocks loop over runs of channels.
+        outs.append(ops.conv_ssm_step(state, ssm, xz[:, :12], w, b, (torch.randn(3 + 32, 12, device=dev) / 4).to(dtype),
+                                      torch.randn(12, 3, device=dev), torch.randn(12, device=dev),
+                                      torch.randn(12, 16, device=dev), torch.randn(12, device=dev), xz[:, 12:]))
+        for batch, dim, dstate, gate in ((5, 100, 7, False), (200, 200, 16, True)):
+            xz2 = torch.randn(batch, 2 * dim, device=dev).to(dtype)
+            bias, D, z = (torch.randn(dim, device=dev), torch.randn(dim, device=dev), xz2[:, dim:]) if gate else \
+                (None, None, None)
+            outs.append(ops.conv_ssm_step(torch.randn(batch, dim, width, device=dev),
+                                          torch.randn(batch, dim, dstate, device=dev), xz2[:, :dim],
+                                          torch.randn(dim, width, device=dev), bias,
+                                          (torch.randn(5 + 2 * dstate, dim, device=dev) / dim ** 0.5).to(dtype),
+                                          torch.randn(dim, 5, device=dev), torch.randn(dim, device=dev),
+                                          torch.randn(dim, dstate, device=dev), D, z))
         outs.append(OPS.transpose_cat([x, torch.randn(2, 5, seqlen, device=dev).to(dtype)]))
         stream = torch.randn(3, 300, device=dev)  # 300: more than one pass of the norm's 256 threads
         for residual in (None, torch.randn(3, 300, device=dev).to(dtype)):
             outs.extend(ops.add_rms_norm(stream, residual, torch.randn(300, device=dev), None, dtype))
+        # The final norm: a residual of the matmul dtype, the output in float32.
+        outs.extend(ops.add_rms_norm(stream, torch.randn(3, 300, device=dev).to(dtype), torch.randn(300, device=dev),
+                                     None, torch.float32))
     mixer = MambaMixer(16).to(dev)
     h = torch.randn(3, 70, 16, device=dev, requires_grad=True)
     with torch.autocast("cuda", dtype=torch.bfloat16):

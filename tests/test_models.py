@@ -42,6 +42,26 @@ def test_step_matches_parallel_forward(name, T):
     torch.testing.assert_close(stepped, full, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mamba_step_is_the_separate_ops_step_on_cpu(dtype, monkeypatch):
+    """On the CPU the decode step with ops.conv_ssm_step and the last residual add inside the final
+    norm computes bitwise what the separate ops (conv update, x_proj, state update) and the add
+    before norm_f computed: the CPU op is their composition. bfloat16: a decode_copy's matmuls."""
+    from ssm_tools.models.base import LanguageModel
+    from ssm_tools.models.mamba import Mamba, MambaMixer
+    from ssm_tools.reference import separate_ops_mixer_step
+    model = make("mamba", dtype=torch.float32, seed=3)
+    if dtype == torch.bfloat16:
+        model = model.decode_copy(dtype)
+    tokens = torch.randint(1, V, (4, 12), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        fused = decode(model, tokens)
+        monkeypatch.setattr(MambaMixer, "step", separate_ops_mixer_step)
+        monkeypatch.setattr(Mamba, "step_unchecked", LanguageModel.step_unchecked)
+        separate = decode(model, tokens)
+    assert torch.equal(fused, separate)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_rnn_runs_long_inputs_in_pieces_with_the_same_result(cell, monkeypatch):
     """cuDNN refuses very long sequences, so the RNNs run them in pieces, carrying the state."""

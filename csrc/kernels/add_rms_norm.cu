@@ -10,11 +10,12 @@ namespace {
 
 constexpr int kNormThreads = 256;
 
-template <typename T>
+// TR: the residual's type, TO: the output's (the same but for the last norm before a float32 head).
+template <typename TR, typename TO>
 __global__ __launch_bounds__(kNormThreads) void add_rms_norm_kernel(AddRmsNormParams p) {
   const size_t offset = static_cast<size_t>(blockIdx.x) * p.dim;
   const float* x = p.x + offset;
-  const T* residual = p.residual ? static_cast<const T*>(p.residual) + offset : nullptr;
+  const TR* residual = p.residual ? static_cast<const TR*>(p.residual) + offset : nullptr;
   float* sum = p.sum + offset;
   float squares = 0.f;
   for (int i = threadIdx.x; i < p.dim; i += kNormThreads) {
@@ -32,17 +33,21 @@ __global__ __launch_bounds__(kNormThreads) void add_rms_norm_kernel(AddRmsNormPa
     if (threadIdx.x == 0) inv_rms = rsqrtf(squares / p.dim + p.eps);
   }
   __syncthreads();
-  T* out = static_cast<T*>(p.out) + offset;
-  for (int i = threadIdx.x; i < p.dim; i += kNormThreads) out[i] = from_float<T>(sum[i] * inv_rms * p.weight[i]);
+  TO* out = static_cast<TO*>(p.out) + offset;
+  for (int i = threadIdx.x; i < p.dim; i += kNormThreads) out[i] = from_float<TO>(sum[i] * inv_rms * p.weight[i]);
 }
 
 }  // namespace
 }  // namespace ssm_tools_cuda
 
-int add_rms_norm_launch(const AddRmsNormParams& p, ScanInputType type, void* stream) {
+int add_rms_norm_launch(const AddRmsNormParams& p, ScanInputType residual_type, ScanInputType out_type,
+                        void* stream) {
   using namespace ssm_tools_cuda;
-  return dispatch_input_type(type, [&](auto tag) {
-    add_rms_norm_kernel<decltype(tag)><<<p.rows, kNormThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
-    return static_cast<int>(cudaGetLastError());
+  return dispatch_input_type(residual_type, [&](auto residual_tag) {
+    return dispatch_input_type(out_type, [&](auto out_tag) {
+      add_rms_norm_kernel<decltype(residual_tag), decltype(out_tag)>
+          <<<p.rows, kNormThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
+      return static_cast<int>(cudaGetLastError());
+    });
   });
 }

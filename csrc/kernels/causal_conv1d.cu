@@ -13,8 +13,8 @@
 // rows take scalar loads.
 #include <algorithm>
 
+#include "kernels/decode_rows.cuh"
 #include "kernels/mamba_block_params.h"
-#include "kernels/scan_common.cuh"
 
 namespace ssm_tools_cuda {
 namespace {
@@ -240,18 +240,10 @@ __global__ __launch_bounds__(kConvThreads) void conv_update_kernel(CausalConv1dU
   if (row >= static_cast<size_t>(p.batch) * p.dim) return;
   const size_t b = row / p.dim;
   const int d = static_cast<int>(row % p.dim);
-  float* state = p.state + row * p.width;
-  const float* w = p.weight + static_cast<size_t>(d) * p.width;
   const float x = to_float(static_cast<const T*>(p.x)[b * p.x_stride + d]);
-  float acc = p.bias ? p.bias[d] : 0.f;
-  for (int k = 0; k + 1 < p.width; ++k) {
-    const float s = state[k + 1];
-    state[k] = s;
-    acc = fmaf(w[k], s, acc);
-  }
-  state[p.width - 1] = x;
-  acc = fmaf(w[p.width - 1], x, acc);
-  static_cast<T*>(p.out)[row] = from_float<T>(p.silu ? acc * sigmoid(acc) : acc);
+  const float u = conv_update_row(p.state + row * p.width, p.weight + static_cast<size_t>(d) * p.width,
+                                  p.bias ? p.bias[d] : 0.f, x, p.width, p.silu);
+  static_cast<T*>(p.out)[row] = from_float<T>(u);
 }
 
 // 64 x 64 tiles through shared memory, two neighbouring elements a thread and access, so that both

@@ -15,11 +15,11 @@ namespace ssm_tools::mamba_block {
 
 // The generic rules (dtype, device, shape) are checks.h's; this file holds only the Mamba block's
 // shapes.
-inline void check_width(const at::Tensor& weight, const at::Tensor& x, const char* op) {
-  check_float(op, "weight", weight, x.device());
+inline void check_width(const at::Tensor& weight, const at::Tensor& x, const char* op, const char* name = "weight") {
+  check_float(op, name, weight, x.device());
   const int64_t dim = x.size(1);
   TORCH_CHECK_VALUE(weight.dim() == 2 && weight.size(0) == dim && weight.size(1) >= 1 && weight.size(1) <= kMaxConvWidth, op,
-              ": weight must be (dim=", text(dim), ", width) with width in [1, ", text(kMaxConvWidth), "], got ",
+              ": ", name, " must be (dim=", text(dim), ", width) with width in [1, ", text(kMaxConvWidth), "], got ",
               text(weight.sizes()));
 }
 
@@ -42,17 +42,31 @@ struct ConvUpdateShape {
   int64_t batch, dim, width;
 };
 
-inline ConvUpdateShape check_conv_update(const at::Tensor& state, const at::Tensor& x, const at::Tensor& weight,
-                                         const std::optional<at::Tensor>& bias) {
-  constexpr const char* op = "causal_conv1d_update";
+// A decode step's x: a non-empty (batch, dim) of a floating dtype.
+inline void check_step_x(const at::Tensor& x, const char* op) {
   check_float(op, "x", x, x.device());
   TORCH_CHECK_VALUE(x.dim() == 2 && x.numel() > 0, op, ": x must be a non-empty (batch, dim), got ", text(x.sizes()));
-  check_width(weight, x, op);
-  check_optional(op, "bias", bias, {x.size(1)}, x);
-  check_float(op, "conv_state", state, x.device());
-  check_shape(op, "conv_state", state, {x.size(0), x.size(1), weight.size(1)});
-  TORCH_CHECK_VALUE(state.scalar_type() == at::kFloat || state.scalar_type() == at::kDouble, op,
-              ": conv_state must be float32 or float64");
+}
+
+// A recurrent state updated in place: float32 or float64 (it accumulates) of the given shape.
+inline void check_state(const char* op, const char* name, const at::Tensor& state, c10::IntArrayRef shape,
+                        const at::Tensor& x) {
+  check_float(op, name, state, x.device());
+  check_shape(op, name, state, shape);
+  TORCH_CHECK_VALUE(state.scalar_type() == at::kFloat || state.scalar_type() == at::kDouble, op, ": ", name,
+                    " must be float32 or float64, got ", dtype_text(state));
+}
+
+// The conv update's arguments; op and the names are those of the calling op (causal_conv1d_update,
+// or conv_ssm_step, whose conv arguments are prefixed conv_).
+inline ConvUpdateShape check_conv_update(const at::Tensor& state, const at::Tensor& x, const at::Tensor& weight,
+                                         const std::optional<at::Tensor>& bias,
+                                         const char* op = "causal_conv1d_update", const char* weight_name = "weight",
+                                         const char* bias_name = "bias") {
+  check_step_x(x, op);
+  check_width(weight, x, op, weight_name);
+  check_optional(op, bias_name, bias, {x.size(1)}, x);
+  check_state(op, "conv_state", state, {x.size(0), x.size(1), weight.size(1)}, x);
   return {x.size(0), x.size(1), weight.size(1)};
 }
 
@@ -60,16 +74,14 @@ struct StateUpdateShape {
   int64_t batch, dim, dstate, dt_rank;
 };
 
-inline StateUpdateShape check_mamba_state_update(const at::Tensor& state, const at::Tensor& x, const at::Tensor& xdbl,
-                                                 const std::optional<at::Tensor>& z, const at::Tensor& dt_weight,
-                                                 const at::Tensor& dt_bias, const at::Tensor& A_log,
-                                                 const std::optional<at::Tensor>& D) {
-  constexpr const char* op = "mamba_state_update";
-  check_float(op, "x", x, x.device());
-  TORCH_CHECK_VALUE(x.dim() == 2 && x.numel() > 0, op, ": x must be a non-empty (batch, dim), got ", text(x.sizes()));
+// The SSM parameters of a Mamba block's decode step, x (batch, dim) checked: the state (named
+// state_name), z, dt_proj's weight and bias, A_log, D. Returns {batch, dim, dstate, dt_rank}.
+inline StateUpdateShape check_ssm_step(const char* op, const char* state_name, const at::Tensor& state,
+                                       const at::Tensor& x, const std::optional<at::Tensor>& z,
+                                       const at::Tensor& dt_weight, const at::Tensor& dt_bias, const at::Tensor& A_log,
+                                       const std::optional<at::Tensor>& D) {
   const int64_t batch = x.size(0), dim = x.size(1);
-  for (const auto& [t, name] : {std::pair{&state, "state"}, {&xdbl, "xdbl"}, {&dt_weight, "dt_weight"},
-                                {&dt_bias, "dt_bias"}, {&A_log, "A_log"}})
+  for (const auto& [t, name] : {std::pair{&dt_weight, "dt_weight"}, {&dt_bias, "dt_bias"}, {&A_log, "A_log"}})
     check_float(op, name, *t, x.device());
   if (z) check_float(op, "z", *z, x.device());
   if (D) check_float(op, "D", *D, x.device());
@@ -78,19 +90,49 @@ inline StateUpdateShape check_mamba_state_update(const at::Tensor& state, const 
   const int64_t dstate = A_log.size(1);
   TORCH_CHECK_VALUE(dt_weight.dim() == 2 && dt_weight.size(0) == dim && dt_weight.size(1) >= 1, op,
               ": dt_weight must be (dim=", text(dim), ", dt_rank), got ", text(dt_weight.sizes()));
-  const int64_t dt_rank = dt_weight.size(1);
-  check_shape(op, "xdbl", xdbl, {batch, dt_rank + 2 * dstate});
   check_shape(op, "dt_bias", dt_bias, {dim});
-  check_shape(op, "state", state, {batch, dim, dstate});
-  TORCH_CHECK_VALUE(state.scalar_type() == at::kFloat || state.scalar_type() == at::kDouble, op,
-              ": state must be float32 or float64");
+  check_state(op, state_name, state, {batch, dim, dstate}, x);
   if (z) check_shape(op, "z", *z, {batch, dim});
   if (D) check_shape(op, "D", *D, {dim});
-  return {batch, dim, dstate, dt_rank};
+  return {batch, dim, dstate, dt_weight.size(1)};
 }
 
-// x (rows, dim) the residual stream (float32 or float64), residual like x or None, weight (dim,);
-// out_dtype floating, and residual's dtype when there is one (a decode step's matmul dtype).
+inline StateUpdateShape check_mamba_state_update(const at::Tensor& state, const at::Tensor& x, const at::Tensor& xdbl,
+                                                 const std::optional<at::Tensor>& z, const at::Tensor& dt_weight,
+                                                 const at::Tensor& dt_bias, const at::Tensor& A_log,
+                                                 const std::optional<at::Tensor>& D) {
+  constexpr const char* op = "mamba_state_update";
+  check_step_x(x, op);
+  check_float(op, "xdbl", xdbl, x.device());
+  const StateUpdateShape s = check_ssm_step(op, "state", state, x, z, dt_weight, dt_bias, A_log, D);
+  check_shape(op, "xdbl", xdbl, {s.batch, s.dt_rank + 2 * s.dstate});
+  return s;
+}
+
+struct ConvSsmStepShape {
+  int64_t batch, dim, width, dstate, dt_rank;
+};
+
+// conv_ssm_step: the conv update's arguments (conv_state, x, conv_weight, conv_bias), x_proj's
+// weight (dt_rank + 2 dstate, dim) in x's dtype (the dtype x_proj runs in), then the SSM step's.
+inline ConvSsmStepShape check_conv_ssm_step(const at::Tensor& conv_state, const at::Tensor& ssm_state,
+                                            const at::Tensor& x, const std::optional<at::Tensor>& z,
+                                            const at::Tensor& conv_weight, const std::optional<at::Tensor>& conv_bias,
+                                            const at::Tensor& x_proj_weight, const at::Tensor& dt_weight,
+                                            const at::Tensor& dt_bias, const at::Tensor& A_log,
+                                            const std::optional<at::Tensor>& D) {
+  constexpr const char* op = "conv_ssm_step";
+  const ConvUpdateShape c = check_conv_update(conv_state, x, conv_weight, conv_bias, op, "conv_weight", "conv_bias");
+  const StateUpdateShape s = check_ssm_step(op, "ssm_state", ssm_state, x, z, dt_weight, dt_bias, A_log, D);
+  check_float(op, "x_proj_weight", x_proj_weight, x.device());
+  check_shape(op, "x_proj_weight", x_proj_weight, {s.dt_rank + 2 * s.dstate, s.dim});
+  TORCH_CHECK_VALUE(x_proj_weight.scalar_type() == x.scalar_type(), op, ": x_proj_weight must have x's dtype ",
+                    dtype_text(x), " (x_proj runs in it), got ", dtype_text(x_proj_weight));
+  return {s.batch, s.dim, c.width, s.dstate, s.dt_rank};
+}
+
+// x (rows, dim) the residual stream (float32 or float64), residual (rows, dim) of any floating dtype
+// (the previous layer's output, in its matmul dtype) or None, weight (dim,); out_dtype floating.
 inline void check_add_rms_norm(const at::Tensor& x, const std::optional<at::Tensor>& residual,
                                const at::Tensor& weight, at::ScalarType out_dtype) {
   constexpr const char* op = "add_rms_norm";
@@ -102,8 +144,6 @@ inline void check_add_rms_norm(const at::Tensor& x, const std::optional<at::Tens
   check_input(op, "weight", weight, {x.size(1)}, x);
   TORCH_CHECK_VALUE(at::isFloatingType(out_dtype), op, ": out_dtype must be a floating dtype, got ",
                     c10::toString(out_dtype));
-  TORCH_CHECK_VALUE(!residual || residual->scalar_type() == out_dtype, op, ": residual must have out_dtype ",
-                    c10::toString(out_dtype), ", got ", dtype_text(*residual));
 }
 
 inline void check_transpose_cat(at::TensorList parts) {

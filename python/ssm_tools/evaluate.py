@@ -107,9 +107,10 @@ class EagerGreedyStep:
 
 class GraphedGreedyStep:
     """Greedy decoding of a fixed-size-state model as a replayed CUDA graph on a stream of its own.
-    The graph reads the input tokens from a static buffer, runs the step, writes the new state back
-    into the static state tensors and argmaxes; the tokens are checked on the host instead of inside
-    the step. Host <-> device copies go through pinned buffers, asynchronously on the stream.
+    The graph copies the input tokens from a pinned host buffer, runs the step, writes the new state
+    back into the static state tensors, argmaxes and copies the next tokens into a pinned host
+    buffer: a step is one graph launch and one synchronization (the copies as graph nodes, not
+    launches of their own); the tokens are checked on the host instead of inside the step.
 
     The graph is captured on its own stream (not torch's shared capture stream) because cuBLAS's
     workspace is per stream: graphs captured on one stream share it, and would race when replayed
@@ -119,6 +120,7 @@ class GraphedGreedyStep:
         self.model = model
         self.stream = torch.cuda.Stream(device)
         self.tokens = torch.zeros(batch_size, dtype=torch.long, device=device)
+        # Pinned, and alive as long as the graph, which reads and writes them at every replay.
         self.host_in = torch.zeros(batch_size, dtype=torch.long, pin_memory=True)
         self.host_out = torch.zeros(batch_size, dtype=torch.long, pin_memory=True)
         self.state = model.init_state(batch_size, device)
@@ -127,10 +129,12 @@ class GraphedGreedyStep:
 
         @torch.no_grad()
         def body():
+            self.tokens.copy_(self.host_in, non_blocking=True)
             next_tokens, new_state = greedy_step(model, self.tokens, self.state)
             for old, new in zip(flat, tree_flatten(new_state)[0]):
                 if new is not old:
                     old.copy_(new)
+            self.host_out.copy_(next_tokens, non_blocking=True)
             return next_tokens
 
         # Warm-up (lazy init, autotuning) runs on the stream before the capture, off the default stream.
@@ -143,7 +147,7 @@ class GraphedGreedyStep:
                     body()
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph, stream=self.stream):
-                self.next_tokens = body()
+                self.next_tokens = body()  # the device copy of host_out
         finally:
             torch.backends.cuda.matmul.allow_tf32 = allow_tf32
         with torch.cuda.stream(self.stream):
@@ -151,18 +155,16 @@ class GraphedGreedyStep:
                 t.copy_(t0)
         self.stream.synchronize()
 
-    def launch(self, host_in: torch.Tensor, host_out: torch.Tensor) -> None:
-        """Queue one step on the stream: pinned `host_in` (B,) int64 -> device, replay, argmax ->
-        pinned `host_out`. Returns at once; the result is there after the stream synchronizes."""
+    def launch(self) -> None:
+        """Queue one step on the stream: host_in -> device, the step, argmax -> host_out. Returns at
+        once; host_out holds the next tokens after the stream synchronizes."""
         with torch.cuda.stream(self.stream):
-            self.tokens.copy_(host_in, non_blocking=True)
             self.graph.replay()
-            host_out.copy_(self.next_tokens, non_blocking=True)
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         check_tokens(tokens, self.model.vocab_size, 1)
         self.host_in.copy_(tokens)
-        self.launch(self.host_in, self.host_out)
+        self.launch()
         self.stream.synchronize()
         return self.host_out.clone()
 
@@ -181,9 +183,6 @@ class JointGreedyPolicy:
         self.vocab_size = min(m.vocab_size for m in models)
         self.graphed = all(isinstance(s, GraphedGreedyStep) for s in self.steps)
         if self.graphed:
-            total = batch_size * len(models)
-            self.host_in = torch.zeros(total, dtype=torch.long, pin_memory=True)
-            self.host_out = torch.zeros(total, dtype=torch.long, pin_memory=True)
             self.device = torch.device(device)
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -192,15 +191,14 @@ class JointGreedyPolicy:
             raise ValueError(f"tokens: expected shape ({self.batch_size * len(self.steps)},), got {tuple(tokens.shape)}")
         if not self.graphed:
             return torch.cat([step(part) for step, part in zip(self.steps, tokens.split(self.batch_size))])
-        self.host_in.copy_(tokens)
-        for step, part_in, part_out in zip(self.steps, self.host_in.split(self.batch_size),
-                                           self.host_out.split(self.batch_size)):
-            step.launch(part_in, part_out)
+        for step, part in zip(self.steps, tokens.split(self.batch_size)):
+            step.host_in.copy_(part)
+            step.launch()
         main = torch.cuda.current_stream(self.device)
         for step in self.steps:
             main.wait_stream(step.stream)
         main.synchronize()  # the one host sync of the step
-        return self.host_out.clone()
+        return torch.cat([step.host_out for step in self.steps])
 
 
 def sample_instances(task, size: int, n: int, seed: int = TEST_SEED) -> list:

@@ -21,7 +21,7 @@ def check_tokens(tokens: torch.Tensor, vocab_size: int, ndim: int, name: str = "
         raise TypeError(f"{name} must be an integer tensor (int64 or int32), got {tokens.dtype}")
     if tokens.dim() != ndim or tokens.shape[0] == 0 or (ndim == 2 and tokens.shape[1] == 0):
         raise ValueError(f"{name} must have non-empty shape {shape}, got {tuple(tokens.shape)}")
-    lo, hi = int(tokens.min()), int(tokens.max())
+    lo, hi = (int(v) for v in torch.aminmax(tokens))  # one pass (a CUDA tensor: one sync per value)
     if lo < 0 or hi >= vocab_size:
         raise ValueError(f"{name} must hold ids in [0, {vocab_size}), got values in [{lo}, {hi}]")
 

@@ -5,9 +5,9 @@ dt -> dt_proj (its bias is the scan's delta_bias, softplus inside the op); selec
 z gating -> out_proj. Layers are RMSNorm pre-norm residual. The parallel forward is one autograd
 node per layer (`_MambaLayer`: norm, projections, the fused conv1d + SiLU kernel, the selective scan)
 that recomputes its cheap parts in the backward instead of saving them; decoding runs the same
-recurrence one position at a time (`ops.causal_conv1d_update`, `ops.mamba_state_update`), so a
-tool-augmented episode costs O(1) per token whatever its length. `reference.mamba_mixer_ref` is the
-plain formulation the tests compare against.
+recurrence one position at a time (`ops.add_rms_norm`, in_proj, `ops.conv_ssm_step`, out_proj: five
+kernels a layer on CUDA), so a tool-augmented episode costs O(1) per token whatever its length.
+`reference.mamba_mixer_ref` is the plain formulation the tests compare against.
 """
 from __future__ import annotations
 
@@ -161,9 +161,11 @@ class MambaMixer(nn.Module):
         updated in place. Returns out_proj's output (B, d_model) in the same dtype as h."""
         conv_state, ssm_state = state
         x, z = F.linear(h, self.in_proj.weight).split(self.d_inner, dim=-1)  # row-strided views
-        x = ops.causal_conv1d_update(conv_state, x, self.conv1d.weight[:, 0], self.conv1d.bias, silu=True)
-        y = ops.mamba_state_update(ssm_state, x, F.linear(x, self.x_proj.weight), self.dt_proj.weight,
-                                   self.dt_proj.bias, self.A_log, self.D, z)
+        # The conv update, x_proj and the SSM step: two kernels on CUDA (x_proj's reduction split
+        # between them) instead of three. x_proj runs in x's dtype (a no-op cast but under autocast).
+        y = ops.conv_ssm_step(conv_state, ssm_state, x, self.conv1d.weight[:, 0], self.conv1d.bias,
+                              self.x_proj.weight.to(x.dtype), self.dt_proj.weight, self.dt_proj.bias, self.A_log,
+                              self.D, z)
         return self.out_proj(y), (conv_state, ssm_state)
 
 
@@ -183,7 +185,9 @@ class Mamba(LanguageModel):
             x = x + mixer(x, norm, seq_idx)
         return x
 
-    def body_step(self, x, state):
+    def layers_step(self, x, state):
+        """The layers' decode step without the last residual add: returns (x, out, new state), the
+        body's output being x + out (body_step), which step_unchecked adds inside the final norm."""
         new_state, out = [], None
         for norm, mixer, layer_state in zip(self.norms, self.mixers, state):
             # The previous layer's residual add and this layer's norm in one kernel, the norm's output
@@ -191,10 +195,21 @@ class Mamba(LanguageModel):
             x, h = ops.add_rms_norm(x, out, norm.weight, norm.eps, mixer.in_proj.weight.dtype)
             out, layer_state = mixer.step(h, layer_state)
             new_state.append(layer_state)
-        return x + out, new_state
+        return x, out, new_state
+
+    def body_step(self, x, state):
+        x, out, state = self.layers_step(x, state)
+        return x + out, state
+
+    def step_unchecked(self, tokens, state):
+        # The last layer's residual add inside the final norm (one kernel instead of two); the head
+        # reads the norm's output in the residual stream's dtype, as LanguageModel.step_unchecked's.
+        x, out, state = self.layers_step(self.embedding(tokens.long()), state)
+        _, h = ops.add_rms_norm(x, out, self.norm_f.weight, self.norm_f.eps, x.dtype)
+        return self.lm_head(h), state
 
     def matmul_layers(self):
-        # dt_proj stays: mamba_state_update reads its weight in float32 inside the state update.
+        # dt_proj stays: conv_ssm_step reads its weight in float32 inside the state update.
         return [layer for m in self.mixers for layer in (m.in_proj, m.x_proj, m.out_proj)]
 
     def init_state(self, batch_size: int, device=None):
