@@ -1,16 +1,22 @@
 """One greedy decode step of the paper-scale Mamba (24 x 768), as the interactive evaluation runs it
-(`evaluate.greedy_policy`: tokens to the GPU, one replayed CUDA graph, argmax back to the host), at
-batch 1, 100 and 1,000. Variants, side by side in one run:
-  * fused: the model's step (ops.add_rms_norm, ops.causal_conv1d_update, ops.mamba_state_update and
-    the three projections: 6 kernels a layer), with float32 matmuls, TF32 ones (greedy_policy's
-    precision "tf32": cuBLAS's TF32 kernels captured in the graph) and bfloat16 weights ("bfloat16":
-    a copy of the model with bf16 matmul weights, as trained under autocast);
+(`evaluate.greedy_policy`: tokens to the GPU, one replayed CUDA graph, argmax back to the host; the two
+copies are nodes of the graph), at batch 1, 100 and 1,000. Variants, side by side in one run:
+  * fused: the model's step (ops.add_rms_norm, in_proj, ops.conv_ssm_step's two kernels, out_proj:
+    5 kernels a layer; the last residual add inside the final norm), with float32 matmuls, TF32 ones
+    (greedy_policy's precision "tf32": cuBLAS's TF32 kernels captured in the graph) and bfloat16
+    weights ("bfloat16": a copy of the model with bf16 matmul weights, as trained under autocast);
+  * six_kernel: session 8's step (the separate conv update, x_proj GEMM and state update: 6 kernels a
+    layer; the last add apart from the final norm), bfloat16 and float32: the baseline of
+    speedup_fused_vs_six_kernel_*;
   * unfused: the step as it was before the fused kernels (residual add and norm apart, conv state
     concatenated, conv as a multiply-sum, dt_proj and B/C copies, selective_state_update), float32
     and TF32: the baseline of the ratios speedup_fused_vs_unfused_*.
-Also the graph replay alone (no host copies), each fast variant's argmax agreement with float32 on
-the same inputs, and what the step time means for a 10,000-digit addition episode (its length
-extrapolated from the 1,000-digit one, linear in digits).
+Also the graph replay alone (back to back, no host work between them; the graph's two copies
+included), each fast variant's argmax agreement with float32 on the same inputs, the CUDA kernels one
+step launches per variant (torch.profiler over eager steps at --profile-batch: what the graph holds,
+bar its two copies; and, where the profiler sees inside graphs, the kernels of one replay), and what
+the step time means for a 10,000-digit addition episode (its length extrapolated from the 1,000-digit
+one, linear in digits).
 
     python3 benchmarks/bench_decode.py [--batches 1 100 1000] [--out results/bench_decode.json]
 """
@@ -24,9 +30,11 @@ import torch.nn.functional as F
 from _results import write_result  # benchmarks/_results.py (run as a script: its folder is on sys.path)
 from ssm_tools import ops
 from ssm_tools import vocab as V
-from ssm_tools.evaluate import greedy_policy
+from ssm_tools.evaluate import greedy_policy, greedy_step
 from ssm_tools.models import build_model, preset
+from ssm_tools.models.base import LanguageModel
 from ssm_tools.models.mamba import Mamba, MambaMixer
+from ssm_tools.reference import separate_ops_mixer_step
 from ssm_tools.tasks import get_task
 
 
@@ -52,13 +60,21 @@ def unfused_body_step(self, x, state):
     return x, new_state
 
 
-VARIANTS = {  # name: (MambaMixer.step, Mamba.body_step, precision)
-    "fused_fp32": (MambaMixer.step, Mamba.body_step, "float32"),
-    "fused_tf32": (MambaMixer.step, Mamba.body_step, "tf32"),
-    "fused_bf16": (MambaMixer.step, Mamba.body_step, "bfloat16"),
-    "unfused_fp32": (unfused_step, unfused_body_step, "float32"),
-    "unfused_tf32": (unfused_step, unfused_body_step, "tf32"),
+# name: (MambaMixer.step, Mamba.step_unchecked, Mamba.body_step, precision); the class attributes
+# are set before each variant's graph is captured, so the graph holds that variant's kernels.
+VARIANTS = {
+    "fused_fp32": (MambaMixer.step, Mamba.step_unchecked, Mamba.body_step, "float32"),
+    "fused_tf32": (MambaMixer.step, Mamba.step_unchecked, Mamba.body_step, "tf32"),
+    "fused_bf16": (MambaMixer.step, Mamba.step_unchecked, Mamba.body_step, "bfloat16"),
+    "six_kernel_fp32": (separate_ops_mixer_step, LanguageModel.step_unchecked, Mamba.body_step, "float32"),
+    "six_kernel_bf16": (separate_ops_mixer_step, LanguageModel.step_unchecked, Mamba.body_step, "bfloat16"),
+    "unfused_fp32": (unfused_step, LanguageModel.step_unchecked, unfused_body_step, "float32"),
+    "unfused_tf32": (unfused_step, LanguageModel.step_unchecked, unfused_body_step, "tf32"),
 }
+
+
+def use_variant(key):
+    MambaMixer.step, Mamba.step_unchecked, Mamba.body_step = VARIANTS[key][:3]
 
 
 def time_policy(model, batch, precision, calls):
@@ -79,10 +95,51 @@ def time_policy(model, batch, precision, calls):
     return step_ms, replay_ms, policy
 
 
+def cuda_kernels(fn, repeats):
+    """{kernel name: launches per call} of `fn` under torch.profiler, copies and memsets apart."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeats):
+            fn()
+        torch.cuda.synchronize()
+    counts = {}
+    for e in prof.events():
+        if e.device_type == DeviceType.CUDA:
+            name = "memcpy/memset" if e.name.startswith(("Memcpy", "Memset")) else e.name
+            counts[name] = counts.get(name, 0) + 1
+    return {k: v / repeats for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
+
+
+def variant_kernels(model, key, tokens, repeats):
+    """One variant's kernels: of an eager greedy step (the graph's kernels, bar its two copies) and
+    of a graph replay (none where the profiler does not see inside graphs)."""
+    use_variant(key)
+    batch = tokens.shape[0]
+    policy = greedy_policy(model, batch, "cuda", precision=VARIANTS[key][3])
+    state = policy.model.init_state(batch, "cuda")
+    with torch.no_grad():
+        eager = cuda_kernels(lambda: greedy_step(policy.model, tokens, state), repeats)
+    graph = cuda_kernels(policy.graph.replay, repeats)
+    return {"eager_step_kernels": sum(v for k, v in eager.items() if k != "memcpy/memset"),
+            "graph_replay_kernels": sum(v for k, v in graph.items() if k != "memcpy/memset"),
+            "graph_replay_copies": graph.get("memcpy/memset", 0), "eager_step_by_name": eager}
+
+
+def kernel_counts(model, batch, repeats=3):
+    tokens = torch.randint(0, V.VOCAB_SIZE, (batch,), device="cuda")
+    out = {key: variant_kernels(model, key, tokens, repeats) for key in VARIANTS}
+    use_variant("fused_fp32")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 100, 1000])
     ap.add_argument("--calls", type=int, default=100)
+    ap.add_argument("--profile-batch", type=int, default=100, help="batch of the kernel counts (0: none)")
     ap.add_argument("--out", default="results/bench_decode.json")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -91,11 +148,12 @@ def main():
     for batch in args.batches:
         row = {"batch": batch}
         policies = {}
-        for key, (step, body_step, precision) in VARIANTS.items():
-            MambaMixer.step, Mamba.body_step = step, body_step  # the graph captures the variant's kernels
-            row[f"{key}_step_ms"], row[f"{key}_replay_ms"], policies[key] = time_policy(model, batch, precision,
+        for key in VARIANTS:
+            use_variant(key)
+            row[f"{key}_step_ms"], row[f"{key}_replay_ms"], policies[key] = time_policy(model, batch, VARIANTS[key][3],
                                                                                           args.calls)
-        MambaMixer.step, Mamba.body_step = VARIANTS["fused_fp32"][:2]
+            row[f"{key}_host_ms"] = row[f"{key}_step_ms"] - row[f"{key}_replay_ms"]
+        use_variant("fused_fp32")
         # The variants decode the same tokens from the initial state: the argmax of each against float32.
         tokens = torch.randint(0, V.VOCAB_SIZE, (batch,))
         for p in policies.values():
@@ -106,6 +164,10 @@ def main():
         row["argmax_agreement_fused_vs_unfused_fp32"] = float((outs["fused_fp32"] == outs["unfused_fp32"]).float().mean())
         for fast in ("tf32", "bf16"):
             row[f"argmax_agreement_{fast}_vs_fp32"] = float((outs[f"fused_{fast}"] == outs["fused_fp32"]).float().mean())
+        for prec in ("fp32", "bf16"):
+            row[f"argmax_agreement_fused_vs_six_kernel_{prec}"] = float(
+                (outs[f"fused_{prec}"] == outs[f"six_kernel_{prec}"]).float().mean())
+            row[f"speedup_fused_vs_six_kernel_{prec}"] = row[f"six_kernel_{prec}_step_ms"] / row[f"fused_{prec}_step_ms"]
         for prec in ("fp32", "tf32"):
             row[f"speedup_fused_vs_unfused_{prec}"] = row[f"unfused_{prec}_step_ms"] / row[f"fused_{prec}_step_ms"]
         row["speedup_fused_bf16_vs_unfused_fp32"] = row["unfused_fp32_step_ms"] / row["fused_bf16_step_ms"]
@@ -126,6 +188,14 @@ def main():
             "tokens_per_episode": est_tokens,
             **{f"decode_s_batch_100_{k}": est_tokens * at100[f"{k}_step_ms"] / 1e3
                for k in VARIANTS}}
+    if args.profile_batch:
+        try:  # the counts are a diagnostic: a profiler failure must not lose the timings above
+            result["kernels_per_step"] = {"batch": args.profile_batch, **kernel_counts(model, args.profile_batch)}
+        except Exception as exc:  # noqa: BLE001
+            result["kernels_per_step"] = {"error": f"{type(exc).__name__}: {exc}"}
+        for key, counts in result["kernels_per_step"].items():
+            if isinstance(counts, dict):
+                print(key, {k: v for k, v in counts.items() if k != "eager_step_by_name"}, flush=True)
     write_result(args.out, result)
 
 
