@@ -36,11 +36,12 @@ def main():
         # conv_ssm_step: dim 12 (one part-full slice of kernel 1), dstate 16 (the 128-bit state path);
         # dim 100 (two slices, the second part-full), batch 5 (kernel 1's second block of rows
         # part-full), dstate 7 (scalar path), no conv bias, D or z; dim 200 at batch 200: kernel 2's
-        # blocks loop over runs of channels.
+        # blocks loop over runs of channels; dstate 130: more than 256 outputs of x_proj (kernel 2
+        # sums a row's partials one output a thread), a warp a channel.
         outs.append(ops.conv_ssm_step(state, ssm, xz[:, :12], w, b, (torch.randn(3 + 32, 12, device=dev) / 4).to(dtype),
                                       torch.randn(12, 3, device=dev), torch.randn(12, device=dev),
                                       torch.randn(12, 16, device=dev), torch.randn(12, device=dev), xz[:, 12:]))
-        for batch, dim, dstate, gate in ((5, 100, 7, False), (200, 200, 16, True)):
+        for batch, dim, dstate, gate in ((5, 100, 7, False), (200, 200, 16, True), (3, 20, 130, True)):
             xz2 = torch.randn(batch, 2 * dim, device=dev).to(dtype)
             bias, D, z = (torch.randn(dim, device=dev), torch.randn(dim, device=dev), xz2[:, dim:]) if gate else \
                 (None, None, None)

@@ -256,11 +256,13 @@ def test_mamba_state_update_float64_equals_selective_state_update(gen):
 # (batch, dim, dstate, dt_rank, width) of conv_ssm_step. CUDA kernel 1 takes 64-channel slices of 4
 # batch rows: dims of one part-full slice (37), two (100: the second part-full) and 24 full ones (1536,
 # the paper model's); batches that leave its last block part-full (1, 5, 101, 1001). Kernel 2 gives a
-# block one batch row and loops over runs of channels when the batch is large (100, 1000 at 1536);
+# block one batch row and loops over runs of channels when the batch is large (100, 1000 at 1536), and
+# first sums the row's partials: dt_rank + 2 dstate = n_out <= 256 outputs by 256 // n_out groups of
+# threads (15: more groups than slices; 80, the paper's: 3; 136: 1), more one output a thread (263);
 # dstate 16 (the 128-bit state path, a team of 4), 7 (scalar, 2), 33 (16, the last members idle) and
-# 130 (a warp a channel, two passes); dt_rank 1, 3, 5, 13, 48 (the paper's); widths 2, 3, 4, 8.
+# 130 (a warp a channel, two passes); dt_rank 1, 3, 5, 13, 48 (the paper's), 70; widths 2, 3, 4, 8.
 CONV_SSM_SHAPES = [(1, 37, 16, 5, 4), (100, 37, 16, 13, 4), (5, 100, 7, 1, 3), (3, 1536, 16, 48, 4),
-                   (2, 24, 33, 7, 8), (2, 20, 130, 3, 2), (101, 65, 16, 5, 4), (1001, 20, 16, 3, 4)]
+                   (2, 24, 33, 70, 8), (2, 20, 130, 3, 2), (101, 65, 16, 5, 4), (1001, 20, 16, 3, 4)]
 
 
 def conv_ssm_case(gen, shape, dtype, device, bias=True, gate=True):
@@ -376,12 +378,12 @@ def test_conv_ssm_step_cuda_large(gen, shape):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_conv_ssm_step_cuda_xdbl_limit(gen):
-    """A batch row of x_proj's output lives in kernel 2's shared memory: dt_rank + 2 dstate = 12288
+    """A batch row of x_proj's output lives in kernel 2's shared memory: dt_rank + 2 dstate = 12032
     (the limit) runs and matches the reference; one more is refused with the limit named."""
-    for dt_rank in (12288 - 2 * 4, 12289 - 2 * 4):
-        args = conv_ssm_case(gen, (2, 8, 4, dt_rank, 4), torch.float32, "cuda")
-        if dt_rank + 8 > 12288:
-            with pytest.raises(ValueError, match=re.escape("dt_rank + 2 dstate must be at most 12288 on CUDA")):
+    for n_out in (12032, 12033):
+        args = conv_ssm_case(gen, (2, 8, 4, n_out - 2 * 4, 4), torch.float32, "cuda")
+        if n_out > 12032:
+            with pytest.raises(ValueError, match=re.escape("dt_rank + 2 dstate must be at most 12032 on CUDA")):
                 ops.conv_ssm_step(**args)
         else:
             ref_args = upcast(args)

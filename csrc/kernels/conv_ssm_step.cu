@@ -16,10 +16,12 @@ constexpr int kPartialThreads = kConvSsmRows * kConvSsmSlice;  // a (row, channe
 constexpr int kPartialWarps = kPartialThreads / 32;
 static_assert(kConvSsmSlice == 64, "a lane of kernel 1 takes channels lane and lane + 32 of its slice");
 constexpr int kUpdateThreads = 256;
-// Kernel 2's blocks per batch row: enough for about this many blocks in all (a few per SM of an
-// H100/H200), fewer at large batches: every block first sums its row's partials (slices x (dt_rank
-// + 2 dstate) floats from L2), so more blocks per row means more of these redundant reads.
-constexpr int kUpdateTargetBlocks = 512;
+constexpr int kUpdateBlocksPerSm = 6;  // resident blocks of kernel 2 an SM (registers capped for it)
+// Kernel 2's blocks per batch row: enough for about this many blocks in all (one wave: 6 resident
+// blocks on each of an H100/H200's 132 SMs), fewer at large batches: every block
+// first sums its row's partials (slices x (dt_rank + 2 dstate) floats from L2), so more blocks per
+// row means more of these redundant reads (at batch 100, 8 blocks a row: 6 MB of L2 reads a layer).
+constexpr int kUpdateTargetBlocks = kUpdateBlocksPerSm * 128;
 
 // Kernel 1: block (batch group blockIdx.x, slices blockIdx.y + k gridDim.y). Thread (r, c) updates
 // the conv state of row b0 + r, channel slice * kConvSsmSlice + c, and writes u; then warp w sums
@@ -67,17 +69,38 @@ __global__ __launch_bounds__(kPartialThreads) void conv_xproj_partials_kernel(Co
 // 2^team_log2 threads takes a channel: dt = softplus(dt_weight[d] . dt_low + dt_bias[d]) and the
 // state update with B, C from xdbl, as mamba_state_update_kernel does from x_proj's output.
 template <typename T>
-__global__ __launch_bounds__(kUpdateThreads) void conv_ssm_update_kernel(ConvSsmStepParams p, int team_log2,
-                                                                         bool vectorized) {
-  extern __shared__ float xdbl[];  // dt_rank + 2 dstate
+__global__ __launch_bounds__(kUpdateThreads, kUpdateBlocksPerSm) void conv_ssm_update_kernel(ConvSsmStepParams p,
+                                                                                             int team_log2,
+                                                                                             bool vectorized) {
+  extern __shared__ float xdbl[];               // dt_rank + 2 dstate
+  __shared__ float group_sums[kUpdateThreads];  // groups x n_out partial sums, n_out <= kUpdateThreads
   const int b = blockIdx.x, n_out = p.dt_rank + 2 * p.dstate, slices = conv_ssm_slices(p.dim);
-  for (int j = threadIdx.x; j < n_out; j += kUpdateThreads) {
-    const float* src = p.partials + static_cast<size_t>(b) * n_out + j;
-    const size_t slice_stride = static_cast<size_t>(p.batch) * n_out;
-    float v = 0.f;
-#pragma unroll 4
-    for (int s = 0; s < slices; ++s) v += src[s * slice_stride];
-    xdbl[j] = v;
+  const size_t slice_stride = static_cast<size_t>(p.batch) * n_out;
+  const float* row_partials = p.partials + static_cast<size_t>(b) * n_out;
+  if (n_out <= kUpdateThreads) {
+    // `groups` threads per output, each summing every groups-th slice, so that all threads have
+    // loads in flight at once (n_out = 80, 24 slices: 3 groups of 8 loads); then the groups' sums
+    // in group order. The order is fixed: the same xdbl on every run.
+    const int groups = kUpdateThreads / n_out, g = threadIdx.x / n_out, j = threadIdx.x % n_out;
+    if (g < groups) {
+      float v = 0.f;
+#pragma unroll 8
+      for (int s = g; s < slices; s += groups) v += row_partials[s * slice_stride + j];
+      group_sums[threadIdx.x] = v;
+    }
+    __syncthreads();
+    if (threadIdx.x < n_out) {
+      float v = 0.f;
+      for (int k = 0; k < groups; ++k) v += group_sums[k * n_out + threadIdx.x];
+      xdbl[threadIdx.x] = v;
+    }
+  } else {
+    for (int j = threadIdx.x; j < n_out; j += kUpdateThreads) {
+      float v = 0.f;
+#pragma unroll 8
+      for (int s = 0; s < slices; ++s) v += row_partials[s * slice_stride + j];
+      xdbl[j] = v;
+    }
   }
   __syncthreads();
   // A team is consecutive threads within a warp, all on one channel (or all past the last).

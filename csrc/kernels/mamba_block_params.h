@@ -69,8 +69,9 @@ struct MambaStateUpdateParams {
 //     fixed order: deterministic), then the MambaStateUpdateParams step on u and xdbl.
 constexpr int kConvSsmSlice = 64;  // channels a block of kernel 1 (two per lane of a warp)
 constexpr int kConvSsmRows = 4;    // batch rows a block of kernel 1
-// xdbl of one batch row lives in kernel 2's shared memory: dt_rank + 2 dstate floats at most this.
-constexpr int kConvSsmMaxXdbl = 48 * 1024 / 4;
+// xdbl of one batch row lives in kernel 2's shared memory: dt_rank + 2 dstate floats at most this
+// (the default 48 KB a block, less the 256 floats of its own partial sums).
+constexpr int kConvSsmMaxXdbl = (48 * 1024 - 256 * 4) / 4;
 
 struct ConvSsmStepParams {
   int batch = 0, dim = 0, width = 0, dstate = 0, dt_rank = 0;

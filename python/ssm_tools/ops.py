@@ -170,7 +170,7 @@ def conv_ssm_step(conv_state, ssm_state, x, conv_weight, conv_bias, x_proj_weigh
     width) and ssm_state (batch, dim, dstate) are updated in place; x_proj_weight (dt_rank + 2 dstate,
     dim) has x's dtype. Returns y (batch, dim) in x's dtype. On CPU it is that composition of the ops;
     on CUDA two kernels (the conv update with x_proj's partial sums over channel slices, then the
-    state update that finishes them; xdbl stays float32), and dt_rank + 2 dstate <= 12288. Not
+    state update that finishes them; xdbl stays float32), and dt_rank + 2 dstate <= 12032. Not
     differentiable."""
     _on_device_of_x("conv_ssm_step", x, conv_state=conv_state, ssm_state=ssm_state, conv_weight=conv_weight,
                     conv_bias=conv_bias, x_proj_weight=x_proj_weight, dt_weight=dt_weight, dt_bias=dt_bias,
