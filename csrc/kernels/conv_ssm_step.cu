@@ -17,10 +17,10 @@ constexpr int kPartialWarps = kPartialThreads / 32;
 static_assert(kConvSsmSlice == 64, "a lane of kernel 1 takes channels lane and lane + 32 of its slice");
 constexpr int kUpdateThreads = 256;
 constexpr int kUpdateBlocksPerSm = 6;  // resident blocks of kernel 2 an SM (registers capped for it)
-// Kernel 2's blocks per batch row: enough for about this many blocks in all (one wave: 6 resident
-// blocks on each of an H100/H200's 132 SMs), fewer at large batches: every block
-// first sums its row's partials (slices x (dt_rank + 2 dstate) floats from L2), so more blocks per
-// row means more of these redundant reads (at batch 100, 8 blocks a row: 6 MB of L2 reads a layer).
+// Kernel 2's blocks per batch row: enough for about this many blocks in all (about one wave: 6
+// resident blocks on each of an H100/H200's 132 SMs), fewer at large batches: every block first sums
+// its row's partials (slices x (dt_rank + 2 dstate) floats from L2), so more blocks per row means
+// more of these redundant reads (at batch 100, 8 blocks a row: 6 MB of L2 reads a layer).
 constexpr int kUpdateTargetBlocks = kUpdateBlocksPerSm * 128;
 
 // Kernel 1: block (batch group blockIdx.x, slices blockIdx.y + k gridDim.y). Thread (r, c) updates
@@ -65,7 +65,7 @@ __global__ __launch_bounds__(kPartialThreads) void conv_xproj_partials_kernel(Co
 }
 
 // Kernel 2: block (batch row blockIdx.x, channel runs blockIdx.y + k gridDim.y). The block sums
-// its row's partials into xdbl (shared, float32, slices in order: deterministic), then a team of
+// its row's partials into xdbl (shared, float32, in a fixed order: deterministic), then a team of
 // 2^team_log2 threads takes a channel: dt = softplus(dt_weight[d] . dt_low + dt_bias[d]) and the
 // state update with B, C from xdbl, as mamba_state_update_kernel does from x_proj's output.
 template <typename T>
