@@ -255,14 +255,19 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
 #pragma unroll
           for (int i = 0; i < kItems; ++i) Cv[i] = v[kRowC];
         }
-        // 1. states of this chunk
-        float2 map = make_float2(1.f, 0.f);
+        // 1. states of this chunk. The lane's map over its items x -> a x + b, and the adjoint's below,
+        // share the decay product of items 1 .. kItems - 1 (inner).
 #pragma unroll
         for (int i = 0; i < kItems; ++i) {
           a[i] = kVarlen && (starts >> i & 1) ? 0.f : exp2f(dt[i] * An2);
           x[i] = dtu[i] * Bv[i];
-          map = compose(map, make_float2(a[i], x[i]));
         }
+        float inner = a[1];
+#pragma unroll
+        for (int i = 2; i < kItems; ++i) inner *= a[i];
+        float2 map = make_float2(a[0] * inner, x[0]);
+#pragma unroll
+        for (int i = 1; i < kItems; ++i) map.y = fmaf(a[i], map.y, x[i]);
         const float adj_in = v[kAdj];  // read before the scans' warp barriers; lane 0 rewrites it below
         const float x_in = warp_scan_affine<false>(map, v[kSaved]);
         float xs = x_in;
@@ -285,9 +290,9 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
         // 2. adjoint: g_i = a_{i+1} g_{i+1} + C_i dy_i; the chunk's last position takes adj_in as is.
         float a_next = __shfl_down_sync(kFullMask, a[0], 1);
         if (lane == 31) a_next = 1.f;
-        map = make_float2(1.f, 0.f);
+        map = make_float2(inner * a_next, Cv[kItems - 1]);
 #pragma unroll
-        for (int i = kItems - 1; i >= 0; --i) map = compose(map, make_float2(i + 1 < kItems ? a[i + 1] : a_next, Cv[i]));
+        for (int i = kItems - 2; i >= 0; --i) map.y = fmaf(a[i + 1], map.y, Cv[i]);
         float g = warp_scan_affine<true>(map, adj_in);
         // 3. gradients, walking the lane's positions backwards. Input-dependent dB/dC of 4 positions
         // at a time go to this row's parts (16-byte stores).
