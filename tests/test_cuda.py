@@ -294,8 +294,9 @@ def test_misaligned_and_non_contiguous_inputs_match_aligned():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_backward_with_misaligned_inputs_matches_reference(dtype):
     """u, B and C starting one element past a 16-byte boundary (contiguous views, seqlen a multiple of
-    the vector width): the backward's scalar loads of the rows and of the shared B/C tile, against the
-    float64 reference (aligned inputs of the same seqlen take the vector and cp.async loads)."""
+    the vector width): the backward's scalar loads of the rows and, at float32, of the shared B/C tile,
+    against the float64 reference (aligned inputs of the same seqlen take the vector loads, and float32
+    B/C the tile's cp.async; 16-bit B/C always take the element loads, converted to float32 there)."""
     inputs = make_inputs(2, 16, 520, 16, dtype, groups=2)
     for name in ("u", "B", "C"):
         t = inputs[name]

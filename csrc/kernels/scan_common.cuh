@@ -99,24 +99,23 @@ __device__ __forceinline__ void store_items(T* row, int first, int end, bool ali
   }
 }
 
-// Adds v to row[first .. first + kItems) with float32 atomics, skipping positions at or past `end`.
-// Hopper has 128-bit atomic adds: a quarter of the atomic operations when `aligned` (row 16-byte
-// aligned, first a multiple of 4), which is what bounds the backward's input-dependent dB/dC.
+// Adds v[i] to dst[i] for i < min(count, kItems) with float32 atomics. Hopper has 128-bit atomic adds:
+// a quarter of the atomic operations when `aligned` (dst 16-byte aligned), which is what bounds the
+// backward's input-dependent dB/dC.
 template <int kItems>
-__device__ __forceinline__ void atomic_add_items(float* row, int first, int end, bool aligned,
-                                                 const float (&v)[kItems]) {
+__device__ __forceinline__ void atomic_add_items(float* dst, int count, bool aligned, const float (&v)[kItems]) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if (aligned && first + kItems <= end) {
+  if (aligned && count >= kItems) {
     static_assert(kItems % 4 == 0, "kItems must be a multiple of 4");
 #pragma unroll
     for (int j = 0; j < kItems; j += 4)
-      atomicAdd(reinterpret_cast<float4*>(row + first + j), make_float4(v[j], v[j + 1], v[j + 2], v[j + 3]));
+      atomicAdd(reinterpret_cast<float4*>(dst + j), make_float4(v[j], v[j + 1], v[j + 2], v[j + 3]));
     return;
   }
 #endif
 #pragma unroll
   for (int i = 0; i < kItems; ++i)
-    if (first + i < end) atomicAdd(row + first + i, v[i]);
+    if (i < count) atomicAdd(dst + i, v[i]);
 }
 
 // The warp scans below compose affine maps x -> a*x + b, stored as float2 {a, b}: the recurrence
