@@ -153,11 +153,14 @@ __device__ __forceinline__ void load_chunk_items(const float* plane, int lane, f
 // kVarBC: B and C are both input-dependent (Mamba's case); the code for constant ones is left out.
 template <typename T, bool kVarlen, bool kVarBC>
 __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kernel(SelectiveScanParams p, int blocks_per_group) {
-  __shared__ float4 s_parts4[kRows * kScanChunk];                        // dB/dC parts
-  __shared__ float4 s_tile4[kScanChunk];                                 // B/C tile
-  // y = D u + sum_n C_n x_n of every row's positions (chunk_slot's layout): read back at the chunk's
-  // end only (for dz), so it is summed here rather than held in registers.
-  __shared__ float4 s_y4[kRows * kScanChunk / 4];
+  // One array, so that every address in it is one base plus a constant (the compiler forms the base
+  // again where registers are short): the dB/dC parts, y = D u + sum_n C_n x_n of every row's positions
+  // (chunk_slot's layout; read back at the chunk's end only, for dz, so it is summed here rather than
+  // held in registers), the B/C tile.
+  __shared__ float4 s_static4[kStaticSmemBytes / sizeof(float4)];
+  float4* const s_parts4 = s_static4;
+  float4* const s_y4 = s_parts4 + kRows * kScanChunk;
+  float4* const s_tile4 = s_y4 + kRows * kScanChunk / 4;
   float* s_parts = reinterpret_cast<float*>(s_parts4);
   float* s_tile = reinterpret_cast<float*>(s_tile4);
   extern __shared__ float s_rows[];
