@@ -18,7 +18,8 @@
 // Input-dependent B/C of the block's group, one state over one chunk, are read from global memory
 // once per block into a shared tile (all kRows warps use the same values), one state ahead: while the
 // warps compute state n, the tile of the next state (or of the previous chunk's first state) is in
-// flight (cp.async when B/C rows are 16-byte aligned, else two elements per thread held in registers).
+// flight (cp.async for float32 B/C rows that are 16-byte aligned, else one B and one C element per
+// thread held in registers). The tile is float32: 16-bit B/C are converted once, by the loads.
 //
 // Input-dependent dB/dC are sums over the dims of a group at every position: the block's warps put
 // their rows' values of state n in shared memory, and after one barrier the block adds their sum into
