@@ -139,6 +139,9 @@ CASES = [
     (2, 16, 512, 4, dict(variable_B=False)),
     (1, 24, 1000, 16, dict(groups=3)),
     (2, 8, 2048, 16, dict()),
+    # Lengths 2 past a multiple of 4: the backward's last quad of dB/dC sums is added by two scalar
+    # atomics (1 and 3 past are in the cases above and in PACKED_CASES).
+    (2, 16, 214, 16, dict(groups=2)),
 ]
 CASE_IDS = [f"b{b}-d{d}-l{l}-n{n}-" + ("-".join(f"{k}={v}" for k, v in o.items()) or "all")
             for b, d, l, n, o in CASES]
@@ -168,6 +171,9 @@ PACKED_CASES = [
     (3, 16, 2 * SCAN_CHUNK + 37, 16, [1, 63, 64, 65, 255, 256, 257, 300, 2 * SCAN_CHUNK + 36], dict(groups=2)),
     (2, 8, 700, 40, [5, 128, 512], dict(variable_B=False)),
     (2, 24, 129, 8, [64, 100], dict(z=False, softplus=False, groups=3)),
+    # The benchmark's training length (one chunk, rows not 16-byte aligned), sequences of 1 and 2
+    # positions at its ends.
+    (2, 16, 215, 16, [1, 3, 213, 214], dict(groups=2)),
 ]
 
 
@@ -294,8 +300,9 @@ def test_misaligned_and_non_contiguous_inputs_match_aligned():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_backward_with_misaligned_inputs_matches_reference(dtype):
     """u, B and C starting one element past a 16-byte boundary (contiguous views, seqlen a multiple of
-    the vector width): the backward's scalar loads of the rows and of the shared B/C tile, against the
-    float64 reference (aligned inputs of the same seqlen take the vector and cp.async loads)."""
+    the vector width): the backward's scalar loads of the rows and, at float32, of the shared B/C tile,
+    against the float64 reference (aligned inputs of the same seqlen take the vector loads, and float32
+    B/C the tile's cp.async; 16-bit B/C always take the element loads, converted to float32 there)."""
     inputs = make_inputs(2, 16, 520, 16, dtype, groups=2)
     for name in ("u", "B", "C"):
         t = inputs[name]

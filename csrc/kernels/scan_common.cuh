@@ -99,32 +99,27 @@ __device__ __forceinline__ void store_items(T* row, int first, int end, bool ali
   }
 }
 
-// Adds v to row[first .. first + kItems) with float32 atomics, skipping positions at or past `end`.
-// Hopper has 128-bit atomic adds: a quarter of the atomic operations when `aligned` (row 16-byte
-// aligned, first a multiple of 4), which is what bounds the backward's input-dependent dB/dC.
+// Adds v[i] to dst[i] for i < min(count, kItems) with float32 atomics. Hopper has 128-bit atomic adds:
+// a quarter of the atomic operations when `aligned` (dst 16-byte aligned), which is what bounds the
+// backward's input-dependent dB/dC.
 template <int kItems>
-__device__ __forceinline__ void atomic_add_items(float* row, int first, int end, bool aligned,
-                                                 const float (&v)[kItems]) {
+__device__ __forceinline__ void atomic_add_items(float* dst, int count, bool aligned, const float (&v)[kItems]) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if (aligned && first + kItems <= end) {
+  if (aligned && count >= kItems) {
     static_assert(kItems % 4 == 0, "kItems must be a multiple of 4");
 #pragma unroll
     for (int j = 0; j < kItems; j += 4)
-      atomicAdd(reinterpret_cast<float4*>(row + first + j), make_float4(v[j], v[j + 1], v[j + 2], v[j + 3]));
+      atomicAdd(reinterpret_cast<float4*>(dst + j), make_float4(v[j], v[j + 1], v[j + 2], v[j + 3]));
     return;
   }
 #endif
 #pragma unroll
   for (int i = 0; i < kItems; ++i)
-    if (first + i < end) atomicAdd(row + first + i, v[i]);
+    if (i < count) atomicAdd(dst + i, v[i]);
 }
 
-// An affine map x -> a*x + b, stored as float2 {a, b}. compose(first, then) applies `first`, then
-// `then`: the recurrence x_t = a_t x_{t-1} + b_t is a left-to-right composition of such maps.
-__device__ __forceinline__ float2 compose(float2 first, float2 then) {
-  return make_float2(then.x * first.x, fmaf(then.x, first.y, then.y));
-}
-
+// The warp scans below compose affine maps x -> a*x + b, stored as float2 {a, b}: the recurrence
+// x_t = a_t x_{t-1} + b_t is a left-to-right composition of such maps.
 // __shfl_up_sync(kFullMask, v, off) (kDown: __shfl_down_sync), also telling whether the source lane
 // was inside the warp: the shuffle's own predicate, so that no lane comparison is kept live (the
 // compiler kept the ten comparisons of the two scans in a register's bits otherwise). volatile: a
@@ -144,22 +139,37 @@ __device__ __forceinline__ float shfl_in_warp(float v, int off, bool& inside) {
   return out;
 }
 
+// One step of the warp scan of affine maps below: composes this lane's map (a, b) after the map of
+// lane -off (kDown: +off), where that lane is inside the warp. The shuffle's own predicate guards the
+// two FP instructions, which update the map in place: no selects, no lane comparison kept live (the
+// compiler kept the scans' ten comparisons in a register's bits otherwise, or selected the identity
+// map for lanes without a partner). volatile: warp-synchronous, not to be moved or merged.
+template <bool kDown>
+__device__ __forceinline__ void scan_step(float& a, float& b, int off) {
+  if (kDown) {
+    asm volatile("{\n .reg .pred p;\n .reg .f32 oa, ob;\n"
+                 " shfl.sync.down.b32 oa|p, %0, %2, 0x1f, 0xffffffff;\n"
+                 " shfl.sync.down.b32 ob, %1, %2, 0x1f, 0xffffffff;\n"
+                 " @p fma.rn.ftz.f32 %1, %0, ob, %1;\n"
+                 " @p mul.rn.ftz.f32 %0, %0, oa;\n}"
+                 : "+f"(a), "+f"(b) : "r"(off));
+  } else {
+    asm volatile("{\n .reg .pred p;\n .reg .f32 oa, ob;\n"
+                 " shfl.sync.up.b32 oa|p, %0, %2, 0x0, 0xffffffff;\n"
+                 " shfl.sync.up.b32 ob, %1, %2, 0x0, 0xffffffff;\n"
+                 " @p fma.rn.ftz.f32 %1, %0, ob, %1;\n"
+                 " @p mul.rn.ftz.f32 %0, %0, oa;\n}"
+                 : "+f"(a), "+f"(b) : "r"(off));
+  }
+}
+
 // Warp-wide exclusive scan of one affine map per lane, in lane order (kReverse: from the last lane
 // to the first, for the adjoint recurrence that runs backwards in time). Returns the value entering
 // this lane's first item: the maps of all lanes before it applied to `carry`. Also a warp barrier.
 template <bool kReverse>
 __device__ __forceinline__ float warp_scan_affine(float2 map, float carry) {
 #pragma unroll
-  for (int off = 1; off < 32; off *= 2) {
-    bool inside;
-    float oa = shfl_in_warp<kReverse>(map.x, off, inside);
-    float ob = shfl_in_warp<kReverse>(map.y, off, inside);
-    // A lane with no lane `off` before it composes with the identity (selects, not a branch: the
-    // map is then updated in place, without register copies).
-    oa = inside ? oa : 1.f;
-    ob = inside ? ob : 0.f;
-    map = compose(make_float2(oa, ob), map);
-  }
+  for (int off = 1; off < 32; off *= 2) scan_step<kReverse>(map.x, map.y, off);
   // map is now this lane's inclusive map; the value it gives is what enters the next lane, and the
   // first lane (no lane before it) takes the carry itself.
   bool inside;

@@ -18,7 +18,8 @@
 // Input-dependent B/C of the block's group, one state over one chunk, are read from global memory
 // once per block into a shared tile (all kRows warps use the same values), one state ahead: while the
 // warps compute state n, the tile of the next state (or of the previous chunk's first state) is in
-// flight (cp.async when B/C rows are 16-byte aligned, else two elements per thread held in registers).
+// flight (cp.async for float32 B/C rows that are 16-byte aligned, else one B and one C element per
+// thread held in registers). The tile is float32: 16-bit B/C are converted once, by the loads.
 //
 // Input-dependent dB/dC are sums over the dims of a group at every position: the block's warps put
 // their rows' values of state n in shared memory, and after one barrier the block adds their sum into
@@ -56,10 +57,15 @@ constexpr int kMinBlocks = 2;
 enum RowValue { kAdj, kDA, kDB, kDC, kRowA, kRowB, kRowC, kSaved, kRowValues };
 size_t smem_bytes(int dstate) { return kRowValues * kRows * static_cast<size_t>(dstate) * sizeof(float); }
 
-// Static shared memory: the dB/dC parts [2 buffers][B, C][kRows][kScanChunk] float32, y [kRows][kScanChunk]
-// float32 and the B/C tile [2 stages][B, C][kScanChunk] in the input type.
-template <typename T>
-constexpr size_t static_smem_bytes() { return (5 * kRows * sizeof(float) + 4 * sizeof(T)) * kScanChunk; }
+// Static shared memory: the dB/dC parts [2 buffers][B, C][kRows][kScanChunk], y [kRows][kScanChunk] and
+// the B/C tile [2 stages][B, C][kScanChunk], all float32.
+constexpr size_t kStaticSmemBytes = (5 * kRows + 4) * kScanChunk * sizeof(float);
+
+// Where position i of a chunk lies in a chunk-long plane of shared memory (the tile's B and C, a
+// row's dB/dC parts, y): lane i / kItems's positions as kItems / 4 float4s, the j-th float4s of all
+// lanes next to each other, so that the warp's 16-byte accesses of one j touch 512 contiguous bytes
+// (no bank conflicts; lane-contiguous runs of kItems floats would be 32 bytes apart).
+__device__ __forceinline__ int chunk_slot(int i) { return ((i / 4) % (kItems / 4) * 32 + i / kItems) * 4 + i % 4; }
 
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
@@ -70,82 +76,94 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
 // Loads of one state's input-dependent B/C over one chunk into a stage of the shared tile, issued
-// before the state's work and completed after it (before the barrier that publishes the stage).
-template <typename T>
+// before the state's work and completed after it (before the barrier that publishes the stage). The
+// tile is float32: 16-bit inputs are converted here, once per block, instead of by each of its warps
+// in the state's work. float32 B/C rows that are 16-byte aligned come as 16-byte cp.async pieces;
+// otherwise each thread loads one position of B and of C, held in registers over the state's work.
+// kVarBC: B and C are both input-dependent (known when compiling).
+template <typename T, bool kVarBC>
 struct TileLoader {
-  static constexpr int kVec = 16 / sizeof(T);          // elements per 16-byte piece
-  static constexpr int kPieces = kScanChunk / kVec;    // pieces per plane (B or C)
+  static constexpr int kPieces = kScanChunk / 4;  // 16-byte pieces of float32 per plane (B or C)
   static_assert(2 * kPieces <= kThreads && kScanChunk == kThreads, "one piece, or one B and one C element, per thread");
-  const T* B;      // the group's (dstate, seqlen) B, or null when B is constant; likewise C
-  const T* C;
+  const T* B;      // the group's (dstate, seqlen) B, or null when B is constant; likewise C. async: B is
+  const T* C;      // this thread's plane (B or C), C unused
   int seqlen;
-  bool async;      // B/C rows are 16-byte aligned: 16-byte cp.async pieces
+  int pos;         // this thread's (first) position in a chunk
+  int slot;        // where it goes in a stage (async: in its plane's half)
+  bool async;      // float32 B/C rows, 16-byte aligned: cp.async pieces
+  bool loads;      // this thread issues loads
   T held_B, held_C;  // the other path: this thread's position of each plane
 
   __device__ TileLoader(const SelectiveScanParams& p, int b, int group) {
     const size_t group_offset = (static_cast<size_t>(b) * p.n_groups + group) * p.dstate * p.seqlen;
-    B = p.variable_B ? static_cast<const T*>(p.B) + group_offset : nullptr;
-    C = p.variable_C ? static_cast<const T*>(p.C) + group_offset : nullptr;
+    B = kVarBC || p.variable_B ? static_cast<const T*>(p.B) + group_offset : nullptr;
+    C = kVarBC || p.variable_C ? static_cast<const T*>(p.C) + group_offset : nullptr;
     seqlen = p.seqlen;
-    async = (p.seqlen * sizeof(T)) % 16 == 0 && (!B || is_aligned16(B)) && (!C || is_aligned16(C));
+    async = sizeof(T) == 4 && p.seqlen % 4 == 0 && (!B || is_aligned16(B)) && (!C || is_aligned16(C));
+    const int tid = threadIdx.x;
+    if (async) {
+      const int plane = tid / kPieces;
+      pos = tid % kPieces * 4;
+      slot = plane * kScanChunk + chunk_slot(pos);
+      if (plane != 0) B = C;
+      loads = tid < 2 * kPieces && (kVarBC || B);
+    } else {
+      pos = tid;
+      slot = chunk_slot(tid);
+      loads = true;
+    }
   }
 
   // Starts loading state n of the chunk starting at position t0 into stage ([B, C][kScanChunk]).
-  __device__ __forceinline__ void issue(int t0, int n, T* stage) {
-    const int tid = threadIdx.x;
-    const size_t row = static_cast<size_t>(n) * seqlen;
-    if (async) {
-      if (tid < 2 * kPieces) {
-        const int plane = tid / kPieces, piece = tid % kPieces;
-        const T* src = plane == 0 ? B : C;
-        if (src) {
-          const int t = t0 + piece * kVec;
-          const int bytes = min(max(seqlen - t, 0), kVec) * static_cast<int>(sizeof(T));
-          cp_async16(stage + plane * kScanChunk + piece * kVec, src + row + (bytes > 0 ? t : 0), bytes);
-        }
+  __device__ __forceinline__ void issue(int t0, int n, float* stage) {
+    const int t = t0 + pos;
+    const size_t at = static_cast<size_t>(n) * seqlen + t;
+    if (sizeof(T) == 4 && async) {
+      if (loads) {
+        const int bytes = min(max(seqlen - t, 0), 4) * static_cast<int>(sizeof(float));
+        cp_async16(stage + slot, B + (bytes > 0 ? at : 0), bytes);
       }
     } else {
-      const int t = t0 + tid;
-      held_B = B && t < seqlen ? B[row + t] : from_float<T>(0.f);
-      held_C = C && t < seqlen ? C[row + t] : from_float<T>(0.f);
+      const bool in = t < seqlen;
+      held_B = (kVarBC || B) && in ? B[at] : from_float<T>(0.f);
+      held_C = (kVarBC || C) && in ? C[at] : from_float<T>(0.f);
     }
   }
 
   // Completes this thread's part of the stage started by issue(); a block barrier must follow.
-  __device__ __forceinline__ void finish(T* stage) {
-    if (async) {
+  __device__ __forceinline__ void finish(float* stage) {
+    if (sizeof(T) == 4 && async) {
       cp_async_wait_all();
     } else {
-      stage[threadIdx.x] = held_B;
-      stage[kScanChunk + threadIdx.x] = held_C;
+      stage[slot] = to_float(held_B);
+      stage[kScanChunk + slot] = to_float(held_C);
     }
   }
 };
 
-// This lane's kItems positions of one plane of a tile stage, as float.
-template <typename T>
-__device__ __forceinline__ void load_tile_items(const T* plane, int lane, float (&v)[kItems]) {
-  constexpr int kVec = 16 / sizeof(T);
-  const uint4* src = reinterpret_cast<const uint4*>(plane + lane * kItems);
+// This lane's kItems positions of one chunk-long plane (chunk_slot's layout).
+__device__ __forceinline__ void load_chunk_items(const float* plane, int lane, float (&v)[kItems]) {
+  const float4* src = reinterpret_cast<const float4*>(plane) + lane;
 #pragma unroll
-  for (int j = 0; j < kItems / kVec; ++j) {
-    const uint4 raw = src[j];
-    const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-    for (int k = 0; k < kVec; ++k) v[j * kVec + k] = to_float(e[k]);
+  for (int j = 0; j < kItems / 4; ++j) {
+    const float4 q = src[32 * j];
+    v[4 * j] = q.x, v[4 * j + 1] = q.y, v[4 * j + 2] = q.z, v[4 * j + 3] = q.w;
   }
 }
 
 // kVarBC: B and C are both input-dependent (Mamba's case); the code for constant ones is left out.
 template <typename T, bool kVarlen, bool kVarBC>
 __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kernel(SelectiveScanParams p, int blocks_per_group) {
-  __shared__ float4 s_parts4[kRows * kScanChunk];                        // dB/dC parts
-  __shared__ uint4 s_tile4[4 * kScanChunk * sizeof(T) / sizeof(uint4)];  // B/C tile
-  // y = D u + sum_n C_n x_n of every row's positions, [kRows][kItems / 4][32 lanes] float4: read back
-  // at the chunk's end only (for dz), so it is summed here rather than held in registers.
-  __shared__ float4 s_y4[kRows * kScanChunk / 4];
+  // One array, so that every address in it is one base plus a constant (the compiler forms the base
+  // again where registers are short): the dB/dC parts, y = D u + sum_n C_n x_n of every row's positions
+  // (chunk_slot's layout; read back at the chunk's end only, for dz, so it is summed here rather than
+  // held in registers), the B/C tile.
+  __shared__ float4 s_static4[kStaticSmemBytes / sizeof(float4)];
+  float4* const s_parts4 = s_static4;
+  float4* const s_y4 = s_parts4 + kRows * kScanChunk;
+  float4* const s_tile4 = s_y4 + kRows * kScanChunk / 4;
   float* s_parts = reinterpret_cast<float*>(s_parts4);
-  T* s_tile = reinterpret_cast<T*>(s_tile4);
+  float* s_tile = reinterpret_cast<float*>(s_tile4);
   extern __shared__ float s_rows[];
   const int N = p.dstate;
   // Input-dependent B and C (kVarBC: both, known when compiling; the launcher checks).
@@ -174,7 +192,7 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
     for (int k = 0; k < 4; ++k) s_parts[k * kRows * kScanChunk + i] = 0.f;
 
   const bool tiled = var_B || var_C;
-  TileLoader<T> tile_loader(p, b, group);
+  TileLoader<T, kVarBC> tile_loader(p, b, group);
   if (tiled) {
     tile_loader.issue((p.n_chunks - 1) * kScanChunk, 0, s_tile);
     tile_loader.finish(s_tile);
@@ -188,7 +206,7 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
   constexpr int kQuads = kScanChunk / 4;
   const int red_part = tid / kQuads, red_q = tid % kQuads;
   const bool reducer = tid < 2 * kQuads && (red_part == 0 ? var_B : var_C);
-  const float4* const red_in = s_parts4 + red_part * kRows * kQuads + red_q;
+  const float4* const red_in = s_parts4 + red_part * kRows * kQuads + chunk_slot(4 * red_q) / 4;
   float* const red_out = (red_part == 0 ? p.dB : p.dC) + (static_cast<size_t>(b) * p.n_groups + group) * N * p.seqlen;
   float dD_sum = 0.f, dbias_sum = 0.f;
   int buf = 0;  // parts buffer and tile stage of the current state
@@ -196,6 +214,11 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
 #pragma unroll 1
   for (int c = p.n_chunks - 1; c >= 0; --c) {
     const int first = c * kScanChunk + lane * kItems;
+    // This thread's quad of the sums over rows (if a reducer) in every state of the chunk: red_dst is
+    // its dB or dC at state n, advanced by a row (seqlen) per state.
+    const int red_first = c * kScanChunk + 4 * red_q;
+    const bool red_live = reducer && red_first < p.seqlen;
+    float* red_dst = red_out + red_first;
     // Kept through the state loop: dt, dt * u, dy = dL/dy before gating, and the sums S, E.
     float dt[kItems], dtu[kItems], dy[kItems], S[kItems], E[kItems];
     float4* y4 = s_y4 + warp * kScanChunk / 4 + lane;  // this lane's y: y4[32 j] holds items 4j .. 4j + 3
@@ -234,8 +257,8 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
 #pragma unroll 1
     for (int n = 0; n < N; ++n) {
       float* parts = s_parts + buf * 2 * kRows * kScanChunk;  // [B, C][kRows][kScanChunk]
-      const T* tile = s_tile + buf * 2 * kScanChunk;          // [B, C][kScanChunk]
-      T* next_tile = s_tile + (buf ^ 1) * 2 * kScanChunk;
+      const float* tile = s_tile + buf * 2 * kScanChunk;      // [B, C][kScanChunk]
+      float* next_tile = s_tile + (buf ^ 1) * 2 * kScanChunk;
       // The next state's B/C: state n + 1 of this chunk, or state 0 of the previous chunk.
       const bool prefetch = tiled && (n + 1 < N || c > 0);
       if (prefetch) tile_loader.issue(n + 1 < N ? c * kScanChunk : (c - 1) * kScanChunk, n + 1 < N ? n + 1 : 0, next_tile);
@@ -244,25 +267,30 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
         const float An = v[kRowA], An2 = An * kLog2e;
         float Bv[kItems], Cv[kItems], a[kItems], x[kItems];
         if (var_B) {
-          load_tile_items<T>(tile, lane, Bv);
+          load_chunk_items(tile, lane, Bv);
         } else {
 #pragma unroll
           for (int i = 0; i < kItems; ++i) Bv[i] = v[kRowB];
         }
         if (var_C) {
-          load_tile_items<T>(tile + kScanChunk, lane, Cv);
+          load_chunk_items(tile + kScanChunk, lane, Cv);
         } else {
 #pragma unroll
           for (int i = 0; i < kItems; ++i) Cv[i] = v[kRowC];
         }
-        // 1. states of this chunk
-        float2 map = make_float2(1.f, 0.f);
+        // 1. states of this chunk. The lane's map over its items x -> a x + b, and the adjoint's below,
+        // share the decay product of items 1 .. kItems - 1 (inner).
 #pragma unroll
         for (int i = 0; i < kItems; ++i) {
           a[i] = kVarlen && (starts >> i & 1) ? 0.f : exp2f(dt[i] * An2);
           x[i] = dtu[i] * Bv[i];
-          map = compose(map, make_float2(a[i], x[i]));
         }
+        float inner = a[1];
+#pragma unroll
+        for (int i = 2; i < kItems; ++i) inner *= a[i];
+        float2 map = make_float2(a[0] * inner, x[0]);
+#pragma unroll
+        for (int i = 1; i < kItems; ++i) map.y = fmaf(a[i], map.y, x[i]);
         const float adj_in = v[kAdj];  // read before the scans' warp barriers; lane 0 rewrites it below
         const float x_in = warp_scan_affine<false>(map, v[kSaved]);
         float xs = x_in;
@@ -285,14 +313,14 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
         // 2. adjoint: g_i = a_{i+1} g_{i+1} + C_i dy_i; the chunk's last position takes adj_in as is.
         float a_next = __shfl_down_sync(kFullMask, a[0], 1);
         if (lane == 31) a_next = 1.f;
-        map = make_float2(1.f, 0.f);
+        map = make_float2(inner * a_next, Cv[kItems - 1]);
 #pragma unroll
-        for (int i = kItems - 1; i >= 0; --i) map = compose(map, make_float2(i + 1 < kItems ? a[i + 1] : a_next, Cv[i]));
+        for (int i = kItems - 2; i >= 0; --i) map.y = fmaf(a[i + 1], map.y, Cv[i]);
         float g = warp_scan_affine<true>(map, adj_in);
         // 3. gradients, walking the lane's positions backwards. Input-dependent dB/dC of 4 positions
-        // at a time go to this row's parts (16-byte stores).
-        float4* dB_part = reinterpret_cast<float4*>(parts + warp * kScanChunk + lane * kItems);
-        float4* dC_part = reinterpret_cast<float4*>(parts + (kRows + warp) * kScanChunk + lane * kItems);
+        // at a time go to this row's parts (16-byte stores, chunk_slot's layout).
+        float4* dB_part = reinterpret_cast<float4*>(parts + warp * kScanChunk) + lane;
+        float4* dC_part = reinterpret_cast<float4*>(parts + (kRows + warp) * kScanChunk) + lane;
         float dA = 0.f, dB = 0.f, dC = 0.f, dBv[kItems], dCv[kItems];
 #pragma unroll
         for (int i = kItems - 1; i >= 0; --i) {
@@ -306,8 +334,8 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
           if (!var_B) dB += dBv[i];
           if (!var_C) dC += dCv[i];
           if (i % 4 == 0) {
-            if (var_B) dB_part[i / 4] = make_float4(dBv[i], dBv[i + 1], dBv[i + 2], dBv[i + 3]);
-            if (var_C) dC_part[i / 4] = make_float4(dCv[i], dCv[i + 1], dCv[i + 2], dCv[i + 3]);
+            if (var_B) dB_part[32 * (i / 4)] = make_float4(dBv[i], dBv[i + 1], dBv[i + 2], dBv[i + 3]);
+            if (var_C) dC_part[32 * (i / 4)] = make_float4(dCv[i], dCv[i + 1], dCv[i + 2], dCv[i + 3]);
           }
         }
         // Positions past seqlen have dt = u = dy = 0, so they add nothing to dA, dB, dC.
@@ -329,7 +357,7 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
         // stage were last read before this barrier, so they are free to write in the next state.
         if (prefetch) tile_loader.finish(next_tile);
         __syncthreads();
-        if (reducer) {
+        if (red_live) {
           const float4* in = red_in + buf * 2 * kRows * kQuads;
           float4 sum = in[0];
 #pragma unroll
@@ -338,9 +366,9 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
             sum.x += s.x, sum.y += s.y, sum.z += s.z, sum.w += s.w;
           }
           const float s4[4] = {sum.x, sum.y, sum.z, sum.w};
-          const int t = c * kScanChunk + 4 * red_q;
-          if (t < p.seqlen) atomic_add_items<4>(red_out + static_cast<size_t>(n) * p.seqlen, t, p.seqlen, atomics_aligned, s4);
+          atomic_add_items<4>(red_dst, p.seqlen - red_first, atomics_aligned, s4);
         }
+        red_dst += p.seqlen;
         buf ^= 1;
       }
     }
@@ -399,7 +427,7 @@ int launch(const SelectiveScanParams& p, cudaStream_t stream) {
   auto kernel = p.seq_idx ? (var_BC ? selective_scan_bwd_kernel<T, true, true> : selective_scan_bwd_kernel<T, true, false>)
                           : (var_BC ? selective_scan_bwd_kernel<T, false, true> : selective_scan_bwd_kernel<T, false, false>);
   const size_t smem = smem_bytes(p.dstate);
-  if (smem + static_smem_bytes<T>() > 48 * 1024) {
+  if (smem + kStaticSmemBytes > 48 * 1024) {
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (err != cudaSuccess) return static_cast<int>(err);
   }
