@@ -24,7 +24,7 @@
 #
 # Results ($OUT, at most 8 files): mixture.tar.gz (gpu_small/{curve.json,curve.png,command.txt} and
 # gpu_small/logs/: the command's output, every run's log.csv), curve.png, summary.txt (every run,
-# then the mean accuracy per weight and budget), plan.txt, packed_tests.txt, build.txt if built.
+# then the mean accuracy over seeds per budget, weight and size), plan.txt, packed_tests.txt, build.txt if built.
 # Dry run on a CPU (a few steps, small sizes; as the tests do):
 #   DEVICE=cpu STEPS=2 ADD_WEIGHTS=0,0.5 SEEDS=0 SIZES=3,4 N=2 WORKERS=2 CALL_S=240 EVAL_S=60 \
 #     OUT=/tmp/dry bash benchmarks/run_gpu_mixture.sh
@@ -86,7 +86,7 @@ status=$?
 for csv in "$work"/cwd/runs/reproduce-multiplication_mixture-"$SCALE"/*/log.csv; do
   [[ -f $csv ]] && cp "$csv" "$work/gpu_small/logs/$(basename "$(dirname "$csv")").log.csv"
 done
-grep -E "^evaluated|^exact|rror|trained" "$work/gpu_small/logs/reproduce.txt" | cut -c1-300 > "$OUT/summary.txt"
+grep -E "^evaluated|^exact|rror|: trained " "$work/gpu_small/logs/reproduce.txt" | cut -c1-300 > "$OUT/summary.txt"
 "$PYTHON" - "$work/gpu_small/curve.json" >> "$OUT/summary.txt" <<'EOF'
 import collections, json, pathlib, sys
 path = pathlib.Path(sys.argv[1])
@@ -100,12 +100,14 @@ for r in curve["runs"]:
     print("add_weight", s["add_weight"], "steps", s["steps"], "seed", r["seed"], "trained", r.get("trained_steps"),
           "loss", r.get("final_loss"), "train_s", r.get("train_seconds"), "eval_s", r.get("eval_seconds"),
           "accuracy", r["accuracy"], "exact_trajectory", r.get("exact_trajectory"))
-    largest = max(r["accuracy"], key=int)
-    cells[s["steps"], s["add_weight"]].append((largest, r["accuracy"][largest]))
-for (steps, weight), scores in sorted(cells.items()):
-    graded = [a for _, a in scores if a is not None]
-    mean = f"{sum(graded) / len(graded):.3f}" if graded else "none decoded"
-    print(f"steps {steps} add_weight {weight}: mean accuracy at {scores[0][0]} digits {mean} over {len(graded)} seeds")
+    cells[s["steps"], s["add_weight"]].append(r["accuracy"])
+for (steps, weight), runs in sorted(cells.items()):
+    means = []
+    for size in sorted(runs[0], key=int):
+        graded = [a[size] for a in runs if a.get(size) is not None]
+        means.append(f"{size} digits {sum(graded) / len(graded):.3f} ({len(graded)} seeds)" if graded
+                     else f"{size} digits none decoded")
+    print(f"steps {steps} add_weight {weight}: mean accuracy at " + ", ".join(means))
 for r in curve.get("failed", []):
     print("FAILED", r.get("setting"), "seed", r["seed"], r["error"][:200])
 EOF

@@ -867,7 +867,7 @@ def test_gpu_mixture_script_dry_run_on_cpu(tmp_path):
     assert all(r["scale_note"] == curve["scale_note"] and set(r["accuracy"]) == {"3", "4"} for r in curve["runs"])
     assert "--train-within" in curve["command"] and "--evaluate-stopped" in curve["command"]
     summary = (tmp_path / "out/summary.txt").read_text()
-    assert "steps 2 add_weight 0.5: mean accuracy at 4 digits" in summary
+    assert "steps 2 add_weight 0.5: mean accuracy at 3 digits" in summary and "4 digits" in summary
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
