@@ -3,13 +3,16 @@ to 20 digits, tasks/mixture_add<w>.toml) within the sweep's step budgets, at wha
 (results/reproduction_notes.md, "The mixture in one GPU call").
 
     python benchmarks/mixture_pilot.py --d 128 --batch 32 --lr 5e-3 --steps 800 --out pilot.jsonl
+    python benchmarks/mixture_pilot.py --tokens    # tokens per episode and per packed batch, each weight
 
 Trains one run on one thread with the Trainer of `reproduce` (its train_step, AdamW, warmup then
 cosine), and every --every steps writes one JSON line: the mean training loss over those steps,
 then on --n test episodes (evaluate's TEST_SEED) of n x 2 multiplication at 20 and 40 digits the
 teacher-forced exact-trajectory share and token error rate, and the decoded exact-answer accuracy
 at --decode sizes. A line per step budget, so one run shows where 250 / 500 / 800 steps stand (on
-this run's schedule, not a shorter run's). The model is saved in --run at the end.
+this run's schedule, not a shorter run's). The model is saved in --run at the end. `--tokens`
+instead prints, for every weight of the sweep, the training episodes' mean, median and longest
+length (20 batches of 64 at train sizes 1..20, seed 0) and a packed batch's tokens.
 """
 from __future__ import annotations
 
@@ -17,12 +20,26 @@ import argparse
 import json
 import time
 
+import numpy as np
 import torch
 
-from ssm_tools.config import make_eval_task
+from ssm_tools.config import make_eval_task, make_task
 from ssm_tools.evaluate import evaluate_size_many, exact_trajectory_many
-from ssm_tools.reproduce import setting_config
-from ssm_tools.train import make_trainer
+from ssm_tools.reproduce import TASKS, setting_config
+from ssm_tools.train import make_trainer, pack_batch
+
+
+def tokens() -> None:
+    for w in TASKS["multiplication_mixture"]["sweep"]["add_weight"]:
+        task = make_task(setting_config("multiplication_mixture", "interactive", {"add_weight": w, "steps": 1}))
+        rng, lengths, packed = np.random.default_rng(0), [], []
+        for _ in range(20):
+            transcript, _ = task.trajectories(rng, [20] * 64, train=True, num_threads=1)
+            lengths += transcript.lengths.tolist()
+            packed.append(pack_batch(transcript.tokens, transcript.loss_mask, transcript.lengths, 1)[0].numel())
+        print(json.dumps({"add_weight": w, "mean": round(float(np.mean(lengths))), "median": float(np.median(lengths)),
+                          "longest": max(lengths), "packed_batch_of_64": round(float(np.mean(packed))),
+                          "real_tokens_of_64": round(64 * float(np.mean(lengths)))}))
 
 
 def main() -> None:
@@ -39,8 +56,13 @@ def main() -> None:
     p.add_argument("--n", type=int, default=20, help="test episodes per size")
     p.add_argument("--decode", default="20", help="comma-separated sizes decoded at every report")
     p.add_argument("--run", default="/tmp/mixture_pilot", help="the run's folder (its checkpoint at the end)")
-    p.add_argument("--out", required=True, help="JSON lines, one per report")
+    p.add_argument("--out", help="JSON lines, one per report")
+    p.add_argument("--tokens", action="store_true", help="only the episodes' lengths per weight (see above)")
     a = p.parse_args()
+    if a.tokens:
+        return tokens()
+    if a.out is None:
+        p.error("--out is required (or --tokens)")
     torch.set_num_threads(1)
     config = setting_config("multiplication_mixture", "interactive", {"add_weight": a.w, "steps": a.steps})
     trainer = make_trainer(config, "mamba", dict(d_model=a.d, n_layers=a.layers, d_state=16),
