@@ -141,7 +141,8 @@ TASKS = {
                   "steps": {"cpu": [25, 50, 100], "paper": [250, 500, 800], "gpu_small": [250, 500, 800]}},
         # cpu: 36 tiny runs, 2,100 steps (batch 16, 20-digit episodes up to 1.1k tokens): 29 minutes on 2
         # busy shared cores (results/multiplication_mixture); too few steps to learn the task (0%
-        # everywhere), it checks the whole pipeline.
+        # everywhere), it checks the whole pipeline. gpu_small: the whole sweep in one GPU call
+        # (benchmarks/run_gpu_mixture.sh), every size decoded for the figure at 100 digits.
         "scales": {"cpu": {"runs": [("mamba", "interactive")], "seeds": [0, 1, 2], "n": 20,
                            "train": dict(batch_size=16, lr=1e-2, warmup=5)},
                    "paper": {"runs": [("mamba", "interactive")], "seeds": [0, 1, 2]}}},
