@@ -96,7 +96,7 @@ SCALES = {
         "model_scale": "paper",  # not used: "models" gives every run's sizes
         "models": {"mamba": dict(d_model=128, n_layers=2, d_state=16)},
         "runs": [("mamba", "interactive")],
-        "train": dict(steps=800, batch_size=32, lr=5e-3, warmup=40),
+        "train": dict(steps=800, batch_size=32, lr=1e-2, warmup=40),
         "n": 50,
         "seeds": [0, 1, 2],
         "stop_after_zero": False,  # every size decoded: the sweep's figure reads the largest
