@@ -19,7 +19,7 @@
 # What fits (results/reproduction_notes.md, "The mixture in one GPU call"): the mixture's training
 # episodes average 575 tokens (653 at w = 0, 521 at w = 0.6), so the sweep is 18,600 x 32 x 575 =
 # 342M tokens; the 2 x 256 Mamba trained 2.5M tokens/s over 4-8 processes on the H200
-# (results/tasks_notes.md), the 2 x 128 no slower: ~140 s of training beside the ~300 s left after
+# (results/tasks_notes.md), the 2 x 128 no slower: ~140 s of training beside the ~370 s left after
 # the build, the tests, the evaluation's EVAL_S and the margins.
 #
 # Results ($OUT, at most 8 files): mixture.tar.gz (gpu_small/{curve.json,curve.png,command.txt} and
