@@ -152,7 +152,7 @@ def test_reproduce_tasks_have_their_sizes_and_modes(tmp_path, monkeypatch):
     # A task whose cpu scale would take hours says so, and where to go instead.
     with pytest.raises(ValueError, match=r"coding has no cpu scale: a tiny Mamba .* use --scale paper"):
         R.reproduce("coding", "cpu", None, "unused")
-    with pytest.raises(ValueError, match=r"scale must be one of \['cpu', 'paper'\], got 'gpu'"):
+    with pytest.raises(ValueError, match=r"scale must be one of \['cpu', 'gpu_small', 'paper'\], got 'gpu'"):
         R.reproduce("multiplication_nx1", "gpu", [0], "unused")
     # Multiplication has no "direct" mode: not in its runs.
     with pytest.raises(ValueError, match=r"not in the paper scale for multiplication_nx1; choose from .*mistral"):
@@ -415,6 +415,68 @@ def test_joint_evaluation_grades_the_eval_task_and_takes_the_stopped_runs(tmp_pa
     assert [(r["seed"], r["setting"], r["trained_steps"], r["train"]["steps"], r["evaluated_jointly"])
             for r in curve["runs"]] == [(s, {"add_weight": 0.5, "steps": 3}, 1, 3, 2) for s in (0, 1)]
     assert all(set(r["accuracy"]) == set(r["exact_trajectory"]) == {"3"} for r in curve["runs"])
+
+
+def test_a_sweeps_runs_share_their_graded_task_and_are_evaluated_in_one_group(tmp_path, monkeypatch):
+    """Every point of the mixture grades n x 2 multiplication: its runs are evaluated jointly once the
+    last of them (any weight, any budget) has trained, not one group per point while others train."""
+    calls = []
+
+    def fake_parallel(jobs, workers=None, on_result=None):
+        results = []
+        for job in jobs:
+            results.append({**R.job_identity(job), "train": job["train"], "pending": "runs/x"})
+            assert not calls  # no evaluation before the last run has come back
+            on_result(results[-1])
+        return results
+
+    def fake_joint(records, config, sizes, n, device, **budget):
+        calls.append(sorted((r["setting"]["add_weight"], r["setting"]["steps"], r["seed"]) for r in records))
+        return [{**{k: v for k, v in r.items() if k != "pending"}, "test_sizes": sizes, "n": n,
+                 "accuracy": {str(s): 0.5 for s in sizes}} for r in records]
+
+    monkeypatch.setattr(R, "run_parallel", fake_parallel)
+    monkeypatch.setattr(R, "evaluate_jointly", fake_joint)
+    curve = R.reproduce("multiplication_mixture", "gpu_small", [0, 1], tmp_path / "out", device="cuda", workers=4,
+                        add_weights=[0, 0.5], sizes=[20])
+    assert calls == [sorted((w, b, s) for w in (0, 0.5) for b in (250, 500, 800) for s in (0, 1))]
+    assert len(curve["runs"]) == 12
+
+
+def test_the_small_gpu_scale_is_the_mixture_s_and_says_it_is_smaller_than_the_paper(tmp_path, monkeypatch):
+    monkeypatch.setattr(R, "run_parallel", fake_runs)
+    with pytest.raises(ValueError, match="addition has no gpu_small scale"):
+        R.reproduce("addition", "gpu_small", None, tmp_path / "x", device="cuda")
+    curve = R.reproduce("multiplication_mixture", "gpu_small", None, tmp_path / "out", device="cuda", workers=8)
+    assert len(curve["runs"]) == 36 and curve["test_sizes"] == [20, 40, 100] and not curve["stop_after_zero"]
+    small, paper = curve["models"]["mamba"], preset("mamba", "paper")
+    assert small["n_layers"] * small["d_model"] < paper["n_layers"] * paper["d_model"]
+    note = curve["scale_note"]
+    assert note.startswith("smaller than the paper") and f"{small['n_layers']} x {small['d_model']}" in note
+    assert f"{paper['n_layers']} x {paper['d_model']}" in note
+    assert f"batch {curve['runs'][0]['train']['batch_size']}" in note
+    assert all(r["scale_note"] == note for r in curve["runs"])
+    paper_curve = R.reproduce("multiplication_mixture", "paper", [0], tmp_path / "p", device="cuda", workers=2,
+                              add_weights=[0], steps=1)
+    assert "scale_note" not in paper_curve and "scale_note" not in paper_curve["runs"][0]
+
+
+def test_runs_start_longest_first_and_end_their_training_within_the_call(tmp_path, monkeypatch):
+    """--train-within: a sweep's runs, queued on fewer workers, all stop training by then (a run that
+    starts later trains one step) and are evaluated as they are; the longest budgets start first."""
+    order = []
+
+    def recorded(jobs, workers=None, on_result=None):
+        order.extend(job["train"]["steps"] for job in jobs)
+        return in_process(jobs, workers, on_result)
+
+    monkeypatch.setattr(R, "run_parallel", recorded)
+    curve = R.reproduce("multiplication_mixture", "cpu", [0], tmp_path / "out", add_weights=[0], sizes=[3], n=2,
+                        train_within=1e-6, evaluate_stopped=True, workers=2, runs_dir=tmp_path / "runs")
+    assert order == [100, 50, 25]
+    assert sorted((r["setting"]["steps"], r["trained_steps"]) for r in curve["runs"]) == [(25, 1), (50, 1), (100, 1)]
+    with pytest.raises(ValueError, match="train_within must be positive"):
+        R.reproduce("multiplication_mixture", "cpu", [0], tmp_path / "out", train_within=0)
 
 
 def test_eval_budget_bounds_the_exact_trajectory_pass_too(monkeypatch):
@@ -776,6 +838,36 @@ def test_gpu_multiplication_script_dry_run_on_cpu(tmp_path):
     assert [c["lr"] for c in selection["runs"]["mamba:interactive"]["candidates"]] == [2e-3, 1e-2]
     assert run["trained_steps"] == 3 and set(run["accuracy"]) == {"10", "20"}
     assert "--evaluate-stopped" in (tmp_path / "out/command.txt").read_text()
+
+
+@pytest.mark.slow
+def test_gpu_mixture_script_dry_run_on_cpu(tmp_path):
+    """benchmarks/run_gpu_mixture.sh with DEVICE=cpu and one short budget: the runs train side by side,
+    are evaluated in one joint group, say they are smaller than the paper's, and what comes back fits
+    the device's 8 files."""
+    import os
+    import subprocess
+    import sys
+    import tarfile
+
+    env = {**os.environ, "DEVICE": "cpu", "STEPS": "2", "ADD_WEIGHTS": "0,0.5", "SEEDS": "0", "SIZES": "3,4",
+           "N": "2", "WORKERS": "2", "CALL_S": "240", "EVAL_S": "60", "MARGIN_S": "10",
+           "OUT": str(tmp_path / "out"), "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks/run_gpu_mixture.sh")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    files = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert {"mixture.tar.gz", "curve.png", "summary.txt", "plan.txt"} <= set(files) and len(files) <= 8
+    with tarfile.open(tmp_path / "out/mixture.tar.gz") as tar:
+        names = set(tar.getnames())
+        assert {"gpu_small/curve.json", "gpu_small/command.txt", "gpu_small/logs/reproduce.txt"} <= names
+        curve = json.loads(tar.extractfile("gpu_small/curve.json").read())
+    assert sorted((r["setting"]["add_weight"], r["trained_steps"], r["evaluated_jointly"]) for r in curve["runs"]) \
+        == [(0, 2, 2), (0.5, 2, 2)]
+    assert all(r["scale_note"] == curve["scale_note"] and set(r["accuracy"]) == {"3", "4"} for r in curve["runs"])
+    assert "--train-within" in curve["command"] and "--evaluate-stopped" in curve["command"]
+    summary = (tmp_path / "out/summary.txt").read_text()
+    assert "steps 2 add_weight 0.5: mean accuracy at 3 digits" in summary and "4 digits" in summary
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

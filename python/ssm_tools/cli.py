@@ -128,14 +128,14 @@ def cmd_reproduce(args) -> None:
                       evaluate_stopped=args.evaluate_stopped, fit_train_seconds=args.fit_train_seconds,
                       pack=not args.no_pack, stop_after_zero=args.stop_after_zero, joint_eval=args.joint_eval,
                       pool_episodes=args.pool_episodes, pool_seconds=args.pool_seconds, precision=args.precision,
-                      select_every=args.select_every)
+                      select_every=args.select_every, train_within=args.train_within)
     if not is_main():
         return
     print(f"wrote {out}/curve.json and {out}/curve.png ({len(curve['runs'])} runs)")
     for r in curve["runs"]:
         if r.get("trained_steps", r["train"]["steps"]) < r["train"]["steps"]:
             print(f"{r['model']} ({r['mode']}, seed {r['seed']}): trained {r['trained_steps']} of "
-                  f"{r['train']['steps']} steps (--max-train-seconds), evaluated as it is (--evaluate-stopped)")
+                  f"{r['train']['steps']} steps (its time budget), evaluated as it is (--evaluate-stopped)")
     for r in curve["unfinished"]:
         print(f"{r['model']} ({r['mode']}, seed {r['seed']}): training stopped at step {r['stopped']} of "
               f"{r['steps']} (--max-train-seconds); run the same command again to resume")
@@ -243,7 +243,9 @@ def parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("reproduce", help="length-generalization curves: train, evaluate, plot")
     r.add_argument("task", choices=sorted(TASKS), help="task (its shipped config, tasks/<task>.toml)")
-    r.add_argument("--scale", choices=sorted(SCALES), default="cpu", help="cpu: minutes on a CPU; paper: paper sizes")
+    r.add_argument("--scale", choices=sorted(SCALES), default="cpu",
+                   help="cpu: minutes on a CPU; paper: paper sizes; gpu_small (the mixture): one GPU call, "
+                        "models smaller than the paper's, recorded as such")
     r.add_argument("--seeds", type=_int_list, help="comma-separated seeds (default: the scale's)")
     r.add_argument("--runs", help="only these model:mode pairs, e.g. mamba:interactive,lstm:interactive")
     r.add_argument("--out", help="output folder (default results/<task>)")
@@ -267,6 +269,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--max-train-seconds", type=float,
                    help="time budget for each run's training in this process: a run that runs out "
                         "checkpoints under runs/ and is resumed by the same command, run again")
+    r.add_argument("--train-within", type=float,
+                   help="every run's training ends within this many seconds of the start (a run still training "
+                        "stops as with --max-train-seconds; runs start longest first)")
     r.add_argument("--evaluate-stopped", action="store_true",
                    help="a run that --max-train-seconds stops is evaluated as it is and joins the curve (its "
                         "record says how many steps it trained), not left for the same command to resume")

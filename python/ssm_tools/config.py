@@ -101,12 +101,19 @@ def make_task(config: dict) -> Task:
     return get_task(task["name"], task["mode"], **task["options"])
 
 
-def make_eval_task(config: dict) -> Task:
-    """The task graded at test time: [eval] task in [task]'s mode, else [task] itself."""
+def eval_task_spec(config: dict) -> dict:
+    """The task graded at test time, {"name", "mode", "options"}: [eval] task in [task]'s mode, else
+    [task] itself (configs with equal specs grade the same task)."""
     spec = config.get("eval", {}).get("task")
     if spec is None:
-        return make_task(config)
-    return get_task(spec["name"], config["task"].get("mode", "interactive"), **spec.get("options", {}))
+        return {k: config["task"][k] for k in ("name", "mode", "options")}
+    return {"name": spec["name"], "mode": config["task"].get("mode", "interactive"), "options": spec.get("options", {})}
+
+
+def make_eval_task(config: dict) -> Task:
+    """The task graded at test time (eval_task_spec)."""
+    spec = eval_task_spec(config)
+    return get_task(spec["name"], spec["mode"], **spec["options"])
 
 
 # -- [model] / [train] / [eval]: the training engineer's sections ------------------------------------

@@ -1,7 +1,7 @@
 """The figures of `reproduce`: exact-answer accuracy against problem size (plot_curve) and, for a
 sweep (the task mixture, App. D.6), accuracy at the largest size against the addition weight, one
 line per step budget (plot_sweep). Every legend says how its runs were trained: the model's size,
-steps, learning rate and number of seeds."""
+steps, learning rate and number of seeds; a scale smaller than the paper's says so in its title."""
 from __future__ import annotations
 
 
@@ -100,11 +100,14 @@ def plot_curve(curve: dict, path) -> list[str]:
         ax.plot([], [], linestyle=":", marker="x", color="0.4", label="x: not decoded (0/n at a smaller size)")
     seeds = sorted({r["seed"] for r in curve["runs"]}) or curve["seeds"]
     ax.set_title(f"{curve['task']}: length generalization, {curve['scale']} scale, seeds {seeds}")
-    return _save(fig, ax, path)
+    return _save(fig, ax, path, curve)
 
 
-def _save(fig, ax, path) -> list[str]:
-    legend = ax.legend(fontsize=7) if ax.get_legend_handles_labels()[0] else None
+def _save(fig, ax, path, curve: dict) -> list[str]:
+    """Saves the figure; the legend's title is the curve's "scale_note" (a scale smaller than the
+    paper's says so beside every line). Returns the legend's lines."""
+    legend = (ax.legend(fontsize=7, title=curve.get("scale_note"), title_fontsize=7)
+              if ax.get_legend_handles_labels()[0] else None)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     fig.clf()
@@ -145,4 +148,4 @@ def plot_sweep(curve: dict, path) -> list[str]:
     lo, hi = curve["train_sizes"]
     ax.set_title(f"{curve['task']} ({curve['size_label']}): trained on {lo}..{hi}, {curve['scale']} scale;\n"
                  f"line: mean over seeds, dots: each seed" + (f", n={n} per point" if n else ""), fontsize=9)
-    return _save(fig, ax, path)
+    return _save(fig, ax, path, curve)

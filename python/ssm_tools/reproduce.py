@@ -7,6 +7,8 @@ it interactively at sizes far beyond training, and plot exact-answer accuracy ag
     ssm-tools reproduce hanoi_recursive --scale paper --device cuda --workers 8 --max-seconds 300
 
     ssm-tools reproduce multiplication_mixture --scale cpu --lr-grid 3e-3,1e-2 --val-size 30
+    ssm-tools reproduce multiplication_mixture --scale gpu_small --device cuda --workers 8 \
+        --train-within 300 --evaluate-stopped    # benchmarks/run_gpu_mixture.sh
 
 writes results/<task>/curve.json (accuracy per size for every model, mode and seed, with how each
 run was trained: model sizes, recipe, seed, machine, seconds; the test sizes, n per size, the
@@ -22,8 +24,11 @@ rollout per size (`joint_eval`, evaluate.evaluate_many). The logical graph, Towe
 run small models at the paper scale (SMALL_MODELS: their episodes are up to a million decode steps);
 of them all but coding have a cpu scale.
 The task mixture (App. D.6) is a sweep: one run per addition weight, step budget and seed, drawn as
-accuracy at the largest size against the weight. `--lr-grid` chooses the learning rate on a held-out
-size first (select_lr), as the paper did, and records every candidate.
+accuracy at the largest size against the weight; its runs are evaluated jointly once all have
+trained (one graded task). The `gpu_small` scale runs the whole sweep in one GPU call with models
+smaller than the paper's, as the curve, its legend and every run say ("scale_note").
+`--lr-grid` chooses the learning rate on a held-out size first (select_lr), as the paper did, and
+records every candidate.
 
 Under torchrun (`--nproc N`, ssm_tools.distributed) every run trains data-parallel over the N
 processes, one run after another; rank 0 evaluates it and writes the curve.
@@ -46,7 +51,7 @@ import torch
 from tqdm import tqdm
 
 from . import distributed, pool
-from .config import CONFIGS, load_config, make_eval_task, make_task
+from .config import CONFIGS, eval_task_spec, load_config, make_eval_task, make_task
 from .evaluate import (EvaluationDeadline, check_joint, check_precision, decode_precision, evaluate_size_many,
                        exact_trajectory_many)
 from .models import MODELS, preset
@@ -83,6 +88,21 @@ SCALES = {
         "stop_after_zero": True,
         "pool": 0,
     },
+    # One GPU call (~10 minutes) for a sweep whose paper-scale runs take GPU-hours (the mixture: 36
+    # runs, 18,600 steps): a 2 x 128 Mamba at batch 32 instead of the paper's 24 x 768 at 128, its
+    # learning rate from a CPU pilot (results/reproduction_notes.md, "The mixture in one GPU call").
+    # Only a task that gives this scale sizes offers it.
+    "gpu_small": {
+        "model_scale": "paper",  # not used: "models" gives every run's sizes
+        "models": {"mamba": dict(d_model=128, n_layers=2, d_state=16)},
+        "runs": [("mamba", "interactive")],
+        "train": dict(steps=800, batch_size=32, lr=1e-2, warmup=40),
+        "n": 50,
+        "seeds": [0, 1, 2],
+        "stop_after_zero": False,  # every size decoded: the sweep's figure reads the largest
+        "smaller_than_paper": True,  # the curve and each run record say so (scale_note)
+        "pool": 0,
+    },
 }
 
 # The tasks `reproduce` runs (tasks/<task>.toml gives the task and its training range) and their test
@@ -116,12 +136,13 @@ TASKS = {
     # "sweep", one run per (w, budget, seed); the figure is accuracy at the largest size against w.
     "multiplication_mixture": {
         "size_label": "digits of the first operand, x 2 digits",
-        "sizes": {"cpu": [20, 40], "paper": [20, 50, 100, 200, 500, 1000]},
+        "sizes": {"cpu": [20, 40], "paper": [20, 50, 100, 200, 500, 1000], "gpu_small": [20, 40, 100]},
         "sweep": {"config": "mixture_add{add_weight:g}", "add_weight": [0, 0.33, 0.5, 0.6],
-                  "steps": {"cpu": [25, 50, 100], "paper": [250, 500, 800]}},
+                  "steps": {"cpu": [25, 50, 100], "paper": [250, 500, 800], "gpu_small": [250, 500, 800]}},
         # cpu: 36 tiny runs, 2,100 steps (batch 16, 20-digit episodes up to 1.1k tokens): 29 minutes on 2
         # busy shared cores (results/multiplication_mixture); too few steps to learn the task (0%
-        # everywhere), it checks the whole pipeline.
+        # everywhere), it checks the whole pipeline. gpu_small: the whole sweep in one GPU call
+        # (benchmarks/run_gpu_mixture.sh), every size decoded for the figure at 100 digits.
         "scales": {"cpu": {"runs": [("mamba", "interactive")], "seeds": [0, 1, 2], "n": 20,
                            "train": dict(batch_size=16, lr=1e-2, warmup=5)},
                    "paper": {"runs": [("mamba", "interactive")], "seeds": [0, 1, 2]}}},
@@ -205,6 +226,9 @@ def scale_spec(task: str, scale: str) -> dict:
     _choose("scale", scale, SCALES)
     if scale in TASKS[task].get("unavailable", {}):
         raise ValueError(f"{task} {TASKS[task]['unavailable'][scale]}")
+    if scale not in TASKS[task]["sizes"]:
+        offered = sorted(TASKS[task]["sizes"])
+        raise ValueError(f"{task} has no {scale} scale (its scales: {', '.join(offered)})")
     spec = {**SCALES[scale], "run_seeds": {}, **TASKS[task].get("scales", {}).get(scale, {})}
     models = spec.get("models", {})
     spec["models"] = {m: dict(models[m]) if m in models else preset(m, spec["model_scale"]) for m, _ in spec["runs"]}
@@ -227,7 +251,8 @@ def run_one(config: dict, model: str, model_scale: str | dict, train: dict, seed
             max_train_seconds: float | None = None, eval_until: float | None = None,
             eval_lock: Path | None = None, setting: dict | None = None, evaluate_stopped: bool = False,
             fit_train_seconds: float | None = None, stop_after_zero: bool = False, evaluate_now: bool = True,
-            threads: int | None = None, progress: bool = True, precision: str = "float32") -> dict:
+            threads: int | None = None, progress: bool = True, precision: str = "float32",
+            train_until: float | None = None) -> dict:
     """Train one model (sizes: a preset's name, or the sizes themselves) on one task config with
     one seed, then evaluate it at `sizes` on the config's graded task (make_eval_task). A checkpoint
     left in `out_dir` by an earlier, stopped run of the same recipe is resumed. With
@@ -239,7 +264,9 @@ def run_one(config: dict, model: str, model_scale: str | dict, train: dict, seed
     `eval_lock` (a file), runs in other processes that hold the same lock evaluate one at a time.
     `setting` (a sweep's point, e.g. {"add_weight": 0.5, "steps": 250}) joins the run's name.
     `fit_train_seconds` sizes the run to that time (Trainer.run's fit_seconds: fewer steps, never
-    more, chosen from the warmup's pace; the recipe recorded is the one trained). `stop_after_zero`:
+    more, chosen from the warmup's pace; the recipe recorded is the one trained). `train_until` (a
+    time.time()) ends the training by then as `max_train_seconds` would (a run starting later trains
+    one step). `stop_after_zero`:
     see evaluate_within. Without `evaluate_now`, the trained run is returned with "pending": its
     folder, for evaluate_jointly. The result records how the run was trained, read off the trainer
     itself: the model and its sizes ("model_cfg"), the recipe ("train", the seed it used included),
@@ -252,6 +279,9 @@ def run_one(config: dict, model: str, model_scale: str | dict, train: dict, seed
     checkpoint = Path(out_dir) / CHECKPOINT
     if checkpoint.is_file():  # an earlier call's stopped (or finished) run of the same recipe
         same_recipe(checkpoint, trainer.load(checkpoint), asdict(cfg))
+    if train_until is not None:  # the call's end of training, whenever this run starts
+        left = max(0.0, train_until - time.time())
+        max_train_seconds = left if max_train_seconds is None else min(max_train_seconds, left)
     last = trainer.run(max_seconds=max_train_seconds, fit_seconds=fit_train_seconds)
     train_s = round(trainer.train_seconds, 1)
     if last.get("stopped") and not evaluate_stopped:
@@ -548,7 +578,7 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
               fit_train_seconds: float | None = None, pack: bool = True, stop_after_zero: bool | None = None,
               joint_eval: bool | None = None, pool_episodes: int | None = None,
               pool_seconds: float | None = None, precision: str = "float32",
-              select_every: int | None = None) -> dict:
+              select_every: int | None = None, train_within: float | None = None) -> dict:
     """Train and evaluate every (model, mode) of the scale that the task has (or the subset `only`)
     for each seed (`seeds`, else the task's seeds for that run, else the scale's). `sizes`, `n`,
     `steps`, `lr`, `max_eval_seconds` override the scale's test sizes, episodes per size, training
@@ -574,7 +604,11 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     time comes out of `max_train_seconds` (the runs after it get what is left).
 
     `fit_train_seconds` gives each run that much training time, its steps cut to fit (see run_one):
-    for calls of fixed length. `pack=False` trains on padded rows instead of packed ones.
+    for calls of fixed length. `train_within`: every run's training ends within this many seconds of
+    the call's start (a run still training then stops as with `max_train_seconds`; one that starts
+    later trains one step): a call of many runs, queued on fewer workers, keeps time to evaluate.
+    The runs start longest first (their recipes' steps), which ends a sweep's training soonest.
+    `pack=False` trains on padded rows instead of packed ones.
 
     `select_every`: checkpoint selection (TrainConfig.select_size): every run scores its weights at
     `val_size` (held out, not a test size) every this many steps and is evaluated with the best
@@ -589,6 +623,7 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     command: its stopped runs resume on the same pool). `pool_seconds` bounds each pool's build (fewer
     episodes if it runs out, as the runs' records say)."""
     eval_until = None if max_seconds is None else time.time() + max_seconds
+    train_until = None if train_within is None else time.time() + train_within
     spec = scale_spec(task, scale)
     settings = sweep_settings(task, scale, add_weights, steps)
     overrides = spec.get("config")
@@ -609,7 +644,8 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     if not (isinstance(n, int) and n > 0):
         raise ValueError(f"n must be a positive integer, got {n!r}")
     for name, value in (("max_eval_seconds", max_eval_seconds), ("max_seconds", max_seconds), ("lr", lr),
-                        ("fit_train_seconds", fit_train_seconds), ("pool_seconds", pool_seconds)):
+                        ("fit_train_seconds", fit_train_seconds), ("pool_seconds", pool_seconds),
+                        ("train_within", train_within)):
         if value is not None and not value > 0:
             raise ValueError(f"{name} must be positive, got {value!r}")
     check_precision(precision)
@@ -635,13 +671,14 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     joint_eval = device != "cpu" if joint_eval is None else bool(joint_eval)
     joint_eval = joint_eval and not distributed.launched()
     recipe = asdict(train_config(config, train))
+    models = {m: spec["models"][m] for m, _ in runs}
+    note = scale_note(spec, models, recipe["batch_size"])
     curve = {"task": task, "scale": scale, "command": command, "commands": [command], "device": device,
              "size_label": TASKS[task]["size_label"],
              "train_sizes": [config["sizes"]["train"][0], recipe["train_max_size"]], "train": recipe,
              # A sweep's points differ in their options (each run records its "setting").
              **({} if settings[0] else {"task_options": config["task"].get("options", {})}),
-             "models": {m: spec["models"][m] for m, _ in runs}, "runs": [], "stop_after_zero": stop_after_zero,
-             "joint_eval": joint_eval,
+             "models": models, "runs": [], "stop_after_zero": stop_after_zero, "joint_eval": joint_eval, **note,
              **({"every_seed": True} if TASKS[task].get("every_seed") else {})}
     out_dir = Path(out_dir)
     if merge and (out_dir / "curve.json").is_file():  # checked before hours of training, not after
@@ -686,13 +723,16 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
                     max_eval_seconds=max_eval_seconds, max_train_seconds=max_train_seconds, eval_until=eval_until,
                     eval_lock=eval_lock, setting=setting, evaluate_stopped=evaluate_stopped,
                     fit_train_seconds=fit_train_seconds, stop_after_zero=stop_after_zero,
-                    evaluate_now=not (joint_eval and fixed_size_state(model)), precision=precision)
+                    evaluate_now=not (joint_eval and fixed_size_state(model)), precision=precision,
+                    train_until=train_until)
 
-    jobs = [job(model, mode, setting, seed) for model, mode in runs for setting in settings
-            for seed in run_seeds[model, mode]]
+    # Longest first (a stable sort: the order above among equals): on fewer workers than runs, the
+    # longest runs do not start last.
+    jobs = sorted([job(model, mode, setting, seed) for model, mode in runs for setting in settings
+                   for seed in run_seeds[model, mode]], key=lambda j: -j["train"]["steps"])
 
     def finished(results: list[dict]) -> dict:  # the curve with these runs (those trained to the end)
-        done = [{**r, "command": command} for r in results
+        done = [{**r, "command": command, **note} for r in results
                 if "stopped" not in r and "error" not in r and "pending" not in r]
         failed = [{**r, "command": command} for r in results if "error" in r]
         return summarize({**curve, "runs": replace_runs(curve["runs"], done), **({"failed": failed} if failed else {})})
@@ -704,11 +744,12 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
         if distributed.is_main():
             write_curve(finished(ended), out_dir)
 
-    # Joint evaluation: the fixed-size-state runs of a mode and sweep point (one graded task) are
-    # evaluated once the last of them has ended its training (or stopped, or failed), while other
-    # runs may still train.
-    def group(run: dict) -> tuple:
-        return run["mode"], json.dumps(run.get("setting"), sort_keys=True)
+    # Joint evaluation: the fixed-size-state runs graded on one task (one mode; a sweep's points
+    # share theirs: the mixture's runs are all graded on n x 2 multiplication) are evaluated together
+    # once the last of them has ended its training (or stopped, or failed), while other runs may
+    # still train: a sweep's decoding then has the GPU to itself, its runs in one rollout per size.
+    def group(run: dict) -> str:
+        return json.dumps(eval_task_spec(joint[run_key(run)]["config"]), sort_keys=True)
 
     joint = {run_key(job_identity(j)): j for j in jobs if not j["evaluate_now"]}
     left = collections.Counter(group(job_identity(j)) for j in joint.values())
@@ -747,6 +788,20 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
     curve = finished(results)
     write_curve(curve, out_dir)
     return {**curve, "unfinished": unfinished}
+
+
+def scale_note(spec: dict, models: dict, batch_size: int) -> dict:
+    """{"scale_note": what is smaller than the paper} for a scale that says it is
+    ("smaller_than_paper"), else {}: every run of such a scale carries it, and the curve."""
+    if not spec.get("smaller_than_paper"):
+        return {}
+
+    def sizes(of: dict) -> str:
+        return ", ".join(f"{m} {of[m]['n_layers']} x {of[m]['d_model']}" for m in models)
+
+    paper = {m: preset(m, "paper") for m in models}
+    return {"scale_note": f"smaller than the paper: {sizes(models)} at batch {batch_size} (the paper: "
+                          f"{sizes(paper)} at batch {SCALES['paper']['train']['batch_size']})"}
 
 
 def sweep_settings(task: str, scale: str, add_weights: list[float] | None, steps: int | None) -> list[dict | None]:
