@@ -297,12 +297,16 @@ def _perturbed_mamba(n_layers, dtype):
     return model
 
 
+@pytest.mark.parametrize("via_in_proj", [False, True], ids=["torch_norm_backward", "norm_grad_via_in_proj"])
 @pytest.mark.parametrize("n_layers, T, packed", [(1, 9, False), (3, 70, False), (3, 300, True)])
-def test_mamba_body_with_fused_residual_norm_matches_plain_formulation(n_layers, T, packed):
+def test_mamba_body_with_fused_residual_norm_matches_plain_formulation(n_layers, T, packed, via_in_proj, monkeypatch):
     # Each layer takes the residual add before its norm (ops.add_rms_norm: one kernel for the add,
     # the norm and the cast) and returns (r, out): the logits and every gradient (parameters of all
-    # layers, norms, embedding) equal the plain stack's with separate adds in float64.
+    # layers, norms, embedding) equal the plain stack's with separate adds in float64. Both backward
+    # formulations of the norm weight's gradient (the autocast one forced here in float64) are exact.
     from conftest import packed_seq_idx
+    from ssm_tools.models import mamba
+    monkeypatch.setattr(mamba, "_norm_grad_via_in_proj", lambda cd, stream_dtype: via_in_proj)
     torch.manual_seed(1000 + T)
     model = _perturbed_mamba(n_layers, torch.float64)
     tokens = torch.randint(0, V, (2, T))

@@ -64,6 +64,14 @@ def _residual_norm(x, res, norm_weight, eps, cd):
     return r, (r if norm_weight is None else F.rms_norm(r, r.shape[-1:], norm_weight, eps)).to(cd)
 
 
+def _norm_grad_via_in_proj(cd: torch.dtype, stream_dtype: torch.dtype) -> bool:
+    """Whether a layer's backward takes the norm weight's gradient from in_proj's (M below): where its
+    GEMMs run in a lower precision than the residual stream (autocast), whose rounding dominates the
+    difference. Full-precision runs keep torch's norm backward, so that their gradients, and the CPU
+    runs that reproduce recorded results, keep the bits of the unfused formulation."""
+    return cd != stream_dtype
+
+
 class _MambaLayer(torch.autograd.Function):
     """One layer: the residual add before its pre-norm, the norm and the mixer. For the residual
     stream x (B, T, d_model) and the previous layer's output res (None for the first layer): r = x +
@@ -112,10 +120,13 @@ class _MambaLayer(torch.autograd.Function):
         d_inner, dt_rank, d_state = ctx.dims
         cd = ctx.cd
         batch, T, d_model = r.shape
-        with torch.enable_grad():  # the norm is recomputed without its weight, and differentiated by autograd
+        via_in_proj = norm_weight is not None and _norm_grad_via_in_proj(cd, r.dtype)
+        with torch.enable_grad():  # the norm is recomputed, and differentiated by autograd
             r_ = r.detach().requires_grad_()
-            xhat_full = r_ if norm_weight is None else F.rms_norm(r_, (d_model,), None, ctx.eps)
-        xhat = xhat_full.detach().to(cd)
+            norm_w = None if norm_weight is None or via_in_proj else norm_weight.detach().requires_grad_()
+            # Without its weight (xhat) where the weight's gradient comes from in_proj's (below).
+            h_full = r_ if norm_weight is None else F.rms_norm(r_, (d_model,), norm_w, ctx.eps)
+        h = h_full.detach().to(cd)
         g = torch.zeros(r.shape, dtype=cd, device=r.device) if g is None else g.to(cd)
         dy = _shared_bmm(W_out.t(), g.mT)  # (B, d_inner, T)
         d_out_w = g.reshape(-1, d_model).t() @ y_t.reshape(-1, d_inner)
@@ -135,17 +146,20 @@ class _MambaLayer(torch.autograd.Function):
         dx, d_conv_w, d_conv_b = _ops.causal_conv1d_bwd(du, x, conv_w[:, 0], conv_b, True, seq_idx)
         dxz = _ops.transpose_cat([dx, dz.to(cd)]).view(batch * T, 2 * d_inner)
         dh = (dxz @ W_in).view(batch, T, d_model)
-        M = dxz.t() @ xhat.view(batch * T, d_model)  # dxz^T xhat, (2 d_inner, d_model)
+        M = dxz.t() @ h.view(batch * T, d_model)  # in_proj's weight gradient (dxz^T xhat via_in_proj)
         if norm_weight is None:
             d_in_w, dr, d_norm_w = M, dh.to(r.dtype), None
-        else:
-            # h = xhat * w, so in_proj's weight gradient dxz^T h is M with its columns scaled by w,
-            # and the norm weight's, sum over rows of dh * xhat with dh = dxz W_in, is sum_k W_in[k, j]
-            # M[k, j]: two products of (2 d_inner, d_model) instead of a reduction over all batch * T
-            # rows of dh * xhat (torch's rms_norm backward, GammaBetaBackward on CUDA).
+        elif via_in_proj:
+            # h = xhat * w, so in_proj's weight gradient dxz^T h is M = dxz^T xhat with its columns
+            # scaled by w, and the norm weight's, sum over rows of dh * xhat with dh = dxz W_in, is
+            # sum_k W_in[k, j] M[k, j]: two products of (2 d_inner, d_model) instead of a reduction over
+            # all batch * T rows of dh * xhat (torch's rms_norm backward, GammaBetaBackward on CUDA).
             M = M.to(norm_weight.dtype)
             d_in_w, d_norm_w = M * norm_weight, (M * W_in).sum(0)
-            dr, = torch.autograd.grad(xhat_full, r_, dh * norm_weight)
+            dr, = torch.autograd.grad(h_full, r_, dh * norm_weight)
+        else:
+            d_in_w = M
+            dr, d_norm_w = torch.autograd.grad(h_full, (r_, norm_w), dh.to(h_full.dtype))
         if g_r is not None:  # r's other use: the next layer's residual add (or the final norm)
             dr = dr.add_(g_r) if dr.dtype == g_r.dtype else dr + g_r
         in_dt, x_dt, dt_dt, out_dt = ctx.dtypes
