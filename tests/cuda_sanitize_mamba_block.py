@@ -58,6 +58,10 @@ def main():
         # The final norm: a residual of the matmul dtype, the output in float32.
         outs.extend(ops.add_rms_norm(stream, torch.randn(3, 300, device=dev).to(dtype), torch.randn(300, device=dev),
                                      None, torch.float32))
+        # Training's row count (the warp-a-row kernel): 4-element vectors, a lane past the row's end.
+        rows = torch.randn(4096, 300, device=dev)
+        outs.extend(ops.add_rms_norm(rows, torch.randn(4096, 300, device=dev).to(dtype), torch.randn(300, device=dev),
+                                     None, dtype))
     mixer = MambaMixer(16).to(dev)
     h = torch.randn(3, 70, 16, device=dev, requires_grad=True)
     with torch.autocast("cuda", dtype=torch.bfloat16):

@@ -402,10 +402,14 @@ def test_transpose_cat(gen, device, seqlen):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("rows, dim", [(1, 1), (3, 5), (100, 768), (2, 1000), (1, 4099)], ids=str)
+@pytest.mark.parametrize("rows, dim", [(1, 1), (3, 5), (100, 768), (2, 1000), (1, 4099), (4096, 768), (5000, 12),
+                                       (4100, 10)], ids=str)
 def test_add_rms_norm_matches_reference(gen, device, rows, dim):
     """Every out dtype, with and without a residual; dims past one pass of the CUDA block (256) and
-    not a multiple of it. The sum is exact (one add in x's dtype); the norm's output to its dtype."""
+    not a multiple of it. From 4096 rows (training's batch x length) CUDA takes a warp a row with
+    4-element vectors where dim allows (4096 x 768: many vectors a lane; 5000 x 12: fewer vectors than
+    lanes), the block-a-row kernel otherwise (4100 x 10). The sum is exact (one add in x's dtype);
+    the norm's output to its dtype."""
     stream_dtypes = [torch.float64, torch.float32] if device == "cpu" else [torch.float32]
     for x_dtype in stream_dtypes:
         for out_dtype in [x_dtype] + [d for d in dtypes(device) if d not in (torch.float32, torch.float64)]:
@@ -419,6 +423,26 @@ def test_add_rms_norm_matches_reference(gen, device, rows, dim):
                 assert rel_err(total, ref_total) <= TOL[x_dtype]
                 assert rel_err(out, ref_out) <= TOL[out_dtype]
                 assert x.shape == total.shape == out.shape
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_add_rms_norm_misaligned_residual_at_training_rows(gen, device):
+    """A residual one element past a vector boundary (a contiguous view at an odd offset): CUDA's
+    warp-a-row kernel would misread it, so it takes the block-a-row kernel; same values as aligned."""
+    rows, dim = 4096, 64
+    x = rnd(gen, rows, dim, device=device, scale=3.0)
+    w = rnd(gen, dim, device=device)
+    for dtype in dtypes(device):
+        residual = rnd(gen, rows, dim, dtype=dtype, device=device)
+        shifted = torch.empty(rows * dim + 1, dtype=dtype, device=device)[1:].view(rows, dim)
+        shifted.copy_(residual)
+        want = ops.add_rms_norm(x, residual, w, None, dtype)
+        got = ops.add_rms_norm(x, shifted, w, None, dtype)
+        ref_total, ref_out = add_rms_norm_ref(x.double().cpu(), residual.double().cpu(), w.double().cpu(),
+                                              torch.finfo(x.dtype).eps)
+        assert torch.equal(got[0], want[0]) and rel_err(got[0], ref_total) <= TOL[torch.float32]
+        tol = max(TOL[dtype], TOL[torch.float32])  # the norm runs on the float32 sum
+        assert rel_err(got[1], ref_out) <= tol and rel_err(want[1], ref_out) <= tol
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -275,5 +275,96 @@ def test_bfloat16_decode_copy_decodes_what_autocast_trains():
 
 @pytest.mark.parametrize("name", ["lstm", "gru", "pythia", "mistral"])
 def test_models_without_a_low_precision_decode_refuse_it(name):
-    with pytest.raises(ValueError, match=f"decodes in its parameters' dtype only, not torch.bfloat16"):
+    with pytest.raises(ValueError, match="decodes in its parameters' dtype only, not torch.bfloat16"):
         make(name).decode_copy(torch.bfloat16)
+
+
+def _plain_mamba(model, tokens, seq_idx=None):
+    """The Mamba LM written plainly: x = x + mixer_ref(norm(x)) per layer, the separate add, norm and
+    cast of the unfused formulation (reference.mamba_mixer_ref), then the final norm and head."""
+    from ssm_tools.reference import mamba_mixer_ref
+    x = model.embedding(tokens)
+    for norm, mixer in zip(model.norms, model.mixers):
+        x = x + mamba_mixer_ref(mixer, norm(x), seq_idx)
+    return model.lm_head(model.norm_f(x))
+
+
+def _perturbed_mamba(n_layers, dtype):
+    model = build_model("mamba", vocab_size=V, d_model=16, n_layers=n_layers, d_state=4).to(dtype)
+    with torch.no_grad():
+        for p in model.parameters():  # off the initialisation (norm weights of ones), so every term counts
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("via_in_proj", [False, True], ids=["torch_norm_backward", "norm_grad_via_in_proj"])
+@pytest.mark.parametrize("n_layers, T, packed", [(1, 9, False), (3, 70, False), (3, 300, True)])
+def test_mamba_body_with_fused_residual_norm_matches_plain_formulation(n_layers, T, packed, via_in_proj, monkeypatch):
+    # Each layer takes the residual add before its norm (ops.add_rms_norm: one kernel for the add,
+    # the norm and the cast) and returns (r, out): the logits and every gradient (parameters of all
+    # layers, norms, embedding) equal the plain stack's with separate adds in float64. Both backward
+    # formulations of the norm weight's gradient (the autocast one forced here in float64) are exact.
+    from conftest import packed_seq_idx
+    from ssm_tools.models import mamba
+    monkeypatch.setattr(mamba, "_norm_grad_via_in_proj", lambda cd, stream_dtype: via_in_proj)
+    torch.manual_seed(1000 + T)
+    model = _perturbed_mamba(n_layers, torch.float64)
+    tokens = torch.randint(0, V, (2, T))
+    seq_idx = packed_seq_idx(None, T, [[1, 2, 100, 255, 256], 20]) if packed else None
+    grad_out = torch.randn(2, T, V, dtype=torch.float64)
+    params = list(model.parameters())
+    got, want = model(tokens, seq_idx), _plain_mamba(model, tokens, seq_idx)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    for g, w, (name, _) in zip(torch.autograd.grad(got, params, grad_out), torch.autograd.grad(want, params, grad_out),
+                               model.named_parameters()):
+        assert g.dtype == w.dtype, name
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_mamba_training_loss_and_gradients_under_autocast_match_plain_formulation():
+    # The training path (float32 parameters, bf16 autocast on the CPU, the masked loss): loss and
+    # every gradient against the plain stack under the same autocast. The fused layer keeps the
+    # weights cast once for its backward; the gradients come back float32.
+    from ssm_tools.train import masked_loss
+    torch.manual_seed(7)
+    model = _perturbed_mamba(3, torch.float32)
+    tokens = torch.randint(0, V, (3, 40))
+    mask = torch.rand(3, 40) < 0.7
+    params = list(model.parameters())
+    results = []
+    for forward in (model, lambda t: _plain_mamba(model, t)):
+        class Wrapped(torch.nn.Module):
+            def forward(self, t, seq_idx=None):
+                return forward(t)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = masked_loss(Wrapped(), tokens, mask)
+        results.append((loss, torch.autograd.grad(loss, params)))
+    (got, got_grads), (want, want_grads) = results
+    torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
+    for g, w, (name, p) in zip(got_grads, want_grads, model.named_parameters()):
+        assert g.dtype == p.dtype == torch.float32, name
+        torch.testing.assert_close(g, w, rtol=5e-2, atol=5e-2 * w.abs().max().item(), msg=name)
+
+
+@pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")
+@pytest.mark.parametrize("x_dtype, res_dtype, cd", [(torch.float32, torch.bfloat16, torch.bfloat16),
+                                                    (torch.float32, None, torch.bfloat16),
+                                                    (torch.float64, torch.float64, torch.float64),
+                                                    (torch.float32, torch.float32, torch.float32)])
+def test_residual_norm_fused_equals_separate_add_norm_cast(x_dtype, res_dtype, cd):
+    # _residual_norm's one-kernel path against the add, F.rms_norm and cast it replaces; a norm
+    # weight of another dtype than the stream takes the separate ops and gives the same.
+    import torch.nn.functional as F
+    from ssm_tools.models.mamba import _residual_norm
+    torch.manual_seed(3)
+    x = torch.randn(2, 5, 24, dtype=x_dtype)
+    res = None if res_dtype is None else torch.randn(2, 5, 24, dtype=res_dtype)
+    w = 1 + 0.1 * torch.randn(24, dtype=x_dtype)
+    r_want = x if res is None else x + res
+    h_want = F.rms_norm(r_want, (24,), w, None).to(cd)
+    tol = dict(rtol=1e-2, atol=1e-2) if cd == torch.bfloat16 else dict(rtol=1e-6, atol=1e-6)
+    for weight in (w, w.to(torch.float16)):
+        r, h = _residual_norm(x, res, weight, None, cd)
+        assert r.dtype == x_dtype and h.dtype == cd and r.shape == h.shape == x.shape
+        torch.testing.assert_close(r, r_want, rtol=0, atol=0)
+        torch.testing.assert_close(h, h_want if weight is w else F.rms_norm(r_want, (24,), weight, None).to(cd), **tol)

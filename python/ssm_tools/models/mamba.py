@@ -3,8 +3,9 @@
 Block: in_proj -> (x, z); x -> causal depthwise conv1d (kernel d_conv) -> SiLU -> x_proj -> (dt, B, C);
 dt -> dt_proj (its bias is the scan's delta_bias, softplus inside the op); selective scan with D and
 z gating -> out_proj. Layers are RMSNorm pre-norm residual. The parallel forward is one autograd
-node per layer (`_MambaLayer`: norm, projections, the fused conv1d + SiLU kernel, the selective scan)
-that recomputes its cheap parts in the backward instead of saving them; decoding runs the same
+node per layer (`_MambaLayer`: the residual add and norm in one kernel, projections, the fused conv1d
++ SiLU kernel, the selective scan) that recomputes its cheap parts in the backward instead of saving
+them; decoding runs the same
 recurrence one position at a time (`ops.add_rms_norm`, in_proj, `ops.conv_ssm_step`, out_proj: five
 kernels a layer on CUDA), so a tool-augmented episode costs O(1) per token whatever its length.
 `reference.mamba_mixer_ref` is the plain formulation the tests compare against.
@@ -48,25 +49,52 @@ def _batch_summed_bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.bmm(a, b.mT).sum(0, dtype=torch.promote_types(a.dtype, torch.float32))
 
 
+def _residual_norm(x, res, norm_weight, eps, cd):
+    """(r, h): the residual stream r = x + res (x alone without res) and h = rms_norm(r) in the
+    compute dtype cd (r itself without a norm). One kernel (ops.add_rms_norm) where it takes the
+    dtypes (a float32 stream, also float64 on the CPU, the weight in the stream's dtype), instead of
+    the add, the norm and the cast to cd."""
+    fused = (norm_weight is not None and norm_weight.dtype == x.dtype
+             and (x.dtype == torch.float32 or (x.dtype == torch.float64 and x.device.type == "cpu")))
+    if fused:
+        d = x.shape[-1]
+        r, h = ops.add_rms_norm(x.reshape(-1, d), None if res is None else res.reshape(-1, d), norm_weight, eps, cd)
+        return r.view(x.shape), h.view(x.shape)
+    r = x if res is None else x + res
+    return r, (r if norm_weight is None else F.rms_norm(r, r.shape[-1:], norm_weight, eps)).to(cd)
+
+
+def _norm_grad_via_in_proj(cd: torch.dtype, stream_dtype: torch.dtype) -> bool:
+    """Whether a layer's backward takes the norm weight's gradient from in_proj's (M below): where its
+    GEMMs run in a lower precision than the residual stream (autocast), whose rounding dominates the
+    difference. Full-precision runs keep torch's norm backward, so that their gradients, and the CPU
+    runs that reproduce recorded results, keep the bits of the unfused formulation."""
+    return cd != stream_dtype
+
+
 class _MambaLayer(torch.autograd.Function):
-    """The mixer of one layer, with its pre-norm: out = mixer(rms_norm(r)) for the residual stream r
-    (B, T, d_model), in one autograd node that saves only r, in_proj's outputs x and z, x_proj's
-    small output and the scan's input to out_proj (plus the scan's chunk states), and recomputes the
-    rest in the backward: the norm, the conv + SiLU (one fused kernel) and dt_proj, all cheap next
-    to the scan (mamba_ssm's mamba_inner_fn recomputes the same). Layout: channel-first (B, d_inner,
-    T) from in_proj to the scan, as the conv and scan kernels read it; the GEMMs write and read that
-    layout through weights expanded with batch stride 0, so nothing is transposed but y (once, for
-    out_proj and its weight gradient) and in_proj's gradient (once, by a tiled transpose, for its
-    weight gradient, which sums over batch and time).
-    Under autocast the GEMMs, the conv and the scan's inputs run in the autocast dtype; the norm,
-    the states and every parameter gradient stay in float32."""
+    """One layer: the residual add before its pre-norm, the norm and the mixer. For the residual
+    stream x (B, T, d_model) and the previous layer's output res (None for the first layer): r = x +
+    res and out = mixer(rms_norm(r)), returned as (r, out), in one autograd node that saves only r, the
+    weights in the compute dtype, in_proj's outputs x and z, x_proj's small output and the scan's input
+    to out_proj (plus the scan's chunk states), and recomputes the rest in the backward: the norm, the
+    conv + SiLU (one fused kernel) and dt_proj, all cheap next to the scan (mamba_ssm's mamba_inner_fn
+    recomputes the same). The add, the norm and the cast to the compute dtype are one kernel
+    (_residual_norm). Layout: channel-first (B, d_inner, T) from in_proj to the scan, as the conv and
+    scan kernels read it; the GEMMs write and read that layout through weights expanded with batch
+    stride 0, so nothing is transposed but y (once, for out_proj and its weight gradient) and
+    in_proj's gradient (once, by a tiled transpose, for its weight gradient, which sums over batch
+    and time).
+    Under autocast the GEMMs, the conv and the scan's inputs run in the autocast dtype (the weights
+    cast once a step, kept for the backward); the norm, the states and every parameter gradient stay
+    in float32."""
 
     @staticmethod
-    def forward(ctx, r, seq_idx, norm_weight, eps, dims, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D, out_w):
+    def forward(ctx, x_in, res, seq_idx, norm_weight, eps, dims, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D, out_w):
         d_inner, dt_rank, d_state = dims
-        cd = _compute_dtype(r)
-        with torch.autocast(r.device.type, enabled=False):
-            h = (r if norm_weight is None else F.rms_norm(r, r.shape[-1:], norm_weight, eps)).to(cd)
+        cd = _compute_dtype(x_in)
+        with torch.autocast(x_in.device.type, enabled=False):
+            r, h = _residual_norm(x_in, res, norm_weight, eps, cd)
             W_in, W_x, W_dt, W_out = (w.to(cd) for w in (in_w, x_w, dt_w, out_w))
             x, z = (_shared_bmm(w, h.mT) for w in W_in.split(d_inner))  # (B, d_inner, T) each
             u = _ops.causal_conv1d_fwd(x, conv_w[:, 0], conv_b, True, seq_idx)
@@ -76,25 +104,30 @@ class _MambaLayer(torch.autograd.Function):
             y, _, saved = _ops.selective_scan_fwd(u, delta, -torch.exp(A_log), B, C, D, z, dt_b, True, seq_idx)
             y_t = _ops.transpose_cat([y])  # (B, T, d_inner), by the tiled transpose
             out = F.linear(y_t, W_out)
-        ctx.save_for_backward(r, seq_idx, norm_weight, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D, out_w, x, z,
+        ctx.save_for_backward(r, seq_idx, norm_weight, W_in, conv_w, conv_b, W_x, W_dt, dt_b, A_log, D, W_out, x, z,
                               x_dbl, y_t, saved)
         ctx.eps, ctx.dims, ctx.cd = eps, dims, cd
-        return out
+        ctx.dtypes = tuple(w.dtype for w in (in_w, x_w, dt_w, out_w))
+        ctx.x_dtype, ctx.res_dtype = x_in.dtype, None if res is None else res.dtype
+        # An r or out that nothing used gets None, not a tensor of zeros (MambaMixer.forward drops r).
+        ctx.set_materialize_grads(False)
+        return r, out
 
     @staticmethod
-    def backward(ctx, g):
-        r, seq_idx, norm_weight, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D, out_w, x, z, x_dbl, y_t, saved = \
+    def backward(ctx, g_r, g):
+        r, seq_idx, norm_weight, W_in, conv_w, conv_b, W_x, W_dt, dt_b, A_log, D, W_out, x, z, x_dbl, y_t, saved = \
             ctx.saved_tensors
         d_inner, dt_rank, d_state = ctx.dims
         cd = ctx.cd
         batch, T, d_model = r.shape
-        W_in, W_x, W_dt, W_out = (w.to(cd) for w in (in_w, x_w, dt_w, out_w))
+        via_in_proj = norm_weight is not None and _norm_grad_via_in_proj(cd, r.dtype)
         with torch.enable_grad():  # the norm is recomputed, and differentiated by autograd
             r_ = r.detach().requires_grad_()
-            norm_w = None if norm_weight is None else norm_weight.detach().requires_grad_()
-            h_full = r_ if norm_w is None else F.rms_norm(r_, (d_model,), norm_w, ctx.eps)
+            norm_w = None if norm_weight is None or via_in_proj else norm_weight.detach().requires_grad_()
+            # Without its weight (xhat) where the weight's gradient comes from in_proj's (below).
+            h_full = r_ if norm_weight is None else F.rms_norm(r_, (d_model,), norm_w, ctx.eps)
         h = h_full.detach().to(cd)
-        g = g.to(cd)
+        g = torch.zeros(r.shape, dtype=cd, device=r.device) if g is None else g.to(cd)
         dy = _shared_bmm(W_out.t(), g.mT)  # (B, d_inner, T)
         d_out_w = g.reshape(-1, d_model).t() @ y_t.reshape(-1, d_inner)
         # Recompute the conv and dt_proj (cheap), then the scan's backward.
@@ -113,14 +146,28 @@ class _MambaLayer(torch.autograd.Function):
         dx, d_conv_w, d_conv_b = _ops.causal_conv1d_bwd(du, x, conv_w[:, 0], conv_b, True, seq_idx)
         dxz = _ops.transpose_cat([dx, dz.to(cd)]).view(batch * T, 2 * d_inner)
         dh = (dxz @ W_in).view(batch, T, d_model)
-        d_in_w = dxz.t() @ h.view(batch * T, d_model)
-        if norm_w is None:
-            dr, d_norm_w = dh.to(r.dtype), None
+        M = dxz.t() @ h.view(batch * T, d_model)  # in_proj's weight gradient (dxz^T xhat via_in_proj)
+        if norm_weight is None:
+            d_in_w, dr, d_norm_w = M, dh.to(r.dtype), None
+        elif via_in_proj:
+            # h = xhat * w, so in_proj's weight gradient dxz^T h is M = dxz^T xhat with its columns
+            # scaled by w, and the norm weight's, sum over rows of dh * xhat with dh = dxz W_in, is
+            # sum_k W_in[k, j] M[k, j]: two products of (2 d_inner, d_model) instead of a reduction over
+            # all batch * T rows of dh * xhat (torch's rms_norm backward, GammaBetaBackward on CUDA).
+            M = M.to(norm_weight.dtype)
+            d_in_w, d_norm_w = M * norm_weight, (M * W_in).sum(0)
+            dr, = torch.autograd.grad(h_full, r_, dh * norm_weight)
         else:
+            d_in_w = M
             dr, d_norm_w = torch.autograd.grad(h_full, (r_, norm_w), dh.to(h_full.dtype))
-        grads = (d_in_w, d_conv_w.view_as(conv_w), d_conv_b, d_x_w, d_dt_w, d_dt_b, dA * A, dD, d_out_w)
-        params = (in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D, out_w)
-        return (dr, None, d_norm_w, None, None, *(gr.to(p.dtype) for gr, p in zip(grads, params)))
+        if g_r is not None:  # r's other use: the next layer's residual add (or the final norm)
+            dr = dr.add_(g_r) if dr.dtype == g_r.dtype else dr + g_r
+        in_dt, x_dt, dt_dt, out_dt = ctx.dtypes
+        grads = (d_in_w.to(in_dt), d_conv_w.view_as(conv_w).to(conv_w.dtype), d_conv_b.to(conv_b.dtype),
+                 d_x_w.to(x_dt), d_dt_w.to(dt_dt), d_dt_b.to(dt_b.dtype), (dA * A).to(A_log.dtype), dD.to(D.dtype),
+                 d_out_w.to(out_dt))
+        d_res = None if ctx.res_dtype is None else dr.to(ctx.res_dtype)
+        return (dr.to(ctx.x_dtype), d_res, None, d_norm_w, None, None, *grads)
 
 
 class MambaMixer(nn.Module):
@@ -151,10 +198,16 @@ class MambaMixer(nn.Module):
     def forward(self, h: torch.Tensor, norm: nn.RMSNorm | None = None, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
         """mixer(norm(h)) for h (B, T, d_model) (the norm recomputed in the backward); packed rows
         (seq_idx (B, T) int32): the conv and the scan restart at every sequence's start."""
-        return _MambaLayer.apply(h, seq_idx, None if norm is None else norm.weight, None if norm is None else norm.eps,
-                                 (self.d_inner, self.dt_rank, self.d_state), self.in_proj.weight,
-                                 self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
-                                 self.dt_proj.bias, self.A_log, self.D, self.out_proj.weight)
+        return self.residual_forward(h, None, norm, seq_idx)[1]
+
+    def residual_forward(self, x: torch.Tensor, res: torch.Tensor | None, norm: nn.RMSNorm | None = None,
+                         seq_idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(r, mixer(norm(r))) for r = x + res, the residual add before the layer in the norm's
+        kernel (res: the previous layer's output, None for the first layer)."""
+        return _MambaLayer.apply(x, res, seq_idx, None if norm is None else norm.weight,
+                                 None if norm is None else norm.eps, (self.d_inner, self.dt_rank, self.d_state),
+                                 self.in_proj.weight, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
+                                 self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D, self.out_proj.weight)
 
     def step(self, h: torch.Tensor, state):
         """h (B, d_model) in in_proj's weight dtype; state (conv (B, d_inner, d_conv), ssm), float,
@@ -181,9 +234,10 @@ class Mamba(LanguageModel):
         self.mixers = nn.ModuleList(MambaMixer(d_model, d_state, d_conv, expand, dt_rank) for _ in range(n_layers))
 
     def body(self, x, seq_idx=None):
+        out = None  # each layer adds the previous layer's output inside its norm's kernel
         for norm, mixer in zip(self.norms, self.mixers):
-            x = x + mixer(x, norm, seq_idx)
-        return x
+            x, out = mixer.residual_forward(x, out, norm, seq_idx)
+        return x + out
 
     def layers_step(self, x, state):
         """The layers' decode step without the last residual add: returns (x, out, new state), the
