@@ -107,7 +107,7 @@ class _MambaLayer(torch.autograd.Function):
         ctx.save_for_backward(r, seq_idx, norm_weight, W_in, conv_w, conv_b, W_x, W_dt, dt_b, A_log, D, W_out, x, z,
                               x_dbl, y_t, saved)
         ctx.eps, ctx.dims, ctx.cd = eps, dims, cd
-        ctx.dtypes = tuple(w.dtype for w in (in_w, x_w, dt_w, out_w))
+        ctx.param_dtypes = tuple(p.dtype for p in (in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D, out_w))
         ctx.x_dtype, ctx.res_dtype = x_in.dtype, None if res is None else res.dtype
         # An r or out that nothing used gets None, not a tensor of zeros (MambaMixer.forward drops r).
         ctx.set_materialize_grads(False)
@@ -162,10 +162,8 @@ class _MambaLayer(torch.autograd.Function):
             dr, d_norm_w = torch.autograd.grad(h_full, (r_, norm_w), dh.to(h_full.dtype))
         if g_r is not None:  # r's other use: the next layer's residual add (or the final norm)
             dr = dr.add_(g_r) if dr.dtype == g_r.dtype else dr + g_r
-        in_dt, x_dt, dt_dt, out_dt = ctx.dtypes
-        grads = (d_in_w.to(in_dt), d_conv_w.view_as(conv_w).to(conv_w.dtype), d_conv_b.to(conv_b.dtype),
-                 d_x_w.to(x_dt), d_dt_w.to(dt_dt), d_dt_b.to(dt_b.dtype), (dA * A).to(A_log.dtype), dD.to(D.dtype),
-                 d_out_w.to(out_dt))
+        grads = (d_in_w, d_conv_w.view_as(conv_w), d_conv_b, d_x_w, d_dt_w, d_dt_b, dA * A, dD, d_out_w)
+        grads = tuple(gr.to(dt) for gr, dt in zip(grads, ctx.param_dtypes))
         d_res = None if ctx.res_dtype is None else dr.to(ctx.res_dtype)
         return (dr.to(ctx.x_dtype), d_res, None, d_norm_w, None, None, *grads)
 
