@@ -246,59 +246,63 @@ __global__ __launch_bounds__(kConvThreads) void conv_update_kernel(CausalConv1dU
   static_cast<T*>(p.out)[row] = from_float<T>(u);
 }
 
-// 64 x 64 tiles through shared memory, two neighbouring elements a thread and access, so that both
-// the reads (along t) and the writes (along r) are coalesced and each thread keeps 16 elements in
-// flight. A pair is one access where both elements exist and it is aligned (even seqlen; even
-// dst_cols and offset); else two.
-constexpr int kTile = 64, kTileRows = 8;  // block: (kTile / 2, kTileRows) threads
+// 64 x 64 tiles through shared memory with 16-byte accesses (kVec elements: 4 float32, 8 bf16/fp16)
+// both ways, so that the reads (along t) and the writes (along r) move whole sectors and each
+// thread keeps 64 / kVec vectors (float32: 4, 16-bit types: 2) in flight. A warp covers 32 / kVec
+// vectors of kVec consecutive lines (lines of the tile: r when reading, t when writing); a line of
+// the float tile is 65 words, so the warp's kVec x (32 / kVec) accesses of one element index fall in
+// 32 different banks both ways. A vector is one access where it lies wholly inside the part and is
+// 16-byte aligned (seqlen a multiple of kVec for the reads; dst_cols and offset for the writes);
+// else its elements go one by one.
+constexpr int kTile = 64, kTransposeThreads = 256;
 
 template <typename T>
-struct alignas(2 * sizeof(T)) PairOf {
-  T v[2];
-};
-
-template <typename T>
-__device__ __forceinline__ bool pair_aligned(const T* p) {
-  return reinterpret_cast<uintptr_t>(p) % sizeof(PairOf<T>) == 0;
-}
-
-template <typename T>
-__global__ __launch_bounds__(kTile / 2 * kTileRows) void transpose_kernel(TransposeParams p) {
+__global__ __launch_bounds__(kTransposeThreads) void transpose_kernel(TransposeParams p) {
+  constexpr int kVec = 16 / sizeof(T);
+  constexpr int kWarpVecs = 32 / kVec;              // vectors a warp takes along a line
+  constexpr int kPassLines = kTransposeThreads / (kTile / kVec);  // lines the block covers a pass
+  static_assert(kTile / kVec == 2 * kWarpVecs && kPassLines == 4 * kVec, "two warps a tile line");
   __shared__ float tile[kTile][kTile + 1];
-  const int t0 = blockIdx.x * kTile, r0 = blockIdx.y * kTile, x2 = 2 * threadIdx.x;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int vec = (warp % 2) * kWarpVecs + lane % kWarpVecs;  // the thread's vector along a line
+  const int line0 = (warp / 2) * kVec + lane / kWarpVecs;     // its first line; then every kPassLines
+  const int t0 = blockIdx.x * kTile, r0 = blockIdx.y * kTile;
   const size_t b = blockIdx.z;
   const T* src = static_cast<const T*>(p.src) + b * p.rows * p.seqlen;
   T* dst = static_cast<T*>(p.dst) + b * p.seqlen * p.dst_cols + p.offset;
-  const bool src_pairs = p.seqlen % 2 == 0 && pair_aligned(src);
-  const bool dst_pairs = p.dst_cols % 2 == 0 && p.offset % 2 == 0 && pair_aligned(dst);
+  const bool src_vectors = p.seqlen % kVec == 0 && is_aligned16(src);
+  const bool dst_vectors = p.dst_cols % kVec == 0 && p.offset % kVec == 0 && is_aligned16(dst);
 #pragma unroll
-  for (int i = threadIdx.y; i < kTile; i += kTileRows) {
-    const int r = r0 + i, t = t0 + x2;
+  for (int pass = 0; pass < kTile / kPassLines; ++pass) {
+    const int line = line0 + pass * kPassLines;
+    const int r = r0 + line, t = t0 + vec * kVec;
     if (r >= p.rows || t >= p.seqlen) continue;
     const T* s = src + static_cast<size_t>(r) * p.seqlen + t;
-    if (src_pairs && t + 1 < p.seqlen) {
-      const PairOf<T> v = *reinterpret_cast<const PairOf<T>*>(s);
-      tile[i][x2] = to_float(v.v[0]);
-      tile[i][x2 + 1] = to_float(v.v[1]);
+    float* row = &tile[line][vec * kVec];
+    if (src_vectors && t + kVec <= p.seqlen) {
+      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(s));
+      const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) row[k] = to_float(e[k]);
     } else {
-      tile[i][x2] = to_float(s[0]);
-      if (t + 1 < p.seqlen) tile[i][x2 + 1] = to_float(s[1]);
+      for (int k = 0; k < kVec && t + k < p.seqlen; ++k) row[k] = to_float(s[k]);
     }
   }
   __syncthreads();
 #pragma unroll
-  for (int i = threadIdx.y; i < kTile; i += kTileRows) {
-    const int t = t0 + i, r = r0 + x2;
+  for (int pass = 0; pass < kTile / kPassLines; ++pass) {
+    const int line = line0 + pass * kPassLines;
+    const int t = t0 + line, r = r0 + vec * kVec;
     if (t >= p.seqlen || r >= p.rows) continue;
     T* d = dst + static_cast<size_t>(t) * p.dst_cols + r;
-    if (dst_pairs && r + 1 < p.rows) {
-      PairOf<T> v;
-      v.v[0] = from_float<T>(tile[x2][i]);
-      v.v[1] = from_float<T>(tile[x2 + 1][i]);
-      *reinterpret_cast<PairOf<T>*>(d) = v;
+    if (dst_vectors && r + kVec <= p.rows) {
+      uint4 raw;
+      T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) e[k] = from_float<T>(tile[vec * kVec + k][line]);
+      *reinterpret_cast<uint4*>(d) = raw;
     } else {
-      d[0] = from_float<T>(tile[x2][i]);
-      if (r + 1 < p.rows) d[1] = from_float<T>(tile[x2 + 1][i]);
+      for (int k = 0; k < kVec && r + k < p.rows; ++k) d[k] = from_float<T>(tile[vec * kVec + k][line]);
     }
   }
 }
@@ -368,7 +372,7 @@ int transpose_launch(const TransposeParams& p, ScanInputType type, void* stream)
   using namespace ssm_tools_cuda;
   const dim3 grid((p.seqlen + kTile - 1) / kTile, (p.rows + kTile - 1) / kTile, p.batch);
   return dispatch_input_type(type, [&](auto tag) {
-    transpose_kernel<decltype(tag)><<<grid, dim3(kTile / 2, kTileRows), 0, static_cast<cudaStream_t>(stream)>>>(p);
+    transpose_kernel<decltype(tag)><<<grid, kTransposeThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
     return static_cast<int>(cudaGetLastError());
   });
 }

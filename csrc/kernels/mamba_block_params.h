@@ -109,14 +109,31 @@ struct TransposeParams {
 // sum * rsqrt(mean(sum^2) + eps) * weight, per row of `dim`. x and sum are the float32 residual
 // stream; residual (the previous layer's output) and out are of input types: the dtype the layer's
 // matmuls run in, out float32 for the last norm before the head.
+// Without a residual and a sum it is the training backward's recomputed norm (rms_norm), without a
+// weight the normalised x alone.
 struct AddRmsNormParams {
   int rows = 0, dim = 0;
   float eps = 0.f;
   const float* x = nullptr;         // (rows, dim)
   const void* residual = nullptr;   // (rows, dim) or null
-  const float* weight = nullptr;    // (dim,)
-  float* sum = nullptr;             // (rows, dim)
+  const float* weight = nullptr;    // (dim,) or null (ones)
+  float* sum = nullptr;             // (rows, dim) or null (not written)
   void* out = nullptr;              // (rows, dim)
+};
+
+// The backward of out = rms_norm(x) * weight for the float32 residual stream x, per row of `dim`,
+// with the stream's other gradient added and the result also written in a second dtype: with r =
+// rsqrt(mean(x^2) + eps) and g = grad * weight, dx = r g - x r^3 mean(g x) + grad_sum, and dx_cast =
+// dx in the cast type (the previous layer's output's gradient).
+struct RmsNormBwdParams {
+  int rows = 0, dim = 0;
+  float eps = 0.f;
+  const void* grad = nullptr;       // (rows, dim), input type
+  const float* x = nullptr;         // (rows, dim)
+  const float* weight = nullptr;    // (dim,) or null (ones)
+  const float* grad_sum = nullptr;  // (rows, dim) or null
+  float* dx = nullptr;              // (rows, dim)
+  void* dx_cast = nullptr;          // (rows, dim) in the cast type, or null
 };
 
 // Launchers (stream: a cudaStream_t); each returns its launch's cudaError_t as an int.
@@ -131,3 +148,4 @@ int conv_ssm_step_launch(const ConvSsmStepParams& p, ScanInputType type, void* s
 int transpose_launch(const TransposeParams& p, ScanInputType type, void* stream);
 int add_rms_norm_launch(const AddRmsNormParams& p, ScanInputType residual_type, ScanInputType out_type,
                         void* stream);
+int rms_norm_bwd_launch(const RmsNormBwdParams& p, ScanInputType grad_type, ScanInputType cast_type, void* stream);

@@ -131,19 +131,50 @@ inline ConvSsmStepShape check_conv_ssm_step(const at::Tensor& conv_state, const 
   return {s.batch, s.dim, c.width, s.dstate, s.dt_rank};
 }
 
+// The residual stream the norms of a training step read: a non-empty (rows, dim) x of float32 or
+// float64.
+inline void check_stream_rows(const char* op, const at::Tensor& x) {
+  check_float(op, "x", x, x.device());
+  TORCH_CHECK_VALUE(x.dim() == 2 && x.numel() > 0, op, ": x must be a non-empty (rows, dim), got ", text(x.sizes()));
+  TORCH_CHECK_VALUE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
+                    ": x (the residual stream) must be float32 or float64, got ", dtype_text(x));
+}
+
+inline void check_floating_dtype(const char* op, const char* name, at::ScalarType dtype) {
+  TORCH_CHECK_VALUE(at::isFloatingType(dtype), op, ": ", name, " must be a floating dtype, got ", c10::toString(dtype));
+}
+
 // x (rows, dim) the residual stream (float32 or float64), residual (rows, dim) of any floating dtype
 // (the previous layer's output, in its matmul dtype) or None, weight (dim,); out_dtype floating.
 inline void check_add_rms_norm(const at::Tensor& x, const std::optional<at::Tensor>& residual,
                                const at::Tensor& weight, at::ScalarType out_dtype) {
   constexpr const char* op = "add_rms_norm";
-  check_float(op, "x", x, x.device());
-  TORCH_CHECK_VALUE(x.dim() == 2 && x.numel() > 0, op, ": x must be a non-empty (rows, dim), got ", text(x.sizes()));
-  TORCH_CHECK_VALUE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
-                    ": x (the residual stream) must be float32 or float64, got ", dtype_text(x));
+  check_stream_rows(op, x);
   check_optional(op, "residual", residual, {x.size(0), x.size(1)}, x);
   check_input(op, "weight", weight, {x.size(1)}, x);
-  TORCH_CHECK_VALUE(at::isFloatingType(out_dtype), op, ": out_dtype must be a floating dtype, got ",
-                    c10::toString(out_dtype));
+  check_floating_dtype(op, "out_dtype", out_dtype);
+}
+
+// rms_norm: x (rows, dim) the residual stream, weight (dim,) or None; out_dtype floating.
+inline void check_rms_norm(const at::Tensor& x, const std::optional<at::Tensor>& weight, at::ScalarType out_dtype) {
+  constexpr const char* op = "rms_norm";
+  check_stream_rows(op, x);
+  check_optional(op, "weight", weight, {x.size(1)}, x);
+  check_floating_dtype(op, "out_dtype", out_dtype);
+}
+
+// rms_norm_bwd: grad (rows, dim), the gradient of rms_norm(x) * weight, of any floating dtype; x the
+// residual stream; weight (dim,) or None; grad_sum (rows, dim) of any floating dtype or None;
+// cast_dtype floating or None.
+inline void check_rms_norm_bwd(const at::Tensor& grad, const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                               const std::optional<at::Tensor>& grad_sum,
+                               const std::optional<at::ScalarType>& cast_dtype) {
+  constexpr const char* op = "rms_norm_bwd";
+  check_stream_rows(op, x);
+  check_input(op, "grad", grad, {x.size(0), x.size(1)}, x);
+  check_optional(op, "weight", weight, {x.size(1)}, x);
+  check_optional(op, "grad_sum", grad_sum, {x.size(0), x.size(1)}, x);
+  if (cast_dtype) check_floating_dtype(op, "cast_dtype", *cast_dtype);
 }
 
 inline void check_transpose_cat(at::TensorList parts) {

@@ -249,6 +249,28 @@ std::tuple<Tensor, Tensor> add_rms_norm_cpu(const Tensor& x, const OptTensor& re
   return {sum, at::rms_norm(sum, {x.size(1)}, weight.to(x.scalar_type()), eps).to(out_dtype)};
 }
 
+Tensor rms_norm_cpu(const Tensor& x, const OptTensor& weight, double eps, at::ScalarType out_dtype) {
+  check_rms_norm(x, weight, out_dtype);
+  const OptTensor w = weight ? OptTensor(weight->to(x.scalar_type())) : std::nullopt;
+  return at::rms_norm(x, {x.size(1)}, w, eps).to(out_dtype);
+}
+
+// The composition of ATen ops in x's dtype: with r = rsqrt(mean(x^2) + eps), xhat = x r and g = grad
+// * weight, dx = r (g - xhat mean(g xhat)) + grad_sum.
+std::tuple<Tensor, Tensor> rms_norm_bwd_cpu(const Tensor& grad, const Tensor& x, const OptTensor& weight, double eps,
+                                            const OptTensor& grad_sum, std::optional<at::ScalarType> cast_dtype) {
+  check_rms_norm_bwd(grad, x, weight, grad_sum, cast_dtype);
+  const at::ScalarType dtype = x.scalar_type();
+  const Tensor rstd = at::rsqrt(x.pow(2).mean(-1, true) + eps), xhat = x * rstd;
+  Tensor g = grad.to(dtype);
+  if (weight) g = g * weight->to(dtype);
+  Tensor dx = rstd * (g - xhat * (g * xhat).mean(-1, true));
+  if (grad_sum) dx.add_(grad_sum->to(dtype));
+  // A copy even in x's dtype: an op's outputs must not alias each other.
+  Tensor cast = cast_dtype ? dx.to(*cast_dtype, false, true) : at::empty({0}, x.options());
+  return {dx, cast};
+}
+
 Tensor transpose_cat_cpu(at::TensorList parts) {
   check_transpose_cat(parts);
   std::vector<Tensor> t;
@@ -267,4 +289,6 @@ TORCH_LIBRARY_IMPL(ssm_tools, CPU, m) {
   m.impl("conv_ssm_step", &ssm_tools_cpu::conv_ssm_step_cpu);
   m.impl("transpose_cat", &ssm_tools_cpu::transpose_cat_cpu);
   m.impl("add_rms_norm", &ssm_tools_cpu::add_rms_norm_cpu);
+  m.impl("rms_norm", &ssm_tools_cpu::rms_norm_cpu);
+  m.impl("rms_norm_bwd", &ssm_tools_cpu::rms_norm_bwd_cpu);
 }

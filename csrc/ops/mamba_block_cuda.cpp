@@ -237,18 +237,25 @@ Tensor transpose_cat_cuda(at::TensorList parts) {
   return out;
 }
 
+// The residual stream x of the norms (add_rms_norm, rms_norm, rms_norm_bwd): float32 on CUDA, and
+// within the kernels' int32 row count.
+void check_cuda_stream_rows(const Tensor& x, const char* op) {
+  TORCH_CHECK_VALUE(x.scalar_type() == at::kFloat, op, ": x (the residual stream) must be float32 on CUDA, got ",
+                    c10::toString(x.scalar_type()));
+  TORCH_CHECK_VALUE(x.size(0) <= std::numeric_limits<int>::max(), op, ": at most 2^31 - 1 rows on CUDA, got ",
+                    ssm_tools::text(x.size(0)));
+}
+
 std::tuple<Tensor, Tensor> add_rms_norm_cuda(const Tensor& x, const OptTensor& residual, const Tensor& weight,
                                              double eps, at::ScalarType out_dtype) {
   constexpr const char* op = "add_rms_norm";
   TORCH_CHECK(x.is_cuda(), op, ": x must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(x.device());
   check_add_rms_norm(x, residual, weight, out_dtype);
-  TORCH_CHECK_VALUE(x.scalar_type() == at::kFloat, op, ": x (the residual stream) must be float32 on CUDA, got ",
-                    c10::toString(x.scalar_type()));
+  check_cuda_stream_rows(x, op);
   const Tensor x_c = x.contiguous(), r = residual ? residual->contiguous() : Tensor(), w = param(weight);
   Tensor sum = at::empty(x.sizes(), x.options());
   Tensor out = at::empty(x.sizes(), x.options().dtype(out_dtype));
-  TORCH_CHECK(x.size(0) <= std::numeric_limits<int>::max(), op, ": at most 2^31 - 1 rows on CUDA, got ", ssm_tools::text(x.size(0)));
   AddRmsNormParams p;
   p.rows = static_cast<int>(x.size(0));
   p.dim = static_cast<int>(x.size(1));
@@ -263,6 +270,52 @@ std::tuple<Tensor, Tensor> add_rms_norm_cuda(const Tensor& x, const OptTensor& r
   return {sum, out};
 }
 
+Tensor rms_norm_cuda(const Tensor& x, const OptTensor& weight, double eps, at::ScalarType out_dtype) {
+  constexpr const char* op = "rms_norm";
+  TORCH_CHECK(x.is_cuda(), op, ": x must be a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(x.device());
+  check_rms_norm(x, weight, out_dtype);
+  check_cuda_stream_rows(x, op);
+  const Tensor x_c = x.contiguous(), w = opt_param(weight);
+  Tensor out = at::empty(x.sizes(), x.options().dtype(out_dtype));
+  const ScanInputType out_type = input_type(out, op);
+  AddRmsNormParams p;  // no residual, no sum: the add_rms_norm kernels' norm alone
+  p.rows = static_cast<int>(x.size(0));
+  p.dim = static_cast<int>(x.size(1));
+  p.eps = static_cast<float>(eps);
+  p.x = x_c.data_ptr<float>();
+  p.weight = ptr(w);
+  p.out = out.data_ptr();
+  check_launch(add_rms_norm_launch(p, out_type, out_type, stream()), op);
+  return out;
+}
+
+std::tuple<Tensor, Tensor> rms_norm_bwd_cuda(const Tensor& grad, const Tensor& x, const OptTensor& weight, double eps,
+                                             const OptTensor& grad_sum, std::optional<at::ScalarType> cast_dtype) {
+  constexpr const char* op = "rms_norm_bwd";
+  TORCH_CHECK(x.is_cuda(), op, ": x must be a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(x.device());
+  check_rms_norm_bwd(grad, x, weight, grad_sum, cast_dtype);
+  check_cuda_stream_rows(x, op);
+  const Tensor x_c = x.contiguous(), g = grad.contiguous(), w = opt_param(weight);
+  const Tensor s = grad_sum ? grad_sum->to(at::kFloat).contiguous() : Tensor();
+  Tensor dx = at::empty(x.sizes(), x.options());
+  Tensor dx_cast = cast_dtype ? at::empty(x.sizes(), x.options().dtype(*cast_dtype)) : at::empty({0}, x.options());
+  RmsNormBwdParams p;
+  p.rows = static_cast<int>(x.size(0));
+  p.dim = static_cast<int>(x.size(1));
+  p.eps = static_cast<float>(eps);
+  p.grad = g.data_ptr();
+  p.x = x_c.data_ptr<float>();
+  p.weight = ptr(w);
+  p.grad_sum = ptr(s);
+  p.dx = dx.data_ptr<float>();
+  p.dx_cast = cast_dtype ? dx_cast.data_ptr() : nullptr;
+  const ScanInputType cast_type = cast_dtype ? input_type(dx_cast, op) : ScanInputType::kFloat32;
+  check_launch(rms_norm_bwd_launch(p, input_type(g, op), cast_type, stream()), op);
+  return {dx, dx_cast};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(ssm_tools, CUDA, m) {
@@ -273,4 +326,6 @@ TORCH_LIBRARY_IMPL(ssm_tools, CUDA, m) {
   m.impl("conv_ssm_step", &conv_ssm_step_cuda);
   m.impl("transpose_cat", &transpose_cat_cuda);
   m.impl("add_rms_norm", &add_rms_norm_cuda);
+  m.impl("rms_norm", &rms_norm_cuda);
+  m.impl("rms_norm_bwd", &rms_norm_bwd_cuda);
 }

@@ -59,6 +59,15 @@ TORCH_LIBRARY(ssm_tools, m) {
   // stream; residual: the previous layer's output, of any floating dtype.
   m.def("add_rms_norm(Tensor x, Tensor? residual, Tensor weight, float eps, ScalarType out_dtype) -> "
         "(Tensor sum, Tensor out)");
+  // The training step's norm recomputed in the backward: rms_norm(x) * weight (no weight: the
+  // normalised x alone) in out_dtype, x the float32 (float64) residual stream (rows, dim).
+  m.def("rms_norm(Tensor x, Tensor? weight, float eps, ScalarType out_dtype) -> Tensor");
+  // Its backward with the residual stream's other gradient added: dx = d(rms_norm(x) * weight)/dx
+  // applied to grad, plus grad_sum (the gradient the stream gets from its later use), in x's dtype;
+  // dx_cast = a copy of dx in cast_dtype (an empty tensor without one), for the previous layer's
+  // output.
+  m.def("rms_norm_bwd(Tensor grad, Tensor x, Tensor? weight, float eps, Tensor? grad_sum, ScalarType? cast_dtype) "
+        "-> (Tensor dx, Tensor dx_cast)");
   // Channel-first parts (batch, dim_i, seqlen) concatenated token-major: (batch, seqlen, sum dim_i).
   m.def("transpose_cat(Tensor[] parts) -> Tensor");
 }

@@ -180,16 +180,41 @@ def conv_ssm_step(conv_state, ssm_state, x, conv_weight, conv_bias, x_proj_weigh
 
 
 def add_rms_norm(x, residual, weight, eps=None, out_dtype=None):
-    """A decode step's pre-norm with the residual add before it, in one kernel: returns (sum, out),
-    sum = x + residual (x alone if residual is None) and out = rms_norm(sum, weight, eps) cast to
-    out_dtype (default x's dtype). x (rows, dim): the float32 (CPU also float64) residual stream;
-    residual (rows, dim): the previous layer's output (in its matmul dtype); weight (dim,). eps None: as
-    torch.nn.RMSNorm, the machine epsilon of x's dtype. Not differentiable (inference only)."""
+    """A layer's pre-norm with the residual add before it, in one kernel: returns (sum, out), sum = x
+    + residual (x alone if residual is None) and out = rms_norm(sum, weight, eps) cast to out_dtype
+    (default x's dtype). x (rows, dim): the float32 (CPU also float64) residual stream; residual
+    (rows, dim): the previous layer's output (in its matmul dtype); weight (dim,). eps None: as
+    torch.nn.RMSNorm, the machine epsilon of x's dtype. Not differentiable itself (decode; the
+    training layers' autograd nodes in models/mamba.py call it in their forwards)."""
     _on_device_of_x("add_rms_norm", x, residual=residual, weight=weight)
+    return _ops.add_rms_norm(x, residual, weight, _stream_eps("add_rms_norm", x, eps), out_dtype or x.dtype)
+
+
+def _stream_eps(op, x, eps):
+    """eps None: as torch.nn.RMSNorm, the machine epsilon of the residual stream x's dtype."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"add_rms_norm: x must be a torch.Tensor, got {type(x).__name__}")
+        raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
     eps = torch.finfo(x.dtype).eps if eps is None and x.is_floating_point() else eps
-    return _ops.add_rms_norm(x, residual, weight, 0.0 if eps is None else float(eps), out_dtype or x.dtype)
+    return 0.0 if eps is None else float(eps)
+
+
+def rms_norm(x, weight=None, eps=None, out_dtype=None):
+    """The training backward's recomputed pre-norm, cast in the same kernel: rms_norm(x) * weight
+    (weight None: the normalised x alone) in out_dtype (default x's dtype). x (rows, dim): the float32
+    (CPU also float64) residual stream; weight (dim,). Not differentiable (it serves backwards)."""
+    _on_device_of_x("rms_norm", x, weight=weight)
+    return _ops.rms_norm(x, weight, _stream_eps("rms_norm", x, eps), out_dtype or x.dtype)
+
+
+def rms_norm_backward(grad, x, weight=None, eps=None, grad_sum=None, cast_dtype=None):
+    """The backward of rms_norm(x, weight, eps) for x, with the residual stream's other gradient
+    added, in one kernel on CUDA: returns (dx, dx_cast), dx = d(rms_norm(x) * weight)/dx applied to
+    grad, plus grad_sum, in x's dtype, and dx_cast a copy of dx in cast_dtype (None: an empty tensor).
+    x (rows, dim): the float32 (CPU also float64) residual stream; grad and grad_sum (rows, dim) of
+    any floating dtype; weight (dim,). The weight's own gradient is not computed (the layer gets it
+    from in_proj's, models/mamba.py)."""
+    _on_device_of_x("rms_norm_bwd", x, grad=grad, weight=weight, grad_sum=grad_sum)
+    return _ops.rms_norm_bwd(grad, x, weight, _stream_eps("rms_norm_bwd", x, eps), grad_sum, cast_dtype)
 
 
 def _conv_setup_context(ctx, inputs, output):
@@ -238,6 +263,16 @@ def _conv_ssm_step_fake(conv_state, ssm_state, x, z, conv_weight, conv_bias, x_p
 @torch.library.register_fake("ssm_tools::add_rms_norm")
 def _add_rms_norm_fake(x, residual, weight, eps, out_dtype):
     return x.new_empty(x.shape), x.new_empty(x.shape, dtype=out_dtype)
+
+
+@torch.library.register_fake("ssm_tools::rms_norm")
+def _rms_norm_fake(x, weight, eps, out_dtype):
+    return x.new_empty(x.shape, dtype=out_dtype)
+
+
+@torch.library.register_fake("ssm_tools::rms_norm_bwd")
+def _rms_norm_bwd_fake(grad, x, weight, eps, grad_sum, cast_dtype):
+    return x.new_empty(x.shape), x.new_empty(x.shape if cast_dtype is not None else (0,), dtype=cast_dtype or x.dtype)
 
 
 @torch.library.register_fake("ssm_tools::transpose_cat")

@@ -47,11 +47,14 @@ class LanguageModel(nn.Module):
         had its own row (a sequence starts where seq_idx changes)."""
         check_tokens(tokens, self.vocab_size, 2)
         x = self.embedding(tokens.long())
-        if seq_idx is None:
-            return self.lm_head(self.norm_f(self.body(x)))
-        if not self.packs_rows:
+        if seq_idx is not None and not self.packs_rows:
             raise ValueError(f"{type(self).__name__} does not take packed rows (seq_idx); pad the batch instead")
-        return self.lm_head(self.norm_f(self.body(x, seq_idx)))
+        return self.lm_head(self.head_input(x, seq_idx))
+
+    def head_input(self, x: torch.Tensor, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """norm_f(body(x)): the head's input over a whole sequence (a model may fold its body's last
+        step into the norm)."""
+        return self.norm_f(self.body(x) if seq_idx is None else self.body(x, seq_idx))
 
     def step(self, tokens: torch.Tensor, state):
         """One token per sequence: tokens (B,) -> (logits (B, vocab_size), state).

@@ -65,11 +65,13 @@ def _residual_norm(x, res, norm_weight, eps, cd):
 
 
 def _norm_grad_via_in_proj(cd: torch.dtype, stream_dtype: torch.dtype) -> bool:
-    """Whether a layer's backward takes the norm weight's gradient from in_proj's (M below): where its
-    GEMMs run in a lower precision than the residual stream (autocast), whose rounding dominates the
-    difference. Full-precision runs keep torch's norm backward, so that their gradients, and the CPU
-    runs that reproduce recorded results, keep the bits of the unfused formulation."""
-    return cd != stream_dtype
+    """Whether a layer's backward takes the norm weight's gradient from in_proj's (M below) and the
+    stream's gradient from ops.rms_norm_backward (one kernel for the norm's input gradient, the next
+    layer's gradient added and the cast for the previous output): where its GEMMs run in a lower
+    precision than a float32 residual stream (autocast), whose rounding dominates the difference.
+    Full-precision runs keep torch's norm backward, so that their gradients, and the CPU runs that
+    reproduce recorded results, keep the bits of the unfused formulation."""
+    return cd != stream_dtype and stream_dtype == torch.float32
 
 
 class _MambaLayer(torch.autograd.Function):
@@ -121,12 +123,6 @@ class _MambaLayer(torch.autograd.Function):
         cd = ctx.cd
         batch, T, d_model = r.shape
         via_in_proj = norm_weight is not None and _norm_grad_via_in_proj(cd, r.dtype)
-        with torch.enable_grad():  # the norm is recomputed, and differentiated by autograd
-            r_ = r.detach().requires_grad_()
-            norm_w = None if norm_weight is None or via_in_proj else norm_weight.detach().requires_grad_()
-            # Without its weight (xhat) where the weight's gradient comes from in_proj's (below).
-            h_full = r_ if norm_weight is None else F.rms_norm(r_, (d_model,), norm_w, ctx.eps)
-        h = h_full.detach().to(cd)
         g = torch.zeros(r.shape, dtype=cd, device=r.device) if g is None else g.to(cd)
         dy = _shared_bmm(W_out.t(), g.mT)  # (B, d_inner, T)
         d_out_w = g.reshape(-1, d_model).t() @ y_t.reshape(-1, d_inner)
@@ -145,27 +141,73 @@ class _MambaLayer(torch.autograd.Function):
         du = torch.baddbmm(du.to(cd), W_x.t().expand(batch, -1, -1), dx_dbl)
         dx, d_conv_w, d_conv_b = _ops.causal_conv1d_bwd(du, x, conv_w[:, 0], conv_b, True, seq_idx)
         dxz = _ops.transpose_cat([dx, dz.to(cd)]).view(batch * T, 2 * d_inner)
-        dh = (dxz @ W_in).view(batch, T, d_model)
+        dh = dxz @ W_in
+        rows = r.view(batch * T, d_model)
+        # The recomputed norm in the compute dtype: without its weight (xhat, one kernel) where the
+        # weight's gradient comes from in_proj's (below); else differentiated by autograd.
+        if via_in_proj:
+            h = ops.rms_norm(rows, None, ctx.eps, cd)
+        else:
+            with torch.enable_grad():
+                r_ = r.detach().requires_grad_()
+                norm_w = None if norm_weight is None else norm_weight.detach().requires_grad_()
+                h_full = r_ if norm_weight is None else F.rms_norm(r_, (d_model,), norm_w, ctx.eps)
+            h = h_full.detach().to(cd)
         M = dxz.t() @ h.view(batch * T, d_model)  # in_proj's weight gradient (dxz^T xhat via_in_proj)
-        if norm_weight is None:
-            d_in_w, dr, d_norm_w = M, dh.to(r.dtype), None
-        elif via_in_proj:
+        # The residual stream's gradient dr (the norm's input gradient plus g_r, r's other use: the next
+        # layer's residual add or the final norm) and its copy for the previous layer's output.
+        d_res = None
+        if via_in_proj:
             # h = xhat * w, so in_proj's weight gradient dxz^T h is M = dxz^T xhat with its columns
             # scaled by w, and the norm weight's, sum over rows of dh * xhat with dh = dxz W_in, is
             # sum_k W_in[k, j] M[k, j]: two products of (2 d_inner, d_model) instead of a reduction over
             # all batch * T rows of dh * xhat (torch's rms_norm backward, GammaBetaBackward on CUDA).
+            # dr and its copy in one kernel reading dh (the cast dtype's), r and g_r once.
             M = M.to(norm_weight.dtype)
             d_in_w, d_norm_w = M * norm_weight, (M * W_in).sum(0)
-            dr, = torch.autograd.grad(h_full, r_, dh * norm_weight)
+            cast = None if ctx.res_dtype in (None, r.dtype) else ctx.res_dtype
+            dr, dr_cast = ops.rms_norm_backward(dh, rows, norm_weight, ctx.eps,
+                                                None if g_r is None else g_r.reshape(rows.shape), cast)
+            dr = dr.view(r.shape)
+            d_res = None if ctx.res_dtype is None else dr if cast is None else dr_cast.view(r.shape)
         else:
-            d_in_w = M
-            dr, d_norm_w = torch.autograd.grad(h_full, (r_, norm_w), dh.to(h_full.dtype))
-        if g_r is not None:  # r's other use: the next layer's residual add (or the final norm)
-            dr = dr.add_(g_r) if dr.dtype == g_r.dtype else dr + g_r
+            dh = dh.view(batch, T, d_model)
+            if norm_weight is None:
+                d_in_w, dr, d_norm_w = M, dh.to(r.dtype), None
+            else:
+                d_in_w = M
+                dr, d_norm_w = torch.autograd.grad(h_full, (r_, norm_w), dh.to(h_full.dtype))
+            if g_r is not None:
+                dr = dr.add_(g_r) if dr.dtype == g_r.dtype else dr + g_r
+            d_res = None if ctx.res_dtype is None else dr.to(ctx.res_dtype)
         grads = (d_in_w, d_conv_w.view_as(conv_w), d_conv_b, d_x_w, d_dt_w, d_dt_b, dA * A, dD, d_out_w)
         grads = tuple(gr.to(dt) for gr, dt in zip(grads, ctx.param_dtypes))
-        d_res = None if ctx.res_dtype is None else dr.to(ctx.res_dtype)
         return (dr.to(ctx.x_dtype), d_res, None, d_norm_w, None, None, *grads)
+
+
+class _FinalNorm(torch.autograd.Function):
+    """The last layer's residual add and the final norm, norm_f(x + res), in the compute dtype (the
+    head's matmul dtype under autocast), the add, the norm and the cast in one kernel
+    (_residual_norm), as the decode step does (Mamba.step_unchecked). The backward recomputes the norm
+    and differentiates it with autograd (its weight's gradient is a reduction over all rows, as
+    torch's), so that it gives the separate add and nn.RMSNorm's gradients to the bit."""
+
+    @staticmethod
+    def forward(ctx, x, res, weight, eps):
+        with torch.autocast(x.device.type, enabled=False):
+            r, h = _residual_norm(x, res, weight, eps, _compute_dtype(x))
+        ctx.save_for_backward(r, weight)
+        ctx.eps, ctx.res_dtype = eps, res.dtype
+        return h
+
+    @staticmethod
+    def backward(ctx, g):
+        r, weight = ctx.saved_tensors
+        with torch.enable_grad():
+            r_, w_ = r.detach().requires_grad_(), weight.detach().requires_grad_()
+            h = F.rms_norm(r_, r.shape[-1:], w_, ctx.eps)
+        dr, dw = torch.autograd.grad(h, (r_, w_), g.to(h.dtype))
+        return dr, dr.to(ctx.res_dtype), dw, None
 
 
 class MambaMixer(nn.Module):
@@ -231,11 +273,21 @@ class Mamba(LanguageModel):
         self.norms = nn.ModuleList(nn.RMSNorm(d_model) for _ in range(n_layers))
         self.mixers = nn.ModuleList(MambaMixer(d_model, d_state, d_conv, expand, dt_rank) for _ in range(n_layers))
 
-    def body(self, x, seq_idx=None):
+    def _layers(self, x, seq_idx=None):
+        """(x, out): the residual stream before the last layer's residual add, and that layer's
+        output (body = x + out)."""
         out = None  # each layer adds the previous layer's output inside its norm's kernel
         for norm, mixer in zip(self.norms, self.mixers):
             x, out = mixer.residual_forward(x, out, norm, seq_idx)
+        return x, out
+
+    def body(self, x, seq_idx=None):
+        x, out = self._layers(x, seq_idx)
         return x + out
+
+    def head_input(self, x, seq_idx=None):
+        # The last residual add inside the final norm's kernel, as in step_unchecked.
+        return _FinalNorm.apply(*self._layers(x, seq_idx), self.norm_f.weight, self.norm_f.eps)
 
     def layers_step(self, x, state):
         """The layers' decode step without the last residual add: returns (x, out, new state), the
