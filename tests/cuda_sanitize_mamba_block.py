@@ -1,6 +1,7 @@
 """One small case of each Mamba-block CUDA kernel other than the scan (causal conv1d forward and
 backward, its decode update, the block's SSM decode step, the two kernels of conv_ssm_step, the
-decode's add + RMSNorm, transpose_cat) and one fused layer's forward and backward, for
+decode's add + RMSNorm, the training backward's rms_norm and rms_norm_bwd, transpose_cat), one fused
+layer's forward and backward and a two-layer model's under autocast, for
 compute-sanitizer's memcheck and racecheck (benchmarks/run_gpu_train_decode.sh, run_gpu_decode.sh).
 Rows of several conv chunks (300 positions), widths 4, 3 and 8, bf16, float32 and float16, the conv
 also on packed rows (seq_idx) and on rows that are not 16-byte aligned (37 positions, x one element
@@ -9,6 +10,7 @@ Exits non-zero if an output is not finite."""
 import torch
 
 import ssm_tools.ops as ops
+from ssm_tools.models import build_model
 from ssm_tools.models.mamba import MambaMixer
 
 OPS = torch.ops.ssm_tools
@@ -52,6 +54,8 @@ def main():
                                           torch.randn(dim, 5, device=dev), torch.randn(dim, device=dev),
                                           torch.randn(dim, dstate, device=dev), D, z))
         outs.append(OPS.transpose_cat([x, torch.randn(2, 5, seqlen, device=dev).to(dtype)]))
+        # 16-byte vectors both ways (216 positions, 136 columns), a part-full last tile of rows (72).
+        outs.append(OPS.transpose_cat([torch.randn(2, c, 216, device=dev).to(dtype) for c in (64, 72)]))
         stream = torch.randn(3, 300, device=dev)  # 300: more than one pass of the norm's 256 threads
         for residual in (None, torch.randn(3, 300, device=dev).to(dtype)):
             outs.extend(ops.add_rms_norm(stream, residual, torch.randn(300, device=dev), None, dtype))
@@ -62,6 +66,22 @@ def main():
         rows = torch.randn(4096, 300, device=dev)
         outs.extend(ops.add_rms_norm(rows, torch.randn(4096, 300, device=dev).to(dtype), torch.randn(300, device=dev),
                                      None, dtype))
+        # The training backward's norm: rms_norm (both kernels, with and without a weight) and rms_norm_bwd
+        # at 16-byte vectors (dim 300: every vector cached; 1000: past the cache) and one element at a
+        # time (dim 37), with and without weight, grad_sum and the cast copy.
+        for n_rows, dim in ((3, 300), (4096, 300), (8, 1000), (5, 37)):
+            r = torch.randn(n_rows, dim, device=dev)
+            w = torch.randn(dim, device=dev)
+            outs.extend([OPS.rms_norm(r, w, 1e-6, dtype), OPS.rms_norm(r, None, 1e-6, dtype)])
+            g = torch.randn(n_rows, dim, device=dev).to(dtype)
+            outs.extend(OPS.rms_norm_bwd(g, r, w, 1e-6, torch.randn(n_rows, dim, device=dev), dtype))
+            outs.extend(OPS.rms_norm_bwd(g, r, None, 1e-6, None, None))
+    # Two layers under autocast: the layers' residual adds, their fused norm backward, the final norm.
+    model = build_model("mamba", vocab_size=20, d_model=16, n_layers=2, d_state=4).to(dev)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        logits = model(torch.randint(0, 20, (3, 70), device=dev))
+    outs.append(logits)
+    outs.extend(torch.autograd.grad(logits.float().square().sum(), list(model.parameters())))
     mixer = MambaMixer(16).to(dev)
     h = torch.randn(3, 70, 16, device=dev, requires_grad=True)
     with torch.autocast("cuda", dtype=torch.bfloat16):

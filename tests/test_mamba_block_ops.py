@@ -1,6 +1,7 @@
 """The Mamba block's kernels other than the scan (causal conv1d forward/backward and decode update,
 the block's SSM decode step, alone and with the conv update and x_proj (conv_ssm_step), the decode
-step's residual add + RMSNorm, the transposing concatenation) against the references of
+step's residual add + RMSNorm, the training backward's norm and its input gradient, the transposing
+concatenation) against the references of
 ssm_tools.reference computed in float64 on the same, upcast inputs. Fresh random inputs per run (the
 seed is printed). Every test runs on the CPU kernels and, where torch sees a GPU, on the CUDA ones
 (the device machine runs this file with the other CUDA tests)."""
@@ -391,14 +392,100 @@ def test_conv_ssm_step_cuda_xdbl_limit(gen):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("seqlen", [45, 216])
-def test_transpose_cat(gen, device, seqlen):
-    """Parts across the CUDA kernel's 64 x 64 tiles; odd lengths and an odd column offset (the part
-    after 33 rows) take its element-by-element accesses, the others its paired ones."""
+@pytest.mark.parametrize("seqlen", [45, 216, 256])
+@pytest.mark.parametrize("dims", [(33, 7, 130), (64, 8, 120)], ids=str)
+def test_transpose_cat(gen, device, seqlen, dims):
+    """Parts across the CUDA kernel's 64 x 64 tiles. Its 16-byte accesses need whole aligned vectors
+    (4 float32, 8 bf16/fp16): 216 and 256 positions read in vectors (216: a part-full last tile), 45
+    one element at a time; (64, 8, 120) rows write in vectors (192 columns, offsets 0, 64, 72; the 120
+    rows' last tile part-full), (33, 7, 130) one element at a time (170 columns, odd offsets)."""
     for dtype in dtypes(device):
-        parts = [rnd(gen, 3, d, seqlen, dtype=dtype, device=device) for d in (33, 7, 130)]
+        parts = [rnd(gen, 3, d, seqlen, dtype=dtype, device=device) for d in dims]
         got = OPS.transpose_cat(parts)
         assert got.is_contiguous() and torch.equal(got, torch.cat([p.mT for p in parts], dim=-1))
+
+
+NORM_SHAPES = [(1, 1), (3, 5), (100, 768), (4096, 768), (7, 1000), (5, 4099), (300, 12)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("rows, dim", NORM_SHAPES, ids=str)
+def test_rms_norm_matches_reference(gen, device, rows, dim):
+    """The backward's recomputed norm: with a weight and without (the normalised x), every out dtype,
+    against the float64 reference; on CUDA the add_rms_norm kernels without a residual or sum (from
+    4096 rows the warp-a-row kernel)."""
+    stream_dtypes = [torch.float64, torch.float32] if device == "cpu" else [torch.float32]
+    for x_dtype in stream_dtypes:
+        x = rnd(gen, rows, dim, dtype=x_dtype, device=device, scale=3.0)
+        w = rnd(gen, dim, dtype=torch.float32, device=device)
+        for out_dtype in [x_dtype] + [d for d in dtypes(device) if d not in (torch.float32, torch.float64)]:
+            for weight in (w, None):
+                out = ops.rms_norm(x, weight, None, out_dtype)
+                ref = add_rms_norm_ref(x.double().cpu(), None, torch.ones(dim, dtype=torch.float64) if weight is None
+                                       else w.double().cpu(), torch.finfo(x_dtype).eps)[1]
+                assert out.dtype == out_dtype and out.shape == x.shape and out.device == x.device
+                assert rel_err(out, ref) <= TOL[out_dtype]
+
+
+def rms_norm_bwd_plain(grad, x, weight, eps, grad_sum):
+    """rms_norm_bwd's plain formulation: autograd through F.rms_norm in float64, plus grad_sum. Also
+    the scale its error is measured against: the norm of its terms (rstd grad weight, grad_sum), since
+    the norm's input gradient alone cancels to 0 at dim 1."""
+    x = x.detach().double().cpu().clone().requires_grad_()
+    w = None if weight is None else weight.double().cpu()
+    out = torch.nn.functional.rms_norm(x, x.shape[-1:], w, eps)
+    dx, = torch.autograd.grad(out, x, grad.double().cpu())
+    term = grad.double().cpu() * (1 if w is None else w) * torch.rsqrt(x.detach().pow(2).mean(-1, keepdim=True) + eps)
+    if grad_sum is None:
+        return dx, term.norm().item()
+    return dx + grad_sum.double().cpu(), term.norm().item() + grad_sum.double().norm().item()
+
+
+def err_against(got, want_and_scale):
+    want, scale = want_and_scale
+    return ((got.double().cpu() - want).norm() / max(scale, 1e-30)).item()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("rows, dim", NORM_SHAPES, ids=str)
+def test_rms_norm_bwd_matches_autograd(gen, device, rows, dim):
+    """The norm's input gradient plus the stream's other gradient, and its cast copy, against autograd
+    of F.rms_norm in float64: every grad dtype, with and without weight, grad_sum and the copy. CUDA:
+    16-byte vectors where dim % 4 == 0 (768: all of a row in registers; 1000: past them; 12: fewer
+    vectors than lanes), one element at a time otherwise (4099, 5, 1)."""
+    stream_dtypes = [torch.float64, torch.float32] if device == "cpu" else [torch.float32]
+    for x_dtype in stream_dtypes:
+        tol = TOL[x_dtype] * 10  # a difference of terms summed over the row: a few roundings more
+        x = rnd(gen, rows, dim, dtype=x_dtype, device=device, scale=3.0)
+        w = rnd(gen, dim, dtype=torch.float32, device=device)
+        for grad_dtype in [x_dtype] + [d for d in dtypes(device) if d not in (torch.float32, torch.float64)]:
+            grad = rnd(gen, rows, dim, dtype=grad_dtype, device=device)
+            for weight, grad_sum, cast in ((w, rnd(gen, rows, dim, dtype=x_dtype, device=device), grad_dtype),
+                                           (None, None, None), (w, None, None)):
+                dx, dx_cast = ops.rms_norm_backward(grad, x, weight, None, grad_sum, cast)
+                want = rms_norm_bwd_plain(grad, x, weight, torch.finfo(x_dtype).eps, grad_sum)
+                assert dx.dtype == x_dtype and dx.shape == x.shape and dx.device == x.device
+                assert torch.isfinite(dx).all() and err_against(dx, want) <= tol
+                if cast is None:
+                    assert dx_cast.numel() == 0
+                else:
+                    assert dx_cast.dtype == cast and torch.equal(dx_cast, dx.to(cast))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rms_norm_bwd_misaligned_grad_equals_aligned(gen, device):
+    """grad one element into its storage: CUDA cannot read it in 16-byte vectors and takes the
+    one-element kernel; the same result as the aligned grad's (to float32 rounding: another
+    summation order) and the plain formulation's."""
+    rows, dim = 64, 768
+    x, w = rnd(gen, rows, dim, device=device, scale=3.0), rnd(gen, dim, device=device)
+    for dtype in dtypes(device):
+        grad = rnd(gen, rows, dim, dtype=dtype, device=device)
+        shifted = torch.empty(rows * dim + 1, dtype=dtype, device=device)[1:].view(rows, dim)
+        shifted.copy_(grad)
+        want = rms_norm_bwd_plain(grad, x, w, torch.finfo(x.dtype).eps, None)
+        for g in (grad, shifted):
+            assert err_against(ops.rms_norm_backward(g, x, w)[0], want) <= 10 * TOL[torch.float32]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -494,6 +581,12 @@ def test_opcheck(gen):
     torch.library.opcheck(OPS.add_rms_norm, (rnd(gen, 3, 7), rnd(gen, 3, 7, dtype=torch.bfloat16), rnd(gen, 7), 1e-6,
                                              torch.bfloat16))
     torch.library.opcheck(OPS.add_rms_norm, (rnd(gen, 3, 7), None, rnd(gen, 7), 1e-6, torch.float32))
+    torch.library.opcheck(OPS.rms_norm, (rnd(gen, 3, 7), rnd(gen, 7), 1e-6, torch.bfloat16))
+    torch.library.opcheck(OPS.rms_norm, (rnd(gen, 3, 7), None, 1e-6, torch.float32))
+    torch.library.opcheck(OPS.rms_norm_bwd, (rnd(gen, 3, 7, dtype=torch.bfloat16), rnd(gen, 3, 7), rnd(gen, 7), 1e-6,
+                                             rnd(gen, 3, 7), torch.bfloat16))
+    torch.library.opcheck(OPS.rms_norm_bwd, (rnd(gen, 3, 7), rnd(gen, 3, 7), None, 1e-6, None, None))
+    torch.library.opcheck(OPS.rms_norm_bwd, (rnd(gen, 3, 7), rnd(gen, 3, 7), None, 1e-6, None, torch.float32))
 
 
 def conv_ssm_bad(x, w, b, **bad):
@@ -553,6 +646,26 @@ BAD = {
                        "add_rms_norm: out_dtype must be a floating dtype, got Int"),
     "norm_weight_device": (lambda x, w, b: ops.add_rms_norm(x[..., 0], None, b.to("meta")),
                            "add_rms_norm: weight must be on cpu like x, got meta"),
+    "rms_norm_x_dtype": (lambda x, w, b: ops.rms_norm(x[..., 0].half(), None),
+                         "rms_norm: x (the residual stream) must be float32 or float64, got Half"),
+    "rms_norm_weight_shape": (lambda x, w, b: ops.rms_norm(x[..., 0], b[:2]),
+                              "rms_norm: weight must have shape (3,), got (2,)"),
+    "rms_norm_out_dtype": (lambda x, w, b: ops.rms_norm(x[..., 0], None, None, torch.int64),
+                           "rms_norm: out_dtype must be a floating dtype, got Long"),
+    "rms_norm_bwd_grad_shape": (lambda x, w, b: ops.rms_norm_backward(x[..., :2], x[..., 0], b),
+                                "rms_norm_bwd: grad must have shape (2, 3), got (2, 3, 2)"),
+    "rms_norm_bwd_grad_int": (lambda x, w, b: ops.rms_norm_backward(x[..., 0].int(), x[..., 0], b),
+                              "rms_norm_bwd: grad must be float16, bfloat16, float32 or float64, got Int"),
+    "rms_norm_bwd_x_rank": (lambda x, w, b: ops.rms_norm_backward(x, x, b),
+                            "rms_norm_bwd: x must be a non-empty (rows, dim), got (2, 3, 5)"),
+    "rms_norm_bwd_grad_sum_shape": (lambda x, w, b: ops.rms_norm_backward(x[..., 0], x[..., 0], b, None, x[0, :, :2]),
+                                    "rms_norm_bwd: grad_sum must have shape (2, 3), got (3, 2)"),
+    "rms_norm_bwd_weight_shape": (lambda x, w, b: ops.rms_norm_backward(x[..., 0], x[..., 0], w),
+                                  "rms_norm_bwd: weight must have shape (3,), got (3, 4)"),
+    "rms_norm_bwd_cast_dtype": (lambda x, w, b: ops.rms_norm_backward(x[..., 0], x[..., 0], b, None, None, torch.bool),
+                                "rms_norm_bwd: cast_dtype must be a floating dtype, got Bool"),
+    "rms_norm_bwd_grad_device": (lambda x, w, b: ops.rms_norm_backward(x[..., 0].to("meta"), x[..., 0], b),
+                                 "rms_norm_bwd: grad must be on cpu like x, got meta"),
 }
 
 

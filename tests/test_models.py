@@ -321,6 +321,21 @@ def test_mamba_body_with_fused_residual_norm_matches_plain_formulation(n_layers,
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10, msg=name)
 
 
+def test_mamba_final_norm_with_the_last_add_is_bitwise_the_separate_add_and_norm_in_float32():
+    # head_input (the last residual add inside the final norm's kernel, its backward by autograd of the
+    # recomputed norm) gives the separate x + out and nn.RMSNorm's output and gradients to the bit in
+    # float32 on the CPU, as the runs that reproduce recorded results need.
+    torch.manual_seed(11)
+    model = _perturbed_mamba(2, torch.float32)
+    x = model.embedding(torch.randint(0, V, (2, 30))).detach().requires_grad_()
+    grad_out = torch.randn(2, 30, 16)
+    leaves = [x, *(p for name, p in model.named_parameters() if not name.startswith("embedding"))]
+    got, want = model.head_input(x), model.norm_f(model.body(x))
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    for g, w in zip(torch.autograd.grad(got, leaves, grad_out), torch.autograd.grad(want, leaves, grad_out)):
+        assert torch.equal(g, w)
+
+
 def test_mamba_training_loss_and_gradients_under_autocast_match_plain_formulation():
     # The training path (float32 parameters, bf16 autocast on the CPU, the masked loss): loss and
     # every gradient against the plain stack under the same autocast. The fused layer keeps the
