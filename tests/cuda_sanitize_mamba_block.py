@@ -4,6 +4,7 @@ decode's add + RMSNorm, the training backward's rms_norm and rms_norm_bwd, trans
 layer's forward and backward and a two-layer model's under autocast, for
 compute-sanitizer's memcheck and racecheck (benchmarks/run_gpu_train_decode.sh, run_gpu_decode.sh).
 Rows of several conv chunks (300 positions), widths 4, 3 and 8, bf16, float32 and float16, the conv
+(and its backward with dx token-major, causal_conv1d_bwd_cat)
 also on packed rows (seq_idx) and on rows that are not 16-byte aligned (37 positions, x one element
 into its storage: the scalar loads).
 Exits non-zero if an output is not finite."""
@@ -27,6 +28,14 @@ def main():
         for packed in (None, seq_idx):
             outs.append(OPS.causal_conv1d_fwd(x, w, b, True, packed))
             outs.extend(OPS.causal_conv1d_bwd(torch.randn_like(x), x, w, b, True, packed))
+            # dx token-major beside a transposed part (12 + 5 columns: one element at a time).
+            outs.extend(OPS.causal_conv1d_bwd_cat(torch.randn_like(x), x, w, b, True, packed,
+                                                  [torch.randn(2, 5, seqlen, device=dev).to(dtype)]))
+        # 16-byte vectors along the channels (64 + 64 columns), a part-full position tile (216), 35
+        # batch rows looping over the 32 batch blocks.
+        x2 = torch.randn(35, 64, 216, device=dev).to(dtype)
+        outs.extend(OPS.causal_conv1d_bwd_cat(torch.randn_like(x2), x2, torch.randn(64, width, device=dev),
+                                              torch.randn(64, device=dev), True, None, [torch.randn_like(x2)]))
         state = torch.randn(2, 12, width, device=dev)
         xz = torch.randn(2, 24, device=dev).to(dtype)
         outs.append(ops.causal_conv1d_update(state, xz[:, :12], w, b, silu=True))

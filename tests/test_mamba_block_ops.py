@@ -405,6 +405,33 @@ def test_transpose_cat(gen, device, seqlen, dims):
         assert got.is_contiguous() and torch.equal(got, torch.cat([p.mT for p in parts], dim=-1))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape, rest, packed", [((2, 70, 45, 4), (70,), False), ((3, 64, 216, 4), (64, 8), True),
+                                                 ((35, 10, 20, 8), (), False), ((2, 33, 100, 3), (5,), True)], ids=str)
+def test_conv_bwd_cat_is_conv_bwd_then_transpose_cat(gen, device, shape, rest, packed):
+    """The conv backward with dx written token-major beside the transposes of `rest`: dx_cat equals
+    transpose_cat([dx, *rest]) of the channel-first backward exactly (the CUDA kernels share each
+    chunk's arithmetic), dweight and dbias to float32 rounding (another grouping of the sums). CUDA
+    tiles: 64 positions x 64 (16-bit types) / 32 (float32) channels, vectors along the channels where
+    the columns allow (70 + 70, 64 + 72: yes; 33 + 5, 10: one element at a time); 35 batch rows loop
+    over the 32 batch blocks; packed rows (seq_idx) included."""
+    batch, dim, seqlen, width = shape
+    seq_idx = packed_seq_idx(gen, seqlen, [3] * batch).to(device) if packed else None
+    for dtype in dtypes(device):
+        wdtype = torch.float64 if dtype == torch.float64 else torch.float32
+        x = rnd(gen, batch, dim, seqlen, dtype=dtype, device=device)
+        dout = rnd(gen, batch, dim, seqlen, dtype=dtype, device=device)
+        w = rnd(gen, dim, width, dtype=wdtype, device=device, scale=0.5)
+        b = rnd(gen, dim, dtype=wdtype, device=device)
+        parts = [rnd(gen, batch, d, seqlen, dtype=dtype, device=device) for d in rest]
+        dx_cat, dw, db = OPS.causal_conv1d_bwd_cat(dout, x, w, b, True, seq_idx, parts)
+        dx, dw_want, db_want = OPS.causal_conv1d_bwd(dout, x, w, b, True, seq_idx)
+        assert dx_cat.shape == (batch, seqlen, dim + sum(rest)) and dx_cat.is_contiguous()
+        assert torch.equal(dx_cat, OPS.transpose_cat([dx, *parts]))
+        tol = TOL[torch.float64 if dtype == torch.float64 else torch.float32]
+        assert rel_err(dw, dw_want) <= tol and rel_err(db, db_want) <= tol
+
+
 NORM_SHAPES = [(1, 1), (3, 5), (100, 768), (4096, 768), (7, 1000), (5, 4099), (300, 12)]
 
 
@@ -578,6 +605,8 @@ def test_opcheck(gen):
                                               rnd(gen, 2 + 8, 3), rnd(gen, 3, 2), rnd(gen, 3), rnd(gen, 3, 4),
                                               rnd(gen, 3)))
     torch.library.opcheck(OPS.transpose_cat, ([x, rnd(gen, 2, 5, 7)],))
+    torch.library.opcheck(OPS.causal_conv1d_bwd_cat, (rnd(gen, 2, 3, 7), x, w, b, True, None, [rnd(gen, 2, 5, 7)]))
+    torch.library.opcheck(OPS.causal_conv1d_bwd_cat, (rnd(gen, 2, 3, 7), x, w, None, False, seq_idx, []))
     torch.library.opcheck(OPS.add_rms_norm, (rnd(gen, 3, 7), rnd(gen, 3, 7, dtype=torch.bfloat16), rnd(gen, 7), 1e-6,
                                              torch.bfloat16))
     torch.library.opcheck(OPS.add_rms_norm, (rnd(gen, 3, 7), None, rnd(gen, 7), 1e-6, torch.float32))
@@ -646,6 +675,13 @@ BAD = {
                        "add_rms_norm: out_dtype must be a floating dtype, got Int"),
     "norm_weight_device": (lambda x, w, b: ops.add_rms_norm(x[..., 0], None, b.to("meta")),
                            "add_rms_norm: weight must be on cpu like x, got meta"),
+    "conv_bwd_cat_rest_seqlen": (lambda x, w, b: OPS.causal_conv1d_bwd_cat(x, x, w, b, True, None, [x[..., :4]]),
+                                 "causal_conv1d_bwd_cat: rest must be (batch, dim_i, seqlen) of one batch, seqlen, "
+                                 "dtype and device, got (2, 3, 4) after (2, 3, 5)"),
+    "conv_bwd_cat_rest_dtype": (lambda x, w, b: OPS.causal_conv1d_bwd_cat(x, x, w, b, True, None, [x.double()]),
+                                "causal_conv1d_bwd_cat: rest must be (batch, dim_i, seqlen) of one batch"),
+    "conv_bwd_cat_dout_shape": (lambda x, w, b: OPS.causal_conv1d_bwd_cat(x[:1], x, w, b, True, None, []),
+                                "causal_conv1d: dout must have shape (2, 3, 5), got (1, 3, 5)"),
     "rms_norm_x_dtype": (lambda x, w, b: ops.rms_norm(x[..., 0].half(), None),
                          "rms_norm: x (the residual stream) must be float32 or float64, got Half"),
     "rms_norm_weight_shape": (lambda x, w, b: ops.rms_norm(x[..., 0], b[:2]),

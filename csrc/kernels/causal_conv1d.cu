@@ -164,14 +164,47 @@ __global__ __launch_bounds__(kConvThreads) void conv_fwd_kernel(CausalConv1dPara
   });
 }
 
-// g = dout * act'(pre) on the chunk and the kPad positions after it; dx[t] = sum_s ws[s] g[t + s] over
-// t's sequence; the chunk's dweight/dbias terms go to per-thread sums, reduced per block into
-// partials[d][blockIdx.y] (conv_bwd_reduce_kernel adds those up in a fixed order: deterministic).
+// One chunk of the backward for channel d of batch row b (first: its first position, row: the
+// row's offset): g = dout * act'(pre) on the chunk and the kPad positions after it; dx[t] = sum_s
+// ws[s] g[t + s] over t's sequence, returned in dxv; the chunk's dweight/dbias terms are added to acc
+// (dweight by tap shift, then dbias).
 template <typename T, bool kPacked>
-__global__ __launch_bounds__(kConvThreads) void conv_bwd_kernel(CausalConv1dParams p) {
+__device__ __forceinline__ void conv_bwd_chunk(const CausalConv1dParams& p, const float (&ws)[kMaxConvWidth],
+                                               float bias, unsigned b, int first, size_t row,
+                                               float (&acc)[kConvPartials], float (&dxv)[ConvChunk<T>::kItems]) {
   using C = ConvChunk<T>;
   constexpr int kWin = C::kPad + C::kItems + C::kPad;  // x, seq_idx: first - kPad .. first + kItems + kPad
   constexpr int kG = C::kItems + C::kPad;             // g: first .. first + kItems + kPad
+  const T* x = static_cast<const T*>(p.x) + row;
+  const T* dout = static_cast<const T*>(p.dout) + row;
+  float xv[kWin], g[kG];
+  load_run(x, first - C::kPad, p.seqlen, is_aligned16(x), xv);
+  load_run(dout, first, p.seqlen, is_aligned16(dout), g);
+  int back[kWin];
+  sequence_runs<kPacked>(p, b, first - C::kPad, back);
+  if (p.silu) {
+#pragma unroll
+    for (int i = 0; i < kG; ++i) g[i] *= silu_grad(conv_pre(xv, ws, back, bias, C::kPad + i));
+  }
+#pragma unroll
+  for (int j = 0; j < C::kItems; ++j) {
+    float a = 0.f;
+#pragma unroll
+    for (int s = 0; s < kMaxConvWidth; ++s) {
+      if (s <= back[C::kPad + j + s]) a = fmaf(ws[s], g[j + s], a);
+      if (s <= back[C::kPad + j]) acc[s] = fmaf(g[j], xv[C::kPad + j - s], acc[s]);
+    }
+    dxv[j] = a;
+    acc[kMaxConvWidth] += g[j];
+  }
+}
+
+// The backward, channel-first dx: a block a channel, conv_bwd_chunk a (batch, chunk) pair; the
+// thread sums go to partials[d][blockIdx.y] (conv_bwd_reduce_kernel adds those up in a fixed order:
+// deterministic).
+template <typename T, bool kPacked>
+__global__ __launch_bounds__(kConvThreads) void conv_bwd_kernel(CausalConv1dParams p) {
+  using C = ConvChunk<T>;
   __shared__ float partial[kConvWarps][kConvPartials];
   const int d = blockIdx.x;
   float ws[kMaxConvWidth];
@@ -179,32 +212,10 @@ __global__ __launch_bounds__(kConvThreads) void conv_bwd_kernel(CausalConv1dPara
   const float bias = p.bias ? p.bias[d] : 0.f;
   float acc[kConvPartials] = {};
   for_each_chunk<T>(p, [&](unsigned b, int first, size_t row) {
-    const T* x = static_cast<const T*>(p.x) + row;
-    const T* dout = static_cast<const T*>(p.dout) + row;
-    T* dx = static_cast<T*>(p.dx) + row;
-    const bool aligned = is_aligned16(x) && is_aligned16(dout) && is_aligned16(dx);
-    float xv[kWin], g[kG];
-    load_run(x, first - C::kPad, p.seqlen, aligned, xv);
-    load_run(dout, first, p.seqlen, aligned, g);
-    int back[kWin];
-    sequence_runs<kPacked>(p, b, first - C::kPad, back);
-    if (p.silu) {
-#pragma unroll
-      for (int i = 0; i < kG; ++i) g[i] *= silu_grad(conv_pre(xv, ws, back, bias, C::kPad + i));
-    }
     float dxv[C::kItems];
-#pragma unroll
-    for (int j = 0; j < C::kItems; ++j) {
-      float a = 0.f;
-#pragma unroll
-      for (int s = 0; s < kMaxConvWidth; ++s) {
-        if (s <= back[C::kPad + j + s]) a = fmaf(ws[s], g[j + s], a);
-        if (s <= back[C::kPad + j]) acc[s] = fmaf(g[j], xv[C::kPad + j - s], acc[s]);
-      }
-      dxv[j] = a;
-      acc[kMaxConvWidth] += g[j];
-    }
-    store_run(dx, first, p.seqlen, aligned, dxv);
+    conv_bwd_chunk<T, kPacked>(p, ws, bias, b, first, row, acc, dxv);
+    T* dx = static_cast<T*>(p.dx) + row;
+    store_run(dx, first, p.seqlen, is_aligned16(dx), dxv);
   });
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll
@@ -218,6 +229,92 @@ __global__ __launch_bounds__(kConvThreads) void conv_bwd_kernel(CausalConv1dPara
     float v = 0.f;
     for (int i = 0; i < kConvWarps; ++i) v += partial[i][threadIdx.x];
     p.partials[(static_cast<size_t>(d) * gridDim.y + blockIdx.y) * kConvPartials + threadIdx.x] = v;
+  }
+}
+
+// The backward with dx written token-major, dx[(b * seqlen + t) * dx_cols + d] (the first columns of
+// in_proj's gradient, laid out for its GEMMs), instead of channel-first and transposed by a separate
+// kernel. A block takes kTmChannels(T) channels x 64 positions of a batch row (a thread one chunk of
+// one channel, conv_bwd_chunk), puts dx through a shared float tile and writes it as transpose_kernel
+// does: 16-byte vectors along the channels, a warp 32 / kVec vectors of kVec consecutive positions
+// (a tile line is 65 words: no bank conflicts on the reads). The block then loops over batch rows
+// b += gridDim.z, summing its channels' dweight/dbias terms; per channel, the lanes of its chunks
+// (lanes c, c + cpw, ...) reduce by shuffles and write partials[d][blockIdx.z * gridDim.x +
+// blockIdx.x] once.
+constexpr int kConvTmThreads = 256, kTmPositions = 64;
+// Batch blocks at most (more rows loop): bounds the partials to 32 x ceil(seqlen / 64) a channel.
+constexpr int kMaxTmBatchBlocks = 32;
+
+template <typename T>
+struct ConvTm {
+  static constexpr int kVec = 16 / sizeof(T);
+  static constexpr int kChunks = kTmPositions / ConvChunk<T>::kItems;  // chunks a channel: 4 (16-bit), 8 (float32)
+  static constexpr int kChannels = kConvTmThreads / kChunks;           // channels a block: 64, 32
+  static constexpr int kWarpChannels = 32 / kChunks;                   // channels a warp (cpw): 8, 4
+  static constexpr int kLineVecs = kChannels / kVec;                   // vectors a position's line: 8
+  static constexpr int kWarpVecs = 32 / kVec;
+  static constexpr int kWarpsPerLine = kLineVecs / kWarpVecs;          // 2, 1
+  static constexpr int kPassLines = kConvTmThreads / 32 / kWarpsPerLine * kVec;  // positions a pass: 32
+  static_assert(kLineVecs * kVec == kChannels && kWarpsPerLine * kWarpVecs == kLineVecs, "whole warps a line");
+  static_assert(kTmPositions % kPassLines == 0, "whole passes a tile");
+};
+
+template <typename T, bool kPacked>
+__global__ __launch_bounds__(kConvTmThreads) void conv_bwd_tm_kernel(CausalConv1dParams p) {
+  using C = ConvChunk<T>;
+  using M = ConvTm<T>;
+  __shared__ float tile[M::kChannels][kTmPositions + 1];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  // Compute: this thread's channel and chunk.
+  const int c = warp * M::kWarpChannels + lane % M::kWarpChannels, chunk = lane / M::kWarpChannels;
+  const int d0 = blockIdx.y * M::kChannels, d = d0 + c, t0 = blockIdx.x * kTmPositions;
+  const int first = t0 + chunk * C::kItems;
+  const bool active = d < p.dim && first < p.seqlen;
+  float ws[kMaxConvWidth];
+  if (d < p.dim) load_shift_weights(p, d, ws);
+  const float bias = d < p.dim && p.bias ? p.bias[d] : 0.f;
+  // Write: this thread's vector of channels and first position line.
+  const int vec = (warp % M::kWarpsPerLine) * M::kWarpVecs + lane % M::kWarpVecs;
+  const int line0 = (warp / M::kWarpsPerLine) * M::kVec + lane / M::kWarpVecs;
+  const int dv = d0 + vec * M::kVec;
+  const bool vectors = p.dx_cols % M::kVec == 0 && is_aligned16(p.dx) && dv + M::kVec <= p.dim;
+  float acc[kConvPartials] = {};
+  for (unsigned b = blockIdx.z; b < static_cast<unsigned>(p.batch); b += gridDim.z) {
+    if (active) {
+      float dxv[C::kItems];
+      conv_bwd_chunk<T, kPacked>(p, ws, bias, b, first, (static_cast<size_t>(b) * p.dim + d) * p.seqlen, acc, dxv);
+#pragma unroll
+      for (int j = 0; j < C::kItems; ++j) tile[c][chunk * C::kItems + j] = dxv[j];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int pass = 0; pass < kTmPositions / M::kPassLines; ++pass) {
+      const int line = line0 + pass * M::kPassLines, t = t0 + line;
+      if (t >= p.seqlen || dv >= p.dim) continue;
+      T* dst = static_cast<T*>(p.dx) + (static_cast<size_t>(b) * p.seqlen + t) * p.dx_cols + dv;
+      if (vectors) {
+        uint4 raw;
+        T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+        for (int k = 0; k < M::kVec; ++k) e[k] = from_float<T>(tile[vec * M::kVec + k][line]);
+        *reinterpret_cast<uint4*>(dst) = raw;
+      } else {
+        for (int k = 0; k < M::kVec && dv + k < p.dim; ++k) dst[k] = from_float<T>(tile[vec * M::kVec + k][line]);
+      }
+    }
+    __syncthreads();  // the tile is written again for the next batch row
+  }
+#pragma unroll
+  for (int k = 0; k < kConvPartials; ++k) {
+    float v = acc[k];
+    for (int off = M::kWarpChannels; off < 32; off *= 2) v += __shfl_xor_sync(kFullMask, v, off);
+    acc[k] = v;
+  }
+  if (chunk == 0 && d < p.dim) {
+    const size_t blocks_per_dim = static_cast<size_t>(gridDim.z) * gridDim.x;
+    float* dst = p.partials + (d * blocks_per_dim + blockIdx.z * gridDim.x + blockIdx.x) * kConvPartials;
+#pragma unroll
+    for (int k = 0; k < kConvPartials; ++k) dst[k] = acc[k];
   }
 }
 
@@ -323,13 +420,22 @@ dim3 conv_grid(const CausalConv1dParams& p) {
   return dim3(static_cast<unsigned>(p.dim), static_cast<unsigned>(conv_blocks_per_dim<T>(p)));
 }
 
+// The token-major backward's grid: position tiles, channel tiles, batch blocks.
+template <typename T>
+dim3 conv_tm_grid(const CausalConv1dParams& p) {
+  return dim3(static_cast<unsigned>((p.seqlen + kTmPositions - 1) / kTmPositions),
+              static_cast<unsigned>((p.dim + ConvTm<T>::kChannels - 1) / ConvTm<T>::kChannels),
+              static_cast<unsigned>(std::min(p.batch, kMaxTmBatchBlocks)));
+}
+
 }  // namespace
 }  // namespace ssm_tools_cuda
 
 int64_t causal_conv1d_bwd_partials(const CausalConv1dParams& p, ScanInputType type) {
   using namespace ssm_tools_cuda;
   return static_cast<int64_t>(p.dim) * kConvPartials * dispatch_input_type(type, [&](auto tag) {
-    return conv_blocks_per_dim<decltype(tag)>(p);
+    using T = decltype(tag);
+    return p.dx_cols > 0 ? static_cast<int>(conv_tm_grid<T>(p).x * conv_tm_grid<T>(p).z) : conv_blocks_per_dim<T>(p);
   });
 }
 
@@ -348,13 +454,22 @@ int causal_conv1d_bwd_launch(const CausalConv1dParams& p, ScanInputType type, vo
   const auto s = static_cast<cudaStream_t>(stream);
   return dispatch_input_type(type, [&](auto tag) {
     using T = decltype(tag);
-    const dim3 grid = conv_grid<T>(p);
-    const auto kernel = p.seq_idx ? conv_bwd_kernel<T, true> : conv_bwd_kernel<T, false>;
-    kernel<<<grid, kConvThreads, 0, s>>>(p);
+    int blocks_per_dim;
+    if (p.dx_cols > 0) {
+      const dim3 grid = conv_tm_grid<T>(p);
+      const auto kernel = p.seq_idx ? conv_bwd_tm_kernel<T, true> : conv_bwd_tm_kernel<T, false>;
+      kernel<<<grid, kConvTmThreads, 0, s>>>(p);
+      blocks_per_dim = static_cast<int>(grid.x * grid.z);
+    } else {
+      const dim3 grid = conv_grid<T>(p);
+      const auto kernel = p.seq_idx ? conv_bwd_kernel<T, true> : conv_bwd_kernel<T, false>;
+      kernel<<<grid, kConvThreads, 0, s>>>(p);
+      blocks_per_dim = static_cast<int>(grid.y);
+    }
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return static_cast<int>(err);
     conv_bwd_reduce_kernel<<<blocks(static_cast<size_t>(p.dim) * kConvPartials, kConvThreads), kConvThreads, 0, s>>>(
-        p, static_cast<int>(grid.y));
+        p, blocks_per_dim);
     return static_cast<int>(cudaGetLastError());
   });
 }

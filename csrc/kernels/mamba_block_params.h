@@ -21,7 +21,8 @@ struct CausalConv1dParams {
   const int* seq_idx = nullptr;  // (batch, seqlen) or null: packed rows; taps stay in their sequence
   void* out = nullptr;           // forward output
   const void* dout = nullptr;    // backward: gradient of out
-  void* dx = nullptr;            // written once
+  void* dx = nullptr;            // written once: channel-first, or token-major where dx_cols > 0
+  int64_t dx_cols = 0;           // > 0: dx is (batch, seqlen, dx_cols) and takes columns [0, dim)
   float* dweight = nullptr;      // written once (a deterministic second pass over per-block sums)
   float* dbias = nullptr;        // null without bias
   float* partials = nullptr;     // backward workspace: causal_conv1d_bwd_partials(p, type) floats

@@ -7,6 +7,7 @@
 
 #include <optional>
 #include <utility>
+#include <vector>
 
 #include "kernels/mamba_block_params.h"
 #include "ops/checks.h"  // check_float, check_shape, check_seq_idx, text
@@ -177,16 +178,24 @@ inline void check_rms_norm_bwd(const at::Tensor& grad, const at::Tensor& x, cons
   if (cast_dtype) check_floating_dtype(op, "cast_dtype", *cast_dtype);
 }
 
-inline void check_transpose_cat(at::TensorList parts) {
-  constexpr const char* op = "transpose_cat";
+// Channel-first parts (batch, dim_i, seqlen) of one batch, seqlen, dtype and device, to be laid out
+// token-major side by side; `name` the argument they come in (causal_conv1d_bwd_cat: x then `rest`).
+inline void check_transpose_cat(at::TensorList parts, const char* op = "transpose_cat", const char* name = "parts") {
   TORCH_CHECK_VALUE(!parts.empty(), op, ": needs at least one part");
   for (const at::Tensor& p : parts) {
-    check_float(op, "parts", p, parts[0].device());
+    check_float(op, name, p, parts[0].device());
     TORCH_CHECK_VALUE(p.dim() == 3 && p.size(0) == parts[0].size(0) && p.size(2) == parts[0].size(2) &&
                     p.scalar_type() == parts[0].scalar_type() && p.device() == parts[0].device(),
-                op, ": parts must be (batch, dim_i, seqlen) of one batch, seqlen, dtype and device, got ",
+                op, ": ", name, " must be (batch, dim_i, seqlen) of one batch, seqlen, dtype and device, got ",
                 text(p.sizes()), " after ", text(parts[0].sizes()));
   }
+}
+
+// causal_conv1d_bwd_cat's `rest`, after x: parts of x's batch, seqlen, dtype and device.
+inline void check_conv_bwd_rest(const at::Tensor& x, at::TensorList rest) {
+  std::vector<at::Tensor> parts{x};
+  parts.insert(parts.end(), rest.begin(), rest.end());
+  check_transpose_cat(parts, "causal_conv1d_bwd_cat", "rest");
 }
 
 }  // namespace ssm_tools::mamba_block

@@ -249,6 +249,25 @@ std::tuple<Tensor, Tensor> add_rms_norm_cpu(const Tensor& x, const OptTensor& re
   return {sum, at::rms_norm(sum, {x.size(1)}, weight.to(x.scalar_type()), eps).to(out_dtype)};
 }
 
+Tensor transpose_cat_cpu(at::TensorList parts) {
+  check_transpose_cat(parts);
+  std::vector<Tensor> t;
+  for (const Tensor& p : parts) t.push_back(p.transpose(1, 2));
+  return at::cat(t, 2);
+}
+
+// The composition of the two CPU ops, so that the CPU keeps their numbers.
+std::tuple<Tensor, Tensor, Tensor> causal_conv1d_bwd_cat_cpu(const Tensor& dout, const Tensor& x, const Tensor& weight,
+                                                             const OptTensor& bias, bool silu, const OptTensor& seq_idx,
+                                                             at::TensorList rest) {
+  check_conv(x, weight, bias, seq_idx, "causal_conv1d");
+  check_conv_bwd_rest(x, rest);
+  auto [dx, dweight, dbias] = causal_conv1d_bwd_cpu(dout, x, weight, bias, silu, seq_idx);
+  std::vector<Tensor> parts{dx};
+  parts.insert(parts.end(), rest.begin(), rest.end());
+  return {transpose_cat_cpu(parts), dweight, dbias};
+}
+
 Tensor rms_norm_cpu(const Tensor& x, const OptTensor& weight, double eps, at::ScalarType out_dtype) {
   check_rms_norm(x, weight, out_dtype);
   const OptTensor w = weight ? OptTensor(weight->to(x.scalar_type())) : std::nullopt;
@@ -271,12 +290,6 @@ std::tuple<Tensor, Tensor> rms_norm_bwd_cpu(const Tensor& grad, const Tensor& x,
   return {dx, cast};
 }
 
-Tensor transpose_cat_cpu(at::TensorList parts) {
-  check_transpose_cat(parts);
-  std::vector<Tensor> t;
-  for (const Tensor& p : parts) t.push_back(p.transpose(1, 2));
-  return at::cat(t, 2);
-}
 
 }  // namespace
 }  // namespace ssm_tools_cpu
@@ -284,6 +297,7 @@ Tensor transpose_cat_cpu(at::TensorList parts) {
 TORCH_LIBRARY_IMPL(ssm_tools, CPU, m) {
   m.impl("causal_conv1d_fwd", &ssm_tools_cpu::causal_conv1d_fwd_cpu);
   m.impl("causal_conv1d_bwd", &ssm_tools_cpu::causal_conv1d_bwd_cpu);
+  m.impl("causal_conv1d_bwd_cat", &ssm_tools_cpu::causal_conv1d_bwd_cat_cpu);
   m.impl("causal_conv1d_update", &ssm_tools_cpu::causal_conv1d_update_cpu);
   m.impl("mamba_state_update", &ssm_tools_cpu::mamba_state_update_cpu);
   m.impl("conv_ssm_step", &ssm_tools_cpu::conv_ssm_step_cpu);

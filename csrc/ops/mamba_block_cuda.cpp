@@ -91,25 +91,68 @@ Tensor causal_conv1d_fwd_cuda(const Tensor& x, const Tensor& weight, const OptTe
   return out;
 }
 
+// The conv backward into dx (channel-first, or token-major in rows of dx_cols > 0 columns); returns
+// (dweight, dbias).
+std::tuple<Tensor, Tensor> conv_bwd_into(ConvCall& c, const Tensor& dout, const Tensor& x, bool has_bias, void* dx,
+                                         int64_t dx_cols) {
+  ssm_tools::check_input("causal_conv1d", "dout", dout, x.sizes(), x);
+  const Tensor g = dout.to(x.scalar_type()).contiguous();
+  Tensor dweight = at::empty({c.p.dim, c.p.width}, c.weight.options());
+  Tensor dbias = at::empty({has_bias ? c.p.dim : 0}, c.weight.options());
+  const ScanInputType type = input_type(x, "causal_conv1d");
+  c.p.dx = dx;
+  c.p.dx_cols = dx_cols;
+  const Tensor partials = at::empty({causal_conv1d_bwd_partials(c.p, type)}, c.weight.options());
+  c.p.dout = g.data_ptr();
+  c.p.dweight = dweight.data_ptr<float>();
+  c.p.dbias = has_bias ? dbias.data_ptr<float>() : nullptr;
+  c.p.partials = partials.data_ptr<float>();
+  check_launch(causal_conv1d_bwd_launch(c.p, type, stream()), "causal_conv1d");
+  return {dweight, dbias};
+}
+
 std::tuple<Tensor, Tensor, Tensor> causal_conv1d_bwd_cuda(const Tensor& dout, const Tensor& x, const Tensor& weight,
                                                           const OptTensor& bias, bool silu,
                                                           const OptTensor& seq_idx) {
   const c10::cuda::CUDAGuard guard(x.device());
   ConvCall c = conv_call(x, weight, bias, silu, seq_idx);
-  ssm_tools::check_input("causal_conv1d", "dout", dout, x.sizes(), x);
-  const Tensor g = dout.to(x.scalar_type()).contiguous();
   Tensor dx = at::empty(x.sizes(), c.x.options());
-  Tensor dweight = at::empty({c.p.dim, c.p.width}, c.weight.options());
-  Tensor dbias = at::empty({bias ? c.p.dim : 0}, c.weight.options());
-  const ScanInputType type = input_type(x, "causal_conv1d");
-  const Tensor partials = at::empty({causal_conv1d_bwd_partials(c.p, type)}, c.weight.options());
-  c.p.dout = g.data_ptr();
-  c.p.dx = dx.data_ptr();
-  c.p.dweight = dweight.data_ptr<float>();
-  c.p.dbias = bias ? dbias.data_ptr<float>() : nullptr;
-  c.p.partials = partials.data_ptr<float>();
-  check_launch(causal_conv1d_bwd_launch(c.p, type, stream()), "causal_conv1d");
+  auto [dweight, dbias] = conv_bwd_into(c, dout, x, bias.has_value(), dx.data_ptr(), 0);
   return {dx, dweight, dbias};
+}
+
+// Channel-first parts written token-major into out (batch, seqlen, cols) from column `offset` on.
+void transpose_into(const Tensor& out, at::TensorList parts, int64_t offset, const char* op) {
+  const int64_t batch = out.size(0), seqlen = out.size(1);
+  TORCH_CHECK_VALUE(batch <= 65535, op, ": batch must be at most 65535 on CUDA, got ", ssm_tools::text(batch));
+  for (const Tensor& t : parts) {
+    const Tensor src = t.contiguous();
+    TransposeParams p;
+    p.batch = static_cast<int>(batch);
+    p.rows = static_cast<int>(src.size(1));
+    p.seqlen = static_cast<int>(seqlen);
+    p.dst_cols = out.size(2);
+    p.offset = offset;
+    p.src = src.data_ptr();
+    p.dst = out.data_ptr();
+    if (src.numel()) check_launch(transpose_launch(p, input_type(src, op), stream()), op);
+    offset += src.size(1);
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor> causal_conv1d_bwd_cat_cuda(const Tensor& dout, const Tensor& x,
+                                                              const Tensor& weight, const OptTensor& bias, bool silu,
+                                                              const OptTensor& seq_idx, at::TensorList rest) {
+  constexpr const char* op = "causal_conv1d_bwd_cat";
+  const c10::cuda::CUDAGuard guard(x.device());
+  ConvCall c = conv_call(x, weight, bias, silu, seq_idx);
+  check_conv_bwd_rest(x, rest);
+  int64_t cols = c.p.dim;
+  for (const Tensor& t : rest) cols += t.size(1);
+  Tensor out = at::empty({c.p.batch, c.p.seqlen, cols}, c.x.options());
+  auto [dweight, dbias] = conv_bwd_into(c, dout, x, bias.has_value(), out.data_ptr(), cols);
+  transpose_into(out, rest, c.p.dim, op);
+  return {out, dweight, dbias};
 }
 
 Tensor causal_conv1d_update_cuda(const Tensor& state, const Tensor& x, const Tensor& weight, const OptTensor& bias,
@@ -212,28 +255,12 @@ Tensor conv_ssm_step_cuda(const Tensor& conv_state, const Tensor& ssm_state, con
 }
 
 Tensor transpose_cat_cuda(at::TensorList parts) {
-  constexpr const char* op = "transpose_cat";
   check_transpose_cat(parts);
   const c10::cuda::CUDAGuard guard(parts[0].device());
   int64_t cols = 0;
   for (const Tensor& t : parts) cols += t.size(1);
-  const int64_t batch = parts[0].size(0), seqlen = parts[0].size(2);
-  TORCH_CHECK(batch <= 65535, op, ": batch must be at most 65535 on CUDA, got ", ssm_tools::text(batch));
-  Tensor out = at::empty({batch, seqlen, cols}, parts[0].options());
-  int64_t offset = 0;
-  for (const Tensor& t : parts) {
-    const Tensor src = t.contiguous();
-    TransposeParams p;
-    p.batch = static_cast<int>(batch);
-    p.rows = static_cast<int>(src.size(1));
-    p.seqlen = static_cast<int>(seqlen);
-    p.dst_cols = cols;
-    p.offset = offset;
-    p.src = src.data_ptr();
-    p.dst = out.data_ptr();
-    if (src.numel()) check_launch(transpose_launch(p, input_type(src, op), stream()), op);
-    offset += src.size(1);
-  }
+  Tensor out = at::empty({parts[0].size(0), parts[0].size(2), cols}, parts[0].options());
+  transpose_into(out, parts, 0, "transpose_cat");
   return out;
 }
 
@@ -321,6 +348,7 @@ std::tuple<Tensor, Tensor> rms_norm_bwd_cuda(const Tensor& grad, const Tensor& x
 TORCH_LIBRARY_IMPL(ssm_tools, CUDA, m) {
   m.impl("causal_conv1d_fwd", &causal_conv1d_fwd_cuda);
   m.impl("causal_conv1d_bwd", &causal_conv1d_bwd_cuda);
+  m.impl("causal_conv1d_bwd_cat", &causal_conv1d_bwd_cat_cuda);
   m.impl("causal_conv1d_update", &causal_conv1d_update_cuda);
   m.impl("mamba_state_update", &mamba_state_update_cuda);
   m.impl("conv_ssm_step", &conv_ssm_step_cuda);

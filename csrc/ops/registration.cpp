@@ -38,6 +38,12 @@ TORCH_LIBRARY(ssm_tools, m) {
   m.def("causal_conv1d_fwd(Tensor x, Tensor weight, Tensor? bias, bool silu, Tensor? seq_idx=None) -> Tensor");
   m.def("causal_conv1d_bwd(Tensor dout, Tensor x, Tensor weight, Tensor? bias, bool silu, Tensor? seq_idx=None) -> "
         "(Tensor dx, Tensor dweight, Tensor dbias)");
+  // The backward with dx laid out token-major beside the transposes of `rest` (channel-first parts
+  // (batch, dim_i, seqlen) of x's dtype): dx_cat = transpose_cat([dx, *rest]), (batch, seqlen, dim +
+  // sum dim_i), the Mamba layer's in_proj gradient [dx, dz] as its GEMMs read it. On CUDA dx goes
+  // there straight from the conv kernel (no channel-first dx, no transpose of it).
+  m.def("causal_conv1d_bwd_cat(Tensor dout, Tensor x, Tensor weight, Tensor? bias, bool silu, Tensor? seq_idx, "
+        "Tensor[] rest) -> (Tensor dx_cat, Tensor dweight, Tensor dbias)");
   // One decode position: conv_state (batch, dim, width) shifts left in place and takes x (batch,
   // dim); returns the conv's output (batch, dim) in x's dtype.
   m.def("causal_conv1d_update(Tensor(a!) conv_state, Tensor x, Tensor weight, Tensor? bias, bool silu) -> Tensor");

@@ -244,6 +244,13 @@ def _conv_bwd_fake(dout, x, weight, bias, silu, seq_idx=None):
             x.new_empty(0 if bias is None else bias.shape, dtype=dtype))
 
 
+@torch.library.register_fake("ssm_tools::causal_conv1d_bwd_cat")
+def _conv_bwd_cat_fake(dout, x, weight, bias, silu, seq_idx, rest):
+    batch, dim, seqlen = x.shape
+    dx, dweight, dbias = _conv_bwd_fake(dout, x, weight, bias, silu, seq_idx)
+    return x.new_empty((batch, seqlen, dim + sum(p.shape[1] for p in rest))), dweight, dbias
+
+
 @torch.library.register_fake("ssm_tools::causal_conv1d_update")
 def _conv_update_fake(conv_state, x, weight, bias, silu):
     return x.new_empty(x.shape)

@@ -85,8 +85,8 @@ class _MambaLayer(torch.autograd.Function):
     (_residual_norm). Layout: channel-first (B, d_inner, T) from in_proj to the scan, as the conv and
     scan kernels read it; the GEMMs write and read that layout through weights expanded with batch
     stride 0, so nothing is transposed but y (once, for out_proj and its weight gradient) and
-    in_proj's gradient (once, by a tiled transpose, for its weight gradient, which sums over batch
-    and time).
+    in_proj's gradient (for its weight gradient, which sums over batch and time: the conv backward
+    writes dx token-major, dz goes through a tiled transpose).
     Under autocast the GEMMs, the conv and the scan's inputs run in the autocast dtype (the weights
     cast once a step, kept for the backward); the norm, the states and every parameter gradient stay
     in float32."""
@@ -139,8 +139,9 @@ class _MambaLayer(torch.autograd.Function):
         dx_dbl = torch.cat([_shared_bmm(W_dt.t(), ddelta), dB[:, 0].to(cd), dC[:, 0].to(cd)], dim=1)
         d_x_w = _batch_summed_bmm(dx_dbl, u)
         du = torch.baddbmm(du.to(cd), W_x.t().expand(batch, -1, -1), dx_dbl)
-        dx, d_conv_w, d_conv_b = _ops.causal_conv1d_bwd(du, x, conv_w[:, 0], conv_b, True, seq_idx)
-        dxz = _ops.transpose_cat([dx, dz.to(cd)]).view(batch * T, 2 * d_inner)
+        # The conv's dx written token-major beside dz's transpose: in_proj's gradient as its GEMMs read it.
+        dxz, d_conv_w, d_conv_b = _ops.causal_conv1d_bwd_cat(du, x, conv_w[:, 0], conv_b, True, seq_idx, [dz.to(cd)])
+        dxz = dxz.view(batch * T, 2 * d_inner)
         dh = dxz @ W_in
         rows = r.view(batch * T, d_model)
         # The recomputed norm in the compute dtype: without its weight (xhat, one kernel) where the
