@@ -190,41 +190,45 @@ __global__ __launch_bounds__(kRowWarps * 32) void rms_norm_bwd_kernel(RmsNormBwd
 
 bool aligned(const void* ptr, size_t bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
 
+// f(tag of a, tag of b) for two input types (the norms' input and output element types).
+template <typename F>
+int dispatch_type_pair(ScanInputType a, ScanInputType b, F&& f) {
+  return dispatch_input_type(a, [&](auto a_tag) {
+    return dispatch_input_type(b, [&](auto b_tag) { return f(a_tag, b_tag); });
+  });
+}
+
 }  // namespace
 }  // namespace ssm_tools_cuda
 
 int add_rms_norm_launch(const AddRmsNormParams& p, ScanInputType residual_type, ScanInputType out_type,
                         void* stream) {
   using namespace ssm_tools_cuda;
-  return dispatch_input_type(residual_type, [&](auto residual_tag) {
-    return dispatch_input_type(out_type, [&](auto out_tag) {
-      using TR = decltype(residual_tag);
-      using TO = decltype(out_tag);
-      const bool vectors = p.dim % 4 == 0 && aligned(p.x, 16) && aligned(p.sum, 16) && aligned(p.weight, 16) &&
-                           aligned(p.out, 4 * sizeof(TO)) && (!p.residual || aligned(p.residual, 4 * sizeof(TR)));
-      if (p.rows >= kMinWarpRows && vectors) {
-        add_rms_norm_rows_kernel<TR, TO><<<(p.rows + kRowWarps - 1) / kRowWarps, kRowWarps * 32, 0,
-                                           static_cast<cudaStream_t>(stream)>>>(p);
-      } else {
-        add_rms_norm_kernel<TR, TO><<<p.rows, kNormThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
-      }
-      return static_cast<int>(cudaGetLastError());
-    });
+  return dispatch_type_pair(residual_type, out_type, [&](auto residual_tag, auto out_tag) {
+    using TR = decltype(residual_tag);
+    using TO = decltype(out_tag);
+    const bool vectors = p.dim % 4 == 0 && aligned(p.x, 16) && aligned(p.sum, 16) && aligned(p.weight, 16) &&
+                         aligned(p.out, 4 * sizeof(TO)) && (!p.residual || aligned(p.residual, 4 * sizeof(TR)));
+    if (p.rows >= kMinWarpRows && vectors) {
+      add_rms_norm_rows_kernel<TR, TO><<<(p.rows + kRowWarps - 1) / kRowWarps, kRowWarps * 32, 0,
+                                         static_cast<cudaStream_t>(stream)>>>(p);
+    } else {
+      add_rms_norm_kernel<TR, TO><<<p.rows, kNormThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
+    }
+    return static_cast<int>(cudaGetLastError());
   });
 }
 
 int rms_norm_bwd_launch(const RmsNormBwdParams& p, ScanInputType grad_type, ScanInputType cast_type, void* stream) {
   using namespace ssm_tools_cuda;
-  return dispatch_input_type(grad_type, [&](auto grad_tag) {
-    return dispatch_input_type(cast_type, [&](auto cast_tag) {
-      using TG = decltype(grad_tag);
-      using TC = decltype(cast_tag);
-      const bool vectors = p.dim % 4 == 0 && aligned(p.x, 16) && aligned(p.dx, 16) && aligned(p.weight, 16) &&
-                           aligned(p.grad_sum, 16) && aligned(p.grad, 4 * sizeof(TG)) &&
-                           aligned(p.dx_cast, 4 * sizeof(TC));
-      const auto kernel = vectors ? rms_norm_bwd_kernel<TG, TC, 4> : rms_norm_bwd_kernel<TG, TC, 1>;
-      kernel<<<(p.rows + kRowWarps - 1) / kRowWarps, kRowWarps * 32, 0, static_cast<cudaStream_t>(stream)>>>(p);
-      return static_cast<int>(cudaGetLastError());
-    });
+  return dispatch_type_pair(grad_type, cast_type, [&](auto grad_tag, auto cast_tag) {
+    using TG = decltype(grad_tag);
+    using TC = decltype(cast_tag);
+    const bool vectors = p.dim % 4 == 0 && aligned(p.x, 16) && aligned(p.dx, 16) && aligned(p.weight, 16) &&
+                         aligned(p.grad_sum, 16) && aligned(p.grad, 4 * sizeof(TG)) &&
+                         aligned(p.dx_cast, 4 * sizeof(TC));
+    const auto kernel = vectors ? rms_norm_bwd_kernel<TG, TC, 4> : rms_norm_bwd_kernel<TG, TC, 1>;
+    kernel<<<(p.rows + kRowWarps - 1) / kRowWarps, kRowWarps * 32, 0, static_cast<cudaStream_t>(stream)>>>(p);
+    return static_cast<int>(cudaGetLastError());
   });
 }
