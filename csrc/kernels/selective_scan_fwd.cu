@@ -37,11 +37,13 @@ constexpr int kStates = 4;                   // states per thread and pass
 constexpr int kPass = kSplit * kStates;      // states per pass
 constexpr int kThreads = kRows * kSplit;
 constexpr int kTile = 64;                    // positions per tile
+constexpr int kGroup = kSplit * kSplit;      // positions whose y a dim's kSplit threads reduce-scatter at once
 // Padded row of a per-dim tile: a multiple of 4 so that kSplit positions of delta and delta*u are one
 // float4 read, and 4 banks past the previous row so that the 8 dims of a warp read 32 distinct banks.
 constexpr int kStride = kTile + 4;
 constexpr int kRowItems = kRows * kTile / kThreads;    // positions of one dim each thread loads
 static_assert(kScanChunk % kTile == 0, "saved chunks start at tile starts");
+static_assert(kTile % kGroup == 0, "whole groups per tile");
 static_assert(kSplit == 4 && kStates == 4, "the time loop reads float4s of states and shuffles over 4 lanes");
 static_assert(kTile == 64 && kThreads == 64, "one ballot bit per position of a tile: two warps of sequence starts");
 
@@ -255,51 +257,80 @@ __global__ __launch_bounds__(kThreads, 8) void selective_scan_fwd_kernel(Selecti
         Cc[j] = in && !kVarC && !kEndOnly ? static_cast<const float*>(p.C)[param_row + n] : 0.f;
       }
       const uint64_t starts = kVarlen ? s_starts[0] | static_cast<uint64_t>(s_starts[1]) << 32 : 0;
-      for (int t0 = 0; t0 < kTile; t0 += kSplit) {
-        // kSplit positions, each thread with its partial y (its states) of every one of them.
-        float y[kSplit];
-        const float4 dt4 = *reinterpret_cast<const float4*>(s_dt + r * kStride + t0);
-        const float4 du4 = *reinterpret_cast<const float4*>(s_du + r * kStride + t0);
-        const float dts[kSplit] = {dt4.x, dt4.y, dt4.z, dt4.w}, dus[kSplit] = {du4.x, du4.y, du4.z, du4.w};
+      // The tile in groups of kGroup positions, kSplit steps of kSplit positions each, unrolled: the
+      // reads take constant offsets from one pointer per group. Each thread keeps its partial y (its
+      // states) of the group's positions and the kSplit threads of a dim reduce-scatter them over the
+      // steps (a shuffle pair after every two steps, one at the group's end), so that thread `split`
+      // ends with the full y of kSplit consecutive positions: one 128-bit read-add-write of s_y per
+      // group and no shared store inside the group (a store there kept the compiler from reading the
+      // next step's tile values early, as it cannot tell the tiles apart).
+      const float* dt_row = s_dt + r * kStride;
+      const float* du_row = s_du + r * kStride;
+      const BCUnit<T>* bc_col = s_bc + split;
+      const bool high = split & 2, odd = split & 1;
+#pragma unroll 1
+      for (int g = 0; g < kTile; g += kGroup) {
+        const uint32_t group_starts = kVarlen ? static_cast<uint32_t>(starts >> g) : 0u;
+        float prev[kSplit], pair[2][kSplit];
 #pragma unroll
-        for (int q = 0; q < kSplit; ++q) {
-          const int t = t0 + q;
-          const float dt = dts[q], du = dus[q];
-          // This thread's B and C at tile position t: from the tile, or the constant ones.
-          float Bv[kStates], Cv[kStates];
-          unpack(s_bc[t * kUnitsPerPosition + split], Bv, Cv);
+        for (int step = 0; step < kSplit; ++step) {
+          const int t0 = g + step * kSplit;
+          float y[kSplit];
+          const float4 dt4 = *reinterpret_cast<const float4*>(dt_row + t0);
+          const float4 du4 = *reinterpret_cast<const float4*>(du_row + t0);
+          const float dts[kSplit] = {dt4.x, dt4.y, dt4.z, dt4.w}, dus[kSplit] = {du4.x, du4.y, du4.z, du4.w};
 #pragma unroll
-          for (int j = 0; j < kStates; ++j) {
-            Bv[j] = var_B ? Bv[j] : Bc[j];
-            Cv[j] = var_C ? Cv[j] : Cc[j];
-          }
-          y[q] = 0.f;
-          // A sequence starts at t: the state restarts from zero (the end-only pass's decay is 0 there).
-          const bool restart = kVarlen && (starts >> t & 1);
-          if (!kEndOnly && restart) {
+          for (int q = 0; q < kSplit; ++q) {
+            const float dt = dts[q], du = dus[q];
+            // This thread's B and C at tile position t0 + q: from the tile, or the constant ones.
+            float Bv[kStates], Cv[kStates];
+            unpack(bc_col[(t0 + q) * kUnitsPerPosition], Bv, Cv);
 #pragma unroll
-            for (int j = 0; j < kStates; ++j) x[j] = 0.f;
-          }
+            for (int j = 0; j < kStates; ++j) {
+              Bv[j] = var_B ? Bv[j] : Bc[j];
+              Cv[j] = var_C ? Cv[j] : Cc[j];
+            }
+            y[q] = 0.f;
+            // A sequence starts here: the state restarts from zero (the end-only pass's decay is 0 there).
+            const bool restart = kVarlen && (group_starts >> (step * kSplit + q) & 1);
+            if (!kEndOnly && restart) {
 #pragma unroll
-          for (int j = 0; j < kStates; ++j) {
-            const float a = kEndOnly && restart ? 0.f : exp2f(dt * A2[j]);
-            x[j] = fmaf(a, x[j], du * Bv[j]);
-            if (kEndOnly) {
-              P[j] *= a;
-            } else {
-              y[q] = fmaf(Cv[j], x[j], y[q]);
+              for (int j = 0; j < kStates; ++j) x[j] = 0.f;
+            }
+#pragma unroll
+            for (int j = 0; j < kStates; ++j) {
+              const float a = kEndOnly && restart ? 0.f : exp2f(dt * A2[j]);
+              x[j] = fmaf(a, x[j], du * Bv[j]);
+              if (kEndOnly) {
+                P[j] *= a;
+              } else {
+                y[q] = fmaf(Cv[j], x[j], y[q]);
+              }
             }
           }
+          if (kEndOnly) continue;  // states and decay products only: no C, no y
+          // Steps 2m and 2m + 1: the odd thread of each pair keeps step 2m + 1's sums over the pair,
+          // the even one step 2m's.
+          if (step % 2 == 0) {
+#pragma unroll
+            for (int q = 0; q < kSplit; ++q) prev[q] = y[q];
+          } else {
+#pragma unroll
+            for (int q = 0; q < kSplit; ++q)
+              pair[step / 2][q] = (odd ? y[q] : prev[q]) + __shfl_xor_sync(kFullMask, odd ? prev[q] : y[q], 1);
+          }
         }
-        if (kEndOnly) continue;  // states and decay products only: no C, no y
-        // Reduce-scatter over the kSplit threads of this dim: thread `split` ends with the full y
-        // of position t0 + split, in 3 shuffles (a sum to every thread would take 8).
-        const bool high = split & 2, odd = split & 1;
-        float keep0 = high ? y[2] : y[0], keep1 = high ? y[3] : y[1];  // positions 2*high + {0, 1}
-        keep0 += __shfl_xor_sync(kFullMask, high ? y[0] : y[2], 2);
-        keep1 += __shfl_xor_sync(kFullMask, high ? y[1] : y[3], 2);
-        const float mine = (odd ? keep1 : keep0) + __shfl_xor_sync(kFullMask, odd ? keep0 : keep1, 1);
-        s_y[r * kStride + t0 + split] += mine;
+        if (kEndOnly) continue;
+        // The high threads keep steps 2 and 3, summed over all kSplit threads: thread `split` now has
+        // step `split`, i.e. positions g + kSplit * split + q.
+        float mine[kSplit];
+#pragma unroll
+        for (int q = 0; q < kSplit; ++q)
+          mine[q] = (high ? pair[1][q] : pair[0][q]) + __shfl_xor_sync(kFullMask, high ? pair[0][q] : pair[1][q], 2);
+        float4* dst = reinterpret_cast<float4*>(s_y + r * kStride + g + kSplit * split);
+        float4 acc = *dst;
+        acc.x += mine[0], acc.y += mine[1], acc.z += mine[2], acc.w += mine[3];
+        *dst = acc;
       }
 #pragma unroll
       for (int j = 0; j < kStates; ++j) {
