@@ -241,23 +241,32 @@ __global__ __launch_bounds__(kThreads, 8) void selective_scan_fwd_kernel(Selecti
         load_items<T, kRowItems>(static_cast<const T*>(p.u) + load_offset, t0 + lt, p.seqlen, aligned, u);
         load_items<T, kRowItems>(static_cast<const T*>(p.delta) + load_offset, t0 + lt, p.seqlen, aligned, raw);
       }
-      // 0 past the end: identity steps. Four positions per 128-bit store.
+      // 0 past the end: identity steps. Four positions per 128-bit store. `inside`: the whole run is
+      // in range (every run but the last of a row, and none of a thread without a row), so that
+      // the common case makes no per-position comparison or select.
+      const auto store_run = [&](bool inside) {
 #pragma unroll
-      for (int i = 0; i < kRowItems; i += 4) {
-        float dt[4], uv[4];
+        for (int i = 0; i < kRowItems; i += 4) {
+          float dt[4], uv[4];
 #pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          // Selects, not branches: softplus is computed whether used or not (cheaper than a branch
-          // around it per position).
-          const bool in = load_row && t0 + lt + i + k < p.seqlen;
-          const float v = raw[i + k] + bias, sp = softplus(v);
-          dt[k] = in ? (p.delta_softplus ? sp : v) : 0.f;
-          uv[k] = in ? u[i + k] : 0.f;
+          for (int k = 0; k < 4; ++k) {
+            // Selects, not branches: softplus is computed whether used or not (cheaper than a branch
+            // around it per position).
+            const bool in = inside || (load_row && t0 + lt + i + k < p.seqlen);
+            const float v = raw[i + k] + bias, sp = softplus(v);
+            dt[k] = in ? (p.delta_softplus ? sp : v) : 0.f;
+            uv[k] = in ? u[i + k] : 0.f;
+          }
+          const int at = lr * kStride + lt + i;
+          *reinterpret_cast<float4*>(s_dt + at) = make_float4(dt[0], dt[1], dt[2], dt[3]);
+          *reinterpret_cast<float4*>(s_du + at) = make_float4(dt[0] * uv[0], dt[1] * uv[1], dt[2] * uv[2], dt[3] * uv[3]);
+          *reinterpret_cast<float4*>(s_y + at) = make_float4(D * uv[0], D * uv[1], D * uv[2], D * uv[3]);
         }
-        const int at = lr * kStride + lt + i;
-        *reinterpret_cast<float4*>(s_dt + at) = make_float4(dt[0], dt[1], dt[2], dt[3]);
-        *reinterpret_cast<float4*>(s_du + at) = make_float4(dt[0] * uv[0], dt[1] * uv[1], dt[2] * uv[2], dt[3] * uv[3]);
-        *reinterpret_cast<float4*>(s_y + at) = make_float4(D * uv[0], D * uv[1], D * uv[2], D * uv[3]);
+      };
+      if (load_row && t0 + lt + kRowItems <= p.seqlen) {
+        store_run(true);
+      } else {
+        store_run(false);
       }
     }
     if constexpr (kVarlen) {
