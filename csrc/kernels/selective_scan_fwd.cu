@@ -368,17 +368,18 @@ __global__ __launch_bounds__(kThreads, 8) void selective_scan_fwd_kernel(Selecti
               pair[step / 2][q] = (odd ? y[q] : prev[q]) + __shfl_xor_sync(kFullMask, odd ? prev[q] : y[q], 1);
           }
         }
-        if (kEndOnly) continue;
-        // The high threads keep steps 2 and 3, summed over all kSplit threads: thread `split` now has
-        // step `split`, i.e. positions g + kSplit * split + q.
-        float mine[kSplit];
+        if constexpr (!kEndOnly) {
+          // The high threads keep steps 2 and 3, summed over all kSplit threads: thread `split` now
+          // has step `split`, i.e. positions g + kSplit * split + q.
+          float mine[kSplit];
 #pragma unroll
-        for (int q = 0; q < kSplit; ++q)
-          mine[q] = (high ? pair[1][q] : pair[0][q]) + __shfl_xor_sync(kFullMask, high ? pair[0][q] : pair[1][q], 2);
-        float4* dst = reinterpret_cast<float4*>(s_y + r * kStride + g + kSplit * split);
-        float4 acc = *dst;
-        acc.x += mine[0], acc.y += mine[1], acc.z += mine[2], acc.w += mine[3];
-        *dst = acc;
+          for (int q = 0; q < kSplit; ++q)
+            mine[q] = (high ? pair[1][q] : pair[0][q]) + __shfl_xor_sync(kFullMask, high ? pair[0][q] : pair[1][q], 2);
+          float4* dst = reinterpret_cast<float4*>(s_y + r * kStride + g + kSplit * split);
+          float4 acc = *dst;
+          acc.x += mine[0], acc.y += mine[1], acc.z += mine[2], acc.w += mine[3];
+          *dst = acc;
+        }
       }
 #pragma unroll
       for (int j = 0; j < kStates; ++j) {
