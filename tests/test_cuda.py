@@ -142,6 +142,9 @@ CASES = [
     # Lengths 2 past a multiple of 4: the backward's last quad of dB/dC sums is added by two scalar
     # atomics (1 and 3 past are in the cases above and in PACKED_CASES).
     (2, 16, 214, 16, dict(groups=2)),
+    # The forward reduces y over groups of 16 positions and its passes cover 16 states: a last tile
+    # ending inside a group (77 = 64 + 13) and a second pass of 4 states (threads without states).
+    (2, 16, 77, 20, dict(groups=2)),
 ]
 CASE_IDS = [f"b{b}-d{d}-l{l}-n{n}-" + ("-".join(f"{k}={v}" for k, v in o.items()) or "all")
             for b, d, l, n, o in CASES]
@@ -174,6 +177,9 @@ PACKED_CASES = [
     # The benchmark's training length (one chunk, rows not 16-byte aligned), sequences of 1 and 2
     # positions at its ends.
     (2, 16, 215, 16, [1, 3, 213, 214], dict(groups=2)),
+    # Starts at each 4-position step of the forward's 16-position groups and at their edges, a last
+    # tile ending inside a group, two passes of states.
+    (2, 16, 77, 20, [4, 8, 12, 15, 16, 17, 31, 32, 47, 48, 66, 76], dict(groups=2)),
 ]
 
 

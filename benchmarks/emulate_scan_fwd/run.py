@@ -8,7 +8,8 @@ The kernel's source is copied with its __shared__ arrays and launch replaced by 
 ../emulate_scan_bwd/fake (one thread per CUDA thread, real barriers, warp shuffles and ballots, shared
 memory poisoned with NaN before every block), compiled with g++ and run on fresh random inputs. out and
 the last state are compared with ssm_tools.reference in float64, `saved` (the state entering each
-chunk) with the CPU op's. Cases: tests/test_cuda.py's (its CASES and PACKED_CASES; its cases of the
+chunk) with the CPU op's. The kernel's one inline PTX statement, an L2 prefetch (a hint), becomes a
+no-op. Cases: tests/test_cuda.py's (its CASES and PACKED_CASES; its cases of the
 forward split into segments, read from that test's parameters, each also with packed rows), and inputs
 one element past a 16-byte boundary (the scalar loads). First, softplus_accuracy.cpp checks the kernels'
 branch-free softplus against long double over float32 inputs in [-104, 104]. What it cannot see: timing-dependent races
@@ -67,6 +68,8 @@ def emulation_source(build: pathlib.Path) -> None:
     for name in ("scan_common.cuh", "selective_scan_params.h"):
         (out / name).write_text((KERNELS / name).read_text())
     s = (KERNELS / "selective_scan_fwd.cu").read_text()
+    # The L2 prefetch is a hint with no effect on results: nothing on the CPU.
+    s = bwd.rewrite(s, 'asm volatile("prefetch.global.L2 [%0];" ::"l"(ptr));', "(void)ptr;")
     s = bwd.rewrite(s, "extern __shared__ float4 smem4[];", "float4* smem4 = reinterpret_cast<float4*>(emu_dyn_smem);")
     s = bwd.rewrite(s, "__shared__ uint32_t s_starts[kTile / 32];",
                     "uint32_t* s_starts = reinterpret_cast<uint32_t*>(emu_static(0));")

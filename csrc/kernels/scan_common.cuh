@@ -39,14 +39,16 @@ __device__ __forceinline__ float sigmoid(float v) { return 1.f / (1.f + __expf(-
 __device__ __forceinline__ float softplus(float v) {
   const float t = __expf(-fabsf(v));
   const float s = t / (2.f + t), s2 = s * s;
-  float series = 1.f / 13.f;
-  series = fmaf(series, s2, 1.f / 11.f);
-  series = fmaf(series, s2, 1.f / 9.f);
-  series = fmaf(series, s2, 1.f / 7.f);
-  series = fmaf(series, s2, 1.f / 5.f);
-  series = fmaf(series, s2, 1.f / 3.f);
-  series = fmaf(series, s2, 1.f);
-  return fmaxf(v, 0.f) + 2.f * s * series;
+  // Twice the series (every coefficient doubled: exact in binary, so the result is bit for bit that of
+  // 2 * s * series, one multiplication fewer).
+  float series = 2.f / 13.f;
+  series = fmaf(series, s2, 2.f / 11.f);
+  series = fmaf(series, s2, 2.f / 9.f);
+  series = fmaf(series, s2, 2.f / 7.f);
+  series = fmaf(series, s2, 2.f / 5.f);
+  series = fmaf(series, s2, 2.f / 3.f);
+  series = fmaf(series, s2, 2.f);
+  return fmaxf(v, 0.f) + s * series;
 }
 
 // The step size from the raw delta: delta + bias, through softplus if asked.

@@ -37,11 +37,13 @@ constexpr int kStates = 4;                   // states per thread and pass
 constexpr int kPass = kSplit * kStates;      // states per pass
 constexpr int kThreads = kRows * kSplit;
 constexpr int kTile = 64;                    // positions per tile
+constexpr int kGroup = kSplit * kSplit;      // positions whose y a dim's kSplit threads reduce-scatter at once
 // Padded row of a per-dim tile: a multiple of 4 so that kSplit positions of delta and delta*u are one
 // float4 read, and 4 banks past the previous row so that the 8 dims of a warp read 32 distinct banks.
 constexpr int kStride = kTile + 4;
 constexpr int kRowItems = kRows * kTile / kThreads;    // positions of one dim each thread loads
 static_assert(kScanChunk % kTile == 0, "saved chunks start at tile starts");
+static_assert(kTile % kGroup == 0, "whole groups per tile");
 static_assert(kSplit == 4 && kStates == 4, "the time loop reads float4s of states and shuffles over 4 lanes");
 static_assert(kTile == 64 && kThreads == 64, "one ballot bit per position of a tile: two warps of sequence starts");
 
@@ -88,6 +90,10 @@ __device__ __forceinline__ void unpack(const BCUnit<__nv_bfloat16>& unit, float 
 // load (the row aligned to the run's size).
 template <typename T>
 constexpr int kRunWords = static_cast<int>(sizeof(T)) * kBCLoadItems / 4;
+// A thread's runs of its kStates state rows (B or C) in the tile.
+template <typename T>
+using BCRuns = uint32_t[kStates][kRunWords<T>];
+
 template <typename T>
 __device__ __forceinline__ void load_run(const T* row, uint32_t (&v)[kRunWords<T>]) {
   if constexpr (kRunWords<T> == 4) {
@@ -98,6 +104,12 @@ __device__ __forceinline__ void load_run(const T* row, uint32_t (&v)[kRunWords<T
     const uint2 raw = __ldg(reinterpret_cast<const uint2*>(row));
     v[0] = raw.x, v[1] = raw.y;
   }
+}
+
+// Brings the 128-byte line holding ptr into L2 (a hint: no register, no wait).
+template <typename T>
+__device__ __forceinline__ void prefetch_l2(const T* ptr) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(ptr));
 }
 
 // Whether position t of batch entry b starts a sequence of a packed row (never t = 0: the state
@@ -155,11 +167,73 @@ __global__ __launch_bounds__(kThreads, 8) void selective_scan_fwd_kernel(Selecti
     if (kEndOnly) s_P[i] = 1.f;
   }
   const int n_passes = (N + kPass - 1) / kPass;
+  // The B/C tile of states n0 + lq * kStates + j at positions ls + i (zero for states past N, and for
+  // C in the end-only pass, which does not read it); constant B or C is not in the tile. One vector
+  // load per state row when the whole pass's runs are in range and aligned (one uniform branch for all
+  // rows); else element by element, zero past seqlen and past N. The runs stay raw 32-bit words: at
+  // 16-bit types each word of a unit is one byte permute of two rows' words.
+  using Runs = BCRuns<T>;
+  const auto load_bc_rows = [&](const T* var, int t0, int n0, Runs& v) {
+    const int nq = n0 + lq * kStates;
+    const T* base = var + static_cast<size_t>(nq) * p.seqlen + t0 + ls;
+    if (aligned && t0 + ls + kBCLoadItems <= p.seqlen && n0 + kPass <= N) {
+#pragma unroll
+      for (int j = 0; j < kStates; ++j) load_run<T>(base + static_cast<size_t>(j) * p.seqlen, v[j]);
+    } else {
+#pragma unroll
+      for (int j = 0; j < kStates; ++j) {
+        const T* row = base + static_cast<size_t>(j) * p.seqlen;
+        T e[kBCLoadItems];
+#pragma unroll
+        for (int i = 0; i < kBCLoadItems; ++i) e[i] = nq + j < N && t0 + ls + i < p.seqlen ? row[i] : T{};
+        memcpy(v[j], e, sizeof(e));
+      }
+    }
+  };
+  uint4* const bc_dst = reinterpret_cast<uint4*>(s_bc + ls * kUnitsPerPosition + lq);
+  // float32: B's and C's halves of the units separately (`half` 0 or 1); 16-bit types: both at once.
+  const auto store_bc_half = [&](const Runs& v, int half) {
+#pragma unroll
+    for (int i = 0; i < kBCLoadItems; ++i)
+      bc_dst[2 * kUnitsPerPosition * i + half] = make_uint4(v[0][i], v[1][i], v[2][i], v[3][i]);
+  };
+  const auto store_bc = [&](const Runs& bv, const Runs& cv) {
+#pragma unroll
+    for (int i = 0; i < kBCLoadItems; ++i) {
+      const int w = i / 2;
+      const unsigned sel = i % 2 ? 0x7632u : 0x5410u;  // the high or low halves of two words
+      bc_dst[kUnitsPerPosition * i] = make_uint4(__byte_perm(bv[0][w], bv[1][w], sel), __byte_perm(bv[2][w], bv[3][w], sel),
+                                                 __byte_perm(cv[0][w], cv[1][w], sel), __byte_perm(cv[2][w], cv[3][w], sel));
+    }
+  };
+  // This thread's states of a pass and their parameters (registers through the pass).
+  float x[kStates], A2[kStates], Bc[kStates], Cc[kStates], P[kStates];
+  const auto load_pass = [&](int n0) {
+#pragma unroll
+    for (int j = 0; j < kStates; ++j) {
+      const int n = n0 + split * kStates + j;
+      const bool in = n < N;
+      x[j] = in ? s_x[r * N + n] : 0.f;
+      P[j] = kEndOnly && in ? s_P[r * N + n] : 1.f;
+      A2[j] = in ? p.A[param_row + n] * kLog2e : 0.f;
+      Bc[j] = in && !kVarB ? static_cast<const float*>(p.B)[param_row + n] : 0.f;
+      Cc[j] = in && !kVarC && !kEndOnly ? static_cast<const float*>(p.C)[param_row + n] : 0.f;
+    }
+  };
   for (int t0 = t_begin; t0 < t_end; t0 += kTile) {
     __syncthreads();  // the previous tile is done with s_dt, s_du, s_y and has written s_x
     if (!kEndOnly && t0 % kScanChunk == 0) {
       for (int i = tid; i < rows * N; i += kThreads)
         p.saved[((row0 + i / N) * p.n_chunks + t0 / kScanChunk) * N + i % N] = s_x[i];
+    }
+    // The next tile's u, delta and z rows of this thread into L2 now, a tile ahead of their loads
+    // (which then wait for L2, not for device memory). B and C are not prefetched: the blocks of all
+    // dims of a group read the same rows, so all but the first find them in L2.
+    if (load_row && t0 + kTile < t_end) {
+      const size_t next = load_offset + t0 + kTile + lt;
+      prefetch_l2(static_cast<const T*>(p.u) + next);
+      prefetch_l2(static_cast<const T*>(p.delta) + next);
+      if (!kEndOnly && p.z) prefetch_l2(static_cast<const T*>(p.z) + next);
     }
     {
       float u[kRowItems], raw[kRowItems];
@@ -167,23 +241,32 @@ __global__ __launch_bounds__(kThreads, 8) void selective_scan_fwd_kernel(Selecti
         load_items<T, kRowItems>(static_cast<const T*>(p.u) + load_offset, t0 + lt, p.seqlen, aligned, u);
         load_items<T, kRowItems>(static_cast<const T*>(p.delta) + load_offset, t0 + lt, p.seqlen, aligned, raw);
       }
-      // 0 past the end: identity steps. Four positions per 128-bit store.
+      // 0 past the end: identity steps. Four positions per 128-bit store. `inside`: the whole run is
+      // in range (every run but the last of a row, and none of a thread without a row), so that
+      // the common case makes no per-position comparison or select.
+      const auto store_run = [&](bool inside) {
 #pragma unroll
-      for (int i = 0; i < kRowItems; i += 4) {
-        float dt[4], uv[4];
+        for (int i = 0; i < kRowItems; i += 4) {
+          float dt[4], uv[4];
 #pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          // Selects, not branches: softplus is computed whether used or not (cheaper than a branch
-          // around it per position).
-          const bool in = load_row && t0 + lt + i + k < p.seqlen;
-          const float v = raw[i + k] + bias, sp = softplus(v);
-          dt[k] = in ? (p.delta_softplus ? sp : v) : 0.f;
-          uv[k] = in ? u[i + k] : 0.f;
+          for (int k = 0; k < 4; ++k) {
+            // Selects, not branches: softplus is computed whether used or not (cheaper than a branch
+            // around it per position).
+            const bool in = inside || (load_row && t0 + lt + i + k < p.seqlen);
+            const float v = raw[i + k] + bias, sp = softplus(v);
+            dt[k] = in ? (p.delta_softplus ? sp : v) : 0.f;
+            uv[k] = in ? u[i + k] : 0.f;
+          }
+          const int at = lr * kStride + lt + i;
+          *reinterpret_cast<float4*>(s_dt + at) = make_float4(dt[0], dt[1], dt[2], dt[3]);
+          *reinterpret_cast<float4*>(s_du + at) = make_float4(dt[0] * uv[0], dt[1] * uv[1], dt[2] * uv[2], dt[3] * uv[3]);
+          *reinterpret_cast<float4*>(s_y + at) = make_float4(D * uv[0], D * uv[1], D * uv[2], D * uv[3]);
         }
-        const int at = lr * kStride + lt + i;
-        *reinterpret_cast<float4*>(s_dt + at) = make_float4(dt[0], dt[1], dt[2], dt[3]);
-        *reinterpret_cast<float4*>(s_du + at) = make_float4(dt[0] * uv[0], dt[1] * uv[1], dt[2] * uv[2], dt[3] * uv[3]);
-        *reinterpret_cast<float4*>(s_y + at) = make_float4(D * uv[0], D * uv[1], D * uv[2], D * uv[3]);
+      };
+      if (load_row && t0 + lt + kRowItems <= p.seqlen) {
+        store_run(true);
+      } else {
+        store_run(false);
       }
     }
     if constexpr (kVarlen) {
@@ -192,114 +275,111 @@ __global__ __launch_bounds__(kThreads, 8) void selective_scan_fwd_kernel(Selecti
     }
     for (int pass = 0; pass < n_passes; ++pass) {
       const int n0 = pass * kPass;
-      __syncthreads();  // tiles written; the previous pass is done with s_bc
+      __syncthreads();  // the per-dim tiles written; the previous pass is done with s_bc
       {
-        // The tile's B and C of states n0 + lq * kStates + j at positions ls + i (zero for states past
-        // N, and for C in the end-only pass, which does not read it); constant B or C is not in the tile.
-        // One vector load per state row when the whole pass's runs are in range and aligned (one
-        // uniform branch for all rows); else element by element, zero past seqlen and past N. The
-        // runs stay raw 32-bit words: at 16-bit types each word of a unit is one byte permute of two
-        // rows' words.
-        const bool whole = aligned && t0 + ls + kBCLoadItems <= p.seqlen && n0 + kPass <= N;
-        const int nq = n0 + lq * kStates;
-        const auto load_rows = [&](const T* var, uint32_t (&v)[kStates][kRunWords<T>]) {
-          const T* base = var + static_cast<size_t>(nq) * p.seqlen + t0 + ls;
-#pragma unroll
-          for (int j = 0; j < kStates; ++j) {
-            const T* row = base + static_cast<size_t>(j) * p.seqlen;
-            if (whole) {
-              load_run<T>(row, v[j]);
-            } else {
-              T e[kBCLoadItems];
-#pragma unroll
-              for (int i = 0; i < kBCLoadItems; ++i) e[i] = nq + j < N && t0 + ls + i < p.seqlen ? row[i] : T{};
-              memcpy(v[j], e, sizeof(e));
-            }
-          }
-        };
-        uint32_t bv[kStates][kRunWords<T>] = {}, cv[kStates][kRunWords<T>] = {};
-        uint4* dst = reinterpret_cast<uint4*>(s_bc + ls * kUnitsPerPosition + lq);
+        Runs bv = {}, cv = {};
         if constexpr (sizeof(T) == 4) {
           // B's half of each unit first: the B and C runs of 16 floats each would not both fit in
           // registers beside the states.
-          if (var_B) load_rows(B_var, bv);
-#pragma unroll
-          for (int i = 0; i < kBCLoadItems; ++i)
-            dst[2 * kUnitsPerPosition * i] = make_uint4(bv[0][i], bv[1][i], bv[2][i], bv[3][i]);
-          if (var_C) load_rows(C_var, cv);
-#pragma unroll
-          for (int i = 0; i < kBCLoadItems; ++i)
-            dst[2 * kUnitsPerPosition * i + 1] = make_uint4(cv[0][i], cv[1][i], cv[2][i], cv[3][i]);
+          if (var_B) load_bc_rows(B_var, t0, n0, bv);
+          store_bc_half(bv, 0);
+          if (var_C) load_bc_rows(C_var, t0, n0, cv);
+          store_bc_half(cv, 1);
         } else {
-          if (var_B) load_rows(B_var, bv);
-          if (var_C) load_rows(C_var, cv);
-#pragma unroll
-          for (int i = 0; i < kBCLoadItems; ++i) {
-            const int w = i / 2;
-            const unsigned sel = i % 2 ? 0x7632u : 0x5410u;  // the high or low halves of two words
-            dst[kUnitsPerPosition * i] = make_uint4(__byte_perm(bv[0][w], bv[1][w], sel), __byte_perm(bv[2][w], bv[3][w], sel),
-                                                    __byte_perm(cv[0][w], cv[1][w], sel), __byte_perm(cv[2][w], cv[3][w], sel));
-          }
+          if (var_B) load_bc_rows(B_var, t0, n0, bv);
+          if (var_C) load_bc_rows(C_var, t0, n0, cv);
+          store_bc(bv, cv);
         }
       }
-      __syncthreads();
-      float x[kStates], A2[kStates], Bc[kStates], Cc[kStates], P[kStates];
-#pragma unroll
-      for (int j = 0; j < kStates; ++j) {
-        const int n = n0 + split * kStates + j;
-        const bool in = n < N;
-        x[j] = in ? s_x[r * N + n] : 0.f;
-        P[j] = kEndOnly && in ? s_P[r * N + n] : 1.f;
-        A2[j] = in ? p.A[param_row + n] * kLog2e : 0.f;
-        Bc[j] = in && !kVarB ? static_cast<const float*>(p.B)[param_row + n] : 0.f;
-        Cc[j] = in && !kVarC && !kEndOnly ? static_cast<const float*>(p.C)[param_row + n] : 0.f;
-      }
+      __syncthreads();  // the B/C tile written
+      load_pass(n0);
       const uint64_t starts = kVarlen ? s_starts[0] | static_cast<uint64_t>(s_starts[1]) << 32 : 0;
-      for (int t0 = 0; t0 < kTile; t0 += kSplit) {
-        // kSplit positions, each thread with its partial y (its states) of every one of them.
-        float y[kSplit];
-        const float4 dt4 = *reinterpret_cast<const float4*>(s_dt + r * kStride + t0);
-        const float4 du4 = *reinterpret_cast<const float4*>(s_du + r * kStride + t0);
-        const float dts[kSplit] = {dt4.x, dt4.y, dt4.z, dt4.w}, dus[kSplit] = {du4.x, du4.y, du4.z, du4.w};
+      // The tile in groups of kGroup positions, kSplit steps of kSplit positions each, unrolled: the
+      // reads take constant offsets from one pointer per group. Each thread keeps its partial y (its
+      // states) of the group's positions and the kSplit threads of a dim reduce-scatter them over the
+      // steps (a shuffle pair after every two steps, one at the group's end), so that thread `split`
+      // ends with the full y of kSplit consecutive positions: one 128-bit read-add-write of s_y per
+      // group and no shared store inside the group (a store there kept the compiler from reading the
+      // next step's tile values early, as it cannot tell the tiles apart).
+      const float* dt_row = s_dt + r * kStride;
+      const float* du_row = s_du + r * kStride;
+      const BCUnit<T>* bc_col = s_bc + split;
+      const bool high = split & 2, odd = split & 1;
+#pragma unroll 1
+      for (int g = 0; g < kTile; g += kGroup) {
+        const uint32_t group_starts = kVarlen ? static_cast<uint32_t>(starts >> g) : 0u;
+        float prev[kSplit], pair[2][kSplit];
 #pragma unroll
-        for (int q = 0; q < kSplit; ++q) {
-          const int t = t0 + q;
-          const float dt = dts[q], du = dus[q];
-          // This thread's B and C at tile position t: from the tile, or the constant ones.
-          float Bv[kStates], Cv[kStates];
-          unpack(s_bc[t * kUnitsPerPosition + split], Bv, Cv);
+        for (int step = 0; step < kSplit; ++step) {
+          const int t0 = g + step * kSplit;
+          float y[kSplit];
+          const float4 dt4 = *reinterpret_cast<const float4*>(dt_row + t0);
+          const float4 du4 = *reinterpret_cast<const float4*>(du_row + t0);
+          const float dts[kSplit] = {dt4.x, dt4.y, dt4.z, dt4.w}, dus[kSplit] = {du4.x, du4.y, du4.z, du4.w};
+          // The step's kSplit positions; `starts_here` has a bit for each that starts a sequence.
+          const auto positions = [&](uint32_t starts_here) {
 #pragma unroll
-          for (int j = 0; j < kStates; ++j) {
-            Bv[j] = var_B ? Bv[j] : Bc[j];
-            Cv[j] = var_C ? Cv[j] : Cc[j];
-          }
-          y[q] = 0.f;
-          // A sequence starts at t: the state restarts from zero (the end-only pass's decay is 0 there).
-          const bool restart = kVarlen && (starts >> t & 1);
-          if (!kEndOnly && restart) {
+            for (int q = 0; q < kSplit; ++q) {
+              const float dt = dts[q], du = dus[q];
+              // This thread's B and C at tile position t0 + q: from the tile, or the constant ones.
+              float Bv[kStates], Cv[kStates];
+              unpack(bc_col[(t0 + q) * kUnitsPerPosition], Bv, Cv);
 #pragma unroll
-            for (int j = 0; j < kStates; ++j) x[j] = 0.f;
-          }
+              for (int j = 0; j < kStates; ++j) {
+                Bv[j] = var_B ? Bv[j] : Bc[j];
+                Cv[j] = var_C ? Cv[j] : Cc[j];
+              }
+              y[q] = 0.f;
+              // A sequence starts here: the state restarts from zero (the end-only pass's decay is 0 there).
+              const bool restart = starts_here >> q & 1;
+              if (!kEndOnly && restart) {
 #pragma unroll
-          for (int j = 0; j < kStates; ++j) {
-            const float a = kEndOnly && restart ? 0.f : exp2f(dt * A2[j]);
-            x[j] = fmaf(a, x[j], du * Bv[j]);
-            if (kEndOnly) {
-              P[j] *= a;
-            } else {
-              y[q] = fmaf(Cv[j], x[j], y[q]);
+                for (int j = 0; j < kStates; ++j) x[j] = 0.f;
+              }
+#pragma unroll
+              for (int j = 0; j < kStates; ++j) {
+                const float a = kEndOnly && restart ? 0.f : exp2f(dt * A2[j]);
+                x[j] = fmaf(a, x[j], du * Bv[j]);
+                if (kEndOnly) {
+                  P[j] *= a;
+                } else {
+                  y[q] = fmaf(Cv[j], x[j], y[q]);
+                }
+              }
             }
+          };
+          // Packed rows: the starts are the same for the whole block (one batch entry), so this branch
+          // is uniform, and steps without a start run the code without the restart selects.
+          const uint32_t step_starts = kVarlen ? group_starts >> step * kSplit & ((1u << kSplit) - 1) : 0u;
+          if (kVarlen && step_starts != 0) {
+            positions(step_starts);
+          } else {
+            positions(0u);
+          }
+          if (kEndOnly) continue;  // states and decay products only: no C, no y
+          // Steps 2m and 2m + 1: the odd thread of each pair keeps step 2m + 1's sums over the pair,
+          // the even one step 2m's.
+          if (step % 2 == 0) {
+#pragma unroll
+            for (int q = 0; q < kSplit; ++q) prev[q] = y[q];
+          } else {
+#pragma unroll
+            for (int q = 0; q < kSplit; ++q)
+              pair[step / 2][q] = (odd ? y[q] : prev[q]) + __shfl_xor_sync(kFullMask, odd ? prev[q] : y[q], 1);
           }
         }
-        if (kEndOnly) continue;  // states and decay products only: no C, no y
-        // Reduce-scatter over the kSplit threads of this dim: thread `split` ends with the full y
-        // of position t0 + split, in 3 shuffles (a sum to every thread would take 8).
-        const bool high = split & 2, odd = split & 1;
-        float keep0 = high ? y[2] : y[0], keep1 = high ? y[3] : y[1];  // positions 2*high + {0, 1}
-        keep0 += __shfl_xor_sync(kFullMask, high ? y[0] : y[2], 2);
-        keep1 += __shfl_xor_sync(kFullMask, high ? y[1] : y[3], 2);
-        const float mine = (odd ? keep1 : keep0) + __shfl_xor_sync(kFullMask, odd ? keep0 : keep1, 1);
-        s_y[r * kStride + t0 + split] += mine;
+        if constexpr (!kEndOnly) {
+          // The high threads keep steps 2 and 3, summed over all kSplit threads: thread `split` now
+          // has step `split`, i.e. positions g + kSplit * split + q.
+          float mine[kSplit];
+#pragma unroll
+          for (int q = 0; q < kSplit; ++q)
+            mine[q] = (high ? pair[1][q] : pair[0][q]) + __shfl_xor_sync(kFullMask, high ? pair[0][q] : pair[1][q], 2);
+          float4* dst = reinterpret_cast<float4*>(s_y + r * kStride + g + kSplit * split);
+          float4 acc = *dst;
+          acc.x += mine[0], acc.y += mine[1], acc.z += mine[2], acc.w += mine[3];
+          *dst = acc;
+        }
       }
 #pragma unroll
       for (int j = 0; j < kStates; ++j) {
