@@ -19,8 +19,12 @@ the step time means for a 10,000-digit addition episode (its length extrapolated
 one, linear in digits).
 
     python3 benchmarks/bench_decode.py [--batches 1 100 1000] [--out results/bench_decode.json]
+
+With SSM_TOOLS_PROGRAMMATIC_LAUNCH=0 in the environment the decode kernels are launched plainly
+(recorded as "programmatic_launch"): the same step without programmatic dependent launch.
 """
 import argparse
+import os
 import time
 
 import numpy as np
@@ -180,6 +184,9 @@ def main():
     tokens_1000 = int(tr.lengths[0])
     result = {"model": {"name": "mamba", **preset("mamba", "paper"), "vocab_size": V.VOCAB_SIZE},
               "calls": args.calls, "per_batch": rows,
+              # Our decode kernels launched programmatically (on sm_90 code; run_gpu_decode.sh runs
+              # this benchmark again with SSM_TOOLS_PROGRAMMATIC_LAUNCH=0 for the plain launches).
+              "programmatic_launch": os.environ.get("SSM_TOOLS_PROGRAMMATIC_LAUNCH", "1") != "0",
               "addition_tokens_1000_digits": tokens_1000}
     at100 = next((r for r in rows if r["batch"] == 100), None)
     if at100 is not None:
