@@ -1,8 +1,9 @@
 """Records a few greedy decode steps of a two-layer Mamba of the paper's shape on the GPU, eager and
 graphed, at batches 1, 100 and 1001, in float32 and with bf16 matmul weights, into one file
-(`python tests/cuda_decode_record.py OUT.pt`): the eager logits, the graph's tokens, and both final
-states. tests/test_cuda_models.py runs it in two processes, with and without programmatic launches
-(SSM_TOOLS_PROGRAMMATIC_LAUNCH, read once per process), and compares the files bitwise."""
+(`python tests/cuda_decode_record.py OUT.pt SEED`, SEED seeding the weights and tokens): the eager
+logits, the graph's tokens, and both final states. tests/test_cuda_models.py runs it in two
+processes, with and without programmatic launches (SSM_TOOLS_PROGRAMMATIC_LAUNCH, read once per
+process), and compares the files bitwise."""
 import sys
 
 import torch
@@ -15,15 +16,15 @@ BATCHES = (1, 100, 1001)  # 1001: conv_ssm_step's kernel 1 in more than one wave
 STEPS = 6
 
 
-def record() -> dict[str, torch.Tensor]:
-    torch.manual_seed(7)
+def record(seed: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
     base = build_model("mamba", vocab_size=VOCAB_SIZE, **dict(preset("mamba", "paper"), n_layers=2)).cuda().eval()
     with torch.no_grad():  # logits spread out: greedy tokens that vary between rows and steps
         base.norm_f.weight.mul_(30.0)
     out = {}
     for precision, model in (("float32", base), ("bfloat16", base.decode_copy(torch.bfloat16))):
         for batch in BATCHES:
-            tokens = torch.randint(0, VOCAB_SIZE, (STEPS, batch), generator=torch.Generator().manual_seed(batch))
+            tokens = torch.randint(0, VOCAB_SIZE, (STEPS, batch), generator=torch.Generator().manual_seed(seed + batch))
             key = f"{precision}_{batch}"
             state, logits = model.init_state(batch, "cuda"), []
             graphed = greedy_policy(model, batch, "cuda")
@@ -43,4 +44,4 @@ def record() -> dict[str, torch.Tensor]:
 
 
 if __name__ == "__main__":
-    torch.save(record(), sys.argv[1])
+    torch.save(record(int(sys.argv[2])), sys.argv[1])
