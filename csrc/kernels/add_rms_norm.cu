@@ -24,7 +24,7 @@ __global__ __launch_bounds__(kNormThreads) void add_rms_norm_kernel(AddRmsNormPa
   const float* x = p.x + offset;
   const TR* residual = p.residual ? static_cast<const TR*>(p.residual) + offset : nullptr;
   float* sum = p.sum ? p.sum + offset : nullptr;
-  wait_for_previous_grid();  // the previous layer's out_proj (launched programmatically: decode)
+  wait_for_previous_grid();  // for x and the residual (decode: the previous layer's out_proj)
   float squares = 0.f;
   for (int i = threadIdx.x; i < p.dim; i += kNormThreads) {
     const float v = residual ? x[i] + to_float(residual[i]) : x[i];
