@@ -19,8 +19,12 @@ the step time means for a 10,000-digit addition episode (its length extrapolated
 one, linear in digits).
 
     python3 benchmarks/bench_decode.py [--batches 1 100 1000] [--out results/bench_decode.json]
+
+With SSM_TOOLS_PROGRAMMATIC_LAUNCH=0 in the environment the decode kernels are launched plainly
+(recorded as "programmatic_launch"): the same step without programmatic dependent launch.
 """
 import argparse
+import os
 import time
 
 import numpy as np
@@ -96,7 +100,8 @@ def time_policy(model, batch, precision, calls):
 
 
 def cuda_kernels(fn, repeats):
-    """{kernel name: launches per call} of `fn` under torch.profiler, copies and memsets apart."""
+    """({kernel name: launches per call}, {kernel name: its device microseconds per call}) of `fn`
+    under torch.profiler, copies and memsets apart."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
     fn()
@@ -105,27 +110,36 @@ def cuda_kernels(fn, repeats):
         for _ in range(repeats):
             fn()
         torch.cuda.synchronize()
-    counts = {}
+    counts, micros = {}, {}
     for e in prof.events():
         if e.device_type == DeviceType.CUDA:
             name = "memcpy/memset" if e.name.startswith(("Memcpy", "Memset")) else e.name
             counts[name] = counts.get(name, 0) + 1
-    return {k: v / repeats for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
+            micros[name] = micros.get(name, 0.0) + e.time_range.elapsed_us()
+    order = sorted(counts, key=lambda k: -micros[k])
+    return {k: counts[k] / repeats for k in order}, {k: micros[k] / repeats for k in order}
 
 
 def variant_kernels(model, key, tokens, repeats):
     """One variant's kernels: of an eager greedy step (the graph's kernels, bar its two copies) and
-    of a graph replay (none where the profiler does not see inside graphs)."""
+    of a graph replay (none where the profiler does not see inside graphs), with the time the GPU
+    spends in them: the replay's time less its kernels' is what the gaps between them cost (launch,
+    dispatch, the wait for the previous kernel), which programmatic launches shorten."""
     use_variant(key)
     batch = tokens.shape[0]
     policy = greedy_policy(model, batch, "cuda", precision=VARIANTS[key][3])
     state = policy.model.init_state(batch, "cuda")
     with torch.no_grad():
-        eager = cuda_kernels(lambda: greedy_step(policy.model, tokens, state), repeats)
-    graph = cuda_kernels(policy.graph.replay, repeats)
-    return {"eager_step_kernels": sum(v for k, v in eager.items() if k != "memcpy/memset"),
-            "graph_replay_kernels": sum(v for k, v in graph.items() if k != "memcpy/memset"),
-            "graph_replay_copies": graph.get("memcpy/memset", 0), "eager_step_by_name": eager}
+        eager, eager_us = cuda_kernels(lambda: greedy_step(policy.model, tokens, state), repeats)
+    graph, graph_us = cuda_kernels(policy.graph.replay, repeats)
+
+    def kernels_only(d):
+        return sum(v for k, v in d.items() if k != "memcpy/memset")
+
+    return {"eager_step_kernels": kernels_only(eager), "graph_replay_kernels": kernels_only(graph),
+            "graph_replay_copies": graph.get("memcpy/memset", 0),
+            "eager_step_kernel_us": kernels_only(eager_us), "graph_replay_kernel_us": kernels_only(graph_us),
+            "eager_step_by_name": eager, "eager_step_us_by_name": eager_us}
 
 
 def kernel_counts(model, batch, repeats=3):
@@ -180,6 +194,9 @@ def main():
     tokens_1000 = int(tr.lengths[0])
     result = {"model": {"name": "mamba", **preset("mamba", "paper"), "vocab_size": V.VOCAB_SIZE},
               "calls": args.calls, "per_batch": rows,
+              # Our decode kernels launched programmatically (on sm_90 code; run_gpu_decode.sh runs
+              # this benchmark again with SSM_TOOLS_PROGRAMMATIC_LAUNCH=0 for the plain launches).
+              "programmatic_launch": os.environ.get("SSM_TOOLS_PROGRAMMATIC_LAUNCH", "1") != "0",
               "addition_tokens_1000_digits": tokens_1000}
     at100 = next((r for r in rows if r["batch"] == 100), None)
     if at100 is not None:
@@ -195,7 +212,8 @@ def main():
             result["kernels_per_step"] = {"error": f"{type(exc).__name__}: {exc}"}
         for key, counts in result["kernels_per_step"].items():
             if isinstance(counts, dict):
-                print(key, {k: v for k, v in counts.items() if k != "eager_step_by_name"}, flush=True)
+                print(key, {k: v for k, v in counts.items()
+                            if k not in ("eager_step_by_name", "eager_step_us_by_name")}, flush=True)
     write_result(args.out, result)
 
 

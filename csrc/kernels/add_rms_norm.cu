@@ -9,6 +9,7 @@
 // (the training backward's recomputed norm: no residual, often no weight) the second pass reads x
 // again (an L1/L2 hit) instead of the sum.
 #include "kernels/mamba_block_params.h"
+#include "kernels/programmatic_launch.cuh"
 #include "kernels/scan_common.cuh"
 
 namespace ssm_tools_cuda {
@@ -23,6 +24,7 @@ __global__ __launch_bounds__(kNormThreads) void add_rms_norm_kernel(AddRmsNormPa
   const float* x = p.x + offset;
   const TR* residual = p.residual ? static_cast<const TR*>(p.residual) + offset : nullptr;
   float* sum = p.sum ? p.sum + offset : nullptr;
+  wait_for_previous_grid();  // for x and the residual (decode: the previous layer's out_proj)
   float squares = 0.f;
   for (int i = threadIdx.x; i < p.dim; i += kNormThreads) {
     const float v = residual ? x[i] + to_float(residual[i]) : x[i];
@@ -212,10 +214,11 @@ int add_rms_norm_launch(const AddRmsNormParams& p, ScanInputType residual_type, 
     if (p.rows >= kMinWarpRows && vectors) {
       add_rms_norm_rows_kernel<TR, TO><<<(p.rows + kRowWarps - 1) / kRowWarps, kRowWarps * 32, 0,
                                          static_cast<cudaStream_t>(stream)>>>(p);
-    } else {
-      add_rms_norm_kernel<TR, TO><<<p.rows, kNormThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
+      return static_cast<int>(cudaGetLastError());
     }
-    return static_cast<int>(cudaGetLastError());
+    // Decode sizes: programmatic, so that the launch overlaps the previous kernel (out_proj's GEMM).
+    return static_cast<int>(launch_after_previous(add_rms_norm_kernel<TR, TO>, dim3(p.rows), dim3(kNormThreads), 0,
+                                                  static_cast<cudaStream_t>(stream), p));
   });
 }
 

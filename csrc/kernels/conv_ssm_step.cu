@@ -8,6 +8,7 @@
 
 #include "kernels/decode_rows.cuh"
 #include "kernels/mamba_block_params.h"
+#include "kernels/programmatic_launch.cuh"
 
 namespace ssm_tools_cuda {
 namespace {
@@ -34,6 +35,8 @@ __global__ __launch_bounds__(kPartialThreads) void conv_xproj_partials_kernel(Co
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int b = b0 + r, rows = min(kConvSsmRows, p.batch - b0), n_out = p.dt_rank + 2 * p.dstate;
   const T* W = static_cast<const T*>(p.x_proj_weight);
+  wait_for_previous_grid();  // in_proj's x
+  allow_next_grid();         // kernel 2's blocks may be dispatched now (they wait for this grid)
   for (int slice = blockIdx.y; slice < conv_ssm_slices(p.dim); slice += gridDim.y) {
     const int d = slice * kConvSsmSlice + c;
     float u = 0.f;  // outside the batch or dim: adds nothing below
@@ -77,6 +80,7 @@ __global__ __launch_bounds__(kUpdateThreads, kUpdateBlocksPerSm) void conv_ssm_u
   const int b = blockIdx.x, n_out = p.dt_rank + 2 * p.dstate, slices = conv_ssm_slices(p.dim);
   const size_t slice_stride = static_cast<size_t>(p.batch) * n_out;
   const float* row_partials = p.partials + static_cast<size_t>(b) * n_out;
+  wait_for_previous_grid();  // kernel 1's partials and u (and, through it, in_proj's z)
   if (n_out <= kUpdateThreads) {
     // `groups` threads per output, each summing every groups-th slice, so that all threads have
     // loads in flight at once (n_out = 80, 24 slices: 3 groups of 8 loads); then the groups' sums
@@ -145,10 +149,10 @@ int conv_ssm_step_launch(const ConvSsmStepParams& p, ScanInputType type, void* s
   const size_t shared = sizeof(float) * (p.dt_rank + 2 * p.dstate);
   return dispatch_input_type(type, [&](auto tag) {
     using T = decltype(tag);
-    conv_xproj_partials_kernel<T><<<grid1, kPartialThreads, 0, s>>>(p);
-    const cudaError_t err = cudaGetLastError();
+    // Both programmatic: kernel 1 overlaps in_proj's tail, kernel 2 kernel 1's.
+    const cudaError_t err = launch_after_previous(conv_xproj_partials_kernel<T>, grid1, dim3(kPartialThreads), 0, s, p);
     if (err != cudaSuccess) return static_cast<int>(err);
-    conv_ssm_update_kernel<T><<<grid2, kUpdateThreads, shared, s>>>(p, team_log2, vectorized);
-    return static_cast<int>(cudaGetLastError());
+    return static_cast<int>(launch_after_previous(conv_ssm_update_kernel<T>, grid2, dim3(kUpdateThreads), shared, s, p,
+                                                  team_log2, vectorized));
   });
 }
