@@ -177,10 +177,10 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
   const bool active = warp < rows;
   const ScanRow<T> r(p, active ? d0 + warp : d0, b);
   // The first tile's loads are issued first, then the first chunk's rows of u, delta, dout and z, then
-  // the per-row values (init_rows); the tile and those values are published by the first chunk's
-  // barrier. So they are one round trip to memory rather than five in a row (the per-row values, the
-  // tile, u and delta, dout, z): a short row, e.g. seqlen 216, is a single chunk, and pays these once
-  // per block.
+  // the per-row values (init_rows), and none is used before all are issued; the tile and the per-row
+  // values are published by the first chunk's barrier. So they are one round trip to memory, not a
+  // chain of them (per-row values, tile, u and delta, dout and z, saved state): a short row, e.g.
+  // seqlen 216, is a single chunk (no saved state to read) and pays this once per block.
   const bool tiled = var_B || var_C;
   TileLoader<T, kVarBC> tile_loader(p, b, group);
   if (tiled) tile_loader.issue((p.n_chunks - 1) * kScanChunk, 0, s_tile);
