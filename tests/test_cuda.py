@@ -145,6 +145,11 @@ CASES = [
     # The forward reduces y over groups of 16 positions and its passes cover 16 states: a last tile
     # ending inside a group (77 = 64 + 13) and a second pass of 4 states (threads without states).
     (2, 16, 77, 20, dict(groups=2)),
+    # The training step's one-chunk rows: 215 (unaligned) and 216 (the length it aligns to), 20 dims (a
+    # partial block of 4): the backward's first tile, per-row values and rows' loads in one round trip,
+    # and no saved state read for chunk 0.
+    (2, 20, 215, 16, dict()),
+    (2, 20, 216, 16, dict()),
 ]
 CASE_IDS = [f"b{b}-d{d}-l{l}-n{n}-" + ("-".join(f"{k}={v}" for k, v in o.items()) or "all")
             for b, d, l, n, o in CASES]
@@ -180,6 +185,9 @@ PACKED_CASES = [
     # Starts at each 4-position step of the forward's 16-position groups and at their edges, a last
     # tile ending inside a group, two passes of states.
     (2, 16, 77, 20, [4, 8, 12, 15, 16, 17, 31, 32, 47, 48, 66, 76], dict(groups=2)),
+    # The step's aligned length packed: a sequence of 1 position first, starts at the 8-position items'
+    # edges, a last sequence of 1 position.
+    (2, 20, 216, 16, [1, 8, 9, 108, 215], dict()),
 ]
 
 

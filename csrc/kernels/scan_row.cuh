@@ -52,11 +52,12 @@ struct ScanRow {
     store_items<T, kItems>(out(base), first, p.seqlen, aligned, v);
   }
 
-  // delta after bias and softplus; 0 past seqlen so that padded positions are identity steps.
+  // delta after bias and softplus from the loaded delta `raw`; 0 past seqlen so that padded positions
+  // are identity steps. Separate from the load, so that the loads of all of a chunk's rows can be
+  // issued before the first of them is used.
   template <int kItems>
-  __device__ __forceinline__ void load_delta(const SelectiveScanParams& p, int first, float (&raw)[kItems],
-                                             float (&dt)[kItems]) const {
-    load(p.delta, p, first, raw);
+  __device__ __forceinline__ void steps(const SelectiveScanParams& p, int first, const float (&raw)[kItems],
+                                        float (&dt)[kItems]) const {
 #pragma unroll
     for (int i = 0; i < kItems; ++i) dt[i] = first + i < p.seqlen ? step_size(raw[i], bias, p.delta_softplus) : 0.f;
   }

@@ -176,28 +176,33 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
   // Warps past `rows` (the group's last block) compute nothing but take part in the barriers and loads.
   const bool active = warp < rows;
   const ScanRow<T> r(p, active ? d0 + warp : d0, b);
-  for (int i = tid; i < kRows * N; i += kThreads) {  // i = w * N + n: row w, state n
-    const bool valid = i / N < rows;
-    const size_t param = static_cast<size_t>(d0) * N + i;  // (dim, dstate) entry of row w, state n
-    float* v = s_rows + i * kRowValues;
-    v[kAdj] = valid && p.dlast_state ? p.dlast_state[static_cast<size_t>(b) * p.dim * N + param] : 0.f;
-    v[kDA] = v[kDB] = v[kDC] = v[kSaved] = 0.f;
-    v[kRowA] = valid ? p.A[param] : 0.f;
-    v[kRowB] = valid && !var_B ? static_cast<const float*>(p.B)[param] : 0.f;
-    v[kRowC] = valid && !var_C ? static_cast<const float*>(p.C)[param] : 0.f;
-  }
-  float* const row_values = s_rows + warp * N * kRowValues;  // this warp's state n: row_values + n * kRowValues
-  // The dB/dC parts of rows past `rows` stay zero, so the sum over rows needs no bound.
-  for (int i = rows * kScanChunk + tid; i < kRows * kScanChunk; i += kThreads)
-    for (int k = 0; k < 4; ++k) s_parts[k * kRows * kScanChunk + i] = 0.f;
-
+  // The first tile's loads are issued first, then the first chunk's rows of u, delta, dout and z, then
+  // the per-row values (init_rows), and none is used before all are issued; the tile and the per-row
+  // values are published by the first chunk's barrier. So they are one round trip to memory, not a
+  // chain of them (per-row values, tile, u and delta, dout and z, saved state): a short row, e.g.
+  // seqlen 216, is a single chunk (no saved state to read) and pays this once per block.
   const bool tiled = var_B || var_C;
   TileLoader<T, kVarBC> tile_loader(p, b, group);
-  if (tiled) {
-    tile_loader.issue((p.n_chunks - 1) * kScanChunk, 0, s_tile);
-    tile_loader.finish(s_tile);
-  }
-  __syncthreads();
+  if (tiled) tile_loader.issue((p.n_chunks - 1) * kScanChunk, 0, s_tile);
+  const auto init_rows = [&] {
+    for (int i = tid; i < kRows * N; i += kThreads) {  // i = w * N + n: row w, state n
+      const bool valid = i / N < rows;
+      const size_t param = static_cast<size_t>(d0) * N + i;  // (dim, dstate) entry of row w, state n
+      float* v = s_rows + i * kRowValues;
+      v[kAdj] = valid && p.dlast_state ? p.dlast_state[static_cast<size_t>(b) * p.dim * N + param] : 0.f;
+      // kSaved is written by the row's warp in every chunk before use (not here: no barrier orders
+      // the two before the first chunk's).
+      v[kDA] = v[kDB] = v[kDC] = 0.f;
+      v[kRowA] = valid ? p.A[param] : 0.f;
+      v[kRowB] = valid && !var_B ? static_cast<const float*>(p.B)[param] : 0.f;
+      v[kRowC] = valid && !var_C ? static_cast<const float*>(p.C)[param] : 0.f;
+    }
+    // The dB/dC parts of rows past `rows` stay zero, so the sum over rows needs no bound.
+    for (int i = rows * kScanChunk + tid; i < kRows * kScanChunk; i += kThreads)
+      for (int k = 0; k < 4; ++k) s_parts[k * kRows * kScanChunk + i] = 0.f;
+  };
+  float* const row_values = s_rows + warp * N * kRowValues;  // this warp's state n: row_values + n * kRowValues
+
   // dB/dC rows start at multiples of seqlen floats in zero-filled (aligned) buffers.
   const bool atomics_aligned = p.seqlen % 4 == 0;
   // The sums over rows of input-dependent dB/dC: thread tid < 2 * kQuads adds one quad (4 positions)
@@ -234,9 +239,11 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
     {
       float u[kItems], raw[kItems], dout[kItems], z[kItems];
       r.load(p.u, p, first, u);
-      r.load_delta(p, first, raw, dt);
+      r.load(p.delta, p, first, raw);
       r.load(p.dout, p, first, dout);
       if (p.z) r.load(p.z, p, first, z);
+      if (c == p.n_chunks - 1) init_rows();  // while the loads are in flight
+      r.steps(p, first, raw, dt);
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
         dy[i] = p.z ? dout[i] * z[i] * sigmoid(z[i]) : dout[i];
@@ -250,9 +257,15 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
         y4[32 * j] = make_float4(r.D * u[4 * j], r.D * u[4 * j + 1], r.D * u[4 * j + 2], r.D * u[4 * j + 3]);
     }
     if (active) {  // the states entering this chunk (the previous chunk's reads ended at a warp barrier)
+      // The state entering chunk 0 is the zero state (the forward has no initial state), so a row of
+      // one chunk reads nothing here.
       const float* saved = p.saved + ((static_cast<size_t>(b) * p.dim + d0 + warp) * p.n_chunks + c) * N;
-      for (int n = lane; n < N; n += 32) row_values[n * kRowValues + kSaved] = saved[n];
+      for (int n = lane; n < N; n += 32) row_values[n * kRowValues + kSaved] = c > 0 ? saved[n] : 0.f;
       __syncwarp();
+    }
+    if (c == p.n_chunks - 1) {  // the first chunk: the per-row values, zeroed parts and first tile
+      if (tiled) tile_loader.finish(s_tile);
+      __syncthreads();
     }
 #pragma unroll 1
     for (int n = 0; n < N; ++n) {
