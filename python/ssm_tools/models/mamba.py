@@ -8,6 +8,7 @@ node per layer (`_MambaLayer`: the residual add and norm in one kernel, projecti
 them; decoding runs the same
 recurrence one position at a time (`ops.add_rms_norm`, in_proj, `ops.conv_ssm_step`, out_proj: five
 kernels a layer on CUDA), so a tool-augmented episode costs O(1) per token whatever its length.
+On CUDA, short rows are folded into longer packed rows for the layers (`fold_factor`).
 `reference.mamba_mixer_ref` is the plain formulation the tests compare against.
 """
 from __future__ import annotations
@@ -24,6 +25,79 @@ from .base import LanguageModel, check_positive
 
 _ops = torch.ops.ssm_tools
 MAX_CONV_WIDTH = 8  # kMaxConvWidth in csrc/kernels/mamba_block_params.h
+
+# Folding short rows (fold_factor). The CUDA scan kernels walk a row in whole chunks of
+# ops.SCAN_CHUNK positions, computing every position of its last chunk; a packed row costs them a
+# few percent more per position (seq_idx: results/train_step_notes.md, session 11), so folding must
+# cut the padded positions by more than that. Rows left after folding, per SM: the forward scan keeps
+# 128 (batch, channel) rows resident an SM (blocks of 16 rows, 8 blocks), the backward 16 (a warp a
+# row, 2 blocks of 8): at least one forward wave and 8 backward waves keep the GPU full.
+FOLD_MIN_GAIN = 1.06
+FOLD_MIN_ROWS_PER_SM = 128
+
+
+def fold_factor(batch: int, seqlen: int, d_inner: int, sms: int) -> int:
+    """How many rows of a (batch, seqlen) batch the layers run as one packed row of k * seqlen
+    positions on CUDA (k divides batch; 1: no folding). A row of 216 positions costs the scan a
+    whole chunk of 256 (1.185x); 8 rows folded cost 7 chunks for 6.75 (1.037x). The largest cut of
+    the padding that gains more than FOLD_MIN_GAIN and keeps FOLD_MIN_ROWS_PER_SM rows of d_inner
+    channels an SM; among equal cuts, the smallest k (shorter serial chains of chunks)."""
+    chunk = ops.SCAN_CHUNK
+
+    def padding(k):  # positions computed per real position
+        return -(-k * seqlen // chunk) * chunk / (k * seqlen)
+
+    best = 1
+    for k in range(2, batch + 1):
+        if batch % k:
+            continue
+        if batch // k * d_inner < FOLD_MIN_ROWS_PER_SM * sms:
+            break
+        if padding(best) / padding(k) > FOLD_MIN_GAIN:
+            best = k
+    return best
+
+
+def fold_seq_idx(seq_idx: torch.Tensor | None, batch: int, seqlen: int, k: int, device) -> torch.Tensor:
+    """The (batch / k, k * seqlen) int32 sequence index of the folded rows: a new sequence at every
+    original row's start, and within a row wherever the caller's seq_idx (batch, seqlen) changes
+    (row b's sequences numbered b * seqlen + 0, 1, ...)."""
+    ids = torch.arange(batch, dtype=torch.int32, device=device).mul_(seqlen).unsqueeze(1)
+    if seq_idx is None:
+        ids = ids.expand(batch, seqlen)
+    else:
+        ids = ids + F.pad((seq_idx[:, 1:] != seq_idx[:, :-1]).cumsum(1, dtype=torch.int32), (1, 0))
+    return ids.reshape(batch // k, k * seqlen)
+
+
+def _split_rows(t: torch.Tensor, split: int) -> torch.Tensor:
+    """(B, C, split * T) channel-first -> (B, C * split, T), a view: the split pieces of each row
+    (the original rows of a folded one) as channels of their own, channel c * split + j."""
+    b, c, n = t.shape
+    return t.view(b, c * split, n // split)
+
+
+def _conv_fwd(x, conv_w, conv_b, seq_idx, split):
+    """The conv + SiLU of x (B, d_inner, T). split > 1: each row is `split` rows of T / split
+    positions folded together, run as channels of their own with the weights repeated, without
+    seq_idx: the conv kernels with seq_idx cost more per position than the reset saves."""
+    if split == 1:
+        return _ops.causal_conv1d_fwd(x, conv_w[:, 0], conv_b, True, seq_idx)
+    w, b = (None if p is None else p.repeat_interleave(split, 0) for p in (conv_w[:, 0], conv_b))
+    return _ops.causal_conv1d_fwd(_split_rows(x, split), w, b, True, None).view(x.shape)
+
+
+def _conv_bwd_cat(du, x, conv_w, conv_b, seq_idx, split, dz):
+    """_conv_fwd's backward: ([dx, dz] token-major (B, T, 2 d_inner), dweight, dbias). split > 1:
+    the channel-first conv backward and dx's transpose beside dz's (the token-major kernel would lay
+    the split channels out token-major too); the repeated weights' gradients summed."""
+    if split == 1:
+        return _ops.causal_conv1d_bwd_cat(du, x, conv_w[:, 0], conv_b, True, seq_idx, [dz])
+    w, b = (None if p is None else p.repeat_interleave(split, 0) for p in (conv_w[:, 0], conv_b))
+    dx, dw, db = _ops.causal_conv1d_bwd(_split_rows(du, split), _split_rows(x, split), w, b, True, None)
+    d = conv_w.shape[0]
+    return (_ops.transpose_cat([dx.view(x.shape), dz]), dw.view(d, split, -1).sum(1),
+            db if conv_b is None else db.view(d, split).sum(1))
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -92,14 +166,15 @@ class _MambaLayer(torch.autograd.Function):
     in float32."""
 
     @staticmethod
-    def forward(ctx, x_in, res, seq_idx, norm_weight, eps, dims, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D, out_w):
+    def forward(ctx, x_in, res, seq_idx, conv_split, norm_weight, eps, dims, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log,
+                D, out_w):
         d_inner, dt_rank, d_state = dims
         cd = _compute_dtype(x_in)
         with torch.autocast(x_in.device.type, enabled=False):
             r, h = _residual_norm(x_in, res, norm_weight, eps, cd)
             W_in, W_x, W_dt, W_out = (w.to(cd) for w in (in_w, x_w, dt_w, out_w))
             x, z = (_shared_bmm(w, h.mT) for w in W_in.split(d_inner))  # (B, d_inner, T) each
-            u = _ops.causal_conv1d_fwd(x, conv_w[:, 0], conv_b, True, seq_idx)
+            u = _conv_fwd(x, conv_w, conv_b, seq_idx, conv_split)
             x_dbl = _shared_bmm(W_x, u)  # (B, dt_rank + 2 d_state, T)
             delta = _shared_bmm(W_dt, x_dbl[:, :dt_rank])
             B, C = (t.unsqueeze(1) for t in x_dbl[:, dt_rank:].split(d_state, dim=1))
@@ -108,7 +183,7 @@ class _MambaLayer(torch.autograd.Function):
             out = F.linear(y_t, W_out)
         ctx.save_for_backward(r, seq_idx, norm_weight, W_in, conv_w, conv_b, W_x, W_dt, dt_b, A_log, D, W_out, x, z,
                               x_dbl, y_t, saved)
-        ctx.eps, ctx.dims, ctx.cd = eps, dims, cd
+        ctx.eps, ctx.dims, ctx.cd, ctx.conv_split = eps, dims, cd, conv_split
         ctx.param_dtypes = tuple(p.dtype for p in (in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D, out_w))
         ctx.x_dtype, ctx.res_dtype = x_in.dtype, None if res is None else res.dtype
         # An r or out that nothing used gets None, not a tensor of zeros (MambaMixer.forward drops r).
@@ -127,7 +202,7 @@ class _MambaLayer(torch.autograd.Function):
         dy = _shared_bmm(W_out.t(), g.mT)  # (B, d_inner, T)
         d_out_w = g.reshape(-1, d_model).t() @ y_t.reshape(-1, d_inner)
         # Recompute the conv and dt_proj (cheap), then the scan's backward.
-        u = _ops.causal_conv1d_fwd(x, conv_w[:, 0], conv_b, True, seq_idx)
+        u = _conv_fwd(x, conv_w, conv_b, seq_idx, ctx.conv_split)
         dt_low = x_dbl[:, :dt_rank]
         delta = _shared_bmm(W_dt, dt_low)
         A = -torch.exp(A_log)
@@ -140,7 +215,7 @@ class _MambaLayer(torch.autograd.Function):
         d_x_w = _batch_summed_bmm(dx_dbl, u)
         du = torch.baddbmm(du.to(cd), W_x.t().expand(batch, -1, -1), dx_dbl)
         # The conv's dx written token-major beside dz's transpose: in_proj's gradient as its GEMMs read it.
-        dxz, d_conv_w, d_conv_b = _ops.causal_conv1d_bwd_cat(du, x, conv_w[:, 0], conv_b, True, seq_idx, [dz.to(cd)])
+        dxz, d_conv_w, d_conv_b = _conv_bwd_cat(du, x, conv_w, conv_b, seq_idx, ctx.conv_split, dz.to(cd))
         dxz = dxz.view(batch * T, 2 * d_inner)
         dh = dxz @ W_in
         rows = r.view(batch * T, d_model)
@@ -183,7 +258,7 @@ class _MambaLayer(torch.autograd.Function):
             d_res = None if ctx.res_dtype is None else dr.to(ctx.res_dtype)
         grads = (d_in_w, d_conv_w.view_as(conv_w), d_conv_b, d_x_w, d_dt_w, d_dt_b, dA * A, dD, d_out_w)
         grads = tuple(gr.to(dt) for gr, dt in zip(grads, ctx.param_dtypes))
-        return (dr.to(ctx.x_dtype), d_res, None, d_norm_w, None, None, *grads)
+        return (dr.to(ctx.x_dtype), d_res, None, None, d_norm_w, None, None, *grads)
 
 
 class _FinalNorm(torch.autograd.Function):
@@ -242,10 +317,12 @@ class MambaMixer(nn.Module):
         return self.residual_forward(h, None, norm, seq_idx)[1]
 
     def residual_forward(self, x: torch.Tensor, res: torch.Tensor | None, norm: nn.RMSNorm | None = None,
-                         seq_idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         seq_idx: torch.Tensor | None = None, conv_split: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """(r, mixer(norm(r))) for r = x + res, the residual add before the layer in the norm's
-        kernel (res: the previous layer's output, None for the first layer)."""
-        return _MambaLayer.apply(x, res, seq_idx, None if norm is None else norm.weight,
+        kernel (res: the previous layer's output, None for the first layer). conv_split > 1: folded
+        rows (Mamba._layers), each of conv_split rows of equal length, which the conv takes apart
+        instead of reading seq_idx (the scan's)."""
+        return _MambaLayer.apply(x, res, seq_idx, conv_split, None if norm is None else norm.weight,
                                  None if norm is None else norm.eps, (self.d_inner, self.dt_rank, self.d_state),
                                  self.in_proj.weight, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
                                  self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D, self.out_proj.weight)
@@ -266,6 +343,10 @@ class MambaMixer(nn.Module):
 class Mamba(LanguageModel):
     fixed_size_state = True
     packs_rows = True
+    # Short rows folded into packed rows for the layers: True, by fold_factor on CUDA (the CPU
+    # kernels compute no padding: CPU runs keep their bits); False, never; an int k, by k on any
+    # device (k must divide the batch). Decoding is not affected.
+    fold_rows: bool | int = True
 
     def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, d_state: int = 16,
                  d_conv: int = 4, expand: int = 2, dt_rank: int | None = None, tie_embeddings: bool = True):
@@ -274,12 +355,34 @@ class Mamba(LanguageModel):
         self.norms = nn.ModuleList(nn.RMSNorm(d_model) for _ in range(n_layers))
         self.mixers = nn.ModuleList(MambaMixer(d_model, d_state, d_conv, expand, dt_rank) for _ in range(n_layers))
 
+    def _fold_factor(self, x: torch.Tensor) -> int:
+        batch, seqlen, _ = x.shape
+        k = self.fold_rows
+        if isinstance(k, bool):
+            if not k or x.device.type != "cuda":
+                return 1
+            sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+            return fold_factor(batch, seqlen, self.mixers[0].d_inner, sms)
+        if not isinstance(k, int) or k < 1 or batch % k:
+            raise ValueError(f"fold_rows must be a bool or a positive int dividing the batch ({batch}), got {k!r}")
+        return k
+
     def _layers(self, x, seq_idx=None):
         """(x, out): the residual stream before the last layer's residual add, and that layer's
-        output (body = x + out)."""
+        output (body = x + out). The layers run on rows folded k at a time (_fold_factor): (B, T, d)
+        -> (B / k, k T, d) is a view (every op but the conv and the scan is per position), and
+        fold_seq_idx restarts the conv and the scan at each original row's start."""
+        batch, seqlen, d = x.shape
+        k, conv_split = self._fold_factor(x), 1
+        if k > 1:
+            # Without the caller's seq_idx, the conv takes the folded rows apart itself (_conv_fwd).
+            conv_split = k if seq_idx is None else 1
+            x, seq_idx = x.reshape(batch // k, k * seqlen, d), fold_seq_idx(seq_idx, batch, seqlen, k, x.device)
         out = None  # each layer adds the previous layer's output inside its norm's kernel
         for norm, mixer in zip(self.norms, self.mixers):
-            x, out = mixer.residual_forward(x, out, norm, seq_idx)
+            x, out = mixer.residual_forward(x, out, norm, seq_idx, conv_split)
+        if k > 1:
+            x, out = x.reshape(batch, seqlen, d), out.reshape(batch, seqlen, d)
         return x, out
 
     def body(self, x, seq_idx=None):
