@@ -245,6 +245,96 @@ def test_mamba_packed_rows_equal_separate_rows():
         torch.testing.assert_close(got, model(seq[None])[0], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("batch, T, k, packed", [(6, 9, 3, False), (6, 9, 2, True), (4, 70, 4, False), (4, 70, 2, True),
+                                                 (3, 300, 3, True), (2, 1, 2, False), (5, 40, 5, True)])
+def test_mamba_folded_rows_match_unfolded_rows(batch, T, k, packed, monkeypatch):
+    # Rows folded k at a time (forced here on the CPU; fold_factor chooses k on CUDA): the logits and
+    # every gradient equal the unfolded model's in float64. Without the caller's seq_idx the conv takes
+    # the folded rows apart as channels (its kernels without seq_idx: checked on the ops' arguments)
+    # and the scan restarts at each row's start; with it, both read the composed seq_idx, whose labels
+    # repeat across rows (every row starts at label 0, and the first two end there too): a fold that
+    # kept the caller's labels would carry state across rows.
+    from conftest import packed_seq_idx
+    from ssm_tools.models import mamba
+    seq_idx_args = {}  # op -> whether each call had a seq_idx
+
+    class RecordingOps:
+        def __getattr__(self, name):
+            op = getattr(torch.ops.ssm_tools, name)
+
+            def call(*args):
+                seq = [a for a in args if isinstance(a, torch.Tensor) and a.dtype == torch.int32]
+                seq_idx_args.setdefault(name, set()).add(bool(seq))
+                return op(*args)
+            return call
+    monkeypatch.setattr(mamba, "_ops", RecordingOps())
+    torch.manual_seed(2000 + T)
+    model = _perturbed_mamba(2, torch.float64)
+    tokens = torch.randint(0, V, (batch, T))
+    seq_idx = None
+    if packed:
+        gen = torch.Generator().manual_seed(T)
+        seq_idx = packed_seq_idx(gen, T, [[], []] + [min(3, T - 1)] * (batch - 2))
+    grad_out = torch.randn(batch, T, V, dtype=torch.float64)
+    params = list(model.parameters())
+    results = []
+    for fold in (False, k):
+        model.fold_rows = fold
+        logits = model(tokens, seq_idx)
+        results.append((logits, torch.autograd.grad(logits, params, grad_out)))
+        if fold:
+            conv_ops = {op for op in seq_idx_args if op.startswith("causal_conv1d")}
+            assert conv_ops and all(seq_idx_args[op] == {packed} for op in conv_ops), seq_idx_args
+            assert seq_idx_args["selective_scan_fwd"] == seq_idx_args["selective_scan_bwd"] == {True}
+        seq_idx_args.clear()
+    (want, want_grads), (got, got_grads) = results
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for g, w, (name, _) in zip(got_grads, want_grads, model.named_parameters()):
+        torch.testing.assert_close(g, w, rtol=1e-11, atol=1e-11, msg=name)
+
+
+def test_fold_seq_idx_starts_a_sequence_at_each_row_and_each_change_of_the_callers():
+    from ssm_tools.models.mamba import fold_seq_idx
+    from ssm_tools.reference import sequences
+    seq_idx = torch.tensor([[0, 0, 0, 0], [0, 0, 1, 1], [1, 0, 0, 0], [0, 0, 0, 0]], dtype=torch.int32)
+    folded = fold_seq_idx(seq_idx, 4, 4, 2, "cpu")
+    assert folded.dtype == torch.int32 and folded.shape == (2, 8) and folded.is_contiguous()
+    assert sequences(folded[0]) == [(0, 4), (4, 6), (6, 8)]
+    assert sequences(folded[1]) == [(0, 1), (1, 4), (4, 8)]
+    assert sequences(fold_seq_idx(None, 4, 3, 4, "cpu")[0]) == [(0, 3), (3, 6), (6, 9), (9, 12)]
+
+
+@pytest.mark.parametrize("batch, seqlen, d_inner, sms, k", [
+    (128, 216, 1536, 132, 8),    # 1,728 = 6.75 chunks (1.037x against 1.185x); 32 would leave too few rows
+    (128, 640, 1536, 132, 2),    # 1,280 = 5 chunks exactly (1.2x before)
+    (128, 256, 1536, 132, 1),    # no padding to cut
+    (120, 216, 1536, 132, 8),
+    (100, 216, 1536, 132, 1),    # 5 gains nothing, 10 would leave 15,360 rows < 128 x 132
+    (64, 216, 1536, 132, 1),     # 8 would leave 12,288 rows
+    (12, 216, 1536, 8, 12),      # few SMs: 2,592 = 10.1 chunks (1.086x)
+    (7, 216, 1536, 1, 7),        # a prime batch, all its rows in one: 1,512 = 5.9 chunks
+    (7, 232, 1536, 1, 1),        # ... where that cuts nothing: 1,624 = 6.3 chunks (1.103x either way)
+    (32, 216, 128, 132, 1),      # a tiny model never folds on an H200
+    (128, 232, 1536, 132, 1),    # 16 would cut 1.103x -> 1.034x but leave too few rows
+])
+def test_fold_factor(batch, seqlen, d_inner, sms, k):
+    from ssm_tools.models.mamba import fold_factor
+    assert fold_factor(batch, seqlen, d_inner, sms) == k
+
+
+def test_mamba_fold_rows_checks_its_value_and_never_folds_on_the_cpu_by_itself(monkeypatch):
+    from ssm_tools.models import mamba
+    model = _perturbed_mamba(1, torch.float64)
+    tokens = torch.randint(0, V, (6, 10))
+    want = model(tokens)
+    monkeypatch.setattr(mamba, "fold_factor", lambda *a: pytest.fail("fold_factor consulted on the CPU"))
+    assert model.fold_rows is True and torch.equal(model(tokens), want)
+    for bad in (4, 0, "2", 2.0):
+        model.fold_rows = bad
+        with pytest.raises(ValueError, match=r"fold_rows must be a bool or a positive int dividing the batch \(6\)"):
+            model(tokens)
+
+
 def test_models_without_packed_rows_refuse_seq_idx():
     model = build_model("lstm", vocab_size=128, d_model=16, n_layers=1)
     with pytest.raises(ValueError, match="does not take packed rows"):
