@@ -4,8 +4,12 @@ side in one process: same weights (ours copied into theirs; the logits' relative
 reported), same token batches, batch 128, bf16 autocast, fused AdamW, the same masked loss. Per input
 length: median step time, tokens/s, peak memory (each model alone on the GPU: the other is on the
 CPU meanwhile) and the ratios speedup_step_vs_mamba_ssm / memory_ratio_vs_mamba_ssm (ours / theirs).
-Optionally a profiler table of our step at the first length (--profile FILE) and of our packed step
-on the first task's batch (FILE with the suffix .packed.txt).
+Our model folds short rows into packed rows on CUDA (`Mamba.fold_rows`, models/mamba.py): where it
+does at a length (ssm_tools_fold_factor > 1), our step is timed a second time with folding off, in the
+same process on the same batches (ssm_tools_unfolded_*, speedup_folded_vs_unfolded).
+Optionally a profiler table of our step at the first length (--profile FILE; FILE with the suffix
+.unfolded.txt: the same step unfolded) and of our packed step on the first task's batch (suffix
+.packed.txt).
 
 Task batches ("task_batches"): the episodes of real training batches of each --tasks config (sizes up
 to its training maximum, --task-batch episodes a step, the same episodes for every variant): ours on
@@ -16,9 +20,9 @@ speedup_packed_vs_mamba_ssm, speedup_packed_vs_padded, speedup_padded_vs_mamba_s
     python3 benchmarks/bench_train_step.py [--seqlens 216 640] [--tasks addition multiplication_nx2]
         [--out results/bench_train_step.json]
 
-A CPU dry run of the same code (tiny model, no mamba_ssm):
+A CPU dry run of the same code (tiny model, no mamba_ssm; --fold-rows 2 forces the folded/unfolded pair):
     python benchmarks/bench_train_step.py --device cpu --scale tiny --batch 4 --seqlens 16 --task-batch 16 \
-        --warmup 1 --steps 1 --out /tmp/bench_train_step.json
+        --warmup 1 --steps 1 --fold-rows 2 --out /tmp/bench_train_step.json
 
 Needs a GPU; mamba_ssm comes from benchmarks/mamba_ssm_baseline.py (installed, or built from the
 sources benchmarks/fetch_mamba_ssm.sh fetches: MAMBA_SSM_PKG, CAUSAL_CONV1D_PKG, MAMBA_SSM_SRC).
@@ -204,12 +208,17 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5, help="timed steps per model and length")
     ap.add_argument("--profile", help="write a profiler table of our step at the first length here (and of the "
-                                      "packed step of the first task beside it, suffix .packed.txt)")
+                                      "same step unfolded, suffix .unfolded.txt, and of the packed step of the "
+                                      "first task, suffix .packed.txt)")
+    ap.add_argument("--fold-rows", type=int, help="fold our rows this many at a time (default: the model's rule, "
+                                                  "CUDA only); 1: never")
     ap.add_argument("--out", default="results/bench_train_step.json")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
     ours = build_model("mamba", **dict(preset("mamba", args.scale), vocab_size=V.VOCAB_SIZE)).to(device)
+    fold_rows = True if args.fold_rows is None else args.fold_rows
+    ours.fold_rows = fold_rows
     theirs = mamba_ssm_model(ours) if device.type == "cuda" else None
     models = {"ssm_tools": ours, **({"mamba_ssm": theirs} if theirs is not None else {})}
     print("mamba_ssm:", mamba_ssm_baseline.version() if theirs is not None else "not available")
@@ -217,7 +226,7 @@ def main():
     result = {"model": {"name": "mamba", **preset("mamba", args.scale), "vocab_size": V.VOCAB_SIZE},
               "device": str(device), "batch": args.batch,
               "autocast": "bfloat16" if device.type == "cuda" else None,
-              "optimizer": f"AdamW(fused={device.type == 'cuda'})",
+              "optimizer": f"AdamW(fused={device.type == 'cuda'})", "fold_rows": fold_rows,
               "mamba_ssm_version": mamba_ssm_baseline.version() if theirs is not None else None,
               "parameters": {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()},
               "per_seqlen": []}
@@ -232,14 +241,22 @@ def main():
                 a, b = ours.cuda()(batches[0][0][:8, :-1]).float(), theirs.cuda()(batches[0][0][:8, :-1]).float()
             result["logits_rel_diff_vs_mamba_ssm"] = ((a - b).norm() / b.norm()).item()
             theirs.cpu()
-        for name, model in models.items():
+        row["ssm_tools_fold_factor"] = fold = ours.fold_for(args.batch, seqlen, device)
+        variants = list(models.items()) + ([("ssm_tools_unfolded", ours)] if fold > 1 else [])
+        for name, model in variants:
             for other in models.values():
                 other.cpu()
+            ours.fold_rows = False if name == "ssm_tools_unfolded" else fold_rows
             ms, peak, times = measure(model, batches, args.warmup, device)
             row[f"{name}_step_ms"], row[f"{name}_peak_memory_GB"] = ms, peak
             row[f"{name}_tokens_per_s"] = args.batch * seqlen / ms * 1e3
             row[f"{name}_step_ms_all"] = times
-            print(f"seqlen {seqlen} {name:>10}: {ms:7.1f} ms/step{peak_text(peak)}", flush=True)
+            print(f"seqlen {seqlen} {name:>18}: {ms:7.1f} ms/step{peak_text(peak)}", flush=True)
+        ours.fold_rows = fold_rows
+        if fold > 1:
+            row["speedup_folded_vs_unfolded"] = row["ssm_tools_unfolded_step_ms"] / row["ssm_tools_step_ms"]
+            print(f"seqlen {seqlen}: rows folded {fold} at a time, x{row['speedup_folded_vs_unfolded']:.3f} "
+                  "against unfolded", flush=True)
         if theirs is not None:
             row["speedup_step_vs_mamba_ssm"] = row["mamba_ssm_step_ms"] / row["ssm_tools_step_ms"]
             row["memory_ratio_vs_mamba_ssm"] = row["ssm_tools_peak_memory_GB"] / row["mamba_ssm_peak_memory_GB"]
@@ -248,7 +265,12 @@ def main():
         result["per_seqlen"].append(row)
         if args.profile and seqlen == args.seqlens[0]:
             profile_table(ours, batches[0], args.profile)
+            if fold > 1:
+                ours.fold_rows = False
+                profile_table(ours, batches[0], Path(args.profile).with_suffix(".unfolded.txt"))
+                ours.fold_rows = fold_rows
     write_result(args.out, result)  # the fixed lengths kept should the task batches fail
+    ours.fold_rows = True  # task batches: the model's own rule (their row counts need not divide by --fold-rows)
     result["task_batches"] = task_rows(args, models, device)
     write_result(args.out, result)
 

@@ -256,6 +256,31 @@ def test_packed_rows_on_cuda_give_the_padded_loss_and_gradients():
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("k, packed", [(8, False), (4, True)])
+def test_folded_rows_on_cuda_match_unfolded_rows(k, packed):
+    """Rows folded k at a time on the GPU (the scan kernels with the composed seq_idx; the conv's rows
+    taken apart as channels, or its seq_idx kernels with the caller's seq_idx): float32 logits and
+    every gradient of the unfolded model. Rows of 216: a folded row spans chunk boundaries inside
+    its original rows. And the rule the model applies by itself on this GPU at the paper's shape."""
+    from conftest import packed_seq_idx
+    from ssm_tools.models.mamba import fold_factor
+    model = tiny("mamba").train()
+    gen = torch.Generator().manual_seed(k)
+    tokens = torch.randint(0, VOCAB_SIZE, (16, 216), generator=gen).cuda()
+    seq_idx = packed_seq_idx(gen, 216, [[], []] + [5] * 14).cuda() if packed else None
+    params = list(model.parameters())
+    results = []
+    for fold in (False, k):
+        model.fold_rows = fold
+        logits = model(tokens, seq_idx)
+        results.append([logits.detach(), *torch.autograd.grad(logits.square().mean(), params)])
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    paper = build_model("mamba", vocab_size=VOCAB_SIZE, **preset("mamba", "paper"))
+    assert paper.fold_for(128, 216, "cuda") == fold_factor(128, 216, 1536, sms) > 1
+
+
 def test_autocast_training_gradients_as_close_to_float64_as_with_torch_norm_backward(monkeypatch):
     """The bf16-autocast training step at the paper width (768: rms_norm_bwd's rows held in registers)
     and 4,400 rows (add_rms_norm's warp-a-row kernel): the layers' norm backward through ops.rms_norm

@@ -355,13 +355,13 @@ class Mamba(LanguageModel):
         self.norms = nn.ModuleList(nn.RMSNorm(d_model) for _ in range(n_layers))
         self.mixers = nn.ModuleList(MambaMixer(d_model, d_state, d_conv, expand, dt_rank) for _ in range(n_layers))
 
-    def _fold_factor(self, x: torch.Tensor) -> int:
-        batch, seqlen, _ = x.shape
-        k = self.fold_rows
+    def fold_for(self, batch: int, seqlen: int, device) -> int:
+        """How many rows of a (batch, seqlen) input on `device` the layers run as one (fold_rows)."""
+        k, device = self.fold_rows, torch.device(device)
         if isinstance(k, bool):
-            if not k or x.device.type != "cuda":
+            if not k or device.type != "cuda":
                 return 1
-            sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+            sms = torch.cuda.get_device_properties(device).multi_processor_count
             return fold_factor(batch, seqlen, self.mixers[0].d_inner, sms)
         if not isinstance(k, int) or k < 1 or batch % k:
             raise ValueError(f"fold_rows must be a bool or a positive int dividing the batch ({batch}), got {k!r}")
@@ -369,11 +369,11 @@ class Mamba(LanguageModel):
 
     def _layers(self, x, seq_idx=None):
         """(x, out): the residual stream before the last layer's residual add, and that layer's
-        output (body = x + out). The layers run on rows folded k at a time (_fold_factor): (B, T, d)
+        output (body = x + out). The layers run on rows folded k at a time (fold_for): (B, T, d)
         -> (B / k, k T, d) is a view (every op but the conv and the scan is per position), and
         fold_seq_idx restarts the conv and the scan at each original row's start."""
         batch, seqlen, d = x.shape
-        k, conv_split = self._fold_factor(x), 1
+        k, conv_split = self.fold_for(batch, seqlen, x.device), 1
         if k > 1:
             # Without the caller's seq_idx, the conv takes the folded rows apart itself (_conv_fwd).
             conv_split = k if seq_idx is None else 1
