@@ -77,27 +77,33 @@ def _split_rows(t: torch.Tensor, split: int) -> torch.Tensor:
     return t.view(b, c * split, n // split)
 
 
-def _conv_fwd(x, conv_w, conv_b, seq_idx, split):
-    """The conv + SiLU of x (B, d_inner, T). split > 1: each row is `split` rows of T / split
-    positions folded together, run as channels of their own with the weights repeated, without
+def _conv_weights(conv_w, conv_b, split):
+    """The conv kernels' (weight (channels, width), bias) for rows split `split` ways (_split_rows):
+    each channel's repeated for its split channels."""
+    w = conv_w[:, 0]
+    if split == 1:
+        return w, conv_b
+    return w.repeat_interleave(split, 0), None if conv_b is None else conv_b.repeat_interleave(split)
+
+
+def _conv_fwd(x, w, b, seq_idx, split):
+    """The conv + SiLU of x (B, d_inner, T), (w, b) from _conv_weights. split > 1: each row is
+    `split` rows of T / split positions folded together, run as channels of their own without
     seq_idx: the conv kernels with seq_idx cost more per position than the reset saves."""
     if split == 1:
-        return _ops.causal_conv1d_fwd(x, conv_w[:, 0], conv_b, True, seq_idx)
-    w, b = (None if p is None else p.repeat_interleave(split, 0) for p in (conv_w[:, 0], conv_b))
+        return _ops.causal_conv1d_fwd(x, w, b, True, seq_idx)
     return _ops.causal_conv1d_fwd(_split_rows(x, split), w, b, True, None).view(x.shape)
 
 
-def _conv_bwd_cat(du, x, conv_w, conv_b, seq_idx, split, dz):
+def _conv_bwd_cat(du, x, w, b, seq_idx, split, dz):
     """_conv_fwd's backward: ([dx, dz] token-major (B, T, 2 d_inner), dweight, dbias). split > 1:
     the channel-first conv backward and dx's transpose beside dz's (the token-major kernel would lay
     the split channels out token-major too); the repeated weights' gradients summed."""
     if split == 1:
-        return _ops.causal_conv1d_bwd_cat(du, x, conv_w[:, 0], conv_b, True, seq_idx, [dz])
-    w, b = (None if p is None else p.repeat_interleave(split, 0) for p in (conv_w[:, 0], conv_b))
+        return _ops.causal_conv1d_bwd_cat(du, x, w, b, True, seq_idx, [dz])
     dx, dw, db = _ops.causal_conv1d_bwd(_split_rows(du, split), _split_rows(x, split), w, b, True, None)
-    d = conv_w.shape[0]
-    return (_ops.transpose_cat([dx.view(x.shape), dz]), dw.view(d, split, -1).sum(1),
-            db if conv_b is None else db.view(d, split).sum(1))
+    return (_ops.transpose_cat([dx.view(x.shape), dz]), dw.view(-1, split, dw.shape[-1]).sum(1),
+            db if b is None else db.view(-1, split).sum(1))
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -174,14 +180,15 @@ class _MambaLayer(torch.autograd.Function):
             r, h = _residual_norm(x_in, res, norm_weight, eps, cd)
             W_in, W_x, W_dt, W_out = (w.to(cd) for w in (in_w, x_w, dt_w, out_w))
             x, z = (_shared_bmm(w, h.mT) for w in W_in.split(d_inner))  # (B, d_inner, T) each
-            u = _conv_fwd(x, conv_w, conv_b, seq_idx, conv_split)
+            conv_ws = _conv_weights(conv_w, conv_b, conv_split)  # kept for the backward
+            u = _conv_fwd(x, *conv_ws, seq_idx, conv_split)
             x_dbl = _shared_bmm(W_x, u)  # (B, dt_rank + 2 d_state, T)
             delta = _shared_bmm(W_dt, x_dbl[:, :dt_rank])
             B, C = (t.unsqueeze(1) for t in x_dbl[:, dt_rank:].split(d_state, dim=1))
             y, _, saved = _ops.selective_scan_fwd(u, delta, -torch.exp(A_log), B, C, D, z, dt_b, True, seq_idx)
             y_t = _ops.transpose_cat([y])  # (B, T, d_inner), by the tiled transpose
             out = F.linear(y_t, W_out)
-        ctx.save_for_backward(r, seq_idx, norm_weight, W_in, conv_w, conv_b, W_x, W_dt, dt_b, A_log, D, W_out, x, z,
+        ctx.save_for_backward(r, seq_idx, norm_weight, W_in, conv_w, *conv_ws, W_x, W_dt, dt_b, A_log, D, W_out, x, z,
                               x_dbl, y_t, saved)
         ctx.eps, ctx.dims, ctx.cd, ctx.conv_split = eps, dims, cd, conv_split
         ctx.param_dtypes = tuple(p.dtype for p in (in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D, out_w))
@@ -192,7 +199,7 @@ class _MambaLayer(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_r, g):
-        r, seq_idx, norm_weight, W_in, conv_w, conv_b, W_x, W_dt, dt_b, A_log, D, W_out, x, z, x_dbl, y_t, saved = \
+        r, seq_idx, norm_weight, W_in, conv_w, cw, cb, W_x, W_dt, dt_b, A_log, D, W_out, x, z, x_dbl, y_t, saved = \
             ctx.saved_tensors
         d_inner, dt_rank, d_state = ctx.dims
         cd = ctx.cd
@@ -202,7 +209,7 @@ class _MambaLayer(torch.autograd.Function):
         dy = _shared_bmm(W_out.t(), g.mT)  # (B, d_inner, T)
         d_out_w = g.reshape(-1, d_model).t() @ y_t.reshape(-1, d_inner)
         # Recompute the conv and dt_proj (cheap), then the scan's backward.
-        u = _conv_fwd(x, conv_w, conv_b, seq_idx, ctx.conv_split)
+        u = _conv_fwd(x, cw, cb, seq_idx, ctx.conv_split)
         dt_low = x_dbl[:, :dt_rank]
         delta = _shared_bmm(W_dt, dt_low)
         A = -torch.exp(A_log)
@@ -215,7 +222,7 @@ class _MambaLayer(torch.autograd.Function):
         d_x_w = _batch_summed_bmm(dx_dbl, u)
         du = torch.baddbmm(du.to(cd), W_x.t().expand(batch, -1, -1), dx_dbl)
         # The conv's dx written token-major beside dz's transpose: in_proj's gradient as its GEMMs read it.
-        dxz, d_conv_w, d_conv_b = _conv_bwd_cat(du, x, conv_w, conv_b, seq_idx, ctx.conv_split, dz.to(cd))
+        dxz, d_conv_w, d_conv_b = _conv_bwd_cat(du, x, cw, cb, seq_idx, ctx.conv_split, dz.to(cd))
         dxz = dxz.view(batch * T, 2 * d_inner)
         dh = dxz @ W_in
         rows = r.view(batch * T, d_model)
