@@ -1,7 +1,7 @@
 """One small case of each Mamba-block CUDA kernel other than the scan (causal conv1d forward and
 backward, its decode update, the block's SSM decode step, the two kernels of conv_ssm_step, the
 decode's add + RMSNorm, the training backward's rms_norm and rms_norm_bwd, transpose_cat), one fused
-layer's forward and backward and a two-layer model's under autocast, for
+layer's forward and backward and a two-layer model's under autocast (also with its rows folded), for
 compute-sanitizer's memcheck and racecheck (benchmarks/run_gpu_train_decode.sh, run_gpu_decode.sh).
 Rows of several conv chunks (300 positions), widths 4, 3 and 8, bf16, float32 and float16, the conv
 (and its backward with dx token-major, causal_conv1d_bwd_cat)
@@ -85,12 +85,18 @@ def main():
             g = torch.randn(n_rows, dim, device=dev).to(dtype)
             outs.extend(OPS.rms_norm_bwd(g, r, w, 1e-6, torch.randn(n_rows, dim, device=dev), dtype))
             outs.extend(OPS.rms_norm_bwd(g, r, None, 1e-6, None, None))
-    # Two layers under autocast: the layers' residual adds, their fused norm backward, the final norm.
+    # Two layers under autocast: the layers' residual adds, their fused norm backward, the final norm;
+    # then with the rows folded 3 at a time (the conv's rows split into channels, the scan's seq_idx),
+    # and with a caller's seq_idx composed into the folded one.
     model = build_model("mamba", vocab_size=20, d_model=16, n_layers=2, d_state=4).to(dev)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        logits = model(torch.randint(0, 20, (3, 70), device=dev))
-    outs.append(logits)
-    outs.extend(torch.autograd.grad(logits.float().square().sum(), list(model.parameters())))
+    tokens = torch.randint(0, 20, (3, 70), device=dev)
+    seq_idx = (torch.arange(70, device=dev) >= 30).int().expand(3, 70)
+    for fold, seq in ((False, None), (3, None), (3, seq_idx)):
+        model.fold_rows = fold
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = model(tokens, seq)
+        outs.append(logits)
+        outs.extend(torch.autograd.grad(logits.float().square().sum(), list(model.parameters())))
     mixer = MambaMixer(16).to(dev)
     h = torch.randn(3, 70, 16, device=dev, requires_grad=True)
     with torch.autocast("cuda", dtype=torch.bfloat16):
