@@ -305,17 +305,18 @@ def test_fold_seq_idx_starts_a_sequence_at_each_row_and_each_change_of_the_calle
 
 
 @pytest.mark.parametrize("batch, seqlen, d_inner, sms, k", [
-    (128, 216, 1536, 132, 8),    # 1,728 = 6.75 chunks (1.037x against 1.185x); 32 would leave too few rows
-    (128, 640, 1536, 132, 2),    # 1,280 = 5 chunks exactly (1.2x before)
+    (128, 216, 1536, 132, 16),   # 3,456 = 13.5 chunks (1.037x against 1.185x); 32 would leave too few rows
+    (128, 640, 1536, 132, 4),    # 2,560 = 10 chunks exactly (1.2x before); 8 would be 20 chunks a row
     (128, 256, 1536, 132, 1),    # no padding to cut
-    (120, 216, 1536, 132, 8),
-    (100, 216, 1536, 132, 1),    # 5 gains nothing, 10 would leave 15,360 rows < 128 x 132
-    (64, 216, 1536, 132, 1),     # 8 would leave 12,288 rows
+    (120, 216, 1536, 132, 15),   # 8 cuts to 1.037x, 15 to 1.027x; 20 would be 17 chunks a row
+    (100, 216, 1536, 132, 10),   # 5 gains nothing, 10 cuts to 1.067x, 20 would leave 7,680 rows < 64 x 132
+    (64, 216, 1536, 132, 8),     # 16 would leave 6,144 rows
     (12, 216, 1536, 8, 12),      # few SMs: 2,592 = 10.1 chunks (1.086x)
     (7, 216, 1536, 1, 7),        # a prime batch, all its rows in one: 1,512 = 5.9 chunks
     (7, 232, 1536, 1, 1),        # ... where that cuts nothing: 1,624 = 6.3 chunks (1.103x either way)
     (32, 216, 128, 132, 1),      # a tiny model never folds on an H200
-    (128, 232, 1536, 132, 1),    # 16 would cut 1.103x -> 1.034x but leave too few rows
+    (128, 232, 1536, 132, 16),   # 1.103x until 16 rows, 3,712 = 14.5 chunks (1.034x)
+    (128, 1000, 1536, 132, 1),   # 1.024x padded: less than a packed row costs
 ])
 def test_fold_factor(batch, seqlen, d_inner, sms, k):
     from ssm_tools.models.mamba import fold_factor

@@ -29,31 +29,36 @@ MAX_CONV_WIDTH = 8  # kMaxConvWidth in csrc/kernels/mamba_block_params.h
 # Folding short rows (fold_factor). The CUDA scan kernels walk a row in whole chunks of
 # ops.SCAN_CHUNK positions, computing every position of its last chunk; a packed row costs them a
 # few percent more per position (seq_idx: results/train_step_notes.md, session 11), so folding must
-# cut the padded positions by more than that. Rows left after folding, per SM: the forward scan keeps
-# 128 (batch, channel) rows resident an SM (blocks of 16 rows, 8 blocks), the backward 16 (a warp a
-# row, 2 blocks of 8): at least one forward wave and 8 backward waves keep the GPU full.
+# cut the padded positions by more than that. Where two k cut the same padding, the longer rows won on
+# an H200 as long as enough rows were left to fill it (at (128, 216): 16 over 8; 32, leaving 46 rows of
+# channels an SM, lost) and the rows stayed within about a dozen chunks (at (128, 640): 2 and 4 alike,
+# 8 at 20 chunks lost): FOLD_MIN_ROWS_PER_SM and FOLD_MAX_CHUNKS bound the search.
 FOLD_MIN_GAIN = 1.06
-FOLD_MIN_ROWS_PER_SM = 128
+FOLD_MIN_ROWS_PER_SM = 64
+FOLD_MAX_CHUNKS = 16
 
 
 def fold_factor(batch: int, seqlen: int, d_inner: int, sms: int) -> int:
     """How many rows of a (batch, seqlen) batch the layers run as one packed row of k * seqlen
     positions on CUDA (k divides batch; 1: no folding). A row of 216 positions costs the scan a
-    whole chunk of 256 (1.185x); 8 rows folded cost 7 chunks for 6.75 (1.037x). The largest cut of
-    the padding that gains more than FOLD_MIN_GAIN and keeps FOLD_MIN_ROWS_PER_SM rows of d_inner
-    channels an SM; among equal cuts, the smallest k (shorter serial chains of chunks)."""
+    whole chunk of 256 (1.185x); 16 rows folded cost 14 chunks for 13.5 (1.037x). The k with the
+    least padding, once it beats no folding by FOLD_MIN_GAIN; among equal cuts the largest; k stays
+    within FOLD_MIN_ROWS_PER_SM rows of d_inner channels an SM and FOLD_MAX_CHUNKS chunks a row."""
     chunk = ops.SCAN_CHUNK
 
+    def chunks(k):
+        return -(-k * seqlen // chunk)
+
     def padding(k):  # positions computed per real position
-        return -(-k * seqlen // chunk) * chunk / (k * seqlen)
+        return chunks(k) * chunk / (k * seqlen)
 
     best = 1
     for k in range(2, batch + 1):
         if batch % k:
             continue
-        if batch // k * d_inner < FOLD_MIN_ROWS_PER_SM * sms:
+        if batch // k * d_inner < FOLD_MIN_ROWS_PER_SM * sms or chunks(k) > FOLD_MAX_CHUNKS:
             break
-        if padding(best) / padding(k) > FOLD_MIN_GAIN:
+        if padding(best) / padding(k) > FOLD_MIN_GAIN or (best > 1 and padding(k) <= padding(best)):
             best = k
     return best
 
