@@ -1,16 +1,14 @@
 """One greedy decode step of the paper-scale Mamba (24 x 768), as the interactive evaluation runs it
 (`evaluate.greedy_policy`: tokens to the GPU, one replayed CUDA graph, argmax back to the host; the two
 copies are nodes of the graph), at batch 1, 100 and 1,000. Variants, side by side in one run:
-  * fused: the model's step (ops.add_rms_norm, in_proj, ops.conv_ssm_step's two kernels, out_proj:
-    5 kernels a layer; the last residual add inside the final norm), with float32 matmuls, TF32 ones
-    (greedy_policy's precision "tf32": cuBLAS's TF32 kernels captured in the graph) and bfloat16
-    weights ("bfloat16": a copy of the model with bf16 matmul weights, as trained under autocast);
-  * six_kernel: session 8's step (the separate conv update, x_proj GEMM and state update: 6 kernels a
-    layer; the last add apart from the final norm), bfloat16 and float32: the baseline of
-    speedup_fused_vs_six_kernel_*;
-  * unfused: the step as it was before the fused kernels (residual add and norm apart, conv state
+  * model: the model's step (ops.add_rms_norm, in_proj, ops.causal_conv1d_update, x_proj,
+    ops.mamba_state_update, out_proj: 6 kernels a layer; the last residual add inside the final
+    norm), with float32 matmuls, TF32 ones (greedy_policy's precision "tf32": cuBLAS's TF32 kernels
+    captured in the graph) and bfloat16 weights ("bfloat16": a copy of the model with bf16 matmul
+    weights, as trained under autocast);
+  * unfused: the step as it was before the decode kernels (residual add and norm apart, conv state
     concatenated, conv as a multiply-sum, dt_proj and B/C copies, selective_state_update), float32
-    and TF32: the baseline of the ratios speedup_fused_vs_unfused_*.
+    and TF32: the baseline of the ratios speedup_model_vs_unfused_*.
 Also the graph replay alone (back to back, no host work between them; the graph's two copies
 included), each fast variant's argmax agreement with float32 on the same inputs, the CUDA kernels one
 step launches per variant (torch.profiler over eager steps at --profile-batch: what the graph holds,
@@ -38,12 +36,11 @@ from ssm_tools.evaluate import greedy_policy, greedy_step
 from ssm_tools.models import build_model, preset
 from ssm_tools.models.base import LanguageModel
 from ssm_tools.models.mamba import Mamba, MambaMixer
-from ssm_tools.reference import separate_ops_mixer_step
 from ssm_tools.tasks import get_task
 
 
 def unfused_step(self, h, state):
-    """MambaMixer.step before the fused decode kernels (the baseline)."""
+    """MambaMixer.step before the decode kernels (the baseline)."""
     conv_state, ssm_state = state
     x, z = self.in_proj(h).chunk(2, dim=-1)
     conv_state = torch.cat([conv_state[..., 1:], x.unsqueeze(-1)], dim=-1)
@@ -67,11 +64,9 @@ def unfused_body_step(self, x, state):
 # name: (MambaMixer.step, Mamba.step_unchecked, Mamba.body_step, precision); the class attributes
 # are set before each variant's graph is captured, so the graph holds that variant's kernels.
 VARIANTS = {
-    "fused_fp32": (MambaMixer.step, Mamba.step_unchecked, Mamba.body_step, "float32"),
-    "fused_tf32": (MambaMixer.step, Mamba.step_unchecked, Mamba.body_step, "tf32"),
-    "fused_bf16": (MambaMixer.step, Mamba.step_unchecked, Mamba.body_step, "bfloat16"),
-    "six_kernel_fp32": (separate_ops_mixer_step, LanguageModel.step_unchecked, Mamba.body_step, "float32"),
-    "six_kernel_bf16": (separate_ops_mixer_step, LanguageModel.step_unchecked, Mamba.body_step, "bfloat16"),
+    "model_fp32": (MambaMixer.step, Mamba.step_unchecked, Mamba.body_step, "float32"),
+    "model_tf32": (MambaMixer.step, Mamba.step_unchecked, Mamba.body_step, "tf32"),
+    "model_bf16": (MambaMixer.step, Mamba.step_unchecked, Mamba.body_step, "bfloat16"),
     "unfused_fp32": (unfused_step, LanguageModel.step_unchecked, unfused_body_step, "float32"),
     "unfused_tf32": (unfused_step, LanguageModel.step_unchecked, unfused_body_step, "tf32"),
 }
@@ -145,7 +140,7 @@ def variant_kernels(model, key, tokens, repeats):
 def kernel_counts(model, batch, repeats=3):
     tokens = torch.randint(0, V.VOCAB_SIZE, (batch,), device="cuda")
     out = {key: variant_kernels(model, key, tokens, repeats) for key in VARIANTS}
-    use_variant("fused_fp32")
+    use_variant("model_fp32")
     return out
 
 
@@ -167,7 +162,7 @@ def main():
             row[f"{key}_step_ms"], row[f"{key}_replay_ms"], policies[key] = time_policy(model, batch, VARIANTS[key][3],
                                                                                           args.calls)
             row[f"{key}_host_ms"] = row[f"{key}_step_ms"] - row[f"{key}_replay_ms"]
-        use_variant("fused_fp32")
+        use_variant("model_fp32")
         # The variants decode the same tokens from the initial state: the argmax of each against float32.
         tokens = torch.randint(0, V.VOCAB_SIZE, (batch,))
         for p in policies.values():
@@ -175,16 +170,12 @@ def main():
                 for old, new in zip(t0, t):
                     old.copy_(new)
         outs = {k: p(tokens) for k, p in policies.items()}
-        row["argmax_agreement_fused_vs_unfused_fp32"] = float((outs["fused_fp32"] == outs["unfused_fp32"]).float().mean())
+        row["argmax_agreement_model_vs_unfused_fp32"] = float((outs["model_fp32"] == outs["unfused_fp32"]).float().mean())
         for fast in ("tf32", "bf16"):
-            row[f"argmax_agreement_{fast}_vs_fp32"] = float((outs[f"fused_{fast}"] == outs["fused_fp32"]).float().mean())
-        for prec in ("fp32", "bf16"):
-            row[f"argmax_agreement_fused_vs_six_kernel_{prec}"] = float(
-                (outs[f"fused_{prec}"] == outs[f"six_kernel_{prec}"]).float().mean())
-            row[f"speedup_fused_vs_six_kernel_{prec}"] = row[f"six_kernel_{prec}_step_ms"] / row[f"fused_{prec}_step_ms"]
+            row[f"argmax_agreement_{fast}_vs_fp32"] = float((outs[f"model_{fast}"] == outs["model_fp32"]).float().mean())
         for prec in ("fp32", "tf32"):
-            row[f"speedup_fused_vs_unfused_{prec}"] = row[f"unfused_{prec}_step_ms"] / row[f"fused_{prec}_step_ms"]
-        row["speedup_fused_bf16_vs_unfused_fp32"] = row["unfused_fp32_step_ms"] / row["fused_bf16_step_ms"]
+            row[f"speedup_model_vs_unfused_{prec}"] = row[f"unfused_{prec}_step_ms"] / row[f"model_{prec}_step_ms"]
+        row["speedup_model_bf16_vs_unfused_fp32"] = row["unfused_fp32_step_ms"] / row["model_bf16_step_ms"]
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
         rows.append(row)
         del policies

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The decode step on a GPU in one command, about 6 minutes (`OUT=... bash benchmarks/run_gpu_decode.sh`):
 # builds the package with CUDA, runs the decode-related CUDA tests (the Mamba block's decode kernels
-# in tests/test_mamba_block_ops.py: conv_ssm_step, add_rms_norm, the conv and state updates; the
-# graphed decode tests of tests/test_cuda_models.py, programmatic launches bitwise as plain ones; the
+# in tests/test_mamba_block_ops.py: add_rms_norm, the conv and state updates; the graphed decode
+# tests of tests/test_cuda_models.py, programmatic launches bitwise as plain ones; the
 # decode tests of tests/test_cuda.py), benchmarks/bench_decode.py (every variant at batch 1, 100 and
 # 1,000 and the kernels a step launches), the same benchmark with plain launches
 # (SSM_TOOLS_PROGRAMMATIC_LAUNCH=0: what programmatic dependent launch gains), then compute-sanitizer
@@ -19,9 +19,9 @@ logs=$(mktemp -d)
   step build 240 python3 -m pip install -q --no-build-isolation --no-deps -e . \
     -C cmake.define.SSM_TOOLS_CUDA=ON -C build-dir=build/gpu
   step tests-decode-kernels 90 python3 -m pytest -q -rf -p no:cacheprovider tests/test_mamba_block_ops.py \
-    -k "conv_ssm or add_rms_norm or conv_update or state_update or opcheck or rejects"
+    -k "add_rms_norm or conv_update or state_update or opcheck or rejects"
   step tests-graphed-decode 180 python3 -m pytest -q -rf -p no:cacheprovider tests/test_cuda_models.py \
-    -k "graphed or kernel_step or rollout or pinned or transformer_decodes or programmatic"
+    -k "graphed or final_add or rollout or pinned or transformer_decodes or programmatic"
   # The benchmark before the slower checks: the numbers come back even if those run past the call's limit.
   step decode 180 python3 benchmarks/bench_decode.py --out "$OUT/bench_decode.json"
   step decode-plain-launch 180 env SSM_TOOLS_PROGRAMMATIC_LAUNCH=0 python3 benchmarks/bench_decode.py \

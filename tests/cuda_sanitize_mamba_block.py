@@ -1,8 +1,8 @@
 """One small case of each Mamba-block CUDA kernel other than the scan (causal conv1d forward and
-backward, its decode update, the block's SSM decode step, the two kernels of conv_ssm_step, the
-decode's add + RMSNorm, the training backward's rms_norm and rms_norm_bwd, transpose_cat), one fused
-layer's forward and backward and a two-layer model's under autocast (also with its rows folded), for
-compute-sanitizer's memcheck and racecheck (benchmarks/run_gpu_train_decode.sh, run_gpu_decode.sh).
+backward, its decode update, the block's SSM decode step, the decode's add + RMSNorm, the training
+backward's rms_norm and rms_norm_bwd, transpose_cat), one fused layer's forward and backward and a
+two-layer model's under autocast (also with its rows folded), for compute-sanitizer's memcheck and
+racecheck (benchmarks/run_gpu_train_decode.sh, run_gpu_decode.sh).
 Rows of several conv chunks (300 positions), widths 4, 3 and 8, bf16, float32 and float16, the conv
 (and its backward with dx token-major, causal_conv1d_bwd_cat)
 also on packed rows (seq_idx) and on rows that are not 16-byte aligned (37 positions, x one element
@@ -44,24 +44,15 @@ def main():
         outs.append(ops.mamba_state_update(ssm, xz[:, :12], xdbl, torch.randn(12, 3, device=dev),
                                            torch.randn(12, device=dev), torch.randn(12, 16, device=dev),
                                            torch.randn(12, device=dev), xz[:, 12:]))
-        # conv_ssm_step: dim 12 (one part-full slice of kernel 1), dstate 16 (the 128-bit state path);
-        # dim 100 (two slices, the second part-full), batch 5 (kernel 1's second block of rows
-        # part-full), dstate 7 (scalar path), no conv bias, D or z; dim 200 at batch 200: kernel 2's
-        # blocks loop over runs of channels; dstate 130: more than 256 outputs of x_proj (kernel 2
-        # sums a row's partials one output a thread), a warp a channel.
-        outs.append(ops.conv_ssm_step(state, ssm, xz[:, :12], w, b, (torch.randn(3 + 32, 12, device=dev) / 4).to(dtype),
-                                      torch.randn(12, 3, device=dev), torch.randn(12, device=dev),
-                                      torch.randn(12, 16, device=dev), torch.randn(12, device=dev), xz[:, 12:]))
+        # The state update's other paths: dstate 7 (scalar), no D or z; 200 rows of 200 channels
+        # (many blocks); dstate 130 (a warp a channel, two passes).
         for batch, dim, dstate, gate in ((5, 100, 7, False), (200, 200, 16, True), (3, 20, 130, True)):
             xz2 = torch.randn(batch, 2 * dim, device=dev).to(dtype)
-            bias, D, z = (torch.randn(dim, device=dev), torch.randn(dim, device=dev), xz2[:, dim:]) if gate else \
-                (None, None, None)
-            outs.append(ops.conv_ssm_step(torch.randn(batch, dim, width, device=dev),
-                                          torch.randn(batch, dim, dstate, device=dev), xz2[:, :dim],
-                                          torch.randn(dim, width, device=dev), bias,
-                                          (torch.randn(5 + 2 * dstate, dim, device=dev) / dim ** 0.5).to(dtype),
-                                          torch.randn(dim, 5, device=dev), torch.randn(dim, device=dev),
-                                          torch.randn(dim, dstate, device=dev), D, z))
+            D, z = (torch.randn(dim, device=dev), xz2[:, dim:]) if gate else (None, None)
+            outs.append(ops.mamba_state_update(torch.randn(batch, dim, dstate, device=dev), xz2[:, :dim],
+                                               torch.randn(batch, 5 + 2 * dstate, device=dev).to(dtype),
+                                               torch.randn(dim, 5, device=dev), torch.randn(dim, device=dev),
+                                               torch.randn(dim, dstate, device=dev), D, z))
         outs.append(OPS.transpose_cat([x, torch.randn(2, 5, seqlen, device=dev).to(dtype)]))
         # 16-byte vectors both ways (216 positions, 136 columns), a part-full last tile of rows (72).
         outs.append(OPS.transpose_cat([torch.randn(2, c, 216, device=dev).to(dtype) for c in (64, 72)]))

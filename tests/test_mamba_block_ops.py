@@ -1,7 +1,6 @@
 """The Mamba block's kernels other than the scan (causal conv1d forward/backward and decode update,
-the block's SSM decode step, alone and with the conv update and x_proj (conv_ssm_step), the decode
-step's residual add + RMSNorm, the training backward's norm and its input gradient, the transposing
-concatenation) against the references of
+the block's SSM decode step, the decode step's residual add + RMSNorm, the training backward's norm
+and its input gradient, the transposing concatenation) against the references of
 ssm_tools.reference computed in float64 on the same, upcast inputs. Fresh random inputs per run (the
 seed is printed). Every test runs on the CPU kernels and, where torch sees a GPU, on the CUDA ones
 (the device machine runs this file with the other CUDA tests)."""
@@ -12,8 +11,8 @@ import torch
 
 import ssm_tools.ops as ops
 from conftest import packed_seq_idx
-from ssm_tools.reference import (add_rms_norm_ref, causal_conv1d_ref, causal_conv1d_update_ref, conv_ssm_step_ref,
-                                 mamba_state_update_ref, selective_state_update_ref)
+from ssm_tools.reference import (add_rms_norm_ref, causal_conv1d_ref, causal_conv1d_update_ref, mamba_state_update_ref,
+                                 selective_state_update_ref)
 
 OPS = torch.ops.ssm_tools
 CUDA = pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),
@@ -254,143 +253,6 @@ def test_mamba_state_update_float64_equals_selective_state_update(gen):
     torch.testing.assert_close(state, state2, rtol=1e-12, atol=1e-12)
 
 
-# (batch, dim, dstate, dt_rank, width) of conv_ssm_step. CUDA kernel 1 takes 64-channel slices of 4
-# batch rows: dims of one part-full slice (37), two (100: the second part-full) and 24 full ones (1536,
-# the paper model's); batches that leave its last block part-full (1, 5, 101, 1001). Kernel 2 gives a
-# block one batch row and loops over runs of channels when the batch is large (100, 1000 at 1536), and
-# first sums the row's partials: dt_rank + 2 dstate = n_out <= 256 outputs by 256 // n_out groups of
-# threads (15: more groups than slices; 80, the paper's: 3; 136: 1), more one output a thread (263);
-# dstate 16 (the 128-bit state path, a team of 4), 7 (scalar, 2), 33 (16, the last members idle) and
-# 130 (a warp a channel, two passes); dt_rank 1, 3, 5, 13, 48 (the paper's), 70; widths 2, 3, 4, 8.
-CONV_SSM_SHAPES = [(1, 37, 16, 5, 4), (100, 37, 16, 13, 4), (5, 100, 7, 1, 3), (3, 1536, 16, 48, 4),
-                   (2, 24, 33, 70, 8), (2, 20, 130, 3, 2), (101, 65, 16, 5, 4), (1001, 20, 16, 3, 4)]
-
-
-def conv_ssm_case(gen, shape, dtype, device, bias=True, gate=True):
-    """Fresh inputs of ops.conv_ssm_step as MambaMixer.step passes them: x and z the halves of
-    in_proj's output (row-strided views), parameters in float32 (float64 for float64 x), x_proj's
-    weight in x's dtype, the states in the parameters' dtype."""
-    batch, dim, dstate, dt_rank, width = shape
-    pdtype = torch.float64 if dtype == torch.float64 else torch.float32
-    xz = rnd(gen, batch, 2 * dim, dtype=dtype, device=device)
-    return dict(
-        conv_state=rnd(gen, batch, dim, width, dtype=pdtype, device=device),
-        ssm_state=rnd(gen, batch, dim, dstate, dtype=pdtype, device=device),
-        x=xz[:, :dim],
-        conv_weight=rnd(gen, dim, width, dtype=pdtype, device=device, scale=0.5),
-        conv_bias=rnd(gen, dim, dtype=pdtype, device=device) if bias else None,
-        x_proj_weight=rnd(gen, dt_rank + 2 * dstate, dim, dtype=dtype, device=device, scale=dim ** -0.5),
-        dt_weight=rnd(gen, dim, dt_rank, dtype=pdtype, device=device, scale=dt_rank ** -0.5),
-        dt_bias=rnd(gen, dim, dtype=pdtype, device=device) - 2,
-        A_log=rnd(gen, dim, dstate, dtype=pdtype, device=device, scale=0.5),
-        D=rnd(gen, dim, dtype=pdtype, device=device) if gate else None,
-        z=xz[:, dim:] if gate else None)
-
-
-def upcast(args):
-    """float64 copies on the CPU (copies even of float64 CPU tensors: the reference updates its states)."""
-    return {k: None if v is None else v.detach().double().cpu().clone() for k, v in args.items()}
-
-
-# conv_ssm_step's y against the float64 reference: CUDA rounds u and y to x's dtype (xdbl stays
-# float32); the CPU op is the composition of the ops, which round xdbl too, so in bfloat16/float16
-# its y carries three roundings where the other ops' tests have one.
-CONV_SSM_TOL = {"cpu": {**TOL, torch.bfloat16: 3e-2, torch.float16: 3e-2},
-                "cuda": {**TOL, torch.bfloat16: 2e-2, torch.float16: 2e-2}}
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("shape", CONV_SSM_SHAPES, ids=str)
-def test_conv_ssm_step_matches_reference(gen, device, shape):
-    """Three consecutive steps (each reads the states the last one wrote) on fresh inputs, every
-    dtype, against the composition of the float64 references of the ops it fuses; both states move
-    as the reference's (the conv state exactly: it holds x's values)."""
-    batch, dim = shape[:2]
-    for dtype in dtypes(device):
-        args = conv_ssm_case(gen, shape, dtype, device)
-        ref_args = upcast(args)
-        for step in range(3):
-            if step:  # fresh x and z, the states carried over
-                xz = rnd(gen, batch, 2 * dim, dtype=dtype, device=device)
-                args.update(x=xz[:, :dim], z=xz[:, dim:])
-                ref_args.update(x=xz[:, :dim].double().cpu(), z=xz[:, dim:].double().cpu())
-            y = ops.conv_ssm_step(**args)
-            ref = conv_ssm_step_ref(**ref_args)
-            assert y.dtype == dtype and y.device.type == device and y.shape == (batch, dim)
-            assert rel_err(y, ref) < CONV_SSM_TOL[device][dtype], (dtype, step)
-            assert rel_err(args["conv_state"], ref_args["conv_state"]) == 0, (dtype, step)
-            state_tol = max(TOL[args["ssm_state"].dtype], CONV_SSM_TOL[device][dtype] / 2)
-            assert rel_err(args["ssm_state"], ref_args["ssm_state"]) < state_tol, (dtype, step)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("bias, gate", [(False, True), (True, False), (False, False)])
-def test_conv_ssm_step_optional_inputs(gen, device, bias, gate):
-    """Without the conv bias, without D and z (y = <C, state> ungated), or neither."""
-    shape = (6, 70, 16, 5, 4)
-    for dtype in (torch.float32, torch.bfloat16):
-        args = conv_ssm_case(gen, shape, dtype, device, bias=bias, gate=gate)
-        ref_args = upcast(args)
-        y = ops.conv_ssm_step(**args)
-        assert rel_err(y, conv_ssm_step_ref(**ref_args)) < CONV_SSM_TOL[device][dtype], dtype
-        assert rel_err(args["ssm_state"], ref_args["ssm_state"]) < CONV_SSM_TOL[device][dtype] / 2, dtype
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("shape", [(1, 40, 16, 5, 4), (100, 37, 16, 13, 4), (2, 1100, 7, 1, 3)], ids=str)
-def test_conv_ssm_step_equals_separate_ops(gen, device, shape):
-    """The step is the composition of causal_conv1d_update, x_proj and mamba_state_update: bitwise on
-    CPU (it is that composition), to float32 rounding on CUDA (x_proj's sums in another order)."""
-    args = conv_ssm_case(gen, shape, torch.float32, device)
-    sep = {k: v.clone() if k.endswith("state") else v for k, v in args.items()}
-    y = ops.conv_ssm_step(**args)
-    u = ops.causal_conv1d_update(sep["conv_state"], sep["x"], sep["conv_weight"], sep["conv_bias"], silu=True)
-    want = ops.mamba_state_update(sep["ssm_state"], u, torch.nn.functional.linear(u, sep["x_proj_weight"]),
-                                  sep["dt_weight"], sep["dt_bias"], sep["A_log"], sep["D"], sep["z"])
-    if device == "cpu":
-        assert torch.equal(y, want)
-        assert torch.equal(args["ssm_state"], sep["ssm_state"])
-    else:
-        assert rel_err(y, want) < 1e-5
-        assert rel_err(args["ssm_state"], sep["ssm_state"]) < 1e-5
-    assert torch.equal(args["conv_state"], sep["conv_state"])
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("shape", [(1, 1536, 16, 48, 4), (100, 1536, 16, 48, 4), (1000, 1536, 16, 48, 4),
-                                   (3, 4000, 16, 8, 4)], ids=str)
-def test_conv_ssm_step_cuda_large(gen, shape):
-    """The paper model's layer (1536 channels, dstate 16, dt_rank 48) at the decode benchmark's
-    batches (kernel 2: all of a row's 24 runs of channels in blocks of their own at batch 1, four
-    runs a block at 100, 24 at 1000); 4000 channels (63 slices, the last part-full). Run twice on
-    the same inputs: bitwise the same (no atomics; fixed summation order)."""
-    for dtype in (torch.float32, torch.bfloat16):
-        args = conv_ssm_case(gen, shape, dtype, "cuda")
-        again = {k: v.clone() if k.endswith("state") else v for k, v in args.items()}
-        ref_args = upcast(args)
-        y = ops.conv_ssm_step(**args)
-        assert rel_err(y, conv_ssm_step_ref(**ref_args)) < CONV_SSM_TOL["cuda"][dtype], dtype
-        assert rel_err(args["ssm_state"], ref_args["ssm_state"]) < (1e-5 if dtype == torch.float32 else 5e-3), dtype
-        assert torch.equal(ops.conv_ssm_step(**again), y), dtype
-        assert torch.equal(again["ssm_state"], args["ssm_state"]), dtype
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_conv_ssm_step_cuda_xdbl_limit(gen):
-    """A batch row of x_proj's output lives in kernel 2's shared memory: dt_rank + 2 dstate = 12032
-    (the limit) runs and matches the reference; one more is refused with the limit named."""
-    for n_out in (12032, 12033):
-        args = conv_ssm_case(gen, (2, 8, 4, n_out - 2 * 4, 4), torch.float32, "cuda")
-        if n_out > 12032:
-            with pytest.raises(ValueError, match=re.escape("dt_rank + 2 dstate must be at most 12032 on CUDA")):
-                ops.conv_ssm_step(**args)
-        else:
-            ref_args = upcast(args)
-            assert rel_err(ops.conv_ssm_step(**args), conv_ssm_step_ref(**ref_args)) < 1e-4
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("seqlen", [45, 216, 256])
 @pytest.mark.parametrize("dims", [(33, 7, 130), (64, 8, 120)], ids=str)
@@ -601,9 +463,6 @@ def test_opcheck(gen):
     torch.library.opcheck(OPS.causal_conv1d_update, (torch.zeros(2, 3, 4), x[..., 0], w, b, True))
     torch.library.opcheck(OPS.mamba_state_update, (torch.zeros(2, 3, 4), x[..., 0], rnd(gen, 2, 10), rnd(gen, 2, 3),
                                                    rnd(gen, 3, 2), rnd(gen, 3), rnd(gen, 3, 4), rnd(gen, 3)))
-    torch.library.opcheck(OPS.conv_ssm_step, (torch.zeros(2, 3, 4), torch.zeros(2, 3, 4), x[..., 0], x[..., 1], w, b,
-                                              rnd(gen, 2 + 8, 3), rnd(gen, 3, 2), rnd(gen, 3), rnd(gen, 3, 4),
-                                              rnd(gen, 3)))
     torch.library.opcheck(OPS.transpose_cat, ([x, rnd(gen, 2, 5, 7)],))
     torch.library.opcheck(OPS.causal_conv1d_bwd_cat, (rnd(gen, 2, 3, 7), x, w, b, True, None, [rnd(gen, 2, 5, 7)]))
     torch.library.opcheck(OPS.causal_conv1d_bwd_cat, (rnd(gen, 2, 3, 7), x, w, None, False, seq_idx, []))
@@ -616,15 +475,6 @@ def test_opcheck(gen):
                                              rnd(gen, 3, 7), torch.bfloat16))
     torch.library.opcheck(OPS.rms_norm_bwd, (rnd(gen, 3, 7), rnd(gen, 3, 7), None, 1e-6, None, None))
     torch.library.opcheck(OPS.rms_norm_bwd, (rnd(gen, 3, 7), rnd(gen, 3, 7), None, 1e-6, None, torch.float32))
-
-
-def conv_ssm_bad(x, w, b, **bad):
-    """ops.conv_ssm_step's positional arguments (batch 2, dim 3, width 4, dstate 4, dt_rank 2) from a
-    BAD case's x, w, b, with the arguments in `bad` replaced."""
-    args = dict(conv_state=torch.zeros(2, 3, 4), ssm_state=torch.zeros(2, 3, 4), x=x[..., 0], conv_weight=w,
-                conv_bias=b, x_proj_weight=torch.randn(10, 3), dt_weight=torch.randn(3, 2), dt_bias=b,
-                A_log=torch.randn(3, 4))
-    return tuple({**args, **bad}.values())
 
 
 BAD = {
@@ -658,17 +508,15 @@ BAD = {
                      "add_rms_norm: x (the residual stream) must be float32 or float64, got BFloat16"),
     "norm_residual_shape": (lambda x, w, b: ops.add_rms_norm(x[..., 0], x[0], b),
                             "add_rms_norm: residual must have shape (2, 3), got (3, 5)"),
-    "conv_ssm_x_proj_dtype": (lambda x, w, b: ops.conv_ssm_step(*conv_ssm_bad(x, w, b, x_proj_weight=torch.randn(
-                                  10, 3, dtype=torch.float64))),
-                              "conv_ssm_step: x_proj_weight must have x's dtype Float (x_proj runs in it), got Double"),
-    "conv_ssm_x_proj_shape": (lambda x, w, b: ops.conv_ssm_step(*conv_ssm_bad(x, w, b, x_proj_weight=torch.randn(9, 3))),
-                              "conv_ssm_step: x_proj_weight must have shape (10, 3), got (9, 3)"),
-    "conv_ssm_state_shape": (lambda x, w, b: ops.conv_ssm_step(*conv_ssm_bad(x, w, b, ssm_state=torch.zeros(2, 3, 5))),
-                             "conv_ssm_step: ssm_state must have shape (2, 3, 4), got (2, 3, 5)"),
-    "conv_ssm_conv_weight": (lambda x, w, b: ops.conv_ssm_step(*conv_ssm_bad(x, w, b, conv_weight=torch.randn(3, 9))),
-                             "conv_ssm_step: conv_weight must be (dim=3, width) with width in [1, 8]"),
-    "conv_ssm_dt_bias_device": (lambda x, w, b: ops.conv_ssm_step(*conv_ssm_bad(x, w, b, dt_bias=b.to("meta"))),
-                                "conv_ssm_step: dt_bias must be on cpu like x, got meta"),
+    "ssm_state_shape": (lambda x, w, b: ops.mamba_state_update(torch.zeros(2, 3, 5), x[..., 0], torch.randn(2, 10),
+                                                               torch.randn(3, 2), b, torch.randn(3, 4)),
+                        "mamba_state_update: state must have shape (2, 3, 4), got (2, 3, 5)"),
+    "dt_bias_device": (lambda x, w, b: ops.mamba_state_update(torch.zeros(2, 3, 4), x[..., 0], torch.randn(2, 10),
+                                                              torch.randn(3, 2), b.to("meta"), torch.randn(3, 4)),
+                       "mamba_state_update: dt_bias must be on cpu like x, got meta"),
+    "conv_update_weight_wide": (lambda x, w, b: ops.causal_conv1d_update(torch.zeros(2, 3, 4), x[..., 0],
+                                                                         torch.randn(3, 9), b),
+                                "causal_conv1d_update: weight must be (dim=3, width) with width in [1, 8]"),
     "norm_weight_shape": (lambda x, w, b: ops.add_rms_norm(x[..., 0], None, w),
                           "add_rms_norm: weight must have shape (3,), got (3, 4)"),
     "norm_out_dtype": (lambda x, w, b: ops.add_rms_norm(x[..., 0], None, b, None, torch.int32),

@@ -43,23 +43,22 @@ def test_step_matches_parallel_forward(name, T):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_mamba_step_is_the_separate_ops_step_on_cpu(dtype, monkeypatch):
-    """On the CPU the decode step with ops.conv_ssm_step and the last residual add inside the final
-    norm computes bitwise what the separate ops (conv update, x_proj, state update) and the add
-    before norm_f computed: the CPU op is their composition. bfloat16: a decode_copy's matmuls."""
+def test_mamba_step_final_add_inside_the_norm_is_bitwise_the_add_before_it_on_cpu(dtype, monkeypatch):
+    """On the CPU the decode step with the last residual add inside the final norm's kernel computes
+    bitwise what the add before norm_f (LanguageModel.step_unchecked) computed. bfloat16: a
+    decode_copy's matmuls, the residual of another dtype than the stream."""
     from ssm_tools.models.base import LanguageModel
-    from ssm_tools.models.mamba import Mamba, MambaMixer
-    from ssm_tools.reference import separate_ops_mixer_step
+    from ssm_tools.models.mamba import Mamba
     model = make("mamba", dtype=torch.float32, seed=3)
     if dtype == torch.bfloat16:
         model = model.decode_copy(dtype)
     tokens = torch.randint(1, V, (4, 12), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
-        fused = decode(model, tokens)
-        monkeypatch.setattr(MambaMixer, "step", separate_ops_mixer_step)
+        inside = decode(model, tokens)
         monkeypatch.setattr(Mamba, "step_unchecked", LanguageModel.step_unchecked)
-        separate = decode(model, tokens)
-    assert torch.equal(fused, separate)
+        before = decode(model, tokens)
+    assert inside.dtype == before.dtype and inside.abs().max() > 0
+    assert torch.equal(inside, before)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

@@ -1,6 +1,6 @@
 // Device pieces of the decode steps shared by their kernels (causal_conv1d.cu's conv update,
-// selective_state_update.cu's state updates, conv_ssm_step.cu's two-kernel mixer step): one
-// (batch, channel) row of the conv update, and a team's update of one row of the SSM state.
+// selective_state_update.cu's state updates): one (batch, channel) row of the conv update, and a
+// team's update of one row of the SSM state.
 #pragma once
 
 #include "kernels/scan_common.cuh"

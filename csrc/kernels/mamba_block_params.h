@@ -59,44 +59,6 @@ struct MambaStateUpdateParams {
   void* y = nullptr;                // (batch, dim)
 };
 
-// The SSM part of a Mamba mixer's decode step (between in_proj and out_proj) in two kernels, each
-// spread over the GPU, with x_proj split over channel slices (a block a slice and a few batch rows,
-// not a block a whole batch row: the one-kernel step of that design starved the GPU at small
-// batches):
-//  1. u = silu?(conv update of x) for kConvSsmSlice channels x kConvSsmRows batch rows a block, and
-//     that slice's share of x_proj for those rows: partials[slice, b, j] = sum over the slice's
-//     channels d of x_proj_weight[j, d] u[b, d] (float32, each written once: no atomics, no zeroing);
-//  2. per block one batch row and a run of channels: xdbl[b] = sum over slices of the partials (in a
-//     fixed order: deterministic), then the MambaStateUpdateParams step on u and xdbl.
-constexpr int kConvSsmSlice = 64;  // channels a block of kernel 1 (two per lane of a warp)
-constexpr int kConvSsmRows = 4;    // batch rows a block of kernel 1
-// xdbl of one batch row lives in kernel 2's shared memory: dt_rank + 2 dstate floats at most this
-// (the default 48 KB a block, less the 256 floats of its own partial sums).
-constexpr int kConvSsmMaxXdbl = (48 * 1024 - 256 * 4) / 4;
-
-struct ConvSsmStepParams {
-  int batch = 0, dim = 0, width = 0, dstate = 0, dt_rank = 0;
-  float* conv_state = nullptr;          // (batch, dim, width), updated in place
-  float* ssm_state = nullptr;           // (batch, dim, dstate), updated in place
-  const void* x = nullptr;              // (batch, dim) with row stride x_stride, input type (as are z, u, y)
-  int64_t x_stride = 0;
-  const void* z = nullptr;              // (batch, dim) with row stride z_stride, or null
-  int64_t z_stride = 0;
-  const float* conv_weight = nullptr;   // (dim, width)
-  const float* conv_bias = nullptr;     // (dim,) or null
-  const void* x_proj_weight = nullptr;  // (dt_rank + 2 dstate, dim), input type, contiguous
-  const float* dt_weight = nullptr;     // (dim, dt_rank)
-  const float* dt_bias = nullptr;       // (dim,)
-  const float* A_log = nullptr;         // (dim, dstate)
-  const float* D = nullptr;             // (dim,) or null
-  void* u = nullptr;                    // (batch, dim), contiguous: kernel 1's output, kernel 2's input
-  float* partials = nullptr;            // (conv_ssm_slices(dim), batch, dt_rank + 2 dstate)
-  void* y = nullptr;                    // (batch, dim), contiguous
-};
-
-// Channel slices of kernel 1 (constexpr: the kernels call it too, built with --expt-relaxed-constexpr).
-constexpr int conv_ssm_slices(int dim) { return (dim + kConvSsmSlice - 1) / kConvSsmSlice; }
-
 // dst[b, t, offset + r] = src[b, r, t] for src (batch, rows, seqlen): one part of a token-major
 // (batch, seqlen, dst_cols) concatenation.
 struct TransposeParams {
@@ -144,8 +106,6 @@ int causal_conv1d_bwd_launch(const CausalConv1dParams& p, ScanInputType type, vo
 int64_t causal_conv1d_bwd_partials(const CausalConv1dParams& p, ScanInputType type);
 int causal_conv1d_update_launch(const CausalConv1dUpdateParams& p, ScanInputType type, void* stream);
 int mamba_state_update_launch(const MambaStateUpdateParams& p, ScanInputType type, void* stream);
-// Kernel 1 (conv update + x_proj partials) then kernel 2 (the SSM step from them) on one stream.
-int conv_ssm_step_launch(const ConvSsmStepParams& p, ScanInputType type, void* stream);
 int transpose_launch(const TransposeParams& p, ScanInputType type, void* stream);
 int add_rms_norm_launch(const AddRmsNormParams& p, ScanInputType residual_type, ScanInputType out_type,
                         void* stream);

@@ -58,15 +58,13 @@ inline void check_state(const char* op, const char* name, const at::Tensor& stat
                     " must be float32 or float64, got ", dtype_text(state));
 }
 
-// The conv update's arguments; op and the names are those of the calling op (causal_conv1d_update,
-// or conv_ssm_step, whose conv arguments are prefixed conv_).
+// causal_conv1d_update's arguments.
 inline ConvUpdateShape check_conv_update(const at::Tensor& state, const at::Tensor& x, const at::Tensor& weight,
-                                         const std::optional<at::Tensor>& bias,
-                                         const char* op = "causal_conv1d_update", const char* weight_name = "weight",
-                                         const char* bias_name = "bias") {
+                                         const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "causal_conv1d_update";
   check_step_x(x, op);
-  check_width(weight, x, op, weight_name);
-  check_optional(op, bias_name, bias, {x.size(1)}, x);
+  check_width(weight, x, op, "weight");
+  check_optional(op, "bias", bias, {x.size(1)}, x);
   check_state(op, "conv_state", state, {x.size(0), x.size(1), weight.size(1)}, x);
   return {x.size(0), x.size(1), weight.size(1)};
 }
@@ -108,28 +106,6 @@ inline StateUpdateShape check_mamba_state_update(const at::Tensor& state, const 
   const StateUpdateShape s = check_ssm_step(op, "state", state, x, z, dt_weight, dt_bias, A_log, D);
   check_shape(op, "xdbl", xdbl, {s.batch, s.dt_rank + 2 * s.dstate});
   return s;
-}
-
-struct ConvSsmStepShape {
-  int64_t batch, dim, width, dstate, dt_rank;
-};
-
-// conv_ssm_step: the conv update's arguments (conv_state, x, conv_weight, conv_bias), x_proj's
-// weight (dt_rank + 2 dstate, dim) in x's dtype (the dtype x_proj runs in), then the SSM step's.
-inline ConvSsmStepShape check_conv_ssm_step(const at::Tensor& conv_state, const at::Tensor& ssm_state,
-                                            const at::Tensor& x, const std::optional<at::Tensor>& z,
-                                            const at::Tensor& conv_weight, const std::optional<at::Tensor>& conv_bias,
-                                            const at::Tensor& x_proj_weight, const at::Tensor& dt_weight,
-                                            const at::Tensor& dt_bias, const at::Tensor& A_log,
-                                            const std::optional<at::Tensor>& D) {
-  constexpr const char* op = "conv_ssm_step";
-  const ConvUpdateShape c = check_conv_update(conv_state, x, conv_weight, conv_bias, op, "conv_weight", "conv_bias");
-  const StateUpdateShape s = check_ssm_step(op, "ssm_state", ssm_state, x, z, dt_weight, dt_bias, A_log, D);
-  check_float(op, "x_proj_weight", x_proj_weight, x.device());
-  check_shape(op, "x_proj_weight", x_proj_weight, {s.dt_rank + 2 * s.dstate, s.dim});
-  TORCH_CHECK_VALUE(x_proj_weight.scalar_type() == x.scalar_type(), op, ": x_proj_weight must have x's dtype ",
-                    dtype_text(x), " (x_proj runs in it), got ", dtype_text(x_proj_weight));
-  return {s.batch, s.dim, c.width, s.dstate, s.dt_rank};
 }
 
 // The residual stream the norms of a training step read: a non-empty (rows, dim) x of float32 or

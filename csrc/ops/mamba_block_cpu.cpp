@@ -1,6 +1,6 @@
 // CPU kernels of the Mamba block's ops other than the scan (schemas in registration.cpp): the
-// causal depthwise conv1d (forward, backward, decode update), the block's SSM decode step (alone,
-// and with the conv update and x_proj before it: conv_ssm_step) and the transposing concatenation.
+// causal depthwise conv1d (forward, backward, decode update), the block's SSM decode step and the
+// transposing concatenation.
 // They compute in float64 for float64 inputs, float32 otherwise.
 // python/ssm_tools/ops.py checks arguments with precise messages; the checks here guard what the
 // kernels index into.
@@ -232,16 +232,6 @@ Tensor mamba_state_update_cpu(const Tensor& state, const Tensor& x, const Tensor
   return y.to(x.scalar_type());
 }
 
-// The composition of the CPU ops it fuses on CUDA, so that CPU decoding keeps its numbers: the conv
-// update (u in x's dtype), x_proj in x's dtype, then the SSM step.
-Tensor conv_ssm_step_cpu(const Tensor& conv_state, const Tensor& ssm_state, const Tensor& x, const OptTensor& z,
-                         const Tensor& conv_weight, const OptTensor& conv_bias, const Tensor& x_proj_weight,
-                         const Tensor& dt_weight, const Tensor& dt_bias, const Tensor& A_log, const OptTensor& D) {
-  check_conv_ssm_step(conv_state, ssm_state, x, z, conv_weight, conv_bias, x_proj_weight, dt_weight, dt_bias, A_log, D);
-  const Tensor u = causal_conv1d_update_cpu(conv_state, x, conv_weight, conv_bias, true);
-  return mamba_state_update_cpu(ssm_state, u, at::linear(u, x_proj_weight), z, dt_weight, dt_bias, A_log, D);
-}
-
 std::tuple<Tensor, Tensor> add_rms_norm_cpu(const Tensor& x, const OptTensor& residual, const Tensor& weight,
                                             double eps, at::ScalarType out_dtype) {
   check_add_rms_norm(x, residual, weight, out_dtype);
@@ -300,7 +290,6 @@ TORCH_LIBRARY_IMPL(ssm_tools, CPU, m) {
   m.impl("causal_conv1d_bwd_cat", &ssm_tools_cpu::causal_conv1d_bwd_cat_cpu);
   m.impl("causal_conv1d_update", &ssm_tools_cpu::causal_conv1d_update_cpu);
   m.impl("mamba_state_update", &ssm_tools_cpu::mamba_state_update_cpu);
-  m.impl("conv_ssm_step", &ssm_tools_cpu::conv_ssm_step_cpu);
   m.impl("transpose_cat", &ssm_tools_cpu::transpose_cat_cpu);
   m.impl("add_rms_norm", &ssm_tools_cpu::add_rms_norm_cpu);
   m.impl("rms_norm", &ssm_tools_cpu::rms_norm_cpu);

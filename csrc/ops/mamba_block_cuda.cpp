@@ -207,53 +207,6 @@ Tensor mamba_state_update_cuda(const Tensor& state, const Tensor& x, const Tenso
   return y;
 }
 
-Tensor conv_ssm_step_cuda(const Tensor& conv_state, const Tensor& ssm_state, const Tensor& x, const OptTensor& z,
-                          const Tensor& conv_weight, const OptTensor& conv_bias, const Tensor& x_proj_weight,
-                          const Tensor& dt_weight, const Tensor& dt_bias, const Tensor& A_log, const OptTensor& D) {
-  constexpr const char* op = "conv_ssm_step";
-  TORCH_CHECK(x.is_cuda(), op, ": x must be a CUDA tensor");
-  const c10::cuda::CUDAGuard guard(x.device());
-  const ConvSsmStepShape s = check_conv_ssm_step(conv_state, ssm_state, x, z, conv_weight, conv_bias, x_proj_weight,
-                                                 dt_weight, dt_bias, A_log, D);
-  const int64_t n_out = s.dt_rank + 2 * s.dstate;
-  TORCH_CHECK_VALUE(n_out <= kConvSsmMaxXdbl, op, ": dt_rank + 2 dstate must be at most ",
-                    ssm_tools::text(kConvSsmMaxXdbl),
-                    " on CUDA (a batch row of x_proj's output lives in shared memory), got ", ssm_tools::text(n_out));
-  TORCH_CHECK_VALUE(s.batch <= std::numeric_limits<int>::max() && s.dim <= std::numeric_limits<int>::max(), op,
-                    ": batch and dim must be below 2^31 on CUDA, got ", ssm_tools::text(x.sizes()));
-  const Tensor x_r = rows(x, x), z_r = z ? rows(*z, x) : Tensor(), W_x = x_proj_weight.contiguous();
-  const Tensor cw = param(conv_weight), cb = opt_param(conv_bias), w = param(dt_weight), bias = param(dt_bias);
-  const Tensor a = param(A_log), d = opt_param(D);
-  Tensor u = at::empty({s.batch, s.dim}, x.options());
-  Tensor y = at::empty({s.batch, s.dim}, x.options());
-  const Tensor partials = at::empty({conv_ssm_slices(static_cast<int>(s.dim)), s.batch, n_out},
-                                    x.options().dtype(at::kFloat));
-  ConvSsmStepParams p;
-  p.batch = static_cast<int>(s.batch);
-  p.dim = static_cast<int>(s.dim);
-  p.width = static_cast<int>(s.width);
-  p.dstate = static_cast<int>(s.dstate);
-  p.dt_rank = static_cast<int>(s.dt_rank);
-  p.conv_state = state_ptr(conv_state, op, "conv_state");
-  p.ssm_state = state_ptr(ssm_state, op, "ssm_state");
-  p.x = x_r.data_ptr();
-  p.x_stride = x_r.stride(0);
-  p.z = z_r.defined() ? z_r.data_ptr() : nullptr;
-  p.z_stride = z_r.defined() ? z_r.stride(0) : 0;
-  p.conv_weight = cw.data_ptr<float>();
-  p.conv_bias = ptr(cb);
-  p.x_proj_weight = W_x.data_ptr();
-  p.dt_weight = w.data_ptr<float>();
-  p.dt_bias = bias.data_ptr<float>();
-  p.A_log = a.data_ptr<float>();
-  p.D = ptr(d);
-  p.u = u.data_ptr();
-  p.partials = partials.data_ptr<float>();
-  p.y = y.data_ptr();
-  check_launch(conv_ssm_step_launch(p, input_type(x, op), stream()), op);
-  return y;
-}
-
 Tensor transpose_cat_cuda(at::TensorList parts) {
   check_transpose_cat(parts);
   const c10::cuda::CUDAGuard guard(parts[0].device());
@@ -351,7 +304,6 @@ TORCH_LIBRARY_IMPL(ssm_tools, CUDA, m) {
   m.impl("causal_conv1d_bwd_cat", &causal_conv1d_bwd_cat_cuda);
   m.impl("causal_conv1d_update", &causal_conv1d_update_cuda);
   m.impl("mamba_state_update", &mamba_state_update_cuda);
-  m.impl("conv_ssm_step", &conv_ssm_step_cuda);
   m.impl("transpose_cat", &transpose_cat_cuda);
   m.impl("add_rms_norm", &add_rms_norm_cuda);
   m.impl("rms_norm", &rms_norm_cuda);

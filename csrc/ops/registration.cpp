@@ -52,14 +52,6 @@ TORCH_LIBRARY(ssm_tools, m) {
   // as by selective_state_update; returns y (batch, dim) in x's dtype.
   m.def("mamba_state_update(Tensor(a!) state, Tensor x, Tensor xdbl, Tensor? z, Tensor dt_weight, Tensor dt_bias, "
         "Tensor A_log, Tensor? D) -> Tensor");
-  // The SSM part of a Mamba mixer's decode step, between in_proj and out_proj: u =
-  // causal_conv1d_update(conv_state, x, conv_weight, conv_bias, silu=True), xdbl = x_proj_weight @ u
-  // (x_proj_weight in x's dtype), then mamba_state_update(ssm_state, u, xdbl, ...); both states
-  // updated in place; returns y (batch, dim) in x's dtype. CUDA: two kernels, xdbl kept in float32
-  // (the separate ops round it to x's dtype); CPU: the composition of the ops.
-  m.def("conv_ssm_step(Tensor(a!) conv_state, Tensor(b!) ssm_state, Tensor x, Tensor? z, Tensor conv_weight, "
-        "Tensor? conv_bias, Tensor x_proj_weight, Tensor dt_weight, Tensor dt_bias, Tensor A_log, Tensor? D) -> "
-        "Tensor");
   // A decode step's pre-norm with the residual add before it: sum = x + residual (x alone without
   // one), out = rms_norm(sum) * weight cast to out_dtype. x and sum: the float32 (float64) residual
   // stream; residual: the previous layer's output, of any floating dtype.

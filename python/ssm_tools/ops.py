@@ -161,24 +161,6 @@ def mamba_state_update(state, x, xdbl, dt_weight, dt_bias, A_log, D=None, z=None
     return _ops.mamba_state_update(state, x, xdbl, z, dt_weight, dt_bias, A_log, D)
 
 
-def conv_ssm_step(conv_state, ssm_state, x, conv_weight, conv_bias, x_proj_weight, dt_weight, dt_bias, A_log,
-                  D=None, z=None):
-    """The SSM part of a Mamba mixer's decode step, between in_proj and out_proj: u =
-    causal_conv1d_update(conv_state, x, conv_weight, conv_bias, silu=True), xdbl = u @ x_proj_weight^T,
-    then mamba_state_update(ssm_state, u, xdbl, dt_weight, dt_bias, A_log, D, z). x, z (batch, dim)
-    are read where they are (row-strided views of in_proj's output are fine); conv_state (batch, dim,
-    width) and ssm_state (batch, dim, dstate) are updated in place; x_proj_weight (dt_rank + 2 dstate,
-    dim) has x's dtype. Returns y (batch, dim) in x's dtype. On CPU it is that composition of the ops;
-    on CUDA two kernels (the conv update with x_proj's partial sums over channel slices, then the
-    state update that finishes them; xdbl stays float32), and dt_rank + 2 dstate <= 12032. Not
-    differentiable."""
-    _on_device_of_x("conv_ssm_step", x, conv_state=conv_state, ssm_state=ssm_state, conv_weight=conv_weight,
-                    conv_bias=conv_bias, x_proj_weight=x_proj_weight, dt_weight=dt_weight, dt_bias=dt_bias,
-                    A_log=A_log, D=D, z=z)
-    return _ops.conv_ssm_step(conv_state, ssm_state, x, z, conv_weight, conv_bias, x_proj_weight, dt_weight, dt_bias,
-                              A_log, D)
-
-
 def add_rms_norm(x, residual, weight, eps=None, out_dtype=None):
     """A layer's pre-norm with the residual add before it, in one kernel: returns (sum, out), sum = x
     + residual (x alone if residual is None) and out = rms_norm(sum, weight, eps) cast to out_dtype
@@ -258,12 +240,6 @@ def _conv_update_fake(conv_state, x, weight, bias, silu):
 
 @torch.library.register_fake("ssm_tools::mamba_state_update")
 def _mamba_state_update_fake(state, x, xdbl, z, dt_weight, dt_bias, A_log, D):
-    return x.new_empty(x.shape)
-
-
-@torch.library.register_fake("ssm_tools::conv_ssm_step")
-def _conv_ssm_step_fake(conv_state, ssm_state, x, z, conv_weight, conv_bias, x_proj_weight, dt_weight, dt_bias, A_log,
-                        D):
     return x.new_empty(x.shape)
 
 

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import _tools, ops
+from . import _tools
 from .env import Transcript
 from .tools import Tool
 from .vocab import (ANS, CALL, CALL_END, EOS, ERR, PAD, POINTER_OPS, RESULT, RESULT_END, VOCAB_SIZE, encode, is_char,
@@ -259,27 +259,6 @@ def mamba_state_update_ref(state, x, xdbl, dt_weight, dt_bias, A_log, D=None, z=
     dt = dt_low.to(state.dtype) @ dt_weight.to(state.dtype).t()
     return selective_state_update_ref(state, x, dt, -torch.exp(A_log.to(state.dtype)), B, C, D, z, dt_bias,
                                       dt_softplus=True)
-
-
-def conv_ssm_step_ref(conv_state, ssm_state, x, conv_weight, conv_bias, x_proj_weight, dt_weight, dt_bias, A_log,
-                      D=None, z=None):
-    """ops.conv_ssm_step as the composition of the references of the steps it fuses: the conv update
-    through SiLU, x_proj, the SSM step; both states updated in place."""
-    u = causal_conv1d_update_ref(conv_state, x, conv_weight, conv_bias, silu=True)
-    return mamba_state_update_ref(ssm_state, u, F.linear(u, x_proj_weight.to(u.dtype)), dt_weight, dt_bias, A_log, D, z)
-
-
-def separate_ops_mixer_step(mixer, h, state):
-    """``models.mamba.MambaMixer.step`` through the separate ops (conv update, x_proj as a GEMM, SSM
-    step: six kernels a layer with the norm and the two projections, where ops.conv_ssm_step makes
-    it five): the baseline of the CUDA tests and of benchmarks/bench_decode.py. Same arguments and
-    return values as the step."""
-    conv_state, ssm_state = state
-    x, z = F.linear(h, mixer.in_proj.weight).split(mixer.d_inner, dim=-1)
-    x = ops.causal_conv1d_update(conv_state, x, mixer.conv1d.weight[:, 0], mixer.conv1d.bias, silu=True)
-    y = ops.mamba_state_update(ssm_state, x, F.linear(x, mixer.x_proj.weight), mixer.dt_proj.weight,
-                               mixer.dt_proj.bias, mixer.A_log, mixer.D, z)
-    return mixer.out_proj(y), (conv_state, ssm_state)
 
 
 def add_rms_norm_ref(x, residual, weight, eps=None, out_dtype=None):

@@ -5,9 +5,9 @@ dt -> dt_proj (its bias is the scan's delta_bias, softplus inside the op); selec
 z gating -> out_proj. Layers are RMSNorm pre-norm residual. The parallel forward is one autograd
 node per layer (`_MambaLayer`: the residual add and norm in one kernel, projections, the fused conv1d
 + SiLU kernel, the selective scan) that recomputes its cheap parts in the backward instead of saving
-them; decoding runs the same
-recurrence one position at a time (`ops.add_rms_norm`, in_proj, `ops.conv_ssm_step`, out_proj: five
-kernels a layer on CUDA), so a tool-augmented episode costs O(1) per token whatever its length.
+them; decoding runs the same recurrence one position at a time (`ops.add_rms_norm`, in_proj,
+`ops.causal_conv1d_update`, x_proj, `ops.mamba_state_update`, out_proj: six kernels a layer on
+CUDA), so a tool-augmented episode costs O(1) per token whatever its length.
 On CUDA, short rows are folded into longer packed rows for the layers (`fold_factor`).
 `reference.mamba_mixer_ref` is the plain formulation the tests compare against.
 """
@@ -344,11 +344,11 @@ class MambaMixer(nn.Module):
         updated in place. Returns out_proj's output (B, d_model) in the same dtype as h."""
         conv_state, ssm_state = state
         x, z = F.linear(h, self.in_proj.weight).split(self.d_inner, dim=-1)  # row-strided views
-        # The conv update, x_proj and the SSM step: two kernels on CUDA (x_proj's reduction split
-        # between them) instead of three. x_proj runs in x's dtype (a no-op cast but under autocast).
-        y = ops.conv_ssm_step(conv_state, ssm_state, x, self.conv1d.weight[:, 0], self.conv1d.bias,
-                              self.x_proj.weight.to(x.dtype), self.dt_proj.weight, self.dt_proj.bias, self.A_log,
-                              self.D, z)
+        # The conv update, x_proj (a GEMM) and the SSM step as separate kernels, each spread over the
+        # GPU at every batch: the fused variants were slower (results/train_step_notes.md, sessions 8, 11).
+        x = ops.causal_conv1d_update(conv_state, x, self.conv1d.weight[:, 0], self.conv1d.bias, silu=True)
+        y = ops.mamba_state_update(ssm_state, x, F.linear(x, self.x_proj.weight), self.dt_proj.weight,
+                                   self.dt_proj.bias, self.A_log, self.D, z)
         return self.out_proj(y), (conv_state, ssm_state)
 
 
@@ -429,7 +429,7 @@ class Mamba(LanguageModel):
         return self.lm_head(h), state
 
     def matmul_layers(self):
-        # dt_proj stays: conv_ssm_step reads its weight in float32 inside the state update.
+        # dt_proj stays: mamba_state_update reads its weight in float32.
         return [layer for m in self.mixers for layer in (m.in_proj, m.x_proj, m.out_proj)]
 
     def init_state(self, batch_size: int, device=None):
