@@ -198,8 +198,9 @@ TASKS = {
         "size_label": "disks", "every_seed": True, "sizes": {"cpu": [7, 8, 9], "paper": [7, 8, 9, 10]},
         # cpu: about 6 minutes of one busy core to train a run with the tool (packed rows) and 1-2 to
         # decode it (results/hanoi_recursive). Five Mamba + tool seeds (Figure 5's view); the LSTM + tool
-        # (tiny preset, 1 x 128) one, on the same data, steps and learning rate. No Pythia: as on the
-        # iterative task, its padded rows of long episodes train far slower than the packed rows.
+        # (tiny preset, 1 x 128) one, on the same data, steps and learning rate. No Pythia: on rows
+        # padded to the longest episode it trains at 8-32 s a step, about an hour for the 150 steps
+        # (results/tasks_notes.md, "CPU baselines for the graph and Hanoi").
         "scales": {"cpu": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("lstm", "interactive")],
                            "run_seeds": {("mamba", "interactive"): [0, 1, 2, 3, 4]}, "seeds": [0], "n": 20,
                            "train": dict(steps=150, batch_size=16, lr=1e-2, warmup=15)},
