@@ -167,6 +167,28 @@ def test_reproduce_tasks_have_their_sizes_and_modes(tmp_path, monkeypatch):
         R.reproduce("multiplication_nx1", "cpu", [0], tmp_path / "add", merge=True)
 
 
+def test_every_run_of_every_scale_is_a_model_and_a_mode_of_its_task():
+    """Each (model, mode) a task's scale runs builds: the model at the scale's sizes and the task in
+    that mode with the scale's config (the cpu scales' baselines included). The shared scales' runs
+    are those of the task's modes (reproduce leaves out the others); a task's own runs all are."""
+    checked = set()
+    for task, entry in R.TASKS.items():
+        for scale in entry["sizes"]:
+            spec = R.scale_spec(task, scale)
+            setting = R.sweep_settings(task, scale, None, None)[0]
+            modes = make_task(R.setting_config(task, "interactive", setting, spec.get("config"))).modes
+            own = entry.get("scales", {}).get(scale, {}).get("runs", [])
+            assert [run for run in own if run[1] not in modes] == [], (task, scale)
+            for model, mode in [run for run in spec["runs"] if run[1] in modes]:
+                config = R.setting_config(task, mode, setting, spec.get("config"))
+                assert make_task(config).mode == mode
+                built = build_model(model, **R.model_config(model, spec["models"][model]))
+                assert sum(p.numel() for p in built.parameters()) > 0
+                checked.add((task, scale, model, mode))
+    assert {("logical_graph", "cpu", "pythia", "interactive"), ("logical_graph", "cpu", "lstm", "interactive"),
+            ("hanoi_recursive", "cpu", "lstm", "interactive")} <= checked
+
+
 def test_a_scale_overrides_the_task_config_and_the_curve_records_its_options(tmp_path, monkeypatch):
     """The graph's cpu scale trains the answered trajectory with 100 labels on 1..3 gates that often
     reread a variable (its "config" over tasks/logical_graph.toml) and grades the plain graphs; the

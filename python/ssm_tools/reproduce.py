@@ -154,8 +154,13 @@ TASKS = {
             # (two digits to copy), trained on 1..3 gates whose gates often reread a variable (shared),
             # graded on the plain graphs up to 15 gates (5x); single turn on the same recipe. About 5
             # minutes of a core a run (results/tasks_notes.md, "The answered trajectory").
-            "cpu": {"runs": [("mamba", "interactive"), ("mamba", "single_turn")],
-                    "run_seeds": {("mamba", "interactive"): [0, 1, 2, 3]}, "seeds": [0], "n": 40,
+            # The paper's baselines with the tool (its Pythia line) at the tiny presets, the sizes
+            # closest to the tiny Mamba's (2 x 64, 74k parameters): Pythia 2 x 64 (107k), LSTM 1 x 128
+            # (149k); on the Mamba's data, steps and learning rate.
+            "cpu": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("pythia", "interactive"),
+                             ("lstm", "interactive")],
+                    "run_seeds": {("mamba", "interactive"): [0, 1, 2, 3], ("pythia", "interactive"): [0, 1],
+                                  ("lstm", "interactive"): [0, 1]}, "seeds": [0], "n": 40,
                     "config": {"task": {"options": GRAPH_CPU_OPTIONS | {"shared": 0.7}}, "sizes": {"train": [1, 3]},
                                "eval": {"task": {"name": "logical_graph", "options": GRAPH_CPU_OPTIONS}}},
                     "train": dict(steps=1000, batch_size=16, lr=1e-2, warmup=20)},
@@ -192,8 +197,11 @@ TASKS = {
     "hanoi_recursive": {
         "size_label": "disks", "every_seed": True, "sizes": {"cpu": [7, 8, 9], "paper": [7, 8, 9, 10]},
         # cpu: about 6 minutes of one busy core to train a run with the tool (packed rows) and 1-2 to
-        # decode it (results/hanoi_recursive). Five Mamba + tool seeds (Figure 5's view).
-        "scales": {"cpu": {"runs": [("mamba", "interactive"), ("mamba", "single_turn")],
+        # decode it (results/hanoi_recursive). Five Mamba + tool seeds (Figure 5's view); the LSTM + tool
+        # (tiny preset, 1 x 128) one, on the same data, steps and learning rate. No Pythia: on rows
+        # padded to the longest episode it trains at 8-32 s a step, about an hour for the 150 steps
+        # (results/tasks_notes.md, "CPU baselines for the graph and Hanoi").
+        "scales": {"cpu": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("lstm", "interactive")],
                            "run_seeds": {("mamba", "interactive"): [0, 1, 2, 3, 4]}, "seeds": [0], "n": 20,
                            "train": dict(steps=150, batch_size=16, lr=1e-2, warmup=15)},
                    "paper": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("lstm", "interactive"),
