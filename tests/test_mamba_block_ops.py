@@ -239,6 +239,32 @@ def test_mamba_state_update_matches_reference(gen, device, dstate, dt_rank):
         assert rel_err(state, ref_state) < 1e-5
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("batch, dim, dstate, dt_rank, xdbl_offset", [
+    (1, 1536, 16, 48, 0), (100, 1536, 16, 48, 0), (1000, 1536, 16, 48, 0),  # the 24 x 768 Mamba's decode
+    (3, 7, 32, 40, 0), (4, 9, 8, 4, 0), (2, 6, 12, 96, 0), (3, 5, 128, 8, 0),  # teams 8, 2, 4 (one idle), 32
+    (2, 6, 16, 48, 1), (2, 6, 16, 48, 4)])  # xdbl one element off its runs (element loads), four (runs)
+def test_mamba_state_update_contiguous_xdbl(gen, device, batch, dim, dstate, dt_rank, xdbl_offset):
+    """xdbl as x_proj writes it (contiguous rows of dt_rank + 2 dstate, a multiple of 4 here): the CUDA
+    kernel's one-load runs of dt_low, B and C and of dt_weight; offset by one element, its element loads."""
+    for dtype in dtypes(device):
+        if dtype == torch.float64:
+            continue
+        width = dt_rank + 2 * dstate
+        xdbl = rnd(gen, batch * width + xdbl_offset, dtype=dtype, device=device)[xdbl_offset:].view(batch, width)
+        z = rnd(gen, batch, 2 * dim, dtype=dtype, device=device)[:, dim:]
+        x = rnd(gen, batch, dim, dtype=dtype, device=device)
+        dt_w = rnd(gen, dim, dt_rank, device=device, scale=dt_rank ** -0.5)
+        dt_b, A_log, D = rnd(gen, dim, device=device) - 2, rnd(gen, dim, dstate, device=device, scale=0.5), \
+            rnd(gen, dim, device=device)
+        state = rnd(gen, batch, dim, dstate, device=device)
+        ref_state = state.double().cpu()
+        y = ops.mamba_state_update(state, x, xdbl, dt_w, dt_b, A_log, D, z)
+        ref = mamba_state_update_ref(ref_state, *(t.double().cpu() for t in (x, xdbl, dt_w, dt_b, A_log, D, z)))
+        assert rel_err(y, ref) < TOL[dtype]
+        assert rel_err(state, ref_state) < 1e-5
+
+
 def test_mamba_state_update_float64_equals_selective_state_update(gen):
     """In float64 (the CPU accuracy path), the fused step is selective_state_update with dt computed
     apart, to rounding."""

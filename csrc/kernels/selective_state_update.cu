@@ -11,6 +11,7 @@ namespace ssm_tools_cuda {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int kDtRuns = 2;  // runs of four dt_rank inputs a team member loads per pass of dt's dot product
 
 // The team layout shared by both kernels: `team` consecutive threads (a power of two, at most a
 // warp) own one row; teams never straddle a warp, and a team is entirely in or out of range.
@@ -35,37 +36,76 @@ __global__ __launch_bounds__(kThreads) void selective_state_update_kernel(Select
   const int d = static_cast<int>(t.row % p.dim);
   const size_t b = t.row / p.dim;
   const size_t group = (b * p.n_groups + d / (p.dim / p.n_groups)) * p.dstate;
+  const T* B = static_cast<const T*>(p.B) + group;
+  const T* C = static_cast<const T*>(p.C) + group;
+  float* state = p.state + t.row * p.dstate;
+  const float* A = p.A + static_cast<size_t>(d) * p.dstate;
+  StateChunk first;
+  load_chunk(first, state, A, B, C, t.member * kStates, p.dstate, vectorized);
   const float x = to_float(static_cast<const T*>(p.x)[t.row]);
+  const float D_d = p.D ? p.D[d] : 0.f;
+  const float zv = p.z ? to_float(static_cast<const T*>(p.z)[t.row]) : 0.f;
   const float dt = step_size(to_float(static_cast<const T*>(p.dt)[t.row]), p.dt_bias ? p.dt_bias[d] : 0.f, p.dt_softplus);
-  const float y = update_row(p.state + t.row * p.dstate, p.A + static_cast<size_t>(d) * p.dstate, false,
-                             static_cast<const T*>(p.B) + group, static_cast<const T*>(p.C) + group, p.dstate, dt,
-                             dt * x, t.member, t.team, t.mask, vectorized);
-  if (t.member == 0)
-    finish_row(y, x, p.D, d, p.z ? static_cast<const T*>(p.z) + t.row : nullptr, static_cast<T*>(p.y) + t.row);
+  const float y = update_row(state, A, false, B, C, p.dstate, first, dt, dt * x, t.member, t.team, t.mask, vectorized);
+  if (t.member == 0) finish_row(y, x, p.D != nullptr, D_d, p.z != nullptr, zv, static_cast<T*>(p.y) + t.row);
 }
 
-// The Mamba block's decode step: the team first computes dt = dt_weight[d] . dt_low (dt_rank
-// products split over its members), then updates the row with B, C read in place from xdbl.
+// The Mamba block's decode step: the team computes dt = dt_weight[d] . dt_low (dt_rank products split
+// over its members), then updates the row with B, C read in place from xdbl. Every load that does not
+// depend on dt is issued first (the state's, A_log's, B's and C's, x, z, D, dt_bias), so the state's DRAM
+// round trip overlaps dt's loads and arithmetic instead of following them. With `dt_vectorized`
+// (dt_rank % 4 == 0, dt_weight 16-byte and xdbl's rows 4 * sizeof(T)-byte aligned) member m takes the
+// runs of four at 4 (m + k team), k < kDtRuns, per pass: one load each of dt_weight and dt_low per run,
+// all of a pass's loads issued before its FMAs (dt_rank 48 with a team of 4: two passes; three runs a
+// pass would make one, at 75 registers instead of 63).
 template <typename T>
 __global__ __launch_bounds__(kThreads) void mamba_state_update_kernel(MambaStateUpdateParams p, int team_log2,
-                                                                      bool vectorized) {
+                                                                      bool vectorized, bool dt_vectorized) {
   const Team t(team_log2);
   if (t.row >= static_cast<size_t>(p.batch) * p.dim) return;
   const int d = static_cast<int>(t.row % p.dim);
   const size_t b = t.row / p.dim;
   const T* xdbl = static_cast<const T*>(p.xdbl) + b * p.xdbl_stride;
+  const T* B = xdbl + p.dt_rank;
+  const T* C = B + p.dstate;
+  float* state = p.state + t.row * p.dstate;
+  const float* A_log = p.A_log + static_cast<size_t>(d) * p.dstate;
+  StateChunk first;
+  load_chunk(first, state, A_log, B, C, t.member * kStates, p.dstate, vectorized);
+  const float x = to_float(static_cast<const T*>(p.x)[t.row]);
+  const float bias = p.dt_bias[d];
+  const float D_d = p.D ? p.D[d] : 0.f;
+  const float zv = p.z ? to_float(static_cast<const T*>(p.z)[b * p.z_stride + d]) : 0.f;
   const float* w = p.dt_weight + static_cast<size_t>(d) * p.dt_rank;
   float raw = 0.f;
-  for (int r = t.member; r < p.dt_rank; r += t.team) raw = fmaf(w[r], to_float(xdbl[r]), raw);
+  if (dt_vectorized) {
+    for (int base = 0; base < p.dt_rank; base += kDtRuns * 4 * t.team) {
+      float wv[kDtRuns][4], uv[kDtRuns][4];
+#pragma unroll
+      for (int k = 0; k < kDtRuns; ++k) {
+        const int r0 = base + (t.member + k * t.team) * 4;
+        if (r0 < p.dt_rank) {
+          load4(w + r0, wv[k]);
+          load4(xdbl + r0, uv[k]);
+        } else {
+#pragma unroll
+          for (int j = 0; j < 4; ++j) wv[k][j] = uv[k][j] = 0.f;
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < kDtRuns; ++k)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) raw = fmaf(wv[k][j], uv[k][j], raw);
+    }
+  } else {
+#pragma unroll 4
+    for (int r = t.member; r < p.dt_rank; r += t.team) raw = fmaf(w[r], to_float(xdbl[r]), raw);
+  }
   for (int off = t.team / 2; off > 0; off /= 2) raw += __shfl_xor_sync(t.mask, raw, off);
-  const float x = to_float(static_cast<const T*>(p.x)[t.row]);
-  const float dt = step_size(raw, p.dt_bias[d], true);
-  const float y = update_row(p.state + t.row * p.dstate, p.A_log + static_cast<size_t>(d) * p.dstate, true,
-                             xdbl + p.dt_rank, xdbl + p.dt_rank + p.dstate, p.dstate, dt, dt * x, t.member, t.team,
-                             t.mask, vectorized);
-  if (t.member == 0)
-    finish_row(y, x, p.D, d, p.z ? static_cast<const T*>(p.z) + b * p.z_stride + d : nullptr,
-               static_cast<T*>(p.y) + t.row);
+  const float dt = step_size(raw, bias, true);
+  const float y = update_row(state, A_log, true, B, C, p.dstate, first, dt, dt * x, t.member, t.team, t.mask,
+                             vectorized);
+  if (t.member == 0) finish_row(y, x, p.D != nullptr, D_d, p.z != nullptr, zv, static_cast<T*>(p.y) + t.row);
 }
 
 unsigned blocks_for(int batch, int dim, int team_log2) {
@@ -73,15 +113,18 @@ unsigned blocks_for(int batch, int dim, int team_log2) {
   return static_cast<unsigned>((threads + kThreads - 1) / kThreads);
 }
 
+bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
 }  // namespace
 }  // namespace ssm_tools_cuda
 
 int selective_state_update_launch(const SelectiveStateUpdateParams& p, ScanInputType type, void* stream) {
   using namespace ssm_tools_cuda;
   const int team_log2 = team_log2_for(p.dstate);
-  const bool vectorized = p.dstate % kStates == 0 && reinterpret_cast<uintptr_t>(p.state) % 16 == 0 &&
-                          reinterpret_cast<uintptr_t>(p.A) % 16 == 0;
   return dispatch_input_type(type, [&](auto tag) {
+    constexpr size_t run = 4 * sizeof(tag);  // four B or C elements: one load
+    const bool vectorized = p.dstate % kStates == 0 && aligned(p.state, 16) && aligned(p.A, 16) &&
+                            aligned(p.B, run) && aligned(p.C, run);
     selective_state_update_kernel<decltype(tag)><<<blocks_for(p.batch, p.dim, team_log2), kThreads, 0,
                                                    static_cast<cudaStream_t>(stream)>>>(p, team_log2, vectorized);
     return static_cast<int>(cudaGetLastError());
@@ -91,11 +134,15 @@ int selective_state_update_launch(const SelectiveStateUpdateParams& p, ScanInput
 int mamba_state_update_launch(const MambaStateUpdateParams& p, ScanInputType type, void* stream) {
   using namespace ssm_tools_cuda;
   const int team_log2 = team_log2_for(p.dstate);
-  const bool vectorized = p.dstate % kStates == 0 && reinterpret_cast<uintptr_t>(p.state) % 16 == 0 &&
-                          reinterpret_cast<uintptr_t>(p.A_log) % 16 == 0;
   return dispatch_input_type(type, [&](auto tag) {
+    constexpr size_t run = 4 * sizeof(tag);  // four xdbl elements (dt_low, B or C): one load
+    // xdbl's runs of four start aligned: its rows, dt_rank (B's start) and dstate (C's start).
+    const bool xdbl_runs = aligned(p.xdbl, run) && p.xdbl_stride % 4 == 0 && p.dt_rank % 4 == 0;
+    const bool vectorized = p.dstate % kStates == 0 && aligned(p.state, 16) && aligned(p.A_log, 16) && xdbl_runs;
+    const bool dt_vectorized = xdbl_runs && aligned(p.dt_weight, 16);
     mamba_state_update_kernel<decltype(tag)><<<blocks_for(p.batch, p.dim, team_log2), kThreads, 0,
-                                               static_cast<cudaStream_t>(stream)>>>(p, team_log2, vectorized);
+                                               static_cast<cudaStream_t>(stream)>>>(p, team_log2, vectorized,
+                                                                                    dt_vectorized);
     return static_cast<int>(cudaGetLastError());
   });
 }
