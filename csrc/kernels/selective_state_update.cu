@@ -11,7 +11,9 @@ namespace ssm_tools_cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kDtRuns = 2;  // runs of four dt_rank inputs a team member loads per pass of dt's dot product
+// Runs of four dt_rank inputs a team member loads per pass of dt's dot product: in the general kernel
+// (two: three would take it from 63 to 75 registers) and in the lean one (dt_rank 48, a team of 4: one pass).
+constexpr int kDtRuns = 2, kDtRunsLean = 3;
 
 // The team layout shared by both kernels: `team` consecutive threads (a power of two, at most a
 // warp) own one row; teams never straddle a warp, and a team is entirely in or out of range.
@@ -27,6 +29,34 @@ struct Team {
     mask = (team == 32 ? kFullMask : ((1u << team) - 1u)) << (threadIdx.x % 32 & ~(team - 1));
   }
 };
+
+// This member's share of dt_weight[d] . dt_low over runs of four (dt_rank % 4 == 0, w 16-byte and
+// dt_low 4 * sizeof(T)-byte aligned): the runs at 4 (member + k team), k < kRuns, per pass, one load
+// each of w and dt_low per run, all of a pass's loads issued before its FMAs.
+template <int kRuns, typename T>
+__device__ __forceinline__ float dt_runs_dot(const float* w, const T* dt_low, int dt_rank, int member, int team) {
+  float raw = 0.f;
+#pragma unroll 1
+  for (int base = 0; base < dt_rank; base += kRuns * 4 * team) {
+    float wv[kRuns][4], uv[kRuns][4];
+#pragma unroll
+    for (int k = 0; k < kRuns; ++k) {
+      const int r0 = base + (member + k * team) * 4;
+      if (r0 < dt_rank) {
+        load4(w + r0, wv[k]);
+        load4(dt_low + r0, uv[k]);
+      } else {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) wv[k][j] = uv[k][j] = 0.f;
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < kRuns; ++k)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) raw = fmaf(wv[k][j], uv[k][j], raw);
+  }
+  return raw;
+}
 
 template <typename T>
 __global__ __launch_bounds__(kThreads) void selective_state_update_kernel(SelectiveStateUpdateParams p,
@@ -79,24 +109,7 @@ __global__ __launch_bounds__(kThreads) void mamba_state_update_kernel(MambaState
   const float* w = p.dt_weight + static_cast<size_t>(d) * p.dt_rank;
   float raw = 0.f;
   if (dt_vectorized) {
-    for (int base = 0; base < p.dt_rank; base += kDtRuns * 4 * t.team) {
-      float wv[kDtRuns][4], uv[kDtRuns][4];
-#pragma unroll
-      for (int k = 0; k < kDtRuns; ++k) {
-        const int r0 = base + (t.member + k * t.team) * 4;
-        if (r0 < p.dt_rank) {
-          load4(w + r0, wv[k]);
-          load4(xdbl + r0, uv[k]);
-        } else {
-#pragma unroll
-          for (int j = 0; j < 4; ++j) wv[k][j] = uv[k][j] = 0.f;
-        }
-      }
-#pragma unroll
-      for (int k = 0; k < kDtRuns; ++k)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) raw = fmaf(wv[k][j], uv[k][j], raw);
-    }
+    raw = dt_runs_dot<kDtRuns>(w, xdbl, p.dt_rank, t.member, t.team);
   } else {
 #pragma unroll 4
     for (int r = t.member; r < p.dt_rank; r += t.team) raw = fmaf(w[r], to_float(xdbl[r]), raw);
@@ -106,6 +119,55 @@ __global__ __launch_bounds__(kThreads) void mamba_state_update_kernel(MambaState
   const float y = update_row(state, A_log, true, B, C, p.dstate, first, dt, dt * x, t.member, t.team, t.mask,
                              vectorized);
   if (t.member == 0) finish_row(y, x, p.D != nullptr, D_d, p.z != nullptr, zv, static_cast<T*>(p.y) + t.row);
+}
+
+// The same step for the decode's common case in fewer instructions per state (a team of kTeam, one run
+// of kStates states per member: dstate % 4 == 0 and dstate <= 4 kTeam, the vectorized loads and the
+// dt runs, batch * dim < 2^31): 32-bit row indices, no loop over runs of states, and shuffles over the
+// full warp with constant offsets (rows past the end compute the last row and store nothing, so every
+// lane is there). Its arithmetic is the general kernel's vectorized path, in the same order.
+template <typename T, int kTeamLog2>
+__global__ __launch_bounds__(kThreads) void mamba_state_update_rows_kernel(MambaStateUpdateParams p) {
+  constexpr int kTeam = 1 << kTeamLog2;
+  const unsigned rows = static_cast<unsigned>(p.batch) * p.dim, dim = p.dim;
+  const int member = static_cast<int>(threadIdx.x) & (kTeam - 1);
+  const unsigned row_in = blockIdx.x * (kThreads / kTeam) + (threadIdx.x >> kTeamLog2);
+  const bool live = row_in < rows;
+  const unsigned row = live ? row_in : rows - 1;
+  const unsigned b = row / dim, d = row - b * dim;
+  const int n0 = member * kStates;
+  const bool has_states = n0 < p.dstate;  // members past dstate hold none (dstate 12: the fourth)
+  const T* xdbl = static_cast<const T*>(p.xdbl) + static_cast<size_t>(b) * p.xdbl_stride;
+  float* state = p.state + static_cast<size_t>(row) * p.dstate + n0;
+  StateChunk k;
+  if (has_states) {
+    const float4 s4 = *reinterpret_cast<const float4*>(state);
+    k.s[0] = s4.x, k.s[1] = s4.y, k.s[2] = s4.z, k.s[3] = s4.w;
+    load4(p.A_log + static_cast<size_t>(d) * p.dstate + n0, k.a);
+    load4(xdbl + p.dt_rank + n0, k.b);
+    load4(xdbl + p.dt_rank + p.dstate + n0, k.c);
+  }
+  const float x = to_float(static_cast<const T*>(p.x)[row]);
+  const float bias = p.dt_bias[d];
+  const float D_d = p.D ? p.D[d] : 0.f;
+  const float zv = p.z ? to_float(static_cast<const T*>(p.z)[static_cast<size_t>(b) * p.z_stride + d]) : 0.f;
+  float raw = dt_runs_dot<kDtRunsLean>(p.dt_weight + static_cast<size_t>(d) * p.dt_rank, xdbl, p.dt_rank, member, kTeam);
+#pragma unroll
+  for (int off = kTeam / 2; off > 0; off /= 2) raw += __shfl_xor_sync(kFullMask, raw, off);
+  const float dt = step_size(raw, bias, true), dtx = dt * x;
+  float y = 0.f;
+  if (has_states) {
+#pragma unroll
+    for (int j = 0; j < kStates; ++j) {
+      const float a_j = -expf(k.a[j]);
+      k.s[j] = fmaf(exp2f(dt * a_j * kLog2e), k.s[j], dtx * k.b[j]);
+      y = fmaf(k.c[j], k.s[j], y);
+    }
+    if (live) *reinterpret_cast<float4*>(state) = make_float4(k.s[0], k.s[1], k.s[2], k.s[3]);
+  }
+#pragma unroll
+  for (int off = kTeam / 2; off > 0; off /= 2) y += __shfl_xor_sync(kFullMask, y, off);
+  if (live && member == 0) finish_row(y, x, p.D != nullptr, D_d, p.z != nullptr, zv, static_cast<T*>(p.y) + row);
 }
 
 unsigned blocks_for(int batch, int dim, int team_log2) {
@@ -125,8 +187,9 @@ int selective_state_update_launch(const SelectiveStateUpdateParams& p, ScanInput
     constexpr size_t run = 4 * sizeof(tag);  // four B or C elements: one load
     const bool vectorized = p.dstate % kStates == 0 && aligned(p.state, 16) && aligned(p.A, 16) &&
                             aligned(p.B, run) && aligned(p.C, run);
-    selective_state_update_kernel<decltype(tag)><<<blocks_for(p.batch, p.dim, team_log2), kThreads, 0,
-                                                   static_cast<cudaStream_t>(stream)>>>(p, team_log2, vectorized);
+    const unsigned blocks = blocks_for(p.batch, p.dim, team_log2);
+    const auto cuda_stream = static_cast<cudaStream_t>(stream);
+    selective_state_update_kernel<decltype(tag)><<<blocks, kThreads, 0, cuda_stream>>>(p, team_log2, vectorized);
     return static_cast<int>(cudaGetLastError());
   });
 }
@@ -140,9 +203,16 @@ int mamba_state_update_launch(const MambaStateUpdateParams& p, ScanInputType typ
     const bool xdbl_runs = aligned(p.xdbl, run) && p.xdbl_stride % 4 == 0 && p.dt_rank % 4 == 0;
     const bool vectorized = p.dstate % kStates == 0 && aligned(p.state, 16) && aligned(p.A_log, 16) && xdbl_runs;
     const bool dt_vectorized = xdbl_runs && aligned(p.dt_weight, 16);
-    mamba_state_update_kernel<decltype(tag)><<<blocks_for(p.batch, p.dim, team_log2), kThreads, 0,
-                                               static_cast<cudaStream_t>(stream)>>>(p, team_log2, vectorized,
-                                                                                    dt_vectorized);
+    const unsigned blocks = blocks_for(p.batch, p.dim, team_log2);
+    const auto cuda_stream = static_cast<cudaStream_t>(stream);
+    using T = decltype(tag);
+    // team_log2_for makes dstate <= 4 team; teams of 2 to 8 (dstate 8, 12, 16, 32, ...) take the lean kernel.
+    const bool rows_kernel = vectorized && dt_vectorized && team_log2 >= 1 && team_log2 <= 3 &&
+                             static_cast<int64_t>(p.batch) * p.dim < (int64_t{1} << 31);
+    if (rows_kernel && team_log2 == 1) mamba_state_update_rows_kernel<T, 1><<<blocks, kThreads, 0, cuda_stream>>>(p);
+    else if (rows_kernel && team_log2 == 2) mamba_state_update_rows_kernel<T, 2><<<blocks, kThreads, 0, cuda_stream>>>(p);
+    else if (rows_kernel) mamba_state_update_rows_kernel<T, 3><<<blocks, kThreads, 0, cuda_stream>>>(p);
+    else mamba_state_update_kernel<T><<<blocks, kThreads, 0, cuda_stream>>>(p, team_log2, vectorized, dt_vectorized);
     return static_cast<int>(cudaGetLastError());
   });
 }
