@@ -19,7 +19,10 @@ Measures, with CUDA events (warm-up, median of repeats):
     whole into rows of 2048 positions with seq_idx; forward+backward time and real tokens per second;
   - decode step latency (selective_state_update) at batch 1/64/1024/8192, dim 2048, dstate 16: one
     eager call from Python (host overhead included) and the kernel alone (replayed CUDA graph),
-    with its bandwidth (state read and written once).
+    with its bandwidth (state read and written once);
+  - the Mamba block's state update (mamba_state_update) alone at the 24 x 768 Mamba's decode shape
+    (batch 1/100/1000, dim 1536, dstate 16, dt_rank 48, bf16), replayed in a CUDA graph, against its
+    memory floor (bytes / copy rate). --decode-only runs the decode entries alone (under a minute).
 Writes JSON (with the exact command) to --out.
 """
 import argparse
@@ -236,16 +239,61 @@ def bench_decode(batch, copy_rate, reps):
                 reference_step_us=ref_ms * 1e3, speedup_vs_reference=ref_ms / ms)
 
 
+def bench_mamba_decode(batch, copy_rate, reps, dim=1536, dstate=16, dt_rank=48):
+    """The Mamba block's state update alone (ops.mamba_state_update: dt_proj + softplus, the state step, D
+    and the z gate) at the 24 x 768 Mamba's decode shape, bf16, xdbl and z laid out as the model's step
+    has them (x_proj's contiguous output; z a strided half of in_proj's), replayed in a CUDA graph."""
+    dev, dtype = "cuda", torch.bfloat16
+    state = torch.randn(batch, dim, dstate, device=dev)
+    x = torch.randn(batch, dim, device=dev).to(dtype)
+    xdbl = torch.randn(batch, dt_rank + 2 * dstate, device=dev).to(dtype)
+    z = torch.randn(batch, 2 * dim, device=dev).to(dtype)[:, dim:]
+    dt_w = torch.randn(dim, dt_rank, device=dev) * dt_rank ** -0.5
+    dt_b, A_log, D = torch.randn(dim, device=dev) - 2, torch.randn(dim, dstate, device=dev) * 0.5, torch.randn(dim, device=dev)
+    step = lambda: OPS.mamba_state_update(state, x, xdbl, z, dt_w, dt_b, A_log, D)  # noqa: E731
+    graph, steps = torch.cuda.CUDAGraph(), 20
+    step()
+    torch.cuda.synchronize()
+    with torch.cuda.graph(graph):
+        for _ in range(steps):
+            step()
+    graph_ms = time_ms(graph.replay, 3, max(5, reps // 10)) / steps
+    # The state read and written; x, z read, y written; xdbl, dt_weight, dt_bias, A_log, D read once.
+    nbytes = 2 * state.numel() * 4 + 3 * x.numel() * 2 + sum(t.numel() * t.element_size() for t in (xdbl, dt_w, dt_b, A_log, D))
+    return dict(batch=batch, dim=dim, dstate=dstate, dt_rank=dt_rank, dtype="bfloat16", state_dtype="float32",
+                graph_step_us=graph_ms * 1e3, bytes=nbytes, floor_us=nbytes / copy_rate * 1e6,
+                graph_bandwidth_GBps=nbytes / (graph_ms * 1e-3) / 1e9,
+                graph_fraction_of_copy_rate=nbytes / (graph_ms * 1e-3) / copy_rate)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="results/bench_selective_scan_cuda.json")
     parser.add_argument("--reps", type=int, default=20, help="timed repeats of each kernel")
     parser.add_argument("--ref-reps", type=int, default=2, help="timed repeats of the (slow) reference")
     parser.add_argument("--seqlens", type=int, nargs="+", default=[2048, 8192, 16384])
+    parser.add_argument("--decode-only", action="store_true",
+                        help="only the copy rate and the decode entries (decode, mamba_decode)")
     args = parser.parse_args()
     torch.manual_seed(0)
     props = torch.cuda.get_device_properties(0)
     copy_rate = copy_rate_bytes_per_s(args.reps)
+    mamba_decodes = []
+    for batch in (1, 100, 1000):
+        row = bench_mamba_decode(batch, copy_rate, args.reps * 10)
+        print(json.dumps(row), flush=True)
+        mamba_decodes.append(row)
+    if args.decode_only:
+        decodes = [bench_decode(batch, copy_rate, args.reps * 10) for batch in (1, 64, 1024, 8192)]
+        result = dict(command=" ".join(shlex.quote(a) for a in [sys.executable] + sys.argv), device=props.name,
+                      torch=torch.__version__, copy_rate_GBps=copy_rate / 1e9, decode=decodes,
+                      mamba_decode=mamba_decodes)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        for r in decodes + mamba_decodes:
+            print(json.dumps(r))
+        print(f"wrote {args.out}")
+        return
     mamba = mamba_ssm_baseline.load()
     print(f"mamba_ssm kernel: {mamba_ssm_baseline.version() if mamba else 'not available (set MAMBA_SSM_SRC)'}")
     print(f"{props.name}: device-to-device copy {copy_rate / 1e9:.0f} GB/s (read + write)", flush=True)
@@ -275,7 +323,8 @@ def main():
                "materialises several (8, 2048, seqlen, 16) float32 tensors and is too slow to repeat; its ratio "
                "compares both at batch 1. mamba_ssm_*: mamba_ssm's selective_scan_cuda (version in "
                "mamba_ssm) built from its PyPI sources for the same GPU, timed on the same inputs."),
-        scan=scans, long_rows=long_rows, train_shape=train_shape, packed=packed, decode=decodes)
+        scan=scans, long_rows=long_rows, train_shape=train_shape, packed=packed, decode=decodes,
+        mamba_decode=mamba_decodes)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"\n{'dtype':9} {'seqlen':>6} {'fwd ms':>8} {'fwd+bwd ms':>10} {'GB/s':>7} {'of copy':>7} {'x ref':>7} "

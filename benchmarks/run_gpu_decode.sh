@@ -8,7 +8,9 @@
 # (SSM_TOOLS_PROGRAMMATIC_LAUNCH=0: what programmatic dependent launch gains), then compute-sanitizer
 # memcheck and racecheck on tests/cuda_sanitize_mamba_block.py where the machine has
 # compute-sanitizer. $OUT (default results/gpu/) receives bench_decode.json,
-# bench_decode_plain_launch.json, log_decode.txt and logs_decode.tar.gz (the sanitizer logs): four files.
+# bench_decode_plain_launch.json, bench_state_update.json (the state update kernels alone:
+# bench_selective_scan_cuda.py --decode-only), log_decode.txt and logs_decode.tar.gz (the sanitizer
+# logs): five files.
 set -o pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/gpu_step.sh
@@ -24,6 +26,8 @@ logs=$(mktemp -d)
     -k "graphed or final_add or rollout or pinned or transformer_decodes or programmatic"
   # The benchmark before the slower checks: the numbers come back even if those run past the call's limit.
   step decode 180 python3 benchmarks/bench_decode.py --out "$OUT/bench_decode.json"
+  step state-update-kernel 90 python3 benchmarks/bench_selective_scan_cuda.py --decode-only \
+    --out "$OUT/bench_state_update.json"
   step decode-plain-launch 180 env SSM_TOOLS_PROGRAMMATIC_LAUNCH=0 python3 benchmarks/bench_decode.py \
     --profile-batch 0 --out "$OUT/bench_decode_plain_launch.json"
   step tests-decode 40 python3 -m pytest -q -rf -p no:cacheprovider tests/test_cuda.py -k decode
