@@ -210,6 +210,18 @@ def bench_packed(reps, n_seqs=128, dim=1536, max_len=215, row_len=2048):
     return result
 
 
+def graph_step_ms(step, reps):
+    """Milliseconds of one step() alone: 20 steps captured in a CUDA graph and replayed, as a decode
+    loop would run them."""
+    graph, steps = torch.cuda.CUDAGraph(), 20
+    step()
+    torch.cuda.synchronize()
+    with torch.cuda.graph(graph):
+        for _ in range(steps):
+            step()
+    return time_ms(graph.replay, 3, max(5, reps // 10)) / steps
+
+
 def bench_decode(batch, copy_rate, reps):
     dev = "cuda"
     dtype = torch.bfloat16
@@ -220,14 +232,7 @@ def bench_decode(batch, copy_rate, reps):
     D, dt_bias = torch.randn(DIM, device=dev), torch.randn(DIM, device=dev) * 0.3
     step = lambda: OPS.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, True)  # noqa: E731
     ms = time_ms(step, 5, reps)  # one eager call from Python: host overhead included
-    # The kernel alone: steps captured in a CUDA graph and replayed, as a decode loop would.
-    graph, steps = torch.cuda.CUDAGraph(), 20
-    step()
-    torch.cuda.synchronize()
-    with torch.cuda.graph(graph):
-        for _ in range(steps):
-            step()
-    graph_ms = time_ms(graph.replay, 3, max(5, reps // 10)) / steps
+    graph_ms = graph_step_ms(step, reps)
     ref_state = state.clone()
     ref_ms = time_ms(lambda: selective_state_update_ref(ref_state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias,
                                                         dt_softplus=True), 3, max(5, reps // 4))
@@ -249,17 +254,13 @@ def bench_mamba_decode(batch, copy_rate, reps, dim=1536, dstate=16, dt_rank=48):
     xdbl = torch.randn(batch, dt_rank + 2 * dstate, device=dev).to(dtype)
     z = torch.randn(batch, 2 * dim, device=dev).to(dtype)[:, dim:]
     dt_w = torch.randn(dim, dt_rank, device=dev) * dt_rank ** -0.5
-    dt_b, A_log, D = torch.randn(dim, device=dev) - 2, torch.randn(dim, dstate, device=dev) * 0.5, torch.randn(dim, device=dev)
+    dt_b, D = torch.randn(dim, device=dev) - 2, torch.randn(dim, device=dev)
+    A_log = torch.randn(dim, dstate, device=dev) * 0.5
     step = lambda: OPS.mamba_state_update(state, x, xdbl, z, dt_w, dt_b, A_log, D)  # noqa: E731
-    graph, steps = torch.cuda.CUDAGraph(), 20
-    step()
-    torch.cuda.synchronize()
-    with torch.cuda.graph(graph):
-        for _ in range(steps):
-            step()
-    graph_ms = time_ms(graph.replay, 3, max(5, reps // 10)) / steps
+    graph_ms = graph_step_ms(step, reps)
     # The state read and written; x, z read, y written; xdbl, dt_weight, dt_bias, A_log, D read once.
-    nbytes = 2 * state.numel() * 4 + 3 * x.numel() * 2 + sum(t.numel() * t.element_size() for t in (xdbl, dt_w, dt_b, A_log, D))
+    nbytes = 2 * state.numel() * 4 + 3 * x.numel() * 2 + sum(t.numel() * t.element_size()
+                                                              for t in (xdbl, dt_w, dt_b, A_log, D))
     return dict(batch=batch, dim=dim, dstate=dstate, dt_rank=dt_rank, dtype="bfloat16", state_dtype="float32",
                 graph_step_us=graph_ms * 1e3, bytes=nbytes, floor_us=nbytes / copy_rate * 1e6,
                 graph_bandwidth_GBps=nbytes / (graph_ms * 1e-3) / 1e9,

@@ -3,7 +3,8 @@
 // x_proj's output and A as A_log. A team of `team` consecutive threads (a power of two, at most a warp) owns one
 // (batch, dim) row; each thread updates kStates consecutive states at a time (one 128-bit load and
 // store of the state when rows are 16-byte aligned), so a warp streams whole rows of the state; the
-// team then sums y with shuffles. The step is memory-bound: the state is read and written once.
+// team then sums y with shuffles. The state is read and written once; every load that does not depend
+// on dt is issued before dt is computed.
 #include "kernels/decode_rows.cuh"
 #include "kernels/mamba_block_params.h"
 
@@ -84,10 +85,8 @@ __global__ __launch_bounds__(kThreads) void selective_state_update_kernel(Select
 // over its members), then updates the row with B, C read in place from xdbl. Every load that does not
 // depend on dt is issued first (the state's, A_log's, B's and C's, x, z, D, dt_bias), so the state's DRAM
 // round trip overlaps dt's loads and arithmetic instead of following them. With `dt_vectorized`
-// (dt_rank % 4 == 0, dt_weight 16-byte and xdbl's rows 4 * sizeof(T)-byte aligned) member m takes the
-// runs of four at 4 (m + k team), k < kDtRuns, per pass: one load each of dt_weight and dt_low per run,
-// all of a pass's loads issued before its FMAs (dt_rank 48 with a team of 4: two passes; three runs a
-// pass would make one, at 75 registers instead of 63).
+// (dt_rank % 4 == 0, dt_weight 16-byte and xdbl's rows 4 * sizeof(T)-byte aligned) the dot product goes
+// over runs of four (dt_runs_dot), else over single inputs.
 template <typename T>
 __global__ __launch_bounds__(kThreads) void mamba_state_update_kernel(MambaStateUpdateParams p, int team_log2,
                                                                       bool vectorized, bool dt_vectorized) {
@@ -151,7 +150,8 @@ __global__ __launch_bounds__(kThreads) void mamba_state_update_rows_kernel(Mamba
   const float bias = p.dt_bias[d];
   const float D_d = p.D ? p.D[d] : 0.f;
   const float zv = p.z ? to_float(static_cast<const T*>(p.z)[static_cast<size_t>(b) * p.z_stride + d]) : 0.f;
-  float raw = dt_runs_dot<kDtRunsLean>(p.dt_weight + static_cast<size_t>(d) * p.dt_rank, xdbl, p.dt_rank, member, kTeam);
+  const float* w = p.dt_weight + static_cast<size_t>(d) * p.dt_rank;
+  float raw = dt_runs_dot<kDtRunsLean>(w, xdbl, p.dt_rank, member, kTeam);
 #pragma unroll
   for (int off = kTeam / 2; off > 0; off /= 2) raw += __shfl_xor_sync(kFullMask, raw, off);
   const float dt = step_size(raw, bias, true), dtx = dt * x;
@@ -209,10 +209,14 @@ int mamba_state_update_launch(const MambaStateUpdateParams& p, ScanInputType typ
     // team_log2_for makes dstate <= 4 team; teams of 2 to 8 (dstate 8, 12, 16, 32, ...) take the lean kernel.
     const bool rows_kernel = vectorized && dt_vectorized && team_log2 >= 1 && team_log2 <= 3 &&
                              static_cast<int64_t>(p.batch) * p.dim < (int64_t{1} << 31);
-    if (rows_kernel && team_log2 == 1) mamba_state_update_rows_kernel<T, 1><<<blocks, kThreads, 0, cuda_stream>>>(p);
-    else if (rows_kernel && team_log2 == 2) mamba_state_update_rows_kernel<T, 2><<<blocks, kThreads, 0, cuda_stream>>>(p);
-    else if (rows_kernel) mamba_state_update_rows_kernel<T, 3><<<blocks, kThreads, 0, cuda_stream>>>(p);
-    else mamba_state_update_kernel<T><<<blocks, kThreads, 0, cuda_stream>>>(p, team_log2, vectorized, dt_vectorized);
+    if (rows_kernel && team_log2 == 1)
+      mamba_state_update_rows_kernel<T, 1><<<blocks, kThreads, 0, cuda_stream>>>(p);
+    else if (rows_kernel && team_log2 == 2)
+      mamba_state_update_rows_kernel<T, 2><<<blocks, kThreads, 0, cuda_stream>>>(p);
+    else if (rows_kernel)
+      mamba_state_update_rows_kernel<T, 3><<<blocks, kThreads, 0, cuda_stream>>>(p);
+    else
+      mamba_state_update_kernel<T><<<blocks, kThreads, 0, cuda_stream>>>(p, team_log2, vectorized, dt_vectorized);
     return static_cast<int>(cudaGetLastError());
   });
 }

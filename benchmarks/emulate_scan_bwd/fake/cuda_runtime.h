@@ -140,6 +140,10 @@ void emu_launch(K kernel, dim3 grid, int threads, size_t smem, Args... args) {
           threadIdx = {unsigned(t), 0, 0};
           blockIdx = {bx, by, bz};
           kernel(args...);
+          // An exited thread no longer takes part in its warp's or block's barriers, as on the GPU
+          // (the decode kernels return early for rows past the end; their teammates still shuffle).
+          emu_warp_barrier[t / 32]->arrive_and_drop();
+          emu_block_barrier->arrive_and_drop();
         });
       for (std::thread& t : team) t.join();
     }
