@@ -402,7 +402,7 @@ def test_graphed_train_step_replays_the_batch_copied_in():
     for tokens, mask, seq_idx in batches:
         with torch.no_grad():
             want.append(masked_loss(model, tokens.cuda(), mask.cuda(), seq_idx=seq_idx.cuda()).item())
-    assert abs(want[0] - want[1]) > 1e-3 * abs(want[0])
+    assert abs(want[0] - want[1]) > 1e-4 * abs(want[0])  # far above the tolerance below
     for i in (0, 1, 0, 1):
         tokens, mask, seq_idx = batches[i]
         on_gpu = i == 0
