@@ -72,3 +72,33 @@ def test_device_masked_loss_equals_masked_loss(packed):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-14)
     nothing = device_masked_loss(model, tokens, torch.zeros_like(mask), seq_idx)
     assert nothing.item() == 0.0
+
+
+@pytest.mark.parametrize("fold, packed, autocast", [(1, False, False), (4, False, True), (4, True, False), (1, True, True)])
+def test_captured_loss_and_backward_read_nothing_back_to_the_host(fold, packed, autocast):
+    """What the graph captures of the model (forward_unchecked, device_masked_loss, backward) on fake
+    tensors, which raise at any host read of a value or shape taken from the data (as a capture
+    would): rows unfolded and folded (the conv's split weights), plain and packed, float32 and bf16
+    autocast (the layers' norm backward through ops.rms_norm_bwd). masked_loss, which reads the
+    tokens' range and the mask's count, raises there."""
+    from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
+    torch.manual_seed(0)
+    model = build_model("mamba", **TINY)
+    model.fold_rows = fold
+    mode, fakes = FakeTensorMode(), {}
+    for module in model.modules():  # each parameter made fake once (the head's weight is the embedding's)
+        for name, p in module._parameters.items():
+            if p is None:
+                continue
+            if id(p) not in fakes:
+                fakes[id(p)] = torch.nn.Parameter(mode.from_tensor(p.detach()))
+            module._parameters[name] = fakes[id(p)]
+    with mode:
+        tokens, mask = torch.randint(0, 128, (8, 41)), torch.rand(8, 41) < 0.7
+        seq_idx = torch.zeros(8, 41, dtype=torch.int32) if packed else None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast, cache_enabled=False):
+            loss = device_masked_loss(model, tokens, mask, seq_idx)
+        loss.backward()
+        assert all(p.grad is not None for p in model.parameters())
+        with pytest.raises(DataDependentOutputException):
+            masked_loss(model, tokens, mask, seq_idx=seq_idx)
