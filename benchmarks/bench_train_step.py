@@ -121,7 +121,8 @@ def measure(model, batches, warmup, device):
 
 def measure_graphed(model, batches, warmup, device):
     """`measure` for our step captured as a CUDA graph (GraphedTrainStep, fused capturable AdamW at the
-    same lr; each batch checked on the host, as the eager step checks its tokens): median step time
+    same lr; each batch's values checked, read back from the GPU as the eager step reads its tokens'
+    range and its mask's count): median step time
     (ms), peak memory (GB, warm-up and capture included), all step times, the GPU time of each timed
     step (ms, from the batch's copy to the replay's end), the seconds the warm-up and capture took, and
     every step's loss."""
@@ -140,7 +141,7 @@ def measure_graphed(model, batches, warmup, device):
     for i, batch in enumerate(batches):
         t0 = time.perf_counter()
         start.record()
-        loss = graphed.step(*batch)
+        loss = graphed.step(*batch, check=True)
         end.record()
         torch.cuda.synchronize()
         if i >= warmup:

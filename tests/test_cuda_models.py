@@ -408,4 +408,11 @@ def test_graphed_train_step_replays_the_batch_copied_in():
         on_gpu = i == 0
         got = step.step(*(t.cuda() if on_gpu else t for t in (tokens, mask, seq_idx))).item()
         assert got == pytest.approx(want[i], rel=1e-5), i
+    # Token ids out of range are refused before they go in: on the CPU by default, on the GPU when asked.
+    bad = batches[0][0].clone()
+    bad[3, 7] = VOCAB_SIZE
+    for tokens, check in ((bad, None), (bad.cuda(), True)):
+        with pytest.raises(ValueError, match="tokens must hold ids"):
+            step.step(tokens, batches[0][1], batches[0][2], check=check)
+    assert step.step(*(t.cuda() for t in batches[1])).item() == pytest.approx(want[1], rel=1e-5)
     step.close()

@@ -154,11 +154,17 @@ class GraphedTrainStep:
                     v.zero_()
 
     def step(self, tokens: torch.Tensor, mask: torch.Tensor, seq_idx: torch.Tensor | None = None,
-             check: bool = True) -> torch.Tensor:
-        """One training step on this batch (`check_batch`; check=False skips its host reads of the
-        values, for batches the caller checked): copies it into the static buffers and replays the
-        graph. Returns the batch's loss as a device tensor of its own (no synchronization). Batches
-        on the GPU (or in pinned memory) keep the call asynchronous."""
+             check: bool | None = None) -> torch.Tensor:
+        """One training step on this batch: checks it (`check_batch`), copies it into the static
+        buffers and replays the graph. Returns the batch's loss as a device tensor of its own. Shapes
+        and dtypes are always checked; the values (token ids in range, something to learn) where
+        that reads nothing back from the GPU (check None: a batch on the CPU), always (True: a
+        synchronization for a batch on the GPU) or never (False: the caller checked them). A token id
+        out of range inside the graph would be a device-side assert, which ends the CUDA context.
+        Without that synchronization (and with the batch on the GPU or in pinned memory) the call
+        returns without waiting for the GPU."""
+        if check is None:
+            check = all(not isinstance(t, torch.Tensor) or t.device.type == "cpu" for t in (tokens, mask))
         check_batch(tokens, mask, seq_idx, self.shape, self.packed, self.model.vocab_size, values=check)
         main = torch.cuda.current_stream(self.device)
         self.tokens.copy_(tokens, non_blocking=True)
