@@ -61,7 +61,8 @@ class GraphedTrainStep:
     optimizer: torch.optim.Adam or AdamW over every trainable parameter, capturable=True (fused=True
     for speed). autocast_dtype: the forward's autocast dtype (None: the parameters' dtype).
     grad_clip: clip the gradients' total norm to this (as the Trainer does), or None.
-    After `close()` (or once it is no longer referenced) the graph's memory goes back."""
+    The parameters' .grad tensors live in the graph's memory and every replay writes them afresh:
+    there is no zero_grad between steps. `close()` gives the graph and its memory back."""
 
     def __init__(self, model, optimizer, batch_size: int, width: int, *, packed: bool = False,
                  grad_clip: float | None = None, autocast_dtype: torch.dtype | None = torch.bfloat16,
