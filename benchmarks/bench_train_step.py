@@ -7,6 +7,11 @@ CPU meanwhile) and the ratios speedup_step_vs_mamba_ssm / memory_ratio_vs_mamba_
 Our model folds short rows into packed rows on CUDA (`Mamba.fold_rows`, models/mamba.py): where it
 does at a length (ssm_tools_fold_factor > 1), our step is timed a second time with folding off, in the
 same process on the same batches (ssm_tools_unfolded_*, speedup_folded_vs_unfolded).
+With --cuda-graph, our step is also timed captured as one CUDA graph (ssm_tools.graphed_step:
+forward, loss, backward and the fused capturable AdamW replayed per batch), in the same process on the
+same batches, folded as the default step (ssm_tools_graphed_*, speedup_graphed_vs_eager, and
+speedup_graphed_vs_mamba_ssm beside mamba_ssm); ssm_tools_graphed_device_ms is the GPU time from the
+batch's copy to the replay's end (CUDA events), ssm_tools_graphed_build_s the warm-up and capture.
 Optionally a profiler table of our step at the first length (--profile FILE; FILE with the suffix
 .unfolded.txt: the same step unfolded) and of our packed step on the first task's batch (suffix
 .packed.txt).
@@ -18,7 +23,7 @@ packed rows (the Trainer's `pack_batch`, seq_idx), ours padded to the longest ep
 speedup_packed_vs_mamba_ssm, speedup_packed_vs_padded, speedup_padded_vs_mamba_ssm.
 
     python3 benchmarks/bench_train_step.py [--seqlens 216 640] [--tasks addition multiplication_nx2]
-        [--out results/bench_train_step.json]
+        [--cuda-graph] [--out results/bench_train_step.json]
 
 A CPU dry run of the same code (tiny model, no mamba_ssm; --fold-rows 2 forces the folded/unfolded pair):
     python benchmarks/bench_train_step.py --device cpu --scale tiny --batch 4 --seqlens 16 --task-batch 16 \
@@ -112,6 +117,43 @@ def measure(model, batches, warmup, device):
     if cuda:
         torch.cuda.empty_cache()
     return statistics.median(times), peak, times
+
+
+def measure_graphed(model, batches, warmup, device):
+    """`measure` for our step captured as a CUDA graph (GraphedTrainStep, fused capturable AdamW at the
+    same lr; each batch's values checked, read back from the GPU as the eager step reads its tokens'
+    range and its mask's count): median step time
+    (ms), peak memory (GB, warm-up and capture included), all step times, the GPU time of each timed
+    step (ms, from the batch's copy to the replay's end), the seconds the warm-up and capture took, and
+    every step's loss."""
+    from ssm_tools.graphed_step import GraphedTrainStep
+    model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True, capturable=True)
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    graphed = GraphedTrainStep(model, opt, *batches[0][0].shape, packed=len(batches[0]) > 2)
+    torch.cuda.synchronize()
+    build_s = time.perf_counter() - t0
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times, device_times, losses = [], [], []
+    for i, batch in enumerate(batches):
+        t0 = time.perf_counter()
+        start.record()
+        loss = graphed.step(*batch, check=True)
+        end.record()
+        torch.cuda.synchronize()
+        if i >= warmup:
+            times.append((time.perf_counter() - t0) * 1e3)
+            device_times.append(start.elapsed_time(end))
+        losses.append(loss.item())
+    peak = torch.cuda.max_memory_allocated() / 1e9
+    graphed.close()
+    del graphed, opt
+    model.cpu()
+    torch.cuda.empty_cache()
+    return statistics.median(times), peak, times, device_times, build_s, losses
 
 
 def peak_text(peak):
@@ -212,9 +254,13 @@ def main():
                                       "first task, suffix .packed.txt)")
     ap.add_argument("--fold-rows", type=int, help="fold our rows this many at a time (default: the model's rule, "
                                                   "CUDA only); 1: never")
+    ap.add_argument("--cuda-graph", action="store_true",
+                    help="also time our step captured as one CUDA graph (CUDA only; fixed-length batches)")
     ap.add_argument("--out", default="results/bench_train_step.json")
     args = ap.parse_args()
     device = torch.device(args.device)
+    if args.cuda_graph and device.type != "cuda":
+        ap.error("--cuda-graph needs --device cuda")
     torch.manual_seed(0)
     ours = build_model("mamba", **dict(preset("mamba", args.scale), vocab_size=V.VOCAB_SIZE)).to(device)
     fold_rows = True if args.fold_rows is None else args.fold_rows
@@ -227,6 +273,7 @@ def main():
               "device": str(device), "batch": args.batch,
               "autocast": "bfloat16" if device.type == "cuda" else None,
               "optimizer": f"AdamW(fused={device.type == 'cuda'})", "fold_rows": fold_rows,
+              **({"graphed_optimizer": "AdamW(fused=True, capturable=True)"} if args.cuda_graph else {}),
               "mamba_ssm_version": mamba_ssm_baseline.version() if theirs is not None else None,
               "parameters": {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()},
               "per_seqlen": []}
@@ -253,6 +300,21 @@ def main():
             row[f"{name}_step_ms_all"] = times
             print(f"seqlen {seqlen} {name:>18}: {ms:7.1f} ms/step{peak_text(peak)}", flush=True)
         ours.fold_rows = fold_rows
+        if args.cuda_graph:
+            for other in models.values():
+                other.cpu()
+            ms, peak, times, device_times, build_s, losses = measure_graphed(ours, batches, args.warmup, device)
+            row.update({"ssm_tools_graphed_step_ms": ms, "ssm_tools_graphed_peak_memory_GB": peak,
+                        "ssm_tools_graphed_tokens_per_s": args.batch * seqlen / ms * 1e3,
+                        "ssm_tools_graphed_step_ms_all": times, "ssm_tools_graphed_device_ms_all": device_times,
+                        "ssm_tools_graphed_device_ms": statistics.median(device_times),
+                        "ssm_tools_graphed_build_s": build_s, "ssm_tools_graphed_losses": losses,
+                        "speedup_graphed_vs_eager": row["ssm_tools_step_ms"] / ms})
+            print(f"seqlen {seqlen} {'ssm_tools_graphed':>18}: {ms:7.1f} ms/step{peak_text(peak)} (GPU "
+                  f"{row['ssm_tools_graphed_device_ms']:.1f} ms; warm-up + capture {build_s:.1f} s), "
+                  f"x{row['speedup_graphed_vs_eager']:.3f} against eager", flush=True)
+            if theirs is not None:
+                row["speedup_graphed_vs_mamba_ssm"] = row["mamba_ssm_step_ms"] / ms
         if fold > 1:
             row["speedup_folded_vs_unfolded"] = row["ssm_tools_unfolded_step_ms"] / row["ssm_tools_step_ms"]
             print(f"seqlen {seqlen}: rows folded {fold} at a time, x{row['speedup_folded_vs_unfolded']:.3f} "

@@ -306,3 +306,113 @@ def test_autocast_training_gradients_as_close_to_float64_as_with_torch_norm_back
         errors[fused] = [((g.double().cpu() - w).norm() / w.norm()).item() for g, w in zip(got, want)]
     for (name, _), new, old in zip(model.named_parameters(), errors[True], errors[False]):
         assert new <= 1.5 * old + 5e-3, (name, new, old)
+
+
+def _graphed_and_eager_steps(fold, packed, lrs, autocast_dtype=None, seed=3):
+    """len(lrs) training steps of two copies of the tiny Mamba on the same 16 x 217 batches (random
+    masks; packed: random sequence starts): the eager step (masked_loss, gradient clipping at 1, fused
+    AdamW with a float lr set before each step) and GraphedTrainStep's (fused capturable AdamW, its lr
+    a tensor filled before each step). Returns (eager losses, graphed losses, the parameters before,
+    the eager model's, the graphed model's) after checking that building the graphed step left the
+    parameters as they were."""
+    import copy
+
+    from conftest import packed_seq_idx
+    from ssm_tools.graphed_step import GraphedTrainStep
+    from ssm_tools.train import masked_loss
+    eager = tiny("mamba").train()
+    eager.fold_rows = fold
+    graphed = copy.deepcopy(eager)
+    start = [p.detach().clone() for p in eager.parameters()]
+    gen = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in lrs:
+        tokens, mask = torch.randint(0, VOCAB_SIZE, (16, 217), generator=gen), torch.rand(16, 217, generator=gen) < 0.7
+        seq_idx = packed_seq_idx(gen, 217, [3] * 16).cuda() if packed else None
+        batches.append((tokens.cuda(), mask.cuda(), seq_idx))
+    opt_eager = torch.optim.AdamW(eager.parameters(), lr=lrs[0], fused=True)
+    lr = torch.tensor(lrs[0], dtype=torch.float32, device="cuda")
+    opt_graphed = torch.optim.AdamW(graphed.parameters(), lr=lr, fused=True, capturable=True)
+    step = GraphedTrainStep(graphed, opt_graphed, 16, 217, packed=packed, grad_clip=1.0, autocast_dtype=autocast_dtype)
+    for p, p0 in zip(graphed.parameters(), start):
+        assert torch.equal(p, p0)
+    eager_losses, graphed_losses = [], []
+    for (tokens, mask, seq_idx), lr_now in zip(batches, lrs):
+        for group in opt_eager.param_groups:
+            group["lr"] = lr_now
+        with torch.autocast("cuda", dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            loss = masked_loss(eager, tokens, mask, seq_idx=seq_idx)
+        opt_eager.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(eager.parameters(), 1.0)
+        opt_eager.step()
+        eager_losses.append(loss.item())
+        lr.fill_(lr_now)
+        graphed_losses.append(step.step(tokens, mask, seq_idx).item())
+    step.close()
+    return eager_losses, graphed_losses, start, list(eager.parameters()), list(graphed.parameters())
+
+
+@pytest.mark.parametrize("fold, packed", [(False, False), (4, False), (False, True), (4, True)])
+def test_graphed_train_step_gives_the_eager_steps(fold, packed):
+    """Three float32 training steps captured as one CUDA graph (forward, device-normalised masked loss,
+    backward, clipping, fused capturable AdamW) give the eager steps' losses and parameters: rows of
+    216 unfolded and folded 4 at a time, plain and packed. The scan backward's atomics make neither
+    step bitwise repeatable: the parameters' moves are compared, to 5% of one step's lr."""
+    lr = 2e-3
+    eager_losses, graphed_losses, start, eager, graphed = _graphed_and_eager_steps(fold, packed, [lr] * 3)
+    torch.testing.assert_close(torch.tensor(graphed_losses), torch.tensor(eager_losses), rtol=1e-5, atol=0)
+    for p0, p_e, p_g in zip(start, eager, graphed):
+        assert (p_e - p0).abs().max() > 0.5 * lr  # each parameter moved: the comparison is not vacuous
+        torch.testing.assert_close(p_g - p0, p_e - p0, rtol=1e-3, atol=0.05 * lr)
+
+
+def test_graphed_train_step_reads_a_tensor_lr_at_every_replay():
+    """The lr changed between replays (a tensor filled in place, as LR schedulers do): a step at lr 0
+    moves nothing, the others move the parameters as the eager steps at the same rates."""
+    lrs = [2e-3, 0.0, 1e-3]
+    eager_losses, graphed_losses, start, eager, graphed = _graphed_and_eager_steps(4, True, lrs, seed=5)
+    torch.testing.assert_close(torch.tensor(graphed_losses), torch.tensor(eager_losses), rtol=1e-5, atol=0)
+    for p0, p_e, p_g in zip(start, eager, graphed):
+        torch.testing.assert_close(p_g - p0, p_e - p0, rtol=1e-3, atol=0.05 * 1e-3)
+
+
+def test_graphed_train_step_under_bf16_autocast_follows_the_eager_steps():
+    """The paper's recipe (bf16 autocast, cast weights made inside the graph: cache_enabled=False),
+    rows folded: the graphed losses follow the eager ones (bf16 roundings of the atomics' float32
+    differences after the first update: 0.5%)."""
+    eager_losses, graphed_losses, *_ = _graphed_and_eager_steps(4, False, [2e-3] * 3, torch.bfloat16, seed=7)
+    torch.testing.assert_close(torch.tensor(graphed_losses), torch.tensor(eager_losses), rtol=5e-3, atol=0)
+
+
+def test_graphed_train_step_replays_the_batch_copied_in():
+    """Each replay computes the batch copied in last (tokens, mask and seq_idx all new; one from the
+    CPU): at lr 0 the parameters stay, so each loss is the eager loss of that batch, and the batches'
+    losses differ."""
+    from conftest import packed_seq_idx
+    from ssm_tools.graphed_step import GraphedTrainStep
+    from ssm_tools.train import masked_loss
+    model = tiny("mamba").train()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.0, fused=True, capturable=True)
+    step = GraphedTrainStep(model, opt, 8, 65, packed=True, autocast_dtype=None)
+    gen = torch.Generator().manual_seed(11)
+    batches = [(torch.randint(0, VOCAB_SIZE, (8, 65), generator=gen), torch.rand(8, 65, generator=gen) < p,
+                packed_seq_idx(gen, 65, [n] * 8)) for p, n in ((0.9, 1), (0.4, 4))]
+    want = []
+    for tokens, mask, seq_idx in batches:
+        with torch.no_grad():
+            want.append(masked_loss(model, tokens.cuda(), mask.cuda(), seq_idx=seq_idx.cuda()).item())
+    assert abs(want[0] - want[1]) > 1e-4 * abs(want[0])  # far above the tolerance below
+    for i in (0, 1, 0, 1):
+        tokens, mask, seq_idx = batches[i]
+        on_gpu = i == 0
+        got = step.step(*(t.cuda() if on_gpu else t for t in (tokens, mask, seq_idx))).item()
+        assert got == pytest.approx(want[i], rel=1e-5), i
+    # Token ids out of range are refused before they go in: on the CPU by default, on the GPU when asked.
+    bad = batches[0][0].clone()
+    bad[3, 7] = VOCAB_SIZE
+    for tokens, check in ((bad, None), (bad.cuda(), True)):
+        with pytest.raises(ValueError, match="tokens must hold ids"):
+            step.step(tokens, batches[0][1], batches[0][2], check=check)
+    assert step.step(*(t.cuda() for t in batches[1])).item() == pytest.approx(want[1], rel=1e-5)
+    step.close()

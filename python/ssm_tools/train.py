@@ -103,7 +103,7 @@ def masked_loss(model, tokens: torch.Tensor, loss_mask: torch.Tensor, total: int
     """Cross-entropy of tokens[:, j] from tokens[:, :j] summed over positions where loss_mask[:, j],
     over `total` (default: their number, i.e. the mean). A data-parallel rank passes the whole batch's
     count, so the ranks' losses add up to the batch's mean. Packed rows (`pack_rows`): seq_idx (B, T)
-    like tokens."""
+    like tokens. (device_masked_loss: the same value without reading anything back to the host.)"""
     logits = model(tokens[:, :-1]) if seq_idx is None else model(tokens[:, :-1], seq_idx[:, :-1].contiguous())
     target, mask = tokens[:, 1:], loss_mask[:, 1:]
     count = int(mask.sum())
@@ -116,6 +116,23 @@ def masked_loss(model, tokens: torch.Tensor, loss_mask: torch.Tensor, total: int
     loss = F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), target[mask])
     # The mean times count / total: the same bits as the plain mean when total == count (one process).
     return loss if total == count else loss * (count / total)
+
+
+def device_masked_loss(model, tokens: torch.Tensor, loss_mask: torch.Tensor,
+                       seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+    """masked_loss's value with nothing read back to the host and no shape that depends on the data,
+    so that a CUDA graph can capture it (graphed_step.py): the cross-entropy at every position, kept
+    where loss_mask (torch.where, not an index) and summed, over the count of those positions taken
+    on the device (at least 1: a batch with nothing to learn gives 0, where masked_loss raises; the
+    graphed step checks that on the host before a batch goes in). The tokens are not checked either
+    (`forward_unchecked`). The same value as masked_loss up to the order of the sum."""
+    logits = model.forward_unchecked(tokens[:, :-1], None if seq_idx is None else seq_idx[:, :-1].contiguous())
+    target, mask = tokens[:, 1:], loss_mask[:, 1:]
+    logits = logits.reshape(-1, logits.shape[-1])
+    losses = F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), target.reshape(-1),
+                             reduction="none")
+    kept = torch.where(mask.reshape(-1), losses, 0.0).sum()
+    return kept / mask.sum(dtype=kept.dtype).clamp_min(1)
 
 
 def aligned_width(width: int, multiple: int) -> int:

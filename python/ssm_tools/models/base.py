@@ -46,10 +46,15 @@ class LanguageModel(nn.Module):
         seq_idx (B, T) int32 names each position's sequence; every sequence is computed as if it
         had its own row (a sequence starts where seq_idx changes)."""
         check_tokens(tokens, self.vocab_size, 2)
-        x = self.embedding(tokens.long())
+        return self.forward_unchecked(tokens, seq_idx)
+
+    def forward_unchecked(self, tokens: torch.Tensor, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """`forward` without the token check, which reads the tokens back to the host: for callers
+        that check the tokens on the host themselves (a training step captured as a CUDA graph,
+        graphed_step.py)."""
         if seq_idx is not None and not self.packs_rows:
             raise ValueError(f"{type(self).__name__} does not take packed rows (seq_idx); pad the batch instead")
-        return self.lm_head(self.head_input(x, seq_idx))
+        return self.lm_head(self.head_input(self.embedding(tokens.long()), seq_idx))
 
     def head_input(self, x: torch.Tensor, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
         """norm_f(body(x)): the head's input over a whole sequence (a model may fold its body's last

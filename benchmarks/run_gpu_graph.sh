@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The CUDA-graphed training step on a GPU in one command, about 3 minutes (`OUT=... bash
+# benchmarks/run_gpu_graph.sh`): builds the package with CUDA, runs the graphed step's tests
+# (tests/test_graphed_step.py; in tests/test_cuda_models.py the graph against eager steps, float32
+# unfolded / folded / packed, a tensor lr changed between replays, bf16 autocast, a new batch per replay,
+# and the folding tests), then benchmarks/bench_train_step.py --cuda-graph at input lengths 216 and 640:
+# our eager step folded and unfolded and the graphed step, in one process on the same batches, with
+# a profiler table of the eager step at 216 (its kernels' sum against the graph's GPU time: what the
+# replay itself costs). With MAMBA_SSM_PKG, CAUSAL_CONV1D_PKG and MAMBA_SSM_SRC exported
+# (benchmarks/fetch_mamba_ssm.sh), mamba_ssm's model is built in the background meanwhile (niced,
+# MAMBA_BUILD_TIMEOUT, default 330 s) and timed beside ours: up to ~9 minutes in all. $OUT (default
+# results/gpu/) receives bench_train_step_graph.json, train_step_profile.txt, its .unfolded.txt and
+# log_graph.txt (and mamba_ssm_build.txt).
+set -o pipefail
+cd "$(dirname "$0")/.."
+source benchmarks/gpu_step.sh
+export MAX_JOBS=$(nproc)
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
+  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+  baseline_pid=
+  if [ -n "${MAMBA_SSM_PKG:-}" ]; then baseline_build mamba_ssm_build.txt 330 "m.lm_head_model()"; fi
+  step build 240 python3 -m pip install -q --no-build-isolation --no-deps -e . \
+    -C cmake.define.SSM_TOOLS_CUDA=ON -C build-dir=build/gpu
+  step tests-graphed-step-cpu 60 python3 -m pytest -q -rf -p no:cacheprovider tests/test_graphed_step.py
+  step tests-graphed-step 180 python3 -m pytest -q -rf -p no:cacheprovider tests/test_cuda_models.py \
+    -k "graphed_train_step or folded_rows"
+  if [ -n "$baseline_pid" ]; then
+    wait "$baseline_pid"; tail -3 "$OUT/mamba_ssm_build.txt"
+    # Without a built baseline, time ours alone (the benchmark would otherwise start the build again).
+    grep -q "MambaLMHeadModel" "$OUT/mamba_ssm_build.txt" || unset MAMBA_SSM_PKG
+  fi
+  step train-graph 300 python3 benchmarks/bench_train_step.py --cuda-graph --seqlens 216 640 --tasks \
+    --profile "$OUT/train_step_profile.txt" --out "$OUT/bench_train_step_graph.json"
+  echo "=== run_gpu_graph.sh status $status after $SECONDS s"
+  exit $status
+} 2>&1 | tee "$OUT/log_graph.txt"
