@@ -223,16 +223,19 @@ def profile_table(model, batch, path):
     model.cuda()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     train_step(model, opt, *batch)
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+    # Input shapes too: the second table tells which tensors the copies and casts move.
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as p:
         train_step(model, opt, *batch)
         torch.cuda.synchronize()
-    averages = p.key_averages()
-    try:
-        table = averages.table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=70)
-    except (AttributeError, KeyError):  # torch without the device_* names
-        table = averages.table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=70)
     with open(path, "w") as f:
-        f.write(table)
+        for by_shape, rows in ((False, 60), (True, 60)):
+            averages = p.key_averages(group_by_input_shape=by_shape)
+            try:
+                f.write(averages.table(sort_by="self_device_time_total", row_limit=rows, max_name_column_width=70,
+                                       max_shapes_column_width=90) + "\n")
+            except (AttributeError, KeyError):  # torch without the device_* names
+                f.write(averages.table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=70,
+                                       max_shapes_column_width=90) + "\n")
     opt.zero_grad(set_to_none=True)
     model.cpu()
     torch.cuda.empty_cache()
