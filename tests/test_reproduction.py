@@ -113,6 +113,8 @@ def test_cli_reproduce_multiplication_writes_curve_and_merges_runs(tmp_path, mon
     assert 0 <= run["accuracy"]["10"] <= 1
 
     monkeypatch.setattr(R, "run_parallel", in_process)
+    with open(out / "command.txt", "a") as f:  # a person's note on how the runs were launched
+        f.write("# ran under nice\n")
     # Another model and seed join the curve; a budget too small for any size stops the evaluation at
     # its deadline and skips every size, with the reason.
     assert main(base[:-1] + ["gru:interactive", "--merge", "--max-eval-seconds", "1e-9", "--sizes", "10,20,50"]
@@ -127,7 +129,7 @@ def test_cli_reproduce_multiplication_writes_curve_and_merges_runs(tmp_path, mon
     assert gru["skip_reasons"]["10"].startswith("over the evaluation budget at size 10")
     assert gru["eval_seconds_per_size"]["50"] is None and gru["exact_trajectory_skipped_sizes"] == [10, 20, 50]
     assert set(curve["models"]) == {"mamba", "gru"} and len(curve["commands"]) == 3
-    assert (out / "command.txt").read_text().splitlines() == curve["commands"]
+    assert (out / "command.txt").read_text().splitlines() == curve["commands"] + ["# ran under nice"]  # kept
     assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # A run trained with another recipe joins too: each run keeps its own, the curve's is then null,

@@ -894,7 +894,11 @@ def write_curve(curve: dict, out_dir: Path) -> None:
     tmp = out_dir / "curve.json.tmp"
     tmp.write_text(json.dumps(curve, indent=1))
     os.replace(tmp, out_dir / "curve.json")
-    (out_dir / "command.txt").write_text("".join(c + "\n" for c in curve["commands"]))
+    # command.txt: the commands, then the comment lines a person added (how a run was launched),
+    # which the next merge's rewrite keeps.
+    path = out_dir / "command.txt"
+    notes = [line for line in path.read_text().splitlines() if line.startswith("#")] if path.exists() else []
+    path.write_text("".join(line + "\n" for line in [*curve["commands"], *notes]))
     if curve["runs"]:
         plot_curve(curve, out_dir / "curve.png")
 
