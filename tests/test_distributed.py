@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,13 +14,13 @@ from ssm_tools import distributed
 from conftest import run_killed_after
 from ssm_tools.cli import main
 from ssm_tools.config import load_config, make_task
-from ssm_tools.train import CHECKPOINT, TrainConfig, Trainer
+from ssm_tools.train import CHECKPOINT, TrainConfig, Trainer, length_groups
 
 CONFIG = """
 [task]
-name = "addition"
+{task}
 [sizes]
-train = [1, 5]
+train = [1, {train_max}]
 test = [5]
 [model]
 name = "{model}"
@@ -35,9 +36,9 @@ dtype = "float64"
 """
 
 
-def write_config(tmp_path, model: str):
+def write_config(tmp_path, model: str, task: str = 'name = "addition"', train_max: int = 5):
     path = tmp_path / f"{model}.toml"
-    path.write_text(CONFIG.format(model=model))
+    path.write_text(CONFIG.format(model=model, task=task, train_max=train_max))
     return path
 
 
@@ -66,9 +67,29 @@ def assert_same_run(a: dict, b: dict) -> None:
         torch.testing.assert_close(state_b["exp_avg_sq"], state_a["exp_avg_sq"], rtol=1e-9, atol=1e-15)
 
 
-@pytest.mark.parametrize("model", ["mamba", "pythia"])
-def test_two_processes_take_the_steps_of_one(tmp_path, model):
-    config = write_config(tmp_path, model)
+# 1..3-disk recursive Hanoi (30..~450 tokens): each rank's rows come in length groups, at one step
+# two on one rank and one on the other (checked below).
+HANOI = 'name = "hanoi"\noptions = { variant = "recursive" }'
+
+
+def rank_groups(config) -> list[list[int]]:
+    """The number of length groups of each rank's rows (rank, rank + 2, ...) at each step of the
+    config's training stream (two processes)."""
+    parsed = load_config(config)
+    task, train = make_task(parsed), TrainConfig(**{"train_max_size": parsed["sizes"]["train"][1], **parsed["train"]})
+    rng = np.random.default_rng(train.seed)  # the Trainer's data stream
+    lengths = [task.trajectories(rng, [train.train_max_size] * train.batch_size, train=True)[0].lengths
+               for _ in range(train.steps)]
+    return [[len(length_groups(n[rank::2])) for rank in (0, 1)] for n in lengths]
+
+
+@pytest.mark.parametrize("model, task", [("mamba", {}), ("pythia", {}),
+                                         ("pythia", {"task": HANOI, "train_max": 3})])
+def test_two_processes_take_the_steps_of_one(tmp_path, model, task):
+    config = write_config(tmp_path, model, **task)
+    if task:  # the ranks' backward passes differ in number: only the last of each syncs
+        groups = rank_groups(config)
+        assert any(a != b for a, b in groups) and max(map(max, groups)) > 1
     result = cli("train", "--config", config, "--quiet", "--out", tmp_path / "ddp")
     assert result.returncode == 0, result.stdout + result.stderr
     printed = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]

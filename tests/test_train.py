@@ -14,8 +14,9 @@ from ssm_tools.models import build_model
 from ssm_tools.tasks import get_task
 from ssm_tools.tasks.base import expected_stream
 from ssm_tools import vocab as V
-from ssm_tools.train import (CHECKPOINT, TrainConfig, Trainer, load_checkpoint, lr_factor, masked_loss, pack_batch,
-                             pack_rows, pad_batch)
+from ssm_tools.train import (CHECKPOINT, GROUP_FRACTION, GROUP_MIN_SAVING, MAX_GROUPS, TrainConfig, Trainer,
+                             length_groups, load_checkpoint, lr_factor, masked_loss, pack_batch, pack_rows, pad_batch,
+                             padded_groups)
 
 TINY = dict(vocab_size=128, d_model=16, n_layers=1, d_state=4)
 
@@ -117,10 +118,69 @@ def test_trainer_packs_rows_for_models_that_take_them(tmp_path, name, pack, pack
     cfg = TrainConfig(steps=1, batch_size=16, seed=1, pack=pack)
     trainer = Trainer(get_task("addition"), name, {"vocab_size": 128, "d_model": 16, "n_layers": 1}, cfg, tmp_path,
                       progress=False)
-    tokens, mask, seq_idx, ntok, learned = trainer.batch()
-    assert (seq_idx is not None) == packs
-    assert int(mask[:, 1:].sum()) == learned and int((tokens != V.PAD).sum()) <= ntok
-    assert tokens.shape[0] < 16 if packs else tokens.shape[0] == 16
+    parts, ntok, learned = trainer.batch()  # padded: one part per length group
+    assert all((seq_idx is not None) == packs for _, _, seq_idx in parts)
+    assert sum(int(mask[:, 1:].sum()) for _, mask, _ in parts) == learned
+    assert sum(int((tokens != V.PAD).sum()) for tokens, _, _ in parts) <= ntok
+    rows = sum(tokens.shape[0] for tokens, _, _ in parts)
+    assert len(parts) == 1 and rows < 16 if packs else rows == 16
+
+
+def spread_batch(rng, lengths):
+    """Random episodes of these lengths (1..~1000 tokens) as a padded batch: PAD after each, the
+    loss mask random on the rest (never on an episode's first token), in a shuffled order."""
+    lengths = torch.tensor(rng.permutation(lengths))
+    width = int(lengths.max())
+    tokens = torch.randint(10, 100, (len(lengths), width))
+    mask = torch.rand(len(lengths), width) < 0.6
+    beyond = torch.arange(width)[None, :] >= lengths[:, None]
+    tokens[beyond], mask[beyond], mask[:, 0] = V.PAD, False, False
+    return tokens, mask, lengths
+
+
+# Three groups: the short episodes of the last would save too few positions in groups of their own.
+SPREAD = [1000, 937, 700, 480, 260, 255, 120, 64, 33, 17, 9, 5, 2, 1]
+
+
+@pytest.mark.parametrize("name", ["pythia", "mistral", "lstm", "gru"])
+def test_length_groups_give_the_padded_loss_and_gradients(name, rng):
+    """The Trainer's length groups of a batch spanning 1..1000 tokens (float64): their losses over the
+    whole batch's learned count add up to the padded batch's loss, their gradients to its gradient
+    (Mistral's window cuts the long episodes, not the short ones)."""
+    sizes = {"window": 48} if name == "mistral" else {}
+    model = build_model(name, vocab_size=128, d_model=16, n_layers=2, **sizes).double()
+    tokens, mask, lengths = spread_batch(rng, SPREAD)
+    parts = padded_groups(tokens, mask, lengths, 8)
+    assert [t.shape[0] for t, _ in parts] == [3, 3, 8]
+    assert sum(t.shape[0] * t.shape[1] for t, _ in parts) < tokens.numel() / 2  # the point: less padding
+    params = list(model.parameters())
+    loss = masked_loss(model, tokens, mask)
+    grads = torch.autograd.grad(loss, params)
+    learned = int(mask[:, 1:].sum())
+    grouped = sum(masked_loss(model, t, m, learned) for t, m in parts)
+    torch.testing.assert_close(grouped, loss, rtol=1e-12, atol=1e-12)
+    for g, gg in zip(grads, torch.autograd.grad(grouped, params)):
+        torch.testing.assert_close(gg, g, rtol=1e-10, atol=1e-13)
+
+
+def test_length_groups_place_every_episode_once_longest_first(rng):
+    for _ in range(50):
+        lengths = np.exp(rng.uniform(0, np.log(8000), rng.integers(1, 40))).astype(int) + 1
+        groups = length_groups(torch.tensor(lengths))
+        assert sorted(i for g in groups for i in g) == list(range(len(lengths)))  # each episode once
+        assert 1 <= len(groups) <= MAX_GROUPS
+        runs = [[lengths[i] for i in g] for g in groups]
+        assert all(r == sorted(r, reverse=True) for r in runs)  # longest first in a group ...
+        assert all(a[-1] >= b[0] for a, b in zip(runs, runs[1:]))  # ... and across groups
+        for k in range(1, len(runs)):  # a group starts below the fraction, saving enough positions
+            rest = sum(map(len, runs[k:]))
+            assert runs[k][0] < GROUP_FRACTION * runs[k - 1][0]
+            assert (runs[k - 1][0] - runs[k][0]) * rest >= GROUP_MIN_SAVING * len(lengths) * max(lengths)
+    # Batch order breaks ties; lengths within the fraction are one group, and so is a short episode
+    # whose group would save little (below GROUP_MIN_SAVING).
+    assert length_groups([5, 9, 5, 9, 6]) == [[1, 3, 4, 0, 2]]
+    assert length_groups([100] * 19 + [10]) == [list(range(20))]
+    assert length_groups([100] * 8 + [10] * 2) == [list(range(8)), [8, 9]]
 
 
 def test_fit_seconds_sizes_the_run_and_it_is_the_run_of_those_steps(tmp_path):
@@ -151,7 +211,7 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
 
 
 @pytest.mark.parametrize("field, value", [("steps", 0), ("batch_size", -2), ("lr", 0.0), ("warmup", -1),
-                                           ("train_max_size", 0), ("eval_n", 1.5), ("pack", "yes"),
+                                           ("train_max_size", 0), ("eval_n", 1.5), ("pack", "yes"), ("group_lengths", 1),
                                            ("select_size", -1), ("select_every", 0), ("select_n", 2.0)])
 def test_train_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
@@ -198,6 +258,53 @@ def test_time_budget_checkpoints_and_a_later_run_finishes_identically(tmp_path):
     assert "stopped" not in later.run()
     for (name, a), b in zip(whole.model.state_dict().items(), later.model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+HANOI = {"name": "hanoi", "mode": "interactive", "options": {"variant": "recursive"}}
+
+
+def hanoi_trainer(out, seed=3, **recipe):
+    """A tiny Pythia (float64) on 1..5-disk recursive Hanoi: 30..1.9k-token episodes, several length groups."""
+    cfg = TrainConfig(steps=4, batch_size=6, lr=3e-3, warmup=2, seed=seed, ckpt_every=2, train_max_size=5,
+                      dtype="float64", **recipe)
+    return Trainer(make_task({"task": HANOI}), "pythia", {"vocab_size": V.VOCAB_SIZE, "d_model": 16, "n_layers": 1},
+                   cfg, out, progress=False, run_info={"task": HANOI})
+
+
+def test_length_groups_train_the_padded_run_and_resume_exactly(tmp_path):
+    grouped, padded = hanoi_trainer(tmp_path / "grouped"), hanoi_trainer(tmp_path / "padded", group_lengths=False)
+    assert len(grouped.batch()[0]) > 1 and len(padded.batch()[0]) == 1  # the data RNG moves alike: reseed
+    grouped, padded = hanoi_trainer(tmp_path / "grouped"), hanoi_trainer(tmp_path / "padded", group_lengths=False)
+    grouped.run()
+    padded.run()
+    for (name, a), b in zip(padded.model.state_dict().items(), grouped.model.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12, msg=name)
+    assert grouped.last_loss == pytest.approx(padded.last_loss, rel=1e-12)
+    # Killed after step 3 (checkpoint at 2) and resumed by a trainer told to pad: it goes on grouped.
+    cut = hanoi_trainer(tmp_path / "cut")
+    run_killed_after(cut, 3)
+    resumed = hanoi_trainer(tmp_path / "cut", seed=99, group_lengths=False)
+    assert resumed.load(tmp_path / "cut" / CHECKPOINT)["group_lengths"] and resumed.cfg.group_lengths
+    resumed.run()
+    for (name, a), b in zip(grouped.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_a_checkpoint_from_before_length_groups_resumes_padded(tmp_path):
+    padded = hanoi_trainer(tmp_path / "padded", group_lengths=False)
+    padded.run()
+    cut = hanoi_trainer(tmp_path / "cut", group_lengths=False)
+    run_killed_after(cut, 3)
+    path = tmp_path / "cut" / CHECKPOINT
+    old = torch.load(path, weights_only=True)
+    del old["train"]["group_lengths"]  # as written before the field existed
+    torch.save(old, path)
+    resumed = hanoi_trainer(tmp_path / "cut", seed=99)  # today's default: grouped
+    assert resumed.load(path)["group_lengths"] is False and not resumed.cfg.group_lengths
+    resumed.run()
+    for (name, a), b in zip(padded.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert torch.load(path, weights_only=True)["train"]["group_lengths"] is False  # recorded as trained
 
 
 def scripted_scores(monkeypatch, scores: dict, kept: dict):

@@ -56,7 +56,8 @@ from .evaluate import (EvaluationDeadline, check_joint, check_precision, decode_
                        exact_trajectory_many)
 from .models import MODELS, preset
 from .plots import plot_curve
-from .train import CHECKPOINT, load_checkpoint, make_trainer, model_config, train_config
+from .train import CHECKPOINT, load_checkpoint, make_trainer, model_config, resumed_recipe, train_config
+from .train import recipe as trained_recipe
 
 TASKS_DIR = CONFIGS  # tasks/<task>.toml, shipped with the package
 
@@ -377,7 +378,8 @@ def check_resumable(job: dict) -> None:
     if (meta["model"], meta["model_cfg"]) != wanted:
         raise ValueError(f"{checkpoint} holds model {meta['model']} {meta['model_cfg']}, not {wanted[0]} {wanted[1]}: "
                          f"remove {checkpoint.parent} to start over")
-    same_recipe(checkpoint, meta["train"], asdict(train_config(config, run_train(train, seed))))
+    found = trained_recipe(meta)
+    same_recipe(checkpoint, found, resumed_recipe(asdict(train_config(config, run_train(train, seed))), found))
 
 
 @contextmanager

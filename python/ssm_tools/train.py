@@ -6,7 +6,8 @@ the task's oracle into trajectories through the real dispatch loop (`task.trajec
 `pool`, takes them from a trajectory pool built once (ssm_tools.pool) -- and minimises cross-entropy
 of tokens[:, j] given tokens[:, :j] wherever loss_mask[:, j] (prompt and tool answers are inputs, not
 targets). A model that takes packed rows (Mamba) trains on the batch's episodes packed several to
-a row with per-sequence state resets (`pack_batch`), the others on rows padded to the longest; the
+a row with per-sequence state resets (`pack_batch`), the others on padded rows in a few length
+groups (`length_groups`), each padded to its own longest, their gradients summed into one step; the
 loss is the same either way, only the padding's work goes. AdamW, linear warmup then cosine decay,
 bf16 autocast on CUDA. Checkpoints hold everything needed to continue bit-for-bit (model, optimizer,
 scheduler, step, every RNG) and are written atomically, so `resume=True` after a kill continues
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import math
+from contextlib import nullcontext
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -69,6 +71,7 @@ class TrainConfig:
     select_n: int = 32
     dtype: str = "float32"  # parameters (float64 for exact comparisons); CUDA computes in bf16 autocast
     pack: bool = True  # episodes packed into rows for models that take packed rows (else padded rows)
+    group_lengths: bool = True  # padded rows in length groups (`length_groups`), else all padded to the longest
     pool: str = ""  # a trajectory pool file (ssm_tools.pool) to draw the batches from; "": fresh trajectories
 
     def __post_init__(self):
@@ -80,8 +83,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a non-negative int, got {getattr(self, name)!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
-        if not isinstance(self.pack, bool):
-            raise ValueError(f"pack must be true or false, got {self.pack!r}")
+        for name in ("pack", "group_lengths"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not isinstance(self.pool, str):
             raise ValueError(f"pool must be a file name (a str; empty: no pool), got {self.pool!r}")
         if not (0 <= self.weight_decay and 0 <= self.min_lr_ratio <= 1 and self.grad_clip > 0):
@@ -150,6 +154,52 @@ def pad_batch(tokens: torch.Tensor, loss_mask: torch.Tensor, multiple: int):
     if extra == 0:
         return tokens, loss_mask
     return (F.pad(tokens, (0, extra), value=V.PAD), F.pad(loss_mask, (0, extra), value=False))
+
+
+# Padded rows are trained in length groups: sorted longest first, a new group starts at the first
+# episode shorter than GROUP_FRACTION of its group's longest if that saves at least GROUP_MIN_SAVING
+# of the padded batch's positions (the episodes left padded to it, not to the group's longest), at
+# most MAX_GROUPS groups (the last takes the rest). An episode pads to at most 1/GROUP_FRACTION of
+# its length but where a group would not be worth its call: each group is one more forward and
+# backward pass, whose fixed cost the saving must outweigh; a batch of similar lengths (addition 1..5
+# digits, a few short ones aside) stays one group, the padded batch of before. Chosen by measuring a
+# tiny Pythia (attention: partly quadratic in the length) and LSTM (linear) on the cpu recipes'
+# batches against other fractions, savings and caps (results/tasks_notes.md, "Length-grouped batches
+# for the padded models (session 12)").
+GROUP_FRACTION = 0.5
+GROUP_MIN_SAVING = 0.05
+MAX_GROUPS = 8
+
+
+def length_groups(lengths) -> list[list[int]]:
+    """The episodes (indices into `lengths`) of a padded batch in length groups (GROUP_FRACTION,
+    GROUP_MIN_SAVING, MAX_GROUPS): each group sorted longest first (ties in batch order), the
+    groups longest first."""
+    lengths = [int(n) for n in lengths]
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    padded = len(lengths) * lengths[order[0]]
+    groups = [[order[0]]]
+    for k, i in enumerate(order[1:], 1):
+        longest = lengths[groups[-1][0]]
+        saved = (longest - lengths[i]) * (len(order) - k)
+        if lengths[i] < GROUP_FRACTION * longest and saved >= GROUP_MIN_SAVING * padded and len(groups) < MAX_GROUPS:
+            groups.append([])
+        groups[-1].append(i)
+    return groups
+
+
+def padded_groups(tokens: torch.Tensor, loss_mask: torch.Tensor, lengths: torch.Tensor, multiple: int,
+                  group: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The episodes of a padded batch (row i: its first lengths[i] tokens) in `length_groups` (with
+    `group`; else one group in batch order), each padded to its own longest as pad_batch aligns:
+    a list of (tokens, loss_mask). Their `masked_loss`es over the whole batch's learned count add up
+    to the padded batch's loss, and so do their gradients."""
+    groups = length_groups(lengths) if group else [list(range(len(lengths)))]
+    parts = []
+    for rows in groups:
+        longest = int(lengths[rows].max())
+        parts.append(pad_batch(tokens[rows, :longest], loss_mask[rows, :longest], multiple))
+    return parts
 
 
 # Packed rows hold up to this many of the batch's longest episode: on the training batches of addition
@@ -252,8 +302,11 @@ class Trainer:
         self.model = build_model(model_name, **model_cfg).to(self.device, DTYPES[cfg.dtype])
         # `ddp` is what the loss runs through (it averages gradients over the ranks); `model` is the
         # module itself, for checkpoints and evaluation.
+        # The ranks may run different numbers of forward passes a step (length groups): no buffers
+        # broadcast in the forward (the models have none to train; a collective there would hang).
         self.ddp = self.model if self.world == 1 else DistributedDataParallel(
-            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            broadcast_buffers=False)
         self.opt = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
                                      betas=(0.9, 0.95))
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, cfg))
@@ -292,7 +345,8 @@ class Trainer:
 
     def load(self, path) -> dict:
         """Restores the run from a checkpoint; returns the recipe (TrainConfig fields) it was trained
-        with, which may differ from this trainer's (`ssm-tools train --resume --steps` extends a run).
+        with, which may differ from this trainer's (`ssm-tools train --resume --steps` extends a run)
+        but in KEPT_ON_RESUME, which this trainer takes from it.
         Tensors and plain data only: a file holding more is refused unrun (ssm_tools.checkpoint)."""
         ck = checkpoint.load(path, map_location=self.device)
         if (ck["model"], ck["model_cfg"]) != (self.meta["model"], self.meta["model_cfg"]):
@@ -307,12 +361,16 @@ class Trainer:
         self.train_seconds, self.last_loss = ck.get("train_seconds", 0.0), ck.get("last_loss")
         self.selection = ck.get("selection", {"scores": [], "best_step": None})
         self.selected_state = ck.get("selected_state")
+        found = recipe(ck)
+        for name in KEPT_ON_RESUME:  # in place: the scheduler and the caller hold this cfg
+            setattr(self.cfg, name, found[name])
+        self.meta["train"] = asdict(self.cfg)
         self.rng.bit_generator.state = ck["rng"]["numpy"]
         # RNG states are CPU byte tensors, whatever map_location moved the rest of the checkpoint to.
         torch.set_rng_state(ck["rng"]["torch"].cpu())
         if ck["rng"]["cuda"] and self.device.type == "cuda":  # older checkpoints: one state per GPU
             torch.cuda.set_rng_state(ck["rng"]["cuda"][0].cpu(), self.device)
-        return recipe(ck)
+        return found
 
     def select(self) -> list:
         """Scores this step on the held-out episodes (cfg.select_size, seed VALIDATION_SEED, never the
@@ -338,10 +396,11 @@ class Trainer:
 
     # -- training ------------------------------------------------------------------------------
     def batch(self):
-        """(tokens, loss_mask, seq_idx) of this rank's rows of the next batch, on the device; the
-        whole batch's token count and its count of learned positions (the loss's denominator).
-        A model that takes packed rows gets the episodes packed (`pack_batch`) and their seq_idx;
-        the others get them padded to the longest (seq_idx None). Rows are aligned on a GPU.
+        """This rank's rows of the next batch, on the device, as a list of parts (tokens, loss_mask,
+        seq_idx), each a forward pass; the whole batch's token count and its count of learned
+        positions (the loss's denominator). A model that takes packed rows gets the episodes packed
+        (`pack_batch`, one part with their seq_idx); the others get them padded to the longest, in
+        length groups (`length_groups`, one part each; seq_idx None). Rows are aligned on a GPU.
         The episodes come from the pool (drawn by the data RNG), else fresh from the task's oracle."""
         if self.pool is not None:
             tokens, mask, lengths = self.pool.episodes(self.pool.draw(self.rng, self.cfg.batch_size))
@@ -356,25 +415,32 @@ class Trainer:
         multiple = 8 if self.device.type == "cuda" else 1
         if self.model.packs_rows and self.cfg.pack:
             tokens, mask, seq_idx = pack_batch(tokens, mask, lengths, multiple)
-            seq_idx = seq_idx.to(self.device)
-        else:
-            longest = int(lengths.max())
-            (tokens, mask), seq_idx = pad_batch(tokens[:, :longest], mask[:, :longest], multiple), None
-        return tokens.to(self.device), mask.to(self.device), seq_idx, ntok, learned
+            return [(tokens.to(self.device), mask.to(self.device), seq_idx.to(self.device))], ntok, learned
+        return [(t.to(self.device), m.to(self.device), None)
+                for t, m in padded_groups(tokens, mask, lengths, multiple, self.cfg.group_lengths)], ntok, learned
 
     def train_step(self) -> tuple[float, int]:
-        """One optimizer step; returns (the batch's mean loss, tokens in the batch without padding)."""
-        tokens, mask, seq_idx, ntok, learned = self.batch()
+        """One optimizer step; returns (the batch's mean loss, tokens in the batch without padding).
+        Each part of the batch is a forward and backward pass with the loss over the whole batch's
+        learned count, so the gradients they add up to are the whole batch's."""
+        parts, ntok, learned = self.batch()
         self.model.train()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            loss = masked_loss(self.ddp, tokens, mask, learned, seq_idx)
         self.opt.zero_grad(set_to_none=True)
-        (loss * self.world).backward()  # DDP averages over the ranks: their sum is the batch's gradient
+        loss = 0.0
+        for k, (tokens, mask, seq_idx) in enumerate(parts):
+            # DDP all-reduces in the last part's backward, the earlier parts' gradients included
+            # (ranks may differ in their number of parts: each takes one such backward a step).
+            last = k == len(parts) - 1
+            with nullcontext() if self.world == 1 or last else self.ddp.no_sync():
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                    part = masked_loss(self.ddp, tokens, mask, learned, seq_idx)
+                (part * self.world).backward()  # DDP averages over the ranks: their sum is the batch's gradient
+            loss = loss + part.detach()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.opt.step()
         self.sched.step()
         self.step += 1
-        return distributed.all_sum([loss.item()], self.device)[0], ntok
+        return distributed.all_sum([float(loss)], self.device)[0], ntok
 
     def fit_steps(self, steps: int) -> None:
         """Lowers the run's step count to `steps` (at least one more than taken, never more than
@@ -446,8 +512,20 @@ class Trainer:
 
 def recipe(ck: dict) -> dict:
     """The TrainConfig fields a checkpoint was trained with; those from before `dtype` were float32,
-    those from before `pack` padded, those from before `pool` on fresh trajectories."""
-    return {"dtype": "float32", "pack": False, "pool": "", **ck["train"]}
+    those from before `pack` padded, those from before `pool` on fresh trajectories, those from
+    before `group_lengths` padded to the batch's longest."""
+    return {"dtype": "float32", "pack": False, "pool": "", "group_lengths": False, **ck["train"]}
+
+
+# Recipe fields a resumed run takes from its checkpoint, whatever it was given: how a batch's
+# gradient is computed, not what it is (the same up to float rounding), so that the run goes on bit
+# for bit as it trained (`load`) and a recipe check (reproduce) does not refuse it for them.
+KEPT_ON_RESUME = ("group_lengths",)
+
+
+def resumed_recipe(wanted: dict, found: dict) -> dict:
+    """The recipe `wanted` with the KEPT_ON_RESUME fields of a checkpoint's recipe `found`."""
+    return {**wanted, **{k: found[k] for k in KEPT_ON_RESUME}}
 
 
 def load_checkpoint(path, device: str = "cpu", weights: str = "selected"):
