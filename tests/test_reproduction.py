@@ -236,6 +236,22 @@ def test_train_time_budget_stops_then_the_same_command_resumes(tmp_path, monkeyp
                     **{**args, "steps": 5, "only": [("gru", "interactive"), ("mamba", "interactive")]})
 
 
+def test_a_stopped_run_from_before_length_groups_resumes_padded(tmp_path, monkeypatch):
+    """A checkpoint written before `group_lengths` existed passes the recipe check and goes on padded,
+    as it trained; the curve records that."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(R, "run_parallel", lambda jobs, *options, **more: [R.run_one(**job, progress=False)
+                                                                          for job in jobs])
+    args = dict(only=[("lstm", "interactive")], steps=2, sizes=[3], n=2)
+    R.reproduce("addition", "cpu", [0], tmp_path / "out", max_train_seconds=0.0, **args)  # one step, stopped
+    path = tmp_path / "runs/reproduce-addition-cpu/lstm-interactive-seed0/checkpoint.pt"
+    old = torch.load(path, weights_only=True)
+    assert old["train"].pop("group_lengths") is True
+    torch.save(old, path)
+    (run,) = R.reproduce("addition", "cpu", [0], tmp_path / "out", **args)["runs"]
+    assert run["trained_steps"] == 2 and run["train"]["group_lengths"] is False
+
+
 def test_fit_train_seconds_records_the_steps_it_trained(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(R, "run_parallel", lambda jobs, *options, **more: [R.run_one(**job, progress=False)
