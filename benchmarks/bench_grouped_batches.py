@@ -2,9 +2,9 @@
 LSTM, the cpu presets), on the same batches of each cpu task (reproduce's cpu recipe: its training
 range and batch size) padded to the batch's longest episode and in the Trainer's length groups
 (ssm_tools.train.length_groups): CPU time of this process on one thread, interleaved batch by batch.
---rules adds the grouping rules to compare (fraction:min_saving:max_groups), the Trainer's first.
+--rules adds other grouping rules (fraction:min_saving:max_groups) to compare with the Trainer's.
 
-    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_grouped_batches.py [--batches 3] \\
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_grouped_batches.py [--batches N] \\
         [--rules 0.5:0.1:4,0.25:0.1:4] [--out results/bench_grouped_batches.json]
 """
 import argparse
@@ -22,6 +22,8 @@ from ssm_tools.models import build_model, preset
 from ssm_tools.train import masked_loss, model_config, padded_groups
 
 TASKS = ["hanoi_recursive", "hanoi_iterative", "logical_graph", "addition"]
+# Batches per task: more where a step is short (its time is noisier on the shared machine).
+BATCHES = {"hanoi_recursive": 3, "hanoi_iterative": 3, "logical_graph": 6, "addition": 12}
 
 
 def rule(text):
@@ -70,7 +72,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", nargs="*", default=TASKS)
     ap.add_argument("--models", nargs="*", default=["pythia", "lstm"])
-    ap.add_argument("--batches", type=int, default=3, help="batches per task, each timed once per variant")
+    ap.add_argument("--batches", type=int, help="batches per task, each timed once per variant (default: BATCHES)")
     ap.add_argument("--rules", default="", help="more grouping rules to compare, fraction:min_saving:max_groups,...")
     ap.add_argument("--out", default="results/bench_grouped_batches.json")
     args = ap.parse_args()
@@ -80,7 +82,7 @@ def main():
     variants.update({f"rule {r}": rule(r) for r in args.rules.split(",") if r})
     rows = []
     for task in args.tasks:
-        batches, recipe = task_batches(task, args.batches)
+        batches, recipe = task_batches(task, args.batches or BATCHES.get(task, 3))
         parts = {name: [grouped(b, c) for b in batches] for name, c in variants.items()}
         for model_name in args.models:
             torch.manual_seed(0)

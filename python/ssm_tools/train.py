@@ -161,12 +161,11 @@ def pad_batch(tokens: torch.Tensor, loss_mask: torch.Tensor, multiple: int):
 # of the padded batch's positions (the episodes left padded to it, not to the group's longest), at
 # most MAX_GROUPS groups (the last takes the rest). An episode pads to at most 1/GROUP_FRACTION of
 # its length but where a group would not be worth its call: each group is one more forward and
-# backward pass, whose fixed cost the saving must outweigh; a batch of similar lengths (addition 1..5
-# digits, a few short ones aside) stays one group, the padded batch of before. Chosen by measuring a
-# tiny Pythia (attention: partly quadratic in the length) and LSTM (linear) on the cpu recipes'
-# batches against other fractions, savings and caps (results/tasks_notes.md, "Length-grouped batches
-# for the padded models (session 12)").
-GROUP_FRACTION = 0.5
+# backward pass, whose fixed cost the saving must outweigh; a batch of similar lengths stays one
+# group, the padded batch of before. Chosen by measuring a tiny Pythia (attention: partly quadratic
+# in the length) and LSTM (linear) on the cpu recipes' batches against other fractions, savings and
+# caps (results/tasks_notes.md, "Length-grouped batches for the padded models (session 12)").
+GROUP_FRACTION = 0.75
 GROUP_MIN_SAVING = 0.05
 MAX_GROUPS = 8
 
