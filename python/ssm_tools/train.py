@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import csv
 import math
-from contextlib import nullcontext
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -398,8 +398,9 @@ class Trainer:
         """This rank's rows of the next batch, on the device, as a list of parts (tokens, loss_mask,
         seq_idx), each a forward pass; the whole batch's token count and its count of learned
         positions (the loss's denominator). A model that takes packed rows gets the episodes packed
-        (`pack_batch`, one part with their seq_idx); the others get them padded to the longest, in
-        length groups (`length_groups`, one part each; seq_idx None). Rows are aligned on a GPU.
+        (`pack_batch`, one part with their seq_idx); the others get them padded, one part per length
+        group, each padded to its own longest (`padded_groups`; without cfg.group_lengths one part
+        padded to the longest; seq_idx None). Rows are aligned on a GPU.
         The episodes come from the pool (drawn by the data RNG), else fresh from the task's oracle."""
         if self.pool is not None:
             tokens, mask, lengths = self.pool.episodes(self.pool.draw(self.rng, self.cfg.batch_size))
