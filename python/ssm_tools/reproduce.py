@@ -181,11 +181,11 @@ TASKS = {
             # on every 5-disk trajectory after 200 steps (5-6 minutes of a busy core) and on some of 6 and 7
             # (results/tasks_notes.md, "Tower of Hanoi iterative: the local trajectory"). Trained on 1..4
             # disks it learns a rod sequence per size instead and fails at 5. Five Mamba + tool seeds
-            # (Figure 5's view), the LSTM one, on the same data, steps and learning rate. No Pythia: its
-            # padded rows of 1..5-disk episodes (up to 4.8k tokens) train at ~11 s a step on one busy
-            # core, about an hour for the 300 steps. 8 disks (47k-token episodes) is most of the
-            # decoding: "max_eval_seconds" bounds each run's.
-            "cpu": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("lstm", "interactive")],
+            # (Figure 5's view), the LSTM and Pythia ones, on the same data, steps and learning rate
+            # (Pythia ~3 s a step in length groups, results/bench_grouped_batches.json). 8 disks
+            # (47k-token episodes) is most of the decoding: "max_eval_seconds" bounds each run's.
+            "cpu": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("lstm", "interactive"),
+                             ("pythia", "interactive")],
                     "run_seeds": {("mamba", "interactive"): [0, 1, 2, 3, 4]}, "seeds": [0], "n": 20,
                     "max_eval_seconds": 300, "config": {"sizes": {"train": [1, 5]}},
                     "train": dict(steps=300, batch_size=16, lr=1e-2, warmup=20)},
@@ -199,10 +199,10 @@ TASKS = {
         "size_label": "disks", "every_seed": True, "sizes": {"cpu": [7, 8, 9], "paper": [7, 8, 9, 10]},
         # cpu: about 6 minutes of one busy core to train a run with the tool (packed rows) and 1-2 to
         # decode it (results/hanoi_recursive). Five Mamba + tool seeds (Figure 5's view); the LSTM + tool
-        # (tiny preset, 1 x 128) one, on the same data, steps and learning rate. No Pythia: on rows
-        # padded to the longest episode it trains at 8-32 s a step, about an hour for the 150 steps
-        # (results/tasks_notes.md, "CPU baselines for the graph and Hanoi").
-        "scales": {"cpu": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("lstm", "interactive")],
+        # (tiny preset, 1 x 128) and Pythia + tool ones, on the same data, steps and learning rate
+        # (Pythia ~6 s a step in length groups, results/bench_grouped_batches.json).
+        "scales": {"cpu": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("lstm", "interactive"),
+                                    ("pythia", "interactive")],
                            "run_seeds": {("mamba", "interactive"): [0, 1, 2, 3, 4]}, "seeds": [0], "n": 20,
                            "train": dict(steps=150, batch_size=16, lr=1e-2, warmup=15)},
                    "paper": {"runs": [("mamba", "interactive"), ("mamba", "single_turn"), ("lstm", "interactive"),
