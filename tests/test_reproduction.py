@@ -613,7 +613,7 @@ def test_long_episode_tasks_have_their_runs_seeds_and_models(tmp_path, monkeypat
     out = tmp_path / "cpu"
     R.reproduce("hanoi_iterative", "cpu", None, out, workers=2)
     assert [(m, mode, s) for mode, m, _, s in seen] == [("mamba", "interactive", s) for s in range(5)] + [
-        ("mamba", "single_turn", 0), ("lstm", "interactive", 0)]
+        ("mamba", "single_turn", 0), ("lstm", "interactive", 0), ("pythia", "interactive", 0)]
     assert all(sizes == R.preset(m, "tiny") for _, m, sizes, _ in seen)
     assert set(budgets) == {R.scale_spec("hanoi_iterative", "cpu")["max_eval_seconds"]}
     budgets.clear()
