@@ -151,6 +151,38 @@ __device__ __forceinline__ void load_chunk_items(const float* plane, int lane, f
   }
 }
 
+// Packed rows: bit i set where position first + i (a lane's kItems positions, first = lane * kItems
+// plus the chunk's start) starts a sequence, i.e. 0 < t < seqlen and seq[t] != seq[t - 1]. Whole
+// runs in range of a 16-byte aligned row come as two 16-byte loads, and the position before a
+// lane's first from the lane before it (one shuffle; lane 0 reads it). All lanes of the warp call it.
+__device__ __forceinline__ unsigned sequence_starts(const int32_t* seq, int first, int seqlen, int lane) {
+  int32_t s[kItems];
+  const bool whole = first + kItems <= seqlen;
+  if (whole && seqlen % 4 == 0 && is_aligned16(seq)) {
+    const int4* src = reinterpret_cast<const int4*>(seq + first);
+#pragma unroll
+    for (int j = 0; j < kItems / 4; ++j) {
+      const int4 q = __ldg(src + j);
+      s[4 * j] = q.x, s[4 * j + 1] = q.y, s[4 * j + 2] = q.z, s[4 * j + 3] = q.w;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) s[i] = first + i < seqlen ? seq[first + i] : 0;
+  }
+  int32_t before = __shfl_up_sync(kFullMask, s[kItems - 1], 1);
+  if (lane == 0) before = first > 0 && first <= seqlen ? seq[first - 1] : s[0];
+  unsigned starts = 0;
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) {
+    const bool change = (i == 0 ? before : s[i - 1]) != s[i];
+    starts |= change && (whole || first + i < seqlen) ? 1u << i : 0u;
+  }
+  // Opaque: the state loop then takes the bits into predicates with one R2P (the compiler otherwise
+  // kept them among its own flag bits, tested one by one in every state).
+  asm("" : "+r"(starts));
+  return starts;
+}
+
 // kVarBC: B and C are both input-dependent (Mamba's case); the code for constant ones is left out.
 template <typename T, bool kVarlen, bool kVarBC>
 __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kernel(SelectiveScanParams p, int blocks_per_group) {
@@ -228,14 +260,7 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
     float dt[kItems], dtu[kItems], dy[kItems], S[kItems], E[kItems];
     float4* y4 = s_y4 + warp * kScanChunk / 4 + lane;  // this lane's y: y4[32 j] holds items 4j .. 4j + 3
     unsigned starts = 0;  // bit i: position first + i starts a sequence
-    if (kVarlen && active) {
-      const int32_t* seq = p.seq_idx + static_cast<size_t>(b) * p.seqlen;
-#pragma unroll
-      for (int i = 0; i < kItems; ++i) {
-        const int t = first + i;
-        starts |= (t > 0 && t < p.seqlen && seq[t] != seq[t - 1]) ? 1u << i : 0u;
-      }
-    }
+    if (kVarlen) starts = sequence_starts(p.seq_idx + static_cast<size_t>(b) * p.seqlen, first, p.seqlen, lane);
     {
       float u[kItems], raw[kItems], dout[kItems], z[kItems];
       r.load(p.u, p, first, u);
