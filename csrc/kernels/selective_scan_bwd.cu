@@ -292,8 +292,11 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
       if (tiled) tile_loader.finish(s_tile);
       __syncthreads();
     }
+    float* v_next = row_values;  // state n's per-row values, advanced by a state in every iteration
 #pragma unroll 1
     for (int n = 0; n < N; ++n) {
+      float* const v = v_next;
+      v_next += kRowValues;
       float* parts = s_parts + buf * 2 * kRows * kScanChunk;  // [B, C][kRows][kScanChunk]
       const float* tile = s_tile + buf * 2 * kScanChunk;      // [B, C][kScanChunk]
       float* next_tile = s_tile + (buf ^ 1) * 2 * kScanChunk;
@@ -301,7 +304,6 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
       const bool prefetch = tiled && (n + 1 < N || c > 0);
       if (prefetch) tile_loader.issue(n + 1 < N ? c * kScanChunk : (c - 1) * kScanChunk, n + 1 < N ? n + 1 : 0, next_tile);
       if (active) {
-        float* const v = row_values + n * kRowValues;
         const float An = v[kRowA], An2 = An * kLog2e;
         float Bv[kItems], Cv[kItems], a[kItems], x[kItems];
         if (var_B) {
@@ -349,8 +351,9 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
 #pragma unroll
         for (int i = 0; i < kItems; ++i) Cv[i] *= dy[i];  // from here on Cv holds C dy, the adjoint's input
         // 2. adjoint: g_i = a_{i+1} g_{i+1} + C_i dy_i; the chunk's last position takes adj_in as is.
-        float a_next = __shfl_down_sync(kFullMask, a[0], 1);
-        if (lane == 31) a_next = 1.f;
+        bool below;  // the lane after this one is in the warp (not for lane 31)
+        float a_next = shfl_in_warp<true>(a[0], 1, below);
+        if (!below) a_next = 1.f;
         map = make_float2(inner * a_next, Cv[kItems - 1]);
 #pragma unroll
         for (int i = kItems - 2; i >= 0; --i) map.y = fmaf(a[i + 1], map.y, Cv[i]);
