@@ -301,8 +301,11 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
       const float* tile = s_tile + buf * 2 * kScanChunk;      // [B, C][kScanChunk]
       float* next_tile = s_tile + (buf ^ 1) * 2 * kScanChunk;
       // The next state's B/C: state n + 1 of this chunk, or state 0 of the previous chunk.
-      const bool prefetch = tiled && (n + 1 < N || c > 0);
-      if (prefetch) tile_loader.issue(n + 1 < N ? c * kScanChunk : (c - 1) * kScanChunk, n + 1 < N ? n + 1 : 0, next_tile);
+      // With both B and C input-dependent, the last state of chunk 0 loads chunk 0's state 0 again, into
+      // the stage nobody reads after it: no condition in the loop.
+      const bool prefetch = kVarBC || (tiled && (n + 1 < N || c > 0));
+      if (prefetch)
+        tile_loader.issue(n + 1 < N ? c * kScanChunk : max(c - 1, 0) * kScanChunk, n + 1 < N ? n + 1 : 0, next_tile);
       if (active) {
         const float An = v[kRowA], An2 = An * kLog2e;
         float Bv[kItems], Cv[kItems], a[kItems], x[kItems];
