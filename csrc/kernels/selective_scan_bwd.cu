@@ -251,11 +251,11 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
 #pragma unroll 1
   for (int c = p.n_chunks - 1; c >= 0; --c) {
     const int first = c * kScanChunk + lane * kItems;
-    // This thread's quad of the sums over rows (if a reducer) in every state of the chunk: red_dst is
-    // its dB or dC at state n, advanced by a row (seqlen) per state.
+    // This thread's quad of the sums over rows (if a reducer) in every state of the chunk: red_global is
+    // the global-space address of its dB or dC at state n, advanced by a row (seqlen) per state.
     const int red_first = c * kScanChunk + 4 * red_q;
     const bool red_live = reducer && red_first < p.seqlen;
-    float* red_dst = red_out + red_first;
+    size_t red_global = __cvta_generic_to_global(red_out + red_first);  // this state's quad, global space
     // Kept through the state loop: dt, dt * u, dy = dL/dy before gating, and the sums S, E.
     float dt[kItems], dtu[kItems], dy[kItems], S[kItems], E[kItems];
     float4* y4 = s_y4 + warp * kScanChunk / 4 + lane;  // this lane's y: y4[32 j] holds items 4j .. 4j + 3
@@ -410,9 +410,13 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
             sum.x += s.x, sum.y += s.y, sum.z += s.z, sum.w += s.w;
           }
           const float s4[4] = {sum.x, sum.y, sum.z, sum.w};
+          float* const red_dst = static_cast<float*>(__cvta_global_to_generic(red_global));
           atomic_add_items<4>(red_dst, p.seqlen - red_first, atomics_aligned, s4);
         }
-        red_dst += p.seqlen;
+        red_global += p.seqlen * sizeof(float);
+        // Opaque: otherwise the compiler derives the scalar atomics' addresses from a 64-bit state count
+        // that it advances in every state.
+        asm("" : "+l"(red_global));
         buf ^= 1;
       }
     }

@@ -60,6 +60,9 @@ using std::log1pf;
 using std::max;
 using std::min;
 inline size_t __cvta_generic_to_shared(const void*) { return 0; }
+// The global window is the CPU's own address space.
+inline size_t __cvta_generic_to_global(const void* p) { return reinterpret_cast<size_t>(p); }
+inline void* __cvta_global_to_generic(size_t a) { return reinterpret_cast<void*>(a); }
 
 inline std::mutex emu_atomic_mutex;
 inline float atomicAdd(float* p, float v) {
