@@ -93,12 +93,19 @@ struct TileLoader {
   bool async;      // float32 B/C rows, 16-byte aligned: cp.async pieces
   bool loads;      // this thread issues loads
   T held_B, held_C;  // the other path: this thread's position of each plane
+  // kVarBC, the state loop's issues (issue_next): the global-space address of this thread's element (async:
+  // piece) of the next state in this chunk, and of state 0 of the chunk before (chunk 0: itself), whether
+  // the thread's position is in range in each, and C's address from B's.
+  size_t next_global, wrap_global;
+  bool next_in, wrap_in;
+  ptrdiff_t C_from_B;
 
   __device__ TileLoader(const SelectiveScanParams& p, int b, int group) {
     const size_t group_offset = (static_cast<size_t>(b) * p.n_groups + group) * p.dstate * p.seqlen;
     B = kVarBC || p.variable_B ? static_cast<const T*>(p.B) + group_offset : nullptr;
     C = kVarBC || p.variable_C ? static_cast<const T*>(p.C) + group_offset : nullptr;
     seqlen = p.seqlen;
+    C_from_B = kVarBC ? reinterpret_cast<const char*>(C) - reinterpret_cast<const char*>(B) : 0;
     async = sizeof(T) == 4 && p.seqlen % 4 == 0 && (!B || is_aligned16(B)) && (!C || is_aligned16(C));
     const int tid = threadIdx.x;
     if (async) {
@@ -128,6 +135,31 @@ struct TileLoader {
       held_B = (kVarBC || B) && in ? B[at] : from_float<T>(0.f);
       held_C = (kVarBC || C) && in ? C[at] : from_float<T>(0.f);
     }
+  }
+
+  // kVarBC: sets up issue_next() for the states of chunk c.
+  __device__ __forceinline__ void start_chunk(int c) {
+    const int t = c * kScanChunk + pos, t_wrap = max(c - 1, 0) * kScanChunk + pos;
+    next_in = t < seqlen;
+    wrap_in = t_wrap < seqlen;
+    next_global = __cvta_generic_to_global(B + seqlen + t);  // state 1 (only used in range)
+    wrap_global = __cvta_generic_to_global(B + t_wrap);
+  }
+
+  // kVarBC: as issue(), for the next state of the chunk given to start_chunk(), or (wrap: after its
+  // last state) state 0 of the chunk before it. The address advances by a row per state and is opaque
+  // to the compiler, which otherwise formed it again from (chunk, state) in every state.
+  __device__ __forceinline__ void issue_next(bool wrap, float* stage) {
+    const bool in = wrap ? wrap_in : next_in;
+    const T* at = static_cast<const T*>(__cvta_global_to_generic(wrap ? wrap_global : next_global));
+    if (sizeof(T) == 4 && async) {
+      if (loads) cp_async16(stage + slot, in ? at : B, in ? 16 : 0);
+    } else {
+      held_B = in ? at[0] : from_float<T>(0.f);
+      held_C = in ? *reinterpret_cast<const T*>(reinterpret_cast<const char*>(at) + C_from_B) : from_float<T>(0.f);
+    }
+    next_global += seqlen * sizeof(T);
+    asm("" : "+l"(next_global));
   }
 
   // Completes this thread's part of the stage started by issue(); a block barrier must follow.
@@ -292,6 +324,7 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
       if (tiled) tile_loader.finish(s_tile);
       __syncthreads();
     }
+    if (kVarBC) tile_loader.start_chunk(c);
     float* v_next = row_values;  // state n's per-row values, advanced by a state in every iteration
 #pragma unroll 1
     for (int n = 0; n < N; ++n) {
@@ -304,8 +337,10 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
       // With both B and C input-dependent, the last state of chunk 0 loads chunk 0's state 0 again, into
       // the stage nobody reads after it: no condition in the loop.
       const bool prefetch = kVarBC || (tiled && (n + 1 < N || c > 0));
-      if (prefetch)
-        tile_loader.issue(n + 1 < N ? c * kScanChunk : max(c - 1, 0) * kScanChunk, n + 1 < N ? n + 1 : 0, next_tile);
+      if (kVarBC)
+        tile_loader.issue_next(n + 1 == N, next_tile);
+      else if (prefetch)
+        tile_loader.issue(n + 1 < N ? c * kScanChunk : (c - 1) * kScanChunk, n + 1 < N ? n + 1 : 0, next_tile);
       if (active) {
         const float An = v[kRowA], An2 = An * kLog2e;
         float Bv[kItems], Cv[kItems], a[kItems], x[kItems];
