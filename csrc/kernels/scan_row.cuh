@@ -63,12 +63,12 @@ struct ScanRow {
     if (p.delta_softplus) {
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
-        const float v = softplus(raw[i] + bias);
+        const float v = step_size(raw[i], bias, true);
         dt[i] = first + i < p.seqlen ? v : 0.f;
       }
     } else {
 #pragma unroll
-      for (int i = 0; i < kItems; ++i) dt[i] = first + i < p.seqlen ? raw[i] + bias : 0.f;
+      for (int i = 0; i < kItems; ++i) dt[i] = first + i < p.seqlen ? step_size(raw[i], bias, false) : 0.f;
     }
   }
 };
