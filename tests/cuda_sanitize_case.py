@@ -2,8 +2,9 @@
 memcheck and racecheck (benchmarks/run_gpu.sh). Several chunks with a partial last one and 10 dims
 per group (a full backward block of 8 dims and a partial one pooling dB/dC), every option on: input-dependent B with
 constant C in float32, then constant B with input-dependent C in bf16 on packed rows (seq_idx) with
-the forward split into segments of one chunk (SSM_TOOLS_SCAN_SEGMENT); then decode with groups. Exits
-non-zero if an output is not finite."""
+the forward split into segments of one chunk (SSM_TOOLS_SCAN_SEGMENT), then both input-dependent in bf16
+on rows packed at a 216-position period (the training step's folded rows: the backward kernel it runs);
+then decode with groups. Exits non-zero if an output is not finite."""
 import os
 
 import torch
@@ -16,20 +17,22 @@ OPS = torch.ops.ssm_tools
 def main():
     dev = "cuda"
     batch, dim, seqlen, dstate, groups = 1, 20, 2100, 8, 2
-    for dtype, variable_B in ((torch.float32, True), (torch.bfloat16, False)):
+    for dtype, variable_B, variable_C, starts in ((torch.float32, True, False, None),
+                                                  (torch.bfloat16, False, True, (1, 64, 255, 256, 700, seqlen - 1)),
+                                                  (torch.bfloat16, True, True, range(216, seqlen, 216))):
         u, z, dout = (torch.randn(batch, dim, seqlen, device=dev).to(dtype) for _ in range(3))
         delta = (torch.randn(batch, dim, seqlen, device=dev) - 1).to(dtype)
         A = -(torch.rand(dim, dstate, device=dev) + 0.5)
         B = torch.randn(batch, groups, dstate, seqlen, device=dev).to(dtype) if variable_B else \
             torch.randn(dim, dstate, device=dev)
-        C = torch.randn(dim, dstate, device=dev) if variable_B else \
-            torch.randn(batch, groups, dstate, seqlen, device=dev).to(dtype)
+        C = torch.randn(batch, groups, dstate, seqlen, device=dev).to(dtype) if variable_C else \
+            torch.randn(dim, dstate, device=dev)
         D, bias = torch.randn(dim, device=dev), torch.randn(dim, device=dev)
         seq_idx = None
-        if not variable_B:
+        if starts is not None:
             os.environ["SSM_TOOLS_SCAN_SEGMENT"] = "256"
             seq_idx = torch.zeros(batch, seqlen, dtype=torch.int32, device=dev)
-            for t in (1, 64, 255, 256, 700, seqlen - 1):
+            for t in starts:
                 seq_idx[:, t:] += 1
         out, last, saved = OPS.selective_scan_fwd(u, delta, A, B, C, D, z, bias, True, seq_idx)
         grads = OPS.selective_scan_bwd(dout, torch.randn_like(last), u, delta, A, B, C, D, z, bias, True, saved,

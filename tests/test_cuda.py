@@ -188,6 +188,10 @@ PACKED_CASES = [
     # The step's aligned length packed: a sequence of 1 position first, starts at the 8-position items'
     # edges, a last sequence of 1 position.
     (2, 20, 216, 16, [1, 8, 9, 108, 215], dict()),
+    # The training step's folded rows: sequences of 216 positions packed into one row (fold_factor), so
+    # every boundary after the first falls inside a 256-position chunk, at a different lane and item
+    # in each chunk; 4 sequences, 4 chunks.
+    (2, 16, 4 * 216, 16, [216, 432, 648], dict()),
 ]
 
 

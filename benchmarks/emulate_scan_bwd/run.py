@@ -78,6 +78,9 @@ def emulation_source(build: pathlib.Path) -> None:
                 "emu_cp_async(smem, gmem, src_bytes);\n  (void)dst;")
     s = rewrite(s, 'asm volatile("cp.async.wait_all;\\n" ::: "memory");', "emu_cp_async_wait_all();")
     s = rewrite(s, 'asm("" : "+f"(dtu[i]));', "")
+    s = rewrite(s, 'asm("" : "+r"(starts));', "")
+    s = rewrite(s, 'asm("" : "+l"(red_global));', "")
+    s = rewrite(s, 'asm("" : "+l"(next_global));', "")
     s = rewrite(s, "extern __shared__ float s_rows[];", "float* s_rows = emu_dyn_smem;")
     slots = iter(range(8))
     s = re.sub(r"__shared__ (\w+) (\w+)\[.*\];",

@@ -58,8 +58,18 @@ struct ScanRow {
   template <int kItems>
   __device__ __forceinline__ void steps(const SelectiveScanParams& p, int first, const float (&raw)[kItems],
                                         float (&dt)[kItems]) const {
+    // One branch on softplus for the run and selects for the bound: per position, the compiler had
+    // branched around each softplus (two branches and their reconvergence each).
+    if (p.delta_softplus) {
 #pragma unroll
-    for (int i = 0; i < kItems; ++i) dt[i] = first + i < p.seqlen ? step_size(raw[i], bias, p.delta_softplus) : 0.f;
+      for (int i = 0; i < kItems; ++i) {
+        const float v = step_size(raw[i], bias, true);
+        dt[i] = first + i < p.seqlen ? v : 0.f;
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < kItems; ++i) dt[i] = first + i < p.seqlen ? step_size(raw[i], bias, false) : 0.f;
+    }
   }
 };
 

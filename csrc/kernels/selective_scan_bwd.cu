@@ -93,12 +93,19 @@ struct TileLoader {
   bool async;      // float32 B/C rows, 16-byte aligned: cp.async pieces
   bool loads;      // this thread issues loads
   T held_B, held_C;  // the other path: this thread's position of each plane
+  // kVarBC, the state loop's issues (issue_next): the global-space address of this thread's element (async:
+  // piece) of the next state in this chunk, and of state 0 of the chunk before (chunk 0: itself), whether
+  // the thread's position is in range in each, and C's address from B's.
+  size_t next_global, wrap_global;
+  bool next_in, wrap_in;
+  ptrdiff_t C_from_B;
 
   __device__ TileLoader(const SelectiveScanParams& p, int b, int group) {
     const size_t group_offset = (static_cast<size_t>(b) * p.n_groups + group) * p.dstate * p.seqlen;
     B = kVarBC || p.variable_B ? static_cast<const T*>(p.B) + group_offset : nullptr;
     C = kVarBC || p.variable_C ? static_cast<const T*>(p.C) + group_offset : nullptr;
     seqlen = p.seqlen;
+    C_from_B = kVarBC ? reinterpret_cast<const char*>(C) - reinterpret_cast<const char*>(B) : 0;
     async = sizeof(T) == 4 && p.seqlen % 4 == 0 && (!B || is_aligned16(B)) && (!C || is_aligned16(C));
     const int tid = threadIdx.x;
     if (async) {
@@ -130,6 +137,31 @@ struct TileLoader {
     }
   }
 
+  // kVarBC: sets up issue_next() for the states of chunk c.
+  __device__ __forceinline__ void start_chunk(int c) {
+    const int t = c * kScanChunk + pos, t_wrap = max(c - 1, 0) * kScanChunk + pos;
+    next_in = t < seqlen;
+    wrap_in = t_wrap < seqlen;
+    next_global = __cvta_generic_to_global(B + seqlen + t);  // state 1 (only used in range)
+    wrap_global = __cvta_generic_to_global(B + t_wrap);
+  }
+
+  // kVarBC: as issue(), for the next state of the chunk given to start_chunk(), or (wrap: after its
+  // last state) state 0 of the chunk before it. The address advances by a row per state and is opaque
+  // to the compiler, which otherwise formed it again from (chunk, state) in every state.
+  __device__ __forceinline__ void issue_next(bool wrap, float* stage) {
+    const bool in = wrap ? wrap_in : next_in;
+    const T* at = static_cast<const T*>(__cvta_global_to_generic(wrap ? wrap_global : next_global));
+    if (sizeof(T) == 4 && async) {
+      if (loads) cp_async16(stage + slot, in ? at : B, in ? 16 : 0);
+    } else {
+      held_B = in ? at[0] : from_float<T>(0.f);
+      held_C = in ? *reinterpret_cast<const T*>(reinterpret_cast<const char*>(at) + C_from_B) : from_float<T>(0.f);
+    }
+    next_global += seqlen * sizeof(T);
+    asm("" : "+l"(next_global));
+  }
+
   // Completes this thread's part of the stage started by issue(); a block barrier must follow.
   __device__ __forceinline__ void finish(float* stage) {
     if (sizeof(T) == 4 && async) {
@@ -149,6 +181,38 @@ __device__ __forceinline__ void load_chunk_items(const float* plane, int lane, f
     const float4 q = src[32 * j];
     v[4 * j] = q.x, v[4 * j + 1] = q.y, v[4 * j + 2] = q.z, v[4 * j + 3] = q.w;
   }
+}
+
+// Packed rows: bit i set where position first + i (a lane's kItems positions, first = lane * kItems
+// plus the chunk's start) starts a sequence, i.e. 0 < t < seqlen and seq[t] != seq[t - 1]. Whole
+// runs in range of a 16-byte aligned row come as two 16-byte loads, and the position before a
+// lane's first from the lane before it (one shuffle; lane 0 reads it). All lanes of the warp call it.
+__device__ __forceinline__ unsigned sequence_starts(const int32_t* seq, int first, int seqlen, int lane) {
+  int32_t s[kItems];
+  const bool whole = first + kItems <= seqlen;
+  if (whole && seqlen % 4 == 0 && is_aligned16(seq)) {
+    const int4* src = reinterpret_cast<const int4*>(seq + first);
+#pragma unroll
+    for (int j = 0; j < kItems / 4; ++j) {
+      const int4 q = __ldg(src + j);
+      s[4 * j] = q.x, s[4 * j + 1] = q.y, s[4 * j + 2] = q.z, s[4 * j + 3] = q.w;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) s[i] = first + i < seqlen ? seq[first + i] : 0;
+  }
+  int32_t before = __shfl_up_sync(kFullMask, s[kItems - 1], 1);
+  if (lane == 0) before = first > 0 && first <= seqlen ? seq[first - 1] : s[0];
+  unsigned starts = 0;
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) {
+    const bool change = (i == 0 ? before : s[i - 1]) != s[i];
+    starts |= change && (whole || first + i < seqlen) ? 1u << i : 0u;
+  }
+  // Opaque: the state loop then takes the bits into predicates with one R2P (the compiler otherwise
+  // kept them among its own flag bits, tested one by one in every state).
+  asm("" : "+r"(starts));
+  return starts;
 }
 
 // kVarBC: B and C are both input-dependent (Mamba's case); the code for constant ones is left out.
@@ -219,23 +283,16 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
 #pragma unroll 1
   for (int c = p.n_chunks - 1; c >= 0; --c) {
     const int first = c * kScanChunk + lane * kItems;
-    // This thread's quad of the sums over rows (if a reducer) in every state of the chunk: red_dst is
-    // its dB or dC at state n, advanced by a row (seqlen) per state.
+    // This thread's quad of the sums over rows (if a reducer) in every state of the chunk: red_global is
+    // the global-space address of its dB or dC at state n, advanced by a row (seqlen) per state.
     const int red_first = c * kScanChunk + 4 * red_q;
     const bool red_live = reducer && red_first < p.seqlen;
-    float* red_dst = red_out + red_first;
+    size_t red_global = __cvta_generic_to_global(red_out + red_first);  // this state's quad, global space
     // Kept through the state loop: dt, dt * u, dy = dL/dy before gating, and the sums S, E.
     float dt[kItems], dtu[kItems], dy[kItems], S[kItems], E[kItems];
     float4* y4 = s_y4 + warp * kScanChunk / 4 + lane;  // this lane's y: y4[32 j] holds items 4j .. 4j + 3
     unsigned starts = 0;  // bit i: position first + i starts a sequence
-    if (kVarlen && active) {
-      const int32_t* seq = p.seq_idx + static_cast<size_t>(b) * p.seqlen;
-#pragma unroll
-      for (int i = 0; i < kItems; ++i) {
-        const int t = first + i;
-        starts |= (t > 0 && t < p.seqlen && seq[t] != seq[t - 1]) ? 1u << i : 0u;
-      }
-    }
+    if (kVarlen) starts = sequence_starts(p.seq_idx + static_cast<size_t>(b) * p.seqlen, first, p.seqlen, lane);
     {
       float u[kItems], raw[kItems], dout[kItems], z[kItems];
       r.load(p.u, p, first, u);
@@ -267,16 +324,24 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
       if (tiled) tile_loader.finish(s_tile);
       __syncthreads();
     }
+    if (kVarBC) tile_loader.start_chunk(c);
+    float* v_next = row_values;  // state n's per-row values, advanced by a state in every iteration
 #pragma unroll 1
     for (int n = 0; n < N; ++n) {
+      float* const v = v_next;
+      v_next += kRowValues;
       float* parts = s_parts + buf * 2 * kRows * kScanChunk;  // [B, C][kRows][kScanChunk]
       const float* tile = s_tile + buf * 2 * kScanChunk;      // [B, C][kScanChunk]
       float* next_tile = s_tile + (buf ^ 1) * 2 * kScanChunk;
       // The next state's B/C: state n + 1 of this chunk, or state 0 of the previous chunk.
-      const bool prefetch = tiled && (n + 1 < N || c > 0);
-      if (prefetch) tile_loader.issue(n + 1 < N ? c * kScanChunk : (c - 1) * kScanChunk, n + 1 < N ? n + 1 : 0, next_tile);
+      // With both B and C input-dependent, the last state of chunk 0 loads chunk 0's state 0 again, into
+      // the stage nobody reads after it: no condition in the loop.
+      const bool prefetch = kVarBC || (tiled && (n + 1 < N || c > 0));
+      if (kVarBC)
+        tile_loader.issue_next(n + 1 == N, next_tile);
+      else if (prefetch)
+        tile_loader.issue(n + 1 < N ? c * kScanChunk : (c - 1) * kScanChunk, n + 1 < N ? n + 1 : 0, next_tile);
       if (active) {
-        float* const v = row_values + n * kRowValues;
         const float An = v[kRowA], An2 = An * kLog2e;
         float Bv[kItems], Cv[kItems], a[kItems], x[kItems];
         if (var_B) {
@@ -324,8 +389,9 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
 #pragma unroll
         for (int i = 0; i < kItems; ++i) Cv[i] *= dy[i];  // from here on Cv holds C dy, the adjoint's input
         // 2. adjoint: g_i = a_{i+1} g_{i+1} + C_i dy_i; the chunk's last position takes adj_in as is.
-        float a_next = __shfl_down_sync(kFullMask, a[0], 1);
-        if (lane == 31) a_next = 1.f;
+        bool below;  // the lane after this one is in the warp (not for lane 31)
+        float a_next = shfl_in_warp<true>(a[0], 1, below);
+        if (!below) a_next = 1.f;
         map = make_float2(inner * a_next, Cv[kItems - 1]);
 #pragma unroll
         for (int i = kItems - 2; i >= 0; --i) map.y = fmaf(a[i + 1], map.y, Cv[i]);
@@ -379,9 +445,13 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
             sum.x += s.x, sum.y += s.y, sum.z += s.z, sum.w += s.w;
           }
           const float s4[4] = {sum.x, sum.y, sum.z, sum.w};
+          float* const red_dst = static_cast<float*>(__cvta_global_to_generic(red_global));
           atomic_add_items<4>(red_dst, p.seqlen - red_first, atomics_aligned, s4);
         }
-        red_dst += p.seqlen;
+        red_global += p.seqlen * sizeof(float);
+        // Opaque: otherwise the compiler derives the scalar atomics' addresses from a 64-bit state count
+        // that it advances in every state.
+        asm("" : "+l"(red_global));
         buf ^= 1;
       }
     }

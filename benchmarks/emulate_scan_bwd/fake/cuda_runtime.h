@@ -31,6 +31,7 @@ struct float2 { float x, y; };
 struct float4 { float x, y, z, w; };
 struct uint2 { unsigned x, y; };
 struct uint4 { unsigned x, y, z, w; };
+struct int4 { int x, y, z, w; };
 inline float2 make_float2(float a, float b) { return {a, b}; }
 inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
 inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
@@ -59,6 +60,9 @@ using std::log1pf;
 using std::max;
 using std::min;
 inline size_t __cvta_generic_to_shared(const void*) { return 0; }
+// The global window is the CPU's own address space.
+inline size_t __cvta_generic_to_global(const void* p) { return reinterpret_cast<size_t>(p); }
+inline void* __cvta_global_to_generic(size_t a) { return reinterpret_cast<void*>(a); }
 
 inline std::mutex emu_atomic_mutex;
 inline float atomicAdd(float* p, float v) {
