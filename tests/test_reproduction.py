@@ -569,6 +569,21 @@ def test_a_real_rollout_and_teacher_forced_pass_stop_at_their_deadline():
     assert E.evaluate_size_many([model], task, 3, 2, deadline=time.perf_counter() + 600)[0]["n"] == 2
 
 
+def test_teacher_forced_passes_of_an_attention_model_are_short(monkeypatch):
+    """An attention model's exact-trajectory passes hold fewer tokens (its cost grows with the square
+    of the episodes' length), so the deadline between passes comes often; a recurrent model's hold many
+    episodes. The same score either way."""
+    task = get_task("addition")
+    monkeypatch.setattr(E, "ATTENTION_PASS_TOKENS", 1)  # one episode a pass
+    for name, passes in (("pythia", 4), ("mamba", 1)):
+        model = build_model(name, vocab_size=V.VOCAB_SIZE, **preset(name, "tiny"))
+        calls = []
+        model.register_forward_hook(lambda *_: calls.append(1))
+        r, = E.exact_trajectory_many([model], task, 5, 4)
+        assert len(calls) == passes and r["n"] == 4
+        assert r == E.exact_trajectory_many([model], task, 5, 4, max_tokens=1 << 20)[0]
+
+
 def test_long_episode_tasks_have_their_runs_seeds_and_models(tmp_path, monkeypatch):
     """Hanoi trains every Mamba seed of Figure 5's view (5) and one of each baseline, with the small
     models of the GPU scale; the curve is written as each run ends (a call cut short keeps them). Hanoi

@@ -269,9 +269,18 @@ def evaluate_many(models, task, sizes, n: int, seed: int = TEST_SEED, device="cp
              "per_size": {s: r[j] for s, r in per_size.items()}} for j in range(len(models))]
 
 
+# Tokens per teacher-forced pass (exact_trajectory_many). The deadline is checked between passes, so a
+# pass must be short: a recurrent model's costs a scan over its tokens, an attention model's grows with
+# the square of its episodes' length, so that a pass of many long episodes would run far past the
+# deadline: about one 30k-token episode a pass.
+PASS_TOKENS = 1 << 20
+ATTENTION_PASS_TOKENS = 1 << 15
+
+
 @torch.no_grad()
+
 def exact_trajectory_many(models, task, size: int, n: int, seed: int = TEST_SEED, device="cpu",
-                          max_tokens: int = 1 << 20, deadline: float | None = None) -> list[dict]:
+                          max_tokens: int | None = None, deadline: float | None = None) -> list[dict]:
     """For each model, the share of the size's test episodes (sample_instances: the ones
     `evaluate_size` decodes) whose whole oracle trajectory the model reproduces: at every position
     where the oracle emits a token, the model's argmax given the oracle's prefix is that token. The
@@ -283,8 +292,12 @@ def exact_trajectory_many(models, task, size: int, n: int, seed: int = TEST_SEED
     pass per episode instead of one decode step per token: a 1,000-gate graph (539k tokens) costs a
     scan, not 539k steps. It is a lower bound on `evaluate_size`'s exact-answer accuracy (a model may
     leave the oracle's path and still answer right) and equal to it up to float rounding of near-ties
-    otherwise. Episodes are batched up to `max_tokens` tokens per forward pass (at least one). Past
-    `deadline` (time.perf_counter()) it stops between two passes with EvaluationDeadline."""
+    otherwise. Episodes are batched up to `max_tokens` tokens per forward pass (at least one; default
+    PASS_TOKENS, ATTENTION_PASS_TOKENS where a model attends over the whole episode). Past `deadline`
+    (time.perf_counter()) it stops between two passes with EvaluationDeadline."""
+    if max_tokens is None:
+        fixed = all(getattr(m, "fixed_size_state", False) for m in models)
+        max_tokens = PASS_TOKENS if fixed else ATTENTION_PASS_TOKENS
     transcript = task.oracle_transcript(sample_instances(task, size, n, seed), task.max_steps(size))
     tokens, mask, lengths = transcript.tokens, transcript.loss_mask, transcript.lengths
     order = torch.argsort(lengths, descending=True).tolist()
@@ -312,7 +325,7 @@ def exact_trajectory_many(models, task, size: int, n: int, seed: int = TEST_SEED
 
 
 def exact_trajectory_size(model, task, size: int, n: int, seed: int = TEST_SEED, device="cpu",
-                          max_tokens: int = 1 << 20) -> dict:
+                          max_tokens: int | None = None) -> dict:
     """exact_trajectory_many for one model."""
     return exact_trajectory_many([model], task, size, n, seed, device, max_tokens)[0]
 
