@@ -1,10 +1,15 @@
-# Sourced by the GPU scripts (run_gpu.sh, run_gpu_kernels.sh, run_gpu_train_decode.sh) from the
-# repository root: the output folder, the environment, and `step`, which runs one stage with a time
-# limit, logs it and remembers a failure in $status.
+# Sourced by the GPU scripts (run_gpu.sh, run_gpu_kernels.sh, run_gpu_decode.sh, run_gpu_graph.sh,
+# run_gpu_train_decode.sh) from the repository root: the output folder, the environment,
+# `machine_info`, and `step`, which runs one stage with a time limit, logs it and remembers a failure
+# in $status.
 OUT=${OUT:-results/gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
 status=0
+machine_info() {  # the GPU, its clocks and the torch build, first in every log
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
+  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+}
 step() {  # step NAME TIMEOUT_S COMMAND...
   local name=$1 limit=$2; shift 2
   echo "=== $name: $*"

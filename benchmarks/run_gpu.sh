@@ -13,8 +13,7 @@ set -o pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/gpu_step.sh
 {
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
-  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+  machine_info
   # The package as a user installs it on a GPU machine: both extension modules, CUDA kernels on.
   step build 420 python3 -m pip install --no-build-isolation --no-deps -v -e . \
     -C cmake.define.SSM_TOOLS_CUDA=ON -C build-dir=build/gpu

@@ -17,7 +17,7 @@ source benchmarks/gpu_step.sh
 export MAX_JOBS=$(nproc)
 logs=$(mktemp -d)
 {
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
+  machine_info
   step build 240 python3 -m pip install -q --no-build-isolation --no-deps -e . \
     -C cmake.define.SSM_TOOLS_CUDA=ON -C build-dir=build/gpu
   step tests-decode-kernels 90 python3 -m pytest -q -rf -p no:cacheprovider tests/test_mamba_block_ops.py \

@@ -18,8 +18,7 @@ cd "$(dirname "$0")/.."
 source benchmarks/gpu_step.sh
 export MAX_JOBS=$(nproc)
 {
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
-  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+  machine_info
   baseline_pid=
   if [ -n "${MAMBA_SSM_PKG:-}" ]; then baseline_build mamba_ssm_build.txt 330 "m.lm_head_model()"; fi
   step build 240 python3 -m pip install -q --no-build-isolation --no-deps -e . \

@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 source benchmarks/gpu_step.sh
 export MAX_JOBS=$(nproc)
 {
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
+  machine_info
   baseline_build causal_conv1d_build.txt 360 "m.load_causal_conv1d()"
   block_checks
   wait "$baseline_pid"; tail -3 "$OUT/causal_conv1d_build.txt"

@@ -15,8 +15,7 @@ cd "$(dirname "$0")/.."
 source benchmarks/gpu_step.sh
 export MAX_JOBS=$(nproc)
 {
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
-  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+  machine_info
   baseline_build mamba_ssm_build.txt 420 "m.lm_head_model()"
   block_checks
   step tests-scan 150 python3 -m pytest -q -rf -p no:cacheprovider tests/test_cuda.py -k "not decode and not packed"
