@@ -3,8 +3,9 @@ memcheck and racecheck (benchmarks/run_gpu.sh). Several chunks with a partial la
 per group (a full backward block of 8 dims and a partial one pooling dB/dC), every option on: input-dependent B with
 constant C in float32, then constant B with input-dependent C in bf16 on packed rows (seq_idx) with
 the forward split into segments of one chunk (SSM_TOOLS_SCAN_SEGMENT), then both input-dependent in bf16
-on rows packed at a 216-position period (the training step's folded rows: the backward kernel it runs);
-then decode with groups. Exits non-zero if an output is not finite."""
+on rows packed at a 216-position period (the training step's folded rows: the backward kernel it runs,
+B/C of a chunk loaded at once), with rows not 16-byte aligned at dstate 8 and aligned at dstate 16 (its
+16-byte loads); then decode with groups. Exits non-zero if an output is not finite."""
 import os
 
 import torch
@@ -16,10 +17,12 @@ OPS = torch.ops.ssm_tools
 
 def main():
     dev = "cuda"
-    batch, dim, seqlen, dstate, groups = 1, 20, 2100, 8, 2
-    for dtype, variable_B, variable_C, starts in ((torch.float32, True, False, None),
-                                                  (torch.bfloat16, False, True, (1, 64, 255, 256, 700, seqlen - 1)),
-                                                  (torch.bfloat16, True, True, range(216, seqlen, 216))):
+    batch, dim, groups = 1, 20, 2
+    for dtype, variable_B, variable_C, seqlen, dstate, starts in (
+            (torch.float32, True, False, 2100, 8, None),
+            (torch.bfloat16, False, True, 2100, 8, (1, 64, 255, 256, 700, 2099)),
+            (torch.bfloat16, True, True, 2100, 8, range(216, 2100, 216)),
+            (torch.bfloat16, True, True, 2160, 16, range(216, 2160, 216))):
         u, z, dout = (torch.randn(batch, dim, seqlen, device=dev).to(dtype) for _ in range(3))
         delta = (torch.randn(batch, dim, seqlen, device=dev) - 1).to(dtype)
         A = -(torch.rand(dim, dstate, device=dev) + 0.5)

@@ -15,8 +15,10 @@
 // gating), and the state loop keeps two sums per position: S = sum_n g B_n, from which du = delta S +
 // D dy and ddelta's input term u S follow at the chunk's end, and E = sum_n A_n dL/d(delta A_n).
 //
-// Input-dependent B/C of the block's group, one state over one chunk, are read from global memory
-// once per block into a shared tile (all kRows warps use the same values), one state ahead: while the
+// 16-bit input-dependent B and C at dstate <= 16 (kChunkBC, Mamba's case) are read for all states of a
+// chunk at its start, with its other inputs, into shared memory (32 KB of float32 at dstate 16; two
+// blocks an SM still fit). Otherwise input-dependent B/C of the block's group, one state over one chunk,
+// are read from global memory once per block into a shared tile (all kRows warps use the same values), one state ahead: while the
 // warps compute state n, the tile of the next state (or of the previous chunk's first state) is in
 // flight (cp.async for float32 B/C rows that are 16-byte aligned, else one B and one C element per
 // thread held in registers). The tile is float32: 16-bit B/C are converted once, by the loads.
@@ -36,6 +38,8 @@
 // Measured on the H100 (results/selective_scan_cuda_notes.md): earlier designs with a block scan per
 // row over 2,048-position chunks, and dB/dC pooled over thread-block clusters, were slower at every
 // benchmark and training shape.
+#include <type_traits>
+
 #include "kernels/scan_row.cuh"
 
 namespace ssm_tools_cuda {
@@ -55,11 +59,21 @@ constexpr int kMinBlocks = 2;
 // position; kDA, kDB, kDC, the sums of dA and of constant dB/dC; kRowA, kRowB, kRowC, A and constant
 // B/C; kSaved, the state entering the current chunk.
 enum RowValue { kAdj, kDA, kDB, kDC, kRowA, kRowB, kRowC, kSaved, kRowValues };
-size_t smem_bytes(int dstate) { return kRowValues * kRows * static_cast<size_t>(dstate) * sizeof(float); }
+
+// kChunkBC (16-bit input-dependent B and C, dstate <= kChunkStates): B/C of all states of the current
+// chunk in dynamic shared memory after the per-row values, [kChunkStates][B, C][kScanChunk] float32
+// (32 KB), loaded once per chunk with its other inputs instead of a tile per state. Planes of states
+// past dstate are written (with whatever the loads left) and never read, so the stores need no bound.
+constexpr int kChunkStates = 16;
+
+// Dynamic shared memory: the per-row values, and kChunkBC's B/C of a chunk.
+size_t smem_bytes(int dstate, bool chunk_bc) {
+  return (kRowValues * kRows * static_cast<size_t>(dstate) + (chunk_bc ? 2 * kScanChunk * kChunkStates : 0)) * sizeof(float);
+}
 
 // Static shared memory: the dB/dC parts [2 buffers][B, C][kRows][kScanChunk], y [kRows][kScanChunk] and
-// the B/C tile [2 stages][B, C][kScanChunk], all float32.
-constexpr size_t kStaticSmemBytes = (5 * kRows + 4) * kScanChunk * sizeof(float);
+// (not kChunkBC) the B/C tile [2 stages][B, C][kScanChunk], all float32.
+constexpr size_t static_smem_bytes(bool chunk_bc) { return (5 * kRows + (chunk_bc ? 0 : 4)) * kScanChunk * sizeof(float); }
 
 // Where position i of a chunk lies in a chunk-long plane of shared memory (the tile's B and C, a
 // row's dB/dC parts, y): lane i / kItems's positions as kItems / 4 float4s, the j-th float4s of all
@@ -173,6 +187,58 @@ struct TileLoader {
   }
 };
 
+// kChunkBC: one chunk's 16-bit B and C of every state, loaded by the whole block into registers with the
+// chunk's other inputs (one round trip to memory for all of them) and then converted into shared memory
+// ([kChunkStates][B, C][kScanChunk], chunk_slot's layout). Unit s = warp + kRows j is plane s % 2 (B, C)
+// of state s / 2; the lane loads its kItems positions of it (16 bytes, so a warp's load is 512
+// contiguous bytes), element by element where the run is not whole or the rows not 16-byte aligned.
+// Units of states past dstate load nothing, and their planes are stored unread.
+template <typename T>
+struct ChunkBC {
+  static constexpr int kUnits = 2 * kChunkStates / kRows;
+  uint4 raw[kUnits];
+
+  // row: the warp's unit 0, plane warp % 2 (B, C) of state warp / 2 (unit j is state warp / 2 + j kRows / 2).
+  __device__ __forceinline__ void load(const T* row, int N, int seqlen, bool aligned, int first, int warp) {
+    static_assert(sizeof(T) * kItems == 16, "a lane's positions of a plane are one 16-byte load");
+    const T* const src = row + first;
+    const size_t stride = static_cast<size_t>(kRows / 2) * seqlen;
+    // One branch for all units (the compiler branched per unit otherwise).
+    if (aligned && first + kItems <= seqlen) {
+#pragma unroll
+      for (int j = 0; j < kUnits; ++j)
+        if (warp + kRows * j < 2 * N) raw[j] = __ldg(reinterpret_cast<const uint4*>(src + j * stride));
+    } else {
+#pragma unroll
+      for (int j = 0; j < kUnits; ++j) {
+        T* e = reinterpret_cast<T*>(&raw[j]);
+#pragma unroll
+        for (int i = 0; i < kItems; ++i)
+          e[i] = warp + kRows * j < 2 * N && first + i < seqlen ? src[j * stride + i] : from_float<T>(0.f);
+      }
+    }
+  }
+
+  // Element i of a lane's run as float. A bfloat16 is the upper half of a float32: one shift or mask (the
+  // compiler's conversion of a word's upper half took two instructions).
+  __device__ __forceinline__ static float element(const uint4& q, int i) {
+    const unsigned w = i < 4 ? (i < 2 ? q.x : q.y) : (i < 6 ? q.z : q.w);
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) return __uint_as_float(i % 2 ? w & 0xffff0000u : w << 16);
+    else return to_float(reinterpret_cast<const T*>(&q)[i]);
+  }
+
+  // A block barrier must follow before the state loop reads them.
+  __device__ __forceinline__ void store(float* s_bc, int warp, int lane) const {
+#pragma unroll
+    for (int j = 0; j < kUnits; ++j) {
+      const uint4& q = raw[j];
+      float4* dst = reinterpret_cast<float4*>(s_bc + (warp + kRows * j) * kScanChunk) + lane;
+      dst[0] = make_float4(element(q, 0), element(q, 1), element(q, 2), element(q, 3));
+      dst[32] = make_float4(element(q, 4), element(q, 5), element(q, 6), element(q, 7));
+    }
+  }
+};
+
 // This lane's kItems positions of one chunk-long plane (chunk_slot's layout).
 __device__ __forceinline__ void load_chunk_items(const float* plane, int lane, float (&v)[kItems]) {
   const float4* src = reinterpret_cast<const float4*>(plane) + lane;
@@ -216,20 +282,24 @@ __device__ __forceinline__ unsigned sequence_starts(const int32_t* seq, int firs
 }
 
 // kVarBC: B and C are both input-dependent (Mamba's case); the code for constant ones is left out.
-template <typename T, bool kVarlen, bool kVarBC>
+// kChunkBC: B/C of a chunk loaded once per chunk (ChunkBC; 16-bit B and C, both input-dependent,
+// dstate <= kChunkStates), else a tile per state (TileLoader).
+template <typename T, bool kVarlen, bool kVarBC, bool kChunkBC>
 __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kernel(SelectiveScanParams p, int blocks_per_group) {
   // One array, so that every address in it is one base plus a constant (the compiler forms the base
   // again where registers are short): the dB/dC parts, y = D u + sum_n C_n x_n of every row's positions
   // (chunk_slot's layout; read back at the chunk's end only, for dz, so it is summed here rather than
-  // held in registers), the B/C tile.
-  __shared__ float4 s_static4[kStaticSmemBytes / sizeof(float4)];
+  // held in registers), and (not kChunkBC) the B/C tile.
+  static_assert(!kChunkBC || (kVarBC && sizeof(T) == 2), "kChunkBC: 16-bit B and C, both input-dependent");
+  __shared__ float4 s_static4[static_smem_bytes(kChunkBC) / sizeof(float4)];
   float4* const s_parts4 = s_static4;
   float4* const s_y4 = s_parts4 + kRows * kScanChunk;
-  float4* const s_tile4 = s_y4 + kRows * kScanChunk / 4;
+  float4* const s_tile4 = s_y4 + kRows * kScanChunk / 4;  // not kChunkBC
   float* s_parts = reinterpret_cast<float*>(s_parts4);
   float* s_tile = reinterpret_cast<float*>(s_tile4);
   extern __shared__ float s_rows[];
   const int N = p.dstate;
+  float* const s_bc = s_rows + kRowValues * kRows * N;  // kChunkBC: [kChunkStates][B, C][kScanChunk]
   // Input-dependent B and C (kVarBC: both, known when compiling; the launcher checks).
   const bool var_B = kVarBC || p.variable_B, var_C = kVarBC || p.variable_C;
 
@@ -247,7 +317,13 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
   // seqlen 216, is a single chunk (no saved state to read) and pays this once per block.
   const bool tiled = var_B || var_C;
   TileLoader<T, kVarBC> tile_loader(p, b, group);
-  if (tiled) tile_loader.issue((p.n_chunks - 1) * kScanChunk, 0, s_tile);
+  if (!kChunkBC && tiled) tile_loader.issue((p.n_chunks - 1) * kScanChunk, 0, s_tile);
+  // kChunkBC: the group's B and C, and whether 16-byte loads of a lane's positions are allowed.
+  const size_t bc_offset = (static_cast<size_t>(b) * p.n_groups + group) * N * p.seqlen;
+  const T* const bc_B = static_cast<const T*>(p.B) + bc_offset;
+  const T* const bc_C = static_cast<const T*>(p.C) + bc_offset;
+  const bool bc_aligned = p.seqlen % kItems == 0 && is_aligned16(bc_B) && is_aligned16(bc_C);
+  const T* const bc_row = (warp % 2 ? bc_C : bc_B) + static_cast<size_t>(warp / 2) * p.seqlen;
   const auto init_rows = [&] {
     for (int i = tid; i < kRows * N; i += kThreads) {  // i = w * N + n: row w, state n
       const bool valid = i / N < rows;
@@ -293,6 +369,8 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
     float4* y4 = s_y4 + warp * kScanChunk / 4 + lane;  // this lane's y: y4[32 j] holds items 4j .. 4j + 3
     unsigned starts = 0;  // bit i: position first + i starts a sequence
     if (kVarlen) starts = sequence_starts(p.seq_idx + static_cast<size_t>(b) * p.seqlen, first, p.seqlen, lane);
+    ChunkBC<T> chunk_bc;
+    if constexpr (kChunkBC) chunk_bc.load(bc_row, N, p.seqlen, bc_aligned, first, warp);
     {
       float u[kItems], raw[kItems], dout[kItems], z[kItems];
       r.load(p.u, p, first, u);
@@ -300,6 +378,9 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
       r.load(p.dout, p, first, dout);
       if (p.z) r.load(p.z, p, first, z);
       if (c == p.n_chunks - 1) init_rows();  // while the loads are in flight
+      // kChunkBC: the previous chunk's B/C were last read before its last state's barrier; the barrier
+      // below publishes these.
+      if constexpr (kChunkBC) chunk_bc.store(s_bc, warp, lane);
       r.steps(p, first, raw, dt);
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
@@ -320,24 +401,30 @@ __global__ __launch_bounds__(kThreads, kMinBlocks) void selective_scan_bwd_kerne
       for (int n = lane; n < N; n += 32) row_values[n * kRowValues + kSaved] = c > 0 ? saved[n] : 0.f;
       __syncwarp();
     }
-    if (c == p.n_chunks - 1) {  // the first chunk: the per-row values, zeroed parts and first tile
-      if (tiled) tile_loader.finish(s_tile);
-      __syncthreads();
+    if constexpr (kChunkBC) {
+      __syncthreads();  // the chunk's B/C (and in the first chunk the per-row values and zeroed parts)
+    } else {
+      if (c == p.n_chunks - 1) {  // the first chunk: the per-row values, zeroed parts and first tile
+        if (tiled) tile_loader.finish(s_tile);
+        __syncthreads();
+      }
+      if (kVarBC) tile_loader.start_chunk(c);
     }
-    if (kVarBC) tile_loader.start_chunk(c);
     float* v_next = row_values;  // state n's per-row values, advanced by a state in every iteration
+    const float* bc_next = s_bc;  // kChunkBC: state n's B/C, advanced likewise
 #pragma unroll 1
     for (int n = 0; n < N; ++n) {
       float* const v = v_next;
       v_next += kRowValues;
       float* parts = s_parts + buf * 2 * kRows * kScanChunk;  // [B, C][kRows][kScanChunk]
-      const float* tile = s_tile + buf * 2 * kScanChunk;      // [B, C][kScanChunk]
+      const float* tile = kChunkBC ? bc_next : s_tile + buf * 2 * kScanChunk;  // [B, C][kScanChunk]
+      bc_next += 2 * kScanChunk;
       float* next_tile = s_tile + (buf ^ 1) * 2 * kScanChunk;
       // The next state's B/C: state n + 1 of this chunk, or state 0 of the previous chunk.
       // With both B and C input-dependent, the last state of chunk 0 loads chunk 0's state 0 again, into
       // the stage nobody reads after it: no condition in the loop.
-      const bool prefetch = kVarBC || (tiled && (n + 1 < N || c > 0));
-      if (kVarBC)
+      const bool prefetch = !kChunkBC && (kVarBC || (tiled && (n + 1 < N || c > 0)));
+      if (kVarBC && !kChunkBC)
         tile_loader.issue_next(n + 1 == N, next_tile);
       else if (prefetch)
         tile_loader.issue(n + 1 < N ? c * kScanChunk : (c - 1) * kScanChunk, n + 1 < N ? n + 1 : 0, next_tile);
@@ -507,10 +594,15 @@ int launch(const SelectiveScanParams& p, cudaStream_t stream) {
   // Grid y is limited to 65535 (batch entries run along x, up to 2^31 - 1).
   if (static_cast<long>(p.n_groups) * blocks_per_group > 65535) return static_cast<int>(cudaErrorInvalidConfiguration);
   const bool var_BC = p.variable_B && p.variable_C;
-  auto kernel = p.seq_idx ? (var_BC ? selective_scan_bwd_kernel<T, true, true> : selective_scan_bwd_kernel<T, true, false>)
-                          : (var_BC ? selective_scan_bwd_kernel<T, false, true> : selective_scan_bwd_kernel<T, false, false>);
-  const size_t smem = smem_bytes(p.dstate);
-  if (smem + kStaticSmemBytes > 48 * 1024) {
+  // B/C of a chunk at once where they fit two blocks an SM (32 KB of float32 at dstate 16).
+  constexpr bool kChunkable = sizeof(T) == 2;
+  const bool chunk_bc = kChunkable && var_BC && p.dstate <= kChunkStates;
+  auto kernel = chunk_bc ? (p.seq_idx ? selective_scan_bwd_kernel<T, true, true, kChunkable>
+                                      : selective_scan_bwd_kernel<T, false, true, kChunkable>)
+              : p.seq_idx ? (var_BC ? selective_scan_bwd_kernel<T, true, true, false> : selective_scan_bwd_kernel<T, true, false, false>)
+                          : (var_BC ? selective_scan_bwd_kernel<T, false, true, false> : selective_scan_bwd_kernel<T, false, false, false>);
+  const size_t smem = smem_bytes(p.dstate, chunk_bc);
+  if (smem + static_smem_bytes(chunk_bc) > 48 * 1024) {
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (err != cudaSuccess) return static_cast<int>(err);
   }
