@@ -39,7 +39,7 @@ export MAX_JOBS=$(nproc)
     # Without a built baseline, time ours alone (the benchmark would otherwise start the build again).
     grep -q "MambaLMHeadModel" "$OUT/mamba_ssm_build.txt" || unset MAMBA_SSM_PKG
   fi
-  step train-graph 300 python3 benchmarks/bench_train_step.py --cuda-graph --seqlens 216 640 --tasks \
+  step train-graph 300 python3 benchmarks/bench_train_step.py --cuda-graph --seqlens 216 640 \
     --profile "$OUT/train_step_profile.txt" --out "$OUT/bench_train_step_graph.json"
   echo "=== run_gpu_graph.sh status $status after $SECONDS s"
   exit $status
