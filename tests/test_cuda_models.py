@@ -277,6 +277,28 @@ def test_folded_rows_on_cuda_match_unfolded_rows(k, packed):
     assert paper_width.fold_for(128, 216, "cuda") == fold_factor(128, 216, 1536, sms) > 1
 
 
+@pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bf16"])
+def test_channel_first_gemms_on_cuda_match_token_major_ones(autocast, monkeypatch):
+    """The layers' CUDA formulation (out_proj and, with the conv's rows split, in_proj's gradients
+    reading y, dx and dz channel-first through transposed views; their weight gradients summed over
+    the batch in float32) against the token-major one (transpose_cat, forced here): the logits and
+    every gradient at rows of 216 folded 8 at a time, float32 and under bf16 autocast."""
+    from ssm_tools.models import mamba
+    model = tiny("mamba").train()
+    model.fold_rows = 8
+    tokens = torch.randint(0, VOCAB_SIZE, (16, 216), generator=torch.Generator().manual_seed(1)).cuda()
+    params = list(model.parameters())
+    results = []
+    for channel_first in (True, False):
+        monkeypatch.setattr(mamba, "_channel_first_gemms", lambda t, cf=channel_first: cf)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            logits = model(tokens).float()
+        results.append([logits.detach(), *torch.autograd.grad(logits.square().mean(), params)])
+    rtol, atol = (5e-2, 5e-2) if autocast else (1e-4, 1e-5)
+    for got, want, name in zip(*results, ["logits", *(n for n, _ in model.named_parameters())]):
+        torch.testing.assert_close(got, want, rtol=rtol, atol=atol * want.abs().max().item(), msg=name)
+
+
 def test_autocast_training_gradients_as_close_to_float64_as_with_torch_norm_backward(monkeypatch):
     """The bf16-autocast training step at the paper width (768: rms_norm_bwd's rows held in registers)
     and 4,400 rows (add_rms_norm's warp-a-row kernel): the layers' norm backward through ops.rms_norm

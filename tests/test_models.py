@@ -292,6 +292,47 @@ def test_mamba_folded_rows_match_unfolded_rows(batch, T, k, packed, monkeypatch)
         torch.testing.assert_close(g, w, rtol=1e-11, atol=1e-11, msg=name)
 
 
+@pytest.mark.parametrize("dtype, autocast, tol", [(torch.float64, False, 1e-10), (torch.float32, False, 1e-4),
+                                                   (torch.float32, True, 5e-2)], ids=["float64", "float32", "bf16"])
+@pytest.mark.parametrize("k, via_in_proj", [(1, False), (3, False), (3, True)])
+def test_mamba_channel_first_gemms_match_token_major_ones(k, via_in_proj, dtype, autocast, tol, monkeypatch):
+    # The CUDA formulation (_channel_first_gemms, forced here on the CPU): out_proj reads y through a
+    # transposed view, its weight gradient and, with the conv's rows split (rows folded k at a time),
+    # in_proj's gradients sum per-row products over the batch, without transpose_cat. The logits and
+    # every gradient equal the token-major formulation's; both backward formulations of the norm
+    # weight's gradient (via_in_proj forced in full precision; bf16 autocast takes it itself).
+    from ssm_tools.models import mamba
+    called = set()
+
+    class RecordingOps:
+        def __getattr__(self, name):
+            called.add(name)
+            return getattr(torch.ops.ssm_tools, name)
+    monkeypatch.setattr(mamba, "_ops", RecordingOps())
+    if not autocast:
+        monkeypatch.setattr(mamba, "_norm_grad_via_in_proj", lambda cd, stream_dtype: via_in_proj)
+    torch.manual_seed(3000 + k)
+    model = _perturbed_mamba(3, dtype)
+    model.fold_rows = k
+    tokens = torch.randint(0, V, (6, 70))
+    grad_out = torch.randn(6, 70, V, dtype=dtype)
+    params = list(model.parameters())
+    results = []
+    for channel_first in (False, True):
+        monkeypatch.setattr(mamba, "_channel_first_gemms", lambda t, cf=channel_first: cf)
+        called.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logits = model(tokens)
+        results.append((logits, torch.autograd.grad(logits, params, grad_out.to(logits.dtype))))
+        assert ("transpose_cat" in called) == (not channel_first), called
+    (want, want_grads), (got, got_grads) = results
+    assert got.dtype == want.dtype
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+    for g, w, (name, p) in zip(got_grads, want_grads, model.named_parameters()):
+        assert g.dtype == w.dtype == p.dtype, name
+        torch.testing.assert_close(g, w, rtol=tol, atol=tol * w.abs().max().item(), msg=name)
+
+
 def test_fold_seq_idx_starts_a_sequence_at_each_row_and_each_change_of_the_callers():
     from ssm_tools.models.mamba import fold_seq_idx
     from ssm_tools.reference import sequences

@@ -100,15 +100,30 @@ def _conv_fwd(x, w, b, seq_idx, split):
     return _ops.causal_conv1d_fwd(_split_rows(x, split), w, b, True, None).view(x.shape)
 
 
+def _split_conv_bwd(du, x, w, b, split):
+    """_conv_fwd's backward for split > 1: (dx channel-first (B, d_inner, T), dweight, dbias), the
+    channel-first kernel (the token-major one would lay the split channels out token-major too), the
+    repeated weights' gradients summed."""
+    dx, dw, db = _ops.causal_conv1d_bwd(_split_rows(du, split), _split_rows(x, split), w, b, True, None)
+    return dx.view(x.shape), dw.view(-1, split, dw.shape[-1]).sum(1), db if b is None else db.view(-1, split).sum(1)
+
+
 def _conv_bwd_cat(du, x, w, b, seq_idx, split, dz):
     """_conv_fwd's backward: ([dx, dz] token-major (B, T, 2 d_inner), dweight, dbias). split > 1:
-    the channel-first conv backward and dx's transpose beside dz's (the token-major kernel would lay
-    the split channels out token-major too); the repeated weights' gradients summed."""
+    _split_conv_bwd, then dx's transpose beside dz's."""
     if split == 1:
         return _ops.causal_conv1d_bwd_cat(du, x, w, b, True, seq_idx, [dz])
-    dx, dw, db = _ops.causal_conv1d_bwd(_split_rows(du, split), _split_rows(x, split), w, b, True, None)
-    return (_ops.transpose_cat([dx.view(x.shape), dz]), dw.view(-1, split, dw.shape[-1]).sum(1),
-            db if b is None else db.view(-1, split).sum(1))
+    dx, dw, db = _split_conv_bwd(du, x, w, b, split)
+    return _ops.transpose_cat([dx, dz]), dw, db
+
+
+def _channel_first_gemms(t: torch.Tensor) -> bool:
+    """Whether a layer on t's device runs out_proj and in_proj's gradient GEMMs on channel-first
+    tensors (the scan's y, the conv backward's dx and dz) through transposed views: on CUDA, where
+    cuBLAS reads the views as they are and a tiled transpose to token-major is a full memory pass
+    (out_proj's weight gradient and in_proj's then sum per-row products over the batch). The CPU keeps
+    the token-major GEMMs, whose bits the CPU runs that reproduce recorded results depend on."""
+    return t.is_cuda
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -127,11 +142,30 @@ def _shared_bmm(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.bmm(weight.expand(x.shape[0], -1, -1), x)
 
 
-def _batch_summed_bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """sum_b a[b] @ b[b]^T, summed in float32 at least: the gradient of a weight shared over the batch
-    by _shared_bmm (small here: one (O, I) product per sequence, O or I being dt_rank or dt_rank + 2
-    d_state)."""
-    return torch.bmm(a, b.mT).sum(0, dtype=torch.promote_types(a.dtype, torch.float32))
+def _summed_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype products of t's dtype are summed over the batch in: float32 at least."""
+    return torch.promote_types(t.dtype, torch.float32)
+
+
+def _batch_summed_bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """sum_b a[b] @ b[b]^T, summed in float32 at least (_summed_dtype; into out if given): the
+    gradient of a weight shared over the batch by _shared_bmm (one (O, I) product per row; a or b may
+    be transposed views)."""
+    return torch.sum(torch.bmm(a, b.mT), 0, dtype=_summed_dtype(a), out=out)
+
+
+def _in_proj_grads(dx, dz, W_in, h):
+    """in_proj's input gradient dh (B, T, d_model) and weight gradient M = sum_b [dx; dz][b] h[b]
+    (2 d_inner, d_model, in _summed_dtype) from dx and dz channel-first (B, d_inner, T) and in_proj's
+    input h (B, T, d_model): two GEMMs each, reading dx and dz through transposed views, M's halves
+    summed straight into place."""
+    d_inner = dx.shape[1]
+    W_x, W_z = (w.expand(dx.shape[0], -1, -1) for w in W_in.split(d_inner))
+    dh = torch.bmm(dx.mT, W_x).baddbmm_(dz.mT, W_z)
+    M = torch.empty(W_in.shape, dtype=_summed_dtype(dx), device=dx.device)
+    for d, half in zip((dx, dz), M.split(d_inner)):
+        _batch_summed_bmm(d, h.mT, out=half)
+    return dh, M
 
 
 def _residual_norm(x, res, norm_weight, eps, cd):
@@ -169,9 +203,11 @@ class _MambaLayer(torch.autograd.Function):
     recomputes the same). The add, the norm and the cast to the compute dtype are one kernel
     (_residual_norm). Layout: channel-first (B, d_inner, T) from in_proj to the scan, as the conv and
     scan kernels read it; the GEMMs write and read that layout through weights expanded with batch
-    stride 0, so nothing is transposed but y (once, for out_proj and its weight gradient) and
-    in_proj's gradient (for its weight gradient, which sums over batch and time: the conv backward
-    writes dx token-major, dz goes through a tiled transpose).
+    stride 0. On CUDA (_channel_first_gemms) out_proj and in_proj's gradient GEMMs also read y, dx
+    and dz channel-first through transposed views, and the weight gradients that sum over batch and
+    time sum per-row products over the batch in float32; only the unsplit conv's backward writes dx
+    token-major beside dz's transpose (its kernel's layout). The CPU transposes y and in_proj's
+    gradient token-major (one GEMM each over batch and time): the bits its recorded runs reproduce.
     Under autocast the GEMMs, the conv and the scan's inputs run in the autocast dtype (the weights
     cast once a step, kept for the backward); the norm, the states and every parameter gradient stay
     in float32."""
@@ -191,11 +227,15 @@ class _MambaLayer(torch.autograd.Function):
             delta = _shared_bmm(W_dt, x_dbl[:, :dt_rank])
             B, C = (t.unsqueeze(1) for t in x_dbl[:, dt_rank:].split(d_state, dim=1))
             y, _, saved = _ops.selective_scan_fwd(u, delta, -torch.exp(A_log), B, C, D, z, dt_b, True, seq_idx)
-            y_t = _ops.transpose_cat([y])  # (B, T, d_inner), by the tiled transpose
-            out = F.linear(y_t, W_out)
+            channel_first = _channel_first_gemms(y)
+            if channel_first:
+                out = torch.bmm(y.mT, W_out.t().expand(y.shape[0], -1, -1))  # (B, T, d_model)
+            else:
+                y = _ops.transpose_cat([y])  # (B, T, d_inner), by the tiled transpose
+                out = F.linear(y, W_out)
         ctx.save_for_backward(r, seq_idx, norm_weight, W_in, conv_w, *conv_ws, W_x, W_dt, dt_b, A_log, D, W_out, x, z,
-                              x_dbl, y_t, saved)
-        ctx.eps, ctx.dims, ctx.cd, ctx.conv_split = eps, dims, cd, conv_split
+                              x_dbl, y, saved)
+        ctx.eps, ctx.dims, ctx.cd, ctx.conv_split, ctx.channel_first = eps, dims, cd, conv_split, channel_first
         ctx.param_dtypes = tuple(p.dtype for p in (in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D, out_w))
         ctx.x_dtype, ctx.res_dtype = x_in.dtype, None if res is None else res.dtype
         # An r or out that nothing used gets None, not a tensor of zeros (MambaMixer.forward drops r).
@@ -204,7 +244,7 @@ class _MambaLayer(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_r, g):
-        r, seq_idx, norm_weight, W_in, conv_w, cw, cb, W_x, W_dt, dt_b, A_log, D, W_out, x, z, x_dbl, y_t, saved = \
+        r, seq_idx, norm_weight, W_in, conv_w, cw, cb, W_x, W_dt, dt_b, A_log, D, W_out, x, z, x_dbl, y, saved = \
             ctx.saved_tensors
         d_inner, dt_rank, d_state = ctx.dims
         cd = ctx.cd
@@ -212,7 +252,10 @@ class _MambaLayer(torch.autograd.Function):
         via_in_proj = norm_weight is not None and _norm_grad_via_in_proj(cd, r.dtype)
         g = torch.zeros(r.shape, dtype=cd, device=r.device) if g is None else g.to(cd)
         dy = _shared_bmm(W_out.t(), g.mT)  # (B, d_inner, T)
-        d_out_w = g.reshape(-1, d_model).t() @ y_t.reshape(-1, d_inner)
+        if ctx.channel_first:  # y channel-first (B, d_inner, T)
+            d_out_w = _batch_summed_bmm(g.mT, y)
+        else:  # y token-major (B, T, d_inner)
+            d_out_w = g.reshape(-1, d_model).t() @ y.reshape(-1, d_inner)
         # Recompute the conv and dt_proj (cheap), then the scan's backward.
         u = _conv_fwd(x, cw, cb, seq_idx, ctx.conv_split)
         dt_low = x_dbl[:, :dt_rank]
@@ -225,11 +268,8 @@ class _MambaLayer(torch.autograd.Function):
         d_dt_w = _batch_summed_bmm(ddelta, dt_low)
         dx_dbl = torch.cat([_shared_bmm(W_dt.t(), ddelta), dB[:, 0].to(cd), dC[:, 0].to(cd)], dim=1)
         d_x_w = _batch_summed_bmm(dx_dbl, u)
-        du = torch.baddbmm(du.to(cd), W_x.t().expand(batch, -1, -1), dx_dbl)
-        # The conv's dx written token-major beside dz's transpose: in_proj's gradient as its GEMMs read it.
-        dxz, d_conv_w, d_conv_b = _conv_bwd_cat(du, x, cw, cb, seq_idx, ctx.conv_split, dz.to(cd))
-        dxz = dxz.view(batch * T, 2 * d_inner)
-        dh = dxz @ W_in
+        # In place: du is the scan backward's own output (or its fresh cast).
+        du = du.to(cd).baddbmm_(W_x.t().expand(batch, -1, -1), dx_dbl)
         rows = r.view(batch * T, d_model)
         # The recomputed norm in the compute dtype: without its weight (xhat, one kernel) where the
         # weight's gradient comes from in_proj's (below); else differentiated by autograd.
@@ -241,7 +281,15 @@ class _MambaLayer(torch.autograd.Function):
                 norm_w = None if norm_weight is None else norm_weight.detach().requires_grad_()
                 h_full = r_ if norm_weight is None else F.rms_norm(r_, (d_model,), norm_w, ctx.eps)
             h = h_full.detach().to(cd)
-        M = dxz.t() @ h.view(batch * T, d_model)  # in_proj's weight gradient (dxz^T xhat via_in_proj)
+        # in_proj's input gradient dh and weight gradient M = dxz^T h (dxz^T xhat via_in_proj), dxz = [dx, dz].
+        if ctx.channel_first and ctx.conv_split > 1:
+            dx, d_conv_w, d_conv_b = _split_conv_bwd(du, x, cw, cb, ctx.conv_split)
+            dh, M = _in_proj_grads(dx, dz.to(cd), W_in, h.view(batch, T, d_model))
+            dh = dh.view(batch * T, d_model)
+        else:  # dx written token-major beside dz's transpose, as the GEMMs over batch and time read it
+            dxz, d_conv_w, d_conv_b = _conv_bwd_cat(du, x, cw, cb, seq_idx, ctx.conv_split, dz.to(cd))
+            dxz = dxz.view(batch * T, 2 * d_inner)
+            dh, M = dxz @ W_in, dxz.t() @ h.view(batch * T, d_model)
         # The residual stream's gradient dr (the norm's input gradient plus g_r, r's other use: the next
         # layer's residual add or the final norm) and its copy for the previous layer's output.
         d_res = None
