@@ -25,7 +25,7 @@ export MAX_JOBS=$(nproc)
     -C cmake.define.SSM_TOOLS_CUDA=ON -C build-dir=build/gpu
   step tests-graphed-step-cpu 60 python3 -m pytest -q -rf -p no:cacheprovider tests/test_graphed_step.py
   step tests-graphed-step 180 python3 -m pytest -q -rf -p no:cacheprovider tests/test_cuda_models.py \
-    -k "graphed_train_step or folded_rows"
+    -k "graphed_train_step or folded_rows or channel_first or packed_rows or autocast_training or forward_cuda_matches_cpu"
   # The scan kernels (session 12's backward: every CUDA scan test, the sanitizers on its cases, the
   # folded step's kernel among them) before they are timed in the step.
   step tests-scan 150 python3 -m pytest -q -rf -p no:cacheprovider tests/test_cuda.py -k "not decode"
