@@ -377,7 +377,7 @@ def test_fixed_state_runs_are_evaluated_jointly_as_each_alone(tmp_path, monkeypa
         model, meta = load_checkpoint(folder)
         # The record says how the run was trained, evaluated jointly or not.
         assert (r["model_cfg"], r["train"], r["trained_steps"]) == (meta["model_cfg"], meta["train"], 1)
-        assert r["machine"].startswith("cpu, ") and r["stop_after_zero"]
+        assert r["machine"].startswith("cpu (") and r["stop_after_zero"]
         # Teacher-forced exact trajectory at every size, the skipped ones included, as for the model alone.
         assert r["exact_trajectory"] == {str(s): exact_trajectory_size(model, task, s, 2)["exact_trajectory"]
                                          for s in (2, 4)}
@@ -734,7 +734,7 @@ def test_each_run_records_how_it_was_trained_with_the_seed_it_used(tmp_path, mon
     assert meta["train"] == run["train"] and meta["model_cfg"] == run["model_cfg"]
     assert (run["train"]["steps"], run["train"]["lr"], run["train"]["batch_size"]) == (2, 2e-3, 32)
     assert (run["model_cfg"]["d_model"], run["model_cfg"]["n_layers"]) == (64, 2)
-    assert run["machine"].startswith(f"cpu, {R.os.cpu_count()} cores")
+    assert run["machine"].startswith(f"cpu ({torch.backends.cpu.get_cpu_capability()}), {R.os.cpu_count()} cores")
     assert run["train_seconds"] > 0 and run["eval_seconds"] >= 0
     assert json.loads((tmp_path / "out/curve.json").read_text())["runs"][0] == {**run, "command": ""}
 

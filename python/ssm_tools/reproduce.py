@@ -348,10 +348,12 @@ def run_name(run: dict) -> str:
 
 
 def machine(device: torch.device) -> str:
-    """What a run ran on: the GPU's name, or the CPU's core count and the threads torch used."""
+    """What a run ran on: the GPU's name, or the CPU's vector instruction set as torch's kernels use it
+    (their float bits, and so a CPU run's exact outcome, differ between AVX2 and AVX-512 machines), its
+    core count and the threads torch used."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    return f"cpu ({torch.backends.cpu.get_cpu_capability()}), {os.cpu_count()} cores, {torch.get_num_threads()} threads"
 
 
 def run_train(train: dict, seed: int) -> dict:
