@@ -4,14 +4,17 @@
 // and the tiled transpose that lays channel-first gradients out token-major. All memory-bound: each
 // reads and writes every activation once.
 //
-// Forward and backward work on chunks of two 16-byte vectors of consecutive positions of a row, one
+// Forward and backward work on chunks of a few 16-byte vectors of consecutive positions of a row, one
 // chunk a thread. A block serves one channel d (its weights in registers, its dweight/dbias summed
 // over the block), its threads the (batch, chunk) pairs of that channel with 32-bit index math. The
 // taps before a chunk (and, backward, after it) come from overlapping vector loads of the
 // neighbouring chunks (L1 hits); the backward recomputes the gradient of those few positions instead
-// of exchanging it. Rows that are not 16-byte aligned (odd lengths, offset pointers) and the ends of
-// rows take scalar loads.
+// of exchanging it. A thread issues all its vector loads before it uses any (one memory round trip a
+// chunk); rows that are not 16-byte aligned (odd lengths, offset pointers) and the ends of rows then
+// take scalar loads. The taps are a template constant: 4 for widths up to 4 (Mamba's; the missing
+// weights are zeros), else kMaxConvWidth.
 #include <algorithm>
+#include <type_traits>
 
 #include "kernels/decode_rows.cuh"
 #include "kernels/mamba_block_params.h"
@@ -21,20 +24,44 @@ namespace {
 
 constexpr int kConvThreads = 128;
 constexpr int kConvWarps = kConvThreads / 32;
-// The backward's per-block dweight/dbias partials: dweight by tap shift, then dbias.
+// The backward's per-block dweight/dbias partials: dweight by tap shift, then dbias (at kMaxConvWidth
+// whatever the taps).
 constexpr int kConvPartials = kMaxConvWidth + 1;
 // Blocks per channel at most (more (batch, chunk) pairs loop): bounds the partials the second,
 // deterministic pass sums.
 constexpr int kMaxConvBlocksPerDim = 1024;
 
-// A thread's chunk of positions and the halo of taps around it, rounded up to whole vectors.
-template <typename T>
+// A thread's chunk: kVecs 16-byte vectors of positions, kW taps, and the halo of taps around the
+// chunk rounded up to whole vectors.
+template <typename T, int kVecs, int kW>
 struct ConvChunk {
   static constexpr int kVec = 16 / sizeof(T);
-  static constexpr int kItems = 2 * kVec;
-  static constexpr int kPad = (kMaxConvWidth - 1 + kVec - 1) / kVec * kVec;
-  static_assert(kPad >= kMaxConvWidth - 1 && kPad % 4 == 0, "the halo covers the taps in whole int32 vectors");
+  static constexpr int kItems = kVecs * kVec;
+  static constexpr int kTaps = kW;
+  static constexpr int kPad = (kW - 1 + kVec - 1) / kVec * kVec;
+  static_assert(kPad >= kW - 1 && kPad % 4 == 0, "the halo covers the taps in whole int32 vectors");
 };
+
+// The forward's and channel-first backward's chunks: 4 vectors a thread (32 positions in bf16: half
+// the threads, index math and block sums a position of 2 vectors, and half the halo loads and
+// recomputed pre-activations a position) where rows hold one sequence; 2 with seq_idx, whose run
+// lengths take another register a position. kConvLegacyChunks = true gives back 2 vectors and all
+// kMaxConvWidth taps everywhere, the arithmetic (and bits) of the earlier kernels; the loads stay
+// batched.
+constexpr bool kConvLegacyChunks = false;
+template <typename T, bool kPacked, int kW>
+using ConvRowChunk = ConvChunk<T, kConvLegacyChunks || kPacked ? 2 : 4, kW>;
+
+// f(std::integral_constant<int, taps>) for p's width.
+template <typename F>
+int with_conv_taps(const CausalConv1dParams& p, F&& f) {
+  if (!kConvLegacyChunks && p.width <= 4) return f(std::integral_constant<int, 4>{});
+  return f(std::integral_constant<int, kMaxConvWidth>{});
+}
+
+// The slot of a chunk sum in a block's kConvPartials: tap shifts k < kW, then dbias.
+template <int kW>
+__device__ __forceinline__ int partial_slot(int k) { return k < kW ? k : kMaxConvWidth; }
 
 __device__ __forceinline__ float silu_grad(float v) {
   const float s = sigmoid(v);
@@ -45,26 +72,48 @@ __device__ __forceinline__ int to_value(int v) { return v; }
 template <typename T>
 __device__ __forceinline__ float to_value(T v) { return to_float(v); }
 
-// v[i] = row[start + i], 0 outside [0, len). start is a multiple of the 16-byte vector width (it may
-// be negative); a vector wholly inside the row is one 16-byte load when the row is 16-byte aligned.
-template <typename T, typename V, int N>
-__device__ __forceinline__ void load_run(const T* row, int start, int len, bool aligned, V (&v)[N]) {
-  constexpr int kVec = 16 / sizeof(T);
+// N consecutive elements row[start, start + N) of a row of len elements, start a multiple of the
+// 16-byte vector width (it may be negative): load() issues the loads of the vectors wholly inside the
+// row where the row is 16-byte aligned (the others read zero), unpack() converts them, with element
+// loads for the vectors that were not loaded whole (an unaligned row; the vector across the row's
+// end), and zeros outside [0, len). A chunk loads all its runs before it unpacks any, so that its loads
+// are in flight together.
+template <typename T, int N>
+struct RowRun {
+  static constexpr int kVec = 16 / sizeof(T);
   static_assert(N % kVec == 0, "whole vectors");
+  uint4 raw[N / kVec];
+
+  __device__ __forceinline__ static bool whole(int s, int len, bool aligned) {
+    return aligned && s >= 0 && s + kVec <= len;
+  }
+
+  __device__ __forceinline__ void load(const T* row, int start, int len, bool aligned) {
 #pragma unroll
-  for (int j = 0; j < N; j += kVec) {
-    const int s = start + j;
-    if (aligned && s >= 0 && s + kVec <= len) {
-      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(row + s));
-      const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-      for (int k = 0; k < kVec; ++k) v[j + k] = to_value(e[k]);
-    } else {
-#pragma unroll
-      for (int k = 0; k < kVec; ++k) v[j + k] = s + k >= 0 && s + k < len ? to_value(row[s + k]) : V(0);
+    for (int j = 0; j < N / kVec; ++j) {
+      const int s = start + j * kVec;
+      raw[j] = whole(s, len, aligned) ? __ldg(reinterpret_cast<const uint4*>(row + s)) : make_uint4(0, 0, 0, 0);
     }
   }
-}
+
+  template <typename V>
+  __device__ __forceinline__ void unpack(const T* row, int start, int len, bool aligned, V (&v)[N]) const {
+#pragma unroll
+    for (int j = 0; j < N / kVec; ++j) {
+      const T* e = reinterpret_cast<const T*>(&raw[j]);
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) v[j * kVec + k] = to_value(e[k]);
+    }
+    if (aligned && len % kVec == 0) return;  // every vector lies wholly inside the row or outside
+#pragma unroll
+    for (int j = 0; j < N / kVec; ++j) {
+      const int s = start + j * kVec;
+      if (whole(s, len, aligned)) continue;
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) v[j * kVec + k] = s + k >= 0 && s + k < len ? to_value(row[s + k]) : V(0);
+    }
+  }
+};
 
 // row[start + i] = v[i] for start + i < len; start is a multiple of the vector width.
 template <typename T, int N>
@@ -89,71 +138,88 @@ __device__ __forceinline__ void store_run(T* row, int start, int len, bool align
 }
 
 // Channel d's weights by tap shift: ws[s] multiplies x[t - s]; 0 past the width.
-__device__ __forceinline__ void load_shift_weights(const CausalConv1dParams& p, int d, float (&ws)[kMaxConvWidth]) {
+template <int kW>
+__device__ __forceinline__ void load_shift_weights(const CausalConv1dParams& p, int d, float (&ws)[kW]) {
   const float* w = p.weight + static_cast<size_t>(d) * p.width;
 #pragma unroll
-  for (int s = 0; s < kMaxConvWidth; ++s) ws[s] = s < p.width ? __ldg(w + p.width - 1 - s) : 0.f;
+  for (int s = 0; s < kW; ++s) ws[s] = s < p.width ? __ldg(w + p.width - 1 - s) : 0.f;
 }
 
-// Packed rows: back[i] = how many positions right before window position i share its sequence (a
-// run of equal seq_idx), counted from the window's start; the tap pair (t - s, t) is in one sequence
-// iff back[t] >= s. One sequence a row: every pair is (taps before t = 0 read zeros).
+// The seq_idx of a window of a chunk (packed rows; unused otherwise).
 template <bool kPacked, int N>
-__device__ __forceinline__ void sequence_runs(const CausalConv1dParams& p, unsigned b, int start, int (&back)[N]) {
-  if (!kPacked) {
-#pragma unroll
-    for (int i = 0; i < N; ++i) back[i] = kMaxConvWidth;
-    return;
-  }
-  const int* q = p.seq_idx + static_cast<size_t>(b) * p.seqlen;
-  int qv[N];
-  load_run(q, start, p.seqlen, is_aligned16(q), qv);
-  back[0] = 0;
-#pragma unroll
-  for (int i = 1; i < N; ++i) back[i] = qv[i] == qv[i - 1] ? back[i - 1] + 1 : 0;
-}
+struct SeqRun {
+  RowRun<int, N> run;
+  const int* q = nullptr;
+  bool aligned = false;
 
-// The pre-activation at window position i (i >= kMaxConvWidth - 1).
-template <int N>
-__device__ __forceinline__ float conv_pre(const float (&xv)[N], const float (&ws)[kMaxConvWidth], const int (&back)[N],
+  __device__ __forceinline__ void load(const CausalConv1dParams& p, unsigned b, int start) {
+    if (!kPacked) return;
+    q = p.seq_idx + static_cast<size_t>(b) * p.seqlen;
+    aligned = is_aligned16(q);
+    run.load(q, start, p.seqlen, aligned);
+  }
+
+  // back[i] = how many positions right before window position i share its sequence (a run of equal
+  // seq_idx), counted from the window's start; the tap pair (t - s, t) is in one sequence iff
+  // back[t] >= s. One sequence a row: every pair is (taps before t = 0 read zeros).
+  __device__ __forceinline__ void runs(int start, int len, int (&back)[N]) const {
+    if (!kPacked) {
+#pragma unroll
+      for (int i = 0; i < N; ++i) back[i] = kMaxConvWidth;
+      return;
+    }
+    int qv[N];
+    run.unpack(q, start, len, aligned, qv);
+    back[0] = 0;
+#pragma unroll
+    for (int i = 1; i < N; ++i) back[i] = qv[i] == qv[i - 1] ? back[i - 1] + 1 : 0;
+  }
+};
+
+// The pre-activation at window position i (i >= kW - 1).
+template <int kW, int N>
+__device__ __forceinline__ float conv_pre(const float (&xv)[N], const float (&ws)[kW], const int (&back)[N],
                                           float bias, int i) {
   float acc = bias;
 #pragma unroll
-  for (int s = 0; s < kMaxConvWidth; ++s)
+  for (int s = 0; s < kW; ++s)
     if (s <= back[i]) acc = fmaf(ws[s], xv[i - s], acc);
   return acc;
 }
 
 // Walks the (batch, chunk) pairs of channel blockIdx.x that fall to this thread: f(b, first, row
 // offset) with 32-bit index math (the host checks that batch * seqlen fits).
-template <typename T, typename F>
+template <typename C, typename F>
 __device__ __forceinline__ void for_each_chunk(const CausalConv1dParams& p, F&& f) {
-  constexpr int kItems = ConvChunk<T>::kItems;
-  const unsigned chunks = (static_cast<unsigned>(p.seqlen) + kItems - 1) / kItems;
+  const unsigned chunks = (static_cast<unsigned>(p.seqlen) + C::kItems - 1) / C::kItems;
   const unsigned n = chunks * static_cast<unsigned>(p.batch);
-  for (unsigned i = blockIdx.y * kConvThreads + threadIdx.x; i < n; i += gridDim.y * kConvThreads) {
+  for (unsigned i = blockIdx.y * blockDim.x + threadIdx.x; i < n; i += gridDim.y * blockDim.x) {
     const unsigned b = i / chunks;
-    const int first = static_cast<int>(i - b * chunks) * kItems;
+    const int first = static_cast<int>(i - b * chunks) * C::kItems;
     f(b, first, (static_cast<size_t>(b) * p.dim + blockIdx.x) * p.seqlen);
   }
 }
 
-template <typename T, bool kPacked>
+template <typename T, typename C, bool kPacked>
 __global__ __launch_bounds__(kConvThreads) void conv_fwd_kernel(CausalConv1dParams p) {
-  using C = ConvChunk<T>;
   constexpr int kWin = C::kPad + C::kItems;  // positions first - kPad .. first + kItems
   const int d = blockIdx.x;
-  float ws[kMaxConvWidth];
+  float ws[C::kTaps];
   load_shift_weights(p, d, ws);
   const float bias = p.bias ? p.bias[d] : 0.f;
-  for_each_chunk<T>(p, [&](unsigned b, int first, size_t row) {
+  for_each_chunk<C>(p, [&](unsigned b, int first, size_t row) {
     const T* x = static_cast<const T*>(p.x) + row;
     T* out = static_cast<T*>(p.out) + row;
     const bool aligned = is_aligned16(x) && is_aligned16(out);
+    const int start = first - C::kPad;
+    RowRun<T, kWin> xr;
+    xr.load(x, start, p.seqlen, aligned);
+    SeqRun<kPacked, kWin> qr;
+    qr.load(p, b, start);
     float xv[kWin];
-    load_run(x, first - C::kPad, p.seqlen, aligned, xv);
+    xr.unpack(x, start, p.seqlen, aligned, xv);
     int back[kWin];
-    sequence_runs<kPacked>(p, b, first - C::kPad, back);
+    qr.runs(start, p.seqlen, back);
     float o[C::kItems];
 #pragma unroll
     for (int j = 0; j < C::kItems; ++j) {
@@ -165,90 +231,101 @@ __global__ __launch_bounds__(kConvThreads) void conv_fwd_kernel(CausalConv1dPara
 }
 
 // One chunk of the backward for channel d of batch row b (first: its first position, row: the
-// row's offset): g = dout * act'(pre) on the chunk and the kPad positions after it; dx[t] = sum_s
-// ws[s] g[t + s] over t's sequence, returned in dxv; the chunk's dweight/dbias terms are added to acc
-// (dweight by tap shift, then dbias).
-template <typename T, bool kPacked>
-__device__ __forceinline__ void conv_bwd_chunk(const CausalConv1dParams& p, const float (&ws)[kMaxConvWidth],
+// row's offset): g = dout * act'(pre) on the chunk and the kTaps - 1 positions after it; dx[t] =
+// sum_s ws[s] g[t + s] over t's sequence, returned in dxv; the chunk's dweight/dbias terms are added
+// to acc (dweight by tap shift, then dbias). The sums run over the taps in a fixed order whatever the
+// chunk's size, so that every chunking gives the same dx bits.
+template <typename T, typename C, bool kPacked>
+__device__ __forceinline__ void conv_bwd_chunk(const CausalConv1dParams& p, const float (&ws)[C::kTaps],
                                                float bias, unsigned b, int first, size_t row,
-                                               float (&acc)[kConvPartials], float (&dxv)[ConvChunk<T>::kItems]) {
-  using C = ConvChunk<T>;
+                                               float (&acc)[C::kTaps + 1], float (&dxv)[C::kItems]) {
+  constexpr int kW = C::kTaps;
   constexpr int kWin = C::kPad + C::kItems + C::kPad;  // x, seq_idx: first - kPad .. first + kItems + kPad
   constexpr int kG = C::kItems + C::kPad;             // g: first .. first + kItems + kPad
   const T* x = static_cast<const T*>(p.x) + row;
   const T* dout = static_cast<const T*>(p.dout) + row;
+  const bool xa = is_aligned16(x), ga = is_aligned16(dout);
+  const int start = first - C::kPad;
+  RowRun<T, kWin> xr;
+  RowRun<T, kG> gr;
+  SeqRun<kPacked, kWin> qr;
+  xr.load(x, start, p.seqlen, xa);
+  gr.load(dout, first, p.seqlen, ga);
+  qr.load(p, b, start);
   float xv[kWin], g[kG];
-  load_run(x, first - C::kPad, p.seqlen, is_aligned16(x), xv);
-  load_run(dout, first, p.seqlen, is_aligned16(dout), g);
+  xr.unpack(x, start, p.seqlen, xa, xv);
+  gr.unpack(dout, first, p.seqlen, ga, g);
   int back[kWin];
-  sequence_runs<kPacked>(p, b, first - C::kPad, back);
+  qr.runs(start, p.seqlen, back);
   if (p.silu) {
 #pragma unroll
-    for (int i = 0; i < kG; ++i) g[i] *= silu_grad(conv_pre(xv, ws, back, bias, C::kPad + i));
+    for (int i = 0; i < C::kItems + kW - 1; ++i) g[i] *= silu_grad(conv_pre(xv, ws, back, bias, C::kPad + i));
   }
 #pragma unroll
   for (int j = 0; j < C::kItems; ++j) {
     float a = 0.f;
 #pragma unroll
-    for (int s = 0; s < kMaxConvWidth; ++s) {
+    for (int s = 0; s < kW; ++s) {
       if (s <= back[C::kPad + j + s]) a = fmaf(ws[s], g[j + s], a);
       if (s <= back[C::kPad + j]) acc[s] = fmaf(g[j], xv[C::kPad + j - s], acc[s]);
     }
     dxv[j] = a;
-    acc[kMaxConvWidth] += g[j];
+    acc[kW] += g[j];
   }
 }
 
 // The backward, channel-first dx: a block a channel, conv_bwd_chunk a (batch, chunk) pair; the
 // thread sums go to partials[d][blockIdx.y] (conv_bwd_reduce_kernel adds those up in a fixed order:
 // deterministic).
-template <typename T, bool kPacked>
+template <typename T, typename C, bool kPacked>
 __global__ __launch_bounds__(kConvThreads) void conv_bwd_kernel(CausalConv1dParams p) {
-  using C = ConvChunk<T>;
+  constexpr int kW = C::kTaps;
   __shared__ float partial[kConvWarps][kConvPartials];
   const int d = blockIdx.x;
-  float ws[kMaxConvWidth];
+  float ws[kW];
   load_shift_weights(p, d, ws);
   const float bias = p.bias ? p.bias[d] : 0.f;
-  float acc[kConvPartials] = {};
-  for_each_chunk<T>(p, [&](unsigned b, int first, size_t row) {
+  float acc[kW + 1] = {};
+  for_each_chunk<C>(p, [&](unsigned b, int first, size_t row) {
     float dxv[C::kItems];
-    conv_bwd_chunk<T, kPacked>(p, ws, bias, b, first, row, acc, dxv);
+    conv_bwd_chunk<T, C, kPacked>(p, ws, bias, b, first, row, acc, dxv);
     T* dx = static_cast<T*>(p.dx) + row;
     store_run(dx, first, p.seqlen, is_aligned16(dx), dxv);
   });
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll
-  for (int k = 0; k < kConvPartials; ++k) {
+  for (int k = 0; k <= kW; ++k) {
     float v = acc[k];
     for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(kFullMask, v, off);
     if (lane == 0) partial[warp][k] = v;
   }
   __syncthreads();
-  if (threadIdx.x < kConvPartials) {
+  if (threadIdx.x <= kW) {
     float v = 0.f;
-    for (int i = 0; i < kConvWarps; ++i) v += partial[i][threadIdx.x];
-    p.partials[(static_cast<size_t>(d) * gridDim.y + blockIdx.y) * kConvPartials + threadIdx.x] = v;
+#pragma unroll
+    for (int i = 0; i < kConvWarps; ++i)
+      if (i < static_cast<int>(blockDim.x / 32)) v += partial[i][threadIdx.x];
+    p.partials[(static_cast<size_t>(d) * gridDim.y + blockIdx.y) * kConvPartials + partial_slot<kW>(threadIdx.x)] = v;
   }
 }
 
 // The backward with dx written token-major, dx[(b * seqlen + t) * dx_cols + d] (the first columns of
 // in_proj's gradient, laid out for its GEMMs), instead of channel-first and transposed by a separate
 // kernel. A block takes kTmChannels(T) channels x 64 positions of a batch row (a thread one chunk of
-// one channel, conv_bwd_chunk), puts dx through a shared float tile and writes it as transpose_kernel
-// does: 16-byte vectors along the channels, a warp 32 / kVec vectors of kVec consecutive positions
-// (a tile line is 65 words: no bank conflicts on the reads). The block then loops over batch rows
-// b += gridDim.z, summing its channels' dweight/dbias terms; per channel, the lanes of its chunks
-// (lanes c, c + cpw, ...) reduce by shuffles and write partials[d][blockIdx.z * gridDim.x +
-// blockIdx.x] once.
-constexpr int kConvTmThreads = 256, kTmPositions = 64;
+// two vectors of one channel, conv_bwd_chunk), puts dx through a shared float tile and writes it as
+// transpose_kernel does: 16-byte vectors along the channels, a warp 32 / kVec vectors of kVec
+// consecutive positions (a tile line is 65 words: no bank conflicts on the reads). The block then
+// loops over batch rows b += gridDim.z, summing its channels' dweight/dbias terms; per channel, the
+// lanes of its chunks (lanes c, c + cpw, ...) reduce by shuffles and write partials[d][blockIdx.z *
+// gridDim.x + blockIdx.x] once.
+constexpr int kConvTmThreads = 256, kTmPositions = 64, kTmVecs = 2;
 // Batch blocks at most (more rows loop): bounds the partials to 32 x ceil(seqlen / 64) a channel.
 constexpr int kMaxTmBatchBlocks = 32;
 
 template <typename T>
 struct ConvTm {
   static constexpr int kVec = 16 / sizeof(T);
-  static constexpr int kChunks = kTmPositions / ConvChunk<T>::kItems;  // chunks a channel: 4 (16-bit), 8 (float32)
+  static constexpr int kChunks = kTmPositions / (kTmVecs * kVec);      // chunks a channel: 4 (16-bit), 8 (float32)
   static constexpr int kChannels = kConvTmThreads / kChunks;           // channels a block: 64, 32
   static constexpr int kWarpChannels = 32 / kChunks;                   // channels a warp (cpw): 8, 4
   static constexpr int kLineVecs = kChannels / kVec;                   // vectors a position's line: 8
@@ -259,9 +336,9 @@ struct ConvTm {
   static_assert(kTmPositions % kPassLines == 0, "whole passes a tile");
 };
 
-template <typename T, bool kPacked>
+template <typename T, int kW, bool kPacked>
 __global__ __launch_bounds__(kConvTmThreads) void conv_bwd_tm_kernel(CausalConv1dParams p) {
-  using C = ConvChunk<T>;
+  using C = ConvChunk<T, kTmVecs, kW>;
   using M = ConvTm<T>;
   __shared__ float tile[M::kChannels][kTmPositions + 1];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -270,7 +347,7 @@ __global__ __launch_bounds__(kConvTmThreads) void conv_bwd_tm_kernel(CausalConv1
   const int d0 = blockIdx.y * M::kChannels, d = d0 + c, t0 = blockIdx.x * kTmPositions;
   const int first = t0 + chunk * C::kItems;
   const bool active = d < p.dim && first < p.seqlen;
-  float ws[kMaxConvWidth];
+  float ws[kW];
   if (d < p.dim) load_shift_weights(p, d, ws);
   const float bias = d < p.dim && p.bias ? p.bias[d] : 0.f;
   // Write: this thread's vector of channels and first position line.
@@ -278,11 +355,11 @@ __global__ __launch_bounds__(kConvTmThreads) void conv_bwd_tm_kernel(CausalConv1
   const int line0 = (warp / M::kWarpsPerLine) * M::kVec + lane / M::kWarpVecs;
   const int dv = d0 + vec * M::kVec;
   const bool vectors = p.dx_cols % M::kVec == 0 && is_aligned16(p.dx) && dv + M::kVec <= p.dim;
-  float acc[kConvPartials] = {};
+  float acc[kW + 1] = {};
   for (unsigned b = blockIdx.z; b < static_cast<unsigned>(p.batch); b += gridDim.z) {
     if (active) {
       float dxv[C::kItems];
-      conv_bwd_chunk<T, kPacked>(p, ws, bias, b, first, (static_cast<size_t>(b) * p.dim + d) * p.seqlen, acc, dxv);
+      conv_bwd_chunk<T, C, kPacked>(p, ws, bias, b, first, (static_cast<size_t>(b) * p.dim + d) * p.seqlen, acc, dxv);
 #pragma unroll
       for (int j = 0; j < C::kItems; ++j) tile[c][chunk * C::kItems + j] = dxv[j];
     }
@@ -305,7 +382,7 @@ __global__ __launch_bounds__(kConvTmThreads) void conv_bwd_tm_kernel(CausalConv1
     __syncthreads();  // the tile is written again for the next batch row
   }
 #pragma unroll
-  for (int k = 0; k < kConvPartials; ++k) {
+  for (int k = 0; k <= kW; ++k) {
     float v = acc[k];
     for (int off = M::kWarpChannels; off < 32; off *= 2) v += __shfl_xor_sync(kFullMask, v, off);
     acc[k] = v;
@@ -314,20 +391,22 @@ __global__ __launch_bounds__(kConvTmThreads) void conv_bwd_tm_kernel(CausalConv1
     const size_t blocks_per_dim = static_cast<size_t>(gridDim.z) * gridDim.x;
     float* dst = p.partials + (d * blocks_per_dim + blockIdx.z * gridDim.x + blockIdx.x) * kConvPartials;
 #pragma unroll
-    for (int k = 0; k < kConvPartials; ++k) dst[k] = acc[k];
+    for (int k = 0; k <= kW; ++k) dst[partial_slot<kW>(k)] = acc[k];
   }
 }
 
-// One thread per (channel, partial): the sum over the channel's blocks, in block order.
+// One thread per (channel, partial): the sum over the channel's blocks, in block order (the slots
+// past the width and before dbias hold nothing).
 __global__ __launch_bounds__(kConvThreads) void conv_bwd_reduce_kernel(CausalConv1dParams p, int blocks_per_dim) {
   const unsigned i = blockIdx.x * kConvThreads + threadIdx.x;
   if (i >= static_cast<unsigned>(p.dim) * kConvPartials) return;
   const int d = static_cast<int>(i / kConvPartials), k = static_cast<int>(i % kConvPartials);
+  if (k >= p.width && (k < kMaxConvWidth || !p.dbias)) return;
   const float* src = p.partials + static_cast<size_t>(d) * blocks_per_dim * kConvPartials + k;
   float v = 0.f;
   for (int j = 0; j < blocks_per_dim; ++j) v += src[static_cast<size_t>(j) * kConvPartials];
   if (k < p.width) p.dweight[static_cast<size_t>(d) * p.width + p.width - 1 - k] = v;
-  else if (k == kMaxConvWidth && p.dbias) p.dbias[d] = v;
+  else p.dbias[d] = v;
 }
 
 // One thread per (batch, dim) row of the state.
@@ -406,18 +485,29 @@ __global__ __launch_bounds__(kTransposeThreads) void transpose_kernel(TransposeP
 
 unsigned blocks(size_t n, int threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
 
-// Blocks per channel for the forward and backward: enough for one chunk a thread, at most
-// kMaxConvBlocksPerDim.
-template <typename T>
-int conv_blocks_per_dim(const CausalConv1dParams& p) {
-  constexpr int kItems = ConvChunk<T>::kItems;
-  const size_t pairs = static_cast<size_t>(p.batch) * ((p.seqlen + kItems - 1) / kItems);
-  return static_cast<int>(std::min<size_t>(std::max<size_t>(blocks(pairs, kConvThreads), 1), kMaxConvBlocksPerDim));
+// The forward's and backward's blocks: a channel's (batch, chunk) pairs over blocks_per_dim blocks of
+// threads threads, whole warps; fewer than kConvThreads where a channel has fewer pairs (8 rows of 216
+// positions: 56 chunks of 32, two warps), so that no warp idles; at most kMaxConvBlocksPerDim blocks.
+struct ConvGrid {
+  int threads, blocks_per_dim;
+};
+
+template <typename C>
+ConvGrid conv_grid(const CausalConv1dParams& p) {
+  const size_t pairs = static_cast<size_t>(p.batch) * ((p.seqlen + C::kItems - 1) / C::kItems);
+  const int threads = static_cast<int>(std::clamp<size_t>((pairs + 31) / 32 * 32, 32, kConvThreads));
+  const size_t blocks_per_dim = std::min<size_t>(std::max<size_t>(blocks(pairs, threads), 1), kMaxConvBlocksPerDim);
+  return {threads, static_cast<int>(blocks_per_dim)};
 }
 
-template <typename T>
-dim3 conv_grid(const CausalConv1dParams& p) {
-  return dim3(static_cast<unsigned>(p.dim), static_cast<unsigned>(conv_blocks_per_dim<T>(p)));
+// f(chunk, packed) for the forward's and channel-first backward's chunk of p (seq_idx, width).
+template <typename T, typename F>
+int with_row_chunk(const CausalConv1dParams& p, F&& f) {
+  return with_conv_taps(p, [&](auto taps) {
+    constexpr int kW = decltype(taps)::value;
+    if (p.seq_idx) return f(ConvRowChunk<T, true, kW>{}, std::true_type{});
+    return f(ConvRowChunk<T, false, kW>{}, std::false_type{});
+  });
 }
 
 // The token-major backward's grid: position tiles, channel tiles, batch blocks.
@@ -435,7 +525,8 @@ int64_t causal_conv1d_bwd_partials(const CausalConv1dParams& p, ScanInputType ty
   using namespace ssm_tools_cuda;
   return static_cast<int64_t>(p.dim) * kConvPartials * dispatch_input_type(type, [&](auto tag) {
     using T = decltype(tag);
-    return p.dx_cols > 0 ? static_cast<int>(conv_tm_grid<T>(p).x * conv_tm_grid<T>(p).z) : conv_blocks_per_dim<T>(p);
+    if (p.dx_cols > 0) return static_cast<int>(conv_tm_grid<T>(p).x * conv_tm_grid<T>(p).z);
+    return with_row_chunk<T>(p, [&](auto chunk, auto) { return conv_grid<decltype(chunk)>(p).blocks_per_dim; });
   });
 }
 
@@ -443,9 +534,13 @@ int causal_conv1d_fwd_launch(const CausalConv1dParams& p, ScanInputType type, vo
   using namespace ssm_tools_cuda;
   return dispatch_input_type(type, [&](auto tag) {
     using T = decltype(tag);
-    const auto kernel = p.seq_idx ? conv_fwd_kernel<T, true> : conv_fwd_kernel<T, false>;
-    kernel<<<conv_grid<T>(p), kConvThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
-    return static_cast<int>(cudaGetLastError());
+    return with_row_chunk<T>(p, [&](auto chunk, auto packed) {
+      using C = decltype(chunk);
+      const ConvGrid g = conv_grid<C>(p);
+      const dim3 grid(static_cast<unsigned>(p.dim), static_cast<unsigned>(g.blocks_per_dim));
+      conv_fwd_kernel<T, C, decltype(packed)::value><<<grid, g.threads, 0, static_cast<cudaStream_t>(stream)>>>(p);
+      return static_cast<int>(cudaGetLastError());
+    });
   });
 }
 
@@ -457,14 +552,21 @@ int causal_conv1d_bwd_launch(const CausalConv1dParams& p, ScanInputType type, vo
     int blocks_per_dim;
     if (p.dx_cols > 0) {
       const dim3 grid = conv_tm_grid<T>(p);
-      const auto kernel = p.seq_idx ? conv_bwd_tm_kernel<T, true> : conv_bwd_tm_kernel<T, false>;
-      kernel<<<grid, kConvTmThreads, 0, s>>>(p);
+      with_conv_taps(p, [&](auto taps) {
+        constexpr int kW = decltype(taps)::value;
+        const auto kernel = p.seq_idx ? conv_bwd_tm_kernel<T, kW, true> : conv_bwd_tm_kernel<T, kW, false>;
+        kernel<<<grid, kConvTmThreads, 0, s>>>(p);
+        return 0;
+      });
       blocks_per_dim = static_cast<int>(grid.x * grid.z);
     } else {
-      const dim3 grid = conv_grid<T>(p);
-      const auto kernel = p.seq_idx ? conv_bwd_kernel<T, true> : conv_bwd_kernel<T, false>;
-      kernel<<<grid, kConvThreads, 0, s>>>(p);
-      blocks_per_dim = static_cast<int>(grid.y);
+      blocks_per_dim = with_row_chunk<T>(p, [&](auto chunk, auto packed) {
+        using C = decltype(chunk);
+        const ConvGrid g = conv_grid<C>(p);
+        const dim3 grid(static_cast<unsigned>(p.dim), static_cast<unsigned>(g.blocks_per_dim));
+        conv_bwd_kernel<T, C, decltype(packed)::value><<<grid, g.threads, 0, s>>>(p);
+        return g.blocks_per_dim;
+      });
     }
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return static_cast<int>(err);

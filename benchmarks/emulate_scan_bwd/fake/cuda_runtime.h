@@ -26,7 +26,7 @@ struct dim3 {
   dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
 struct EmuIndex { unsigned x, y, z; };
-inline thread_local EmuIndex threadIdx, blockIdx;
+inline thread_local EmuIndex threadIdx, blockIdx, blockDim, gridDim;
 struct float2 { float x, y; };
 struct float4 { float x, y, z, w; };
 struct uint2 { unsigned x, y; };
@@ -143,6 +143,8 @@ void emu_launch(K kernel, dim3 grid, int threads, size_t smem, Args... args) {
         team.emplace_back([=]() {
           threadIdx = {unsigned(t), 0, 0};
           blockIdx = {bx, by, bz};
+          blockDim = {unsigned(threads), 1, 1};
+          gridDim = {grid.x, grid.y, grid.z};
           kernel(args...);
           // An exited thread no longer takes part in its warp's or block's barriers, as on the GPU
           // (the decode kernels return early for rows past the end; their teammates still shuffle).
