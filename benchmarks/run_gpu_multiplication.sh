@@ -19,9 +19,9 @@
 # Writes to $OUT (at most 8 files come back): curve.json, curve.png, command.txt, reproduce.txt (the
 # command's output), train_log.csv (loss per step), plan.txt (this call's budget), build.txt.
 #
-# What fits in one call (results/bench_train_step.json, "task_batches": the 24 x 768 step on real
-# batches of 128 episodes packed into rows, H200): n x 2 (1..10 digits, ~50k real tokens) 248 ms a
-# step; n x 1 (about half the tokens) ~140 ms by the same rate. Evaluation at n=100 decodes ~2.4 ms
+# What fits in one call (results/gpu/s13/channel_first/bench_train_step_graph.json, "task_batches":
+# the 24 x 768 eager step on real batches of 128 episodes packed into rows, H100): n x 2 (1..10 digits,
+# ~50k real tokens) 213 ms a step; n x 1 (about half the tokens) ~120 ms by the same rate. Evaluation at n=100 decodes ~2.4 ms
 # per step (float32) over the sizes' step bounds: n x 1 10..1,000 digits ~135 s, n x 2 246 s measured.
 # Build ~55 s; start-up 20 s; MARGIN_S 20 s.
 #   task   EVAL_S (to 1,000)   training left of 570 s   steps that fit (packed)
