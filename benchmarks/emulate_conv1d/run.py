@@ -25,12 +25,13 @@ import argparse
 import ctypes
 import pathlib
 import re
-import subprocess
 import sys
 import tempfile
 
 import torch
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # benchmarks/: _emulate
+from _emulate import compile_library  # noqa: E402
 from ssm_tools.reference import causal_conv1d_ref
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -70,7 +71,7 @@ def emulation_source(text: str) -> str:
     text = re.sub(r"__shared__ (\w+) (\w+)((?:\[[^\]]*\])+);", shared_to_emu(iter(range(8))), text)
     if n < 4 or "<<<" in text or "__shared__" in text or "asm" in text:
         sys.exit("emulate_conv1d: the kernel has GPU-only code run.py does not replace; update run.py")
-    return "#include <cuda_runtime.h>\n#undef __launch_bounds__\n#define __launch_bounds__(...)\n" + text
+    return text
 
 
 def build(tmp: pathlib.Path, text: str, plant: str | None, name: str) -> ctypes.CDLL:
@@ -79,13 +80,7 @@ def build(tmp: pathlib.Path, text: str, plant: str | None, name: str) -> ctypes.
         if text.count(old) != 1:
             sys.exit(f"emulate_conv1d: --plant: {old!r} occurs {text.count(old)} times in the kernel")
         text = text.replace(old, new)
-    source = tmp / f"{name}.cpp"
-    source.write_text(emulation_source(text) + "\n" + (HERE / "harness.cpp").read_text())
-    lib = tmp / f"{name}.so"
-    subprocess.run(["g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-w",
-                    f"-I{ROOT / 'benchmarks/emulate_scan_bwd/fake'}", f"-I{ROOT / 'csrc'}", str(source), "-o", str(lib)],
-                   check=True)
-    dll = ctypes.CDLL(str(lib))
+    dll = compile_library(tmp, name, emulation_source(text), HERE / "harness.cpp")
     i, v, ll = ctypes.c_int, ctypes.c_void_p, ctypes.c_longlong
     dll.emu_conv_partials.restype = ll
     dll.emu_conv_partials.argtypes = [i, i, i, i, ll, v, i]

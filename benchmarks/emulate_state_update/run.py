@@ -17,12 +17,13 @@ import argparse
 import ctypes
 import pathlib
 import re
-import subprocess
 import sys
 import tempfile
 
 import torch
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # benchmarks/: _emulate
+from _emulate import compile_library  # noqa: E402
 from ssm_tools.reference import mamba_state_update_ref, selective_state_update_ref
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -43,14 +44,7 @@ def build(tmp: pathlib.Path) -> ctypes.CDLL:
     text, n = launch.subn(r"emu_launch(\1, \2, \3, \4, \5);", text)
     if n < 2:
         sys.exit("emulate_state_update: the kernel's launches no longer match; update run.py")
-    source = tmp / "emu.cpp"
-    source.write_text("#include <cuda_runtime.h>\n#undef __launch_bounds__\n#define __launch_bounds__(...)\n"
-                      + text + "\n" + (HERE / "harness.cpp").read_text())
-    lib = tmp / "emu.so"
-    subprocess.run(["g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-w",
-                    f"-I{ROOT / 'benchmarks/emulate_scan_bwd/fake'}", f"-I{ROOT / 'csrc'}", str(source), "-o", str(lib)],
-                   check=True)
-    return ctypes.CDLL(str(lib))
+    return compile_library(tmp, "emu", text, HERE / "harness.cpp")
 
 
 def ptr(t):

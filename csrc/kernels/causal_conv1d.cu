@@ -488,8 +488,10 @@ unsigned blocks(size_t n, int threads) { return static_cast<unsigned>((n + threa
 // The forward's and backward's blocks: a channel's (batch, chunk) pairs over blocks_per_dim blocks of
 // threads threads, whole warps; fewer than kConvThreads where a channel has fewer pairs (8 rows of 216
 // positions: 56 chunks of 32, two warps), so that no warp idles; at most kMaxConvBlocksPerDim blocks.
+// grid: (channels, blocks_per_dim).
 struct ConvGrid {
-  int threads, blocks_per_dim;
+  dim3 grid;
+  int threads;
 };
 
 template <typename C>
@@ -497,7 +499,7 @@ ConvGrid conv_grid(const CausalConv1dParams& p) {
   const size_t pairs = static_cast<size_t>(p.batch) * ((p.seqlen + C::kItems - 1) / C::kItems);
   const int threads = static_cast<int>(std::clamp<size_t>((pairs + 31) / 32 * 32, 32, kConvThreads));
   const size_t blocks_per_dim = std::min<size_t>(std::max<size_t>(blocks(pairs, threads), 1), kMaxConvBlocksPerDim);
-  return {threads, static_cast<int>(blocks_per_dim)};
+  return {dim3(static_cast<unsigned>(p.dim), static_cast<unsigned>(blocks_per_dim)), threads};
 }
 
 // f(chunk, packed) for the forward's and channel-first backward's chunk of p (seq_idx, width).
@@ -526,7 +528,7 @@ int64_t causal_conv1d_bwd_partials(const CausalConv1dParams& p, ScanInputType ty
   return static_cast<int64_t>(p.dim) * kConvPartials * dispatch_input_type(type, [&](auto tag) {
     using T = decltype(tag);
     if (p.dx_cols > 0) return static_cast<int>(conv_tm_grid<T>(p).x * conv_tm_grid<T>(p).z);
-    return with_row_chunk<T>(p, [&](auto chunk, auto) { return conv_grid<decltype(chunk)>(p).blocks_per_dim; });
+    return with_row_chunk<T>(p, [&](auto chunk, auto) { return static_cast<int>(conv_grid<decltype(chunk)>(p).grid.y); });
   });
 }
 
@@ -537,8 +539,7 @@ int causal_conv1d_fwd_launch(const CausalConv1dParams& p, ScanInputType type, vo
     return with_row_chunk<T>(p, [&](auto chunk, auto packed) {
       using C = decltype(chunk);
       const ConvGrid g = conv_grid<C>(p);
-      const dim3 grid(static_cast<unsigned>(p.dim), static_cast<unsigned>(g.blocks_per_dim));
-      conv_fwd_kernel<T, C, decltype(packed)::value><<<grid, g.threads, 0, static_cast<cudaStream_t>(stream)>>>(p);
+      conv_fwd_kernel<T, C, decltype(packed)::value><<<g.grid, g.threads, 0, static_cast<cudaStream_t>(stream)>>>(p);
       return static_cast<int>(cudaGetLastError());
     });
   });
@@ -563,9 +564,8 @@ int causal_conv1d_bwd_launch(const CausalConv1dParams& p, ScanInputType type, vo
       blocks_per_dim = with_row_chunk<T>(p, [&](auto chunk, auto packed) {
         using C = decltype(chunk);
         const ConvGrid g = conv_grid<C>(p);
-        const dim3 grid(static_cast<unsigned>(p.dim), static_cast<unsigned>(g.blocks_per_dim));
-        conv_bwd_kernel<T, C, decltype(packed)::value><<<grid, g.threads, 0, s>>>(p);
-        return g.blocks_per_dim;
+        conv_bwd_kernel<T, C, decltype(packed)::value><<<g.grid, g.threads, 0, s>>>(p);
+        return static_cast<int>(g.grid.y);
       });
     }
     const cudaError_t err = cudaGetLastError();
