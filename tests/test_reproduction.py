@@ -960,3 +960,27 @@ def test_running_out_of_gpu_memory_at_a_size_keeps_the_smaller_sizes_scores(monk
     assert result["accuracy"] == {"10": 1.0, "20": None, "40": None, "80": None}
     assert result["skipped_sizes"] == [20, 40, 80]
     assert set(result["skip_reasons"].values()) == {"out of GPU memory at size 20"}
+
+
+def test_run_train_gives_a_run_its_own_recipe_and_the_command_overrides_it(tmp_path, monkeypatch):
+    """A task's "run_train" sets one run's recipe keys (a baseline's learning rate) over the scale's;
+    --lr and --steps given on the command line still apply to every run."""
+    monkeypatch.setitem(R.TASKS, "multiplication_nx1", {**R.TASKS["multiplication_nx1"], "scales": {"cpu": {
+        "runs": [("mamba", "interactive"), ("gru", "interactive")],
+        "run_train": {("gru", "interactive"): {"lr": 3e-3, "warmup": 7}}}}})
+    seen = []
+
+    def capture(jobs, workers=None, on_result=None):
+        seen.append({j["model"]: j["train"] for j in jobs})
+        raise KeyboardInterrupt  # stop before anything trains
+
+    monkeypatch.setattr(R, "run_parallel", capture)
+    for args in ({}, {"lr": 1e-4, "steps": 5}):
+        with pytest.raises(KeyboardInterrupt):
+            reproduce("multiplication_nx1", "cpu", [0], tmp_path, sizes=[10], runs_dir=tmp_path / "runs", **args)
+    default, given = seen
+    scale = R.scale_spec("multiplication_nx1", "cpu")["train"]
+    assert (default["mamba"]["lr"], default["mamba"]["warmup"]) == (scale["lr"], scale["warmup"])
+    assert (default["gru"]["lr"], default["gru"]["warmup"]) == (3e-3, 7)
+    assert [(t["lr"], t["steps"], t["warmup"]) for t in (given["mamba"], given["gru"])] == \
+        [(1e-4, 5, scale["warmup"]), (1e-4, 5, 7)]

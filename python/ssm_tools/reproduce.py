@@ -232,7 +232,8 @@ TASKS = {
 def scale_spec(task: str, scale: str) -> dict:
     """SCALES[scale] with the task's overrides on top: "runs", "train", "n", "seeds"; "models" (sizes
     per model, replacing the scale's preset); "run_seeds" ({(model, mode): seeds}, the default seeds
-    of those runs); "config" (tables of tasks/<task>.toml overridden key by key, see setting_config);
+    of those runs); "run_train" ({(model, mode): {key: value}}, a run's recipe over "train", e.g. a
+    baseline's own learning rate; --lr, --steps and --lr-grid still override it); "config" (tables of tasks/<task>.toml overridden key by key, see setting_config);
     "max_eval_seconds" (each run's evaluation budget when the call gives none).
     A ValueError names a scale the task does not offer, and why."""
     _choose("task", task, TASKS)
@@ -242,7 +243,7 @@ def scale_spec(task: str, scale: str) -> dict:
     if scale not in TASKS[task]["sizes"]:
         offered = sorted(TASKS[task]["sizes"])
         raise ValueError(f"{task} has no {scale} scale (its scales: {', '.join(offered)})")
-    spec = {**SCALES[scale], "run_seeds": {}, **TASKS[task].get("scales", {}).get(scale, {})}
+    spec = {**SCALES[scale], "run_seeds": {}, "run_train": {}, **TASKS[task].get("scales", {}).get(scale, {})}
     models = spec.get("models", {})
     spec["models"] = {m: dict(models[m]) if m in models else preset(m, spec["model_scale"]) for m, _ in spec["runs"]}
     return spec
@@ -672,8 +673,8 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
         raise ValueError(f"pool_episodes must be a non-negative integer (0: no pool), got {pool_episodes!r}")
     if lr is not None and lr_grid is not None:
         raise ValueError("give lr or lr_grid, not both")
-    train = {**spec["train"], **({} if steps is None else {"steps": steps}), **({} if lr is None else {"lr": lr}),
-             **({} if pack else {"pack": False})}
+    given = {**({} if steps is None else {"steps": steps}), **({} if lr is None else {"lr": lr})}  # the command's
+    train = {**spec["train"], **given, **({} if pack else {"pack": False})}
     if select_every is not None:  # checkpoint selection at the held-out size (TrainConfig.select_size)
         check_val_size(built, val_size, sizes, "select_every")
         if not (isinstance(select_every, int) and select_every > 0):
@@ -731,7 +732,8 @@ def reproduce(task: str, scale: str, seeds: list[int] | None, out_dir, device: s
             max_train_seconds = max(0.0, max_train_seconds - (time.perf_counter() - selection_start))
 
     def job(model: str, mode: str, setting: dict | None, seed: int) -> dict:  # run_one's arguments
-        run_recipe = {**train, **({"steps": setting["steps"]} if setting else {}),
+        run_recipe = {**train, **spec["run_train"].get((model, mode), {}), **given,
+                      **({"steps": setting["steps"]} if setting else {}),
                       **({"lr": chosen[model, mode]} if (model, mode) in chosen else {})}
         return dict(config=setting_config(task, mode, setting, overrides), model=model, model_scale=spec["models"][model],
                     train=run_recipe, seed=seed, sizes=sizes, n=n,
