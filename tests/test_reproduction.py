@@ -984,3 +984,22 @@ def test_run_train_gives_a_run_its_own_recipe_and_the_command_overrides_it(tmp_p
     assert (default["gru"]["lr"], default["gru"]["warmup"]) == (3e-3, 7)
     assert [(t["lr"], t["steps"], t["warmup"]) for t in (given["mamba"], given["gru"])] == \
         [(1e-4, 5, scale["warmup"]), (1e-4, 5, 7)]
+
+
+def test_the_graphs_cpu_baselines_train_at_their_own_rates_and_the_mamba_at_the_scales(tmp_path, monkeypatch):
+    """The graph's cpu Pythia and LSTM take the rates their grid chose; the Mamba runs keep the
+    scale's recipe (lr 1e-2), which the slow test reproduces."""
+    seen = []
+
+    def capture(jobs, workers=None, on_result=None):
+        seen.extend(jobs)
+        raise KeyboardInterrupt  # stop before anything trains
+
+    monkeypatch.setattr(R, "run_parallel", capture)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce("logical_graph", "cpu", None, tmp_path, runs_dir=tmp_path / "runs")
+    rates = {(j["model"], j["config"]["task"]["mode"]): j["train"]["lr"] for j in seen}
+    own = R.scale_spec("logical_graph", "cpu")["run_train"]
+    assert rates[("mamba", "interactive")] == rates[("mamba", "single_turn")] == 1e-2
+    for run in (("pythia", "interactive"), ("lstm", "interactive")):
+        assert rates[run] == own[run]["lr"] != 1e-2
