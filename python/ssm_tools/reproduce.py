@@ -251,7 +251,8 @@ def scale_spec(task: str, scale: str) -> dict:
     """SCALES[scale] with the task's overrides on top: "runs", "train", "n", "seeds"; "models" (sizes
     per model, replacing the scale's preset); "run_seeds" ({(model, mode): seeds}, the default seeds
     of those runs); "run_train" ({(model, mode): {key: value}}, a run's recipe over "train", e.g. a
-    baseline's own learning rate; --lr, --steps and --lr-grid still override it); "config" (tables of tasks/<task>.toml overridden key by key, see setting_config);
+    baseline's own learning rate; --lr, --steps and --lr-grid still override it); "config" (tables of
+    tasks/<task>.toml overridden key by key, see setting_config);
     "max_eval_seconds" (each run's evaluation budget when the call gives none).
     A ValueError names a scale the task does not offer, and why."""
     _choose("task", task, TASKS)
