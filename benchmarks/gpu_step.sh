@@ -4,8 +4,9 @@
 # in $status.
 OUT=${OUT:-results/gpu}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
+export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) MAX_JOBS=$(nproc)
 status=0
+baseline_pid=  # set by baseline_build
 machine_info() {  # the GPU, its clocks and the torch build, first in every log
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
   python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
@@ -28,12 +29,15 @@ baseline_build() {
    echo "baseline build rc $? after $((SECONDS - t0)) s" >> "$log") &
   baseline_pid=$!
 }
+build_cuda() {  # build_cuda [TIMEOUT_S]: the package, editable, with its CUDA kernels (~40 s on 16 cores)
+  step build "${1:-240}" python3 -m pip install -q --no-build-isolation --no-deps -e . \
+    -C cmake.define.SSM_TOOLS_CUDA=ON -C build-dir=build/gpu
+}
 # block_checks: what both kernel scripts run first: the package built with CUDA, the tests of the
 # Mamba block's kernels and of the models' graphed decode (packed rows included), compute-sanitizer
 # memcheck/racecheck on one case of each kernel, and the decode benchmark.
 block_checks() {
-  step build 300 python3 -m pip install -q --no-build-isolation --no-deps -e . \
-    -C cmake.define.SSM_TOOLS_CUDA=ON -C build-dir=build/gpu
+  build_cuda 300
   step tests 180 python3 -m pytest -q -rf -p no:cacheprovider tests/test_mamba_block_ops.py \
     tests/test_cuda_models.py
   step tests-decode-packed 90 python3 -m pytest -q -rf -p no:cacheprovider tests/test_cuda.py -k "decode or packed"

@@ -12,13 +12,10 @@
 set -o pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/gpu_step.sh
-export MAX_JOBS=$(nproc)
 {
   machine_info
-  baseline_pid=
   if [ -n "${CAUSAL_CONV1D_PKG:-}" ]; then baseline_build conv_build.txt 240 "m.load_causal_conv1d()"; fi
-  step build 240 python3 -m pip install -q --no-build-isolation --no-deps -e . \
-    -C cmake.define.SSM_TOOLS_CUDA=ON -C build-dir=build/gpu
+  build_cuda
   step tests-conv 150 python3 -m pytest -q -rf -p no:cacheprovider tests/test_mamba_block_ops.py -k conv
   for tool in memcheck racecheck; do
     step "sanitizer-$tool" 60 compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 \

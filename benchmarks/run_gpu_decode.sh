@@ -14,12 +14,10 @@
 set -o pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/gpu_step.sh
-export MAX_JOBS=$(nproc)
 logs=$(mktemp -d)
 {
   machine_info
-  step build 240 python3 -m pip install -q --no-build-isolation --no-deps -e . \
-    -C cmake.define.SSM_TOOLS_CUDA=ON -C build-dir=build/gpu
+  build_cuda
   step tests-decode-kernels 90 python3 -m pytest -q -rf -p no:cacheprovider tests/test_mamba_block_ops.py \
     -k "add_rms_norm or conv_update or state_update or opcheck or rejects"
   step tests-graphed-decode 180 python3 -m pytest -q -rf -p no:cacheprovider tests/test_cuda_models.py \

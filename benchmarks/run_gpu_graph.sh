@@ -16,13 +16,10 @@
 set -o pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/gpu_step.sh
-export MAX_JOBS=$(nproc)
 {
   machine_info
-  baseline_pid=
   if [ -n "${MAMBA_SSM_PKG:-}" ]; then baseline_build mamba_ssm_build.txt 330 "m.lm_head_model()"; fi
-  step build 240 python3 -m pip install -q --no-build-isolation --no-deps -e . \
-    -C cmake.define.SSM_TOOLS_CUDA=ON -C build-dir=build/gpu
+  build_cuda
   step tests-graphed-step-cpu 60 python3 -m pytest -q -rf -p no:cacheprovider tests/test_graphed_step.py
   step tests-graphed-step 180 python3 -m pytest -q -rf -p no:cacheprovider tests/test_cuda_models.py \
     -k "graphed_train_step or folded_rows or channel_first or packed_rows or autocast_training or forward_cuda_matches_cpu"

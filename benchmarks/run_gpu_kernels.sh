@@ -12,7 +12,6 @@
 set -o pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/gpu_step.sh
-export MAX_JOBS=$(nproc)
 {
   machine_info
   baseline_build causal_conv1d_build.txt 360 "m.load_causal_conv1d()"

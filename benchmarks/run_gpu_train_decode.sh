@@ -13,7 +13,6 @@
 set -o pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/gpu_step.sh
-export MAX_JOBS=$(nproc)
 {
   machine_info
   baseline_build mamba_ssm_build.txt 420 "m.lm_head_model()"
