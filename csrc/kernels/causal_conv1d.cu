@@ -527,7 +527,10 @@ int64_t causal_conv1d_bwd_partials(const CausalConv1dParams& p, ScanInputType ty
   using namespace ssm_tools_cuda;
   return static_cast<int64_t>(p.dim) * kConvPartials * dispatch_input_type(type, [&](auto tag) {
     using T = decltype(tag);
-    if (p.dx_cols > 0) return static_cast<int>(conv_tm_grid<T>(p).x * conv_tm_grid<T>(p).z);
+    if (p.dx_cols > 0) {
+      const dim3 grid = conv_tm_grid<T>(p);
+      return static_cast<int>(grid.x * grid.z);
+    }
     return with_row_chunk<T>(p, [&](auto chunk, auto) { return static_cast<int>(conv_grid<decltype(chunk)>(p).grid.y); });
   });
 }
