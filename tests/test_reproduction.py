@@ -68,6 +68,14 @@ def test_plot_curve_writes_a_png_with_one_band_per_model(tmp_path, rng):
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The legend says how each line was trained: model size, steps, learning rate, seeds.
     assert legend[1:] == [f"mamba ({mode}): 24x768, 3 steps, lr 0.0005, 2 seeds" for mode in ("interactive", "direct")]
+    # ... and, where the runs record them, the batch, the checkpoint selection and the machine.
+    for r in runs:
+        r["train"].update(batch_size=128, select_size=700, select_every=200)
+        r["machine"] = "NVIDIA H200"
+    runs[1]["machine"] = "NVIDIA H100 80GB HBM3"
+    legend = plot_curve(curve, tmp_path / "curve.png")
+    assert legend[1] == ("mamba (interactive): 24x768, 3 steps, batch 128, lr 0.0005, best step at 700 (every 200), "
+                         "2 seeds, H100 80GB HBM3/H200")
 
 
 def test_reproduce_rejects_unknown_scale_and_runs():

@@ -21,18 +21,32 @@ def model_size(curve: dict, run: dict) -> str:
 
 
 def recipe_text(curve: dict, runs: list[dict]) -> str:
-    """"24x768, 2000 steps, lr 0.0005, 2 seeds" for the runs of one line (values that differ are
-    joined by '/'; "700 of 2000 steps" for a run its time budget stopped)."""
+    """"24x768, 2000 steps, batch 128, lr 0.0005, best step at 700 (every 200), 2 seeds, H200" for
+    the runs of one line (values that differ are joined by '/'; "700 of 2000 steps" for a run its
+    time budget stopped). Batch, checkpoint selection and machine appear where the runs record them."""
     def values(get, fmt=str):
-        return "/".join(fmt(v) for v in sorted({get(r) for r in runs}, key=lambda v: (type(v).__name__, v)))
+        found = {get(r) for r in runs} - {None}
+        return "/".join(fmt(v) for v in sorted(found, key=lambda v: (type(v).__name__, v)))
 
     def steps(run):  # a run stopped by its time budget: "700 of 2000"
         planned = run["train"]["steps"]
         return f"{run['trained_steps']} of {planned}" if run.get("trained_steps", planned) < planned else planned
 
+    def selection(run):
+        train = run["train"]
+        return f"{train['select_size']} (every {train['select_every']})" if train.get("select_size") else None
+
     seeds = len({r["seed"] for r in runs})
-    return (f"{values(lambda r: model_size(curve, r))}, {values(steps)} steps, "
-            f"lr {values(lambda r: r['train']['lr'], lambda v: f'{v:g}')}, {seeds} seed{'s' * (seeds != 1)}")
+    parts = [values(lambda r: model_size(curve, r)), f"{values(steps)} steps"]
+    if batch := values(lambda r: r["train"].get("batch_size")):
+        parts.append(f"batch {batch}")
+    parts.append(f"lr {values(lambda r: r['train']['lr'], lambda v: f'{v:g}')}")
+    if chosen := values(selection):
+        parts.append(f"best step at {chosen}")
+    parts.append(f"{seeds} seed{'s' * (seeds != 1)}")
+    if machine := values(lambda r: r.get("machine", "").removeprefix("NVIDIA ") or None):
+        parts.append(machine)
+    return ", ".join(parts)
 
 
 def zero_skipped(run: dict) -> list[int]:
