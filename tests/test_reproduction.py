@@ -782,7 +782,7 @@ def test_mixture_sweeps_every_weight_budget_and_seed_and_draws_accuracy_against_
     assert curve["train_sizes"] == [1, 20] and curve["test_sizes"][-1] == 1000
     assert curve["models"]["mamba"] == {"d_model": 768, "n_layers": 24, "d_state": 16}
     legend = R.plot_curve(json.loads((out / "curve.json").read_text()), tmp_path / "sweep.png")
-    assert legend == [f"mamba (interactive): 24x768, {s} steps, lr 0.0005, 3 seeds" for s in (250, 500, 800)]
+    assert legend == [f"mamba (interactive): 24x768, {s} steps, batch 128, lr 0.0005, 3 seeds" for s in (250, 500, 800)]
     # One point of the sweep again (--add-weights, --steps: one budget) replaces its own runs only.
     curve = R.reproduce("multiplication_mixture", "paper", [1], out, device="cuda", workers=2, merge=True,
                         add_weights=[0.5], steps=250, lr=1e-3)
@@ -874,7 +874,8 @@ def test_a_run_its_time_budget_stops_can_be_evaluated_as_it_is(tmp_path, monkeyp
     (run,) = curve["runs"]
     assert curve["unfinished"] == [] and run["trained_steps"] == 1 and run["train"]["steps"] == 3
     assert run["accuracy"].keys() == {"2"}
-    assert R.plot_curve(curve, tmp_path / "c.png")[1] == "mamba (interactive): 2x64, 1 of 3 steps, lr 0.01, 1 seed"
+    assert R.plot_curve(curve, tmp_path / "c.png")[1].startswith(
+        "mamba (interactive): 2x64, 1 of 3 steps, batch 32, lr 0.01, 1 seed, cpu (")
 
 
 @pytest.mark.slow

@@ -44,7 +44,8 @@ def recipe_text(curve: dict, runs: list[dict]) -> str:
     if chosen := values(selection):
         parts.append(f"best step at {chosen}")
     parts.append(f"{seeds} seed{'s' * (seeds != 1)}")
-    if machine := values(lambda r: r.get("machine", "").removeprefix("NVIDIA ") or None):
+    # "NVIDIA H200", "cpu (AVX512), 2 cores, 1 threads" -> "H200", "cpu (AVX512)"
+    if machine := values(lambda r: r.get("machine", "").removeprefix("NVIDIA ").split(",")[0] or None):
         parts.append(machine)
     return ", ".join(parts)
 
